@@ -1,0 +1,12 @@
+"""labkit: a declarative lab for studying what image networks learn, layer by layer.
+
+Public surface for plugin authors: :data:`hookimpl` marks hook implementations;
+hook specifications live in :mod:`labkit.hookspecs`.
+"""
+import pluggy
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("labkit")
+
+__all__ = ["hookimpl", "__version__"]

@@ -1,0 +1,25 @@
+"""labkit's own components, registered through the same hook as any plugin."""
+from __future__ import annotations
+
+from pydantic import ConfigDict, create_model
+
+from labkit import hookimpl
+from labkit.data import DATASETS
+from labkit.methods import METHODS
+from labkit.metrics import METRICS
+from labkit.models import MODELS, create_torchvision_model
+from labkit.optim import OPTIMIZERS, SCHEDULERS
+
+NO_PARAMS = create_model("no_params", __config__=ConfigDict(extra="forbid"))
+
+
+@hookimpl
+def labkit_register(registries) -> None:
+    """Register the built-in models, datasets, optimizers, schedules, metrics, methods."""
+    tables = {"models": MODELS, "datasets": DATASETS, "optimizers": OPTIMIZERS,
+              "schedulers": SCHEDULERS, "metrics": METRICS, "methods": METHODS}
+    for kind, table in tables.items():
+        for name, obj in table.items():
+            registries[kind].register(name, obj)
+    # any torchvision classification model, untrained: "tv:resnet18", "tv:vit_b_16", …
+    registries.models.register("tv:", create_torchvision_model, prefix=True, params=NO_PARAMS)

@@ -1,0 +1,113 @@
+"""Per-epoch checkpoints: atomic, verified, loadable with ``weights_only=True``.
+
+``checkpoints/epoch_0003.pt`` holds the state after three epochs, next to
+``epoch_0003.pt.sha256``, the digest of the file. A checkpoint whose digest does not
+match (or that cannot be read) is reported with a warning and the previous one is used.
+Only tensors and Python primitives are stored.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labkit.atomic import atomic_open, write_text
+
+KEEP = 2
+_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
+
+
+def checkpoint_path(directory: Path, epoch: int) -> Path:
+    """Where the checkpoint after ``epoch`` epochs lives."""
+    return Path(directory) / f"epoch_{epoch:04d}.pt"
+
+
+def save(directory: Path, epoch: int, state: dict[str, Any]) -> Path:
+    """Write ``state`` as the checkpoint after ``epoch`` epochs; keep the newest ``KEEP``."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    path = checkpoint_path(directory, epoch)
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    for old in epochs_on_disk(directory)[:-KEEP]:
+        stale = checkpoint_path(directory, old)
+        stale.unlink(missing_ok=True)
+        stale.with_name(stale.name + ".sha256").unlink(missing_ok=True)
+    return path
+
+
+def epochs_on_disk(directory: Path) -> list[int]:
+    """Epoch numbers of the checkpoint files in ``directory``, ascending."""
+    if not Path(directory).is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in Path(directory).iterdir()
+                  if (m := _NAME.match(p.name)))
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load one checkpoint after verifying its digest.
+
+    Raises:
+        ValueError: missing digest, digest mismatch, or unreadable file.
+    """
+    data = Path(path).read_bytes()
+    digest_file = path.with_name(path.name + ".sha256")
+    if not digest_file.exists():
+        raise ValueError(f"{path.name} has no digest file (interrupted while saving)")
+    if hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():
+        raise ValueError(f"{path.name} does not match its digest (damaged)")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def load_latest(directory: Path) -> dict[str, Any] | None:
+    """The newest intact checkpoint in ``directory``, or ``None`` when there is none.
+
+    Damaged newer checkpoints are skipped with a warning naming them.
+    """
+    for epoch in reversed(epochs_on_disk(directory)):
+        path = checkpoint_path(directory, epoch)
+        try:
+            return read(path)
+        except Exception as exc:  # any damage means: fall back to the previous epoch
+            warnings.warn(f"checkpoint {path} is unusable ({exc}); falling back to the "
+                          f"previous one", stacklevel=2)
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA RNG states as tensors and primitives."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,174 @@
+"""The ``labkit`` command line.
+
+User mistakes raise :class:`labkit.errors.UserError`; :func:`main` prints its message
+on one line (no traceback) and exits with code 2. A grid in which some run failed
+exits with code 1 after every other run has had its turn.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from labkit import engine, plugins
+from labkit.errors import UserError
+from labkit.identity import RunConfig, flatten, varying_keys
+from labkit.spec import expand, json_schema, load_spec_file
+
+
+def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[RunConfig]:
+    """Read, expand and validate a spec file into its runs (device override applied)."""
+    raw = load_spec_file(spec_path)
+    if device is not None and isinstance(raw, dict):
+        raw = {**raw, "device": device}
+    return [RunConfig(config, run_id) for config in expand(raw, plugins.registries())]
+
+
+def check_device(device: str) -> None:
+    """Fail with a clear message when ``device`` cannot be used here."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"invalid device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available on this "
+                        f"machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} does not exist: this machine has "
+                        f"{torch.cuda.device_count()} GPU(s)")
+
+
+def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
+    """One row per run: hash, readable name, and the values that vary across the grid."""
+    keys = varying_keys([r.config for r in runs])
+    rows = []
+    for i, run in enumerate(runs, 1):
+        flat = flatten(run.config)
+        row = {"#": i, "hash": run.hash, "name": run.name, "status": _state(run)}
+        row.update({k: flat.get(k) for k in keys})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _state(run: RunConfig) -> str:
+    from labkit.runinfo import read_status
+
+    status = read_status(run.directory)
+    return f"{status['state']}@{status.get('epoch', 0)}" if status else "new"
+
+
+class LabkitGroup(click.Group):
+    """Turns :class:`UserError` into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=LabkitGroup)
+@click.version_option(package_name="labkit")
+def cli() -> None:
+    """labkit: spec grids of trained networks, measured layer by layer."""
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="label of this repetition (part of every run path)")
+@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
+@click.option("--dry-run", is_flag=True, help="validate and show the runs, train nothing")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool) -> None:
+    """Train every run of SPEC; finished runs are skipped, unfinished ones resumed."""
+    runs = load_runs(spec, run_id, device)
+    click.echo(plan_table(runs).to_string(index=False))
+    if dry_run:
+        click.echo(f"dry run: {len(runs)} run(s) validated, nothing trained")
+        return
+    check_device(runs[0].config["device"])
+    states = []
+    for i, r in enumerate(runs, 1):
+        if not quiet:
+            click.echo(f"[{i}/{len(runs)}] {r.name} -> {r.directory}", err=True)
+        state = engine.train(r, plugins.registries(), r.config["device"], progress=not quiet)
+        states.append(state)
+        click.echo(f"[{i}/{len(runs)}] {state}: {r.directory}")
+    failed = states.count("failed")
+    click.echo(f"{len(runs)} run(s): {states.count('finished')} finished, "
+               f"{states.count('skipped')} already finished, {failed} failed")
+    if failed:
+        click.echo("see status.json and error.txt in the failed run directories", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", default="RUN_ID", show_default=True, help="run-id to show paths for")
+def plan(spec: str, run_id: str) -> None:
+    """Print the runs of SPEC (hash, name, status, varying values) without running."""
+    runs = load_runs(spec, run_id)
+    click.echo(plan_table(runs).to_string(index=False))
+    click.echo(f"{len(runs)} run(s) under {Path(runs[0].config['logs_dir'])}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON schema of a spec (for editor completion)."""
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@cli.command("list")
+@click.argument("kind")
+@click.argument("pattern", default="*")
+def list_(kind: str, pattern: str) -> None:
+    """List registered names of KIND (models, datasets, optimizers, schedulers,
+    metrics, methods, analyses) matching a wildcard PATTERN."""
+    registry = plugins.registries()[kind]
+    entries = [e for e in registry.entries() if e.name in registry.names(pattern)]
+    for e in entries:
+        params = ", ".join(f"{n}={f.default!r}" for n, f in e.params.model_fields.items())
+        suffix = "<torchvision model name>" if e.prefix else ""
+        click.echo(f"{e.name}{suffix}  [{e.plugin}]  {params}")
+    if not entries:
+        raise UserError(f"no {kind} match {pattern!r}; run `labkit list {kind}` for all names")
+
+
+@cli.command("plugins")
+def plugins_() -> None:
+    """List loaded plugins with their distributions and versions."""
+    pm = plugins.plugin_manager()
+    for info in plugins.plugin_infos(pm):
+        click.echo(f"{info.name}  {info.distribution} {info.version}")
+
+
+@cli.command()
+@click.argument("logs", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="CSV file (default: stdout)")
+@click.option("--run-id", "run_ids", multiple=True, help="only these run-ids (repeatable)")
+def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...]) -> None:
+    """Every run under LOGS (default: logs/) as one tidy CSV: config and per-epoch logs."""
+    from labkit.atomic import atomic_open
+    from labkit.results import collect
+
+    table = collect([Path(p) for p in (logs or ("logs",))], run_ids)
+    if table.empty:
+        raise UserError(f"no runs found under {', '.join(logs or ('logs',))}; "
+                        f"train with `labkit run SPEC --run-id ID` first")
+    if output:
+        with atomic_open(output, "w") as handle:
+            table.to_csv(handle, index=False)
+        click.echo(f"{len(table)} rows from {table['run_dir'].nunique()} run(s) -> {output}")
+    else:
+        table.to_csv(sys.stdout, index=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="labkit")

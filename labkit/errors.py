@@ -1,0 +1,16 @@
+"""Errors that reach the user as a one-line message instead of a traceback."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (spec, command line, files on disk).
+
+    The CLI prints ``str(error)`` without a traceback and exits with ``exit_code``.
+    The message must name the problem and the fix.
+    """
+
+    exit_code = 2
+
+
+class DatasetNotFound(UserError):
+    """A dataset's files are not where labkit looks for them, and download is off."""

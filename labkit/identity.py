@@ -1,0 +1,105 @@
+"""Run identity and run directories.
+
+A run's identity is a short hash of its resolved config minus the settings that never
+change results (:data:`labkit.spec.NOT_IDENTITY`: device, output folder, worker count,
+…). Grid position is never part of it, so the same run reached from two specs shares a
+directory and is resumed or skipped, and two runs differing in any result-changing value
+(down to a nested optimizer value) never share one.
+
+Layout: ``<logs_dir>/<model>/<dataset>_<resolution>/<run-id>/<readable>-<hash>/``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labkit.spec import NOT_IDENTITY
+
+HASH_LEN = 10
+
+
+def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that defines the run's results."""
+    config = copy.deepcopy(resolved)
+    for dotted in NOT_IDENTITY:
+        *parents, last = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
+
+
+def run_hash(resolved: dict[str, Any]) -> str:
+    """Short hex hash of :func:`identity_config` (canonical JSON, sorted keys)."""
+    canonical = json.dumps(identity_config(resolved), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LEN]
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(text))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One expanded, validated run of a spec.
+
+    Attributes:
+        config: the resolved config (JSON-ready, defaults filled in).
+        run_id: the user's ``--run-id`` (a repetition label, part of the path).
+    """
+
+    config: dict[str, Any]
+    run_id: str
+
+    @property
+    def hash(self) -> str:
+        return run_hash(self.config)
+
+    @property
+    def name(self) -> str:
+        """Readable name: ``<model>-<dataset>-r<res>-<method>-<optimizer>-bs<bs>-e<epochs>``."""
+        c = self.config
+        return _safe(f"{c['model']['name']}-{c['dataset']['name']}-r{self.resolution}-"
+                     f"{c['method']['name']}-{c['optimizer']['name']}-bs{c['batch_size']}-"
+                     f"e{c['epochs']}")
+
+    @property
+    def resolution(self) -> Any:
+        return self.config["dataset"].get("resolution", "native")
+
+    @property
+    def directory(self) -> Path:
+        c = self.config
+        return (Path(c["logs_dir"]) / _safe(c["model"]["name"])
+                / _safe(f"{c['dataset']['name']}_{self.resolution}") / _safe(self.run_id)
+                / f"{self.name}-{self.hash}")
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a nested config (lists kept as JSON text)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        elif isinstance(value, list):
+            out[dotted] = json.dumps(value, sort_keys=True)
+        else:
+            out[dotted] = value
+    return out
+
+
+def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Dotted keys whose values differ between ``configs``, in first-seen order."""
+    flats = [flatten(c) for c in configs]
+    keys: list[str] = []
+    for flat in flats:
+        keys.extend(k for k in flat if k not in keys)
+    return [k for k in keys
+            if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]

@@ -1,0 +1,24 @@
+"""Supervised training with cross-entropy on the labels."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from labkit.methods.base import Method, StepResult
+
+
+class Supervised(Method):
+    """Minimise the cross-entropy between the network's outputs and the labels."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        label_smoothing: float = Field(0.0, ge=0.0, lt=1.0,
+                                       description="label smoothing of the cross-entropy")
+
+    def training_step(self, batch: Any) -> StepResult:
+        images, targets = batch
+        logits = self.context.model(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.params.label_smoothing)
+        return StepResult(loss=loss, batch_size=len(targets), logits=logits, targets=targets)

@@ -1,0 +1,85 @@
+"""Built-in metrics, accumulated over a whole pass (never averaged over batches).
+
+A metric is an object with ``update(logits, targets)`` and ``compute() -> float``;
+factories take ``num_classes``. Classification metrics share one confusion matrix
+implementation so accuracy, balanced accuracy and Matthews correlation agree exactly.
+The loss is not a metric: the engine logs the mean loss per sample itself.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ConfusionMetric:
+    """Base for metrics computed from the confusion matrix of top-1 predictions.
+
+    Args:
+        num_classes: number of classes C; the matrix is C × C (rows: true class).
+    """
+
+    def __init__(self, num_classes: int):
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch: ``logits`` (N, C), ``targets`` (N,) integer classes."""
+        c = self.matrix.shape[0]
+        pred = logits.argmax(dim=1).cpu()
+        idx = targets.cpu().long() * c + pred
+        self.matrix += torch.bincount(idx, minlength=c * c).reshape(c, c).double()
+
+    def compute(self) -> float:
+        raise NotImplementedError
+
+
+class Accuracy(ConfusionMetric):
+    """Share of samples whose top-1 prediction is the label."""
+
+    def compute(self) -> float:
+        total = self.matrix.sum()
+        return float(self.matrix.trace() / total) if total else float("nan")
+
+
+class BalancedAccuracy(ConfusionMetric):
+    """Mean per-class recall over the classes present in the pass."""
+
+    def compute(self) -> float:
+        support = self.matrix.sum(dim=1)
+        present = support > 0
+        return float((self.matrix.diag()[present] / support[present]).mean())
+
+
+class MCC(ConfusionMetric):
+    """Multi-class Matthews correlation coefficient (Gorodkin's R_K statistic)."""
+
+    def compute(self) -> float:
+        m = self.matrix
+        t, p = m.sum(dim=1), m.sum(dim=0)
+        n, correct = m.sum(), m.trace()
+        denom = torch.sqrt((n * n - (p * p).sum()) * (n * n - (t * t).sum()))
+        return float((correct * n - (t * p).sum()) / denom) if denom > 0 else 0.0
+
+
+class TopKAccuracy:
+    """Share of samples whose label is among the ``k`` highest logits."""
+
+    def __init__(self, num_classes: int, k: int = 5):
+        self.k = min(k, num_classes)
+        self.hits = 0
+        self.count = 0
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        top = logits.topk(self.k, dim=1).indices
+        self.hits += int((top == targets.view(-1, 1)).any(dim=1).sum())
+        self.count += int(targets.numel())
+
+    def compute(self) -> float:
+        return self.hits / self.count if self.count else float("nan")
+
+
+def top5_accuracy(num_classes: int) -> TopKAccuracy:
+    """Top-5 accuracy (top-C when there are fewer than five classes)."""
+    return TopKAccuracy(num_classes, 5)
+
+
+METRICS = {"accuracy": Accuracy, "top5_accuracy": top5_accuracy, "mcc": MCC,
+           "balanced_accuracy": BalancedAccuracy}

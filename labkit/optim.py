@@ -1,0 +1,100 @@
+"""Built-in optimizers and learning-rate schedules.
+
+Optimizer factories take ``params`` (what ``method.parameters()`` returns) plus spec
+parameters. Schedule factories take the optimizer and the number of epochs; labkit steps
+every schedule once per epoch. Every schedule accepts ``warmup_epochs``: a linear ramp
+from ``lr * warmup_start`` to ``lr`` before the schedule proper starts.
+
+PHD-LAB's optimizer presets are the schedules ``lrs`` (StepLR, 10 epochs, γ=0.1) and
+``lrs60`` (StepLR, 20 epochs, γ=0.1), used with the ``sgd`` optimizer, whose defaults
+(lr 0.1, momentum 0.9, weight decay 5e-4) are PHD-LAB's.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch.optim import lr_scheduler as sched
+
+
+def sgd(params: Iterable, lr: float = 0.1, momentum: float = 0.9,
+        weight_decay: float = 5e-4, nesterov: bool = False) -> torch.optim.Optimizer:
+    """Stochastic gradient descent with (optionally Nesterov) momentum."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov)
+
+
+def adam(params: Iterable, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+         weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (L2 penalty added to the gradient)."""
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+
+
+def adamw(params: Iterable, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+          weight_decay: float = 0.01) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay)."""
+    return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+
+
+def radam(params: Iterable, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+          weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Rectified Adam."""
+    return torch.optim.RAdam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"sgd": sgd, "adam": adam, "adamw": adamw, "radam": radam}
+
+
+def _with_warmup(optimizer: torch.optim.Optimizer, main: sched.LRScheduler | None,
+                 warmup_epochs: int, warmup_start: float) -> sched.LRScheduler:
+    main = main or sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup_epochs <= 0:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=warmup_start, end_factor=1.0,
+                          total_iters=warmup_epochs)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup_epochs])
+
+
+def step(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 30,
+         gamma: float = 0.1, warmup_epochs: int = 0, warmup_start: float = 0.1) -> sched.LRScheduler:
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs."""
+    return _with_warmup(optimizer, sched.StepLR(optimizer, step_size, gamma),
+                        warmup_epochs, warmup_start)
+
+
+def multistep(optimizer: torch.optim.Optimizer, epochs: int,
+              milestones: list[int] = [150, 250], gamma: float = 0.1,  # noqa: B006 (copied by pydantic)
+              warmup_epochs: int = 0, warmup_start: float = 0.1) -> sched.LRScheduler:
+    """Multiply the learning rate by ``gamma`` at each epoch in ``milestones``."""
+    return _with_warmup(optimizer, sched.MultiStepLR(optimizer, milestones, gamma),
+                        warmup_epochs, warmup_start)
+
+
+def cosine(optimizer: torch.optim.Optimizer, epochs: int, eta_min: float = 0.0,
+           warmup_epochs: int = 0, warmup_start: float = 0.1) -> sched.LRScheduler:
+    """Cosine decay from the base rate to ``eta_min`` over the epochs after warm-up."""
+    main = sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs - warmup_epochs),
+                                   eta_min=eta_min)
+    return _with_warmup(optimizer, main, warmup_epochs, warmup_start)
+
+
+def warmup(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 5,
+           warmup_start: float = 0.1) -> sched.LRScheduler:
+    """Linear warm-up over ``warmup_epochs``, constant afterwards."""
+    return _with_warmup(optimizer, None, warmup_epochs, warmup_start)
+
+
+def lrs(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 10,
+        gamma: float = 0.1) -> sched.LRScheduler:
+    """PHD-LAB's ``lrs`` preset: StepLR every 10 epochs."""
+    return sched.StepLR(optimizer, step_size, gamma)
+
+
+def lrs60(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 20,
+          gamma: float = 0.1) -> sched.LRScheduler:
+    """PHD-LAB's ``lrs60`` preset (for 60-epoch runs): StepLR every 20 epochs."""
+    return sched.StepLR(optimizer, step_size, gamma)
+
+
+SCHEDULERS = {"step": step, "multistep": multistep, "cosine": cosine, "warmup": warmup,
+              "lrs": lrs, "lrs60": lrs60}

@@ -1,0 +1,286 @@
+"""Specs: the JSON a researcher writes, validated by pydantic and expanded into a grid.
+
+A JSON list given where the schema expects one value is a grid axis, at any depth
+(``"lr": [0.1, 0.01]`` inside the optimizer object, a list of objects where one object
+is expected). Fields that are lists by type (``metrics``, ``analyses``) are not axes;
+a list of lists there is. The grid is the cartesian product of all axes.
+
+Components (model, dataset, method, optimizer, scheduler, analyses) are written as a
+name or as an object ``{"name": ..., <params>}``; the params are validated against the
+pydantic model the registry holds for that name, which also injects defaults.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from labkit.errors import UserError
+from labkit.registry import Registries
+
+
+class Component(BaseModel):
+    """A registered component chosen by ``name``; every other key is a parameter."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="registered name (see `labkit list KIND`)")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The component's parameters (every key but ``name``)."""
+        return dict(self.model_extra or {})
+
+
+def _component_field(kind: str, default: Any = ..., description: str = "") -> Any:
+    return Field(default, description=description, json_schema_extra={"registry": kind})
+
+
+def _as_component(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class Spec(BaseModel):
+    """One run's settings; a spec file holds this with lists as grid axes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("experiment", description="label of the spec; not part of run identity")
+    model: Component = _component_field("models", description="network to train")
+    dataset: Component = _component_field(
+        "datasets", Component(name="digits"), "data set with its params (resolution, augment, …)")
+    method: Component = _component_field(
+        "methods", Component(name="supervised"), "training method owning the training step")
+    optimizer: Component = _component_field("optimizers", Component(name="sgd"), "optimizer")
+    scheduler: Component | None = _component_field(
+        "schedulers", None, "learning-rate schedule, stepped once per epoch; null: constant")
+    epochs: int = Field(30, ge=1, description="number of training epochs")
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    seed: int = Field(0, description="seed of weights init, data order and augmentation")
+    metrics: list[str] = Field(
+        ["accuracy", "top5_accuracy", "mcc", "balanced_accuracy"],
+        description="metrics logged per epoch for train and every eval split",
+        json_schema_extra={"registry": "metrics"})
+    analyses: list[Component] = Field(
+        [], description="post-training analyses, each skipped when its output is complete",
+        json_schema_extra={"registry": "analyses"})
+    logs_dir: str = Field("logs", description="root of run directories; not part of identity")
+    device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0; not part of identity")
+    eval_batch_size: int = Field(512, ge=1, description="batch size of evaluation passes; not part of identity")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes; not part of identity")
+
+    @field_validator("model", "dataset", "method", "optimizer", "scheduler", mode="before")
+    @classmethod
+    def _name_only(cls, value: Any) -> Any:
+        return _as_component(value)
+
+    @field_validator("analyses", mode="before")
+    @classmethod
+    def _names_only(cls, value: Any) -> Any:
+        return [_as_component(v) for v in value] if isinstance(value, list) else value
+
+
+# Settings that change where or how fast a run executes, never its results.
+NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
+                "dataset.root", "dataset.download")
+
+
+# ---------------------------------------------------------------- grid expansion
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The alternatives of a union annotation (``X | None`` → ``[X, NoneType]``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return list(typing.get_args(annotation))
+    return [annotation]
+
+
+def _is_list_type(annotation: Any) -> bool:
+    return any(typing.get_origin(a) in (list, tuple, set, frozenset) or a in (list, tuple)
+               for a in _unwrap(annotation))
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    for a in _unwrap(annotation):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _registry_kind(field: Any) -> str | None:
+    extra = field.json_schema_extra
+    return extra.get("registry") if isinstance(extra, dict) else None
+
+
+def _alternatives(value: Any, annotation: Any, kind: str | None, path: str,
+                  registries: Registries) -> list[Any]:
+    """Every value that ``value`` stands for, one per grid point."""
+    if isinstance(value, list) and not _is_list_type(annotation):
+        if not value:
+            raise UserError(f"{path or 'spec'}: an empty list is a grid axis with no values; "
+                            f"give one value, or a list of the values to try")
+        return [alt for item in value
+                for alt in _alternatives(item, annotation, kind, path, registries)]
+    if isinstance(value, list):
+        if value and all(isinstance(v, list) for v in value):
+            return value  # a list of lists in a list-typed field: each inner list is one point
+        return [value]
+    model = _model_type(annotation)
+    if model is Component and kind is not None:
+        return _component_alternatives(_as_component(value), kind, path, registries)
+    if model is not None and isinstance(value, dict):
+        return _object_alternatives(value, model, path, registries)
+    return [value]
+
+
+def _object_alternatives(value: dict, model: type[BaseModel], path: str,
+                         registries: Registries) -> list[dict]:
+    fields = model.model_fields
+    axes = []
+    for key, item in value.items():
+        field = fields.get(key)
+        annotation = field.annotation if field else Any
+        kind = _registry_kind(field) if field else None
+        axes.append(_alternatives(item, annotation, kind, _join(path, key), registries))
+    return [dict(zip(value.keys(), combo)) for combo in itertools.product(*axes)]
+
+
+def _component_alternatives(value: Any, kind: str, path: str,
+                            registries: Registries) -> list[Any]:
+    if not isinstance(value, dict) or "name" not in value:
+        return [value]  # not a component: validation reports it with its path
+    out: list[Any] = []
+    names = value["name"] if isinstance(value["name"], list) else [value["name"]]
+    for name in names:
+        params = {k: v for k, v in value.items() if k != "name"}
+        registry = registries[kind]
+        if not isinstance(name, str) or name not in registry:
+            out.append({"name": name, **params})  # validation reports the unknown name
+            continue
+        params_model = registry.get(name).params
+        for combo in _object_alternatives(params, params_model, path, registries):
+            out.append({"name": name, **combo})
+    return out
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# ---------------------------------------------------------------- validation
+
+def _format_validation_error(exc: ValidationError, model: type[BaseModel] | None,
+                             prefix: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = _join(prefix, ".".join(str(p) for p in err["loc"]))
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            valid = _valid_keys(model, err["loc"][:-1])
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            lines.append(f"{loc}: unknown key {key!r}.{hint} Valid keys here: "
+                         f"{', '.join(valid) or '(none)'}.")
+        elif err["type"] == "missing":
+            lines.append(f"{loc}: required value missing; add it to the spec.")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r}); fix the value.")
+    return "\n".join(lines)
+
+
+def _valid_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_type(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+def _resolve_component(value: Component, kind: str, path: str,
+                       registries: Registries) -> dict[str, Any]:
+    registry = registries[kind]
+    try:
+        entry = registry.get(value.name)
+    except UserError as exc:
+        raise UserError(f"{path}.name: {exc}") from None
+    try:
+        params = entry.params.model_validate(value.params)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc, entry.params, path)) from None
+    return {"name": value.name, **params.model_dump(mode="json")}
+
+
+def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
+    """Validate one grid point and return its resolved config (defaults filled in).
+
+    Raises:
+        UserError: naming the JSON path of every problem and how to fix it.
+    """
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc, Spec, "")) from None
+    resolved = spec.model_dump(mode="json")
+    for key, field in Spec.model_fields.items():
+        kind = _registry_kind(field)
+        value = getattr(spec, key)
+        if kind is None or value is None:
+            continue
+        if key == "metrics":
+            for i, name in enumerate(value):
+                if name not in registries.metrics:
+                    raise UserError(f"metrics.{i}: {registries.metrics.unknown_message(name)}")
+        elif isinstance(value, list):
+            resolved[key] = [_resolve_component(v, kind, f"{key}.{i}", registries)
+                             for i, v in enumerate(value)]
+        else:
+            resolved[key] = _resolve_component(value, kind, key, registries)
+    return resolved
+
+
+def expand(raw: dict[str, Any], registries: Registries) -> list[dict[str, Any]]:
+    """Expand a spec into resolved configs, one per grid point, all validated.
+
+    Raises:
+        UserError: the first invalid grid point, with its position and JSON paths.
+    """
+    if not isinstance(raw, dict):
+        raise UserError("a spec must be a JSON object ({...}) at the top level")
+    points = _object_alternatives(raw, Spec, "", registries)
+    resolved = []
+    for i, point in enumerate(points):
+        try:
+            resolved.append(resolve(point, registries))
+        except UserError as exc:
+            where = f"grid point {i + 1} of {len(points)}: " if len(points) > 1 else ""
+            raise UserError(f"{where}{exc}") from None
+    return resolved
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON spec file.
+
+    Raises:
+        UserError: missing file, or invalid JSON with line and column.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"spec file {str(p)!r} not found; check the path "
+                        f"(example specs are in specs/)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
+                        f"{exc.msg}; fix the syntax (JSON needs double quotes and no "
+                        f"trailing commas)") from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a spec's grid point (lists as axes are allowed everywhere)."""
+    return Spec.model_json_schema()

@@ -1,0 +1,39 @@
+"""Test-suite setup: no entry-point plugins unless a test asks for one."""
+import os
+
+os.environ["LABKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+os.environ.pop("LABKIT_PLUGINS", None)
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from labkit import plugins  # noqa: E402
+
+
+@pytest.fixture
+def registries():
+    """Fresh registries with the built-ins only."""
+    return plugins.use()
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """Write a spec dict to tmp_path/spec.json, with logs under tmp_path/logs."""
+    def write(spec: dict, name: str = "spec.json") -> Path:
+        spec = {"logs_dir": str(tmp_path / "logs"), **spec}
+        path = tmp_path / name
+        path.write_text(json.dumps(spec))
+        return path
+    return write
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `labkit` console entry in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout)

@@ -1,0 +1,250 @@
+"""Tests for the built-in model registry and the torchvision bridge."""
+import inspect
+import re
+
+import pydantic
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from labkit.errors import UserError
+from labkit.models import MODELS, create_torchvision_model, torchvision_model_names
+
+WIDTH_SUFFIXES = ["", "_s", "_xs", "_xxs"]
+WIDTH_FAMILIES = ["resnet18", "resnet34", "resnet50", "vgg11", "vgg13", "vgg16", "vgg19"]
+EXPECTED_NAMES = {f"{base}{suffix}" for base in WIDTH_FAMILIES for suffix in WIDTH_SUFFIXES} | {
+    "wide_resnet",
+    "lenet5",
+    "cnn_xs",
+    "cnn_s",
+    "cnn_m",
+    "mlp_s",
+    "mlp_m",
+}
+
+
+def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(images)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def module_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules()]
+
+
+def test_registry_holds_exactly_the_documented_models():
+    assert set(MODELS) == EXPECTED_NAMES
+
+
+# (in_channels, resolution): the smallest supported input, CIFAR-sized, and an odd size.
+@pytest.mark.parametrize("in_channels, resolution", [(1, 8), (3, 32), (3, 11)])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_maps_images_to_logits_with_fc_classifier(name, in_channels, resolution):
+    model = MODELS[name](10, in_channels, resolution)
+    # Training mode: BatchNorm uses batch statistics, the path taken during training.
+    out = logits(model.train(), torch.randn(2, in_channels, resolution, resolution))
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    assert linears[-1] == "fc" and model.get_submodule("fc").out_features == 10
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_factory_params_can_be_derived_from_the_signature(name):
+    parameters = list(inspect.signature(MODELS[name]).parameters.values())
+    assert [p.name for p in parameters[:3]] == ["num_classes", "in_channels", "resolution"]
+    extra = parameters[3:]
+    for p in extra:
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY, p.name
+        assert p.annotation is not inspect.Parameter.empty, p.name
+        assert p.default is not inspect.Parameter.empty, p.name
+    params_model = pydantic.create_model(f"{name}_params", **{p.name: (p.annotation, p.default) for p in extra})
+    assert params_model().model_dump() == {p.name: p.default for p in extra}
+
+
+@pytest.mark.parametrize("base", WIDTH_FAMILIES)
+def test_width_variants_are_strictly_narrower(base):
+    models = [MODELS[base + suffix](10, 3, 32) for suffix in WIDTH_SUFFIXES]
+    counts = [num_parameters(model) for model in models]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == len(counts)
+    first_convs = [next(m for m in model.modules() if isinstance(m, nn.Conv2d)) for model in models]
+    assert [conv.out_channels for conv in first_convs] == [64, 32, 16, 8]
+    # Layer names are CSV columns: a width variant must not rename anything.
+    assert all(module_names(model) == module_names(models[0]) for model in models)
+
+
+def test_resnet_module_names_are_readable():
+    names = set(module_names(MODELS["resnet18"](10, 3, 32)))
+    assert {"conv1", "bn1", "layer1.0.conv1", "layer1.0.bn2", "layer4.1.conv2", "avgpool", "fc"} <= names
+    assert {"layer2.0.shortcut.conv", "layer2.0.shortcut.bn"} <= names
+    assert "layer1.0.shortcut" not in names  # identity where the shape is unchanged
+    bottleneck_names = set(module_names(MODELS["resnet50"](10, 3, 32)))
+    assert {"layer1.0.conv3", "layer1.0.shortcut.conv", "layer4.2.bn3"} <= bottleneck_names
+
+
+def test_resnet_uses_cifar_stem():
+    model = MODELS["resnet18"](10, 3, 32)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["resnet18_xxs", "resnet50_xxs"])
+def test_noskip_removes_shortcuts_but_keeps_the_residual_branches(name):
+    torch.manual_seed(0)
+    with_skip = MODELS[name](10, 3, 16).eval()
+    without_skip = MODELS[name](10, 3, 16, noskip=True).eval()
+    assert not any("shortcut" in n for n in module_names(without_skip))
+    result = without_skip.load_state_dict(with_skip.state_dict(), strict=False)
+    assert result.missing_keys == []
+    assert result.unexpected_keys and all(".shortcut." in key for key in result.unexpected_keys)
+    images = torch.randn(2, 3, 16, 16)
+    assert not torch.allclose(logits(with_skip, images), logits(without_skip, images))
+
+
+@pytest.mark.parametrize("name", ["resnet18_xxs", "resnet50_xxs"])
+def test_noskip_output_depends_only_on_the_residual_branches(name):
+    """With every residual branch silenced, a plain network forgets its input; a ResNet does not."""
+    images = torch.randn(2, 3, 16, 16)
+    outputs = {}
+    for noskip in (False, True):
+        model = MODELS[name](10, 3, 16, noskip=noskip).eval()
+        for module_name, module in model.named_modules():
+            if re.fullmatch(r"layer\d\.\d+\.bn\d", module_name):
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
+        outputs[noskip] = logits(model, images)
+    assert not torch.allclose(outputs[False][0], outputs[False][1])
+    assert torch.allclose(outputs[True][0], outputs[True][1])
+
+
+def test_vgg_skips_pools_that_would_shrink_the_map_below_one_pixel():
+    def pooled_blocks(resolution):
+        model = MODELS["vgg11_xxs"](10, 3, resolution)
+        return [n.split(".")[0] for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d)]
+
+    assert pooled_blocks(32) == ["block1", "block2", "block3", "block4", "block5"]
+    assert pooled_blocks(8) == ["block1", "block2", "block3"]
+    assert pooled_blocks(11) == ["block1", "block2", "block3"]  # 11 -> 5 -> 2 -> 1
+
+
+@pytest.mark.parametrize("depth, convs_per_stage", [(11, [1, 1, 2, 2, 2]), (19, [2, 2, 4, 4, 4])])
+def test_vgg_depth_and_names(depth, convs_per_stage):
+    model = MODELS[f"vgg{depth}_xxs"](10, 3, 32)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == depth - 3  # the other three VGG weight layers were the ImageNet MLP head
+    assert [sum(n.startswith(f"block{s}.") for n in convs) for s in range(1, 6)] == convs_per_stage
+    assert {"block1.conv1", "block1.bn1", "block1.pool", f"block5.conv{convs_per_stage[-1]}"} <= set(module_names(model))
+
+
+def test_wide_resnet_params_set_depth_width_and_dropout():
+    model = MODELS["wide_resnet"](10, 3, 8, depth=22, widen_factor=1, dropout=0.5)
+    assert [len(model.get_submodule(f"layer{i}")) for i in (1, 2, 3)] == [3, 3, 3]
+    assert model.fc.in_features == 64
+    assert MODELS["wide_resnet"](10, 3, 8, depth=10, widen_factor=3).fc.in_features == 192
+    images = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(0)
+    assert not torch.allclose(logits(model.train(), images), logits(model, images))
+    model.eval()
+    assert torch.equal(logits(model, images), logits(model, images))
+    no_dropout = MODELS["wide_resnet"](10, 3, 8, depth=10, widen_factor=1).train()
+    assert torch.equal(logits(no_dropout, images), logits(no_dropout, images))
+
+
+def test_wide_resnet_rejects_depth_not_6n_plus_4():
+    with pytest.raises(UserError, match="6n\\+4"):
+        MODELS["wide_resnet"](10, 3, 32, depth=18)
+
+
+def test_lenet5_keeps_classic_head_at_any_resolution():
+    for resolution in (8, 28, 32):
+        model = MODELS["lenet5"](10, 1, resolution)
+        assert [model.get_submodule(n).out_features for n in ("fc1", "fc2", "fc")] == [120, 84, 10]
+        assert model.fc1.in_features == 16 * 5 * 5
+
+
+def test_cnn_family_grows_in_width():
+    counts = [num_parameters(MODELS[name](10, 3, 32)) for name in ("cnn_xs", "cnn_s", "cnn_m")]
+    assert counts[0] < counts[1] < counts[2]
+
+
+def test_cnn_xs_learns_8x8_digits_in_seconds():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target)
+    torch.manual_seed(0)
+    model = MODELS["cnn_xs"](10, 1, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        for start in range(0, 1200, 64):
+            loss = F.cross_entropy(model(images[start : start + 64]), labels[start : start + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    accuracy = (logits(model.eval(), images[1200:]).argmax(1) == labels[1200:]).float().mean()
+    assert accuracy > 0.8
+
+
+def test_mlp_params_set_hidden_layers():
+    model = MODELS["mlp_s"](10, 3, 8, hidden=7, depth=4)
+    linears = [(n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert linears == [("fc1", 192, 7), ("fc2", 7, 7), ("fc3", 7, 7), ("fc4", 7, 7), ("fc", 7, 10)]
+    linear_probe = MODELS["mlp_m"](10, 1, 8, depth=0)
+    assert [m.in_features for m in linear_probe.modules() if isinstance(m, nn.Linear)] == [64]
+    assert MODELS["mlp_m"](10, 1, 8).fc1.out_features > MODELS["mlp_s"](10, 1, 8).fc1.out_features
+
+
+def test_mlp_rejects_nonsense_sizes():
+    with pytest.raises(UserError, match="hidden"):
+        MODELS["mlp_s"](10, 1, 8, hidden=0)
+
+
+def test_torchvision_names_are_classifiers():
+    names = torchvision_model_names()
+    assert names == sorted(names)
+    assert {"resnet18", "vgg11_bn", "vit_b_16"} <= set(names)
+    assert not any(name.startswith(("fcn_", "raft_", "quantized_")) for name in names)
+
+
+def test_torchvision_model_adapts_to_grayscale(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("labkit must never download weights")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    model = create_torchvision_model("resnet18", 5, 1, 32)
+    assert model.conv1.in_channels == 1 and model.conv1.out_channels == 64
+    assert logits(model.train(), torch.randn(2, 1, 32, 32)).shape == (2, 5)
+    assert create_torchvision_model("resnet18", 5, 3, 32).conv1.in_channels == 3
+
+
+def test_torchvision_stem_inside_a_sequential_is_adapted():
+    model = create_torchvision_model("mobilenet_v3_small", 4, 1, 32)
+    assert model.features[0][0].in_channels == 1
+    assert logits(model.eval(), torch.randn(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_torchvision_models_return_plain_logits_in_training_mode():
+    model = create_torchvision_model("googlenet", 3, 3, 32).train()
+    assert isinstance(model(torch.randn(2, 3, 32, 32)), torch.Tensor)
+
+
+def test_torchvision_vit_is_built_for_the_data_resolution():
+    model = create_torchvision_model("vit_b_32", 3, 3, 64)
+    assert logits(model.eval(), torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    with pytest.raises(UserError, match="resolution 40"):
+        create_torchvision_model("vit_b_32", 3, 3, 40)
+
+
+def test_unknown_torchvision_arch_suggests_close_matches():
+    with pytest.raises(UserError) as error:
+        create_torchvision_model("resnet181", 5, 1, 32)
+    message = str(error.value)
+    assert "'resnet181'" in message and "'resnet18'" in message
+    assert "torchvision_model_names()" in message
