@@ -8,7 +8,6 @@ so the CSV never disagrees with the weights a resume starts from.
 from __future__ import annotations
 
 import random
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -43,6 +42,11 @@ def build_component(registries: Registries, kind: str, spec: dict[str, Any], **c
     return registry.create(spec["name"], **context, **params)
 
 
+def quiet_bars(progress: bool) -> bool | None:
+    """tqdm's ``disable``: off when asked, and (``None``) whenever stderr is not a TTY."""
+    return True if not progress else None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -72,7 +76,7 @@ def train_one_epoch(method: Method, loader: DataLoader, optimizer: torch.optim.O
     method.train(True)
     loss_sum, seen = 0.0, 0
     for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", leave=False,
-                                      disable=not progress)):
+                                      disable=quiet_bars(progress))):
         result = method.training_step(to_device(batch, device))
         if not torch.isfinite(result.loss):
             raise RunFailed(f"non-finite training loss ({result.loss.item()}) at epoch {epoch}, "
@@ -185,7 +189,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
 
     # --- the epoch loop
     epochs = range(start + 1, config["epochs"] + 1)
-    for epoch in tqdm(epochs, desc=run.name, disable=not progress, file=sys.stderr):
+    for epoch in tqdm(epochs, desc=run.name, disable=quiet_bars(progress)):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_stats = train_one_epoch(

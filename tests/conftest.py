@@ -3,6 +3,9 @@ import os
 
 os.environ["LABKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 os.environ.pop("LABKIT_PLUGINS", None)
+# tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
+# threads competing with another process slow every step by orders of magnitude
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -10,8 +13,11 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from labkit import plugins  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -64,7 +64,8 @@ def test_factory_params_can_be_derived_from_the_signature(name):
         assert p.kind is inspect.Parameter.KEYWORD_ONLY, p.name
         assert p.annotation is not inspect.Parameter.empty, p.name
         assert p.default is not inspect.Parameter.empty, p.name
-    params_model = pydantic.create_model(f"{name}_params", **{p.name: (p.annotation, p.default) for p in extra})
+    fields = {p.name: (p.annotation, p.default) for p in extra}
+    params_model = pydantic.create_model(f"{name}_params", **fields)
     assert params_model().model_dump() == {p.name: p.default for p in extra}
 
 
@@ -139,7 +140,8 @@ def test_vgg_depth_and_names(depth, convs_per_stage):
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == depth - 3  # the other three VGG weight layers were the ImageNet MLP head
     assert [sum(n.startswith(f"block{s}.") for n in convs) for s in range(1, 6)] == convs_per_stage
-    assert {"block1.conv1", "block1.bn1", "block1.pool", f"block5.conv{convs_per_stage[-1]}"} <= set(module_names(model))
+    last_conv = f"block5.conv{convs_per_stage[-1]}"
+    assert {"block1.conv1", "block1.bn1", "block1.pool", last_conv} <= set(module_names(model))
 
 
 def test_wide_resnet_params_set_depth_width_and_dropout():
@@ -154,6 +156,16 @@ def test_wide_resnet_params_set_depth_width_and_dropout():
     assert torch.equal(logits(model, images), logits(model, images))
     no_dropout = MODELS["wide_resnet"](10, 3, 8, depth=10, widen_factor=1).train()
     assert torch.equal(logits(no_dropout, images), logits(no_dropout, images))
+
+
+def test_wide_resnet_blocks_are_residual():
+    """With every block's last conv zeroed, only the shortcuts carry the input to the head."""
+    model = MODELS["wide_resnet"](10, 3, 8, depth=10, widen_factor=1).eval()
+    for name, module in model.named_modules():
+        if name.endswith(".conv2"):
+            nn.init.zeros_(module.weight)
+    out = logits(model, torch.randn(2, 3, 8, 8))
+    assert not torch.allclose(out[0], out[1])
 
 
 def test_wide_resnet_rejects_depth_not_6n_plus_4():
@@ -193,7 +205,9 @@ def test_cnn_xs_learns_8x8_digits_in_seconds():
 
 def test_mlp_params_set_hidden_layers():
     model = MODELS["mlp_s"](10, 3, 8, hidden=7, depth=4)
-    linears = [(n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [
+        (n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+    ]
     assert linears == [("fc1", 192, 7), ("fc2", 7, 7), ("fc3", 7, 7), ("fc4", 7, 7), ("fc", 7, 10)]
     linear_probe = MODELS["mlp_m"](10, 1, 8, depth=0)
     assert [m.in_features for m in linear_probe.modules() if isinstance(m, nn.Linear)] == [64]

@@ -10,7 +10,7 @@ from the factory's signature. In every built-in model the classifier layer is na
 Width variants: the suffixes ``_s``, ``_xs``, ``_xxs`` divide every layer width of a ResNet
 or VGG by 2, 4 and 8.
 """
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

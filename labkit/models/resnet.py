@@ -11,16 +11,19 @@ Module names (used as CSV column names by the layer-wise analyses)::
     avgpool, fc                             head; ``fc`` is the classifier
 """
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int
+) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
     """A bias-free conv (the BN after it has its own shift) with 'same' padding, and its BN."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+    padding = kernel_size // 2
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
     return conv, nn.BatchNorm2d(out_channels)
 
 
@@ -50,7 +53,7 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.residual(x)
-        if True:
+        if self.skip:
             out = out + (x if self.shortcut is None else self.shortcut(x))
         return F.relu(out)
 

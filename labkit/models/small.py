@@ -3,7 +3,7 @@
 Every model is an ``nn.Sequential`` whose last module, the classifier, is named ``fc``.
 """
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

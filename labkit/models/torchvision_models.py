@@ -3,7 +3,8 @@
 Weights are never downloaded: every model is built with ``weights=None``.
 """
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torchvision
 from torch import nn

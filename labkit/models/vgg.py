@@ -12,7 +12,7 @@ Module names (used as CSV column names by the layer-wise analyses)::
     avgpool, flatten, fc                 head; ``fc`` is the classifier
 """
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -84,4 +84,4 @@ def plain_convnet_factory(stages: Sequence[tuple[int, int]]) -> Callable[..., Pl
 def vgg_factory(depth: int, width_divisor: int) -> Callable[..., PlainConvNet]:
     """Registry factory for VGG-``depth``-BN with every stage width divided by ``width_divisor``."""
     widths = [width // width_divisor for width in VGG_WIDTHS]
-    return plain_convnet_factory(list(zip(widths, VGG_DEPTHS[depth])))
+    return plain_convnet_factory(list(zip(widths, VGG_DEPTHS[depth], strict=True)))

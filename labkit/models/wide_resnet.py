@@ -48,15 +48,21 @@ def _check_params(depth: int, widen_factor: int, dropout: float) -> None:
             "Set `depth` to one of those values."
         )
     if widen_factor < 1:
-        raise UserError(f"wide_resnet widen_factor must be at least 1; got {widen_factor}. Set `widen_factor` >= 1.")
+        raise UserError(
+            f"wide_resnet widen_factor must be at least 1; got {widen_factor}. Set `widen_factor` >= 1."
+        )
     if not 0.0 <= dropout < 1.0:
-        raise UserError(f"wide_resnet dropout is a probability in [0, 1); got {dropout}. Set `dropout` in that range.")
+        raise UserError(
+            f"wide_resnet dropout is a probability in [0, 1); got {dropout}. Set `dropout` in that range."
+        )
 
 
 class WideResNet(nn.Module):
-    """WRN for input ``(N, in_channels, H, W)`` with any ``H, W >= 1``; output logits ``(N, num_classes)``."""
+    """WRN for input ``(N, in_channels, H, W)``, any ``H, W >= 1``; output logits ``(N, num_classes)``."""
 
-    def __init__(self, depth: int, widen_factor: int, dropout: float, num_classes: int, in_channels: int) -> None:
+    def __init__(
+        self, depth: int, widen_factor: int, dropout: float, num_classes: int, in_channels: int
+    ) -> None:
         super().__init__()
         _check_params(depth, widen_factor, dropout)
         blocks_per_stage = (depth - 4) // 6

@@ -1,0 +1,57 @@
+"""The command line as a user meets it: messages, exit codes, no tracebacks."""
+import json
+
+import pytest
+
+from conftest import run_cli
+
+GOOD = {"model": "cnn_xs", "dataset": "digits", "epochs": 1}
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({**GOOD, "epoch": 1}, "did you mean 'epochs'"),
+    ({**GOOD, "epochs": "one"}, "epochs"),
+    ({**GOOD, "model": "resnet81"}, "did you mean 'resnet18'"),
+    ({**GOOD, "optimizer": {"name": "sgd", "momentun": 0.9}}, "did you mean 'momentum'"),
+])
+def test_spec_mistakes_exit_2_with_one_clear_message(write_spec, spec, fragment):
+    result = run_cli("run", str(write_spec(spec)), "--run-id", "X")
+    assert result.returncode == 2
+    assert fragment.lower() in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_json_missing_file_and_missing_device(tmp_path, write_spec):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{'model': 'cnn_xs'}")
+    result = run_cli("run", str(bad), "--run-id", "X")
+    assert result.returncode == 2 and "line 1, column 2" in result.stderr
+    result = run_cli("plan", str(tmp_path / "missing.json"))
+    assert result.returncode == 2 and "not found" in result.stderr
+    result = run_cli("run", str(write_spec(GOOD)), "--run-id", "X", "--device", "cuda:7")
+    assert result.returncode == 2 and "--device cpu" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_and_dry_run_show_varying_values_and_create_nothing(tmp_path, write_spec):
+    spec = write_spec({**GOOD, "optimizer": {"name": "sgd", "lr": [0.1, 0.01]}})
+    plan = run_cli("plan", str(spec), "--run-id", "P")
+    assert plan.returncode == 0 and "optimizer.lr" in plan.stdout and "2 run(s)" in plan.stdout
+    dry = run_cli("run", str(spec), "--run-id", "P", "--dry-run")
+    assert dry.returncode == 0 and "nothing trained" in dry.stdout
+    assert not (tmp_path / "logs").exists()
+
+
+def test_schema_list_and_plugins():
+    schema = json.loads(run_cli("schema").stdout)
+    assert {"model", "dataset", "optimizer", "epochs"} <= set(schema["properties"])
+    listing = run_cli("list", "models", "vgg1*")
+    assert listing.returncode == 0
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == [
+        "vgg11", "vgg11_s", "vgg11_xs", "vgg11_xxs", "vgg13", "vgg13_s", "vgg13_xs",
+        "vgg13_xxs", "vgg16", "vgg16_s", "vgg16_xs", "vgg16_xxs", "vgg19", "vgg19_s",
+        "vgg19_xs", "vgg19_xxs"]
+    assert "[labkit]" in listing.stdout
+    unknown = run_cli("list", "modles")
+    assert unknown.returncode == 2 and "did you mean 'models'" in unknown.stderr.lower()
+    assert run_cli("plugins").stdout.startswith("labkit  labkit ")
