@@ -1,0 +1,78 @@
+"""Image transforms: resize, augmentation presets and per-channel normalisation.
+
+Every pipeline ends in a float32 tensor of shape ``(C, resolution, resolution)``.
+Order: resize -> augmentation -> to float in [0, 1] -> normalise, so that crop
+padding is measured in output pixels and normalisation sees the final image.
+"""
+from collections.abc import Callable, Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from labkit.errors import UserError
+
+AUGMENT_PRESETS: dict[str, str] = {
+    "none": "no augmentation",
+    "crop": "random crop with reflect padding of resolution // 8 pixels",
+    "flip_crop": "random crop (as 'crop') plus random horizontal flip; the CIFAR standard",
+    "imagenet": "RandomResizedCrop to resolution plus random horizontal flip",
+}
+
+
+def check_augment(augment: str) -> None:
+    """Raise :class:`UserError` unless ``augment`` names a preset in :data:`AUGMENT_PRESETS`."""
+    if augment not in AUGMENT_PRESETS:
+        valid = ", ".join(f"{name!r} ({what})" for name, what in AUGMENT_PRESETS.items())
+        raise UserError(
+            f"Unknown augmentation preset {augment!r}. "
+            f"Set \"augment\" in the spec's dataset object to one of: {valid}."
+        )
+
+
+def build_transform(
+    *,
+    resolution: int,
+    native: int | None,
+    augment: str,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    pil_input: bool,
+) -> Callable:
+    """Build the pipeline that turns one stored image into the model's input.
+
+    Args:
+        resolution: output height and width, in pixels.
+        native: side of the stored images in pixels when all are square and of that
+            size; ``None`` when sizes vary (image folders), which forces a resize.
+        augment: a preset name from :data:`AUGMENT_PRESETS`; pass ``"none"`` for
+            evaluation and ``train_plain`` pipelines.
+        mean, std: per-channel normalisation constants on the [0, 1] scale, or
+            ``None`` for no normalisation.
+        pil_input: True for PIL images (torchvision datasets), False for float
+            tensors ``(C, H, W)`` already in [0, 1] (in-memory datasets).
+
+    Returns:
+        A callable mapping one image to a float32 tensor ``(C, resolution, resolution)``.
+    """
+    check_augment(augment)
+    steps: list[Callable] = []
+    # RandomResizedCrop already outputs ``resolution``; resizing first would only
+    # throw away pixels it could have cropped from.
+    if augment != "imagenet" and native != resolution:
+        # Shorter side to ``resolution`` then a centre crop: square outputs without
+        # distorting non-square photos (a no-op crop for square images).
+        steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
+    if augment in ("crop", "flip_crop"):
+        steps.append(v2.RandomCrop(resolution, padding=resolution // 8, padding_mode="reflect"))
+    if augment == "imagenet":
+        steps.append(v2.RandomResizedCrop(resolution, antialias=True))
+    if augment in ("flip_crop", "imagenet"):
+        steps.append(v2.RandomHorizontalFlip())
+    if pil_input:
+        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if mean is not None:
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+    if pil_input:
+        # tv_tensors.Image would otherwise leak into user code and collate.
+        steps.append(v2.ToPureTensor())
+    return v2.Compose(steps) if steps else v2.Identity()

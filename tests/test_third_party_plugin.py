@@ -1,0 +1,50 @@
+"""A real third-party package, installed with pip, adds a model through an entry point."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "labkit-example-plugin"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+                   check=True, capture_output=True)
+    return target
+
+
+def env(site, **extra):
+    return {"PYTHONPATH": str(site), "LABKIT_DISABLE_PLUGIN_AUTOLOAD": "", **extra}
+
+
+def test_installed_plugin_is_listed_with_its_version_and_used_in_a_spec(site, tmp_path):
+    listing = run_cli("list", "models", "tiny*", env=env(site))
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.startswith("tiny_convnet  [example]  width=8")
+    plugins = run_cli("plugins", env=env(site))
+    assert "example  labkit-example-plugin 0.3.0" in plugins.stdout
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"model": {"name": "tiny_convnet", "width": 4},
+                                "epochs": 1, "logs_dir": str(tmp_path / "logs")}))
+    result = run_cli("run", str(spec), "--run-id", "P", "--quiet", env=env(site))
+    assert result.returncode == 0, result.stderr
+    (config,) = (tmp_path / "logs").rglob("config.json")
+    recorded = json.loads(config.read_text())
+    assert recorded["plugins"]["example"] == "0.3.0"
+    assert recorded["config"]["model"] == {"name": "tiny_convnet", "width": 4}
+
+
+def test_kill_switch_and_allow_list(site):
+    off = run_cli("list", "models", "tiny*", env=env(site, LABKIT_DISABLE_PLUGIN_AUTOLOAD="1"))
+    assert off.returncode == 2 and "no models match" in off.stderr
+    allowed = run_cli("list", "models", "tiny*",
+                      env=env(site, LABKIT_DISABLE_PLUGIN_AUTOLOAD="1", LABKIT_PLUGINS="example"))
+    assert allowed.returncode == 0 and "tiny_convnet" in allowed.stdout
