@@ -4,6 +4,7 @@ from __future__ import annotations
 from pydantic import ConfigDict, create_model
 
 from labkit import hookimpl
+from labkit.analyses import ANALYSES
 from labkit.data import DATASETS
 from labkit.methods import METHODS
 from labkit.metrics import METRICS
@@ -15,9 +16,9 @@ NO_PARAMS = create_model("no_params", __config__=ConfigDict(extra="forbid"))
 
 @hookimpl
 def labkit_register(registries) -> None:
-    """Register the built-in models, datasets, optimizers, schedules, metrics, methods."""
+    """Register every built-in component."""
     tables = {"models": MODELS, "datasets": DATASETS, "optimizers": OPTIMIZERS,
-              "schedulers": SCHEDULERS, "metrics": METRICS, "methods": METHODS}
+              "schedulers": SCHEDULERS, "metrics": METRICS, "methods": METHODS, "analyses": ANALYSES}
     for kind, table in tables.items():
         for name, obj in table.items():
             registries[kind].register(name, obj)

@@ -14,33 +14,12 @@ import click
 import pandas as pd
 
 from labkit import engine, plugins
+from labkit.commands import layers as layer_commands
+from labkit.commands import saturation as saturation_commands
+from labkit.commands.common import check_device, load_runs
 from labkit.errors import UserError
 from labkit.identity import RunConfig, flatten, varying_keys
-from labkit.spec import expand, json_schema, load_spec_file
-
-
-def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[RunConfig]:
-    """Read, expand and validate a spec file into its runs (device override applied)."""
-    raw = load_spec_file(spec_path)
-    if device is not None and isinstance(raw, dict):
-        raw = {**raw, "device": device}
-    return [RunConfig(config, run_id) for config in expand(raw, plugins.registries())]
-
-
-def check_device(device: str) -> None:
-    """Fail with a clear message when ``device`` cannot be used here."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"invalid device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available on this "
-                        f"machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"device {device!r} does not exist: this machine has "
-                        f"{torch.cuda.device_count()} GPU(s)")
+from labkit.spec import json_schema
 
 
 def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
@@ -167,6 +146,10 @@ def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...])
         click.echo(f"{len(table)} rows from {table['run_dir'].nunique()} run(s) -> {output}")
     else:
         table.to_csv(sys.stdout, index=False)
+
+
+for command in [*saturation_commands.COMMANDS, *layer_commands.COMMANDS]:
+    cli.add_command(command)
 
 
 def main() -> None:

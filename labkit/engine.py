@@ -120,19 +120,23 @@ def write_log(path: Path, history: list[dict[str, Any]]) -> None:
 
 def train(run: RunConfig, registries: Registries, device: str = "cpu",
           progress: bool = True) -> str:
-    """Train one run to completion (resuming when possible); returns its final state.
+    """Train one run to completion (resuming when possible), then run its analyses.
 
-    Returns ``"finished"``, ``"skipped"`` (already finished) or ``"failed"``; a failure
-    is recorded with its reason in ``status.json`` and does not raise, so a grid goes on.
-    User mistakes (missing dataset, …) raise :class:`~labkit.errors.UserError`.
+    Returns ``"finished"``, ``"skipped"`` (training was already finished; incomplete
+    analyses still run) or ``"failed"``; a failure is recorded with its reason in
+    ``status.json`` and does not raise, so a grid goes on. User mistakes (missing
+    dataset, …) raise :class:`~labkit.errors.UserError`.
     """
     run_dir = run.directory
-    if runinfo.read_status(run_dir).get("state") == "finished":
-        return "skipped"
-    runinfo.write_config(run_dir, run)
-    runinfo.write_status(run_dir, "running")
+    outcome = "skipped"
+    if runinfo.read_status(run_dir).get("state") != "finished":
+        outcome = "finished"
+        runinfo.write_config(run_dir, run)
+        runinfo.write_status(run_dir, "running")
     try:
-        _train(run, registries, torch.device(device), progress)
+        if outcome == "finished":
+            _train(run, registries, torch.device(device), progress)
+        run_analyses(run, registries, device)
     except (UserError, KeyboardInterrupt):
         runinfo.write_status(run_dir, "interrupted", reason="stopped before finishing")
         raise
@@ -142,7 +146,27 @@ def train(run: RunConfig, registries: Registries, device: str = "cpu",
         (run_dir / "error.txt").write_text(traceback.format_exc())
         return "failed"
     runinfo.write_status(run_dir, "finished", epoch=run.config["epochs"])
-    return "finished"
+    return outcome
+
+
+def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
+                 names: tuple[str, ...] | None = None) -> list[str]:
+    """Run the spec's analyses (or only ``names``) on a trained run; returns those run.
+
+    An analysis whose outputs are complete is skipped.
+    """
+    from labkit.analyses import FinishedRun
+
+    finished = FinishedRun(run, registries, device)
+    done = []
+    for spec in run.config["analyses"]:
+        if names is not None and spec["name"] not in names:
+            continue
+        analysis = build_component(registries, "analyses", spec, run=finished)
+        if not analysis.is_complete():
+            analysis.compute()
+            done.append(spec["name"])
+    return done
 
 
 def _train(run: RunConfig, registries: Registries, device: torch.device, progress: bool) -> None:

@@ -86,9 +86,10 @@ class Spec(BaseModel):
         return [_as_component(v) for v in value] if isinstance(value, list) else value
 
 
-# Settings that change where or how fast a run executes, never its results.
+# Settings that change where or how fast a run executes, never its trained weights or
+# its log. Analyses read a trained run; their outputs are keyed by their own params.
 NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
-                "dataset.root", "dataset.download")
+                "dataset.root", "dataset.download", "analyses")
 
 
 # ---------------------------------------------------------------- grid expansion

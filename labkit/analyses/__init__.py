@@ -1,0 +1,7 @@
+"""Post-training analyses (see base.Analysis). ``ANALYSES`` maps spec names to classes."""
+from labkit.analyses import layerwise, projection
+from labkit.analyses.base import Analysis, FinishedRun
+
+ANALYSES: dict[str, type[Analysis]] = {**layerwise.ANALYSES, **projection.ANALYSES}
+
+__all__ = ["Analysis", "FinishedRun", "ANALYSES"]

@@ -1,0 +1,1 @@
+"""Command modules beyond the core ones in :mod:`labkit.cli`; each exposes ``COMMANDS``."""
