@@ -29,7 +29,7 @@ def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
     for i, run in enumerate(runs, 1):
         flat = flatten(run.config)
         row = {"#": i, "hash": run.hash, "name": run.name, "status": _state(run)}
-        row.update({k: flat.get(k) for k in keys})
+        row.update({k: flat.get(k, "-") for k in keys})
         rows.append(row)
     return pd.DataFrame(rows)
 
