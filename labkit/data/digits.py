@@ -4,8 +4,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from labkit.data.bundle import DataBundle
-from labkit.data.splits import Source, build_bundle
+from labkit.data.splits import Source, dataset_factory
 
 # Over all 1797 images scaled to [0, 1] (raw values 0..16 divided by 16).
 DIGITS_MEAN = (0.3053,)
@@ -31,17 +30,33 @@ class TensorImages(Dataset):
         return self.images[i], int(self.labels[i])
 
 
-def digits(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 8,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.2,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """scikit-learn ``load_digits()``: 1797 grayscale 8x8 digits, 10 classes.
+def _load(root: str | None, download: bool, resolution: int) -> Source:
+    """Read the digits and resize the whole tensor to ``resolution`` (root, download unused)."""
+    # Imported here: scikit-learn takes about a second to import and only digits needs it.
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = torch.from_numpy(raw.images.astype(np.float32) / 16.0).unsqueeze(1)
+    if resolution != 8:
+        # Resize the whole tensor once instead of per item: it is deterministic.
+        images = v2.functional.resize(images, [resolution, resolution], antialias=True).clamp_(0.0, 1.0)
+    return Source(
+        name="digits",
+        root=None,
+        train=TensorImages(images, torch.from_numpy(raw.target).long()),
+        train_labels=raw.target,
+        test=None,
+        classes=[str(c) for c in raw.target_names],
+        in_channels=1,
+        native=resolution,
+        mean=DIGITS_MEAN,
+        std=DIGITS_STD,
+        pil_input=False,
+    )
+
+
+digits = dataset_factory(_load, resolution=8, eval_fraction=0.2, doc="""
+    scikit-learn ``load_digits()``: 1797 grayscale 8x8 digits, 10 classes.
 
     Ships with scikit-learn, so ``root`` and ``download`` are accepted for a uniform
     interface and ignored (``info["root"]`` is ``None``). There is no official test
@@ -50,37 +65,4 @@ def digits(
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (1, resolution, resolution), label)``.
-    """
-
-    def load() -> Source:
-        # Imported here: scikit-learn takes about a second to import and only digits needs it.
-        from sklearn.datasets import load_digits
-
-        raw = load_digits()
-        images = torch.from_numpy(raw.images.astype(np.float32) / 16.0).unsqueeze(1)
-        if resolution != 8:
-            # Resize the whole tensor once instead of per item: it is deterministic.
-            images = v2.functional.resize(images, [resolution, resolution], antialias=True).clamp_(0.0, 1.0)
-        return Source(
-            name="digits",
-            root=None,
-            train=TensorImages(images, torch.from_numpy(raw.target).long()),
-            train_labels=raw.target,
-            test=None,
-            classes=[str(c) for c in raw.target_names],
-            in_channels=1,
-            native=resolution,
-            mean=DIGITS_MEAN,
-            std=DIGITS_STD,
-            pil_input=False,
-        )
-
-    return build_bundle(
-        load,
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)

@@ -20,7 +20,7 @@ import numpy as np
 from torchvision.datasets import ImageFolder
 
 from labkit.data.bundle import DataBundle
-from labkit.data.splits import Source, build_bundle, dataset_not_found, resolve_root
+from labkit.data.splits import Source, build_bundle, dataset_factory, dataset_not_found, resolve_root
 from labkit.errors import UserError
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,17 +144,9 @@ def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
     )
 
 
-def tinyimagenet(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 64,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.0,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """TinyImageNet: 100 000 train / 10 000 val RGB 64x64 images, 200 classes (WordNet ids).
+tinyimagenet = dataset_factory(
+    lambda root, download, _res: _load(_TINYIMAGENET, resolve_root(root) / _TINYIMAGENET.name), resolution=64,
+    doc="""TinyImageNet: 100 000 train / 10 000 val RGB 64x64 images, 200 classes (WordNet ids).
 
     Folder: ``<root>/tinyimagenet/`` holding the contents of ``tiny-imagenet-200/``
     (``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG`` + ``val/val_annotations.txt``),
@@ -163,29 +155,12 @@ def tinyimagenet(
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
-    """
-    return build_bundle(
-        lambda: _load(_TINYIMAGENET, resolve_root(root) / _TINYIMAGENET.name),
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)
 
 
-def imagenet(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 224,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.0,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """ImageNet ILSVRC2012: about 1.28 M train / 50 000 val RGB photos, 1000 classes.
+imagenet = dataset_factory(
+    lambda root, download, _res: _load(_IMAGENET, resolve_root(root) / _IMAGENET.name), resolution=224,
+    doc="""ImageNet ILSVRC2012: about 1.28 M train / 50 000 val RGB photos, 1000 classes.
 
     Folder: ``<root>/imagenet/train/<wnid>/*.JPEG`` and ``<root>/imagenet/val/<wnid>/*.JPEG``.
     Not downloadable: ``download`` is ignored.
@@ -193,29 +168,12 @@ def imagenet(
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
-    """
-    return build_bundle(
-        lambda: _load(_IMAGENET, resolve_root(root) / _IMAGENET.name),
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)
 
 
-def inaturalist(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 224,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.0,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """iNaturalist (2021 layout): species photos in one folder per class.
+inaturalist = dataset_factory(
+    lambda root, download, _res: _load(_INATURALIST, resolve_root(root) / _INATURALIST.name), resolution=224,
+    doc="""iNaturalist (2021 layout): species photos in one folder per class.
 
     Folder: ``<root>/inaturalist/train/<class>/*.jpg`` and ``<root>/inaturalist/val/<class>/*.jpg``.
     Not downloadable: ``download`` is ignored.
@@ -223,16 +181,7 @@ def inaturalist(
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
-    """
-    return build_bundle(
-        lambda: _load(_INATURALIST, resolve_root(root) / _INATURALIST.name),
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)
 
 
 def imagefolder(

@@ -217,3 +217,31 @@ def build_bundle(
             "sizes": {"train": len(train_idx), **{k: len(v) for k, v in evals.items()}},
         },
     )
+
+
+def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resolution: int,
+                    eval_fraction: float = 0.0, doc: str) -> Callable[..., DataBundle]:
+    """A registry factory taking the shared dataset parameters, with per-dataset defaults.
+
+    Args:
+        load: ``load(root, download, resolution) -> Source`` reads the files.
+        resolution: the dataset's native resolution (default of ``resolution``), pixels.
+        eval_fraction: default share of train held out (``evals["eval"]`` when the
+            dataset has no test set, else ``evals["val"]``).
+        doc: the factory's docstring (what the data is, where its files live).
+
+    The returned function's signature spells out every parameter with its type and
+    default, which is what the registry turns into the spec's parameter model.
+    """
+    native, default_fraction = resolution, eval_fraction
+
+    def factory(root: str | None = None, download: bool = False, resolution: int = native,
+                augment: str = "none", normalize: bool = True,
+                eval_fraction: float = default_fraction, split_seed: int = 0,
+                subset: int | None = None) -> DataBundle:
+        return build_bundle(lambda: load(root, download, resolution), resolution=resolution,
+                            augment=augment, normalize=normalize, eval_fraction=eval_fraction,
+                            split_seed=split_seed, subset=subset)
+
+    factory.__doc__ = doc
+    return factory

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from torchvision import datasets
 
-from labkit.data.bundle import DataBundle
-from labkit.data.splits import Source, build_bundle, dataset_not_found, resolve_root
+from labkit.data.splits import Source, dataset_factory, dataset_not_found, resolve_root
 
 
 @dataclass(frozen=True)
@@ -114,117 +113,49 @@ def _load(spec: _TorchvisionSet, root: str | None, download: bool) -> Source:
     )
 
 
-def cifar10(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 32,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.0,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """CIFAR-10: 50 000 train / 10 000 test RGB 32x32 images, 10 classes.
+cifar10 = dataset_factory(
+    lambda root, download, _res: _load(_CIFAR10, root, download), resolution=32,
+    doc="""CIFAR-10: 50 000 train / 10 000 test RGB 32x32 images, 10 classes.
 
     Files: ``<root>/cifar10/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``.
     Normalisation: mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616).
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
-    """
-    return build_bundle(
-        lambda: _load(_CIFAR10, root, download),
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)
 
 
-def cifar100(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 32,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.0,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """CIFAR-100 (fine labels): 50 000 train / 10 000 test RGB 32x32 images, 100 classes.
+cifar100 = dataset_factory(
+    lambda root, download, _res: _load(_CIFAR100, root, download), resolution=32,
+    doc="""CIFAR-100 (fine labels): 50 000 train / 10 000 test RGB 32x32 images, 100 classes.
 
     Files: ``<root>/cifar100/cifar-100-python/{train, test, meta}``.
     Normalisation: mean (0.5071, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2762).
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
-    """
-    return build_bundle(
-        lambda: _load(_CIFAR100, root, download),
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)
 
 
-def mnist(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 28,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.0,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """MNIST: 60 000 train / 10 000 test grayscale 28x28 digits, 10 classes.
+mnist = dataset_factory(
+    lambda root, download, _res: _load(_MNIST, root, download), resolution=28,
+    doc="""MNIST: 60 000 train / 10 000 test grayscale 28x28 digits, 10 classes.
 
     Files: ``<root>/mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
     Normalisation: mean 0.1307, std 0.3081.
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (1, resolution, resolution), label)``.
-    """
-    return build_bundle(
-        lambda: _load(_MNIST, root, download),
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)
 
 
-def fashionmnist(
-    root: str | None = None,
-    download: bool = False,
-    resolution: int = 28,
-    augment: str = "none",
-    normalize: bool = True,
-    eval_fraction: float = 0.0,
-    split_seed: int = 0,
-    subset: int | None = None,
-) -> DataBundle:
-    """Fashion-MNIST: 60 000 train / 10 000 test grayscale 28x28 clothing images, 10 classes.
+fashionmnist = dataset_factory(
+    lambda root, download, _res: _load(_FASHIONMNIST, root, download), resolution=28,
+    doc="""Fashion-MNIST: 60 000 train / 10 000 test grayscale 28x28 clothing images, 10 classes.
 
     Files: ``<root>/fashionmnist/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
     Normalisation: mean 0.2860, std 0.3530.
 
     Returns:
         A :class:`DataBundle` of items ``(float tensor (1, resolution, resolution), label)``.
-    """
-    return build_bundle(
-        lambda: _load(_FASHIONMNIST, root, download),
-        resolution=resolution,
-        augment=augment,
-        normalize=normalize,
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
-        subset=subset,
-    )
+    """)
