@@ -152,6 +152,21 @@ for command in [*saturation_commands.COMMANDS, *layer_commands.COMMANDS]:
     cli.add_command(command)
 
 
+def add_plugin_commands() -> None:
+    """Add the commands plugins return from ``labkit_commands``."""
+    for commands in plugins.plugin_manager().hook.labkit_commands():
+        for command in commands:
+            if command.name in cli.commands:
+                raise UserError(f"a plugin adds the command {command.name!r}, which already "
+                                f"exists; rename it in the plugin")
+            cli.add_command(command)
+
+
 def main() -> None:
     """Console-script entry point."""
+    try:
+        add_plugin_commands()
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
     cli(prog_name="labkit")

@@ -22,3 +22,12 @@ def labkit_register(registries) -> None:
             Call ``registries.models.register("my_net", factory)``. A name already
             taken by another plugin is an error that names both plugins.
     """
+
+
+@hookspec
+def labkit_commands() -> list:
+    """Return click commands to add to the ``labkit`` command line.
+
+    Returns:
+        a list of :class:`click.Command`; a name already taken is an error.
+    """

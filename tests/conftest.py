@@ -1,15 +1,14 @@
 """Test-suite setup: no entry-point plugins unless a test asks for one."""
 import os
 
-os.environ["LABKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-os.environ.pop("LABKIT_PLUGINS", None)
+from labkit.testing import isolate_plugins, run_cli  # noqa: F401 (tests import run_cli)
+
+isolate_plugins()
 # tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
 # threads competing with another process slow every step by orders of magnitude
 os.environ["OMP_NUM_THREADS"] = "1"
 
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -35,11 +34,3 @@ def write_spec(tmp_path):
         path.write_text(json.dumps(spec))
         return path
     return write
-
-
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real `labkit` console entry in a subprocess."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=timeout)

@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
 
 from labkit import checkpoint, engine, runinfo
+from labkit.analyses import FinishedRun
 from labkit.identity import RunConfig
 from labkit.spec import expand
 
@@ -86,6 +87,11 @@ def test_run_logs_match_an_independent_evaluation_of_the_saved_model(registries,
     assert compute["parameters"] == sum(p.numel() for p in model.parameters())
     assert compute["flops_per_image"] > 0
     assert compute["training_flops"] == 3 * compute["flops_per_image"] * len(data.train) * 2
+
+    finished = FinishedRun.from_directory(run.directory, registries)
+    assert finished.directory == run.directory and finished.run.hash == run.hash
+    assert torch.equal(finished.model.state_dict()["block1.conv1.weight"],
+                       state["modules"]["model"]["block1.conv1.weight"])
 
     mtime = (run.directory / runinfo.LOG_CSV).stat().st_mtime_ns
     assert engine.train(run, registries, progress=False) == "skipped"

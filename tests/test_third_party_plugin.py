@@ -30,6 +30,8 @@ def test_installed_plugin_is_listed_with_its_version_and_used_in_a_spec(site, tm
     assert listing.stdout.startswith("tiny_convnet  [example]  width=8")
     plugins = run_cli("plugins", env=env(site))
     assert "example  labkit-example-plugin 0.3.0" in plugins.stdout
+    hello = run_cli("example-hello", "lab", env=env(site))
+    assert hello.returncode == 0 and hello.stdout == "hello, lab, from labkit-example-plugin\n"
 
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": {"name": "tiny_convnet", "width": 4},

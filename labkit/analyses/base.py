@@ -36,6 +36,25 @@ class FinishedRun:
         self.registries = registries
         self.device = torch.device(device)
 
+    @classmethod
+    def from_directory(cls, directory: str | Path, registries: Any,
+                       device: str = "cpu") -> "FinishedRun":
+        """The run stored in ``directory`` (read from its ``config.json``).
+
+        Raises:
+            UserError: the directory holds no labkit run.
+        """
+        from labkit import runinfo
+        from labkit.errors import UserError
+
+        info = runinfo.read_config(Path(directory))
+        if not info:
+            raise UserError(f"{directory} is not a labkit run directory (no "
+                            f"{runinfo.CONFIG_JSON}); give the directory that holds it")
+        run = RunConfig({**info["config"], "logs_dir": str(Path(directory).parents[3])},
+                        info["run_id"])
+        return cls(run, registries, device)
+
     @property
     def config(self) -> dict[str, Any]:
         return self.run.config

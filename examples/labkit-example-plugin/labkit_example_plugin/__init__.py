@@ -1,4 +1,5 @@
-"""An example third-party labkit plugin: one model, registered through an entry point."""
+"""An example third-party labkit plugin: a model and a command, through an entry point."""
+import click
 from torch import nn
 
 import labkit
@@ -15,3 +16,15 @@ def tiny_convnet(num_classes: int, in_channels: int, resolution: int,
 @labkit.hookimpl
 def labkit_register(registries):
     registries.models.register("tiny_convnet", tiny_convnet)
+
+
+@click.command("example-hello")
+@click.argument("name", default="world")
+def hello(name):
+    """Say hello (shows how a plugin adds a command)."""
+    click.echo(f"hello, {name}, from labkit-example-plugin")
+
+
+@labkit.hookimpl
+def labkit_commands():
+    return [hello]
