@@ -97,8 +97,13 @@ def test_bad_json_and_missing_file(tmp_path):
         load_spec_file(tmp_path / "nope.json")
 
 
+# specs that need a first-party plugin are validated by that plugin's tests
+PLUGIN_SPECS = {"distill_cues.json", "random_teacher.json", "stitch_table.json"}
+
+
 def test_example_specs_are_valid(registries):
     from pathlib import Path
 
     for path in sorted(Path(__file__).parents[1].joinpath("specs").glob("*.json")):
-        assert expand(json.loads(path.read_text()), registries), path
+        if path.name not in PLUGIN_SPECS:
+            assert expand(json.loads(path.read_text()), registries), path
