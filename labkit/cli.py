@@ -13,12 +13,13 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from labkit import engine, plugins
+from labkit import plugins
 from labkit.commands import layers as layer_commands
 from labkit.commands import saturation as saturation_commands
 from labkit.commands.common import check_device, load_runs
 from labkit.errors import UserError
 from labkit.identity import RunConfig, flatten, varying_keys
+from labkit.launch import LauncherConfig, RunTask, run_local, submit_array, submitit_folder
 from labkit.spec import json_schema
 
 
@@ -64,27 +65,85 @@ def cli() -> None:
 @click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
 @click.option("--dry-run", is_flag=True, help="validate and show the runs, train nothing")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
-def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool) -> None:
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="train this many runs at once in local worker processes")
+@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default=None,
+              help="where runs execute (default: the spec's launcher, else local)")
+@click.option("--partition", default=None, help="slurm partition")
+@click.option("--gpus-per-task", type=click.IntRange(min=0), default=None, help="GPUs per run")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="CPU cores per run")
+@click.option("--time", "time_min", type=click.IntRange(min=1), default=None,
+              help="time limit per run in minutes; on timeout a run is requeued and resumes")
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=None,
+              help="array tasks running at once")
+@click.option("--wait", is_flag=True, help="slurm: wait for the job array and report the states")
+def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
+        jobs: int | None, launcher: str | None, partition: str | None,
+        gpus_per_task: int | None, cpus_per_task: int | None, time_min: int | None,
+        array_parallelism: int | None, wait: bool) -> None:
     """Train every run of SPEC; finished runs are skipped, unfinished ones resumed."""
     runs = load_runs(spec, run_id, device)
     click.echo(plan_table(runs).to_string(index=False))
     if dry_run:
         click.echo(f"dry run: {len(runs)} run(s) validated, nothing trained")
         return
-    check_device(runs[0].config["device"])
+    overrides = {"name": launcher, "jobs": jobs, "partition": partition,
+                 "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task,
+                 "time": time_min, "array_parallelism": array_parallelism}
+    settings = LauncherConfig.model_validate(
+        {**runs[0].config["launcher"], **{k: v for k, v in overrides.items() if v is not None}})
+    tasks = [RunTask(r.config, r.run_id, r.config["device"], progress=not quiet) for r in runs]
+
+    def report(i: int, state: str) -> None:
+        click.echo(f"[{i + 1}/{len(runs)}] {state}: {runs[i].directory}")
+
+    if settings.name == "local":
+        check_device(runs[0].config["device"])
+        summarize(run_local(tasks, settings.jobs, report))
+        return
+    folder = submitit_folder(runs[0].config["logs_dir"], run_id)
+    submitted = submit_array(tasks, settings, folder)
+    click.echo(f"submitted {len(submitted)} task(s) as job array "
+               f"{submitted[0].job_id.split('_')[0]}; submitit files in {folder}")
+    if not wait:
+        click.echo(f"follow them with: labkit status {spec} --run-id {run_id}")
+        return
     states = []
-    for i, r in enumerate(runs, 1):
-        if not quiet:
-            click.echo(f"[{i}/{len(runs)}] {r.name} -> {r.directory}", err=True)
-        state = engine.train(r, plugins.registries(), r.config["device"], progress=not quiet)
-        states.append(state)
-        click.echo(f"[{i}/{len(runs)}] {state}: {r.directory}")
+    for i, job in enumerate(submitted):
+        states.append(job.result())
+        report(i, states[-1])
+    summarize(states)
+
+
+def summarize(states: list[str]) -> None:
+    """Print the count of each final state; exit with code 1 when a run failed."""
     failed = states.count("failed")
-    click.echo(f"{len(runs)} run(s): {states.count('finished')} finished, "
+    click.echo(f"{len(states)} run(s): {states.count('finished')} finished, "
                f"{states.count('skipped')} already finished, {failed} failed")
     if failed:
         click.echo("see status.json and error.txt in the failed run directories", err=True)
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="the run-id the grid was run with")
+def status(spec: str, run_id: str) -> None:
+    """Per run of SPEC: finished / running / failed (reason) / not started, and the epoch."""
+    from labkit.runinfo import read_status
+
+    runs = load_runs(spec, run_id)
+    rows = []
+    for i, r in enumerate(runs, 1):
+        st = read_status(r.directory)
+        rows.append({"#": i, "hash": r.hash, "name": r.name,
+                     "state": st.get("state", "not started"),
+                     "epoch": f"{st.get('epoch', 0)}/{r.config['epochs']}",
+                     "updated": st.get("updated", "-"), "reason": st.get("reason") or ""})
+    table = pd.DataFrame(rows)
+    click.echo(table.to_string(index=False))
+    counts = table["state"].value_counts()
+    click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))
 
 
 @cli.command()

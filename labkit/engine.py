@@ -8,6 +8,7 @@ so the CSV never disagrees with the weights a resume starts from.
 from __future__ import annotations
 
 import random
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -210,6 +211,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         order.set_state(state["data_order"])
         checkpoint.set_rng_state(state["rng"])
         start, history = state["epoch"], state["history"]
+        print(f"{run.name}: resuming after epoch {start}", file=sys.stderr, flush=True)
 
     # --- the epoch loop
     epochs = range(start + 1, config["epochs"] + 1)

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labkit.errors import UserError
+from labkit.launch import LauncherConfig
 from labkit.registry import Registries
 
 
@@ -74,6 +75,9 @@ class Spec(BaseModel):
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0; not part of identity")
     eval_batch_size: int = Field(512, ge=1, description="batch size of evaluation passes; not part of identity")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes; not part of identity")
+    launcher: LauncherConfig = Field(
+        LauncherConfig(), description="where the runs execute (local workers, slurm job "
+                                      "array); command-line options win; not part of identity")
 
     @field_validator("model", "dataset", "method", "optimizer", "scheduler", mode="before")
     @classmethod
@@ -89,7 +93,7 @@ class Spec(BaseModel):
 # Settings that change where or how fast a run executes, never its trained weights or
 # its log. Analyses read a trained run; their outputs are keyed by their own params.
 NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
-                "dataset.root", "dataset.download", "analyses")
+                "dataset.root", "dataset.download", "analyses", "launcher")
 
 
 # ---------------------------------------------------------------- grid expansion

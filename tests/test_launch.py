@@ -1,0 +1,96 @@
+"""Scale-out: local worker processes and submitit job arrays with requeue (no mocks)."""
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from submitit.local.local import LocalJobEnvironment
+
+from labkit import checkpoint, plugins, runinfo
+from labkit.commands.common import load_runs
+from labkit.launch import LauncherConfig, RunTask, submit_array, submitit_folder
+
+from conftest import run_cli
+
+GRID = {"model": "cnn_xs", "dataset": "digits", "batch_size": 64, "epochs": 2,
+        "optimizer": {"name": "sgd", "lr": [0.05, 0.02]}, "seed": [0, 1]}
+
+
+def final_weights(run_dir):
+    epochs = checkpoint.epochs_on_disk(run_dir / "checkpoints")
+    path = checkpoint.checkpoint_path(run_dir / "checkpoints", epochs[-1])
+    return checkpoint.read(path)["modules"]["model"]
+
+
+def weights_by_hash(logs):
+    return {runinfo.read_config(p.parent)["hash"]: final_weights(p.parent)
+            for p in logs.rglob(runinfo.CONFIG_JSON)}
+
+
+def test_jobs_2_gives_the_same_runs_as_sequential(tmp_path):
+    spec = tmp_path / "grid.json"
+    for name, extra in (("seq", []), ("par", ["--jobs", "2"])):
+        spec.write_text(json.dumps({**GRID, "logs_dir": str(tmp_path / name)}))
+        result = run_cli("run", str(spec), "--run-id", "J", "--quiet", *extra)
+        assert result.returncode == 0, result.stderr
+        assert "4 run(s): 4 finished" in result.stdout
+    seq, par = weights_by_hash(tmp_path / "seq"), weights_by_hash(tmp_path / "par")
+    assert seq.keys() == par.keys() and len(seq) == 4
+    for run_hash, weights in seq.items():
+        for key, tensor in weights.items():
+            assert torch.equal(tensor, par[run_hash][key]), (run_hash, key)
+
+    status = run_cli("status", str(spec), "--run-id", "J")
+    assert status.returncode == 0 and "4 finished" in status.stdout and "2/2" in status.stdout
+    other = run_cli("status", str(spec), "--run-id", "other")
+    assert "4 not started" in other.stdout
+
+
+def test_launcher_settings_come_from_the_spec_and_the_command_line_wins(tmp_path, write_spec):
+    spec = write_spec({**GRID, "launcher": {"name": "local", "jobs": 3}})
+    (run, *_) = load_runs(str(spec), "L")
+    assert run.config["launcher"]["jobs"] == 3
+    typo = write_spec({**GRID, "launcher": {"name": "slurm", "partiton": "gpu"}})
+    result = run_cli("run", str(typo), "--run-id", "L", "--dry-run")
+    assert result.returncode == 2 and "did you mean 'partition'" in result.stderr.lower()
+
+
+def test_submitit_task_interrupted_and_requeued_resumes_to_identical_weights(tmp_path):
+    plugins.use()
+    spec = {**GRID, "epochs": 6, "optimizer": {"name": "sgd", "lr": 0.05}, "seed": 0}
+    reference_spec = tmp_path / "ref.json"
+    reference_spec.write_text(json.dumps({**spec, "logs_dir": str(tmp_path / "ref")}))
+    assert run_cli("run", str(reference_spec), "--run-id", "S", "--quiet").returncode == 0
+
+    array_spec = tmp_path / "array.json"
+    array_spec.write_text(json.dumps({**spec, "logs_dir": str(tmp_path / "array")}))
+    (run,) = load_runs(str(array_spec), "S")
+    launcher = LauncherConfig(name="submitit-local", time=10, cpus_per_task=1)
+    (job,) = submit_array([RunTask(run.config, "S", "cpu")], launcher,
+                          submitit_folder(run.config["logs_dir"], "S"))
+    ckpts = run.directory / "checkpoints"
+    deadline = time.time() + 180
+    while not checkpoint.epochs_on_disk(ckpts) and time.time() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.epochs_on_disk(ckpts)[-1] < 6 and job.state == "RUNNING"
+    # what SLURM does before a time limit: submitit's signal to the task process itself;
+    # submitit's handler requeues the task and its controller starts it again
+    controller = job._process.pid
+    tasks = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    assert tasks, "submitit's task process not found"
+    for pid in tasks:
+        os.kill(int(pid), LocalJobEnvironment._usr_sig())
+    assert job.result() == "finished"
+    log = job.stdout() + job.stderr()
+    assert "Requeued job" in log and log.count("Starting with JobEnvironment") == 2
+    assert re.search(r"resuming after epoch [1-5]\b", log)  # from its checkpoint, not from scratch
+
+    reference = final_weights(next((tmp_path / "ref").rglob(runinfo.CONFIG_JSON)).parent)
+    resumed = final_weights(run.directory)
+    for key, tensor in reference.items():
+        assert torch.equal(tensor, resumed[key]), key
+    log = pd.read_csv(run.directory / runinfo.LOG_CSV)
+    assert list(log["epoch"]) == [1, 2, 3, 4, 5, 6]
