@@ -42,6 +42,12 @@ def test_plan_and_dry_run_show_varying_values_and_create_nothing(tmp_path, write
     assert not (tmp_path / "logs").exists()
 
 
+def test_duplicate_grid_points_are_one_run(write_spec):
+    spec = write_spec({**GOOD, "seed": [0, 0, 1], "device": ["cpu", "cuda:0"]})
+    plan = run_cli("plan", str(spec))
+    assert plan.returncode == 0 and "2 run(s)" in plan.stdout
+
+
 def test_schema_list_and_plugins():
     schema = json.loads(run_cli("schema").stdout)
     assert {"model", "dataset", "optimizer", "epochs"} <= set(schema["properties"])

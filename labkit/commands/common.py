@@ -8,11 +8,19 @@ from labkit.spec import expand, load_spec_file
 
 
 def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[RunConfig]:
-    """Read, expand and validate a spec file into its runs (device override applied)."""
+    """Read, expand and validate a spec file into its runs (device override applied).
+
+    Grid points with the same identity (e.g. ``"seed": [0, 0]``) are one run: training
+    it twice would only race on one directory.
+    """
     raw = load_spec_file(spec_path)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
-    return [RunConfig(config, run_id) for config in expand(raw, plugins.registries())]
+    runs: dict[str, RunConfig] = {}
+    for config in expand(raw, plugins.registries()):
+        run = RunConfig(config, run_id)
+        runs.setdefault(run.hash, run)
+    return list(runs.values())
 
 
 def check_device(device: str) -> None:
