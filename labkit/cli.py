@@ -171,11 +171,20 @@ def list_(kind: str, pattern: str) -> None:
     registry = plugins.registries()[kind]
     entries = [e for e in registry.entries() if e.name in registry.names(pattern)]
     for e in entries:
-        params = ", ".join(f"{n}={f.default!r}" for n, f in e.params.model_fields.items())
+        params = ", ".join(f"{n}={_default_text(f)}" for n, f in e.params.model_fields.items())
         suffix = "<torchvision model name>" if e.prefix else ""
         click.echo(f"{e.name}{suffix}  [{e.plugin}]  {params}")
     if not entries:
         raise UserError(f"no {kind} match {pattern!r}; run `labkit list {kind}` for all names")
+
+
+def _default_text(field) -> str:
+    """A parameter's default as a user would write it in a spec (JSON)."""
+    if field.is_required():
+        return "<required>"
+    value = field.default.model_dump(mode="json") if hasattr(field.default, "model_dump") \
+        else field.default
+    return json.dumps(value, default=str)
 
 
 @cli.command("plugins")

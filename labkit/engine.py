@@ -27,6 +27,7 @@ from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.methods.base import Method, RunContext
 from labkit.registry import Registries
+from labkit.saturation import TRAIN_PASS, SaturationTracker
 
 
 class RunFailed(Exception):
@@ -197,6 +198,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                                       num_workers=config["num_workers"])
                     for split, ds in data.evals.items()}
     runinfo.write_computational_info(run_dir, model, data, config, device)
+    # covariances live for one pass only, so the tracker holds nothing a resume must restore
+    saturation = SaturationTracker(config["saturation"], model, [TRAIN_PASS, *eval_loaders])
 
     # --- resume from the newest intact checkpoint
     start, history = 0, []
@@ -218,22 +221,30 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     for epoch in tqdm(epochs, desc=run.name, disable=quiet_bars(progress)):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(
-            method, train_loader, optimizer,
-            make_metrics(registries, config["metrics"], data.num_classes), device, epoch, progress)
+        with saturation.track(TRAIN_PASS, model):
+            train_stats = train_one_epoch(
+                method, train_loader, optimizer,
+                make_metrics(registries, config["metrics"], data.num_classes), device, epoch,
+                progress)
         extra = method.end_epoch(epoch)
         method.train(False)
         row: dict[str, Any] = {"epoch": epoch, "lr": lr}
         row.update({f"train-{k}": v for k, v in train_stats.items()})
+        row.update(saturation.columns(TRAIN_PASS))
         for split, loader in eval_loaders.items():
-            stats = evaluate(method.eval_model(), loader,
-                             make_metrics(registries, config["metrics"], data.num_classes), device)
+            with saturation.track(split, method.eval_model()):
+                stats = evaluate(method.eval_model(), loader,
+                                 make_metrics(registries, config["metrics"], data.num_classes),
+                                 device)
             row.update({f"{split}-{k}": v for k, v in stats.items()})
+            row.update(saturation.columns(split))
         row.update(extra)
         row["epoch_seconds"] = time.perf_counter() - started
         if scheduler is not None:
             scheduler.step()
         history.append(row)
+        # before the checkpoint: a run killed in between redoes the epoch and its plot
+        saturation.plot(row, run_dir / "plots" / f"saturation_epoch_{epoch:04d}.png")
         checkpoint.save(ckpt_dir, epoch, {
             "epoch": epoch,
             "history": history,

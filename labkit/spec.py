@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labkit.errors import UserError
 from labkit.launch import LauncherConfig
 from labkit.registry import Registries
+from labkit.saturation import SaturationConfig
 
 
 class Component(BaseModel):
@@ -68,6 +69,9 @@ class Spec(BaseModel):
         ["accuracy", "top5_accuracy", "mcc", "balanced_accuracy"],
         description="metrics logged per epoch for train and every eval split",
         json_schema_extra={"registry": "metrics"})
+    saturation: SaturationConfig | None = Field(
+        None, description="saturation tracking of every layer on the train and eval passes "
+                          "(delve); {} tracks with the defaults; null: off")
     analyses: list[Component] = Field(
         [], description="post-training analyses, each skipped when its output is complete",
         json_schema_extra={"registry": "analyses"})

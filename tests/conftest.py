@@ -1,7 +1,7 @@
 """Test-suite setup: no entry-point plugins unless a test asks for one."""
 import os
 
-from labkit.testing import isolate_plugins, run_cli  # noqa: F401 (tests import run_cli)
+from labkit.testing import isolate_plugins
 
 isolate_plugins()
 # tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP

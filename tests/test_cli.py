@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from labkit.testing import run_cli
 
 GOOD = {"model": "cnn_xs", "dataset": "digits", "epochs": 1}
 

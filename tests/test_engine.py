@@ -18,7 +18,7 @@ from labkit.analyses import FinishedRun
 from labkit.identity import RunConfig
 from labkit.spec import expand
 
-from conftest import run_cli
+from labkit.testing import run_cli
 
 TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}

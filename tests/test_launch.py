@@ -13,7 +13,7 @@ from labkit import checkpoint, plugins, runinfo
 from labkit.commands.common import load_runs
 from labkit.launch import LauncherConfig, RunTask, submit_array, submitit_folder
 
-from conftest import run_cli
+from labkit.testing import run_cli
 
 GRID = {"model": "cnn_xs", "dataset": "digits", "batch_size": 64, "epochs": 2,
         "optimizer": {"name": "sgd", "lr": [0.05, 0.02]}, "seed": [0, 1]}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from labkit.testing import run_cli
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "labkit-example-plugin"
 

@@ -1,4 +1,217 @@
-"""PCA-projection inference (issue 4; filled in by its implementation)."""
-from labkit.analyses.base import Analysis
+"""PCA-projection inference: how much of each layer's output space does the network use?
 
-ANALYSES: dict[str, type[Analysis]] = {}
+For each ``delta`` every projected layer's output ``x`` is replaced, during inference on
+every eval split, by its projection onto the leading eigenvectors ``V`` of the layer's
+covariance that explain that share of the variance:
+
+    x  ->  mu + (x - mu) V V^T
+
+with ``mu`` the layer's mean. All layers are projected at once. The number of kept
+eigenvectors is the layer's intrinsic dimensionality under delve's definition (see
+:mod:`labkit.saturation`), so ``kept / width`` is the layer's saturation at that delta.
+Conv layers are projected channelwise: the C-vector at every pixel, as delve's
+``Conv2DPCALayer`` does with a 1x1 convolution. Unlike that layer, which never sets its
+mean and so projects the uncentred output, the projection here is centred, which makes
+it the PCA reconstruction and the identity when every eigenvector is kept.
+
+Control: the same layers projected onto a random orthonormal basis of the same rank
+(seeded), which tells how much of the accuracy at a given rank is due to the chosen
+directions rather than to the rank.
+
+Covariances and means come from the final model (eval mode) on the training split
+without augmentation (``run.data.train_plain``), so the eval splits the accuracy is
+measured on never shaped the projection.
+
+Outputs in the run directory: ``projected_results.csv`` (one row per delta and eval
+split), ``projected_results.png`` (accuracy against delta) and
+``projected_results.json`` (the parameters the outputs were computed with; outputs of
+other parameters count as incomplete and are recomputed).
+"""
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader
+
+from labkit.analyses.base import Analysis
+from labkit.atomic import atomic_open, write_json
+from labkit.layers import measured_layers
+from labkit.runinfo import read_json
+from labkit.saturation import TRAIN_PASS, SaturationConfig, SaturationTracker, save_figure
+
+RESULTS_CSV = "projected_results.csv"
+RESULTS_PNG = "projected_results.png"
+PARAMS_JSON = "projected_results.json"
+
+
+def project(output: torch.Tensor, mean: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``mean + (output - mean) @ matrix`` along the channel / feature dimension 1.
+
+    Args:
+        output: ``(N, C, ...)`` layer output (``(N, F)`` linear, ``(N, C, H, W)`` conv).
+        mean: ``(C,)`` mean of the layer's output.
+        matrix: ``(C, C)`` symmetric projection matrix ``V V^T``.
+    """
+    shape = (1, -1) + (1,) * (output.dim() - 2)
+    centred = output - mean.view(shape)
+    return torch.einsum("nc...,cd->nd...", centred, matrix) + mean.view(shape)
+
+
+@contextmanager
+def projected(layers: dict[str, nn.Module],
+              projections: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Replace each layer's output by :func:`project` with its ``(mean, matrix)`` inside."""
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor, *, name: str) -> torch.Tensor:
+        return project(output, *projections[name])
+
+    handles = [layers[name].register_forward_hook(functools.partial(hook, name=name))
+               for name in projections]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def principal_axes(cov: torch.Tensor) -> torch.Tensor:
+    """``(width, width)`` eigenvectors of ``cov`` as columns, by decreasing eigenvalue."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    return eigenvectors[:, eigenvalues.argsort(descending=True)]
+
+
+def random_basis(width: int, rank: int, generator: torch.Generator) -> torch.Tensor:
+    """``(width, rank)`` orthonormal columns spanning a uniformly random subspace (float64)."""
+    gaussian = torch.randn(width, rank, generator=generator, dtype=torch.float64)
+    return torch.linalg.qr(gaussian).Q
+
+
+class Projection(Analysis):
+    """Accuracy and loss of the eval splits with every layer projected onto its top
+    principal directions, per delta, against a random projection of the same rank."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        deltas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+            [0.9, 0.95, 0.99, 0.995, 0.999, 1.0], min_length=1,
+            description="explained-variance shares to project at, each in (0, 1]")
+        layers: list[str] | None = Field(
+            None, description="layers to project (wildcards); null: the run's "
+                              "saturation.layers, else every Conv2d and Linear")
+        max_samples: int | None = Field(
+            None, ge=1, description="training images the covariances are estimated on; "
+                                    "null: the whole training split")
+        seed: int = Field(0, description="seed of the random control bases")
+
+    def outputs(self) -> list[Path]:
+        directory = self.run.directory
+        return [directory / RESULTS_CSV, directory / RESULTS_PNG, directory / PARAMS_JSON]
+
+    def is_complete(self) -> bool:
+        """Whether the outputs exist and were computed with these parameters."""
+        recorded = read_json(self.run.directory / PARAMS_JSON)
+        return super().is_complete() and recorded == self.params.model_dump(mode="json")
+
+    def compute(self) -> None:
+        from delve.metrics import compute_intrinsic_dimensionality
+
+        run, params, data = self.run, self.params, self.run.data
+        patterns = params.layers or (run.config.get("saturation") or {}).get("layers")
+        layers = dict(measured_layers(run.model, patterns))
+        moments = self._training_moments(layers)
+        directions = {name: principal_axes(cov) for name, (_, cov) in moments.items()}
+
+        def projections(bases: dict[str, torch.Tensor]) -> dict[str, tuple]:
+            return {name: (moments[name][0].float(), (basis @ basis.T).float())
+                    for name, basis in bases.items()}
+
+        generator = torch.Generator().manual_seed(params.seed)
+        unprojected = {split: self._score(split, layers, {}) for split in data.evals}
+        rows = []
+        for delta in params.deltas:
+            kept = {name: compute_intrinsic_dimensionality(cov, delta)
+                    for name, (_, cov) in moments.items()}
+            pca = projections({name: directions[name][:, :k] for name, k in kept.items()})
+            control = projections({
+                name: random_basis(len(directions[name]), k, generator).to(
+                    directions[name].device)
+                for name, k in kept.items()})
+            saturation = sum(k / len(directions[name]) for name, k in kept.items()) / len(kept)
+            for split in data.evals:
+                scores = self._score(split, layers, pca)
+                control_scores = self._score(split, layers, control)
+                rows.append({
+                    "delta": delta, "split": split,
+                    "accuracy": scores["accuracy"], "loss": scores["loss"],
+                    "control_accuracy": control_scores["accuracy"],
+                    "control_loss": control_scores["loss"],
+                    "unprojected_accuracy": unprojected[split]["accuracy"],
+                    "unprojected_loss": unprojected[split]["loss"],
+                    "average_saturation": saturation,
+                    **{f"kept-dimensions_{name}": k for name, k in kept.items()},
+                })
+        table = pd.DataFrame(rows)
+        with atomic_open(run.directory / RESULTS_CSV, "w") as handle:
+            table.to_csv(handle, index=False)
+        plot_projection(table, run.directory / RESULTS_PNG)
+        # last: its presence with these parameters is what makes the outputs complete
+        write_json(run.directory / PARAMS_JSON, params.model_dump(mode="json"))
+
+    def _loader(self, dataset: Any) -> DataLoader:
+        config = self.run.config
+        return DataLoader(dataset, batch_size=config["eval_batch_size"],
+                          num_workers=config["num_workers"])
+
+    def _training_moments(self, layers: dict[str, nn.Module]) -> dict[str, tuple]:
+        """``{layer: (mean, covariance)}`` on the un-augmented training split, channelwise."""
+        run = self.run
+        tracker = SaturationTracker(
+            SaturationConfig(layers=list(layers), conv_method="channelwise",
+                             max_samples=self.params.max_samples), run.model, [TRAIN_PASS])
+        with tracker.track(TRAIN_PASS, run.model), torch.no_grad():
+            for images, _ in self._loader(run.data.train_plain):
+                run.model(images.to(run.device))
+        return tracker.moments(TRAIN_PASS)
+
+    def _score(self, split: str, layers: dict[str, nn.Module],
+               projections: dict[str, tuple]) -> dict[str, float]:
+        """Mean loss and accuracy on eval ``split`` with ``projections`` applied."""
+        from labkit.engine import evaluate, make_metrics
+
+        run = self.run
+        metrics = make_metrics(run.registries, ["accuracy"], run.data.num_classes)
+        with projected(layers, projections):
+            return evaluate(run.model, self._loader(run.data.evals[split]), metrics, run.device)
+
+
+def plot_projection(table: pd.DataFrame, path: Path) -> None:
+    """Accuracy against delta per eval split: PCA projection, random control, unprojected.
+
+    Args:
+        table: the rows of ``projected_results.csv``.
+        path: PNG file to write (atomically).
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+    axes = figure.add_subplot()
+    for split, rows in table.groupby("split", sort=False):
+        line, = axes.plot(rows["delta"], rows["accuracy"], "o-", label=f"{split}: projected")
+        axes.plot(rows["delta"], rows["control_accuracy"], "x--", color=line.get_color(),
+                  label=f"{split}: random control")
+        axes.axhline(rows["unprojected_accuracy"].iloc[0], color=line.get_color(), linestyle=":",
+                     label=f"{split}: unprojected")
+    axes.set_xlabel("delta (share of variance kept)")
+    axes.set_ylabel("accuracy")
+    axes.legend()
+    save_figure(figure, path)
+
+
+ANALYSES: dict[str, type[Analysis]] = {"projection": Projection}

@@ -1,4 +1,63 @@
-"""CLI commands of the saturation analyses (filled in by its issue)."""
-import click
+"""CLI commands of the saturation analyses: ``labkit project``."""
+from __future__ import annotations
 
-COMMANDS: list[click.Command] = []
+import re
+
+import click
+from pydantic import ValidationError
+
+from labkit import plugins, runinfo
+from labkit.commands.common import check_device, load_runs
+from labkit.errors import UserError
+
+
+def parse_deltas(text: str) -> list[float]:
+    """``"0.9,0.99 0.999"`` → ``[0.9, 0.99, 0.999]`` (commas and/or spaces separate)."""
+    try:
+        return [float(part) for part in re.split(r"[,\s]+", text.strip()) if part]
+    except ValueError:
+        raise UserError(f"--deltas {text!r}: give numbers in (0, 1] separated by commas, "
+                        f"e.g. --deltas 0.9,0.99,0.999") from None
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@click.option("--deltas", default=None,
+              help="comma-separated shares of variance to project at, e.g. 0.9,0.99,0.999 "
+                   "[default: the spec's projection analysis, else 0.9 … 1.0]")
+@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
+def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> None:
+    """Evaluate every finished run of SPEC with each layer projected onto the principal
+    directions that explain DELTA of its variance (and onto random directions of the same
+    rank); writes projected_results.csv and .png into each run directory."""
+    from labkit.analyses import FinishedRun
+    from labkit.analyses.projection import RESULTS_CSV, Projection
+
+    runs = load_runs(spec, run_id, device)
+    check_device(runs[0].config["device"])
+    for run in runs:
+        state = runinfo.read_status(run.directory).get("state")
+        if state != "finished":
+            raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; "
+                            f"train it first with `labkit run {spec} --run-id {run_id}`")
+        params = next((dict(a) for a in run.config["analyses"] if a["name"] == "projection"), {})
+        params.pop("name", None)
+        if deltas is not None:
+            params["deltas"] = parse_deltas(deltas)
+        try:
+            validated = Projection.Params.model_validate(params)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise UserError(f"projection parameters: {problems}") from None
+        analysis = Projection(FinishedRun(run, plugins.registries(), run.config["device"]),
+                              validated)
+        if analysis.is_complete():
+            click.echo(f"up to date: {run.directory / RESULTS_CSV}")
+            continue
+        analysis.compute()
+        click.echo(f"projected: {run.directory / RESULTS_CSV}")
+
+
+COMMANDS: list[click.Command] = [project]

@@ -1,0 +1,87 @@
+"""PCA-projection inference on a trained run, checked against independent numpy; no mocks."""
+import functools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from labkit import engine, runinfo
+from labkit.analyses.projection import PARAMS_JSON, RESULTS_CSV, RESULTS_PNG
+from labkit.cli import cli
+from labkit.identity import RunConfig
+from labkit.spec import expand
+
+from test_saturation import capture, final_model, numpy_cov, numpy_idim, numpy_rows
+
+TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64, "epochs": 3,
+        "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}
+DELTAS = [0.9, 0.99, 1.0]
+
+
+def test_projection_keeps_delve_dimensions_and_reproduces_accuracy_at_delta_one(
+        registries, tmp_path):
+    spec = {**TINY, "logs_dir": str(tmp_path / "logs"), "saturation": {},
+            "analyses": [{"name": "projection", "deltas": DELTAS}]}
+    (config,) = expand(spec, registries)
+    run = RunConfig(config, "P")
+    assert engine.train(run, registries, progress=False) == "finished"  # runs the analysis
+
+    table = pd.read_csv(run.directory / RESULTS_CSV)
+    assert list(table["delta"]) == DELTAS and set(table["split"]) == {"eval"}
+    assert (run.directory / RESULTS_PNG).read_bytes()[:4] == b"\x89PNG"
+    final = pd.read_csv(run.directory / runinfo.LOG_CSV).iloc[-1]
+    by_delta = table.set_index("delta")
+    assert (table["unprojected_accuracy"] == final["eval-accuracy"]).all()
+    # every eigenvector (up to delve's count at delta 1) kept: the network is unchanged
+    assert by_delta.loc[1.0, "accuracy"] == final["eval-accuracy"]
+    assert by_delta.loc[1.0, "loss"] == pytest.approx(final["eval-loss"], rel=1e-4)
+    # a random subspace of the same rank destroys what the principal one keeps
+    assert by_delta.loc[0.9, "control_accuracy"] < by_delta.loc[0.9, "accuracy"] - 0.2
+
+    # kept dimensions: delve's intrinsic dimensionality of the final model's channelwise
+    # covariance on the un-augmented training split, recomputed with numpy
+    model, data = final_model(registries, run)
+    store, _ = capture(model)
+    with torch.no_grad():
+        model(torch.stack([x for x, _ in data.train_plain]))
+    widths = {}
+    for layer, (output,) in store.items():
+        cov = numpy_cov(numpy_rows(output))
+        widths[layer] = len(cov)
+        # at delta 1 the count depends on rounding in the shares of zero eigenvalues
+        # (block1-conv1 maps 9 pixels to 16 channels: rank 9), so compare below 1 only
+        for delta in DELTAS[:-1]:
+            assert by_delta.loc[delta, f"kept-dimensions_{layer}"] == numpy_idim(cov, delta)
+    for delta in DELTAS:
+        shares = [by_delta.loc[delta, f"kept-dimensions_{name}"] / w for name, w in widths.items()]
+        assert by_delta.loc[delta, "average_saturation"] == pytest.approx(np.mean(shares))
+
+    assert engine.run_analyses(run, registries) == []  # complete: skipped
+
+
+def test_project_command_follows_the_spec_layers_and_reports_mistakes(
+        registries, tmp_path, write_spec):
+    spec = {**TINY, "epochs": 1, "saturation": {"layers": ["block*"]}}
+    path = write_spec(spec)
+    project = functools.partial(CliRunner().invoke, cli, catch_exceptions=False)
+    result = project(["project", str(path), "--run-id", "C"])
+    assert result.exit_code == 2 and "not started, not finished" in result.stderr
+
+    (config,) = expand({**spec, "logs_dir": str(tmp_path / "logs")}, registries)
+    assert engine.train(RunConfig(config, "C"), registries, progress=False) == "finished"
+    result = project(["project", str(path), "--run-id", "C", "--deltas", "0.5, 1"])
+    assert result.exit_code == 0, result.stderr
+    (csv,) = (tmp_path / "logs").rglob(RESULTS_CSV)
+    table = pd.read_csv(csv)
+    assert list(table["delta"]) == [0.5, 1.0]
+    assert [c for c in table.columns if c.startswith("kept-dimensions_")] == [
+        "kept-dimensions_block1-conv1", "kept-dimensions_block2-conv1"]  # not fc
+    assert json.loads((csv.parent / PARAMS_JSON).read_text())["deltas"] == [0.5, 1.0]
+    again = project(["project", str(path), "--run-id", "C", "--deltas", "0.5,1"])
+    assert again.exit_code == 0 and "up to date" in again.stdout
+
+    bad = project(["project", str(path), "--run-id", "C", "--deltas", "0.9,1.5"])
+    assert bad.exit_code == 2 and "less than or equal to 1" in bad.stderr

@@ -1,0 +1,308 @@
+"""Saturation tracking, checked against independent numpy computations; no mocks."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from labkit import checkpoint, engine, runinfo
+from labkit.errors import UserError
+from labkit.identity import RunConfig
+from labkit.layers import measured_layers
+from labkit.results import collect
+from labkit.saturation import SaturationTracker, plot_saturation
+from labkit.spec import expand
+
+TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
+        "optimizer": {"name": "sgd", "lr": 0.05}}
+STATMAP = {"lsat": "saturation", "idim": "intrinsic-dimensionality",
+           "det": "covariance-determinant", "trc": "covariance-trace", "dtrc": "diagonal-trace"}
+
+
+# ---------------------------------------------------------------- independent reference
+
+def numpy_rows(output: np.ndarray, conv_method="channelwise", downsampling=None,
+               timeseries_method="last_timestep") -> np.ndarray:
+    """delve's data matrix, written from its documentation with numpy (float64)."""
+    a = output.astype(np.float64)
+    if a.ndim == 4:
+        if downsampling is not None and a.shape[2] > downsampling:
+            step = a.shape[2] // downsampling  # nearest neighbour at an integer factor
+            a = a[:, :, ::step, ::step]
+        if conv_method == "channelwise":
+            return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+        if conv_method == "mean":
+            return a.mean(axis=(2, 3))
+        if conv_method == "max":
+            return a.max(axis=(2, 3))
+        return a.reshape(len(a), -1)
+    if a.ndim == 3:
+        return a[:, -1] if timeseries_method == "last_timestep" else a.reshape(len(a), -1)
+    return a
+
+
+def numpy_cov(rows: np.ndarray) -> np.ndarray:
+    return np.cov(rows, rowvar=False, bias=True)
+
+
+def numpy_idim(cov: np.ndarray, delta: float) -> int:
+    """What delve 0.1.50's compute_intrinsic_dimensionality returns: the number of leading
+    eigenvalues whose cumulative share of the variance is below delta."""
+    eig = np.clip(np.linalg.eigvalsh(cov)[::-1], 0, None)
+    return int((np.cumsum(eig) / eig.sum() < delta).sum())
+
+
+def numpy_stats(cov: np.ndarray, delta: float) -> dict[str, float]:
+    idim = numpy_idim(cov, delta)
+    return {"lsat": idim / len(cov), "idim": idim, "det": np.linalg.det(cov),
+            "trc": np.trace(cov), "dtrc": np.clip(np.linalg.eigvalsh(cov), 0, None).sum()}
+
+
+def assert_columns_match(columns, split, layer, cov, delta, stats):
+    expected = numpy_stats(cov, delta)
+    for stat in stats:
+        got = columns[f"{split}-{STATMAP[stat]}_{layer}"]
+        if stat in ("lsat", "idim"):
+            assert got == expected[stat], f"{stat} of {layer}"
+        else:
+            assert got == pytest.approx(expected[stat], rel=1e-8), f"{stat} of {layer}"
+
+
+def capture(model: nn.Module, types=(nn.Conv2d, nn.Linear, nn.LSTM)):
+    """Record every matching layer's outputs (numpy, samples first) on each forward."""
+    store: dict[str, list[np.ndarray]] = {}
+    handles = []
+    for name, module in measured_layers(model, types=types):
+        def hook(m, i, out, name=name):
+            if isinstance(m, nn.LSTM):
+                out = out[0] if m.batch_first else out[0].transpose(0, 1)
+            store.setdefault(name, []).append(out.detach().numpy().copy())
+        handles.append(module.register_forward_hook(hook))
+    return store, handles
+
+
+def shifting_batches(shape, n_batches=4, seed=0):
+    """Batches whose scale and offset change, so one batch does not stand for the pass."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) * (1 + b) + 2 * b for b in range(n_batches)]
+
+
+def small_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+
+# ---------------------------------------------------------------- the tracker itself
+
+@pytest.mark.parametrize("conv_method", ["channelwise", "mean", "max", "flatten"])
+@pytest.mark.parametrize("downsampling", [None, 4])
+def test_covariance_accumulates_every_batch_of_the_pass(conv_method, downsampling):
+    model = small_cnn().eval()
+    config = {"stats": ["lsat", "idim", "trc", "dtrc"], "delta": 0.95,
+              "conv_method": conv_method, "downsampling": downsampling}
+    tracker = SaturationTracker(config, model, ["train", "eval"])
+    batches = shifting_batches((32, 1, 8, 8))
+    store, handles = capture(model)
+    with tracker.track("eval", model), torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in handles:
+        h.remove()
+    columns = tracker.columns("eval")
+    assert tracker.columns("train") == {}  # not run, nothing to report
+    assert list(columns)[:3] == ["eval-saturation_0", "eval-saturation_2", "eval-saturation_6"]
+
+    moments = tracker.moments("eval")
+    for layer, outputs in store.items():
+        rows = [numpy_rows(o, conv_method, downsampling) for o in outputs]
+        everything = np.concatenate(rows)
+        mean, cov = (t.numpy() for t in moments[layer])
+        np.testing.assert_allclose(mean, everything.mean(0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(cov, numpy_cov(everything), rtol=1e-9, atol=1e-9)
+        # the data really tells the two apart: last-batch-only accumulation would fail here
+        assert np.linalg.norm(numpy_cov(rows[-1]) - cov) > 0.1 * np.linalg.norm(cov)
+        assert_columns_match(columns, "eval", layer, numpy_cov(everything), 0.95, config["stats"])
+
+
+def test_max_samples_keeps_the_first_samples_across_batches():
+    model = small_cnn().eval()
+    tracker = SaturationTracker({"max_samples": 50}, model, ["eval"])
+    store, handles = capture(model)
+    with tracker.track("eval", model), torch.no_grad():
+        for x in shifting_batches((32, 1, 8, 8)):
+            model(x)
+    for h in handles:
+        h.remove()
+    for layer, (mean, cov) in tracker.moments("eval").items():
+        first = numpy_rows(np.concatenate(store[layer])[:50])
+        np.testing.assert_allclose(cov.numpy(), numpy_cov(first), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("timeseries_method", ["last_timestep", "timestepwise"])
+def test_lstm_outputs_are_tracked_samples_first(timeseries_method):
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(input_size=3, hidden_size=4)  # (T, N, features)
+
+        def forward(self, x):
+            return self.lstm(x)
+
+    torch.manual_seed(0)
+    model = Recurrent()
+    tracker = SaturationTracker({"timeseries_method": timeseries_method, "stats": ["idim", "trc"]},
+                                model, ["eval"])
+    store, handles = capture(model)
+    with tracker.track("eval", model), torch.no_grad():
+        for x in shifting_batches((5, 16, 3)):
+            model(x)
+    for h in handles:
+        h.remove()
+    everything = np.concatenate([numpy_rows(o, timeseries_method=timeseries_method)
+                                 for o in store["lstm"]])
+    assert everything.shape == (64, 4 if timeseries_method == "last_timestep" else 20)
+    assert_columns_match(tracker.columns("eval"), "eval", "lstm", numpy_cov(everything), 0.99,
+                         ["idim", "trc"])
+
+
+def test_a_spec_mistake_is_a_user_error_naming_the_key(registries, tmp_path):
+    with pytest.raises(UserError, match=r"saturation\.conv_methd: unknown key.*conv_method"):
+        expand({**TINY, "saturation": {"conv_methd": "mean"}}, registries)
+    with pytest.raises(UserError, match=r"saturation\.delta"):
+        expand({**TINY, "saturation": {"delta": 1.5}}, registries)
+    model = small_cnn()
+    with pytest.raises(UserError, match="match no layer"):
+        SaturationTracker({"layers": ["block9-*"]}, model, ["train", "eval"])
+    with pytest.raises(UserError, match=r"unknown pass.*'test'"):
+        SaturationTracker({"splits": ["test"]}, model, ["train", "eval"])
+
+
+# ---------------------------------------------------------------- wired into training
+
+def make_run(registries, tmp_path, run_id="S", **overrides):
+    (config,) = expand({**TINY, "logs_dir": str(tmp_path / "logs"), **overrides}, registries)
+    return RunConfig(config, run_id)
+
+
+def final_model(registries, run):
+    data = engine.build_component(registries, "datasets", run.config["dataset"])
+    model = engine.build_component(registries, "models", run.config["model"],
+                                   num_classes=data.num_classes, in_channels=data.in_channels,
+                                   resolution=data.resolution)
+    epoch = checkpoint.epochs_on_disk(run.directory / "checkpoints")[-1]
+    state = checkpoint.read(checkpoint.checkpoint_path(run.directory / "checkpoints", epoch))
+    model.load_state_dict(state["modules"]["model"])
+    return model.eval(), data
+
+
+def test_final_epoch_eval_saturation_matches_recomputation_from_the_final_model(
+        registries, tmp_path):
+    stats = ["lsat", "idim", "det", "trc", "dtrc"]
+    # eval batches of 64: the 360 eval images arrive in 6 batches, the last one of 40
+    run = make_run(registries, tmp_path, epochs=2, eval_batch_size=64,
+                   saturation={"stats": stats, "delta": 0.98})
+    assert engine.train(run, registries, progress=False) == "finished"
+    log = pd.read_csv(run.directory / runinfo.LOG_CSV)
+    last = log.iloc[-1].to_dict()
+
+    model, data = final_model(registries, run)
+    layers = [name for name, _ in measured_layers(model)]
+    store, _ = capture(model)
+    with torch.no_grad():
+        model(torch.stack([x for x, _ in data.evals["eval"]]))
+    for layer in layers:
+        cov = numpy_cov(numpy_rows(store[layer][0]))
+        expected = numpy_stats(cov, 0.98)
+        for stat in ("lsat", "idim", "trc", "dtrc"):
+            assert last[f"eval-{STATMAP[stat]}_{layer}"] == pytest.approx(expected[stat], rel=1e-8)
+    # the determinant is only meaningful for a full-rank covariance: the logits'
+    assert last["eval-covariance-determinant_fc"] == pytest.approx(
+        numpy_stats(numpy_cov(store["fc"][0]), 0.98)["det"], rel=1e-6)
+    for split in ("train", "eval"):  # PHD-LAB's names, stat-major, layers in network order
+        for stat in stats:
+            names = [c for c in log.columns if c.startswith(f"{split}-{STATMAP[stat]}_")]
+            assert names == [f"{split}-{STATMAP[stat]}_{layer}" for layer in layers]
+
+    for epoch in (1, 2):
+        png = run.directory / "plots" / f"saturation_epoch_{epoch:04d}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = plot_saturation(log.iloc[-1], tmp_path / "again.png")
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == layers
+    assert f"eval accuracy {last['eval-accuracy']:.4f}" in axes.get_title()
+    assert [p.get_height() for p in axes.containers[1]] == [
+        last[f"eval-saturation_{layer}"] for layer in layers]
+
+    table = collect([tmp_path / "logs"])  # what `labkit results` prints
+    assert table[f"eval-saturation_{layers[0]}"].tolist() == log[f"eval-saturation_{layers[0]}"].tolist()
+
+
+def test_train_pass_covers_every_batch_of_the_epoch(registries, tmp_path):
+    # lr 0 freezes the weights, and an MLP has no batch statistics, so the training pass
+    # sees exactly the final model's activations on the whole (shuffled) training split;
+    # 1437 images in batches of 64 leave a last batch of 29
+    run = make_run(registries, tmp_path, model="mlp_s", epochs=1,
+                   optimizer={"name": "sgd", "lr": 0.0},
+                   saturation={"stats": ["lsat", "idim", "trc"], "splits": ["train"]})
+    engine.train(run, registries, progress=False)
+    last = pd.read_csv(run.directory / runinfo.LOG_CSV).iloc[-1].to_dict()
+    assert not any(key.startswith("eval-saturation") for key in last)  # eval not tracked
+
+    model, data = final_model(registries, run)
+    store, _ = capture(model)
+    with torch.no_grad():
+        model(torch.stack([x for x, _ in data.train]))
+    for layer in ("fc1", "fc2", "fc"):
+        assert_columns_match(last, "train", layer, numpy_cov(numpy_rows(store[layer][0])), 0.99,
+                             ["lsat", "idim", "trc"])
+
+
+def test_grid_over_delta_and_conv_method_gives_distinct_runs_and_values(registries, tmp_path):
+    spec = {**TINY, "epochs": 1, "logs_dir": str(tmp_path / "logs"),
+            "saturation": {"delta": [0.9, 0.99], "conv_method": ["channelwise", "mean"]}}
+    runs = [RunConfig(c, "G") for c in expand(spec, registries)]
+    assert len({r.directory for r in runs}) == 4
+    logs = {}
+    for run in runs:
+        engine.train(run, registries, progress=False)
+        sat = run.config["saturation"]
+        logs[sat["delta"], sat["conv_method"]] = pd.read_csv(
+            run.directory / runinfo.LOG_CSV).iloc[-1]
+    conv = "eval-intrinsic-dimensionality_block2-conv1"
+    fc = "eval-intrinsic-dimensionality_fc"
+    for method in ("channelwise", "mean"):
+        assert logs[0.99, method][conv] > logs[0.9, method][conv]
+    for delta in (0.9, 0.99):
+        assert logs[delta, "channelwise"][conv] != logs[delta, "mean"][conv]
+        assert logs[delta, "channelwise"][fc] == logs[delta, "mean"][fc]  # not a conv layer
+    # tracking never changes training: every grid point learned the same
+    assert len({log["eval-loss"] for log in logs.values()}) == 1
+
+
+def test_resume_with_tracking_is_exact_and_tracking_does_not_change_training(
+        registries, tmp_path):
+    sat = {"conv_method": "channelwise", "downsampling": 2}
+    reference = make_run(registries, tmp_path / "ref", epochs=3, saturation=sat)
+    untracked = make_run(registries, tmp_path / "off", epochs=3)
+    resumed = make_run(registries, tmp_path / "res", epochs=3, saturation=sat)
+    for run in (reference, untracked, resumed):
+        engine.train(run, registries, progress=False)
+    # as if killed after epoch 2's checkpoint
+    last = checkpoint.checkpoint_path(resumed.directory / "checkpoints", 3)
+    last.unlink()
+    last.with_name(last.name + ".sha256").unlink()
+    (resumed.directory / runinfo.STATUS_JSON).unlink()
+    assert engine.train(resumed, registries, progress=False) == "finished"
+
+    def weights(run):
+        epoch = checkpoint.epochs_on_disk(run.directory / "checkpoints")[-1]
+        path = checkpoint.checkpoint_path(run.directory / "checkpoints", epoch)
+        return checkpoint.read(path)["modules"]["model"]
+
+    for key, tensor in weights(reference).items():
+        assert torch.equal(tensor, weights(resumed)[key]), key
+        assert torch.equal(tensor, weights(untracked)[key]), key
+    ref_log = pd.read_csv(reference.directory / runinfo.LOG_CSV).drop(columns="epoch_seconds")
+    res_log = pd.read_csv(resumed.directory / runinfo.LOG_CSV).drop(columns="epoch_seconds")
+    pd.testing.assert_frame_equal(ref_log, res_log)
