@@ -127,8 +127,15 @@ def train(run: RunConfig, registries: Registries, device: str = "cpu",
     Returns ``"finished"``, ``"skipped"`` (training was already finished; incomplete
     analyses still run) or ``"failed"``; a failure is recorded with its reason in
     ``status.json`` and does not raise, so a grid goes on. User mistakes (missing
-    dataset, …) raise :class:`~labkit.errors.UserError`.
+    dataset, …) raise :class:`~labkit.errors.UserError`. When another process is
+    working on the run, this waits for it first.
     """
+    with runinfo.exclusive(run.directory):  # parallel processes never share a run
+        return _train_and_analyse(run, registries, device, progress)
+
+
+def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
+                       progress: bool) -> str:
     run_dir = run.directory
     outcome = "skipped"
     if runinfo.read_status(run_dir).get("state") != "finished":
@@ -180,7 +187,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     data = build_component(registries, "datasets", config["dataset"])
     model = build_component(registries, "models", config["model"], num_classes=data.num_classes,
                             in_channels=data.in_channels, resolution=data.resolution).to(device)
-    context = RunContext(config, model, data, device, run_dir, registries)
+    context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress)
     method: Method = build_component(registries, "methods", config["method"], context=context)
     optimizer = build_component(registries, "optimizers", config["optimizer"],
                                 params=method.parameters())

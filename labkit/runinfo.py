@@ -5,14 +5,17 @@
 * ``status.json`` — ``state`` (running / finished / failed / interrupted), ``reason``,
   last finished ``epoch``, ``updated`` (UTC time);
 * ``log.csv`` — one row per epoch (columns in the README);
-* ``computational_info.json`` — parameters, FLOPs per image, training FLOPs.
+* ``computational_info.json`` — parameters, FLOPs per image, training FLOPs;
+* ``.lock`` — held while a process trains the run (see :func:`exclusive`).
 """
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,6 +28,20 @@ CONFIG_JSON = "config.json"
 STATUS_JSON = "status.json"
 LOG_CSV = "log.csv"
 COMPUTE_JSON = "computational_info.json"
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock: one process works on a run at a time, others wait here.
+
+    An ``flock`` on ``<run_dir>/.lock``: the OS releases it when the holder exits, even
+    after ``kill -9``, so a stale lock never blocks a resume.
+    """
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,3 +96,17 @@ def test_submitit_task_interrupted_and_requeued_resumes_to_identical_weights(tmp
         assert torch.equal(tensor, resumed[key]), key
     log = pd.read_csv(run.directory / runinfo.LOG_CSV)
     assert list(log["epoch"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_processes_on_one_run_train_it_once(tmp_path, write_spec):
+    spec = write_spec({**GRID, "optimizer": {"name": "sgd", "lr": 0.05}, "seed": 0})
+    procs = [subprocess.Popen([sys.executable, "-m", "labkit", "run", str(spec), "--run-id", "T",
+                               "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    summary = sorted(line for out in outs for line in out.splitlines() if "run(s):" in line)
+    assert summary == ["1 run(s): 0 finished, 1 already finished, 0 failed",
+                       "1 run(s): 1 finished, 0 already finished, 0 failed"]
+    log = pd.read_csv(next((tmp_path / "logs").rglob(runinfo.LOG_CSV)))
+    assert list(log["epoch"]) == [1, 2]

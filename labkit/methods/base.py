@@ -48,6 +48,9 @@ class RunContext:
         device: torch device of the run.
         run_dir: the run's directory (for files the method writes).
         registries: the registries, to build further components.
+        run_id: the run's ``--run-id`` (runs a method trains on demand, such as a
+            teacher, belong under the same one by default).
+        progress: whether progress bars are wanted.
     """
 
     config: dict[str, Any]
@@ -56,6 +59,8 @@ class RunContext:
     device: torch.device
     run_dir: Path
     registries: Any
+    run_id: str = ""
+    progress: bool = False
 
 
 @dataclass
