@@ -1,0 +1,120 @@
+"""Distillation losses on tensors, each one published formula (stated in its docstring).
+
+Shapes: logits ``(N, C)``; probabilities ``(N, C)`` with rows summing to 1; images
+``(N, channels, H, W)``. Every loss is the mean over the batch of a per-sample value
+(PyTorch's ``batchmean``), so it does not grow with the batch size. Directions follow
+Hinton et al. (2015): the target distribution (teacher or human) comes first,
+KL(target ‖ student), scaled by T² so that gradients keep their size across temperatures.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Divergence = Literal["kl", "ce"]
+
+
+def soft_term(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float,
+              divergence: Divergence = "kl") -> torch.Tensor:
+    """T² · D(p ‖ q_T) with q_T = softmax(student_logits / T), averaged over the batch.
+
+    ``divergence="kl"``: D = Σ_c p_c (log p_c − log q_c) (relative entropy, 0 when q = p);
+    ``"ce"``: D = −Σ_c p_c log q_c (soft cross-entropy = KL + entropy of p; same gradient).
+
+    Args:
+        student_logits: ``(N, C)`` raw student outputs.
+        target_probs: ``(N, C)`` target distribution, already at temperature T.
+        temperature: T > 0.
+        divergence: ``"kl"`` or ``"ce"``.
+    """
+    log_q = F.log_softmax(student_logits / temperature, dim=1)
+    per_sample = -(target_probs * log_q).sum(dim=1)
+    if divergence == "kl":
+        per_sample = per_sample + torch.xlogy(target_probs, target_probs).sum(dim=1)
+    return temperature ** 2 * per_sample.mean()
+
+
+def tempered(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(log p / T): a distribution flattened (T > 1) or sharpened (T < 1).
+
+    How HKD brings human soft labels to the temperature T_h; zero probabilities stay 0
+    (log 0 = −inf, exp(−inf) = 0), equal to p^(1/T) / Σ p^(1/T).
+    """
+    return F.softmax(torch.log(probs) / temperature, dim=1)
+
+
+def input_gradients(outputs: torch.Tensor, inputs: torch.Tensor, classes: torch.Tensor,
+                    create_graph: bool) -> torch.Tensor:
+    """∂ outputs[n, classes[n, j]] / ∂ inputs[n], for every sample n and column j.
+
+    Args:
+        outputs: ``(N, C)`` logits computed from ``inputs`` (which requires grad).
+        inputs: ``(N, ...)`` network inputs.
+        classes: ``(N, K)`` class index per sample and column.
+        create_graph: keep the graph (the student's gradients are trained through).
+
+    Returns:
+        ``(N, K, D)`` with D the number of input values per sample. Each column is one
+        backward pass of the summed selected logits: exact per sample for networks that
+        treat samples independently (eval mode, no BatchNorm statistics of the batch).
+    """
+    columns = [torch.autograd.grad(outputs.gather(1, classes[:, j:j + 1]).sum(), inputs,
+                                   create_graph=create_graph, retain_graph=True)[0]
+               for j in range(classes.shape[1])]
+    return torch.stack(columns, dim=1).flatten(2)
+
+
+def jacobian_loss(student_grads: torch.Tensor, teacher_grads: torch.Tensor) -> torch.Tensor:
+    """Jacobian matching (Srinivas & Fleuret 2018): normalised input-gradients.
+
+    L = (1/N) Σ_n Σ_k ‖ J_t[n,k] / ‖J_t[n,k]‖₂ − J_s[n,k] / ‖J_s[n,k]‖₂ ‖₂²
+
+    Args:
+        student_grads, teacher_grads: ``(N, K, D)`` from :func:`input_gradients`, the
+            same K classes for both (all classes, or the teacher's top-k).
+    """
+    diff = F.normalize(teacher_grads, dim=2) - F.normalize(student_grads, dim=2)
+    return diff.pow(2).sum(dim=(1, 2)).mean()
+
+
+def contrastive_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor,
+                     tau: float) -> torch.Tensor:
+    """Contrastive representation distillation with in-batch negatives (InfoNCE).
+
+    L = −(1/N) Σ_n log( exp(ŝ_n·t̂_n / τ) / Σ_m exp(ŝ_n·t̂_m / τ) ),
+    ŝ, t̂ the L2-normalised embeddings: each student embedding must pick its own sample's
+    teacher embedding among the batch's (Tian et al. 2020, without the memory bank).
+
+    Args:
+        student_emb, teacher_emb: ``(N, E)`` embeddings.
+        tau: temperature τ > 0.
+    """
+    logits = F.normalize(student_emb, dim=1) @ F.normalize(teacher_emb, dim=1).T / tau
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def mix_batch(images: torch.Tensor, kind: Literal["mixup", "cutmix"],
+              alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mix each image with another image of the batch (torch's global RNG, checkpointed).
+
+    mixup (Zhang et al. 2018): x̃ = m·x + (1 − m)·x[π], m ~ Beta(α, α);
+    cutmix (Yun et al. 2019): a box of area ≈ (1 − m) of x[π] pasted into x, with m then
+    set to the exact share of pixels left from x.
+
+    Returns:
+        ``(mixed images, permutation π (N,), m)``; labels mix with the same m.
+    """
+    m = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(images), device=images.device)
+    if kind == "mixup":
+        return m * images + (1 - m) * images[perm], perm, m
+    h, w = images.shape[-2:]
+    cut_h, cut_w = round(h * (1 - m) ** 0.5), round(w * (1 - m) ** 0.5)
+    top = int(torch.randint(0, h - cut_h + 1, ()))
+    left = int(torch.randint(0, w - cut_w + 1, ()))
+    mixed = images.clone()
+    mixed[..., top:top + cut_h, left:left + cut_w] = images[perm][..., top:top + cut_h,
+                                                                  left:left + cut_w]
+    return mixed, perm, 1 - cut_h * cut_w / (h * w)

@@ -1,0 +1,130 @@
+"""The teacher of a distillation run: a finished labkit run named in the spec.
+
+``method.teacher`` names it in one of two ways:
+
+* ``{"dir": "<run directory>"}`` — a directory holding a finished labkit run;
+* ``{"spec": {...}, "run_id": "A"}`` — the teacher's own spec (it must expand to exactly
+  one run). It is validated and resolved together with the student's spec, so the
+  student's run identity holds the teacher's whole resolved config (less where and how
+  it runs: ``logs_dir``, ``device``, …, and its analyses). At training time the
+  teacher run lives in the student's ``logs_dir`` under ``run_id`` (default: the
+  student's run-id); when it is not finished it is trained first, with the unchanged
+  engine. A teacher spec whose method is itself ``distill`` with a teacher spec is a
+  chain (teacher → assistant → student): one spec trains its links in order, and a
+  link trained before (by this or any other spec) is reused, not retrained.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from labkit import checkpoint, engine, plugins, runinfo
+from labkit.analyses import FinishedRun
+from labkit.errors import UserError
+from labkit.identity import RunConfig
+from labkit.methods import RunContext
+from labkit.spec import NOT_IDENTITY, expand, resolve
+
+# top-level settings of where and how a run executes (logs_dir, device, …)
+RUN_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
+
+
+class TeacherRef(BaseModel):
+    """Where the teacher comes from: a run directory, or the teacher's spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: str | None = Field(None, description="directory of a finished labkit run")
+    spec: dict[str, Any] | None = Field(
+        None, description="the teacher run's spec (one grid point), trained first when "
+                          "not finished; stored resolved, so it is part of the student's "
+                          "identity")
+    run_id: str | None = Field(
+        None, description="run-id of the teacher given by spec; null: the student's run-id")
+
+    @field_validator("dir")
+    @classmethod
+    def _holds_a_run(cls, value: str | None) -> str | None:
+        if value is not None and not (Path(value) / runinfo.CONFIG_JSON).is_file():
+            raise ValueError(f"{value} holds no labkit run (no {runinfo.CONFIG_JSON}); give "
+                             f"the directory of a trained run")
+        return value
+
+    @field_validator("spec")
+    @classmethod
+    def _resolve(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            configs = expand(value, plugins.registries())
+        except UserError as exc:  # keep the nested path: the message names the key to fix
+            raise UserError(f"method.teacher.spec: {exc}") from None
+        if len(configs) != 1:
+            raise UserError(
+                f"method.teacher.spec expands to {len(configs)} runs, but a teacher is one run; "
+                f"for a grid over teachers give a list of teachers: "
+                f'"teacher": [{{"spec": ...}}, {{"spec": ...}}]')
+        # where and how fast the teacher runs is not part of what it is; its data root is
+        # kept (unlike a run's own), else a teacher on files outside ./data is not found
+        return {k: v for k, v in configs[0].items() if k not in RUN_LOCATION}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherRef":
+        if (self.dir is None) == (self.spec is None):
+            raise ValueError('name the teacher by {"dir": "<run directory>"} or by '
+                             '{"spec": {...}}: exactly one of the two')
+        if self.dir is not None and self.run_id is not None:
+            raise ValueError("run_id goes with spec; a run directory already names its run")
+        return self
+
+
+@contextmanager
+def _isolated_rng() -> Iterator[None]:
+    """Leave the global RNG states as they were: training or building the teacher must not
+    change the student's random stream (else a student would depend on whether its
+    teacher was already trained)."""
+    state = checkpoint.rng_state()
+    try:
+        yield
+    finally:
+        checkpoint.set_rng_state(state)
+
+
+def _finished(directory: Path) -> bool:
+    return runinfo.read_status(directory).get("state") == "finished"
+
+
+def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
+    """The finished teacher run, trained first when ``ref`` is a spec not yet finished.
+
+    The teacher's final model is loaded (on the student's device, eval mode) before this
+    returns; the global RNG states are left unchanged.
+
+    Raises:
+        UserError: a run directory that is not finished.
+        engine.RunFailed: training the teacher failed (its reason is in the message).
+    """
+    registries, device = context.registries, str(context.device)
+    with _isolated_rng():
+        if ref.dir is not None:
+            run = FinishedRun.from_directory(ref.dir, registries, device)
+            if not _finished(run.directory):
+                raise UserError(f"teacher run {ref.dir} is not finished; finish it with "
+                                f"`labkit run SPEC --run-id {run.run.run_id}` first")
+        else:
+            config = resolve({**ref.spec, "logs_dir": context.config["logs_dir"]}, registries)
+            link = RunConfig(config, ref.run_id or context.run_id)
+            if not _finished(link.directory):
+                print(f"distill: training the teacher first: {link.directory}", file=sys.stderr)
+            # the engine's run lock makes students trained in parallel wait for one teacher
+            if engine.train(link, registries, device, progress=False) == "failed":
+                reason = runinfo.read_status(link.directory).get("reason")
+                raise engine.RunFailed(f"teacher run {link.directory} failed: {reason}")
+            run = FinishedRun(link, registries, device)
+        run.model  # build and load now, inside the isolated RNG
+    return run
