@@ -45,6 +45,8 @@ class BalancedAccuracy(ConfusionMetric):
     def compute(self) -> float:
         support = self.matrix.sum(dim=1)
         present = support > 0
+        if not present.any():
+            return float("nan")
         return float((self.matrix.diag()[present] / support[present]).mean())
 
 
@@ -55,6 +57,8 @@ class MCC(ConfusionMetric):
         m = self.matrix
         t, p = m.sum(dim=1), m.sum(dim=0)
         n, correct = m.sum(), m.trace()
+        if n == 0:
+            return float("nan")  # no labelled sample in the pass (e.g. a label-free method)
         denom = torch.sqrt((n * n - (p * p).sum()) * (n * n - (t * t).sum()))
         return float((correct * n - (t * p).sum()) / denom) if denom > 0 else 0.0
 

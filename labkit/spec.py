@@ -187,7 +187,7 @@ def _format_validation_error(exc: ValidationError, model: type[BaseModel] | None
                              prefix: str) -> str:
     lines = []
     for err in exc.errors():
-        loc = _join(prefix, ".".join(str(p) for p in err["loc"]))
+        loc = _join(prefix, ".".join(str(p) for p in err["loc"])) if err["loc"] else prefix or "spec"
         if err["type"] == "extra_forbidden":
             key = str(err["loc"][-1])
             valid = _valid_keys(model, err["loc"][:-1])
