@@ -1,0 +1,51 @@
+"""specs/random_teacher.json validates; the plugin works through the real command line."""
+import json
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+
+from labkit.spec import expand, load_spec_file
+from labkit.testing import run_cli
+
+SPEC = Path(__file__).parents[3] / "specs" / "random_teacher.json"
+CLI_ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "dino"}
+
+
+def test_random_teacher_spec_expands_to_frozen_teacher_runs(dino_registries):
+    configs = expand(load_spec_file(SPEC), dino_registries)
+    # 3 seeds x 2 student inits x (distilled student, untrained control)
+    assert len(configs) == 12
+    for config in configs:
+        method = config["method"]
+        assert config["dataset"]["name"] == "digits"
+        assert method["name"] == "dino" and method["teacher_mode"] == "no_update"
+        assert method["teacher_eval"] is True and method["crops"] is None
+    assert {c["method"]["student_init"] for c in configs} == {"random", "teacher"}
+    assert sorted({c["optimizer"]["lr"] for c in configs}) == [0.0, 0.001]
+
+
+def test_cli_loads_the_plugin_by_its_entry_point_and_plans_the_spec():
+    plan = run_cli("plan", str(SPEC), env=CLI_ENV)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.count("mlp_s-digits-r8-dino") == 12
+
+
+def test_cli_run_and_results_carry_the_probe_columns(tmp_path):
+    spec = {"model": "cnn_xs", "dataset": {"name": "digits", "subset": 200}, "epochs": 1,
+            "batch_size": 100,
+            "optimizer": {"name": "adamw"}, "logs_dir": str(tmp_path / "logs"),
+            "method": {"name": "dino", "hidden_dims": [16], "bottleneck_dim": 8,
+                       "out_dim": 32, "crops": "2x8+2x4", "crop_augment": "flip"}}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    env = {**CLI_ENV, "OMP_NUM_THREADS": "1"}
+    ran = run_cli("run", str(path), "--run-id", "cli", "--quiet", env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    results = run_cli("results", str(tmp_path / "logs"), env=env)
+    assert results.returncode == 0, results.stderr
+    table = pd.read_csv(StringIO(results.stdout))
+    assert len(table) == 1 and table["config.method.crops"][0] == "2x8+2x4"
+    for column in ("probe-eval-student-knn", "probe-eval-teacher-linear", "dino-kl",
+                   "teacher-momentum"):
+        assert 0 <= table[column][0] <= 10, column
