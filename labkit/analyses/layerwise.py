@@ -1,4 +1,169 @@
-"""Receptive fields, latents and probes (issue 5; filled in by its implementation)."""
-from labkit.analyses.base import Analysis
+"""Layer-wise analyses: receptive fields, latents and linear probes (docs/layers.md).
 
-ANALYSES: dict[str, type[Analysis]] = {}
+* ``receptive_field`` writes ``receptive_field.csv`` (:mod:`labkit.receptive_field`);
+* ``latents`` extracts layer activations under ``latent_datasets/`` and leaves a
+  pointer ``latents_<mode>.json`` in the run directory (:mod:`labkit.latents`);
+* ``probes`` fits a logistic probe per layer (extracting the latents first when
+  missing) into ``[<prefix>_]probe_performances.csv`` and draws
+  ``[<prefix>_]tail_pattern.png`` (:mod:`labkit.probes`, :mod:`labkit.tail_plot`).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from labkit import latents, runinfo
+from labkit.analyses.base import Analysis
+from labkit.atomic import atomic_open, write_json
+from labkit.errors import UserError
+from labkit.probes import ProbeParams, results_path, run_probes, save_results
+from labkit.receptive_field import RF_CSV, receptive_fields
+from labkit.tail_plot import FIGURE, draw_tail_pattern
+
+Downsampling = Annotated[int, Field(ge=1)] | Literal["pixelwise", "none"]
+
+_LAYERS = Field(None, description="wildcards on layer names (e.g. 'layer4-*'); "
+                                  "null: every Conv2d and Linear")
+_DOWNSAMPLING = Field(4, description="side d of the average-pooled conv maps (d×d), "
+                                     "'pixelwise' (a row per position) or 'none'")
+_LATENTS_DIR = Field(None, description="root of the latent datasets; null: where the run's "
+                                       "pointer says, else latent_datasets/ next to logs_dir")
+
+
+class ReceptiveField(Analysis):
+    """Receptive field of every layer and the border layer: ``receptive_field.csv``."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        layers: list[str] | None = _LAYERS
+
+    def outputs(self) -> list[Path]:
+        return [self.run.directory / RF_CSV]
+
+    def compute(self) -> None:
+        from labkit.engine import build_component
+
+        data = self.run.data
+        # the architecture is all that matters: build it without allocating weights
+        with torch.device("meta"):
+            model = build_component(self.run.registries, "models", self.run.config["model"],
+                                    num_classes=data.num_classes, in_channels=data.in_channels,
+                                    resolution=data.resolution)
+        table = receptive_fields(model, data.in_channels, data.resolution, self.params.layers)
+        with atomic_open(self.outputs()[0], "w") as handle:
+            table.to_csv(handle, index=False)
+
+
+class Latents(Analysis):
+    """Layer activations of the train and eval splits, stored under ``latent_datasets/``."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        downsampling: Downsampling = _DOWNSAMPLING
+        layers: list[str] | None = _LAYERS
+        latents_dir: str | None = _LATENTS_DIR
+        dtype: Literal["float16", "float32"] = Field(
+            "float16", description="storage type; float16 halves the files")
+
+    def directory(self) -> Path:
+        """Where this run's latents of this downsampling live."""
+        return latents.locate(self.run.run, self.params.downsampling, self.params.latents_dir)
+
+    def outputs(self) -> list[Path]:
+        return [latents.pointer_path(self.run.directory, self.params.downsampling)]
+
+    def is_complete(self) -> bool:
+        """The pointer names these parameters and the extraction it points to is whole."""
+        if not super().is_complete():
+            return False
+        pointer = json.loads(self.outputs()[0].read_text())
+        manifest = latents.read_manifest(self.directory())
+        return (pointer.get("params") == self.params.model_dump(mode="json")
+                and manifest is not None and manifest["digest"] == pointer["digest"])
+
+    def compute(self, progress: bool = True) -> None:
+        """Extract (resuming or skipping as the files say) and point the run at the result.
+
+        ``progress``: show progress bars (only ever on a terminal).
+        """
+        run = self.run
+        data = run.data
+        directory = self.directory()
+        manifest = latents.extract(
+            run.model, {"train": data.train_plain, **data.evals}, directory,
+            self.params.downsampling,
+            source={"run_dir": str(run.directory.absolute()), "run_id": run.run.run_id,
+                    "run_hash": run.run.hash,
+                    "epoch": runinfo.read_status(run.directory).get("epoch")},
+            layers=self.params.layers, batch_size=run.config["eval_batch_size"],
+            dtype=self.params.dtype, progress=progress)
+        write_json(self.outputs()[0], {"directory": str(directory), "digest": manifest["digest"],
+                                       "params": self.params.model_dump(mode="json")})
+
+
+class Probes(Analysis):
+    """A logistic probe per layer: ``probe_performances.csv`` and the tail-pattern figure."""
+
+    class Params(ProbeParams):
+        downsampling: Downsampling = _DOWNSAMPLING
+        latents_dir: str | None = _LATENTS_DIR
+        prefix: str | None = Field(None, description="output files are named <prefix>_…")
+        processes: int = Field(1, ge=1, description="worker processes fitting layers in parallel")
+
+    def outputs(self) -> list[Path]:
+        prefix = self.params.prefix
+        return [results_path(self.run.directory, prefix),
+                self.run.directory / (f"{prefix}_{FIGURE}" if prefix else FIGURE)]
+
+    def is_complete(self) -> bool:
+        """Outputs exist and hold this downsampling's results on the current latents."""
+        if not super().is_complete():
+            return False
+        manifest = latents.read_manifest(self._latents().directory())
+        table = pd.read_csv(self.outputs()[0], dtype={"downsampling": str})
+        mine = table[table["downsampling"] == str(self.params.downsampling)]
+        return (manifest is not None and len(mine) > 0
+                and (mine["latents_digest"] == manifest["digest"]).all())
+
+    def _latents(self) -> Latents:
+        return Latents(self.run, Latents.Params(downsampling=self.params.downsampling,
+                                                latents_dir=self.params.latents_dir))
+
+    def compute(self, progress: bool = True) -> None:
+        """Extract the latents when missing, then probe them (cached per layer)."""
+        extraction = self._latents()
+        # any complete extraction of this downsampling will do (a `latents` entry of the
+        # spec may have chosen its layers or dtype)
+        if latents.read_manifest(extraction.directory()) is None:
+            extraction.compute(progress)
+        fields = ReceptiveField(self.run, ReceptiveField.Params())
+        try:
+            if not fields.is_complete():
+                fields.compute()
+        except UserError as exc:  # an untraceable model still gets its probes
+            warnings.warn(f"tail-pattern figure without the receptive-field border: {exc}",
+                          stacklevel=2)
+        self.write(extraction.directory())
+
+    def write(self, directory: Path) -> None:
+        """Probe the latents in ``directory`` and (re)write this run's outputs."""
+        probe = ProbeParams(**self.params.model_dump(include=set(ProbeParams.model_fields)))
+        table = run_probes(directory, self.params.processes, probe)
+        save_results(self.run.directory, table, self.params.prefix)
+        draw_tail_pattern(self.run.directory, self.params.prefix)
+
+
+ANALYSES: dict[str, type[Analysis]] = {
+    "receptive_field": ReceptiveField,
+    "latents": Latents,
+    "probes": Probes,
+}
+

@@ -1,4 +1,184 @@
-"""CLI commands of the layers analyses (filled in by its issue)."""
-import click
+"""CLI commands of the layer analyses: ``receptive-field``, ``extract``, ``probes`` and
+``probe-run`` (docs/layers.md).
 
-COMMANDS: list[click.Command] = []
+Each runs the analysis of the same name on every run of a spec. Parameters the command
+line leaves out come from the spec's entry for that analysis, else the defaults.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+from pydantic import BaseModel, ValidationError
+
+from labkit import engine, latents, plugins, runinfo
+from labkit.analyses import FinishedRun
+from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
+from labkit.commands.common import check_device, load_runs
+from labkit.errors import UserError
+from labkit.identity import RunConfig
+from labkit.receptive_field import border_layer
+
+_DOWNSAMPLING_HELP = ("downsampling: d (conv maps average-pooled to d×d), 'pixelwise' or 'none'; "
+                      "repeatable [default: the spec's, else 4]")
+
+
+def _modes(texts: tuple[str, ...]) -> list[latents.Mode | None]:
+    """Parsed ``-d`` values; ``[None]`` (the spec's or the default) when none given."""
+    return [latents.parse_mode(t) for t in texts] or [None]
+
+
+def _params(run: RunConfig, name: str, analysis: type, **given: Any) -> BaseModel:
+    """Parameters of ``analysis``: the spec's entry ``name``, overridden by ``given``
+    values that are not ``None``."""
+    params = next((dict(a) for a in run.config["analyses"] if a["name"] == name), {})
+    params.pop("name", None)
+    params.update({key: value for key, value in given.items() if value is not None})
+    try:
+        return analysis.Params.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"{name} parameters: {problems}") from None
+
+
+def _finished(run: RunConfig, spec: str) -> FinishedRun:
+    state = runinfo.read_status(run.directory).get("state")
+    if state != "finished":
+        raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; train "
+                        f"it first with `labkit run {spec} --run-id {run.run_id}`")
+    return FinishedRun(run, plugins.registries(), run.config["device"])
+
+
+def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
+           **given: Any) -> None:
+    for mode in modes:
+        analysis = Probes(run, _params(run.run, "probes", Probes, downsampling=mode, **given))
+        analysis.compute(progress)
+        click.echo(f"probes (downsampling {analysis.params.downsampling}): {analysis.outputs()[0]}")
+
+
+@click.command("receptive-field")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="run-id of the runs")
+@click.option("--layers", multiple=True, help="wildcard on layer names (repeatable) [default: all]")
+def receptive_field(spec: str, run_id: str, layers: tuple[str, ...]) -> None:
+    """Write receptive_field.csv (size, jump, start, map size per layer; border layer)
+    into every run directory of SPEC. Needs only the architecture, not training."""
+    for run in load_runs(spec, run_id):
+        analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
+                                  _params(run, "receptive_field", ReceptiveField,
+                                          layers=list(layers) or None))
+        analysis.compute()
+        border = border_layer(pd.read_csv(analysis.outputs()[0]))
+        click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'})")
+
+
+@click.command("extract")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@click.option("-d", "--downsampling", "modes", multiple=True, help=_DOWNSAMPLING_HELP)
+@click.option("--layers", multiple=True, help="wildcard on layer names (repeatable) [default: all]")
+@click.option("--latents-dir", default=None,
+              help="root of the latent datasets [default: latent_datasets/ next to logs_dir]")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="storage type [default: float16]")
+@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, ...],
+            latents_dir: str | None, dtype: str | None, device: str | None, quiet: bool) -> None:
+    """Extract the layer activations of every finished run of SPEC (train and eval
+    splits, eval mode, no augmentation). An interrupted extraction resumes; a complete
+    one is skipped."""
+    runs = load_runs(spec, run_id, device)
+    check_device(runs[0].config["device"])
+    for run in runs:
+        finished = _finished(run, spec)
+        for mode in _modes(modes):
+            analysis = Latents(finished, _params(run, "latents", Latents, downsampling=mode,
+                                                 layers=list(layers) or None,
+                                                 latents_dir=latents_dir, dtype=dtype))
+            analysis.compute(progress=not quiet)
+            click.echo(f"latents: {analysis.directory()}")
+
+
+@click.command("probes")
+@click.argument("targets", nargs=-1)
+@click.option("--run-id", default=None, help="with a SPEC: run-id the runs were trained under")
+@click.option("-d", "--downsampling", "modes", multiple=True, help=_DOWNSAMPLING_HELP)
+@click.option("-mp", "processes", type=click.IntRange(min=1), default=None,
+              help="worker processes fitting layers in parallel [default: 1]")
+@click.option("--prefix", default=None, help="name outputs <prefix>_probe_performances.csv, …")
+@click.option("--latents-dir", default=None,
+              help="root of the latent datasets [default: where the run's pointer says]")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
+           processes: int | None, prefix: str | None, latents_dir: str | None,
+           quiet: bool) -> None:
+    """Fit a logistic probe per layer: `labkit probes SPEC --run-id ID` (extracting
+    latents when missing) or `labkit probes PATHS…` (latent directories, or folders
+    holding them). Results go to the source run's probe_performances.csv, in network
+    order; fits are cached, so a rerun costs next to nothing."""
+    if run_id is not None:
+        if len(targets) != 1:
+            raise UserError("with --run-id give exactly one SPEC file")
+        for run in load_runs(targets[0], run_id):
+            _probe(_finished(run, targets[0]), _modes(modes), not quiet, processes=processes,
+                   prefix=prefix, latents_dir=latents_dir)
+        return
+    if not targets:
+        raise UserError("give SPEC --run-id ID, or latent directories (e.g. latent_datasets/)")
+    if modes or latents_dir:
+        raise UserError("-d and --latents-dir go with SPEC --run-id; latent directories "
+                        "carry their own downsampling")
+    found = [m.parent for t in targets for m in sorted(Path(t).rglob(latents.MANIFEST))]
+    if not found:
+        raise UserError(f"no complete latents (manifest.json) under {', '.join(targets)}")
+    for directory in found:
+        manifest = latents.read_manifest(directory)
+        run = FinishedRun.from_directory(manifest["plan"]["source"]["run_dir"],
+                                         plugins.registries())
+        analysis = Probes(run, _params(run.run, "probes", Probes,
+                                       downsampling=manifest["plan"]["mode"],
+                                       processes=processes, prefix=prefix))
+        analysis.write(directory)
+        click.echo(f"probes ({directory}): {analysis.outputs()[0]}")
+
+
+@click.command("probe-run")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="label of this repetition (part of every run path)")
+@click.option("-mp", "processes", type=click.IntRange(min=1), default=None,
+              help="worker processes fitting layers in parallel [default: 1]")
+@click.option("-d", "--downsampling", "modes", multiple=True, help=_DOWNSAMPLING_HELP)
+@click.option("--prefix", default=None, help="name outputs <prefix>_probe_performances.csv, …")
+@click.option("--latents-dir", default=None,
+              help="root of the latent datasets [default: latent_datasets/ next to logs_dir]")
+@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def probe_run(spec: str, run_id: str, processes: int | None, modes: tuple[str, ...],
+              prefix: str | None, latents_dir: str | None, device: str | None,
+              quiet: bool) -> None:
+    """Train every run of SPEC (resuming / skipping as `labkit run` does), then extract
+    its latents and fit the probes for each -d. A failed run is reported and skipped;
+    the exit code is then 1."""
+    runs = load_runs(spec, run_id, device)
+    check_device(runs[0].config["device"])
+    failed = 0
+    for i, run in enumerate(runs, 1):
+        state = engine.train(run, plugins.registries(), run.config["device"], progress=not quiet)
+        click.echo(f"[{i}/{len(runs)}] {state}: {run.directory}")
+        if state == "failed":
+            failed += 1
+            continue
+        _probe(FinishedRun(run, plugins.registries(), run.config["device"]), _modes(modes),
+               not quiet, processes=processes, prefix=prefix, latents_dir=latents_dir)
+    if failed:
+        click.echo(f"{failed} run(s) failed; see status.json and error.txt in their "
+                   f"directories", err=True)
+        sys.exit(1)
+
+
+COMMANDS: list[click.Command] = [receptive_field, extract, probes, probe_run]

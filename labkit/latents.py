@@ -1,0 +1,242 @@
+"""Layer activations ("latents") of a trained run, as memory-mappable ``.npy`` files.
+
+Extraction runs the final model in eval mode (BatchNorm uses its running statistics,
+dropout is off) over the un-augmented train split and every eval split, records the
+output of every measured layer (Conv2d and Linear, filterable) and reduces it by the
+*mode*:
+
+* ``d`` (an int): a conv map is average-pooled (adaptive pooling) to ``min(h, d) ×
+  min(w, d)`` and flattened, one row of ``C·min(h,d)·min(w,d)`` features per image;
+* ``"pixelwise"``: one row of ``C`` features per image and spatial position, rows in
+  image, then row, then column order;
+* ``"none"``: the whole map flattened.
+
+Linear outputs are kept as they are (one row per image).
+
+Layout, keyed by the run's identity (run-id and config hash) and the mode::
+
+    <root>/<run-id>/<hash>/<mode>/
+        manifest.json           written last: the extraction is complete when it exists
+        <split>-labels.npy      int64, one label per image
+        <split>-<layer>.npy     (rows, features), float16 unless asked otherwise
+        progress.json           while unfinished: images done per split
+
+``<root>`` is ``latent_datasets/`` next to the spec's ``logs_dir`` unless given. An
+interrupted extraction resumes at the last progress record (files are pre-allocated and
+written in place; a record, every few seconds, follows the data flushed to disk); a
+complete one is skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.lib.format import open_memmap
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from labkit.atomic import write_json
+from labkit.engine import quiet_bars
+from labkit.errors import UserError
+from labkit.identity import RunConfig
+from labkit.latent_layout import (
+    DEFAULT_ROOT,
+    MANIFEST,
+    PROGRESS,
+    Mode,
+    array_path,
+    parse_mode,
+    pointer_path,
+    read_manifest,
+)
+from labkit.layers import measured_layers
+
+__all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "parse_mode",
+           "pointer_path", "read_manifest", "reduce"]
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def locate(run: RunConfig, mode: Mode, root: str | None = None) -> Path:
+    """Where the latents of ``run`` in ``mode`` live: under ``root`` when given, else
+    where the run's pointer says, else under ``latent_datasets/`` next to ``logs_dir``."""
+    if root is None:
+        pointer = pointer_path(run.directory, mode)
+        if pointer.exists():
+            return Path(json.loads(pointer.read_text())["directory"])
+        root = Path(run.config["logs_dir"]).absolute().parent / DEFAULT_ROOT
+    return Path(root).absolute() / run.run_id / run.hash / str(mode)
+
+
+def _pooled(output: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """A conv map ``(N, C, h, w)`` average-pooled to at most ``mode × mode`` for an int
+    ``mode``; anything else unchanged."""
+    if output.dim() == 4 and isinstance(mode, int):
+        size = (min(output.shape[2], mode), min(output.shape[3], mode))
+        return F.adaptive_avg_pool2d(output, size)
+    return output
+
+
+def reduce(output: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """Rows of a layer's output ``(N, C, h, w)`` or ``(N, F)`` for ``mode``:
+    ``(N·positions, features)``."""
+    output = _pooled(output, mode)
+    if output.dim() == 4 and mode == "pixelwise":
+        return output.permute(0, 2, 3, 1).reshape(-1, output.shape[1])
+    return output.flatten(1)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Recorder:
+    """Forward hooks keeping the last output of each named module."""
+
+    def __init__(self, layers: list[tuple[str, torch.nn.Module]]):
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in layers]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            self.outputs[name] = output.detach()
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path, mode: Mode,
+            source: dict[str, Any], layers: Sequence[str] | None = None, batch_size: int = 512,
+            dtype: str = "float16", progress: bool = True,
+            record_seconds: float = 2.0) -> dict[str, Any]:
+    """Extract the latents of ``model`` on ``splits`` into ``directory``; returns the manifest.
+
+    Args:
+        model: the trained network (put in eval mode here); inputs and outputs on its device.
+        splits: split name → dataset of ``(image, label)``, never augmented (``"train"``
+            first by convention).
+        directory: where the files go (see the module docstring).
+        mode: reduction of conv maps (see the module docstring).
+        source: where the model comes from (run directory, run-id, hash, epoch);
+            stored in the manifest.
+        layers: wildcards on layer names; ``None`` takes every Conv2d and Linear.
+        batch_size: images per forward pass (fixed for the whole extraction, resumes
+            included, so a resumed extraction writes the same bits).
+        dtype: ``"float16"`` (half the size of float32) or ``"float32"``.
+        progress: show progress bars (on a terminal only).
+        record_seconds: least time between progress records; each one flushes the
+            files to disk first (tens of milliseconds), so recording every batch would
+            dominate small batches. A kill loses at most this much work.
+
+    Returns:
+        The manifest: ``plan`` (mode, dtype, layer names in network order, images per
+        split, source), ``layers`` (per layer ``name``, ``positions`` rows per image,
+        ``features``, ``row_shape``), ``files`` (file name → sha256) and ``digest``
+        (sha256 of all of it; it changes whenever any file or setting changes).
+
+    Raises:
+        UserError: an activation is not finite, or beyond float16's range (±65504).
+    """
+    directory = Path(directory)
+    model.eval()
+    device = next(model.parameters()).device
+    chosen = measured_layers(model, layers)
+    recorder = _Recorder(chosen)
+    try:
+        with torch.inference_mode():
+            # one image tells which layers the forward pass calls, and their output shapes
+            model(splits[next(iter(splits))][0][0].unsqueeze(0).to(device))
+            first = dict(recorder.outputs)
+            shapes = {name: reduce(out, mode).shape for name, out in first.items()}
+            plan = {"mode": mode, "dtype": dtype,
+                    "layers": [name for name, _ in chosen if name in first],
+                    "splits": {name: len(ds) for name, ds in splits.items()}, "source": source}
+            manifest = read_manifest(directory)
+            if manifest is not None and manifest["plan"] == plan:
+                return manifest
+            state = (json.loads((directory / PROGRESS).read_text())
+                     if (directory / PROGRESS).exists() else {})
+            if state.get("plan") != plan:
+                # another plan's files (or a crash before the first record): start clean
+                shutil.rmtree(directory, ignore_errors=True)
+                directory.mkdir(parents=True)
+                state = {"plan": plan, "batch_size": batch_size, "done": {}}
+            for split, dataset in splits.items():
+                _extract_split(model, recorder, split, dataset, directory, mode, shapes,
+                               np.dtype(dtype), state, progress, record_seconds)
+    finally:
+        recorder.close()
+
+    entries = [{"name": name, "positions": shapes[name][0], "features": shapes[name][1],
+                "row_shape": [first[name].shape[1]] if mode == "pixelwise"
+                else list(_pooled(first[name], mode).shape[1:])} for name in plan["layers"]]
+    files = sorted(array_path(directory, split, name).name
+                   for split in splits for name in ["labels", *plan["layers"]])
+    body = {"plan": plan, "layers": entries,
+            "files": {name: _sha256(directory / name) for name in files}}
+    manifest = {**body, "digest": hashlib.sha256(
+        json.dumps(body, sort_keys=True).encode()).hexdigest()}
+    write_json(directory / MANIFEST, manifest)
+    (directory / PROGRESS).unlink(missing_ok=True)
+    return manifest
+
+
+def _extract_split(model: torch.nn.Module, recorder: _Recorder, split: str, dataset: Dataset,
+                   directory: Path, mode: Mode, shapes: dict[str, torch.Size], dtype: np.dtype,
+                   state: dict[str, Any], progress: bool, record_seconds: float) -> None:
+    """Fill (or go on filling) the files of one split, recording progress as it goes."""
+    images = len(dataset)
+    done = state["done"].get(split, 0)
+    # files are written as <name>.npy.part and renamed once the split is whole
+    targets = {name: (array_path(directory, split, name), (images * rows, features))
+               for name, (rows, features) in shapes.items()}
+    targets["labels"] = (array_path(directory, split, "labels"), (images,))
+    parts = {name: path.with_name(path.name + ".part") for name, (path, _) in targets.items()}
+    arrays = {name: open_memmap(parts[name], mode="r+" if done else "w+", shape=shape,
+                                dtype=np.int64 if name == "labels" else dtype)
+              for name, (_, shape) in targets.items() if done < images}
+    device = next(model.parameters()).device
+    loader = DataLoader(Subset(dataset, range(done, images)), batch_size=state["batch_size"])
+    recorded = time.monotonic()
+    for batch, labels in tqdm(loader, desc=f"latents {split}", leave=False,
+                              disable=quiet_bars(progress)):
+        model(batch.to(device))
+        count = len(labels)
+        for name, output in recorder.outputs.items():
+            rows = reduce(output, mode).cpu().numpy()
+            stored = rows.astype(dtype)
+            if not np.isfinite(stored).all():
+                raise UserError(
+                    f"layer {name} has activations that are not finite in {dtype} "
+                    f"(largest magnitude {np.abs(rows).max():.4g}; "
+                    f"float16 holds ±{FLOAT16_MAX:g}); "
+                    f"extract with dtype float32")
+            per_image = shapes[name][0]
+            arrays[name][done * per_image:(done + count) * per_image] = stored
+        arrays["labels"][done:done + count] = labels.numpy()
+        done += count
+        if done == images or time.monotonic() - recorded >= record_seconds:
+            for array in arrays.values():
+                array.flush()  # the data reaches the disk before the record that says so
+            state["done"][split] = done
+            write_json(directory / PROGRESS, state)
+            recorded = time.monotonic()
+    arrays.clear()  # unmap before the renames
+    for name, (path, _) in targets.items():
+        if parts[name].exists():
+            os.replace(parts[name], path)

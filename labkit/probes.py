@@ -1,0 +1,158 @@
+"""Linear probes: one logistic regression per layer, on stored latents.
+
+A layer's probe is fitted on the train split's latents (:mod:`labkit.latents`) and
+scored on every split. By default the features are standardised (mean 0, variance 1,
+estimated on the train split) and the multinomial model is fitted with L-BFGS to
+convergence: on standardised features that takes tens to hundreds of iterations, while
+SAGA on raw activations (PHD-LAB's configuration) stops after ``max_iter=100`` passes
+over the data, usually unconverged and several times slower
+(``benchmarks/bench_probes.py``; numbers in docs/layers.md).
+
+Layers are fitted in parallel worker processes (joblib, loky backend). Every fit is
+cached with :class:`joblib.Memory` in ``<latent directory>/probe_cache``, keyed by the
+manifest digest, the layer name and the probe parameters; the cached function loads the
+arrays itself, so joblib never hashes them. Results come back in network order.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from joblib import Memory, Parallel, delayed
+from pydantic import BaseModel, ConfigDict, Field
+
+from labkit.atomic import atomic_open
+from labkit.errors import UserError
+from labkit.latent_layout import array_path, read_manifest
+
+RESULTS_CSV = "probe_performances.csv"
+CACHE_DIR = "probe_cache"
+
+
+class ProbeParams(BaseModel):
+    """How each probe is fitted (part of the cache key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    C: float = Field(1.0, gt=0, description="inverse L2 regularisation strength (scikit-learn's C)")
+    max_iter: int = Field(1000, ge=1, description="most L-BFGS iterations")
+    tol: float = Field(1e-4, gt=0, description="L-BFGS stopping tolerance")
+    standardize: bool = Field(
+        True, description="scale features to mean 0, variance 1 (train statistics)")
+
+
+def results_path(run_dir: Path, prefix: str | None = None) -> Path:
+    """``<run_dir>/[<prefix>_]probe_performances.csv``."""
+    return Path(run_dir) / (f"{prefix}_{RESULTS_CSV}" if prefix else RESULTS_CSV)
+
+
+def _rows(directory: Path, split: str, layer: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A split's latents of ``layer`` as float32 ``(rows, features)`` and a label per row."""
+    features = np.asarray(np.load(array_path(directory, split, layer["name"]), mmap_mode="r"),
+                          dtype=np.float32)
+    labels = np.load(array_path(directory, split, "labels"))
+    return features, np.repeat(labels, layer["positions"])
+
+
+def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str) -> dict[str, Any]:
+    """Fit and score the probe of ``layer`` on the latents in ``directory``.
+
+    ``digest`` (the manifest's) only keys the cache; ``directory`` is left out of the key.
+
+    Returns:
+        ``layer``, ``features``, ``<split>_accuracy`` for every split (fraction in
+        [0, 1]), ``converged`` (stopped before ``max_iter``) and ``fit_seconds``
+        (wall time of the fit alone).
+    """
+    # imported here: scikit-learn takes seconds to import, which every labkit command
+    # would pay otherwise
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    manifest = read_manifest(Path(directory))
+    entry = next(e for e in manifest["layers"] if e["name"] == layer)
+    settings = ProbeParams(**params)
+    model = LogisticRegression(C=settings.C, max_iter=settings.max_iter, tol=settings.tol)
+    probe = make_pipeline(StandardScaler(), model) if settings.standardize else model
+    train_x, train_y = _rows(Path(directory), "train", entry)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # reported per layer in the ``converged`` column instead
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(train_x, train_y)
+    seconds = time.perf_counter() - started
+    result: dict[str, Any] = {"layer": layer, "features": train_x.shape[1],
+                              "train_accuracy": probe.score(train_x, train_y)}
+    for split in manifest["plan"]["splits"]:
+        if split != "train":
+            result[f"{split}_accuracy"] = probe.score(*_rows(Path(directory), split, entry))
+    result["converged"] = bool(model.n_iter_.max() < settings.max_iter)
+    result["fit_seconds"] = seconds
+    return result
+
+
+def cached_fit(directory: Path):
+    """:func:`fit_layer` cached in ``<directory>/probe_cache`` (keyed without ``directory``)."""
+    memory = Memory(Path(directory) / CACHE_DIR, verbose=0)
+    return memory.cache(fit_layer, ignore=["directory"])
+
+
+def run_probes(directory: Path, processes: int = 1,
+               params: ProbeParams | None = None) -> pd.DataFrame:
+    """Probe every layer of the latents in ``directory``, in parallel, cached.
+
+    Layers already in the cache are read in this process; only the others go to
+    ``processes`` workers, so a fully cached rerun starts no worker at all.
+
+    Returns:
+        One row per layer in network order: ``layer``, ``downsampling`` (the latents'
+        mode), ``features``, ``train_accuracy``, ``<split>_accuracy`` per eval split,
+        ``converged``, ``fit_seconds``, ``latents_digest``.
+
+    Raises:
+        UserError: no complete extraction in ``directory``, or a layer's file of some
+            split is missing (train and eval files are paired by layer name).
+    """
+    directory = Path(directory).absolute()
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise UserError(f"{directory} holds no complete latents (no manifest.json); extract "
+                        f"them with `labkit extract SPEC --run-id ID` first")
+    layers = manifest["plan"]["layers"]
+    missing = [array_path(directory, split, layer).name for layer in layers
+               for split in manifest["plan"]["splits"]
+               if not array_path(directory, split, layer).exists()]
+    if missing:
+        raise UserError(f"{directory} lacks {', '.join(missing)}; extract again "
+                        f"(delete {directory / 'manifest.json'} first)")
+    fit = cached_fit(directory)
+    key = (params or ProbeParams()).model_dump()
+    calls = {layer: (manifest["digest"], layer, key, str(directory)) for layer in layers}
+    results = {layer: fit(*args) for layer, args in calls.items() if fit.check_call_in_cache(*args)}
+    todo = [layer for layer in layers if layer not in results]
+    fitted = Parallel(n_jobs=min(processes, max(len(todo), 1)))(
+        delayed(fit)(*calls[layer]) for layer in todo)
+    results.update(zip(todo, fitted, strict=True))
+    table = pd.DataFrame([results[layer] for layer in layers])
+    table.insert(1, "downsampling", str(manifest["plan"]["mode"]))
+    table["latents_digest"] = manifest["digest"]
+    return table
+
+
+def save_results(run_dir: Path, table: pd.DataFrame, prefix: str | None = None) -> Path:
+    """Write ``table`` into the run's probe CSV, replacing the rows of its downsampling
+    and keeping those of others; returns the CSV's path."""
+    path = results_path(run_dir, prefix)
+    if path.exists():
+        previous = pd.read_csv(path, dtype={"downsampling": str})
+        kept = previous[~previous["downsampling"].isin(table["downsampling"].unique())]
+        table = pd.concat([kept, table], ignore_index=True)
+    with atomic_open(path, "w") as handle:
+        table.to_csv(handle, index=False)
+    return path

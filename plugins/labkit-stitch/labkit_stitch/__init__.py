@@ -1,0 +1,23 @@
+"""labkit-stitch: model stitching tables and representation similarity (CKA) for labkit.
+
+Registers the model ``stitched`` (A's bottom up to layer i, a trainable stitch, B's top
+from layer j; A and B are labkit runs), the method ``autoencoder_stitch`` (fit the
+stitch to B's own activations), and the commands ``labkit stitch-table`` (i × j tables
+of stitched accuracy, random-sender baseline, debiased difference, and CKA) and
+``labkit cka`` (CKA between the layers of two runs). See README.md.
+"""
+import labkit
+from labkit_stitch.stitching import AutoencoderStitch, StitchedParams, stitched
+
+
+@labkit.hookimpl
+def labkit_register(registries) -> None:
+    registries.models.register("stitched", stitched, params=StitchedParams)
+    registries.methods.register("autoencoder_stitch", AutoencoderStitch)
+
+
+@labkit.hookimpl
+def labkit_commands() -> list:
+    from labkit_stitch.commands import COMMANDS  # imports labkit.cli: only when the CLI asks
+
+    return COMMANDS

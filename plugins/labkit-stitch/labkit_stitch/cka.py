@@ -1,0 +1,136 @@
+"""Centered kernel alignment (CKA) between layer representations.
+
+Every function takes activations as float64 matrices ``(n, p)``: n samples (the same
+samples, in the same order, for both representations), each flattened to p features.
+
+* Linear CKA (Kornblith et al. 2019): with centred Gram matrices ``Kc = H X Xᵀ H`` and
+  ``Lc = H Y Yᵀ H`` (``H = I - 11ᵀ/n``),
+  ``CKA = <Kc, Lc>_F / (||Kc||_F ||Lc||_F)``, i.e. the biased HSIC estimator normalised.
+* RBF CKA: the same with ``K_ab = exp(-||x_a - x_b||² / (2σ²))``. Bandwidth rule (the
+  median heuristic of Kornblith et al.'s reference code): ``σ² = threshold² · m`` with
+  ``m`` the median of the squared distances over all n² ordered pairs, the zero
+  diagonal included; ``threshold`` defaults to 1.
+* Minibatch CKA (Nguyen, Raghu and Kornblith 2021): linear kernel, the unbiased HSIC
+  estimator of Song et al. (2012) on each minibatch,
+  ``HSIC₁(K, L) = [tr(K̃L̃) + 1ᵀK̃1 · 1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2) · 1ᵀK̃L̃1] / (n(n-3))``
+  with ``K̃``, ``L̃`` the Gram matrices with zeroed diagonals, averaged over minibatches:
+  ``CKA = mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean HSIC₁(L, L))``.
+
+All three are invariant to orthogonal transforms and isotropic scaling of either
+representation. Functions named ``*_matrix`` compare every layer of one list with every
+layer of another at once, from stacked Gram matrices ``(layers, n, n)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def gram_linear(x: torch.Tensor) -> torch.Tensor:
+    """``X Xᵀ`` ``(n, n)`` of activations ``(n, p)``."""
+    return x @ x.T
+
+
+def gram_rbf(x: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
+    """RBF Gram matrix ``(n, n)`` of activations ``(n, p)``, median-heuristic bandwidth.
+
+    ``σ² = threshold² · median`` of the squared distances over all n² ordered pairs.
+    """
+    dots = x @ x.T
+    norms = dots.diagonal()
+    squared = (norms[:, None] + norms[None, :] - 2 * dots).clamp_min(0)
+    # numpy's median: the mean of the two middle values for an even count, as published
+    median = float(np.median(squared.cpu().numpy()))
+    return torch.exp(-squared / (2 * threshold**2 * median))
+
+
+def center(grams: torch.Tensor) -> torch.Tensor:
+    """``H K H`` for Gram matrices ``(..., n, n)``: rows and columns with zero mean."""
+    grams = grams - grams.mean(dim=-1, keepdim=True)
+    return grams - grams.mean(dim=-2, keepdim=True)
+
+
+def _normalise(cross: torch.Tensor, self_a: torch.Tensor, self_b: torch.Tensor) -> torch.Tensor:
+    return cross / torch.sqrt(self_a[:, None] * self_b[None, :])
+
+
+def cka_matrix(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.Tensor:
+    """CKA (biased HSIC) between every pair of Gram matrices.
+
+    Args:
+        grams_a: ``(A, n, n)`` Gram matrices of A's layers on n samples.
+        grams_b: ``(B, n, n)`` Gram matrices of B's layers on the same samples.
+
+    Returns:
+        ``(A, B)`` CKA values in [0, 1].
+    """
+    a, b = center(grams_a), center(grams_b)
+    return _normalise(torch.einsum("ixy,jxy->ij", a, b), (a * a).sum((1, 2)), (b * b).sum((1, 2)))
+
+
+def unbiased_hsic_matrix(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC₁ (Song et al. 2012) between every pair of Gram matrices.
+
+    Args:
+        grams_a: ``(A, n, n)``; grams_b: ``(B, n, n)``; n ≥ 4 samples.
+
+    Returns:
+        ``(A, B)`` estimates (may be slightly negative: the estimator is unbiased).
+    """
+    n = grams_a.shape[-1]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 samples, got {n}")
+    off = 1 - torch.eye(n, dtype=grams_a.dtype, device=grams_a.device)
+    k, l = grams_a * off, grams_b * off  # noqa: E741 (the paper's name)
+    trace = torch.einsum("ixy,jxy->ij", k, l)  # tr(K̃ L̃) of symmetric matrices
+    sum_k, sum_l = k.sum((1, 2)), l.sum((1, 2))
+    ones_k_l_ones = k.sum(2) @ l.sum(2).T  # 1ᵀ K̃ L̃ 1 = (K̃1)·(L̃1)
+    return (trace + sum_k[:, None] * sum_l[None, :] / ((n - 1) * (n - 2))
+            - 2 * ones_k_l_ones / (n - 2)) / (n * (n - 3))
+
+
+class MinibatchCKA:
+    """Minibatch CKA (Nguyen et al. 2021) between A's and B's layers, fed batch by batch.
+
+    Args:
+        layers_a: number of A's layers; layers_b: number of B's layers.
+    """
+
+    def __init__(self, layers_a: int, layers_b: int):
+        self.cross = torch.zeros(layers_a, layers_b, dtype=torch.float64)
+        self.self_a = torch.zeros(layers_a, dtype=torch.float64)
+        self.self_b = torch.zeros(layers_b, dtype=torch.float64)
+        self.batches = 0
+
+    def update(self, grams_a: torch.Tensor, grams_b: torch.Tensor) -> None:
+        """Add one minibatch's linear Gram matrices ``(A, b, b)`` and ``(B, b, b)``, b ≥ 4."""
+        self.cross += unbiased_hsic_matrix(grams_a, grams_b).cpu()
+        self.self_a += unbiased_hsic_matrix(grams_a, grams_a).diagonal().cpu()
+        self.self_b += unbiased_hsic_matrix(grams_b, grams_b).diagonal().cpu()
+        self.batches += 1
+
+    def compute(self) -> torch.Tensor:
+        """``(A, B)`` minibatch CKA over the batches added (the 1/k means cancel)."""
+        if not self.batches:
+            raise ValueError("minibatch CKA needs at least one batch of 4 or more samples")
+        return _normalise(self.cross, self.self_a, self.self_b)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of activations ``x`` ``(n, p)`` and ``y`` ``(n, q)``."""
+    return float(cka_matrix(gram_linear(x)[None], gram_linear(y)[None])[0, 0])
+
+
+def rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0) -> float:
+    """RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)`` (bandwidth rule in the module doc)."""
+    return float(cka_matrix(gram_rbf(x, threshold)[None], gram_rbf(y, threshold)[None])[0, 0])
+
+
+def minibatch_cka(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Minibatch CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)`` over consecutive batches of
+    ``batch_size`` rows; a last batch of fewer than 4 rows is left out."""
+    accumulator = MinibatchCKA(1, 1)
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        if len(xb) >= 4:
+            accumulator.update(gram_linear(xb)[None], gram_linear(yb)[None])
+    return float(accumulator.compute()[0, 0])

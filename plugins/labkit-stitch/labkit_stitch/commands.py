@@ -1,0 +1,189 @@
+"""CLI commands of the plugin: ``labkit stitch-table`` and ``labkit cka``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pandas as pd
+from pydantic import ValidationError
+
+from labkit import engine, latents, plugins
+from labkit.analyses import FinishedRun
+from labkit.atomic import atomic_open
+from labkit.cli import summarize
+from labkit.commands.common import check_device, load_runs
+from labkit.errors import UserError
+from labkit.identity import RunConfig
+from labkit_stitch.refs import ensure_trained, trained_network
+from labkit_stitch.similarity import CKAOptions, layer_cka
+from labkit_stitch.tables import matrix, plot_cka, plot_stitch_group, stitch_table, stitched_params
+
+
+def parse_reduction(ctx: click.Context, param: click.Parameter, text: str) -> int | str:
+    """``--reduction``: ``"none"`` or a positive integer d."""
+    mode = latents.parse_mode(text)
+    if mode == "pixelwise":
+        raise UserError("--reduction pixelwise makes a row per position, not per image; "
+                        "CKA compares images: use 'none' or an integer d")
+    return mode
+
+
+def cka_options(**values: object) -> CKAOptions:
+    """:class:`CKAOptions` from command-line values, a bad value as a one-line error."""
+    try:
+        return CKAOptions(**values)
+    except ValidationError as exc:
+        raise UserError("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: "
+                                  f"{e['msg']}" for e in exc.errors())) from None
+
+
+_REDUCTION = click.option(
+    "--reduction", default="none", show_default=True, callback=parse_reduction,
+    help="CKA on conv maps: 'none' flattens the whole map, d average-pools it to d×d first "
+         "(stored latents of that downsampling are used when present)")
+_MAX_SAMPLES = click.option("--max-samples", default=2048, show_default=True, type=int,
+                            help="images for linear and RBF CKA (minibatch CKA uses the split)")
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """Atomically write ``table`` (no index) to ``path``."""
+    with atomic_open(path, "w") as handle:
+        table.to_csv(handle, index=False)
+
+
+def echo_matrices(rows: pd.DataFrame, values: list[str], row: str, column: str) -> None:
+    """Print ``rows[value]`` as a ``row`` × ``column`` matrix for each of ``values``."""
+    for value in values:
+        click.echo(f"{value} (rows: {row}, columns: {column})")
+        click.echo(matrix(rows, value, row, column).round(3).to_string())
+
+
+def run_label(run: RunConfig) -> str:
+    """``<model>-<hash>``: a run's short, unique name in file names."""
+    return f"{run.config['model']['name']}-{run.hash}"
+
+
+@click.command("stitch-table")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="run-id of the stitch runs")
+@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
+@click.option("--split", default="eval", show_default=True, help="eval split the tables report")
+@click.option("--metric", default="accuracy", show_default=True, help="metric the tables report")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="folder of the tables [default: <logs_dir>/stitch_tables/<spec name>/<run-id>]")
+@click.option("--cka/--no-cka", default=True, show_default=True,
+              help="also CKA between the chosen layers of each pair of networks")
+@_REDUCTION
+@_MAX_SAMPLES
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def stitch_table_command(spec: str, run_id: str, device: str | None, split: str, metric: str,
+                         output: str | None, cka: bool, reduction: int | str, max_samples: int,
+                         quiet: bool) -> None:
+    """Train every stitch of SPEC (and the networks A and B first, where unfinished), then
+    write the i × j tables of stitched accuracy, random-sender accuracy and their
+    difference (stitch_table.csv, one PNG per pair), and CKA tables (cka_table.csv)."""
+    runs = load_runs(spec, run_id, device)
+    others = sorted({r.config["model"]["name"] for r in runs} - {"stitched"})
+    if others:
+        raise UserError(f"{spec}: stitch-table needs a spec whose model is 'stitched'; this one "
+                        f"also trains {', '.join(others)} (train those with `labkit run`)")
+    device = runs[0].config["device"]
+    check_device(device)
+    pairs = network_pairs(runs)
+    for network in {str(r.directory): r for p in pairs for r in (p["a"], p["b"])}.values():
+        ensure_trained(network, device, progress=not quiet)
+    states = []
+    for i, run in enumerate(runs, 1):
+        states.append(engine.train(run, plugins.registries(), device, progress=not quiet))
+        click.echo(f"[{i}/{len(runs)}] {states[-1]}: {run.directory}", err=quiet)
+
+    out = Path(output or Path(runs[0].config["logs_dir"]) / "stitch_tables"
+               / runs[0].config["name"] / run_id)
+    write_stitch_tables(runs, split, metric, out)
+    if cka:
+        options = cka_options(split=split, reduction=reduction, max_samples=max_samples)
+        write_cka_tables(pairs, options, device, out)
+    summarize(states)
+
+
+def network_pairs(runs: list[RunConfig]) -> list[dict]:
+    """Each distinct pair of networks (A, B) of the stitch runs, with the layers chosen of
+    each (in grid order) and the data set of its first stitch run."""
+    pairs: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        params = stitched_params(run)
+        a, b = params.sender.run_config(), params.receiver.run_config()
+        pair = pairs.setdefault((str(a.directory), str(b.directory)), {
+            "a": a, "b": b, "layers_a": [], "layers_b": [], "dataset": run.config["dataset"]})
+        for key, layer in (("layers_a", params.sender_layer), ("layers_b", params.receiver_layer)):
+            if layer not in pair[key]:
+                pair[key].append(layer)
+    return list(pairs.values())
+
+
+def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Path) -> None:
+    """stitch_table.csv and one heatmap per group into ``out``; the tables on stdout."""
+    table = stitch_table(runs, split, metric)
+    write_csv(table, out / "stitch_table.csv")
+    for group, rows in table.groupby("group", sort=False):
+        plot_stitch_group(rows, out / f"stitch_{group}.png")
+        click.echo(f"\n== {group}: {split} {metric}; A {rows['sender_run'].iloc[0]} "
+                   f"({rows['sender'].iloc[0]:.3f}), B {rows['receiver_run'].iloc[0]} "
+                   f"({rows['receiver'].iloc[0]:.3f})")
+        echo_matrices(rows, ["stitched", "random_sender", "debiased", "penalty"],
+                      "sender_layer", "receiver_layer")
+    click.echo(f"\nstitching tables -> {out / 'stitch_table.csv'}")
+
+
+def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: Path) -> None:
+    """cka_table.csv and one heatmap per pair of networks into ``out``; tables on stdout."""
+    tables = []
+    for pair in pairs:
+        rows = layer_cka(pair["a"], pair["layers_a"], pair["b"], pair["layers_b"],
+                         pair["dataset"], options, device)
+        title = f"{run_label(pair['a'])}-to-{run_label(pair['b'])}"
+        plot_cka(rows, f"CKA {title}", out / f"cka_{title}.png")
+        click.echo(f"\n== CKA {title} ({options.split}, {rows['samples'].iloc[0]} images)")
+        echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
+        tables.append(rows)
+    write_csv(pd.concat(tables, ignore_index=True), out / "cka_table.csv")
+    click.echo(f"\nCKA tables -> {out / 'cka_table.csv'}")
+
+
+@click.command("cka")
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--layers-a", default=None,
+              help="comma-separated layers of A [default: its top-level modules]")
+@click.option("--layers-b", default=None,
+              help="comma-separated layers of B [default: its top-level modules]")
+@click.option("--split", default="eval", show_default=True,
+              help="eval split of A's data set; both networks see its images")
+@_REDUCTION
+@_MAX_SAMPLES
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="folder of cka_table.csv and cka.png [default: RUN_A/cka/<B model>-<B hash>]")
+@click.option("--device", default="cpu", show_default=True, help="torch device")
+def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | None, split: str,
+                reduction: int | str, max_samples: int, output: str | None, device: str) -> None:
+    """Linear, RBF and minibatch CKA between the layers of two trained runs (directories)."""
+    check_device(device)
+    registries = plugins.registries()
+    a, b = (FinishedRun.from_directory(d, registries).run for d in (run_a, run_b))
+
+    def layers(text: str | None, run: RunConfig) -> list[str]:
+        if text:
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return [name for name, _ in trained_network(run).named_children()]
+
+    rows = layer_cka(a, layers(layers_a, a), b, layers(layers_b, b), a.config["dataset"],
+                     cka_options(split=split, reduction=reduction, max_samples=max_samples),
+                     device)
+    out = Path(output or a.directory / "cka" / run_label(b))
+    write_csv(rows, out / "cka_table.csv")
+    plot_cka(rows, f"CKA {run_label(a)} vs {run_label(b)}", out / "cka.png")
+    echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
+    click.echo(f"-> {out / 'cka_table.csv'}")
+
+
+COMMANDS: list[click.Command] = [stitch_table_command, cka_command]

@@ -1,0 +1,140 @@
+"""References to the networks being stitched: labkit runs, trained on demand.
+
+A :class:`RunRef` names one run in one of two ways:
+
+* ``{"dir": "logs/cnn_s/digits_16/A/cnn_s-…-3f2a9c01de"}``: a run directory;
+* ``{"spec": "specs/quickstart.json", "run_id": "demo", "where": {"model.name": "cnn_s"}}``:
+  a grid point of a spec. The spec is a file or an inline spec object, and ``where``
+  picks one run by dotted config keys (as ``labkit plan`` shows them); it is not needed
+  when the spec has a single run.
+
+A spec file is read when the referencing spec is validated, and its content is recorded
+in place of the path. The stitch run's identity (a hash of its config) therefore follows
+the content of the referenced run's spec: editing that spec gives new stitch runs,
+never stale ones. A run directory's name already ends in the run's own identity hash.
+
+A run that has not finished is trained by the engine, with its own spec's settings,
+the first time a trained network is asked of it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from labkit import checkpoint, engine, plugins, runinfo
+from labkit.analyses import FinishedRun
+from labkit.errors import UserError
+from labkit.identity import RunConfig, flatten, varying_keys
+from labkit.spec import expand, load_spec_file
+
+
+class RunRef(BaseModel):
+    """One labkit run: a run directory, or a spec (file or object), run-id and grid point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: str | None = Field(None, description="run directory (the folder holding config.json)")
+    spec: str | dict[str, Any] | None = Field(
+        None, description="spec file or inline spec object describing the run; a file is "
+                          "read at validation and its content recorded instead of the path")
+    run_id: str | None = Field(None, description="run-id the spec's runs are trained under")
+    where: dict[str, Any] = Field(
+        {}, description="dotted config keys and values picking one grid point of the spec, "
+                        "e.g. {\"model.name\": \"cnn_s\"}; not needed for a one-run spec")
+
+    @field_validator("spec")
+    @classmethod
+    def _read_spec_file(cls, spec: str | dict[str, Any] | None) -> dict[str, Any] | None:
+        try:  # ValueError: reported with the JSON path of the reference
+            return load_spec_file(spec) if isinstance(spec, str) else spec
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _resolves(self) -> "RunRef":
+        if (self.dir is None) == (self.spec is None):
+            raise ValueError("give either \"dir\" (a run directory) or \"spec\" with \"run_id\"")
+        if self.spec is not None and self.run_id is None:
+            raise ValueError("\"spec\" needs \"run_id\", the run-id its runs are trained under")
+        if self.dir is not None and (self.run_id is not None or self.where):
+            raise ValueError("\"run_id\" and \"where\" go with \"spec\"; a \"dir\" names one run")
+        try:  # a wrong reference fails at validation, with its JSON path
+            self.run_config()
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def run_config(self) -> RunConfig:
+        """The referenced run.
+
+        Raises:
+            UserError: no run directory there, an invalid spec, or ``where`` matching
+                no run or several.
+        """
+        registries = plugins.registries()
+        if self.dir is not None:
+            return FinishedRun.from_directory(self.dir, registries).run
+        runs = [RunConfig(config, self.run_id) for config in expand(self.spec, registries)]
+        flats = [flatten(run.config) for run in runs]
+        unknown = [key for key in self.where if not any(key in flat for flat in flats)]
+        if unknown:
+            raise UserError(f"where: {', '.join(unknown)} is not a config key of the spec; "
+                            f"keys that vary across its runs: "
+                            f"{', '.join(varying_keys([r.config for r in runs])) or '(none)'}")
+        chosen = [run for run, flat in zip(runs, flats)
+                  if all(flat.get(key) == value for key, value in self.where.items())]
+        if len(chosen) != 1:
+            raise UserError(
+                f"where {self.where} picks {len(chosen)} of the spec's {len(runs)} runs, not "
+                f"one; add keys that vary across its runs: "
+                f"{', '.join(varying_keys([r.config for r in runs]))}")
+        return chosen[0]
+
+
+def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = True) -> None:
+    """Train ``run`` with the engine unless it has finished.
+
+    Args:
+        run: the run.
+        device: torch device; ``None`` uses the run's own ``device`` setting.
+        progress: show progress bars.
+
+    Raises:
+        engine.RunFailed: the run failed (the reason is in its ``status.json``).
+    """
+    if runinfo.read_status(run.directory).get("state") == "finished":
+        return
+    # Training draws random numbers; the caller's later draws (a stitch's initial weights)
+    # must not depend on whether the run had to be trained first.
+    rng = checkpoint.rng_state()
+    try:
+        outcome = engine.train(run, plugins.registries(), device or run.config["device"], progress)
+    finally:
+        checkpoint.set_rng_state(rng)
+    if outcome == "failed":
+        reason = runinfo.read_status(run.directory).get("reason")
+        raise engine.RunFailed(f"referenced run {run.directory} failed to train: {reason}")
+
+
+def trained_network(run: RunConfig) -> nn.Module:
+    """The final network of ``run`` (trained first if needed), on the CPU, in eval mode."""
+    ensure_trained(run)
+    return FinishedRun(run, plugins.registries()).model
+
+
+def random_network(run: RunConfig) -> nn.Module:
+    """``run``'s architecture with fresh weights drawn from its seed, never trained.
+
+    The random-sender baseline: what stitching gets from the architecture alone.
+    """
+    finished = FinishedRun(run, plugins.registries())
+    data = finished.data
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.config["seed"])
+        model = engine.build_component(finished.registries, "models", run.config["model"],
+                                       num_classes=data.num_classes,
+                                       in_channels=data.in_channels, resolution=data.resolution)
+    return model.eval()

@@ -1,0 +1,84 @@
+"""`labkit stitch-table` and `labkit cka` from the command line, with the plugin loaded
+through its entry point; the grouping of a grid into tables."""
+import json
+
+import numpy as np
+import pandas as pd
+
+from labkit.identity import RunConfig
+from labkit.spec import expand
+from labkit.testing import run_cli
+from labkit_stitch.tables import COLUMNS, stitch_table
+from stitch_helpers import net_spec
+
+ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
+       "OMP_NUM_THREADS": "1"}
+
+
+def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tmp_path,
+                                                                              write_spec):
+    nets = tmp_path / "nets.json"  # network A, referenced by spec file and trained on demand
+    nets.write_text(json.dumps(net_spec("cnn_xs", tmp_path / "logs", epochs=3)))
+    a = {"spec": str(nets), "run_id": "nets"}
+    spec = write_spec({"name": "self", "model": {
+        "name": "stitched", "sender": a, "receiver": a, "sender_layer": ["block1", "block2"],
+        "receiver_layer": ["block1", "block2"], "sender_weights": ["trained", "random"]},
+        "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 1, "batch_size": 64})
+    out = tmp_path / "tables"
+    result = run_cli("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q", env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "8 run(s): 8 finished" in result.stdout
+    assert "debiased (rows: sender_layer, columns: receiver_layer)" in result.stdout
+
+    table = pd.read_csv(out / "stitch_table.csv")
+    assert list(table.columns) == COLUMNS
+    assert list(zip(table["sender_layer"], table["receiver_layer"])) == [
+        ("block1", "block1"), ("block1", "block2"), ("block2", "block1"), ("block2", "block2")]
+    np.testing.assert_allclose(table["debiased"], table["stitched"] - table["random_sender"])
+    np.testing.assert_allclose(table["penalty"], table["receiver"] - table["stitched"])
+    net_log = pd.read_csv(next((tmp_path / "logs" / "cnn_xs").rglob("log.csv")))
+    assert (table["sender"] == table["receiver"]).all()
+    assert table["receiver"].iloc[0] == net_log["eval-accuracy"].iloc[-1]
+    for column in ("stitch_run", "random_stitch_run"):
+        stitch_log = pd.read_csv(f"{table[column].iloc[3]}/log.csv")
+        value = table["stitched" if column == "stitch_run" else "random_sender"].iloc[3]
+        assert stitch_log["eval-accuracy"].iloc[-1] == value
+    (group,) = table["group"].unique()
+    assert group.startswith("cnn_xs-to-cnn_xs-")
+    assert (out / f"stitch_{group}.png").stat().st_size > 0
+
+    cka = pd.read_csv(out / "cka_table.csv")
+    assert len(cka) == 4 and (cka["source_a"] == "network").all()
+    same = cka[cka["layer_a"] == cka["layer_b"]]
+    np.testing.assert_allclose(same[["linear_cka", "rbf_cka", "minibatch_cka"]], 1.0, atol=1e-9)
+    assert len(list(out.glob("cka_cnn_xs-*-to-cnn_xs-*.png"))) == 1
+
+    # the same network through `labkit cka`, by run directory
+    run_dir = str(next((tmp_path / "logs" / "cnn_xs").rglob("log.csv")).parent)
+    result = run_cli("cka", run_dir, run_dir, "--layers-a", "block1,block2",
+                     "--layers-b", "block2", "-o", str(tmp_path / "cka"), env=ENV)
+    assert result.returncode == 0, result.stderr
+    pair = pd.read_csv(tmp_path / "cka" / "cka_table.csv")
+    for measure in ("linear_cka", "rbf_cka", "minibatch_cka"):
+        expected = cka.set_index(["layer_a", "layer_b"]).loc[[("block1", "block2"),
+                                                              ("block2", "block2")], measure]
+        np.testing.assert_allclose(pair[measure], expected, rtol=1e-9)
+
+
+
+def test_a_grid_of_network_pairs_gives_one_table_per_pair(registries, tmp_path):
+    nets = tmp_path / "nets.json"
+    nets.write_text(json.dumps({**net_spec("cnn_xs", tmp_path / "logs"), "seed": [0, 1]}))
+    a, b = ({"spec": str(nets), "run_id": "nets", "where": {"seed": seed}} for seed in (0, 1))
+    spec = {"model": {"name": "stitched", "sender": [a, b], "receiver": b,
+                      "sender_layer": ["block1", "block2"], "receiver_layer": "block2",
+                      "sender_weights": ["trained", "random"]},
+            "epochs": [1, 2], "logs_dir": str(tmp_path / "logs")}
+    runs = [RunConfig(config, "T") for config in expand(spec, registries)]
+    table = stitch_table(runs)  # nothing trained yet: the values are empty
+    assert len(runs) == 16 and len(table) == 8 and table["group"].nunique() == 4
+    assert {"config.model.sender.where.seed", "config.epochs"} <= set(table.columns)
+    assert table[["stitched", "random_sender", "receiver"]].isna().all().all()
+    for _, rows in table.groupby("group"):
+        assert list(rows["sender_layer"]) == ["block1", "block2"]
+        assert rows["sender_run"].nunique() == rows["config.epochs"].nunique() == 1
