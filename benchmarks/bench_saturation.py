@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from labkit import plugins
 from labkit.engine import build_component, evaluate, make_metrics, seed_everything, train_one_epoch
 from labkit.methods.base import RunContext
-from labkit.saturation import TRAIN_PASS, SaturationTracker, plot_saturation
+from labkit.saturation import TRAIN_PASS, SaturationTracker
 from labkit.spec import expand
 
 MODELS = ("cnn_s", "resnet18_xxs")

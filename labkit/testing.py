@@ -29,3 +29,32 @@ def isolate_plugins(*allowed: str) -> None:
         os.environ["LABKIT_PLUGINS"] = ",".join(allowed)
     else:
         os.environ.pop("LABKIT_PLUGINS", None)
+
+
+def pip_install_target(package: Path, target: Path) -> Path:
+    """``pip install`` the package folder ``package`` into ``target`` (no dependencies).
+
+    A real install, entry points included; put ``target`` on ``PYTHONPATH`` of a
+    subprocess to use it. Returns ``target``.
+    """
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(package)],
+                   check=True, capture_output=True)
+    return target
+
+
+def forget_last_epoch(run_dir: Path) -> int:
+    """Make a finished run look killed after its second-to-last checkpoint.
+
+    Deletes the newest checkpoint (and its digest) and the status file; returns the
+    epoch of the deleted checkpoint.
+    """
+    from labkit import checkpoint, runinfo
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    epoch = checkpoint.epochs_on_disk(ckpt_dir)[-1]
+    last = checkpoint.checkpoint_path(ckpt_dir, epoch)
+    last.unlink()
+    last.with_name(last.name + ".sha256").unlink()
+    (Path(run_dir) / runinfo.STATUS_JSON).unlink()
+    return epoch

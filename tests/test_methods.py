@@ -8,6 +8,7 @@ import torch
 from labkit import checkpoint, engine, plugins, runinfo
 from labkit.identity import RunConfig
 from labkit.spec import expand
+from labkit.testing import forget_last_epoch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 import ema_method  # noqa: E402
@@ -42,12 +43,9 @@ def test_ema_method_trains_checkpoints_its_extra_model_and_resumes_exactly(tmp_p
         # interrupted after epoch 2: drop the last checkpoint and the finished status
         resumed = make(tmp_path / "res", registries)
         engine.train(resumed, registries, progress=False)
-        last = checkpoint.checkpoint_path(resumed.directory / "checkpoints", 3)
-        last.unlink()
-        last.with_name(last.name + ".sha256").unlink()
-        (resumed.directory / runinfo.STATUS_JSON).unlink()
+        assert forget_last_epoch(resumed.directory) == 3
         assert engine.train(resumed, registries, progress=False) == "finished"
-        again = checkpoint.read(last)
+        again = checkpoint.read(checkpoint.checkpoint_path(resumed.directory / "checkpoints", 3))
         for name in ("model", "ema"):
             for key, tensor in state["modules"][name].items():
                 assert torch.equal(tensor, again["modules"][name][key]), (name, key)

@@ -12,6 +12,7 @@ from labkit.layers import measured_layers
 from labkit.results import collect
 from labkit.saturation import SaturationTracker, plot_saturation
 from labkit.spec import expand
+from labkit.testing import forget_last_epoch
 
 TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}}
@@ -289,10 +290,7 @@ def test_resume_with_tracking_is_exact_and_tracking_does_not_change_training(
     for run in (reference, untracked, resumed):
         engine.train(run, registries, progress=False)
     # as if killed after epoch 2's checkpoint
-    last = checkpoint.checkpoint_path(resumed.directory / "checkpoints", 3)
-    last.unlink()
-    last.with_name(last.name + ".sha256").unlink()
-    (resumed.directory / runinfo.STATUS_JSON).unlink()
+    forget_last_epoch(resumed.directory)
     assert engine.train(resumed, registries, progress=False) == "finished"
 
     def weights(run):

@@ -1,23 +1,17 @@
 """A real third-party package, installed with pip, adds a model through an entry point."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from labkit.testing import run_cli
+from labkit.testing import pip_install_target, run_cli
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "labkit-example-plugin"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
-                   check=True, capture_output=True)
-    return target
+    return pip_install_target(EXAMPLE, tmp_path_factory.mktemp("site"))
 
 
 def env(site, **extra):

@@ -1,7 +1,11 @@
 """Helpers shared by every command: reading specs into runs, checking devices."""
 from __future__ import annotations
 
-from labkit import plugins
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from labkit import plugins, runinfo
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.spec import expand, load_spec_file
@@ -37,3 +41,35 @@ def check_device(device: str) -> None:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"device {device!r} does not exist: this machine has "
                         f"{torch.cuda.device_count()} GPU(s)")
+
+
+def finished_run(run: RunConfig, spec: str) -> "FinishedRun":  # noqa: F821
+    """The trained run, ready for an analysis.
+
+    Raises:
+        UserError: the run is not finished (says how to train it).
+    """
+    from labkit.analyses import FinishedRun
+
+    state = runinfo.read_status(run.directory).get("state")
+    if state != "finished":
+        raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; train "
+                        f"it first with `labkit run {spec} --run-id {run.run_id}`")
+    return FinishedRun(run, plugins.registries(), run.config["device"])
+
+
+def analysis_params(run: RunConfig, name: str, analysis: type, **given: Any) -> BaseModel:
+    """Parameters of ``analysis``: the spec's entry ``name``, overridden by the ``given``
+    command-line values that are not ``None``.
+
+    Raises:
+        UserError: a value the analysis does not accept.
+    """
+    params = next((dict(a) for a in run.config["analyses"] if a["name"] == name), {})
+    params.pop("name", None)
+    params.update({key: value for key, value in given.items() if value is not None})
+    try:
+        return analysis.Params.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"{name} parameters: {problems}") from None

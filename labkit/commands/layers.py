@@ -12,14 +12,12 @@ from typing import Any
 
 import click
 import pandas as pd
-from pydantic import BaseModel, ValidationError
 
-from labkit import engine, latents, plugins, runinfo
+from labkit import engine, latents, plugins
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
-from labkit.commands.common import check_device, load_runs
+from labkit.commands.common import analysis_params, check_device, finished_run, load_runs
 from labkit.errors import UserError
-from labkit.identity import RunConfig
 from labkit.receptive_field import border_layer
 
 _DOWNSAMPLING_HELP = ("downsampling: d (conv maps average-pooled to d×d), 'pixelwise' or 'none'; "
@@ -31,31 +29,10 @@ def _modes(texts: tuple[str, ...]) -> list[latents.Mode | None]:
     return [latents.parse_mode(t) for t in texts] or [None]
 
 
-def _params(run: RunConfig, name: str, analysis: type, **given: Any) -> BaseModel:
-    """Parameters of ``analysis``: the spec's entry ``name``, overridden by ``given``
-    values that are not ``None``."""
-    params = next((dict(a) for a in run.config["analyses"] if a["name"] == name), {})
-    params.pop("name", None)
-    params.update({key: value for key, value in given.items() if value is not None})
-    try:
-        return analysis.Params.model_validate(params)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"{name} parameters: {problems}") from None
-
-
-def _finished(run: RunConfig, spec: str) -> FinishedRun:
-    state = runinfo.read_status(run.directory).get("state")
-    if state != "finished":
-        raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; train "
-                        f"it first with `labkit run {spec} --run-id {run.run_id}`")
-    return FinishedRun(run, plugins.registries(), run.config["device"])
-
-
 def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
            **given: Any) -> None:
     for mode in modes:
-        analysis = Probes(run, _params(run.run, "probes", Probes, downsampling=mode, **given))
+        analysis = Probes(run, analysis_params(run.run, "probes", Probes, downsampling=mode, **given))
         analysis.compute(progress)
         click.echo(f"probes (downsampling {analysis.params.downsampling}): {analysis.outputs()[0]}")
 
@@ -69,7 +46,7 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...]) -> None:
     into every run directory of SPEC. Needs only the architecture, not training."""
     for run in load_runs(spec, run_id):
         analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
-                                  _params(run, "receptive_field", ReceptiveField,
+                                  analysis_params(run, "receptive_field", ReceptiveField,
                                           layers=list(layers) or None))
         analysis.compute()
         border = border_layer(pd.read_csv(analysis.outputs()[0]))
@@ -95,9 +72,9 @@ def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, .
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
     for run in runs:
-        finished = _finished(run, spec)
+        finished = finished_run(run, spec)
         for mode in _modes(modes):
-            analysis = Latents(finished, _params(run, "latents", Latents, downsampling=mode,
+            analysis = Latents(finished, analysis_params(run, "latents", Latents, downsampling=mode,
                                                  layers=list(layers) or None,
                                                  latents_dir=latents_dir, dtype=dtype))
             analysis.compute(progress=not quiet)
@@ -125,7 +102,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
         if len(targets) != 1:
             raise UserError("with --run-id give exactly one SPEC file")
         for run in load_runs(targets[0], run_id):
-            _probe(_finished(run, targets[0]), _modes(modes), not quiet, processes=processes,
+            _probe(finished_run(run, targets[0]), _modes(modes), not quiet, processes=processes,
                    prefix=prefix, latents_dir=latents_dir)
         return
     if not targets:
@@ -140,7 +117,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
         manifest = latents.read_manifest(directory)
         run = FinishedRun.from_directory(manifest["plan"]["source"]["run_dir"],
                                          plugins.registries())
-        analysis = Probes(run, _params(run.run, "probes", Probes,
+        analysis = Probes(run, analysis_params(run.run, "probes", Probes,
                                        downsampling=manifest["plan"]["mode"],
                                        processes=processes, prefix=prefix))
         analysis.write(directory)

@@ -4,10 +4,8 @@ from __future__ import annotations
 import re
 
 import click
-from pydantic import ValidationError
 
-from labkit import plugins, runinfo
-from labkit.commands.common import check_device, load_runs
+from labkit.commands.common import analysis_params, check_device, finished_run, load_runs
 from labkit.errors import UserError
 
 
@@ -31,28 +29,15 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
     """Evaluate every finished run of SPEC with each layer projected onto the principal
     directions that explain DELTA of its variance (and onto random directions of the same
     rank); writes projected_results.csv and .png into each run directory."""
-    from labkit.analyses import FinishedRun
     from labkit.analyses.projection import RESULTS_CSV, Projection
 
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
     for run in runs:
-        state = runinfo.read_status(run.directory).get("state")
-        if state != "finished":
-            raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; "
-                            f"train it first with `labkit run {spec} --run-id {run_id}`")
-        params = next((dict(a) for a in run.config["analyses"] if a["name"] == "projection"), {})
-        params.pop("name", None)
-        if deltas is not None:
-            params["deltas"] = parse_deltas(deltas)
-        try:
-            validated = Projection.Params.model_validate(params)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                 for e in exc.errors())
-            raise UserError(f"projection parameters: {problems}") from None
-        analysis = Projection(FinishedRun(run, plugins.registries(), run.config["device"]),
-                              validated)
+        analysis = Projection(
+            finished_run(run, spec),
+            analysis_params(run, "projection", Projection,
+                            deltas=parse_deltas(deltas) if deltas is not None else None))
         if analysis.is_complete():
             click.echo(f"up to date: {run.directory / RESULTS_CSV}")
             continue

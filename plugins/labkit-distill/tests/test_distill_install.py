@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from distill_helpers import CLI_ENV
-from labkit.testing import run_cli
+from labkit.testing import pip_install_target, run_cli
 
 PLUGIN = Path(__file__).parents[1]
 SPEC = Path(__file__).parents[3] / "specs" / "distill_cues.json"
@@ -18,11 +18,7 @@ SPEC = Path(__file__).parents[3] / "specs" / "distill_cues.json"
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(PLUGIN)],
-                   check=True, capture_output=True)
-    return target
+    return pip_install_target(PLUGIN, tmp_path_factory.mktemp("site"))
 
 
 # in a fresh process: where the plugin comes from, and what labkit loaded from it
