@@ -2,7 +2,7 @@
 
 Same model, data, batch size, optimizer, epochs and per-epoch evaluation; labkit also
 computes its metrics, writes a checkpoint and the CSV every epoch. Repetitions are
-interleaved (labkit, plain, labkit, plain, …) in one process so machine noise hits both;
+interleaved, alternating which goes first, in one process so machine noise hits both;
 the result is the ratio of medians.
 
     .venv/bin/python benchmarks/bench_engine.py [--model cnn_s] [--epochs 3] [--reps 5]
@@ -72,9 +72,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     plain_loop(args.model, 1)  # warm-up: imports, allocator, oneDNN kernels
     times = {"labkit": [], "plain": []}
-    for _ in range(args.reps):
-        times["labkit"].append(labkit_loop(args.model, args.epochs))
-        times["plain"].append(plain_loop(args.model, args.epochs))
+    loops = {"labkit": labkit_loop, "plain": plain_loop}
+    for rep in range(args.reps):
+        order = ["labkit", "plain"] if rep % 2 == 0 else ["plain", "labkit"]  # no first-mover bias
+        for name in order:
+            times[name].append(loops[name](args.model, args.epochs))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model={args.model} epochs={args.epochs} reps={args.reps} threads={args.threads}")
     for k, v in times.items():

@@ -145,7 +145,7 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
     try:
         if outcome == "finished":
             _train(run, registries, torch.device(device), progress)
-        run_analyses(run, registries, device)
+        run_analyses(run, registries, device, progress=progress)
     except (UserError, KeyboardInterrupt):
         runinfo.write_status(run_dir, "interrupted", reason="stopped before finishing")
         raise
@@ -159,8 +159,8 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
 
 
 def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
-                 names: tuple[str, ...] | None = None) -> list[str]:
-    """Run the spec's analyses (or only ``names``) on a trained run; returns those run.
+                 progress: bool = True) -> list[str]:
+    """Run the spec's analyses on a trained run; returns the names of those that ran.
 
     An analysis whose outputs are complete is skipped.
     """
@@ -169,11 +169,9 @@ def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
     finished = FinishedRun(run, registries, device)
     done = []
     for spec in run.config["analyses"]:
-        if names is not None and spec["name"] not in names:
-            continue
         analysis = build_component(registries, "analyses", spec, run=finished)
         if not analysis.is_complete():
-            analysis.compute()
+            analysis.compute(progress)
             done.append(spec["name"])
     return done
 

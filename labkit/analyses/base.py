@@ -115,6 +115,6 @@ class Analysis:
         """Whether every output exists (outputs are written atomically)."""
         return all(p.exists() for p in self.outputs())
 
-    def compute(self) -> None:
-        """Do the work and write :meth:`outputs`."""
+    def compute(self, progress: bool = True) -> None:
+        """Do the work and write :meth:`outputs`; ``progress``: show progress bars."""
         raise NotImplementedError

@@ -47,7 +47,7 @@ class ReceptiveField(Analysis):
     def outputs(self) -> list[Path]:
         return [self.run.directory / RF_CSV]
 
-    def compute(self) -> None:
+    def compute(self, progress: bool = True) -> None:
         from labkit.engine import build_component
 
         data = self.run.data

@@ -119,7 +119,7 @@ class Projection(Analysis):
         recorded = read_json(self.run.directory / PARAMS_JSON)
         return super().is_complete() and recorded == self.params.model_dump(mode="json")
 
-    def compute(self) -> None:
+    def compute(self, progress: bool = True) -> None:
         from delve.metrics import compute_intrinsic_dimensionality
 
         run, params, data = self.run, self.params, self.run.data
