@@ -7,6 +7,7 @@ so the CSV never disagrees with the weights a resume starts from.
 """
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -80,14 +81,15 @@ def train_one_epoch(method: Method, loader: DataLoader, optimizer: torch.optim.O
     for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", leave=False,
                                       disable=quiet_bars(progress))):
         result = method.training_step(to_device(batch, device))
-        if not torch.isfinite(result.loss):
-            raise RunFailed(f"non-finite training loss ({result.loss.item()}) at epoch {epoch}, "
+        loss = result.loss.item()
+        if not math.isfinite(loss):
+            raise RunFailed(f"non-finite training loss ({loss}) at epoch {epoch}, "
                             f"step {step + 1}; lower the learning rate or check the data")
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         optimizer.step()
         method.after_step()
-        loss_sum += result.loss.item() * result.batch_size
+        loss_sum += loss * result.batch_size
         seen += result.batch_size
         if result.logits is not None:
             for metric in metrics.values():

@@ -13,19 +13,32 @@ import torch
 class ConfusionMetric:
     """Base for metrics computed from the confusion matrix of top-1 predictions.
 
+    Per batch only the predictions are kept; the C × C matrix (rows: true class) is built
+    once per pass, in :attr:`matrix`, because per-batch bookkeeping is what a training
+    loop over small models pays for.
+
     Args:
-        num_classes: number of classes C; the matrix is C × C (rows: true class).
+        num_classes: number of classes C.
     """
 
     def __init__(self, num_classes: int):
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+        self.num_classes = num_classes
+        self.predictions: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add a batch: ``logits`` (N, C), ``targets`` (N,) integer classes."""
-        c = self.matrix.shape[0]
-        pred = logits.argmax(dim=1).cpu()
-        idx = targets.cpu().long() * c + pred
-        self.matrix += torch.bincount(idx, minlength=c * c).reshape(c, c).double()
+        self.predictions.append(logits.argmax(dim=1))
+        self.targets.append(targets)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The float64 confusion matrix of everything added so far."""
+        c = self.num_classes
+        if not self.targets:
+            return torch.zeros(c, c, dtype=torch.float64)
+        idx = torch.cat(self.targets).cpu().long() * c + torch.cat(self.predictions).cpu()
+        return torch.bincount(idx, minlength=c * c).reshape(c, c).double()
 
     def compute(self) -> float:
         raise NotImplementedError
@@ -35,19 +48,21 @@ class Accuracy(ConfusionMetric):
     """Share of samples whose top-1 prediction is the label."""
 
     def compute(self) -> float:
-        total = self.matrix.sum()
-        return float(self.matrix.trace() / total) if total else float("nan")
+        m = self.matrix
+        total = m.sum()
+        return float(m.trace() / total) if total else float("nan")
 
 
 class BalancedAccuracy(ConfusionMetric):
     """Mean per-class recall over the classes present in the pass."""
 
     def compute(self) -> float:
-        support = self.matrix.sum(dim=1)
+        m = self.matrix
+        support = m.sum(dim=1)
         present = support > 0
         if not present.any():
             return float("nan")
-        return float((self.matrix.diag()[present] / support[present]).mean())
+        return float((m.diag()[present] / support[present]).mean())
 
 
 class MCC(ConfusionMetric):
