@@ -34,9 +34,7 @@ def run_table(run_dir: Path) -> pd.DataFrame:
             "run_name": info.get("name"), "run_dir": str(run_dir),
             "state": runinfo.read_status(run_dir).get("state")}
     meta.update({f"config.{k}": v for k, v in flatten(info.get("config", {})).items()})
-    for key, value in reversed(list(meta.items())):
-        log.insert(0, key, value)
-    return log
+    return pd.concat([pd.DataFrame([meta] * len(log), index=log.index), log], axis=1)
 
 
 def collect(paths: list[Path], run_ids: tuple[str, ...] = ()) -> pd.DataFrame:
