@@ -42,6 +42,18 @@ def write_text(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
+def write_csv(path: str | Path, table: Any) -> None:
+    """Atomically replace ``path`` with the pandas DataFrame ``table`` (no index column)."""
+    with atomic_open(path, "w") as handle:
+        table.to_csv(handle, index=False)
+
+
+def write_figure(path: str | Path, figure: Any, dpi: int = 100) -> None:
+    """Atomically replace ``path`` with the matplotlib ``figure`` as PNG."""
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=dpi)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically replace ``path`` with ``obj`` as indented JSON."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

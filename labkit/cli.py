@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from labkit import plugins
+from labkit import plugins, runinfo
 from labkit.commands import layers as layer_commands
 from labkit.commands import saturation as saturation_commands
 from labkit.commands.common import check_device, load_runs
@@ -36,9 +36,7 @@ def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
 
 
 def _state(run: RunConfig) -> str:
-    from labkit.runinfo import read_status
-
-    status = read_status(run.directory)
+    status = runinfo.read_status(run.directory)
     return f"{status['state']}@{status.get('epoch', 0)}" if status else "new"
 
 
@@ -130,12 +128,10 @@ def summarize(states: list[str]) -> None:
 @click.option("--run-id", required=True, help="the run-id the grid was run with")
 def status(spec: str, run_id: str) -> None:
     """Per run of SPEC: finished / running / failed (reason) / not started, and the epoch."""
-    from labkit.runinfo import read_status
-
     runs = load_runs(spec, run_id)
     rows = []
     for i, r in enumerate(runs, 1):
-        st = read_status(r.directory)
+        st = runinfo.read_status(r.directory)
         rows.append({"#": i, "hash": r.hash, "name": r.name,
                      "state": st.get("state", "not started"),
                      "epoch": f"{st.get('epoch', 0)}/{r.config['epochs']}",
@@ -201,7 +197,7 @@ def plugins_() -> None:
 @click.option("--run-id", "run_ids", multiple=True, help="only these run-ids (repeatable)")
 def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...]) -> None:
     """Every run under LOGS (default: logs/) as one tidy CSV: config and per-epoch logs."""
-    from labkit.atomic import atomic_open
+    from labkit.atomic import write_csv
     from labkit.results import collect
 
     table = collect([Path(p) for p in (logs or ("logs",))], run_ids)
@@ -209,8 +205,7 @@ def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...])
         raise UserError(f"no runs found under {', '.join(logs or ('logs',))}; "
                         f"train with `labkit run SPEC --run-id ID` first")
     if output:
-        with atomic_open(output, "w") as handle:
-            table.to_csv(handle, index=False)
+        write_csv(output, table)
         click.echo(f"{len(table)} rows from {table['run_dir'].nunique()} run(s) -> {output}")
     else:
         table.to_csv(sys.stdout, index=False)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from labkit import checkpoint, runinfo
-from labkit.atomic import atomic_open
+from labkit.atomic import write_csv
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.methods.base import Method, RunContext
@@ -118,8 +118,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, metrics: dict[str, Any]
 
 def write_log(path: Path, history: list[dict[str, Any]]) -> None:
     """Atomically rewrite the per-epoch CSV from the checkpointed history."""
-    with atomic_open(path, "w") as handle:
-        pd.DataFrame(history).to_csv(handle, index=False)
+    write_csv(path, pd.DataFrame(history))
 
 
 def train(run: RunConfig, registries: Registries, device: str = "cpu",
@@ -139,13 +138,12 @@ def train(run: RunConfig, registries: Registries, device: str = "cpu",
 def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
                        progress: bool) -> str:
     run_dir = run.directory
-    outcome = "skipped"
-    if runinfo.read_status(run_dir).get("state") != "finished":
-        outcome = "finished"
+    trained = runinfo.read_status(run_dir).get("state") == "finished"
+    if not trained:
         runinfo.write_config(run_dir, run)
         runinfo.write_status(run_dir, "running")
     try:
-        if outcome == "finished":
+        if not trained:
             _train(run, registries, torch.device(device), progress)
         run_analyses(run, registries, device, progress=progress)
     except (UserError, KeyboardInterrupt):
@@ -157,7 +155,7 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
         (run_dir / "error.txt").write_text(traceback.format_exc())
         return "failed"
     runinfo.write_status(run_dir, "finished", epoch=run.config["epochs"])
-    return outcome
+    return "skipped" if trained else "finished"
 
 
 def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",

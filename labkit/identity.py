@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ class RunConfig:
     config: dict[str, Any]
     run_id: str
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """Short identity hash (the config never changes, so it is computed once)."""
         return run_hash(self.config)
 
     @property

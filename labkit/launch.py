@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -95,7 +95,7 @@ def run_local(tasks: list[RunTask], jobs: int,
     # (or CUDA) is unsafe
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(RunTask(t.config, t.run_id, t.device, threads, False)): i
+        futures = {pool.submit(replace(t, threads=threads, progress=False)): i
                    for i, t in enumerate(tasks)}
         states: list[str] = [""] * len(tasks)
         for future in as_completed(futures):
@@ -129,8 +129,7 @@ def submit_array(tasks: list[RunTask], launcher: LauncherConfig, folder: Path) -
         if launcher.partition:
             params["slurm_partition"] = launcher.partition
     executor.update_parameters(**params)
-    threads = launcher.cpus_per_task
     with executor.batch():
-        jobs = [executor.submit(RunTask(t.config, t.run_id, t.device, threads, False))
+        jobs = [executor.submit(replace(t, threads=launcher.cpus_per_task, progress=False))
                 for t in tasks]
     return jobs

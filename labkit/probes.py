@@ -25,7 +25,7 @@ import pandas as pd
 from joblib import Memory, Parallel, delayed
 from pydantic import BaseModel, ConfigDict, Field
 
-from labkit.atomic import atomic_open
+from labkit.atomic import write_csv
 from labkit.errors import UserError
 from labkit.latent_layout import array_path, read_manifest
 
@@ -153,6 +153,5 @@ def save_results(run_dir: Path, table: pd.DataFrame, prefix: str | None = None) 
         previous = pd.read_csv(path, dtype={"downsampling": str})
         kept = previous[~previous["downsampling"].isin(table["downsampling"].unique())]
         table = pd.concat([kept, table], ignore_index=True)
-    with atomic_open(path, "w") as handle:
-        table.to_csv(handle, index=False)
+    write_csv(path, table)
     return path

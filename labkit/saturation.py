@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from labkit.atomic import atomic_open
+from labkit.atomic import write_figure
 from labkit.errors import UserError
 from labkit.layers import MEASURED_TYPES, measured_layers
 
@@ -275,12 +275,6 @@ class SaturationTracker:
             plot_saturation(row, path)
 
 
-def save_figure(figure: Any, path: str | Path) -> None:
-    """Atomically write a matplotlib ``Figure`` to ``path`` as PNG."""
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=100)
-
-
 def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
     """Bar plot of one epoch's saturation: one bar per layer and pass, layers in network order.
 
@@ -326,5 +320,5 @@ def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
     axes.set_ylabel("saturation")
     axes.legend(loc="upper right", ncols=len(bars))
     axes.set_title(", ".join([f"epoch {int(row['epoch'])}", *accuracies]))
-    save_figure(figure, path)
+    write_figure(path, figure)
     return figure

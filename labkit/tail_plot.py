@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from labkit.atomic import atomic_open
+from labkit.atomic import write_figure
 from labkit.probes import results_path
 from labkit.receptive_field import RF_CSV
 from labkit.runinfo import LOG_CSV
@@ -75,6 +75,5 @@ def draw_tail_pattern(run_dir: Path, prefix: str | None = None) -> Path:
     axis.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
     path = run_dir / (f"{prefix}_{FIGURE}" if prefix else FIGURE)
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
+    write_figure(path, figure, dpi=120)
     return path

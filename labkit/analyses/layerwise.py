@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labkit import latents, runinfo
 from labkit.analyses.base import Analysis
-from labkit.atomic import atomic_open, write_json
+from labkit.atomic import write_csv, write_json
 from labkit.errors import UserError
 from labkit.probes import ProbeParams, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
@@ -57,8 +57,7 @@ class ReceptiveField(Analysis):
                                     num_classes=data.num_classes, in_channels=data.in_channels,
                                     resolution=data.resolution)
         table = receptive_fields(model, data.in_channels, data.resolution, self.params.layers)
-        with atomic_open(self.outputs()[0], "w") as handle:
-            table.to_csv(handle, index=False)
+        write_csv(self.outputs()[0], table)
 
 
 class Latents(Analysis):

@@ -41,10 +41,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from labkit.analyses.base import Analysis
-from labkit.atomic import atomic_open, write_json
+from labkit.atomic import write_csv, write_figure, write_json
 from labkit.layers import measured_layers
 from labkit.runinfo import read_json
-from labkit.saturation import TRAIN_PASS, SaturationConfig, SaturationTracker, save_figure
+from labkit.saturation import TRAIN_PASS, SaturationConfig, SaturationTracker
 
 RESULTS_CSV = "projected_results.csv"
 RESULTS_PNG = "projected_results.png"
@@ -158,8 +158,7 @@ class Projection(Analysis):
                     **{f"kept-dimensions_{name}": k for name, k in kept.items()},
                 })
         table = pd.DataFrame(rows)
-        with atomic_open(run.directory / RESULTS_CSV, "w") as handle:
-            table.to_csv(handle, index=False)
+        write_csv(run.directory / RESULTS_CSV, table)
         plot_projection(table, run.directory / RESULTS_PNG)
         # last: its presence with these parameters is what makes the outputs complete
         write_json(run.directory / PARAMS_JSON, params.model_dump(mode="json"))
@@ -211,7 +210,7 @@ def plot_projection(table: pd.DataFrame, path: Path) -> None:
     axes.set_xlabel("delta (share of variance kept)")
     axes.set_ylabel("accuracy")
     axes.legend()
-    save_figure(figure, path)
+    write_figure(path, figure)
 
 
 ANALYSES: dict[str, type[Analysis]] = {"projection": Projection}

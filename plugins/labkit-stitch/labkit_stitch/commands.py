@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from labkit import engine, latents, plugins
 from labkit.analyses import FinishedRun
-from labkit.atomic import atomic_open
+from labkit.atomic import write_csv
 from labkit.cli import summarize
 from labkit.commands.common import check_device, load_runs
 from labkit.errors import UserError
@@ -43,12 +43,6 @@ _REDUCTION = click.option(
          "(stored latents of that downsampling are used when present)")
 _MAX_SAMPLES = click.option("--max-samples", default=2048, show_default=True, type=int,
                             help="images for linear and RBF CKA (minibatch CKA uses the split)")
-
-
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Atomically write ``table`` (no index) to ``path``."""
-    with atomic_open(path, "w") as handle:
-        table.to_csv(handle, index=False)
 
 
 def echo_matrices(rows: pd.DataFrame, values: list[str], row: str, column: str) -> None:
@@ -124,7 +118,7 @@ def network_pairs(runs: list[RunConfig]) -> list[dict]:
 def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Path) -> None:
     """stitch_table.csv and one heatmap per group into ``out``; the tables on stdout."""
     table = stitch_table(runs, split, metric)
-    write_csv(table, out / "stitch_table.csv")
+    write_csv(out / "stitch_table.csv", table)
     for group, rows in table.groupby("group", sort=False):
         plot_stitch_group(rows, out / f"stitch_{group}.png")
         click.echo(f"\n== {group}: {split} {metric}; A {rows['sender_run'].iloc[0]} "
@@ -146,7 +140,7 @@ def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: P
         click.echo(f"\n== CKA {title} ({options.split}, {rows['samples'].iloc[0]} images)")
         echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
         tables.append(rows)
-    write_csv(pd.concat(tables, ignore_index=True), out / "cka_table.csv")
+    write_csv(out / "cka_table.csv", pd.concat(tables, ignore_index=True))
     click.echo(f"\nCKA tables -> {out / 'cka_table.csv'}")
 
 
@@ -180,7 +174,7 @@ def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | No
                      cka_options(split=split, reduction=reduction, max_samples=max_samples),
                      device)
     out = Path(output or a.directory / "cka" / run_label(b))
-    write_csv(rows, out / "cka_table.csv")
+    write_csv(out / "cka_table.csv", rows)
     plot_cka(rows, f"CKA {run_label(a)} vs {run_label(b)}", out / "cka.png")
     echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
     click.echo(f"-> {out / 'cka_table.csv'}")

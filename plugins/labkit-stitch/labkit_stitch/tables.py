@@ -33,7 +33,7 @@ import pandas as pd
 
 from labkit import runinfo
 from labkit.identity import RunConfig, flatten, identity_config, varying_keys
-from labkit.saturation import save_figure
+from labkit.atomic import write_figure
 from labkit_stitch.stitching import StitchedParams
 
 AXES = ("sender_layer", "receiver_layer", "sender_weights")
@@ -138,7 +138,7 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
                           color="white" if dark else "black")
         figure.colorbar(image, ax=axes, shrink=0.8)
     figure.suptitle(title)
-    save_figure(figure, path)
+    write_figure(path, figure)
 
 
 def plot_stitch_group(rows: pd.DataFrame, path: Path) -> None:
