@@ -42,6 +42,12 @@ def write_text(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
 def write_csv(path: str | Path, table: Any) -> None:
     """Atomically replace ``path`` with the pandas DataFrame ``table`` (no index column)."""
     with atomic_open(path, "w") as handle:

@@ -28,7 +28,8 @@ from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.methods.base import Method, RunContext
 from labkit.registry import Registries
-from labkit.saturation import TRAIN_PASS, SaturationTracker
+from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, load_spectra,
+                               save_spectra, spectra_path, view_columns)
 
 
 class RunFailed(Exception):
@@ -121,6 +122,35 @@ def write_log(path: Path, history: list[dict[str, Any]]) -> None:
     write_csv(path, pd.DataFrame(history))
 
 
+def saturation_view(run_dir: Path, history: list[dict[str, Any]],
+                    config: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """``history`` with its delta-dependent saturation columns recomputed from the stored
+    spectra at the requested ``delta`` and ``idim_rule`` (a run trained under other
+    values shares the directory: they are not identity). Rows without spectra are kept."""
+    if config is None:
+        return history
+    sat = SaturationConfig.model_validate(config)
+    rows = []
+    for row in history:
+        view = view_columns(load_spectra(spectra_path(run_dir, int(row["epoch"]))), sat)
+        rows.append({**row, **{k: v for k, v in view.items() if k in row}})
+    return rows
+
+
+def refresh_log(run: RunConfig) -> None:
+    """Bring a trained run's log.csv to the saturation view its config asks for; the
+    file is rewritten only when a value changes."""
+    path = run.directory / runinfo.LOG_CSV
+    if run.config["saturation"] is None or not path.exists():
+        return
+    table = pd.read_csv(path)
+    history = table.to_dict("records")
+    view = pd.DataFrame(saturation_view(run.directory, history, run.config["saturation"]),
+                        columns=table.columns)
+    if not view.equals(table):
+        write_csv(path, view)
+
+
 def train(run: RunConfig, registries: Registries, device: str = "cpu",
           progress: bool = True) -> str:
     """Train one run to completion (resuming when possible), then run its analyses.
@@ -145,6 +175,8 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
     try:
         if not trained:
             _train(run, registries, torch.device(device), progress)
+        else:
+            refresh_log(run)
         run_analyses(run, registries, device, progress=progress)
     except (UserError, KeyboardInterrupt):
         runinfo.write_status(run_dir, "interrupted", reason="stopped before finishing")
@@ -218,7 +250,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         method.load_state_dict(state["method"])
         order.set_state(state["data_order"])
         checkpoint.set_rng_state(state["rng"])
-        start, history = state["epoch"], state["history"]
+        start = state["epoch"]
+        history = saturation_view(run_dir, state["history"], config["saturation"])
         print(f"{run.name}: resuming after epoch {start}", file=sys.stderr, flush=True)
 
     # --- the epoch loop
@@ -248,7 +281,10 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         if scheduler is not None:
             scheduler.step()
         history.append(row)
-        # before the checkpoint: a run killed in between redoes the epoch and its plot
+        # before the checkpoint: a run killed in between redoes the epoch, its spectra
+        # and its plot
+        if saturation.passes:
+            save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
         saturation.plot(row, run_dir / "plots" / f"saturation_epoch_{epoch:04d}.png")
         checkpoint.save(ckpt_dir, epoch, {
             "epoch": epoch,

@@ -24,8 +24,11 @@ is taken to mix all positions: its output sees the union of every position's reg
 """
 from __future__ import annotations
 
+import io
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -280,7 +283,15 @@ def _trace_fields(model: nn.Module, in_channels: int, resolution: int) -> dict[f
     # model may live on any device, "meta" included (built without allocating weights)
     device = next(model.parameters(), torch.empty(0)).device
     image = torch.zeros(2, in_channels, resolution, resolution, device=device)
-    ShapeProp(graph, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(image)
+    try:
+        with _silenced_shape_errors():
+            ShapeProp(graph, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(image)
+    except Exception as exc:  # a shape error surfaces as whatever the failing op raises
+        raise UserError(
+            f"receptive field: {type(model).__name__} cannot run on {in_channels}-channel "
+            f"{resolution}x{resolution} inputs ({_first_line(exc)}); the input is too small "
+            f"for the network or has the wrong number of channels: use a larger dataset "
+            f"resolution or a network made for this input size") from None
     modules = dict(graph.named_modules())
     fields: dict[fx.Node, Field] = {}
     for node in graph.graph.nodes:
@@ -291,6 +302,28 @@ def _trace_fields(model: nn.Module, in_channels: int, resolution: int) -> dict[f
             if field is not None:
                 fields[node] = field
     return fields
+
+
+@contextmanager
+def _silenced_shape_errors() -> Iterator[None]:
+    """Keep torch's own reports of a failing op off stderr: ShapeProp prints the
+    traceback and fake-tensor dispatch logs it, before the error reaches us."""
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)
+    try:
+        with redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        fake_log.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    """First line of the innermost cause's message (ShapeProp wraps the op's error)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def layer_fields(model: nn.Module, in_channels: int, resolution: int,

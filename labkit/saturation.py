@@ -7,15 +7,29 @@ model's device. At the end of the pass delve's metric functions turn each covari
 into the logged statistics, so the numbers keep delve's definitions and compare with
 published ones:
 
-* ``idim`` (intrinsic dimensionality): with the eigenvalues sorted in decreasing order,
-  the number of leading eigenvalues whose cumulative share of the total variance is
-  below ``delta``. (delve's code also means to add one dimension when that share falls
-  more than 0.02 short of ``delta``, and to return at least 1, but both branches slice
-  an already reduced tensor and never take effect; we keep what it computes, so
-  ``idim`` is 0 when the first eigenvalue alone explains ``delta`` or more);
+* ``idim`` (intrinsic dimensionality): counted on the covariance's eigenvalues in
+  decreasing order (negatives clipped to zero), by one of two rules (``idim_rule``):
+
+  - ``delve`` (default, so numbers compare with published PHD-LAB / delve ones): the
+    number of leading eigenvalues whose cumulative share of the variance stays strictly
+    *below* ``delta``. That is one less than the directions needed to reach ``delta``
+    (or the full width when even all but the last fall short), and 0 when the first
+    eigenvalue alone explains ``delta``. (delve's code also means to add one dimension
+    when that share falls more than 0.02 short of ``delta``, and to return at least 1,
+    but both branches slice an already reduced tensor and never take effect; we keep
+    what it computes.)
+  - ``reach``: the smallest number of leading directions whose cumulative share
+    reaches ``delta``; every direction at ``delta = 1`` (so a rank-deficient layer is
+    not counted at its rank up to rounding). The count the PCA projection keeps.
+
 * ``lsat`` (saturation): ``idim / width``, a share in [0, 1];
 * ``det``, ``trc``: determinant and trace of the covariance; ``dtrc``: sum of its
   eigenvalues clipped at zero.
+
+The eigenvalues of every tracked layer are kept per pass and epoch
+(:func:`save_spectra`), so ``idim`` and ``lsat`` at any ``delta`` and by either rule
+are recomputed after training without retraining (:func:`view_columns`); ``delta``
+and ``idim_rule`` are therefore not part of a run's identity.
 
 Unlike delve 0.1.50's own ``SaturationTracker``, which restarts its accumulator on
 every batch and so reports the last batch only, the accumulator here lives for the
@@ -29,21 +43,28 @@ pandas, which would slow down every ``labkit`` command.
 from __future__ import annotations
 
 import functools
+import io
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from labkit.atomic import write_figure
+from labkit.atomic import write_bytes, write_figure
 from labkit.errors import UserError
 from labkit.layers import MEASURED_TYPES, measured_layers
 
 TRACKED_TYPES: tuple[type[nn.Module], ...] = (*MEASURED_TYPES, nn.LSTM)
 TRAIN_PASS = "train"
+IdimRule = Literal["delve", "reach"]
+# statistics that depend on delta and the rule: recomputed from the stored spectra
+VIEW_STATS = ("lsat", "idim")
+SPECTRA_DIR = "spectra"
 
 
 class SaturationConfig(BaseModel):
@@ -58,8 +79,15 @@ class SaturationConfig(BaseModel):
                     "covariance), dtrc (sum of its non-negative eigenvalues)")
     delta: float = Field(
         0.99, gt=0.0, le=1.0,
-        description="share of the variance the intrinsic dimensionality explains; a list "
+        description="share of the variance the intrinsic dimensionality explains; not "
+                    "part of run identity (recomputed from the stored eigenvalues); a list "
                     "is a grid axis")
+    idim_rule: IdimRule = Field(
+        "delve",
+        description="how the intrinsic dimensionality is counted: delve = leading "
+                    "eigenvalues whose cumulative share stays below delta (delve / "
+                    "PHD-LAB, one less than reach); reach = smallest number of leading "
+                    "directions whose share reaches delta; not part of run identity")
     conv_method: Literal["channelwise", "mean", "max", "flatten"] = Field(
         "channelwise",
         description="how a conv output (N, C, H, W) becomes data points: channelwise = "
@@ -128,27 +156,64 @@ def _samples_first(module: nn.Module, output: Any) -> torch.Tensor:
     return output
 
 
-def layer_statistics(cov: torch.Tensor, stats: Sequence[str], delta: float) -> dict[str, float]:
+def spectrum(cov: torch.Tensor) -> np.ndarray:
+    """Eigenvalues of a covariance, decreasing, float64 (not clipped).
+
+    Args:
+        cov: ``(width, width)`` symmetric covariance.
+
+    Returns:
+        ``(width,)`` numpy array on the CPU.
+    """
+    return torch.linalg.eigvalsh(cov.to(torch.float64)).flip(0).cpu().numpy()
+
+
+def intrinsic_dimensionality(eigenvalues: np.ndarray, delta: float,
+                             rule: IdimRule = "delve") -> int:
+    """Directions of a layer's output space that explain ``delta`` of its variance.
+
+    Args:
+        eigenvalues: ``(width,)`` covariance eigenvalues in decreasing order
+            (:func:`spectrum`); negatives count as zero.
+        delta: share of the variance, in (0, 1].
+        rule: ``"delve"`` or ``"reach"`` (module docstring).
+
+    Returns:
+        The count, in ``[0, width]``; 0 for a layer without variance.
+    """
+    values = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    width = len(values)
+    if rule == "reach" and delta >= 1.0:
+        return width
+    total = values.sum()
+    if not total > 0:
+        return 0
+    below = int((np.cumsum(values) / total < delta).sum())
+    return below if rule == "delve" else min(below + 1, width)
+
+
+def layer_statistics(cov: torch.Tensor, eigenvalues: np.ndarray, stats: Sequence[str],
+                     delta: float, rule: IdimRule = "delve") -> dict[str, float]:
     """delve's statistics of one layer's covariance.
 
     Args:
         cov: ``(width, width)`` covariance, float64.
+        eigenvalues: its :func:`spectrum`.
         stats: names among ``lsat, idim, det, trc, dtrc``.
-        delta: explained-variance threshold of ``idim`` and ``lsat``.
+        delta, rule: threshold and counting rule of ``idim`` and ``lsat``.
 
     Returns:
         ``{stat: value}`` in the order of ``stats``.
     """
     from delve import metrics
 
-    idim = functools.cache(lambda: metrics.compute_intrinsic_dimensionality(cov, delta))
+    idim = functools.cache(lambda: intrinsic_dimensionality(eigenvalues, delta, rule))
     compute = {
-        # delve's compute_saturation, without decomposing the covariance a second time
         "lsat": lambda: idim() / cov.shape[0],
         "idim": idim,
         "det": lambda: metrics.compute_cov_determinant(cov),
         "trc": lambda: metrics.compute_cov_trace(cov),
-        "dtrc": lambda: metrics.compute_diag_trace(cov),
+        "dtrc": lambda: np.clip(eigenvalues, 0.0, None).sum(),
     }
     return {stat: float(compute[stat]()) for stat in stats}
 
@@ -195,6 +260,7 @@ class SaturationTracker:
         self._accumulators: dict[str, dict[str, Any]] = {}
         self._layers: dict[str, list[str]] = {}
         self._seen: dict[str, int] = {}
+        self._spectra: dict[str, dict[str, np.ndarray]] = {}
 
     @contextmanager
     def track(self, split: str, model: nn.Module) -> Iterator[None]:
@@ -210,6 +276,7 @@ class SaturationTracker:
         layers = measured_layers(model, self.config.layers, TRACKED_TYPES)
         self._layers[split] = [name for name, _ in layers]
         self._accumulators[split] = {}
+        self._spectra.pop(split, None)
         self._seen = {name: 0 for name, _ in layers}
         handles = [module.register_forward_hook(self._hook(split, name))
                    for name, module in layers]
@@ -253,6 +320,19 @@ class SaturationTracker:
                 out[name] = (acc._avg / acc._tlen, acc.fix())
         return out
 
+    def spectra(self, split: str) -> dict[str, np.ndarray]:
+        """``{layer: eigenvalues}`` (:func:`spectrum`) of the last ``split`` pass, network
+        order; computed once per pass; a layer that saw no sample is left out."""
+        if split not in self._spectra:
+            self._spectra[split] = {name: spectrum(cov)
+                                    for name, (_, cov) in self.moments(split).items()}
+        return self._spectra[split]
+
+    def epoch_spectra(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{pass: {layer: eigenvalues}}`` of every pass tracked since the last call
+        of :meth:`track` on each pass (what :func:`save_spectra` stores per epoch)."""
+        return {split: self.spectra(split) for split in self.passes if split in self._layers}
+
     def columns(self, split: str) -> dict[str, float]:
         """The log columns of the last ``split`` pass; ``{}`` when none was tracked.
 
@@ -261,13 +341,14 @@ class SaturationTracker:
         """
         if split not in self._layers:
             return {}
-        moments = self.moments(split)
-        nan = dict.fromkeys(self.config.stats, float("nan"))
-        values = {name: (layer_statistics(moments[name][1], self.config.stats, self.config.delta)
+        config, moments, spectra = self.config, self.moments(split), self.spectra(split)
+        nan = dict.fromkeys(config.stats, float("nan"))
+        values = {name: (layer_statistics(moments[name][1], spectra[name], config.stats,
+                                          config.delta, config.idim_rule)
                          if name in moments else nan)
                   for name in self._layers[split]}
         return {column_name(split, stat, name): values[name][stat]
-                for stat in self.config.stats for name in self._layers[split]}
+                for stat in config.stats for name in self._layers[split]}
 
     def plot(self, row: Mapping[str, Any], path: Path) -> None:
         """Write the epoch's saturation plot (see :func:`plot_saturation`) when ``lsat`` is tracked."""
@@ -322,3 +403,62 @@ def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
     axes.set_title(", ".join([f"epoch {int(row['epoch'])}", *accuracies]))
     write_figure(path, figure)
     return figure
+
+
+def spectra_path(run_dir: Path, epoch: int) -> Path:
+    """Where :func:`save_spectra` keeps one epoch's eigenvalues in a run directory."""
+    return Path(run_dir) / SPECTRA_DIR / f"epoch_{epoch:04d}.npz"
+
+
+def save_spectra(path: Path, spectra: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Write one epoch's ``{pass: {layer: eigenvalues}}`` atomically as ``.npz``
+    (arrays named ``<pass>/<layer>``, float64; no pickles)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"{split}/{layer}": values
+                        for split, layers in spectra.items() for layer, values in layers.items()})
+    write_bytes(path, buffer.getvalue())
+
+
+def load_spectra(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """What :func:`save_spectra` wrote; ``{}`` when the file does not exist.
+
+    Raises:
+        UserError: the file is damaged.
+    """
+    if not Path(path).exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            out: dict[str, dict[str, np.ndarray]] = {}
+            for key in archive.files:
+                split, layer = key.split("/", 1)
+                out.setdefault(split, {})[layer] = archive[key]
+            return out
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path} is damaged ({exc}); delete it and retrain the run's last "
+                        f"epochs to rebuild it") from None
+
+
+def view_columns(spectra: Mapping[str, Mapping[str, np.ndarray]], config: SaturationConfig,
+                 layers: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
+    """The delta-dependent log columns (``lsat``, ``idim`` among ``config.stats``) of one
+    epoch, recomputed from its spectra at ``config.delta`` and ``config.idim_rule``.
+
+    Args:
+        spectra: ``{pass: {layer: eigenvalues}}`` (:func:`load_spectra`).
+        config: the saturation settings to read the spectra with.
+        layers: ``{pass: layer names}`` whose columns to fill (NaN where a layer has no
+            spectrum); default: the layers of ``spectra``.
+    """
+    out = {}
+    for split, values in spectra.items():
+        names = (layers or {}).get(split, list(values))
+        for stat in (s for s in config.stats if s in VIEW_STATS):
+            for name in names:
+                if name not in values:
+                    out[column_name(split, stat, name)] = float("nan")
+                    continue
+                idim = intrinsic_dimensionality(values[name], config.delta, config.idim_rule)
+                out[column_name(split, stat, name)] = float(
+                    idim if stat == "idim" else idim / len(values[name]))
+    return out

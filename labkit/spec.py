@@ -95,9 +95,11 @@ class Spec(BaseModel):
 
 
 # Settings that change where or how fast a run executes, never its trained weights or
-# its log. Analyses read a trained run; their outputs are keyed by their own params.
+# what it stores. Analyses read a trained run; their outputs are keyed by their own
+# params. Saturation's delta and counting rule only read the stored eigenvalue spectra.
 NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
-                "dataset.root", "dataset.download", "analyses", "launcher")
+                "dataset.root", "dataset.download", "analyses", "launcher",
+                "saturation.delta", "saturation.idim_rule")
 
 
 # ---------------------------------------------------------------- grid expansion

@@ -9,7 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from labkit import engine, runinfo
-from labkit.analyses.projection import PARAMS_JSON, RESULTS_CSV, RESULTS_PNG
+from labkit.analyses.projection import (PARAMS_JSON, RESULTS_CSV, RESULTS_PNG, principal_axes,
+                                        project)
+from labkit.saturation import intrinsic_dimensionality, spectrum
 from labkit.cli import cli
 from labkit.identity import RunConfig
 from labkit.spec import expand
@@ -21,7 +23,7 @@ TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64, "epo
 DELTAS = [0.9, 0.99, 1.0]
 
 
-def test_projection_keeps_delve_dimensions_and_reproduces_accuracy_at_delta_one(
+def test_projection_keeps_the_directions_that_reach_delta_and_is_exact_at_delta_one(
         registries, tmp_path):
     spec = {**TINY, "logs_dir": str(tmp_path / "logs"), "saturation": {},
             "analyses": [{"name": "projection", "deltas": DELTAS}]}
@@ -35,14 +37,15 @@ def test_projection_keeps_delve_dimensions_and_reproduces_accuracy_at_delta_one(
     final = pd.read_csv(run.directory / runinfo.LOG_CSV).iloc[-1]
     by_delta = table.set_index("delta")
     assert (table["unprojected_accuracy"] == final["eval-accuracy"]).all()
-    # every eigenvector (up to delve's count at delta 1) kept: the network is unchanged
+    # every direction kept: the layers are left untouched, so accuracy and loss are the
+    # unprojected ones exactly (not up to rounding, and not by luck of a tie)
     assert by_delta.loc[1.0, "accuracy"] == final["eval-accuracy"]
-    assert by_delta.loc[1.0, "loss"] == pytest.approx(final["eval-loss"], rel=1e-4)
+    assert by_delta.loc[1.0, "loss"] == by_delta.loc[1.0, "unprojected_loss"] == final["eval-loss"]
     # a random subspace of the same rank destroys what the principal one keeps
     assert by_delta.loc[0.9, "control_accuracy"] < by_delta.loc[0.9, "accuracy"] - 0.2
 
-    # kept dimensions: delve's intrinsic dimensionality of the final model's channelwise
-    # covariance on the un-augmented training split, recomputed with numpy
+    # kept dimensions: the reach count of the final model's channelwise covariance on
+    # the un-augmented training split, recomputed with numpy
     model, data = final_model(registries, run)
     store, _ = capture(model)
     with torch.no_grad():
@@ -51,15 +54,33 @@ def test_projection_keeps_delve_dimensions_and_reproduces_accuracy_at_delta_one(
     for layer, (output,) in store.items():
         cov = numpy_cov(numpy_rows(output))
         widths[layer] = len(cov)
-        # at delta 1 the count depends on rounding in the shares of zero eigenvalues
-        # (block1-conv1 maps 9 pixels to 16 channels: rank 9), so compare below 1 only
-        for delta in DELTAS[:-1]:
-            assert by_delta.loc[delta, f"kept-dimensions_{layer}"] == numpy_idim(cov, delta)
+        for delta in DELTAS:
+            assert by_delta.loc[delta, f"kept-dimensions_{layer}"] == numpy_idim(cov, delta, "reach")
+        assert by_delta.loc[1.0, f"kept-dimensions_{layer}"] == len(cov)
     for delta in DELTAS:
         shares = [by_delta.loc[delta, f"kept-dimensions_{name}"] / w for name, w in widths.items()]
         assert by_delta.loc[delta, "average_saturation"] == pytest.approx(np.mean(shares))
 
     assert engine.run_analyses(run, registries) == []  # complete: skipped
+
+
+def test_projection_of_a_hand_made_layer_keeps_the_counts_that_reach_delta():
+    # a linear layer whose outputs have variance shares .5/.3/.15/.05 along the axes
+    rows = torch.randn(4000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = (rows - rows.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(rows.T, correction=0))).T
+    rows = rows * torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt()
+    cov = torch.cov(rows.T, correction=0)
+    assert np.allclose(spectrum(cov), [0.5, 0.3, 0.15, 0.05])
+    kept = {delta: intrinsic_dimensionality(spectrum(cov), delta, "reach")
+            for delta in (0.45, 0.75, 0.9, 0.96, 1.0)}
+    assert kept == {0.45: 1, 0.75: 2, 0.9: 3, 0.96: 4, 1.0: 4}
+    # projecting onto those directions keeps the share of variance the count promises
+    axes = principal_axes(cov)
+    for delta, k in kept.items():
+        basis = axes[:, :k]
+        projected = project(rows, rows.mean(0), basis @ basis.T)
+        kept_share = torch.cov(projected.T, correction=0).trace() / cov.trace()
+        assert kept_share >= delta - 1e-9
 
 
 def test_project_command_follows_the_spec_layers_and_reports_mistakes(

@@ -190,3 +190,52 @@ def test_command_writes_the_csv_without_training(tmp_path, write_spec):
                                    "start_h", "start_w", "map_h", "map_w", "border", "tail"]
     assert table["layer"].tolist() == ["conv1", "conv2", "fc1", "fc2", "fc"]
     assert "border layer: fc1" in result.stdout  # conv2 sees 14 of the 16 pixels
+
+
+def test_input_too_small_for_the_network_is_a_user_error(capfd):
+    alexnet = create_torchvision_model("alexnet", num_classes=10, in_channels=3,
+                                       resolution=32)
+    with pytest.raises(UserError, match="too small"):
+        receptive_fields(alexnet, 3, 32)
+    assert "Traceback" not in capfd.readouterr().err  # torch's own report is kept quiet
+    assert len(receptive_fields(alexnet, 3, 64)) == 8  # large enough: the same network works
+
+
+def call_order_by_hooks(model: nn.Module, image: torch.Tensor) -> list[str]:
+    """Layer names in the order a real forward pass calls them (first call)."""
+    seen: list[str] = []
+    handles = [m.register_forward_hook(lambda *_, name=name: seen.append(name))
+               for name, m in measured_layers(model)]
+    with torch.no_grad():
+        model.eval()(image)
+    for handle in handles:
+        handle.remove()
+    return list(dict.fromkeys(seen))
+
+
+def test_network_order_is_the_order_of_the_forward_pass():
+    class DeclaredOutOfOrder(nn.Module):
+        """A residual block written as many are: the shortcut declared first, run last."""
+
+        def __init__(self):
+            super().__init__()
+            self.shortcut = nn.Conv2d(1, 4, 1)
+            self.head = nn.Linear(4, 3)
+            self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            out = self.conv2(F.relu(self.conv1(x))) + self.shortcut(x)
+            return self.head(out.mean(dim=(2, 3)))
+
+    model = DeclaredOutOfOrder()
+    expected = ["conv1", "conv2", "shortcut", "head"]
+    assert [name for name, _ in measured_layers(model)] == expected
+    assert call_order_by_hooks(model, torch.zeros(1, 1, 8, 8)) == expected
+    assert receptive_fields(model, 1, 8)["layer"].tolist() == expected
+
+    resnet = MODELS["resnet18_xxs"](num_classes=10, in_channels=1, resolution=16)
+    names = [name for name, _ in measured_layers(resnet)]
+    assert names == call_order_by_hooks(resnet, torch.zeros(2, 1, 16, 16))
+    assert names.index("layer2-0-shortcut-conv") == names.index("layer2-0-conv2") + 1
+    assert receptive_fields(resnet, 1, 16)["layer"].tolist() == names

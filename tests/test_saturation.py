@@ -10,7 +10,9 @@ from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.layers import measured_layers
 from labkit.results import collect
-from labkit.saturation import SaturationTracker, plot_saturation
+from labkit.commands.common import load_runs
+from labkit.saturation import (SaturationTracker, intrinsic_dimensionality, load_spectra,
+                               plot_saturation, spectra_path, spectrum)
 from labkit.spec import expand
 from labkit.testing import forget_last_epoch
 
@@ -46,21 +48,28 @@ def numpy_cov(rows: np.ndarray) -> np.ndarray:
     return np.cov(rows, rowvar=False, bias=True)
 
 
-def numpy_idim(cov: np.ndarray, delta: float) -> int:
-    """What delve 0.1.50's compute_intrinsic_dimensionality returns: the number of leading
-    eigenvalues whose cumulative share of the variance is below delta."""
+def numpy_idim(cov: np.ndarray, delta: float, rule: str = "delve") -> int:
+    """delve: what delve 0.1.50's compute_intrinsic_dimensionality returns, the number of
+    leading eigenvalues whose cumulative share of the variance is below delta. reach: the
+    smallest number of leading eigenvalues whose cumulative share reaches delta (all of
+    them at delta 1), found by walking the shares one by one."""
     eig = np.clip(np.linalg.eigvalsh(cov)[::-1], 0, None)
-    return int((np.cumsum(eig) / eig.sum() < delta).sum())
+    shares = np.cumsum(eig) / eig.sum()
+    if rule == "delve":
+        return int((shares < delta).sum())
+    if delta >= 1:
+        return len(eig)
+    return next(k + 1 for k, share in enumerate(shares) if share >= delta)
 
 
-def numpy_stats(cov: np.ndarray, delta: float) -> dict[str, float]:
-    idim = numpy_idim(cov, delta)
+def numpy_stats(cov: np.ndarray, delta: float, rule: str = "delve") -> dict[str, float]:
+    idim = numpy_idim(cov, delta, rule)
     return {"lsat": idim / len(cov), "idim": idim, "det": np.linalg.det(cov),
             "trc": np.trace(cov), "dtrc": np.clip(np.linalg.eigvalsh(cov), 0, None).sum()}
 
 
-def assert_columns_match(columns, split, layer, cov, delta, stats):
-    expected = numpy_stats(cov, delta)
+def assert_columns_match(columns, split, layer, cov, delta, stats, rule="delve"):
+    expected = numpy_stats(cov, delta, rule)
     for stat in stats:
         got = columns[f"{split}-{STATMAP[stat]}_{layer}"]
         if stat in ("lsat", "idim"):
@@ -259,26 +268,122 @@ def test_train_pass_covers_every_batch_of_the_epoch(registries, tmp_path):
                              ["lsat", "idim", "trc"])
 
 
-def test_grid_over_delta_and_conv_method_gives_distinct_runs_and_values(registries, tmp_path):
+def test_grid_over_conv_method_gives_distinct_runs_and_values(registries, tmp_path):
     spec = {**TINY, "epochs": 1, "logs_dir": str(tmp_path / "logs"),
-            "saturation": {"delta": [0.9, 0.99], "conv_method": ["channelwise", "mean"]}}
+            "saturation": {"conv_method": ["channelwise", "mean"]}}
     runs = [RunConfig(c, "G") for c in expand(spec, registries)]
-    assert len({r.directory for r in runs}) == 4
+    assert len({r.directory for r in runs}) == 2
     logs = {}
     for run in runs:
         engine.train(run, registries, progress=False)
-        sat = run.config["saturation"]
-        logs[sat["delta"], sat["conv_method"]] = pd.read_csv(
+        logs[run.config["saturation"]["conv_method"]] = pd.read_csv(
             run.directory / runinfo.LOG_CSV).iloc[-1]
     conv = "eval-intrinsic-dimensionality_block2-conv1"
     fc = "eval-intrinsic-dimensionality_fc"
-    for method in ("channelwise", "mean"):
-        assert logs[0.99, method][conv] > logs[0.9, method][conv]
-    for delta in (0.9, 0.99):
-        assert logs[delta, "channelwise"][conv] != logs[delta, "mean"][conv]
-        assert logs[delta, "channelwise"][fc] == logs[delta, "mean"][fc]  # not a conv layer
+    assert logs["channelwise"][conv] != logs["mean"][conv]
+    assert logs["channelwise"][fc] == logs["mean"][fc]  # not a conv layer
     # tracking never changes training: every grid point learned the same
     assert len({log["eval-loss"] for log in logs.values()}) == 1
+
+
+# ---------------------------------------------------------------- counting rules, spectra
+
+@pytest.mark.parametrize("shares, delta, delve, reach", [
+    ([0.5, 0.3, 0.15, 0.05], 0.9, 2, 3),   # delve stops at 80 %, reach keeps 95 %
+    ([0.95, 0.03, 0.02], 0.9, 0, 1),       # delve: the layer would become its mean
+    ([0.4, 0.3, 0.2, 0.1], 1.0, 3, 4),     # delve at delta 1: width - 1
+    ([0.7, 0.2, 0.1, 0.0], 1.0, 2, 4),     # reach at delta 1: every direction, not the rank
+    ([0.5, 0.5], 0.5, 0, 1),               # a share equal to delta reaches it
+])
+def test_both_counts_on_hand_made_spectra(shares, delta, delve, reach):
+    eigenvalues = np.array(shares) * 7.0
+    assert intrinsic_dimensionality(eigenvalues, delta, "delve") == delve
+    assert intrinsic_dimensionality(eigenvalues, delta, "reach") == reach
+    # the same through a covariance with that spectrum in a random orthonormal basis
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(len(shares),) * 2))
+    cov = torch.from_numpy(q @ np.diag(eigenvalues) @ q.T)
+    assert np.allclose(spectrum(cov), eigenvalues, atol=1e-12)
+
+
+def test_delve_rule_is_delves_own_count_and_reach_is_one_more_below_full_width():
+    from delve.metrics import compute_intrinsic_dimensionality
+
+    g = torch.Generator().manual_seed(3)
+    for width in (3, 10, 40):
+        rows = torch.randn(500, width, generator=g, dtype=torch.float64) @ torch.randn(
+            width, width, generator=g, dtype=torch.float64)
+        cov = torch.cov(rows.T, correction=0)
+        values = spectrum(cov)
+        for delta in (0.5, 0.9, 0.99, 0.999):
+            delve = intrinsic_dimensionality(values, delta, "delve")
+            assert delve == compute_intrinsic_dimensionality(cov, delta)
+            assert delve == numpy_idim(cov.numpy(), delta, "delve")
+            assert intrinsic_dimensionality(values, delta, "reach") == numpy_idim(
+                cov.numpy(), delta, "reach") == min(delve + 1, width)
+
+
+def test_reach_rule_in_the_log_matches_numpy(registries, tmp_path):
+    run = make_run(registries, tmp_path, epochs=1,
+                   saturation={"idim_rule": "reach", "delta": 0.95, "splits": ["eval"]})
+    engine.train(run, registries, progress=False)
+    last = pd.read_csv(run.directory / runinfo.LOG_CSV).iloc[-1].to_dict()
+    model, data = final_model(registries, run)
+    store, _ = capture(model)
+    with torch.no_grad():
+        model(torch.stack([x for x, _ in data.evals["eval"]]))
+    for layer, (output,) in store.items():
+        cov = numpy_cov(numpy_rows(output))
+        assert_columns_match(last, "eval", layer, cov, 0.95, ["lsat", "idim"], rule="reach")
+        # the two rules really differ on this layer, so the test tells them apart
+        assert numpy_idim(cov, 0.95, "reach") == numpy_idim(cov, 0.95, "delve") + 1
+
+
+def test_delta_is_read_from_stored_spectra_not_trained_for(registries, tmp_path, write_spec):
+    spec = {**TINY, "epochs": 2, "logs_dir": str(tmp_path / "logs"),
+            "saturation": {"delta": [0.9, 0.99], "idim_rule": ["delve", "reach"]}}
+    runs = load_runs(str(write_spec(spec)), "D")
+    (run,) = runs  # four grid points, one training
+    table = {"name": "saturation", "deltas": [0.9, 0.99], "rules": ["delve", "reach"]}
+    assert table in run.config["analyses"]
+    assert engine.train(run, registries, progress=False) == "finished"
+
+    # spectra per epoch and pass, float64, one per tracked layer
+    spectra = load_spectra(spectra_path(run.directory, 2))
+    model, data = final_model(registries, run)
+    layers = [name for name, _ in measured_layers(model)]
+    assert set(spectra) == {"train", "eval"} and list(spectra["eval"]) == layers
+    assert all(v.dtype == np.float64 for v in spectra["eval"].values())
+
+    # saturation.csv: every delta and rule, checked against numpy on the final model
+    views = pd.read_csv(run.directory / "saturation.csv")
+    assert len(views) == 2 * 2 * len(layers) * 2 * 2  # epochs, passes, layers, deltas, rules
+    store, _ = capture(model)
+    with torch.no_grad():
+        model(torch.stack([x for x, _ in data.evals["eval"]]))
+    last = views[(views["epoch"] == 2) & (views["pass"] == "eval")]
+    for layer in layers:
+        cov = numpy_cov(numpy_rows(store[layer][0]))
+        for delta in (0.9, 0.99):
+            for rule in ("delve", "reach"):
+                (value,) = last[(last["layer"] == layer) & (last["delta"] == delta)
+                                & (last["rule"] == rule)]["intrinsic_dimensionality"]
+                assert value == numpy_idim(cov, delta, rule), (layer, delta, rule)
+
+    # asking for the run at another delta reads the spectra again: the same training,
+    # log.csv rewritten at the new delta, the weights untouched
+    log = pd.read_csv(run.directory / runinfo.LOG_CSV)
+    weights = (run.directory / "checkpoints").glob("*.pt")
+    before = {p.name: p.read_bytes() for p in weights}
+    other = RunConfig({**run.config, "saturation": {**run.config["saturation"], "delta": 0.5}},
+                      "D")
+    assert other.directory == run.directory
+    assert engine.train(other, registries, progress=False) == "skipped"
+    relog = pd.read_csv(run.directory / runinfo.LOG_CSV)
+    assert {p.name: p.read_bytes() for p in (run.directory / "checkpoints").glob("*.pt")} == before
+    column = f"eval-intrinsic-dimensionality_{layers[1]}"
+    assert relog[column].iloc[-1] == numpy_idim(numpy_cov(numpy_rows(store[layers[1]][0])), 0.5)
+    assert relog[column].iloc[-1] < log[column].iloc[-1]
+    pd.testing.assert_series_equal(relog["eval-loss"], log["eval-loss"])
 
 
 def test_resume_with_tracking_is_exact_and_tracking_does_not_change_training(

@@ -1,7 +1,8 @@
 """Post-training analyses (see base.Analysis). ``ANALYSES`` maps spec names to classes."""
-from labkit.analyses import layerwise, projection
+from labkit.analyses import layerwise, projection, saturation_views
 from labkit.analyses.base import Analysis, FinishedRun
 
-ANALYSES: dict[str, type[Analysis]] = {**layerwise.ANALYSES, **projection.ANALYSES}
+ANALYSES: dict[str, type[Analysis]] = {**layerwise.ANALYSES, **projection.ANALYSES,
+                                         **saturation_views.ANALYSES}
 
 __all__ = ["Analysis", "FinishedRun", "ANALYSES"]

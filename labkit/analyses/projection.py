@@ -6,13 +6,16 @@ covariance that explain that share of the variance:
 
     x  ->  mu + (x - mu) V V^T
 
-with ``mu`` the layer's mean. All layers are projected at once. The number of kept
-eigenvectors is the layer's intrinsic dimensionality under delve's definition (see
-:mod:`labkit.saturation`), so ``kept / width`` is the layer's saturation at that delta.
-Conv layers are projected channelwise: the C-vector at every pixel, as delve's
-``Conv2DPCALayer`` does with a 1x1 convolution. Unlike that layer, which never sets its
-mean and so projects the uncentred output, the projection here is centred, which makes
-it the PCA reconstruction and the identity when every eigenvector is kept.
+with ``mu`` the layer's mean. All layers are projected at once. ``V`` holds the smallest
+number of leading eigenvectors whose share of the variance reaches ``delta`` (the
+``reach`` count of :mod:`labkit.saturation`, one more than delve's intrinsic
+dimensionality, which stops just short of ``delta``), so ``kept / width`` is the layer's
+``reach`` saturation at that delta. At ``delta = 1`` every eigenvector is kept and the
+layer is left untouched, so the network is exactly the unprojected one. Conv layers are
+projected channelwise: the C-vector at every pixel, as delve's ``Conv2DPCALayer`` does
+with a 1x1 convolution. Unlike that layer, which never sets its mean and so projects the
+uncentred output, the projection here is centred, which makes it the PCA
+reconstruction.
 
 Control: the same layers projected onto a random orthonormal basis of the same rank
 (seeded), which tells how much of the accuracy at a given rank is due to the chosen
@@ -44,7 +47,8 @@ from labkit.analyses.base import Analysis
 from labkit.atomic import write_csv, write_figure, write_json
 from labkit.layers import measured_layers
 from labkit.runinfo import read_json
-from labkit.saturation import TRAIN_PASS, SaturationConfig, SaturationTracker
+from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker,
+                               intrinsic_dimensionality, spectrum)
 
 RESULTS_CSV = "projected_results.csv"
 RESULTS_PNG = "projected_results.png"
@@ -120,8 +124,6 @@ class Projection(Analysis):
         return super().is_complete() and recorded == self.params.model_dump(mode="json")
 
     def compute(self, progress: bool = True) -> None:
-        from delve.metrics import compute_intrinsic_dimensionality
-
         run, params, data = self.run, self.params, self.run.data
         patterns = params.layers or (run.config.get("saturation") or {}).get("layers")
         layers = dict(measured_layers(run.model, patterns))
@@ -129,14 +131,15 @@ class Projection(Analysis):
         directions = {name: principal_axes(cov) for name, (_, cov) in moments.items()}
 
         def projections(bases: dict[str, torch.Tensor]) -> dict[str, tuple]:
+            # a layer keeping every direction is left alone: exactly the identity
             return {name: (moments[name][0].float(), (basis @ basis.T).float())
-                    for name, basis in bases.items()}
+                    for name, basis in bases.items() if basis.shape[1] < basis.shape[0]}
 
         generator = torch.Generator().manual_seed(params.seed)
         unprojected = {split: self._score(split, layers, {}) for split in data.evals}
         rows = []
         for delta in params.deltas:
-            kept = {name: compute_intrinsic_dimensionality(cov, delta)
+            kept = {name: intrinsic_dimensionality(spectrum(cov), delta, "reach")
                     for name, (_, cov) in moments.items()}
             pca = projections({name: directions[name][:, :k] for name, k in kept.items()})
             control = projections({

@@ -20,11 +20,30 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[Ru
     raw = load_spec_file(spec_path)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
-    runs: dict[str, RunConfig] = {}
+    points: dict[str, list[dict[str, Any]]] = {}
     for config in expand(raw, plugins.registries()):
-        run = RunConfig(config, run_id)
-        runs.setdefault(run.hash, run)
-    return list(runs.values())
+        points.setdefault(RunConfig(config, run_id).hash, []).append(config)
+    return [RunConfig(merge_saturation_views(configs), run_id) for configs in points.values()]
+
+
+def merge_saturation_views(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run for grid points that differ only in how saturation is read.
+
+    ``saturation.delta`` and ``saturation.idim_rule`` are not identity: the points share
+    one training, whose log.csv reads the spectra as the first point asks, and a
+    ``saturation`` analysis tables every delta and rule the points ask for
+    (saturation.csv, :mod:`labkit.analyses.saturation_views`).
+    """
+    first = configs[0]
+    views = [c["saturation"] for c in configs if c.get("saturation") is not None]
+    deltas = sorted({v["delta"] for v in views})
+    rules = sorted({v["idim_rule"] for v in views})
+    if len(deltas) < 2 and len(rules) < 2:
+        return first
+    table = {"name": "saturation", "deltas": deltas, "rules": rules}
+    if table in first["analyses"]:
+        return first
+    return {**first, "analyses": [*first["analyses"], table]}
 
 
 def check_device(device: str) -> None:

@@ -1,4 +1,4 @@
-"""CLI commands of the saturation analyses: ``labkit project``."""
+"""CLI commands of the saturation analyses: ``labkit saturation`` and ``labkit project``."""
 from __future__ import annotations
 
 import re
@@ -45,4 +45,34 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
         click.echo(f"projected: {run.directory / RESULTS_CSV}")
 
 
-COMMANDS: list[click.Command] = [project]
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@click.option("--deltas", default=None,
+              help="comma-separated shares of variance, e.g. 0.9,0.99,0.999 [default: the "
+                   "spec's saturation analysis, else 0.9,0.95,0.99,0.999]")
+@click.option("--rules", default=None,
+              help="comma-separated counting rules: delve (cumulative share below delta, "
+                   "as published) and/or reach (smallest count reaching delta) [default: "
+                   "the spec's saturation analysis, else delve]")
+def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None) -> None:
+    """Recompute the intrinsic dimensionality and saturation of every layer, pass and
+    epoch of each finished run of SPEC at other deltas, from the eigenvalue spectra stored
+    during training (no retraining); writes saturation.csv into each run directory."""
+    from labkit.analyses.saturation_views import RESULTS_CSV, SaturationViews
+
+    for run in load_runs(spec, run_id):
+        analysis = SaturationViews(
+            finished_run(run, spec),
+            analysis_params(run, "saturation", SaturationViews,
+                            deltas=parse_deltas(deltas) if deltas is not None else None,
+                            rules=[r for r in re.split(r"[,\s]+", rules.strip()) if r]
+                            if rules is not None else None))
+        if analysis.is_complete():
+            click.echo(f"up to date: {run.directory / RESULTS_CSV}")
+            continue
+        analysis.compute()
+        click.echo(f"saturation table: {run.directory / RESULTS_CSV}")
+
+
+COMMANDS: list[click.Command] = [saturation, project]

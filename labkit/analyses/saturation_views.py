@@ -1,0 +1,77 @@
+"""Saturation at other deltas and counting rules, recomputed from the stored spectra.
+
+Training stores every tracked layer's eigenvalue spectrum per pass and epoch
+(``spectra/epoch_NNNN.npz``, :func:`labkit.saturation.save_spectra`). This analysis reads
+them back and tables the intrinsic dimensionality and saturation of every layer at each
+requested ``delta`` and by each rule (``delve``, ``reach``; see :mod:`labkit.saturation`),
+without touching the network: a grid over delta trains one network, not one per delta.
+
+Outputs in the run directory: ``saturation.csv``, one row per epoch, pass, layer, delta
+and rule with columns ``epoch, pass, layer, width, delta, rule,
+intrinsic_dimensionality, saturation``, and ``saturation.json`` (the parameters it was
+computed with; outputs of other parameters count as incomplete and are recomputed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from labkit.analyses.base import Analysis
+from labkit.atomic import write_csv, write_json
+from labkit.errors import UserError
+from labkit.runinfo import read_json
+from labkit.saturation import (SPECTRA_DIR, IdimRule, intrinsic_dimensionality, load_spectra)
+
+RESULTS_CSV = "saturation.csv"
+PARAMS_JSON = "saturation.json"
+
+
+class SaturationViews(Analysis):
+    """Intrinsic dimensionality and saturation per epoch, pass and layer at other deltas."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        deltas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+            [0.9, 0.95, 0.99, 0.999], min_length=1,
+            description="explained-variance shares, each in (0, 1]")
+        rules: list[IdimRule] = Field(
+            ["delve"], min_length=1,
+            description="counting rules: delve (below delta) and/or reach (reaches delta)")
+
+    def outputs(self) -> list[Path]:
+        return [self.run.directory / RESULTS_CSV, self.run.directory / PARAMS_JSON]
+
+    def is_complete(self) -> bool:
+        """Whether the outputs exist and were computed with these parameters."""
+        recorded = read_json(self.run.directory / PARAMS_JSON)
+        return super().is_complete() and recorded == self.params.model_dump(mode="json")
+
+    def compute(self, progress: bool = True) -> None:
+        directory = self.run.directory
+        files = sorted((directory / SPECTRA_DIR).glob("epoch_*.npz"))
+        if not files:
+            raise UserError(f"{directory} holds no saturation spectra ({SPECTRA_DIR}/): the "
+                            f"run was trained without a `saturation` section, or by a labkit "
+                            f"before 0.2; add the section and train it under a new run-id")
+        rows = []
+        for path in files:
+            epoch = int(path.stem.split("_")[1])
+            for split, layers in load_spectra(path).items():
+                for layer, eigenvalues in layers.items():
+                    for delta in self.params.deltas:
+                        for rule in self.params.rules:
+                            idim = intrinsic_dimensionality(eigenvalues, delta, rule)
+                            rows.append({"epoch": epoch, "pass": split, "layer": layer,
+                                         "width": len(eigenvalues), "delta": delta,
+                                         "rule": rule, "intrinsic_dimensionality": idim,
+                                         "saturation": idim / len(eigenvalues)})
+        write_csv(directory / RESULTS_CSV, pd.DataFrame(rows))
+        # last: its presence with these parameters is what makes the outputs complete
+        write_json(directory / PARAMS_JSON, self.params.model_dump(mode="json"))
+
+
+ANALYSES: dict[str, type[Analysis]] = {"saturation": SaturationViews}
