@@ -3,7 +3,11 @@
 ``checkpoints/epoch_0003.pt`` holds the state after three epochs, next to
 ``epoch_0003.pt.sha256``, the digest of the file. A checkpoint whose digest does not
 match (or that cannot be read) is reported with a warning and the previous one is used.
-Only tensors and Python primitives are stored.
+Only tensors and Python primitives are stored. The digest doubles as the checkpoint's
+fingerprint: an artifact computed from a checkpoint records it (:func:`digest`).
+
+After writing epoch N, the checkpoints kept are N and the newest *intact* one before it;
+older or damaged ones are removed, so a resume always has a fallback that works.
 """
 from __future__ import annotations
 
@@ -37,12 +41,35 @@ def save(directory: Path, epoch: int, state: dict[str, Any]) -> Path:
     path = checkpoint_path(directory, epoch)
     with atomic_open(path, "wb") as handle:
         handle.write(data)
-    write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
-    for old in epochs_on_disk(directory)[:-KEEP]:
+    write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
+    kept = 1
+    for old in reversed([e for e in epochs_on_disk(directory) if e < epoch]):
         stale = checkpoint_path(directory, old)
+        if kept < KEEP and is_intact(stale):
+            kept += 1
+            continue
         stale.unlink(missing_ok=True)
-        stale.with_name(stale.name + ".sha256").unlink(missing_ok=True)
+        _digest_path(stale).unlink(missing_ok=True)
     return path
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def digest(path: Path) -> str | None:
+    """The recorded sha256 of checkpoint ``path`` (cheap: the sidecar file), ``None``
+    when the checkpoint or its digest file is missing. Not a verification."""
+    sidecar = _digest_path(Path(path))
+    if not (Path(path).exists() and sidecar.exists()):
+        return None
+    return sidecar.read_text().strip() or None
+
+
+def is_intact(path: Path) -> bool:
+    """Whether ``path`` exists and matches its recorded digest (hashes the file)."""
+    recorded = digest(path)
+    return recorded is not None and hashlib.sha256(Path(path).read_bytes()).hexdigest() == recorded
 
 
 def epochs_on_disk(directory: Path) -> list[int]:
@@ -59,13 +86,19 @@ def read(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: missing digest, digest mismatch, or unreadable file.
     """
-    data = Path(path).read_bytes()
-    digest_file = path.with_name(path.name + ".sha256")
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path.name} does not exist")
+    data = path.read_bytes()
+    digest_file = _digest_path(path)
     if not digest_file.exists():
         raise ValueError(f"{path.name} has no digest file (interrupted while saving)")
     if hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():
         raise ValueError(f"{path.name} does not match its digest (damaged)")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a file that matches its digest but is no checkpoint
+        raise ValueError(f"{path.name} is not a readable checkpoint ({exc})") from None
 
 
 def load_latest(directory: Path) -> dict[str, Any] | None:

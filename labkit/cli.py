@@ -19,7 +19,8 @@ from labkit.commands import saturation as saturation_commands
 from labkit.commands.common import check_device, load_runs
 from labkit.errors import UserError
 from labkit.identity import RunConfig, flatten, varying_keys
-from labkit.launch import LauncherConfig, RunTask, run_local, submit_array, submitit_folder
+from labkit.launch import RunTask, run_local, submit_array, submitit_folder
+from labkit.spec import LauncherConfig
 from labkit.spec import json_schema
 
 
@@ -36,7 +37,7 @@ def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
 
 
 def _state(run: RunConfig) -> str:
-    status = runinfo.read_status(run.directory)
+    status = runinfo.training_state(run)
     return f"{status['state']}@{status.get('epoch', 0)}" if status else "new"
 
 
@@ -127,15 +128,22 @@ def summarize(states: list[str]) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", required=True, help="the run-id the grid was run with")
 def status(spec: str, run_id: str) -> None:
-    """Per run of SPEC: finished / running / failed (reason) / not started, and the epoch."""
+    """Per run of SPEC: training finished / running / failed (reason) / not started, the
+    epoch, and the state of each analysis that ran."""
     runs = load_runs(spec, run_id)
     rows = []
     for i, r in enumerate(runs, 1):
-        st = runinfo.read_status(r.directory)
+        st = runinfo.training_state(r)
+        analyses = runinfo.read_analyses(r.directory)
+        failed = [f"{label}: {a['reason']}" for label, a in analyses.items()
+                  if a["state"] == "failed"]
         rows.append({"#": i, "hash": r.hash, "name": r.name,
                      "state": st.get("state", "not started"),
                      "epoch": f"{st.get('epoch', 0)}/{r.config['epochs']}",
-                     "updated": st.get("updated", "-"), "reason": st.get("reason") or ""})
+                     "analyses": ", ".join(f"{label} {a['state']}"
+                                           for label, a in analyses.items()) or "-",
+                     "updated": st.get("updated", "-"),
+                     "reason": "; ".join(filter(None, [st.get("reason"), *failed]))})
     table = pd.DataFrame(rows)
     click.echo(table.to_string(index=False))
     counts = table["state"].value_counts()

@@ -7,26 +7,29 @@ so the CSV never disagrees with the weights a resume starts from.
 """
 from __future__ import annotations
 
+import json
 import math
-import random
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from labkit import checkpoint, runinfo
-from labkit.atomic import write_csv
+from labkit.atomic import write_text
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.methods.base import Method, RunContext
+from labkit.build import build_component, make_metrics, seed_everything
+from labkit.data.seeded import SeededSampler, SeededSamples
+from labkit.evaluation import evaluate, to_device
+from labkit.progress import quiet_bars
 from labkit.registry import Registries
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, load_spectra,
                                save_spectra, spectra_path, view_columns)
@@ -34,43 +37,6 @@ from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, 
 
 class RunFailed(Exception):
     """The run cannot go on (non-finite loss, …); the reason goes to the status file."""
-
-
-def build_component(registries: Registries, kind: str, spec: dict[str, Any], **context: Any) -> Any:
-    """Create a registered component from its resolved spec ``{"name": …, params…}``."""
-    params = {k: v for k, v in spec.items() if k != "name"}
-    registry = registries[kind]
-    entry = registry.get(spec["name"])
-    if isinstance(entry.obj, type) and hasattr(entry.obj, "Params"):
-        return registry.create(spec["name"], params=entry.params.model_validate(params), **context)
-    return registry.create(spec["name"], **context, **params)
-
-
-def quiet_bars(progress: bool) -> bool | None:
-    """tqdm's ``disable``: off when asked, and (``None``) whenever stderr is not a TTY."""
-    return True if not progress else None
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move tensors (also inside lists, tuples and dicts) to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def make_metrics(registries: Registries, names: list[str], num_classes: int) -> dict[str, Any]:
-    return {name: registries.metrics.create(name, num_classes=num_classes) for name in names}
 
 
 def train_one_epoch(method: Method, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -100,28 +66,6 @@ def train_one_epoch(method: Method, loader: DataLoader, optimizer: torch.optim.O
     return stats
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, metrics: dict[str, Any],
-             device: torch.device) -> dict[str, float]:
-    """Mean cross-entropy per sample and metrics of ``model`` over one split."""
-    loss_sum, seen = 0.0, 0
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        seen += len(targets)
-        for metric in metrics.values():
-            metric.update(logits, targets)
-    stats = {"loss": loss_sum / seen}
-    stats.update({name: m.compute() for name, m in metrics.items()})
-    return stats
-
-
-def write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    """Atomically rewrite the per-epoch CSV from the checkpointed history."""
-    write_csv(path, pd.DataFrame(history))
-
-
 def saturation_view(run_dir: Path, history: list[dict[str, Any]],
                     config: dict[str, Any] | None) -> list[dict[str, Any]]:
     """``history`` with its delta-dependent saturation columns recomputed from the stored
@@ -137,20 +81,6 @@ def saturation_view(run_dir: Path, history: list[dict[str, Any]],
     return rows
 
 
-def refresh_log(run: RunConfig) -> None:
-    """Bring a trained run's log.csv to the saturation view its config asks for; the
-    file is rewritten only when a value changes."""
-    path = run.directory / runinfo.LOG_CSV
-    if run.config["saturation"] is None or not path.exists():
-        return
-    table = pd.read_csv(path)
-    history = table.to_dict("records")
-    view = pd.DataFrame(saturation_view(run.directory, history, run.config["saturation"]),
-                        columns=table.columns)
-    if not view.equals(table):
-        write_csv(path, view)
-
-
 def train(run: RunConfig, registries: Registries, device: str = "cpu",
           progress: bool = True) -> str:
     """Train one run to completion (resuming when possible), then run its analyses.
@@ -161,50 +91,160 @@ def train(run: RunConfig, registries: Registries, device: str = "cpu",
     dataset, …) raise :class:`~labkit.errors.UserError`. When another process is
     working on the run, this waits for it first.
     """
-    with runinfo.exclusive(run.directory):  # parallel processes never share a run
+    with runinfo.exclusive(run.directory), intra_op_threads(run.config["threads"]):
         return _train_and_analyse(run, registries, device, progress)
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` torch intra-op threads, then restore the previous count.
+
+    CPU results depend on the count (it changes the order of floating-point sums), so
+    the run's config fixes it: sequential, ``--jobs`` and resumed runs all agree.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
                        progress: bool) -> str:
     run_dir = run.directory
-    trained = runinfo.read_status(run_dir).get("state") == "finished"
-    if not trained:
-        runinfo.write_config(run_dir, run)
+    final = _final_state(run)
+    if final is None:
+        runinfo.write_config(run_dir, run, registries.plugin_versions)
         runinfo.write_status(run_dir, "running")
-    try:
-        if not trained:
+        try:
             _train(run, registries, torch.device(device), progress)
-        else:
-            refresh_log(run)
-        run_analyses(run, registries, device, progress=progress)
-    except (UserError, KeyboardInterrupt):
-        runinfo.write_status(run_dir, "interrupted", reason="stopped before finishing")
-        raise
-    except Exception as exc:  # any other failure ends this run only
-        reason = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
-        runinfo.write_status(run_dir, "failed", reason=reason)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        except (UserError, KeyboardInterrupt) as exc:
+            reason = str(exc) if isinstance(exc, UserError) else "stopped before finishing"
+            runinfo.write_status(run_dir, "interrupted", reason=reason)
+            raise
+        except Exception as exc:  # any other failure ends this run only
+            reason = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
+            runinfo.write_status(run_dir, "failed", reason=reason)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            return "failed"
+    else:
+        sync_log(run, final["history"])
+    if runinfo.read_status(run_dir).get("state") != "finished":
+        runinfo.write_status(run_dir, "finished", epoch=run.config["epochs"])
+    failed = run_analyses(run, registries, device, progress=progress).failed
+    if failed:
         return "failed"
-    runinfo.write_status(run_dir, "finished", epoch=run.config["epochs"])
-    return "skipped" if trained else "finished"
+    return "skipped" if final is not None else "finished"
+
+
+def _final_state(run: RunConfig) -> dict[str, Any] | None:
+    """The verified final checkpoint of a trained run; ``None`` when the run is not
+    trained (no final checkpoint, or a damaged one: the last epoch is then retrained
+    from the previous checkpoint, which exact resume makes identical).
+
+    Raises:
+        UserError: the final checkpoint belongs to another run (copied files).
+    """
+    path = runinfo.final_checkpoint(run)
+    if not path.exists():
+        return None
+    try:
+        state = checkpoint.read(path)
+    except ValueError as exc:
+        print(f"{run.name}: final checkpoint unusable ({exc}); retraining its last epoch",
+              file=sys.stderr, flush=True)
+        return None
+    _check_owner(run, state, path)
+    return state
+
+
+def _check_owner(run: RunConfig, state: dict[str, Any], path: Path) -> None:
+    owner = state.get("run_hash", run.hash)  # checkpoints before 0.2 carry none
+    if owner != run.hash:
+        raise UserError(f"{path} was written by run {owner}, not by this run ({run.hash}); "
+                        f"the directory holds files of another run: move them away")
+
+
+def sync_log(run: RunConfig, history: list[dict[str, Any]]) -> bool:
+    """Rewrite log.csv from the checkpointed ``history`` (saturation columns read at the
+    requested delta and rule) whenever the file on disk differs: missing, truncated, a
+    crash before its last row, edited. Returns whether it was rewritten."""
+    return write_log(run, saturation_view(run.directory, history, run.config["saturation"]))
+
+
+def write_log(run: RunConfig, rows: list[dict[str, Any]]) -> bool:
+    """Atomically replace log.csv with ``rows`` unless it already holds exactly them."""
+    path = run.directory / runinfo.LOG_CSV
+    text = pd.DataFrame(rows).to_csv(index=False)
+    try:
+        if path.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text(path, text)
+    return True
+
+
+def eval_module_name(method: Method) -> str:
+    """The key in ``method.modules()`` of the network ``method.eval_model()`` returns:
+    the checkpoint records it, so analyses read the network the eval splits scored.
+
+    Raises:
+        UserError: the evaluated network is not one of the method's checkpointed modules.
+    """
+    evaluated = method.eval_model()
+    for name, module in method.modules().items():
+        if module is evaluated:
+            return name
+    raise UserError(f"{type(method).__name__}.eval_model() returns a network that is not one "
+                    f"of its modules(); return it from modules() too, so that it is "
+                    f"checkpointed and analyses can read it")
+
+
+class AnalysesRun(list):
+    """Names of the analyses that ran; ``failed`` lists ``(label, reason)`` of failures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[tuple[str, str]] = []
 
 
 def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
-                 progress: bool = True) -> list[str]:
+                 progress: bool = True) -> AnalysesRun:
     """Run the spec's analyses on a trained run; returns the names of those that ran.
 
-    An analysis whose outputs are complete is skipped.
+    An analysis whose outputs are complete is skipped. Each records its own state in
+    ``analyses.json``; one that fails (any error but a user mistake, which raises) is
+    recorded there with its reason, the others still run, and the training state stays
+    as it is.
     """
     from labkit.analyses import FinishedRun
 
     finished = FinishedRun(run, registries, device)
-    done = []
+    done = AnalysesRun()
+    names = [spec["name"] for spec in run.config["analyses"]]
     for spec in run.config["analyses"]:
         analysis = build_component(registries, "analyses", spec, run=finished)
-        if not analysis.is_complete():
-            analysis.compute(progress)
-            done.append(spec["name"])
+        label = spec["name"]
+        if names.count(label) > 1:  # e.g. probes at two downsamplings: tell them apart
+            label += " " + json.dumps({k: v for k, v in spec.items() if k != "name"},
+                                      sort_keys=True)
+        if analysis.is_complete():
+            continue
+        try:
+            analysis.produce(progress)
+        except UserError as exc:
+            runinfo.write_analysis_state(run.directory, label, "failed", str(exc))
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded, and the next analysis runs
+            reason = f"{type(exc).__name__}: {exc}"
+            runinfo.write_analysis_state(run.directory, label, "failed", reason)
+            (run.directory / "error.txt").write_text(traceback.format_exc())
+            done.failed.append((label, reason))
+            continue
+        runinfo.write_analysis_state(run.directory, label, "finished")
+        done.append(spec["name"])
     return done
 
 
@@ -227,8 +267,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     order = torch.Generator().manual_seed(config["seed"])
     train_set = method.train_dataset(data.train)
     train_loader = DataLoader(
-        train_set, batch_size=config["batch_size"], shuffle=True, generator=order,
-        num_workers=config["num_workers"],
+        SeededSamples(train_set), batch_size=config["batch_size"],
+        sampler=SeededSampler(len(train_set), order), num_workers=config["num_workers"],
         # a last batch of one sample breaks BatchNorm in training mode
         drop_last=len(train_set) % config["batch_size"] == 1)
     eval_loaders = {split: DataLoader(ds, batch_size=config["eval_batch_size"],
@@ -242,6 +282,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     start, history = 0, []
     state = checkpoint.load_latest(ckpt_dir)
     if state is not None:
+        _check_owner(run, state, ckpt_dir)
         for name, module in method.modules().items():
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
@@ -253,6 +294,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         start = state["epoch"]
         history = saturation_view(run_dir, state["history"], config["saturation"])
         print(f"{run.name}: resuming after epoch {start}", file=sys.stderr, flush=True)
+    runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions)
+    evaluated = eval_module_name(method)
 
     # --- the epoch loop
     epochs = range(start + 1, config["epochs"] + 1)
@@ -287,6 +330,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
         saturation.plot(row, run_dir / "plots" / f"saturation_epoch_{epoch:04d}.png")
         checkpoint.save(ckpt_dir, epoch, {
+            "run_hash": run.hash,
+            "eval_module": evaluated,
             "epoch": epoch,
             "history": history,
             "modules": {name: m.state_dict() for name, m in method.modules().items()},
@@ -296,5 +341,5 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             "data_order": order.get_state(),
             "rng": checkpoint.rng_state(),
         })
-        write_log(run_dir / runinfo.LOG_CSV, history)
+        write_log(run, history)
         runinfo.write_status(run_dir, "running", epoch=epoch)

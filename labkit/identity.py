@@ -1,7 +1,7 @@
 """Run identity and run directories.
 
 A run's identity is a short hash of its resolved config minus the settings that never
-change results (:data:`labkit.spec.NOT_IDENTITY`: device, output folder, worker count,
+change results (:data:`NOT_IDENTITY`: device, output folder, worker count,
 …). Grid position is never part of it, so the same run reached from two specs shares a
 directory and is resumed or skipped, and two runs differing in any result-changing value
 (down to a nested optimizer value) never share one.
@@ -18,9 +18,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from labkit.spec import NOT_IDENTITY
-
 HASH_LEN = 10
+
+# Settings that change where or how fast a run executes, never its trained weights or
+# what it stores. Analyses read a trained run; their outputs are keyed by their own
+# params. Saturation's delta and counting rule only read the stored eigenvalue spectra.
+NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
+                "dataset.root", "dataset.download", "analyses", "launcher",
+                "saturation.delta", "saturation.idim_rule")
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:

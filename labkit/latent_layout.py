@@ -5,6 +5,7 @@ neither torch nor the engine.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,30 @@ def parse_mode(text: str) -> Mode:
 def array_path(directory: Path, split: str, layer: str) -> Path:
     """The file of ``layer``'s latents of ``split`` (``layer="labels"``: the labels)."""
     return Path(directory) / f"{split}-{layer}.npy"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(directory: Path, manifest: dict[str, Any], names: list[str]) -> None:
+    """Check the files ``names`` of an extraction against the manifest's sha256.
+
+    Raises:
+        UserError: a file is missing or its bytes changed since extraction.
+    """
+    recorded = manifest.get("files", {})
+    for name in names:
+        path = Path(directory) / name
+        if name not in recorded or not path.exists() or file_sha256(path) != recorded[name]:
+            raise UserError(f"{path} is missing or no longer matches the sha256 its manifest "
+                            f"records (damaged or edited); delete {Path(directory) / MANIFEST} "
+                            f"and extract again (`labkit extract SPEC --run-id ID`)")
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:

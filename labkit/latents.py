@@ -45,7 +45,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from labkit.atomic import write_json
-from labkit.engine import quiet_bars
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.latent_layout import (
@@ -57,8 +56,10 @@ from labkit.latent_layout import (
     parse_mode,
     pointer_path,
     read_manifest,
+    file_sha256,
 )
 from labkit.layers import measured_layers
+from labkit.progress import quiet_bars
 
 __all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "parse_mode",
            "pointer_path", "read_manifest", "reduce"]
@@ -93,14 +94,6 @@ def reduce(output: torch.Tensor, mode: Mode) -> torch.Tensor:
     if output.dim() == 4 and mode == "pixelwise":
         return output.permute(0, 2, 3, 1).reshape(-1, output.shape[1])
     return output.flatten(1)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Recorder:
@@ -188,7 +181,7 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
     files = sorted(array_path(directory, split, name).name
                    for split in splits for name in ["labels", *plan["layers"]])
     body = {"plan": plan, "layers": entries,
-            "files": {name: _sha256(directory / name) for name in files}}
+            "files": {name: file_sha256(directory / name) for name in files}}
     manifest = {**body, "digest": hashlib.sha256(
         json.dumps(body, sort_keys=True).encode()).hexdigest()}
     write_json(directory / MANIFEST, manifest)

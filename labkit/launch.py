@@ -9,35 +9,14 @@ requeued by submitit unchanged and simply resumes.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import submitit
-from pydantic import BaseModel, ConfigDict, Field
 
-
-
-class LauncherConfig(BaseModel):
-    """The spec's ``launcher`` section; command-line options override each field."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["local", "slurm", "submitit-local"] = Field(
-        "local", description="local: this machine (see jobs); slurm: one submitit job array "
-                             "per grid; submitit-local: the same job array run locally by "
-                             "submitit (to try the cluster path)")
-    jobs: int = Field(1, ge=1, description="local: runs trained in parallel worker processes")
-    partition: str | None = Field(None, description="slurm partition")
-    gpus_per_task: int = Field(0, ge=0, description="GPUs per task (one task = one run)")
-    cpus_per_task: int = Field(2, ge=1, description="CPU cores per task")
-    mem_gb: float | None = Field(None, description="memory per task, GiB")
-    time: int = Field(60, ge=1, description="time limit per task in minutes; on timeout the "
-                                            "task is requeued and resumes from its checkpoint")
-    array_parallelism: int = Field(32, ge=1, description="tasks of the array running at once")
-    max_requeues: int = Field(3, ge=0, description="timeouts after which a task gives up")
+from labkit.spec import LauncherConfig
 
 
 @dataclass
@@ -48,33 +27,20 @@ class RunTask(submitit.helpers.Checkpointable):
         config: the run's resolved config.
         run_id: the run-id.
         device: torch device.
-        threads: torch intra-op threads for this worker (0: leave torch's default).
         progress: show progress bars.
     """
 
     config: dict[str, Any]
     run_id: str
     device: str
-    threads: int = 0
     progress: bool = False
 
     def __call__(self) -> str:
-        import torch
-
         from labkit import engine, plugins
-        from labkit.identity import RunConfig  # here: labkit.spec imports this module
+        from labkit.identity import RunConfig
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         run = RunConfig(self.config, self.run_id)
         return engine.train(run, plugins.registries(), self.device, progress=self.progress)
-
-
-def threads_per_worker(jobs: int) -> int:
-    """Cores divided among ``jobs`` workers, at least one each, at most ``OMP_NUM_THREADS``."""
-    cores = os.cpu_count() or 1
-    cap = int(os.environ.get("OMP_NUM_THREADS") or cores)
-    return max(1, min(cap, cores // jobs))
 
 
 def run_local(tasks: list[RunTask], jobs: int,
@@ -90,12 +56,11 @@ def run_local(tasks: list[RunTask], jobs: int,
             states.append(task())
             on_done(i, states[-1])
         return states
-    threads = threads_per_worker(jobs)
     # spawn, not fork: forking a process that already initialised torch's thread pools
     # (or CUDA) is unsafe
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(replace(t, threads=threads, progress=False)): i
+        futures = {pool.submit(replace(t, progress=False)): i
                    for i, t in enumerate(tasks)}
         states: list[str] = [""] * len(tasks)
         for future in as_completed(futures):
@@ -130,6 +95,6 @@ def submit_array(tasks: list[RunTask], launcher: LauncherConfig, folder: Path) -
             params["slurm_partition"] = launcher.partition
     executor.update_parameters(**params)
     with executor.batch():
-        jobs = [executor.submit(replace(t, threads=launcher.cpus_per_task, progress=False))
+        jobs = [executor.submit(replace(t, progress=False))
                 for t in tasks]
     return jobs

@@ -90,6 +90,7 @@ def fill_registries(pm: pluggy.PluginManager) -> Registries:
         except ValueError as exc:
             raise UserError(str(exc)) from exc
     registries.set_plugin("labkit")
+    registries.plugin_versions = {info.name: info.version for info in plugin_infos(pm)}
     return registries
 
 

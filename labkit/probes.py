@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labkit.atomic import write_csv
 from labkit.errors import UserError
-from labkit.latent_layout import array_path, read_manifest
+from labkit.latent_layout import array_path, read_manifest, verify_files
 
 RESULTS_CSV = "probe_performances.csv"
 CACHE_DIR = "probe_cache"
@@ -136,12 +136,18 @@ def run_probes(directory: Path, processes: int = 1,
     calls = {layer: (manifest["digest"], layer, key, str(directory)) for layer in layers}
     results = {layer: fit(*args) for layer, args in calls.items() if fit.check_call_in_cache(*args)}
     todo = [layer for layer in layers if layer not in results]
+    if todo:  # the bytes about to be read must be the ones extracted
+        verify_files(directory, manifest, [array_path(directory, split, name).name
+                                           for split in manifest["plan"]["splits"]
+                                           for name in ["labels", *todo]])
     fitted = Parallel(n_jobs=min(processes, max(len(todo), 1)))(
         delayed(fit)(*calls[layer]) for layer in todo)
     results.update(zip(todo, fitted, strict=True))
     table = pd.DataFrame([results[layer] for layer in layers])
     table.insert(1, "downsampling", str(manifest["plan"]["mode"]))
     table["latents_digest"] = manifest["digest"]
+    for name, value in key.items():  # the parameters every row was fitted with
+        table[f"probe_{name}"] = value
     return table
 
 

@@ -163,6 +163,9 @@ class Registries:
 
     def __init__(self) -> None:
         self._all = {kind: Registry(kind, context) for kind, context in KINDS.items()}
+        # {plugin name: version} of the plugins that registered here, set by the loader;
+        # every run records it
+        self.plugin_versions: dict[str, str] = {}
         for kind, registry in self._all.items():
             setattr(self, kind, registry)
 

@@ -17,14 +17,33 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labkit.errors import UserError
-from labkit.launch import LauncherConfig
 from labkit.registry import Registries
 from labkit.saturation import SaturationConfig
+
+
+class LauncherConfig(BaseModel):
+    """The spec's ``launcher`` section; command-line options override each field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["local", "slurm", "submitit-local"] = Field(
+        "local", description="local: this machine (see jobs); slurm: one submitit job array "
+                             "per grid; submitit-local: the same job array run locally by "
+                             "submitit (to try the cluster path)")
+    jobs: int = Field(1, ge=1, description="local: runs trained in parallel worker processes")
+    partition: str | None = Field(None, description="slurm partition")
+    gpus_per_task: int = Field(0, ge=0, description="GPUs per task (one task = one run)")
+    cpus_per_task: int = Field(2, ge=1, description="CPU cores per task")
+    mem_gb: float | None = Field(None, description="memory per task, GiB")
+    time: int = Field(60, ge=1, description="time limit per task in minutes; on timeout the "
+                                            "task is requeued and resumes from its checkpoint")
+    array_parallelism: int = Field(32, ge=1, description="tasks of the array running at once")
+    max_requeues: int = Field(3, ge=0, description="timeouts after which a task gives up")
 
 
 class Component(BaseModel):
@@ -78,7 +97,14 @@ class Spec(BaseModel):
     logs_dir: str = Field("logs", description="root of run directories; not part of identity")
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0; not part of identity")
     eval_batch_size: int = Field(512, ge=1, description="batch size of evaluation passes; not part of identity")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes; not part of identity")
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes; not part of identity: every "
+                             "sample's augmentation is seeded on its own, so any worker "
+                             "count trains the same weights")
+    threads: int = Field(
+        1, ge=1, description="torch intra-op CPU threads the run trains and evaluates with; "
+                             "part of identity, because CPU results depend on it (the "
+                             "order of floating-point sums)")
     launcher: LauncherConfig = Field(
         LauncherConfig(), description="where the runs execute (local workers, slurm job "
                                       "array); command-line options win; not part of identity")
@@ -92,14 +118,6 @@ class Spec(BaseModel):
     @classmethod
     def _names_only(cls, value: Any) -> Any:
         return [_as_component(v) for v in value] if isinstance(value, list) else value
-
-
-# Settings that change where or how fast a run executes, never its trained weights or
-# what it stores. Analyses read a trained run; their outputs are keyed by their own
-# params. Saturation's delta and counting rule only read the stored eigenvalue spectra.
-NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
-                "dataset.root", "dataset.download", "analyses", "launcher",
-                "saturation.delta", "saturation.idim_rule")
 
 
 # ---------------------------------------------------------------- grid expansion

@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
 
 from labkit import checkpoint, engine, runinfo
+from labkit.build import build_component
 from labkit.analyses import FinishedRun
 from labkit.identity import RunConfig
 from labkit.spec import expand
@@ -60,8 +61,8 @@ def test_run_logs_match_an_independent_evaluation_of_the_saved_model(registries,
 
     state = torch.load(checkpoint.checkpoint_path(run.directory / "checkpoints", 2),
                        weights_only=True)
-    data = engine.build_component(registries, "datasets", run.config["dataset"])
-    model = engine.build_component(registries, "models", run.config["model"], num_classes=10,
+    data = build_component(registries, "datasets", run.config["dataset"])
+    model = build_component(registries, "models", run.config["model"], num_classes=10,
                                    in_channels=1, resolution=8)
     model.load_state_dict(state["modules"]["model"])
     model.eval()

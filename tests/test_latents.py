@@ -62,7 +62,7 @@ def expected_rows(run: FinishedRun, dataset, layer: str, mode) -> np.ndarray:
 def test_latents_are_eval_mode_activations_of_unaugmented_images(trained, mode):
     run, _ = trained
     analysis = Latents(run, Latents.Params(downsampling=mode))
-    analysis.compute(progress=False)
+    analysis.produce(progress=False)
     directory = analysis.directory()
     root = run.directory.parents[3].parent / "latent_datasets"  # next to logs_dir
     assert directory == root / "A" / run.run.hash / str(mode)
@@ -93,7 +93,7 @@ def test_latents_are_eval_mode_activations_of_unaugmented_images(trained, mode):
 def test_complete_extraction_is_skipped_and_a_changed_one_redone(trained):
     run, spec = trained
     analysis = Latents(run, Latents.Params(downsampling=3))
-    analysis.compute(progress=False)
+    analysis.produce(progress=False)
     directory = analysis.directory()
     stamps = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
     assert analysis.is_complete()
@@ -103,7 +103,7 @@ def test_complete_extraction_is_skipped_and_a_changed_one_redone(trained):
     assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == stamps  # skipped
 
     digest = latents.read_manifest(directory)["digest"]
-    Latents(run, Latents.Params(downsampling=3, layers=["fc"])).compute(progress=False)
+    Latents(run, Latents.Params(downsampling=3, layers=["fc"])).produce(progress=False)
     manifest = latents.read_manifest(directory)
     assert manifest["plan"]["layers"] == ["fc"] and manifest["digest"] != digest
     assert sorted(p.name for p in directory.glob("*.npy")) == [

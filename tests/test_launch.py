@@ -13,7 +13,8 @@ from submitit.local.local import LocalJobEnvironment
 
 from labkit import checkpoint, plugins, runinfo
 from labkit.commands.common import load_runs
-from labkit.launch import LauncherConfig, RunTask, submit_array, submitit_folder
+from labkit.launch import RunTask, submit_array, submitit_folder
+from labkit.spec import LauncherConfig
 
 from labkit.testing import run_cli
 

@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 
 from labkit import checkpoint, engine, plugins, runinfo
+from labkit.build import build_component
 from labkit.identity import RunConfig
 from labkit.spec import expand
 from labkit.testing import forget_last_epoch
@@ -30,7 +31,7 @@ def test_ema_method_trains_checkpoints_its_extra_model_and_resumes_exactly(tmp_p
         ckpts = reference.directory / "checkpoints"
         state = checkpoint.read(checkpoint.checkpoint_path(ckpts, 3))
         assert set(state["modules"]) == {"model", "ema"}
-        train_size = len(engine.build_component(registries, "datasets",
+        train_size = len(build_component(registries, "datasets",
                                                 reference.config["dataset"]).train)
         steps_per_epoch = -(-train_size // 64)
         assert state["method"] == {"updates": 3 * steps_per_epoch}

@@ -35,7 +35,8 @@ def labkit(*args: str):
 
 
 COLUMNS = ["layer", "downsampling", "features", "train_accuracy", "eval_accuracy",
-           "converged", "fit_seconds", "latents_digest"]
+           "converged", "fit_seconds", "latents_digest", "probe_C", "probe_max_iter",
+           "probe_tol", "probe_standardize"]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from labkit import engine, runinfo
-from labkit.analyses.projection import (PARAMS_JSON, RESULTS_CSV, RESULTS_PNG, principal_axes,
-                                        project)
+from labkit.analyses.projection import RESULTS_CSV, RESULTS_PNG, principal_axes, project
 from labkit.saturation import intrinsic_dimensionality, spectrum
 from labkit.cli import cli
 from labkit.identity import RunConfig
@@ -100,7 +99,8 @@ def test_project_command_follows_the_spec_layers_and_reports_mistakes(
     assert list(table["delta"]) == [0.5, 1.0]
     assert [c for c in table.columns if c.startswith("kept-dimensions_")] == [
         "kept-dimensions_block1-conv1", "kept-dimensions_block2-conv1"]  # not fc
-    assert json.loads((csv.parent / PARAMS_JSON).read_text())["deltas"] == [0.5, 1.0]
+    record = json.loads((csv.parent / "analyses" / f"{RESULTS_CSV}.json").read_text())
+    assert record["params"]["deltas"] == [0.5, 1.0]
     again = project(["project", str(path), "--run-id", "C", "--deltas", "0.5,1"])
     assert again.exit_code == 0 and "up to date" in again.stdout
 

@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from labkit import checkpoint, engine, runinfo
+from labkit.build import build_component
+from labkit.commands.common import load_runs
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.layers import measured_layers
 from labkit.results import collect
-from labkit.commands.common import load_runs
 from labkit.saturation import (SaturationTracker, intrinsic_dimensionality, load_spectra,
                                plot_saturation, spectra_path, spectrum)
 from labkit.spec import expand
@@ -196,8 +197,8 @@ def make_run(registries, tmp_path, run_id="S", **overrides):
 
 
 def final_model(registries, run):
-    data = engine.build_component(registries, "datasets", run.config["dataset"])
-    model = engine.build_component(registries, "models", run.config["model"],
+    data = build_component(registries, "datasets", run.config["dataset"])
+    model = build_component(registries, "models", run.config["model"],
                                    num_classes=data.num_classes, in_channels=data.in_channels,
                                    resolution=data.resolution)
     epoch = checkpoint.epochs_on_disk(run.directory / "checkpoints")[-1]

@@ -7,6 +7,12 @@ analyses listed in a spec after training, skipping each one whose outputs are co
 :class:`Analysis` and calling ``registries.analyses.register("name", MyAnalysis)``.
 Outputs must be written atomically (:mod:`labkit.atomic`), so "the file exists" means
 "the file is whole".
+
+Complete means present *and computed from what the current request computes it from*:
+:meth:`Analysis.produce` writes, after the outputs, a record
+``analyses/<record name>.json`` holding :meth:`Analysis.fingerprint` (the analysis, its
+parameters and the digests of its inputs: by default the final checkpoint's); outputs
+whose record is missing or differs are computed again.
 """
 from __future__ import annotations
 
@@ -17,9 +23,15 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from labkit import checkpoint
+from labkit import checkpoint, runinfo
+from labkit.atomic import write_json
+from labkit.build import build_component
 from labkit.data.bundle import DataBundle
+from labkit.errors import UserError
 from labkit.identity import RunConfig
+from labkit.runinfo import read_json
+
+RECORDS_DIR = "analyses"
 
 
 class FinishedRun:
@@ -44,9 +56,6 @@ class FinishedRun:
         Raises:
             UserError: the directory holds no labkit run.
         """
-        from labkit import runinfo
-        from labkit.errors import UserError
-
         info = runinfo.read_config(Path(directory))
         if not info:
             raise UserError(f"{directory} is not a labkit run directory (no "
@@ -65,30 +74,43 @@ class FinishedRun:
 
     @cached_property
     def data(self) -> DataBundle:
-        from labkit.engine import build_component
-
         return build_component(self.registries, "datasets", self.config["dataset"])
 
-    def state(self) -> dict[str, Any]:
-        """The newest intact checkpoint (``weights_only`` loaded)."""
-        state = checkpoint.load_latest(self.directory / "checkpoints")
-        if state is None:
-            from labkit.errors import UserError
+    @cached_property
+    def checkpoint_path(self) -> Path:
+        """The checkpoint after the run's last epoch: what every analysis reads."""
+        return runinfo.final_checkpoint(self.run)
 
-            raise UserError(f"run {self.directory} has no checkpoint; train it first with "
-                            f"`labkit run SPEC --run-id {self.run.run_id}`")
-        return state
+    @property
+    def checkpoint_digest(self) -> str | None:
+        """sha256 of :attr:`checkpoint_path` as recorded when it was written."""
+        return checkpoint.digest(self.checkpoint_path)
+
+    def state(self) -> dict[str, Any]:
+        """The final checkpoint (``weights_only`` loaded, digest verified).
+
+        Raises:
+            UserError: it is missing or damaged (``labkit run`` retrains the last epoch
+                from the previous checkpoint; analyses never fall back to an older epoch).
+        """
+        try:
+            return checkpoint.read(self.checkpoint_path)
+        except ValueError as exc:
+            raise UserError(
+                f"run {self.directory} has no usable final checkpoint ({exc}); "
+                f"`labkit run SPEC --run-id {self.run.run_id}` trains it (or retrains its "
+                f"last epoch from the previous checkpoint)") from None
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        """The final network (``modules["model"]`` of the newest checkpoint), eval mode."""
-        from labkit.engine import build_component
-
+        """The final network the eval splits were scored on (the method's
+        ``eval_model()``, e.g. an EMA copy; recorded in the checkpoint), eval mode."""
         data = self.data
         model = build_component(self.registries, "models", self.config["model"],
                                 num_classes=data.num_classes, in_channels=data.in_channels,
                                 resolution=data.resolution)
-        model.load_state_dict(self.state()["modules"]["model"])
+        state = self.state()
+        model.load_state_dict(state["modules"][state.get("eval_module", "model")])
         return model.to(self.device).eval()
 
 
@@ -108,12 +130,44 @@ class Analysis:
         self.params = params
 
     def outputs(self) -> list[Path]:
-        """Files this analysis writes; it is complete when all exist."""
+        """Files this analysis writes."""
         raise NotImplementedError
 
+    def inputs(self) -> dict[str, Any]:
+        """Digests of what the outputs are computed from; default: the final checkpoint.
+        An analysis reading other data (latents) or nothing trained (the architecture
+        only) overrides this."""
+        return {"checkpoint": self.run.checkpoint_digest}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the outputs must have been computed from to count as complete."""
+        return {"analysis": f"{type(self).__module__}.{type(self).__qualname__}",
+                "params": self.params.model_dump(mode="json"), "inputs": self.inputs()}
+
+    def record_name(self) -> str:
+        """Name of this analysis's record; analyses whose outputs share files (probes at
+        several downsamplings) override it so that each keeps its own."""
+        return self.outputs()[0].name
+
+    def record_path(self) -> Path:
+        """Where :meth:`produce` records the fingerprint of the outputs."""
+        return self.run.directory / RECORDS_DIR / f"{self.record_name()}.json"
+
     def is_complete(self) -> bool:
-        """Whether every output exists (outputs are written atomically)."""
-        return all(p.exists() for p in self.outputs())
+        """Every output exists and the record says they were computed from exactly
+        :meth:`fingerprint`."""
+        if not all(p.exists() for p in self.outputs()):
+            return False
+        try:
+            return read_json(self.record_path()) == self.fingerprint()
+        except ValueError:  # a damaged record: compute again
+            return False
+
+    def produce(self, progress: bool = True) -> None:
+        """:meth:`compute`, then the record (last: it is what makes outputs complete)."""
+        self.record_path().unlink(missing_ok=True)
+        self.compute(progress)
+        write_json(self.record_path(), self.fingerprint())
 
     def compute(self, progress: bool = True) -> None:
         """Do the work and write :meth:`outputs`; ``progress``: show progress bars."""

@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from labkit import latents, runinfo
-from labkit.analyses.base import Analysis
+from labkit import latents
+from labkit.analyses.base import Analysis, FinishedRun
 from labkit.atomic import write_csv, write_json
+from labkit.build import build_component
 from labkit.errors import UserError
 from labkit.probes import ProbeParams, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
@@ -47,9 +48,10 @@ class ReceptiveField(Analysis):
     def outputs(self) -> list[Path]:
         return [self.run.directory / RF_CSV]
 
-    def compute(self, progress: bool = True) -> None:
-        from labkit.engine import build_component
+    def inputs(self) -> dict[str, Any]:
+        return {}  # the architecture alone, which the run's identity fixes
 
+    def compute(self, progress: bool = True) -> None:
         data = self.run.data
         # the architecture is all that matters: build it without allocating weights
         with torch.device("meta"):
@@ -80,13 +82,12 @@ class Latents(Analysis):
         return [latents.pointer_path(self.run.directory, self.params.downsampling)]
 
     def is_complete(self) -> bool:
-        """The pointer names these parameters and the extraction it points to is whole."""
+        """The record matches and the extraction the pointer names is still whole."""
         if not super().is_complete():
             return False
         pointer = json.loads(self.outputs()[0].read_text())
         manifest = latents.read_manifest(self.directory())
-        return (pointer.get("params") == self.params.model_dump(mode="json")
-                and manifest is not None and manifest["digest"] == pointer["digest"])
+        return manifest is not None and manifest["digest"] == pointer["digest"]
 
     def compute(self, progress: bool = True) -> None:
         """Extract (resuming or skipping as the files say) and point the run at the result.
@@ -100,8 +101,8 @@ class Latents(Analysis):
             run.model, {"train": data.train_plain, **data.evals}, directory,
             self.params.downsampling,
             source={"run_dir": str(run.directory.absolute()), "run_id": run.run.run_id,
-                    "run_hash": run.run.hash,
-                    "epoch": runinfo.read_status(run.directory).get("epoch")},
+                    "run_hash": run.run.hash, "epoch": run.config["epochs"],
+                    "checkpoint": run.checkpoint_digest},
             layers=self.params.layers, batch_size=run.config["eval_batch_size"],
             dtype=self.params.dtype, progress=progress)
         write_json(self.outputs()[0], {"directory": str(directory), "digest": manifest["digest"],
@@ -109,7 +110,13 @@ class Latents(Analysis):
 
 
 class Probes(Analysis):
-    """A logistic probe per layer: ``probe_performances.csv`` and the tail-pattern figure."""
+    """A logistic probe per layer: ``probe_performances.csv`` and the tail-pattern figure.
+
+    Args:
+        run, params: as for every analysis.
+        source: latents to probe; default: this run's extraction of ``downsampling``
+            (extracted first when missing). ``labkit probes PATHS…`` passes the folder.
+    """
 
     class Params(ProbeParams):
         downsampling: Downsampling = _DOWNSAMPLING
@@ -117,45 +124,59 @@ class Probes(Analysis):
         prefix: str | None = Field(None, description="output files are named <prefix>_…")
         processes: int = Field(1, ge=1, description="worker processes fitting layers in parallel")
 
+    def __init__(self, run: FinishedRun, params: BaseModel, source: Path | None = None):
+        super().__init__(run, params)
+        self.source = Path(source) if source is not None else None
+
     def outputs(self) -> list[Path]:
         prefix = self.params.prefix
         return [results_path(self.run.directory, prefix),
                 self.run.directory / (f"{prefix}_{FIGURE}" if prefix else FIGURE)]
 
+    def record_name(self) -> str:
+        # the CSV holds one block of rows per downsampling: one record each
+        return f"{self.outputs()[0].name}-{self.params.downsampling}"
+
+    def inputs(self) -> dict[str, Any]:
+        manifest = latents.read_manifest(self._source())
+        return {"latents": manifest["digest"] if manifest is not None else None}
+
+    def fingerprint(self) -> dict[str, Any]:
+        fingerprint = super().fingerprint()
+        fingerprint["params"].pop("processes")  # how fast, not what
+        return fingerprint
+
     def is_complete(self) -> bool:
-        """Outputs exist and hold this downsampling's results on the current latents."""
+        """The record matches, and the CSV still holds this downsampling's rows."""
         if not super().is_complete():
             return False
-        manifest = latents.read_manifest(self._latents().directory())
         table = pd.read_csv(self.outputs()[0], dtype={"downsampling": str})
-        mine = table[table["downsampling"] == str(self.params.downsampling)]
-        return (manifest is not None and len(mine) > 0
-                and (mine["latents_digest"] == manifest["digest"]).all())
+        return (table["downsampling"] == str(self.params.downsampling)).any()
 
     def _latents(self) -> Latents:
         return Latents(self.run, Latents.Params(downsampling=self.params.downsampling,
                                                 latents_dir=self.params.latents_dir))
 
+    def _source(self) -> Path:
+        return self.source if self.source is not None else self._latents().directory()
+
     def compute(self, progress: bool = True) -> None:
         """Extract the latents when missing, then probe them (cached per layer)."""
-        extraction = self._latents()
-        # any complete extraction of this downsampling will do (a `latents` entry of the
-        # spec may have chosen its layers or dtype)
-        if latents.read_manifest(extraction.directory()) is None:
-            extraction.compute(progress)
+        if self.source is None:
+            extraction = self._latents()
+            # any complete extraction of this downsampling will do (a `latents` entry of
+            # the spec may have chosen its layers or dtype)
+            if latents.read_manifest(extraction.directory()) is None:
+                extraction.produce(progress)
         fields = ReceptiveField(self.run, ReceptiveField.Params())
         try:
             if not fields.is_complete():
-                fields.compute()
+                fields.produce()
         except UserError as exc:  # an untraceable model still gets its probes
             warnings.warn(f"tail-pattern figure without the receptive-field border: {exc}",
                           stacklevel=2)
-        self.write(extraction.directory())
-
-    def write(self, directory: Path) -> None:
-        """Probe the latents in ``directory`` and (re)write this run's outputs."""
         probe = ProbeParams(**self.params.model_dump(include=set(ProbeParams.model_fields)))
-        table = run_probes(directory, self.params.processes, probe)
+        table = run_probes(self._source(), self.params.processes, probe)
         save_results(self.run.directory, table, self.params.prefix)
         draw_tail_pattern(self.run.directory, self.params.prefix)
 

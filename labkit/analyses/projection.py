@@ -26,9 +26,9 @@ without augmentation (``run.data.train_plain``), so the eval splits the accuracy
 measured on never shaped the projection.
 
 Outputs in the run directory: ``projected_results.csv`` (one row per delta and eval
-split), ``projected_results.png`` (accuracy against delta) and
-``projected_results.json`` (the parameters the outputs were computed with; outputs of
-other parameters count as incomplete and are recomputed).
+split) and ``projected_results.png`` (accuracy against delta); like every analysis's,
+they count as complete only with the record of the parameters and checkpoint they were
+computed from (:meth:`labkit.analyses.base.Analysis.produce`).
 """
 from __future__ import annotations
 
@@ -44,15 +44,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from labkit.analyses.base import Analysis
-from labkit.atomic import write_csv, write_figure, write_json
+from labkit.atomic import write_csv, write_figure
+from labkit.build import make_metrics
+from labkit.evaluation import evaluate
 from labkit.layers import measured_layers
-from labkit.runinfo import read_json
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker,
                                intrinsic_dimensionality, spectrum)
 
 RESULTS_CSV = "projected_results.csv"
 RESULTS_PNG = "projected_results.png"
-PARAMS_JSON = "projected_results.json"
 
 
 def project(output: torch.Tensor, mean: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -116,12 +116,7 @@ class Projection(Analysis):
 
     def outputs(self) -> list[Path]:
         directory = self.run.directory
-        return [directory / RESULTS_CSV, directory / RESULTS_PNG, directory / PARAMS_JSON]
-
-    def is_complete(self) -> bool:
-        """Whether the outputs exist and were computed with these parameters."""
-        recorded = read_json(self.run.directory / PARAMS_JSON)
-        return super().is_complete() and recorded == self.params.model_dump(mode="json")
+        return [directory / RESULTS_CSV, directory / RESULTS_PNG]
 
     def compute(self, progress: bool = True) -> None:
         run, params, data = self.run, self.params, self.run.data
@@ -163,8 +158,6 @@ class Projection(Analysis):
         table = pd.DataFrame(rows)
         write_csv(run.directory / RESULTS_CSV, table)
         plot_projection(table, run.directory / RESULTS_PNG)
-        # last: its presence with these parameters is what makes the outputs complete
-        write_json(run.directory / PARAMS_JSON, params.model_dump(mode="json"))
 
     def _loader(self, dataset: Any) -> DataLoader:
         config = self.run.config
@@ -185,8 +178,6 @@ class Projection(Analysis):
     def _score(self, split: str, layers: dict[str, nn.Module],
                projections: dict[str, tuple]) -> dict[str, float]:
         """Mean loss and accuracy on eval ``split`` with ``projections`` applied."""
-        from labkit.engine import evaluate, make_metrics
-
         run = self.run
         metrics = make_metrics(run.registries, ["accuracy"], run.data.num_classes)
         with projected(layers, projections):

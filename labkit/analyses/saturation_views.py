@@ -8,8 +8,8 @@ without touching the network: a grid over delta trains one network, not one per 
 
 Outputs in the run directory: ``saturation.csv``, one row per epoch, pass, layer, delta
 and rule with columns ``epoch, pass, layer, width, delta, rule,
-intrinsic_dimensionality, saturation``, and ``saturation.json`` (the parameters it was
-computed with; outputs of other parameters count as incomplete and are recomputed).
+intrinsic_dimensionality, saturation``; complete only with the record of the
+parameters and final checkpoint it was computed from.
 """
 from __future__ import annotations
 
@@ -20,13 +20,11 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from labkit.analyses.base import Analysis
-from labkit.atomic import write_csv, write_json
+from labkit.atomic import write_csv
 from labkit.errors import UserError
-from labkit.runinfo import read_json
 from labkit.saturation import (SPECTRA_DIR, IdimRule, intrinsic_dimensionality, load_spectra)
 
 RESULTS_CSV = "saturation.csv"
-PARAMS_JSON = "saturation.json"
 
 
 class SaturationViews(Analysis):
@@ -43,12 +41,7 @@ class SaturationViews(Analysis):
             description="counting rules: delve (below delta) and/or reach (reaches delta)")
 
     def outputs(self) -> list[Path]:
-        return [self.run.directory / RESULTS_CSV, self.run.directory / PARAMS_JSON]
-
-    def is_complete(self) -> bool:
-        """Whether the outputs exist and were computed with these parameters."""
-        recorded = read_json(self.run.directory / PARAMS_JSON)
-        return super().is_complete() and recorded == self.params.model_dump(mode="json")
+        return [self.run.directory / RESULTS_CSV]
 
     def compute(self, progress: bool = True) -> None:
         directory = self.run.directory
@@ -70,8 +63,6 @@ class SaturationViews(Analysis):
                                          "rule": rule, "intrinsic_dimensionality": idim,
                                          "saturation": idim / len(eigenvalues)})
         write_csv(directory / RESULTS_CSV, pd.DataFrame(rows))
-        # last: its presence with these parameters is what makes the outputs complete
-        write_json(directory / PARAMS_JSON, self.params.model_dump(mode="json"))
 
 
 ANALYSES: dict[str, type[Analysis]] = {"saturation": SaturationViews}

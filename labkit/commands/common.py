@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from labkit import plugins, runinfo
+from labkit.analyses import FinishedRun
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.spec import expand, load_spec_file
@@ -62,15 +63,13 @@ def check_device(device: str) -> None:
                         f"{torch.cuda.device_count()} GPU(s)")
 
 
-def finished_run(run: RunConfig, spec: str) -> "FinishedRun":  # noqa: F821
+def finished_run(run: RunConfig, spec: str) -> FinishedRun:
     """The trained run, ready for an analysis.
 
     Raises:
         UserError: the run is not finished (says how to train it).
     """
-    from labkit.analyses import FinishedRun
-
-    state = runinfo.read_status(run.directory).get("state")
+    state = runinfo.training_state(run).get("state")
     if state != "finished":
         raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; train "
                         f"it first with `labkit run {spec} --run-id {run.run_id}`")

@@ -33,7 +33,7 @@ def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
            **given: Any) -> None:
     for mode in modes:
         analysis = Probes(run, analysis_params(run.run, "probes", Probes, downsampling=mode, **given))
-        analysis.compute(progress)
+        analysis.produce(progress)
         click.echo(f"probes (downsampling {analysis.params.downsampling}): {analysis.outputs()[0]}")
 
 
@@ -48,7 +48,7 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...]) -> None:
         analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
                                   analysis_params(run, "receptive_field", ReceptiveField,
                                           layers=list(layers) or None))
-        analysis.compute()
+        analysis.produce()
         border = border_layer(pd.read_csv(analysis.outputs()[0]))
         click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'})")
 
@@ -77,7 +77,7 @@ def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, .
             analysis = Latents(finished, analysis_params(run, "latents", Latents, downsampling=mode,
                                                  layers=list(layers) or None,
                                                  latents_dir=latents_dir, dtype=dtype))
-            analysis.compute(progress=not quiet)
+            analysis.produce(progress=not quiet)
             click.echo(f"latents: {analysis.directory()}")
 
 
@@ -118,9 +118,10 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
         run = FinishedRun.from_directory(manifest["plan"]["source"]["run_dir"],
                                          plugins.registries())
         analysis = Probes(run, analysis_params(run.run, "probes", Probes,
-                                       downsampling=manifest["plan"]["mode"],
-                                       processes=processes, prefix=prefix))
-        analysis.write(directory)
+                                               downsampling=manifest["plan"]["mode"],
+                                               processes=processes, prefix=prefix),
+                          source=directory)
+        analysis.produce(progress=not quiet)
         click.echo(f"probes ({directory}): {analysis.outputs()[0]}")
 
 

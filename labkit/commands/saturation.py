@@ -41,7 +41,7 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
         if analysis.is_complete():
             click.echo(f"up to date: {run.directory / RESULTS_CSV}")
             continue
-        analysis.compute()
+        analysis.produce()
         click.echo(f"projected: {run.directory / RESULTS_CSV}")
 
 
@@ -71,7 +71,7 @@ def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None) ->
         if analysis.is_complete():
             click.echo(f"up to date: {run.directory / RESULTS_CSV}")
             continue
-        analysis.compute()
+        analysis.produce()
         click.echo(f"saturation table: {run.directory / RESULTS_CSV}")
 
 

@@ -1,0 +1,53 @@
+"""The public API for plugin packages: everything a plugin may import from labkit.
+
+Plugins import from here (and, in their tests, from :mod:`labkit.testing`), never from
+labkit's internal modules, which may change between releases. The names below are
+grouped by the layer they come from (see docs/architecture.md); this module sits above
+all of them and nothing inside labkit imports it.
+
+Hooks: decorate implementations with :data:`hookimpl` (see :mod:`labkit.hookspecs`).
+"""
+from __future__ import annotations
+
+from labkit import __version__, checkpoint, hookimpl, latents, runinfo
+from labkit.analyses.base import Analysis, FinishedRun
+from labkit.analyses.layerwise import Latents
+from labkit.atomic import write_csv, write_figure, write_json, write_text
+from labkit.build import build_component, make_metrics, seed_everything
+from labkit.cli import LabkitGroup, summarize
+from labkit.commands.common import check_device, finished_run, load_runs
+from labkit.data.bundle import DataBundle
+from labkit.data.digits import TensorImages
+from labkit.data.splits import SplitDataset
+from labkit.data.transforms import build_transform, check_augment
+from labkit.engine import RunFailed, train
+from labkit.errors import UserError
+from labkit.evaluation import evaluate, to_device
+from labkit.identity import NOT_IDENTITY, RunConfig, flatten, identity_config, run_hash, varying_keys
+from labkit.layers import layer_name, measured_layers
+from labkit.methods import Method, RunContext, StepResult, Supervised
+from labkit.models import MODELS
+from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries,
+                            use)
+from labkit.registry import Registries, params_model
+from labkit.spec import expand, load_spec_file, resolve
+
+__all__ = [
+    # hooks and version
+    "hookimpl", "__version__",
+    # core
+    "UserError", "Registries", "params_model",
+    # store: run identity, run files, checkpoints, atomic writes
+    "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
+    "runinfo", "checkpoint", "write_csv", "write_figure", "write_json", "write_text",
+    # components: specs, data, models, methods, layers
+    "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
+    "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",
+    "TensorImages", "build_transform", "check_augment", "MODELS", "Method", "RunContext",
+    "StepResult", "Supervised", "layer_name", "measured_layers",
+    # workflows: training, analyses, latents
+    "train", "RunFailed", "Analysis", "FinishedRun", "Latents", "latents",
+    # orchestration: plugins, commands
+    "registries", "use", "plugin_manager", "plugin_infos", "ALLOW_ENV", "DISABLE_ENV",
+    "load_runs", "finished_run", "check_device", "summarize", "LabkitGroup",
+]

@@ -1,0 +1,63 @@
+"""Training batches whose augmentation does not depend on the DataLoader's workers.
+
+torchvision's random transforms draw from torch's global generator, which a DataLoader
+worker seeds from its own base seed: the same run with 0 or 2 workers would see other
+crops and flips, and train other weights. Here the sampler, in the main process, draws
+each epoch's order and one seed per sample from the run's data-order generator (which
+the checkpoint stores), and the dataset applies each sample's transforms under that
+seed, in whatever process it runs. Any worker count then gives the same batches, bit for
+bit, and the main process's generator (dropout, mixing) is never touched by loading.
+
+Only torch's generator is seeded: a transform drawing from Python's ``random`` or
+NumPy's global state would still depend on the worker.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+SEED_RANGE = 2**62
+
+
+class SeededSampler(Sampler):
+    """Yields ``(index, seed)`` for every sample of a shuffled epoch.
+
+    Args:
+        size: number of samples.
+        generator: the run's data-order generator; each epoch draws a permutation and
+            ``size`` seeds from it, so its state after an epoch is all a resume needs.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size = size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.size, generator=self.generator)
+        seeds = torch.randint(SEED_RANGE, (self.size,), generator=self.generator)
+        return zip(order.tolist(), seeds.tolist())
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` computed with torch's generator seeded by the sample's seed.
+
+    Indexed by what :class:`SeededSampler` yields; the caller's generator state is
+    restored afterwards.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
