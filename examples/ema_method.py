@@ -4,7 +4,7 @@ The EMA network is an extra model (checkpointed through ``modules()``), updated 
 every optimizer step (``after_step``), evaluated on the eval splits (``eval_model``),
 and its update counter is method state (``state_dict``). Register it from a plugin:
 
-    @labkit.hookimpl
+    @hookimpl
     def labkit_register(registries):
         registries.methods.register("ema_supervised", EmaSupervised)
 
@@ -17,8 +17,7 @@ import copy
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-import labkit
-from labkit.methods import Supervised
+from labkit.api import Supervised, hookimpl
 
 
 class EmaSupervised(Supervised):
@@ -62,6 +61,6 @@ class EmaSupervised(Supervised):
         self.updates = state["updates"]
 
 
-@labkit.hookimpl
+@hookimpl
 def labkit_register(registries):
     registries.methods.register("ema_supervised", EmaSupervised)

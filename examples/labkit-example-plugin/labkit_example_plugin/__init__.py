@@ -2,7 +2,7 @@
 import click
 from torch import nn
 
-import labkit
+from labkit.api import hookimpl
 
 
 def tiny_convnet(num_classes: int, in_channels: int, resolution: int,
@@ -13,7 +13,7 @@ def tiny_convnet(num_classes: int, in_channels: int, resolution: int,
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
 
 
-@labkit.hookimpl
+@hookimpl
 def labkit_register(registries):
     registries.models.register("tiny_convnet", tiny_convnet)
 
@@ -25,6 +25,6 @@ def hello(name):
     click.echo(f"hello, {name}, from labkit-example-plugin")
 
 
-@labkit.hookimpl
+@hookimpl
 def labkit_commands():
     return [hello]

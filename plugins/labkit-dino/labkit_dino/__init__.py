@@ -3,7 +3,7 @@
 Registers the training method ``dino`` (:class:`labkit_dino.method.Dino`) through the
 entry point ``dino`` in the group ``labkit``; ``plugin_module`` is the module that
 implements the hooks, for registering the plugin in-process
-(``labkit.plugins.use(labkit_dino.plugin_module)``).
+(``labkit.api.use(labkit_dino.plugin_module)``).
 """
 from labkit_dino import plugin as plugin_module
 

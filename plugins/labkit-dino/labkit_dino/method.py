@@ -28,9 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.engine import build_component
-from labkit.errors import UserError
-from labkit.methods import Method, RunContext, StepResult
+from labkit.api import Method, RunContext, StepResult, UserError, build_component
 from labkit_dino.gradients import with_gradients
 from labkit_dino.losses import LossName, Pairing, Targets, multicrop_loss, view_pairs
 from labkit_dino.networks import (DinoHead, DinoNet, check_same_architecture, embedding_dim,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.errors import UserError
+from labkit.api import UserError
 
 
 class ProbeClassifier(nn.Linear):

@@ -1,9 +1,9 @@
 """labkit's entry point into labkit-dino: registers the ``dino`` method."""
-import labkit
+from labkit.api import hookimpl
 from labkit_dino.method import Dino
 
 
-@labkit.hookimpl
+@hookimpl
 def labkit_register(registries) -> None:
     """Add the method ``dino``."""
     registries.methods.register("dino", Dino)

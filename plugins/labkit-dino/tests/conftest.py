@@ -9,10 +9,7 @@ import pytest
 import torch
 
 import labkit_dino
-from labkit import engine, plugins
-from labkit.identity import RunConfig
-from labkit.methods.base import RunContext
-from labkit.spec import expand
+from labkit.api import RunConfig, RunContext, build_component, expand, seed_everything, use
 
 # A head small enough for CPU tests; the method's defaults are DINO's (65536 outputs).
 TINY_HEAD = {"hidden_dims": [32], "bottleneck_dim": 16, "out_dim": 64}
@@ -26,9 +23,9 @@ def dino_registries(monkeypatch):
     previous = torch.get_num_threads()
     # tiny models gain nothing from intra-op threads, and lose much on a shared CPU
     torch.set_num_threads(1)
-    yield plugins.use(labkit_dino.plugin_module)
+    yield use(labkit_dino.plugin_module)
     torch.set_num_threads(previous)
-    plugins.use()
+    use()
 
 
 @pytest.fixture
@@ -55,13 +52,13 @@ def dino_method(dino_registries, dino_run):
     """``make(**method_params) -> Dino``: the method built as the engine builds it."""
     def make(model: str = "cnn_xs", seed: int = 0, batch_size: int = 128, **method):
         config = dino_run(model=model, seed=seed, batch_size=batch_size, **method).config
-        engine.seed_everything(config["seed"])
-        data = engine.build_component(dino_registries, "datasets", config["dataset"])
-        network = engine.build_component(dino_registries, "models", config["model"],
-                                         num_classes=data.num_classes,
-                                         in_channels=data.in_channels,
-                                         resolution=data.resolution)
+        seed_everything(config["seed"])
+        data = build_component(dino_registries, "datasets", config["dataset"])
+        network = build_component(dino_registries, "models", config["model"],
+                                  num_classes=data.num_classes,
+                                  in_channels=data.in_channels,
+                                  resolution=data.resolution)
         context = RunContext(config, network, data, torch.device("cpu"), None, dino_registries)
-        return engine.build_component(dino_registries, "methods", config["method"],
-                                      context=context)
+        return build_component(dino_registries, "methods", config["method"],
+                               context=context)
     return make

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from labkit import checkpoint, engine
+from labkit.api import checkpoint, train
 from labkit_dino.gradients import with_gradients
 
 
@@ -64,7 +64,7 @@ def test_last_layer_is_frozen_during_the_first_epochs_only(dino_run, dino_method
     assert all((g is None) == (p in last) for p, g in zip(method._trainable, grads))
 
     run = dino_run(epochs=2, freeze_last_layer_epochs=1, student_init="random", probe_every=0)
-    assert engine.train(run, dino_registries, progress=False) == "finished"
+    assert train(run, dino_registries, progress=False) == "finished"
     initial = method.student.head.last_layer.weight.detach()
     after = [checkpoint.read(checkpoint.checkpoint_path(run.directory / "checkpoints", e))
              ["modules"]["head"]["last_layer.weight"] for e in (1, 2)]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from labkit.errors import UserError
+from labkit.api import UserError
 from labkit_dino.student_init import student_weights
 
 

@@ -4,8 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.errors import UserError
-from labkit.models import MODELS
+from labkit.api import MODELS, UserError
 from labkit_dino.networks import (DinoHead, NormalizedLinear, ProbeClassifier, embed,
                                   with_probe_classifier)
 

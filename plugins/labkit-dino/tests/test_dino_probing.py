@@ -8,7 +8,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from labkit import engine, runinfo
+from labkit.api import build_component, runinfo, train as labkit_train
 from labkit_dino.probing import fit_probes
 
 
@@ -51,7 +51,7 @@ def test_without_standardisation_distances_use_raw_features():
 def test_run_logs_probe_columns_and_eval_columns_score_the_student_linear_probe(
         dino_run, dino_registries):
     run = dino_run(epochs=3, probe_every=2, student_init="random")
-    assert engine.train(run, dino_registries, progress=False) == "finished"
+    assert labkit_train(run, dino_registries, progress=False) == "finished"
     log = pd.read_csv(run.directory / runinfo.LOG_CSV)
     columns = [f"probe-eval-{net}-{kind}" for net in ("student", "teacher")
                for kind in ("knn", "linear")]
@@ -59,8 +59,8 @@ def test_run_logs_probe_columns_and_eval_columns_score_the_student_linear_probe(
     assert log[columns].isna().all(axis=1).tolist() == [True, False, False]
     probed = log.dropna(subset=columns)
     assert ((probed[columns] > 0.5) & (probed[columns] <= 1)).all().all()
-    eval_size = len(engine.build_component(dino_registries, "datasets",
-                                           run.config["dataset"]).evals["eval"])
+    eval_size = len(build_component(dino_registries, "datasets",
+                                    run.config["dataset"]).evals["eval"])
     assert np.allclose(probed["eval-accuracy"], probed["probe-eval-student-linear"],
                        atol=1 / eval_size + 1e-9)
     # before the first probe the classifier is all zeros: uniform logits

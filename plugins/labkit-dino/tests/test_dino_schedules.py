@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from labkit import engine, runinfo
+from labkit.api import build_component, runinfo, train
 from labkit_dino.schedules import Schedule, value_at
 
 
@@ -46,10 +46,10 @@ def test_logged_teacher_momentum_and_temperature_follow_the_schedules(dino_run, 
     momentum = {"shape": "cosine", "start": 0.9, "end": 1.0}
     temp = {"shape": "linear", "start": 0.04, "end": 0.07, "epochs": 1}
     run = dino_run(epochs=2, teacher_momentum=momentum, teacher_temp=temp, probe_every=0)
-    assert engine.train(run, dino_registries, progress=False) == "finished"
+    assert train(run, dino_registries, progress=False) == "finished"
     log = pd.read_csv(run.directory / runinfo.LOG_CSV)
-    train_size = len(engine.build_component(dino_registries, "datasets",
-                                            run.config["dataset"]).train)
+    train_size = len(build_component(dino_registries, "datasets",
+                                     run.config["dataset"]).train)
     spe = -(-train_size // 128)
     total = 2 * spe
     for epoch in (1, 2):

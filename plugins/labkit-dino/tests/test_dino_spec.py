@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from labkit.spec import expand, load_spec_file
+from labkit.api import expand, load_spec_file
 from labkit.testing import run_cli
 
 SPEC = Path(__file__).parents[3] / "specs" / "random_teacher.json"

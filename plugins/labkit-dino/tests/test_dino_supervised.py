@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from labkit.errors import UserError
+from labkit.api import UserError
 from labkit_dino.targets import NoisyTargets
 
 

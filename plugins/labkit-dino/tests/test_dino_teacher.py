@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from labkit import checkpoint, engine, runinfo
+from labkit.api import build_component, checkpoint, runinfo, train
 from labkit_dino.method import Dino
 
 
@@ -84,7 +84,7 @@ def test_frozen_teacher_never_changes_and_prev_epoch_teacher_copies_the_student(
     copies = dino_run(epochs=2, teacher_mode="prev_epoch", teacher_update_every=2,
                       student_init="random", probe_every=0, subset=400)
     for run in (frozen, copies):
-        assert engine.train(run, dino_registries, progress=False) == "finished"
+        assert train(run, dino_registries, progress=False) == "finished"
 
     def modules(run, epoch):
         return checkpoint.read(checkpoint.checkpoint_path(run.directory / "checkpoints",
@@ -112,7 +112,7 @@ def test_ema_run_resumed_after_interruption_is_bit_identical(dino_run, dino_regi
               "teacher_center_momentum": {"shape": "linear", "start": 0.8, "end": 0.95},
               "probe_every": 1}
     reference = dino_run(epochs=3, batch_size=100, subset=400, logs="ref", **method)
-    assert engine.train(reference, dino_registries, progress=False) == "finished"
+    assert train(reference, dino_registries, progress=False) == "finished"
 
     resumed = dino_run(epochs=3, batch_size=100, subset=400, logs="res", **method)
     original = Dino.training_step
@@ -124,10 +124,10 @@ def test_ema_run_resumed_after_interruption_is_bit_identical(dino_run, dino_regi
 
     monkeypatch.setattr(Dino, "training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(resumed, dino_registries, progress=False)
+        train(resumed, dino_registries, progress=False)
     assert runinfo.read_status(resumed.directory)["state"] == "interrupted"
     monkeypatch.setattr(Dino, "training_step", original)
-    assert engine.train(resumed, dino_registries, progress=False) == "finished"
+    assert train(resumed, dino_registries, progress=False) == "finished"
 
     path = checkpoint.checkpoint_path
     want = checkpoint.read(path(reference.directory / "checkpoints", 3))
@@ -144,5 +144,5 @@ def test_ema_run_resumed_after_interruption_is_bit_identical(dino_run, dino_regi
 
 
 def steps_per_epoch(run, registries):
-    n = len(engine.build_component(registries, "datasets", run.config["dataset"]).train)
+    n = len(build_component(registries, "datasets", run.config["dataset"]).train)
     return math.ceil(n / run.config["batch_size"])

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from labkit import engine
+from labkit.api import build_component
 from labkit_dino.views import MultiViewDataset, crop_transforms, parse_crops
 
 
@@ -40,7 +40,7 @@ def test_single_view_is_the_training_image_unchanged(dino_method):
 
 
 def test_whole_image_crop_without_augmentation_round_trips_the_normalisation(dino_registries):
-    data = engine.build_component(dino_registries, "datasets", {"name": "digits"})
+    data = build_component(dino_registries, "datasets", {"name": "digits"})
     crops = parse_crops("1x8")
     (transform,) = crop_transforms(crops, "none", data.info["mean"], data.info["std"])
     image, _ = data.train[0]
@@ -48,7 +48,7 @@ def test_whole_image_crop_without_augmentation_round_trips_the_normalisation(din
 
 
 def test_dino_augmentation_works_in_unit_range_and_keeps_shapes(dino_registries):
-    data = engine.build_component(dino_registries, "datasets", {"name": "digits", "resolution": 16})
+    data = build_component(dino_registries, "datasets", {"name": "digits", "resolution": 16})
     crops = parse_crops("2x16+2x8")
     transforms = crop_transforms(crops, "dino", data.info["mean"], data.info["std"])
     dataset = MultiViewDataset(data.train, transforms)

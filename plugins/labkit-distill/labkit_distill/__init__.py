@@ -5,7 +5,7 @@ Registers the method ``distill`` (:mod:`labkit_distill.method`) and the datasets
 (:mod:`labkit_distill.shapes`) and ``train_on_eval`` (:mod:`labkit_distill.sources`).
 Loaded by labkit through the entry point ``distill`` in the group ``labkit``.
 """
-import labkit
+from labkit.api import hookimpl
 from labkit_distill.cues import box_cue, dominoes
 from labkit_distill.method import Distill
 from labkit_distill.shapes import shapes
@@ -18,7 +18,7 @@ _WRAPPERS = {"box_cue": (box_cue, ("base",)), "dominoes": (dominoes, ("base", "s
              "train_on_eval": (train_on_eval, ("base",))}
 
 
-@labkit.hookimpl
+@hookimpl
 def labkit_register(registries) -> None:
     """Register the ``distill`` method and the cue datasets."""
     registries.methods.register("distill", Distill)

@@ -33,9 +33,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from labkit.data.bundle import DataBundle
-from labkit.data.transforms import check_augment
-from labkit.errors import UserError
+from labkit.api import DataBundle, UserError, check_augment
 from labkit_distill.sources import (augmenter, build_source, labels_of, pixel_range,
                                     resolve_source)
 

@@ -34,9 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from labkit.data.bundle import DataBundle
-from labkit.errors import UserError
-from labkit.methods import Method, RunContext, StepResult
+from labkit.api import DataBundle, Method, RunContext, StepResult, UserError
 from labkit_distill.losses import (contrastive_loss, input_gradients, jacobian_loss, mix_batch,
                                    soft_term, tempered)
 from labkit_distill.taps import Hint, Tap, vector

@@ -16,10 +16,7 @@ import numpy as np
 import torch
 from matplotlib.colors import hsv_to_rgb
 
-from labkit.data.bundle import DataBundle
-from labkit.data.digits import TensorImages
-from labkit.data.splits import SplitDataset
-from labkit.errors import UserError
+from labkit.api import DataBundle, SplitDataset, TensorImages, UserError
 from labkit_distill.cues import EVAL_SPLITS, PLAN_STREAMS, check_cue_options, cue_plan
 from labkit_distill.sources import augmenter
 

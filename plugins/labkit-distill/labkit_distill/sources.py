@@ -15,13 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch.utils.data import Dataset
 
-from labkit import plugins
-from labkit.data.bundle import DataBundle
-from labkit.data.splits import SplitDataset
-from labkit.data.transforms import build_transform
-from labkit.engine import build_component
-from labkit.errors import UserError
-from labkit.registry import params_model
+from labkit.api import (DataBundle, SplitDataset, UserError, build_component, build_transform,
+                        params_model, registries as labkit_registries)
 
 # set by the dataset built on a source, never by the source's own spec
 SET_BY_WRAPPER = ("resolution", "augment")
@@ -42,7 +37,7 @@ def resolve_source(value: str | dict[str, Any]) -> dict[str, Any]:
     if fixed:
         raise ValueError(f"{', '.join(fixed)}: set by the dataset built on {name!r}; give it "
                          f"there, not in the source")
-    registry = plugins.registries().datasets
+    registry = labkit_registries().datasets
     if name not in registry:
         raise ValueError(registry.unknown_message(name))
     resolved = registry.get(name).params.model_validate(component).model_dump(mode="json")
@@ -75,9 +70,9 @@ def build_source(source: dict[str, Any], resolution: int) -> DataBundle:
     Raises:
         UserError: the source cannot produce that resolution.
     """
-    accepted = plugins.registries().datasets.get(source["name"]).params.model_fields
+    accepted = labkit_registries().datasets.get(source["name"]).params.model_fields
     fixed = {"resolution": resolution, "augment": "none"}
-    bundle = build_component(plugins.registries(), "datasets",
+    bundle = build_component(labkit_registries(), "datasets",
                              {**source, **{k: v for k, v in fixed.items() if k in accepted}})
     if bundle.resolution != resolution:
         raise UserError(f"source dataset {source['name']!r} gives {bundle.resolution}-pixel "

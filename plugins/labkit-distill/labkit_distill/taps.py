@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.errors import UserError
+from labkit.api import UserError
 
 
 def vector(features: torch.Tensor) -> torch.Tensor:

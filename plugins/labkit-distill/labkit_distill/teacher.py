@@ -23,12 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from labkit import checkpoint, engine, plugins, runinfo
-from labkit.analyses import FinishedRun
-from labkit.errors import UserError
-from labkit.identity import RunConfig
-from labkit.methods import RunContext
-from labkit.spec import NOT_IDENTITY, expand, resolve
+from labkit.api import (NOT_IDENTITY, FinishedRun, RunConfig, RunContext, RunFailed, UserError,
+                        checkpoint, expand, registries as labkit_registries, resolve, runinfo,
+                        train)
 
 # top-level settings of where and how a run executes (logs_dir, device, …)
 RUN_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
@@ -61,7 +58,7 @@ class TeacherRef(BaseModel):
         if value is None:
             return None
         try:
-            configs = expand(value, plugins.registries())
+            configs = expand(value, labkit_registries())
         except UserError as exc:  # keep the nested path: the message names the key to fix
             raise UserError(f"method.teacher.spec: {exc}") from None
         if len(configs) != 1:
@@ -107,7 +104,7 @@ def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
 
     Raises:
         UserError: a run directory that is not finished.
-        engine.RunFailed: training the teacher failed (its reason is in the message).
+        RunFailed: training the teacher failed (its reason is in the message).
     """
     registries, device = context.registries, str(context.device)
     with _isolated_rng():
@@ -122,9 +119,9 @@ def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
             if not _finished(link.directory):
                 print(f"distill: training the teacher first: {link.directory}", file=sys.stderr)
             # the engine's run lock makes students trained in parallel wait for one teacher
-            if engine.train(link, registries, device, progress=False) == "failed":
+            if train(link, registries, device, progress=False) == "failed":
                 reason = runinfo.read_status(link.directory).get("reason")
-                raise engine.RunFailed(f"teacher run {link.directory} failed: {reason}")
+                raise RunFailed(f"teacher run {link.directory} failed: {reason}")
             run = FinishedRun(link, registries, device)
         run.model  # build and load now, inside the isolated RNG
     return run

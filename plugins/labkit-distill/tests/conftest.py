@@ -11,13 +11,13 @@ import torch
 
 import labkit_distill
 from distill_helpers import TEACHER_SPEC, train_runs
-from labkit import plugins
+from labkit.api import use
 
 
 def _register(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LABKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.delenv("LABKIT_PLUGINS", raising=False)
-    return plugins.use(labkit_distill)
+    return use(labkit_distill)
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def registries(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield _register(monkeypatch)
-    plugins.use()
+    use()
     torch.set_num_threads(threads)
 
 
@@ -38,6 +38,6 @@ def teacher_dir(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as monkeypatch:
         (run,) = train_runs({**TEACHER_SPEC, "logs_dir": str(logs)}, _register(monkeypatch))
-        plugins.use()
+        use()
     torch.set_num_threads(threads)
     return run.directory

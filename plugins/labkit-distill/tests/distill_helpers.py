@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labkit import engine
-from labkit.identity import RunConfig
-from labkit.spec import expand
+from labkit.api import RunConfig, expand, train
 
 # for `labkit` subprocesses: only this plugin, and one thread (a shared 2-core machine:
 # threads competing with other processes slow tiny models down by orders of magnitude)
@@ -21,5 +19,5 @@ def train_runs(spec: dict[str, Any], registries, run_id: str = "T") -> list[RunC
     """Expand ``spec`` and train every run with the engine; returns the runs."""
     runs = [RunConfig(config, run_id) for config in expand(spec, registries)]
     for run in runs:
-        assert engine.train(run, registries, progress=False) == "finished", run.directory
+        assert train(run, registries, progress=False) == "finished", run.directory
     return runs

@@ -11,10 +11,7 @@ import torch
 from matplotlib.colors import hsv_to_rgb
 
 from distill_helpers import train_runs
-from labkit import runinfo
-from labkit.engine import build_component
-from labkit.errors import UserError
-from labkit.spec import expand
+from labkit.api import UserError, build_component, expand, runinfo
 
 SPLITS = ["eval", "eval_nocue", "eval_randcue", "eval_cueonly"]
 

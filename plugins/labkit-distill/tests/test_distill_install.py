@@ -23,11 +23,11 @@ def site(tmp_path_factory):
 
 # in a fresh process: where the plugin comes from, and what labkit loaded from it
 PROBE = """
-from labkit import plugins
-registries = plugins.registries()
+from labkit.api import plugin_infos, plugin_manager, registries as labkit_registries
+registries = labkit_registries()
 import labkit_distill
 print(labkit_distill.__file__)
-for info in plugins.plugin_infos(plugins.plugin_manager()):
+for info in plugin_infos(plugin_manager()):
     print(info.name, info.distribution, info.version)
 for kind in ("methods", "datasets"):
     print(kind, *(e.name for e in registries[kind].entries() if e.plugin == "distill"))

@@ -12,10 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.engine import build_component
-from labkit.identity import RunConfig
-from labkit.methods import RunContext
-from labkit.spec import expand
+from labkit.api import RunConfig, RunContext, build_component, expand
 from labkit_distill import method as distill_method
 from labkit_distill.losses import (contrastive_loss, input_gradients, jacobian_loss, mix_batch,
                                    soft_term, tempered)

@@ -10,10 +10,7 @@ import pytest
 import torch
 
 from distill_helpers import CLI_ENV, TEACHER_SPEC, train_runs
-from labkit import checkpoint, engine, runinfo
-from labkit.errors import UserError
-from labkit.identity import RunConfig, run_hash
-from labkit.spec import expand
+from labkit.api import RunConfig, UserError, checkpoint, expand, run_hash, runinfo, train
 from labkit.testing import run_cli
 
 STUDENT = {"model": "mlp_s", "dataset": "digits", "epochs": 2, "batch_size": 64,
@@ -83,7 +80,7 @@ def test_three_link_chain_trains_in_order_from_one_spec(registries, tmp_path, wr
 
     # run again: nothing to do; the first link, from a spec of its own, is the same run
     (student,) = expand(chain_spec(str(tmp_path / "logs")), registries)
-    assert engine.train(RunConfig(student, "A"), registries, progress=False) == "skipped"
+    assert train(RunConfig(student, "A"), registries, progress=False) == "skipped"
     (teacher,) = expand({**TEACHER_SPEC, "model": "cnn_s", "logs_dir": str(tmp_path / "logs")},
                         registries)
     assert RunConfig(teacher, "A").directory == runs["cnn_s"]
@@ -165,7 +162,7 @@ def test_distill_run_resumes_exactly(registries, teacher_dir, tmp_path, monkeypa
         path.unlink()
         path.with_name(path.name + ".sha256").unlink()
     (resumed.directory / runinfo.STATUS_JSON).unlink()
-    assert engine.train(resumed, registries, progress=False) == "finished"
+    assert train(resumed, registries, progress=False) == "finished"
     expected = checkpoint.read(checkpoint.checkpoint_path(reference.directory / "checkpoints", 4))
     again = checkpoint.read(checkpoint.checkpoint_path(ckpts, 4))
     for name in ("model", "heads"):
@@ -182,7 +179,7 @@ def test_teacher_of_other_classes_is_refused(registries, teacher_dir, tmp_path):
             "method": distill({"dir": str(teacher_dir)})}
     (config,) = expand(spec, registries)
     with pytest.raises(UserError, match="teacher was trained on 10 classes"):
-        engine.train(RunConfig(config, "T"), registries, progress=False)
+        train(RunConfig(config, "T"), registries, progress=False)
 
 
 def test_unknown_layer_names_the_layers(registries, teacher_dir, tmp_path):
@@ -191,7 +188,7 @@ def test_unknown_layer_names_the_layers(registries, teacher_dir, tmp_path):
                               loss={"name": "features", "teacher_layer": "block9"})}
     (config,) = expand(spec, registries)
     with pytest.raises(UserError, match="teacher_layer 'block9'.*block1.conv1"):
-        engine.train(RunConfig(config, "T"), registries, progress=False)
+        train(RunConfig(config, "T"), registries, progress=False)
 
 
 def test_soft_label_rows_must_match_the_training_split(registries, teacher_dir, tmp_path):
@@ -202,4 +199,4 @@ def test_soft_label_rows_must_match_the_training_split(registries, teacher_dir, 
     (config,) = expand(spec, registries)
     with pytest.raises(UserError, match="100 rows; they must match the 1438 training items "
                                         "or the 1797 items of its source"):
-        engine.train(RunConfig(config, "T"), registries, progress=False)
+        train(RunConfig(config, "T"), registries, progress=False)

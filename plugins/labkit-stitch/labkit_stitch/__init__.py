@@ -6,18 +6,18 @@ stitch to B's own activations), and the commands ``labkit stitch-table`` (i × j
 of stitched accuracy, random-sender baseline, debiased difference, and CKA) and
 ``labkit cka`` (CKA between the layers of two runs). See README.md.
 """
-import labkit
+from labkit.api import hookimpl
 from labkit_stitch.stitching import AutoencoderStitch, StitchedParams, stitched
 
 
-@labkit.hookimpl
+@hookimpl
 def labkit_register(registries) -> None:
     registries.models.register("stitched", stitched, params=StitchedParams)
     registries.methods.register("autoencoder_stitch", AutoencoderStitch)
 
 
-@labkit.hookimpl
+@hookimpl
 def labkit_commands() -> list:
-    from labkit_stitch.commands import COMMANDS  # imports labkit.cli: only when the CLI asks
+    from labkit_stitch.commands import COMMANDS  # click commands: only when the CLI asks
 
     return COMMANDS

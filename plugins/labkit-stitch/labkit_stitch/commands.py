@@ -7,13 +7,8 @@ import click
 import pandas as pd
 from pydantic import ValidationError
 
-from labkit import engine, latents, plugins
-from labkit.analyses import FinishedRun
-from labkit.atomic import write_csv
-from labkit.cli import summarize
-from labkit.commands.common import check_device, load_runs
-from labkit.errors import UserError
-from labkit.identity import RunConfig
+from labkit.api import (FinishedRun, RunConfig, UserError, check_device, latents, load_runs,
+                        registries as labkit_registries, summarize, train, write_csv)
 from labkit_stitch.refs import ensure_trained, trained_network
 from labkit_stitch.similarity import CKAOptions, layer_cka
 from labkit_stitch.tables import matrix, plot_cka, plot_stitch_group, stitch_table, stitched_params
@@ -88,7 +83,7 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
         ensure_trained(network, device, progress=not quiet)
     states = []
     for i, run in enumerate(runs, 1):
-        states.append(engine.train(run, plugins.registries(), device, progress=not quiet))
+        states.append(train(run, labkit_registries(), device, progress=not quiet))
         click.echo(f"[{i}/{len(runs)}] {states[-1]}: {run.directory}", err=quiet)
 
     out = Path(output or Path(runs[0].config["logs_dir"]) / "stitch_tables"
@@ -162,7 +157,7 @@ def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | No
                 reduction: int | str, max_samples: int, output: str | None, device: str) -> None:
     """Linear, RBF and minibatch CKA between the layers of two trained runs (directories)."""
     check_device(device)
-    registries = plugins.registries()
+    registries = labkit_registries()
     a, b = (FinishedRun.from_directory(d, registries).run for d in (run_a, run_b))
 
     def layers(text: str | None, run: RunConfig) -> list[str]:

@@ -24,8 +24,7 @@ import torch
 from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-from labkit.errors import UserError
-from labkit.layers import layer_name
+from labkit.api import UserError, layer_name
 
 
 def module_path(layer: str) -> str:

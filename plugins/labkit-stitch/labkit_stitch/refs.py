@@ -24,11 +24,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from labkit import checkpoint, engine, plugins, runinfo
-from labkit.analyses import FinishedRun
-from labkit.errors import UserError
-from labkit.identity import RunConfig, flatten, varying_keys
-from labkit.spec import expand, load_spec_file
+from labkit.api import (FinishedRun, RunConfig, RunFailed, UserError, build_component, checkpoint,
+                        expand, flatten, load_spec_file, registries as labkit_registries, runinfo,
+                        train, varying_keys)
 
 
 class RunRef(BaseModel):
@@ -74,7 +72,7 @@ class RunRef(BaseModel):
             UserError: no run directory there, an invalid spec, or ``where`` matching
                 no run or several.
         """
-        registries = plugins.registries()
+        registries = labkit_registries()
         if self.dir is not None:
             return FinishedRun.from_directory(self.dir, registries).run
         runs = [RunConfig(config, self.run_id) for config in expand(self.spec, registries)]
@@ -103,7 +101,7 @@ def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = T
         progress: show progress bars.
 
     Raises:
-        engine.RunFailed: the run failed (the reason is in its ``status.json``).
+        RunFailed: the run failed (the reason is in its ``status.json``).
     """
     if runinfo.read_status(run.directory).get("state") == "finished":
         return
@@ -111,18 +109,18 @@ def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = T
     # must not depend on whether the run had to be trained first.
     rng = checkpoint.rng_state()
     try:
-        outcome = engine.train(run, plugins.registries(), device or run.config["device"], progress)
+        outcome = train(run, labkit_registries(), device or run.config["device"], progress)
     finally:
         checkpoint.set_rng_state(rng)
     if outcome == "failed":
         reason = runinfo.read_status(run.directory).get("reason")
-        raise engine.RunFailed(f"referenced run {run.directory} failed to train: {reason}")
+        raise RunFailed(f"referenced run {run.directory} failed to train: {reason}")
 
 
 def trained_network(run: RunConfig) -> nn.Module:
     """The final network of ``run`` (trained first if needed), on the CPU, in eval mode."""
     ensure_trained(run)
-    return FinishedRun(run, plugins.registries()).model
+    return FinishedRun(run, labkit_registries()).model
 
 
 def random_network(run: RunConfig) -> nn.Module:
@@ -130,11 +128,11 @@ def random_network(run: RunConfig) -> nn.Module:
 
     The random-sender baseline: what stitching gets from the architecture alone.
     """
-    finished = FinishedRun(run, plugins.registries())
+    finished = FinishedRun(run, labkit_registries())
     data = finished.data
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.config["seed"])
-        model = engine.build_component(finished.registries, "models", run.config["model"],
-                                       num_classes=data.num_classes,
-                                       in_channels=data.in_channels, resolution=data.resolution)
+        model = build_component(finished.registries, "models", run.config["model"],
+                                num_classes=data.num_classes,
+                                in_channels=data.in_channels, resolution=data.resolution)
     return model.eval()

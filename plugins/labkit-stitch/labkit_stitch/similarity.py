@@ -22,10 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
-from labkit import latents, plugins
-from labkit.engine import build_component
-from labkit.errors import UserError
-from labkit.identity import RunConfig
+from labkit.api import (RunConfig, UserError, build_component, latents,
+                        registries as labkit_registries)
 from labkit_stitch import cka, cut
 from labkit_stitch.refs import trained_network
 
@@ -109,7 +107,7 @@ def layer_cka(run_a: RunConfig, layers_a: Sequence[str], run_b: RunConfig,
     """
     layers_a = [cut.canonical(layer) for layer in layers_a]
     layers_b = [cut.canonical(layer) for layer in layers_b]
-    data = build_component(plugins.registries(), "datasets", dataset)
+    data = build_component(labkit_registries(), "datasets", dataset)
     if options.split not in data.evals:
         raise UserError(f"no eval split {options.split!r}; the data set has "
                         f"{', '.join(data.evals)}")

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from labkit.errors import UserError
-from labkit.methods.base import Method, StepResult
+from labkit.api import Method, StepResult, UserError
 from labkit_stitch import cut
 from labkit_stitch.refs import RunRef, random_network, trained_network
 

@@ -31,9 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit import runinfo
-from labkit.identity import RunConfig, flatten, identity_config, varying_keys
-from labkit.atomic import write_figure
+from labkit.api import RunConfig, flatten, identity_config, runinfo, varying_keys, write_figure
 from labkit_stitch.stitching import StitchedParams
 
 AXES = ("sender_layer", "receiver_layer", "sender_weights")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import engine, plugins
-from labkit.identity import RunConfig
+from labkit.api import RunConfig, train as labkit_train, use
 from stitch_helpers import isolated, net_spec, one_run
 
 
@@ -28,7 +27,7 @@ def one_thread():
 def registries(monkeypatch):
     """The built-ins and labkit-stitch, registered for one test."""
     yield isolated(monkeypatch)
-    plugins.use()
+    use()
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +42,7 @@ def trained(registries, nets_logs):
     that asks; the engine skips it afterwards)."""
     def train(model: str) -> RunConfig:
         run = one_run(net_spec(model, nets_logs), registries)
-        assert engine.train(run, registries, progress=False) in ("finished", "skipped")
+        assert labkit_train(run, registries, progress=False) in ("finished", "skipped")
         return run
 
     return train

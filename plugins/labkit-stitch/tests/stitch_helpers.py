@@ -5,17 +5,14 @@ from pathlib import Path
 import pytest
 
 import labkit_stitch
-from labkit import plugins
-from labkit.identity import RunConfig
-from labkit.plugins import ALLOW_ENV, DISABLE_ENV
-from labkit.spec import expand
+from labkit.api import ALLOW_ENV, DISABLE_ENV, RunConfig, expand, use
 
 
 def isolated(monkeypatch: pytest.MonkeyPatch):
     """Registries with the built-ins and this plugin only, entry points switched off."""
     monkeypatch.setenv(DISABLE_ENV, "1")
     monkeypatch.delenv(ALLOW_ENV, raising=False)
-    return plugins.use(labkit_stitch)
+    return use(labkit_stitch)
 
 
 def net_spec(model: str, logs: Path, **overrides) -> dict:

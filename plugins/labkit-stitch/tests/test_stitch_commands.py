@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from labkit.identity import RunConfig
-from labkit.spec import expand
+from labkit.api import RunConfig, expand
 from labkit.testing import run_cli
 from labkit_stitch.tables import COLUMNS, stitch_table
 from stitch_helpers import net_spec

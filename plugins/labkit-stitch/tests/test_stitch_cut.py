@@ -3,8 +3,7 @@ residual architectures; cuts a skip connection crosses are refused."""
 import pytest
 import torch
 
-from labkit.errors import UserError
-from labkit.models import MODELS
+from labkit.api import MODELS, UserError
 from labkit_stitch import cut
 
 

@@ -6,11 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from labkit.cli import LabkitGroup
-from labkit.engine import build_component
-from labkit.errors import UserError
-from labkit.identity import RunConfig
-from labkit.spec import expand
+from labkit.api import LabkitGroup, RunConfig, UserError, build_component, expand
 from labkit_stitch import cut
 from labkit_stitch.commands import stitch_table_command
 from labkit_stitch.stitching import StitchedParams

@@ -3,10 +3,7 @@ labkit's stored latents when they exist, with the same values."""
 import numpy as np
 import pytest
 
-from labkit import latents
-from labkit.analyses import FinishedRun
-from labkit.analyses.layerwise import Latents
-from labkit.errors import UserError
+from labkit.api import FinishedRun, Latents, UserError, latents
 from labkit_stitch.similarity import CKAOptions, layer_cka
 
 MEASURES = ["linear_cka", "rbf_cka", "minibatch_cka"]

@@ -5,9 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit import checkpoint, engine, runinfo
-from labkit.analyses import FinishedRun
-from labkit.errors import UserError
+from labkit.api import FinishedRun, UserError, checkpoint, runinfo, train as labkit_train
 from labkit_stitch.refs import ensure_trained
 from labkit_stitch.stitching import Stitch, StitchedNetwork
 from stitch_helpers import net_spec, one_run
@@ -27,7 +25,7 @@ def stitch_spec(sender, receiver, sender_layer, receiver_layer, logs, **override
 
 def train(spec: dict, registries):
     run = one_run(spec, registries, run_id="stitch")
-    assert engine.train(run, registries, progress=False) == "finished", \
+    assert labkit_train(run, registries, progress=False) == "finished", \
         runinfo.read_status(run.directory)
     return run
 
@@ -76,7 +74,7 @@ def test_a_residual_network_stitches_at_a_block_output(registries, trained, tmp_
     assert run.config["model"]["receiver_layer"] == "layer2-0"  # one spelling, one identity
     assert final(run) == pytest.approx(final(net), abs=0.03)
     with pytest.raises(UserError, match="skip connection"):
-        engine.train(one_run(stitch_spec(net, net, "layer2", "layer3-0-conv1", tmp_path),
+        labkit_train(one_run(stitch_spec(net, net, "layer2", "layer3-0-conv1", tmp_path),
                              registries, run_id="bad"), registries, progress=False)
 
 
@@ -84,7 +82,7 @@ def test_stitches_between_different_networks_resample_and_flatten(registries, tr
     sender, receiver = trained("cnn_xs"), trained("resnet18_xxs")
     for sender_layer, receiver_layer in (("block1", "layer3"), ("block2", "avgpool"),
                                          ("block1", "flatten")):
-        spec = stitch_spec(sender, receiver, sender_layer, receiver_layer, tmp_path, epochs=1)
+        spec = stitch_spec(sender, receiver, sender_layer, receiver_layer, tmp_path, epochs=2)
         assert final(train(spec, registries)) > 0.3, (sender_layer, receiver_layer)
     stitch = Stitch((16, 4, 4), (64,), depth=2)
     assert stitch(torch.randn(3, 16, 4, 4)).shape == (3, 64)
@@ -101,7 +99,7 @@ def test_the_autoencoder_stitch_fits_the_receivers_activations(registries, train
     assert log["train-loss"].iloc[-1] < 0.1 * log["train-loss"].iloc[0]  # mean squared error
     assert final(run) == pytest.approx(final(net), abs=0.02)
     with pytest.raises(UserError, match="fits the stitch of the model 'stitched'"):
-        engine.train(one_run(net_spec("cnn_xs", tmp_path, method="autoencoder_stitch"),
+        labkit_train(one_run(net_spec("cnn_xs", tmp_path, method="autoencoder_stitch"),
                              registries), registries, progress=False)
 
 
@@ -113,7 +111,7 @@ def test_a_stitch_run_resumes_bit_for_bit(registries, trained, tmp_path):
     last.unlink()
     last.with_name(last.name + ".sha256").unlink()
     (run.directory / runinfo.STATUS_JSON).unlink()
-    assert engine.train(run, registries, progress=False) == "finished"
+    assert labkit_train(run, registries, progress=False) == "finished"
     again = checkpoint.read(last)["modules"]["model"]
     for key, tensor in state["modules"]["model"].items():
         assert torch.equal(tensor, again[key]), key
