@@ -4,7 +4,10 @@ One registry per kind. An entry is a factory plus the pydantic model of the para
 a spec may give it. The parameter model comes from the factory's ``Params`` attribute
 when it has one (a pydantic model), otherwise from its signature: every keyword that
 the engine does not supply itself (the registry's *context* names) becomes a spec
-parameter with the signature's type and default. Unknown names get "did you mean".
+parameter with the signature's type and default. An unannotated parameter with a list
+default takes lists as values; any other unannotated parameter given a list is an error
+asking the plugin to annotate it (a list is a grid axis only where the type says one
+value). Unknown names get "did you mean".
 """
 from __future__ import annotations
 
@@ -15,9 +18,13 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from labkit.errors import UserError
+
+# marks a parameter without a type annotation (see params_model): a list given for it
+# could be one value or a grid axis, so the spec expansion refuses to guess
+UNTYPED = "untyped"
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,13 @@ def params_model(name: str, obj: Any, context: tuple[str, ...]) -> type[BaseMode
             raise TypeError(
                 f"{name}: parameter {pname!r} needs a default (or list it as a context "
                 f"argument of the registry); specs can only fill parameters with defaults")
-        fields[pname] = (hints.get(pname, Any), p.default)
+        if pname in hints:
+            fields[pname] = (hints[pname], p.default)
+        elif isinstance(p.default, (list, tuple)):
+            # unannotated with a list default: a list in a spec is one value, not an axis
+            fields[pname] = (list[Any], list(p.default))
+        else:
+            fields[pname] = (Any, Field(p.default, json_schema_extra={UNTYPED: True}))
     safe = "".join(c if c.isalnum() else "_" for c in name)
     return create_model(f"{safe}_params", __config__=ConfigDict(extra="forbid"), **fields)
 

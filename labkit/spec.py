@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labkit.errors import UserError
-from labkit.registry import Registries
+from labkit.registry import UNTYPED, Registries
 from labkit.saturation import SaturationConfig
 
 
@@ -141,6 +141,11 @@ def _model_type(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _is_untyped(field: Any) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(UNTYPED))
+
+
 def _registry_kind(field: Any) -> str | None:
     extra = field.json_schema_extra
     return extra.get("registry") if isinstance(extra, dict) else None
@@ -173,9 +178,17 @@ def _object_alternatives(value: dict, model: type[BaseModel], path: str,
     axes = []
     for key, item in value.items():
         field = fields.get(key)
-        annotation = field.annotation if field else Any
-        kind = _registry_kind(field) if field else None
-        axes.append(_alternatives(item, annotation, kind, _join(path, key), registries))
+        if field is None:  # an unknown key: validation reports it with "did you mean"
+            axes.append([item])
+            continue
+        if isinstance(item, list) and _is_untyped(field):
+            raise UserError(
+                f"{_join(path, key)}: this parameter has no type annotation, so labkit cannot "
+                f"tell whether the list {item!r} is one value or a grid axis of values; "
+                f"annotate it in the component's code (list[...] for a value, the item's "
+                f"type for an axis)")
+        axes.append(_alternatives(item, field.annotation, _registry_kind(field),
+                                  _join(path, key), registries))
     return [dict(zip(value.keys(), combo)) for combo in itertools.product(*axes)]
 
 
@@ -270,7 +283,26 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
                              for i, v in enumerate(value)]
         else:
             resolved[key] = _resolve_component(value, kind, key, registries)
+    data = data_identity(resolved["dataset"], registries)
+    if data:
+        resolved["data"] = data
     return resolved
+
+
+def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, Any]:
+    """What identifies a dataset's files beyond its params: for datasets read from a
+    folder of files, the folder and a digest of its listing (relative paths and sizes;
+    see :func:`labkit.data.splits.listing_digest`), so that two folders with other files
+    never share a run. Built-in sets whose files are fixed (and checksummed by
+    torchvision) are identified by their params alone: ``{}``.
+
+    A dataset factory opts in with an attribute ``data_identity(params) -> dict``.
+    """
+    entry = registries.datasets.get(dataset["name"])
+    identify = getattr(entry.obj, "data_identity", None)
+    if identify is None:
+        return {}
+    return identify({k: v for k, v in dataset.items() if k != "name"})
 
 
 def expand(raw: dict[str, Any], registries: Registries) -> list[dict[str, Any]]:

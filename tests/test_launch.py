@@ -18,7 +18,8 @@ from labkit.spec import LauncherConfig
 
 from labkit.testing import run_cli
 
-GRID = {"model": "cnn_xs", "dataset": "digits", "batch_size": 64, "epochs": 2,
+GRID = {"model": "cnn_xs", "dataset": {"name": "digits", "augment": "flip_crop"},
+        "batch_size": 64, "epochs": 2,
         "optimizer": {"name": "sgd", "lr": [0.05, 0.02]}, "seed": [0, 1]}
 
 
@@ -35,9 +36,13 @@ def weights_by_hash(logs):
 
 def test_jobs_2_gives_the_same_runs_as_sequential(tmp_path):
     spec = tmp_path / "grid.json"
-    for name, extra in (("seq", []), ("par", ["--jobs", "2"])):
-        spec.write_text(json.dumps({**GRID, "logs_dir": str(tmp_path / name)}))
-        result = run_cli("run", str(spec), "--run-id", "J", "--quiet", *extra)
+    # the sequential process has torch's default of 2 threads, each worker 1: the runs'
+    # own thread count decides, and worker processes do not change the augmentation
+    for name, extra, threads, workers in (("seq", [], "2", 0), ("par", ["--jobs", "2"], "1", 1)):
+        spec.write_text(json.dumps({**GRID, "logs_dir": str(tmp_path / name),
+                                    "num_workers": workers}))
+        result = run_cli("run", str(spec), "--run-id", "J", "--quiet", *extra,
+                         env={"OMP_NUM_THREADS": threads})
         assert result.returncode == 0, result.stderr
         assert "4 run(s): 4 finished" in result.stdout
     seq, par = weights_by_hash(tmp_path / "seq"), weights_by_hash(tmp_path / "par")

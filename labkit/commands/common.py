@@ -24,27 +24,30 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[Ru
     points: dict[str, list[dict[str, Any]]] = {}
     for config in expand(raw, plugins.registries()):
         points.setdefault(RunConfig(config, run_id).hash, []).append(config)
-    return [RunConfig(merge_saturation_views(configs), run_id) for configs in points.values()]
+    return [RunConfig(merge_points(configs), run_id) for configs in points.values()]
 
 
-def merge_saturation_views(configs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One run for grid points that differ only in how saturation is read.
+def merge_points(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run for grid points with one identity, doing everything each point asks.
 
-    ``saturation.delta`` and ``saturation.idim_rule`` are not identity: the points share
-    one training, whose log.csv reads the spectra as the first point asks, and a
-    ``saturation`` analysis tables every delta and rule the points ask for
-    (saturation.csv, :mod:`labkit.analyses.saturation_views`).
+    They differ only in what is not identity: the run takes the first point's config
+    with the analyses of every point (each once, in order of first appearance), and
+    when they differ in how saturation is read (``saturation.delta``, ``idim_rule``:
+    log.csv reads the spectra as the first point asks) a ``saturation`` analysis tabling
+    every delta and rule asked for (saturation.csv,
+    :mod:`labkit.analyses.saturation_views`).
     """
     first = configs[0]
+    analyses: list[dict[str, Any]] = []
+    for config in configs:
+        analyses += [a for a in config["analyses"] if a not in analyses]
     views = [c["saturation"] for c in configs if c.get("saturation") is not None]
     deltas = sorted({v["delta"] for v in views})
     rules = sorted({v["idim_rule"] for v in views})
-    if len(deltas) < 2 and len(rules) < 2:
-        return first
     table = {"name": "saturation", "deltas": deltas, "rules": rules}
-    if table in first["analyses"]:
-        return first
-    return {**first, "analyses": [*first["analyses"], table]}
+    if (len(deltas) > 1 or len(rules) > 1) and table not in analyses:
+        analyses.append(table)
+    return {**first, "analyses": analyses}
 
 
 def check_device(device: str) -> None:

@@ -13,14 +13,17 @@ always resized (shorter side to ``resolution``, then centre crop), because files
 on disk may come in any size.
 """
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torchvision.datasets import ImageFolder
 
 from labkit.data.bundle import DataBundle
-from labkit.data.splits import Source, build_bundle, dataset_factory, dataset_not_found, resolve_root
+from labkit.data.splits import (Source, build_bundle, dataset_factory, dataset_not_found,
+                                listing_digest, resolve_root)
 from labkit.errors import UserError
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,6 +147,14 @@ def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
     )
 
 
+def _identified_by_listing(factory: Any, folder: Callable[[dict[str, Any]], str]) -> Any:
+    """Give ``factory`` the ``data_identity`` hook (:func:`labkit.spec.data_identity`):
+    the listing digest of the folder its params point at."""
+    factory.data_identity = lambda params: listing_digest(
+        resolve_root(params.get("root")) / folder(params))
+    return factory
+
+
 tinyimagenet = dataset_factory(
     lambda root, download, _res: _load(_TINYIMAGENET, resolve_root(root) / _TINYIMAGENET.name), resolution=64,
     doc="""TinyImageNet: 100 000 train / 10 000 val RGB 64x64 images, 200 classes (WordNet ids).
@@ -222,3 +233,9 @@ def imagefolder(
         split_seed=split_seed,
         subset=subset,
     )
+
+
+for _factory, _set in ((tinyimagenet, _TINYIMAGENET), (imagenet, _IMAGENET),
+                       (inaturalist, _INATURALIST)):
+    _identified_by_listing(_factory, lambda params, name=_set.name: name)
+_identified_by_listing(imagefolder, lambda params: params.get("folder", "imagefolder"))

@@ -5,10 +5,12 @@ as a :class:`Source`; :func:`build_bundle` validates the shared options, holds
 out the seeded splits, applies ``subset`` and wraps every split with its
 transform from :mod:`labkit.data.transforms`.
 """
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -27,6 +29,27 @@ def resolve_root(root: str | None) -> Path:
     """
     chosen = root if root is not None else os.environ.get(DATA_ENV_VAR) or "data"
     return Path(os.path.abspath(os.path.expanduser(chosen)))
+
+
+def listing_digest(directory: Path) -> dict[str, Any]:
+    """A cheap fingerprint of the files under ``directory``: sha256 of every file's
+    relative path and size, in sorted order (stat only; contents are not read).
+
+    Returns:
+        ``{"root": absolute directory, "files": count, "digest": hex}``; digest
+        ``None`` when the directory does not exist.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {"root": str(directory), "files": 0, "digest": None}
+    entries = []
+    for folder, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            entries.append(f"{path.relative_to(directory).as_posix()}\t{path.stat().st_size}")
+    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    return {"root": str(directory), "files": len(entries), "digest": digest}
 
 
 def dataset_not_found(title: str, searched: Path, needed: str, how_to_get: str) -> DatasetNotFound:
