@@ -2,7 +2,10 @@
 
 Write to a temporary file in the same folder, flush, fsync, ``os.replace`` over the
 target, fsync the folder. A crash at any moment (even ``kill -9``) leaves at most a
-stray ``.tmp-*`` file, never a half-written target.
+stray ``.tmp-*`` file, never a half-written target; :func:`remove_leftovers` clears
+those the next time labkit works on the folder. Files get the permissions of an
+ordinary ``open`` (0666 less the umask), not ``mkstemp``'s private 0600, so results stay
+readable by a group on shared clusters.
 """
 from __future__ import annotations
 
@@ -13,14 +16,38 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from labkit.errors import DamagedFile
+
+
+TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_leftovers(directory: str | Path) -> list[Path]:
+    """Delete the ``.tmp-*`` files interrupted atomic writes left under ``directory``
+    (recursively); returns them. Call it only while no other writer works there (under
+    the run's lock)."""
+    removed = []
+    for path in Path(directory).rglob(f"{TMP_PREFIX}*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; replace ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -58,6 +85,31 @@ def write_figure(path: str | Path, figure: Any, dpi: int = 100) -> None:
     """Atomically replace ``path`` with the matplotlib ``figure`` as PNG."""
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=dpi)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object file written by :func:`write_json`; ``{}`` when it does not exist.
+
+    Raises:
+        DamagedFile: the file is not a JSON object (truncated, edited, foreign).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedFile(f"{path} cannot be read ({exc}); delete it to let labkit "
+                          f"rebuild it, or restore it") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and Python's limit on long integers
+        raise DamagedFile(f"{path} is not valid JSON ({exc}); delete it to let labkit "
+                          f"rebuild it, or restore it") from None
+    if not isinstance(value, dict):
+        raise DamagedFile(f"{path} holds a JSON {type(value).__name__}, not an object; "
+                          f"delete it to let labkit rebuild it, or restore it")
+    return value
 
 
 def write_json(path: str | Path, obj: Any) -> None:

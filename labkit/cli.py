@@ -42,7 +42,9 @@ def _state(run: RunConfig) -> str:
 
 
 class LabkitGroup(click.Group):
-    """Turns :class:`UserError` into one line on stderr and exit code 2."""
+    """Turns :class:`UserError` into one line on stderr and exit code 2, and a file
+    system that refuses a write or read (disk full, read-only, permissions) into one
+    line and exit code 1."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -50,6 +52,12 @@ class LabkitGroup(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}; free space or fix the "
+                       f"permissions, then run the command again (finished work is kept)",
+                       err=True)
+            sys.exit(1)
 
 
 @click.group(cls=LabkitGroup)
@@ -208,7 +216,8 @@ def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...])
     from labkit.atomic import write_csv
     from labkit.results import collect
 
-    table = collect([Path(p) for p in (logs or ("logs",))], run_ids)
+    table = collect([Path(p) for p in (logs or ("logs",))], run_ids,
+                    on_damaged=lambda message: click.echo(f"warning: {message}", err=True))
     if table.empty:
         raise UserError(f"no runs found under {', '.join(logs or ('logs',))}; "
                         f"train with `labkit run SPEC --run-id ID` first")

@@ -12,5 +12,10 @@ class UserError(Exception):
     exit_code = 2
 
 
+class DamagedFile(UserError):
+    """A file labkit wrote (or should have written) cannot be read: truncated, edited,
+    not JSON, or of another kind. The message names the file and what to do."""
+
+
 class DatasetNotFound(UserError):
     """A dataset's files are not where labkit looks for them, and download is off."""

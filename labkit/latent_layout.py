@@ -6,11 +6,11 @@ neither torch nor the engine.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-from labkit.errors import UserError
+from labkit.atomic import read_json
+from labkit.errors import DamagedFile, UserError
 
 Mode = int | Literal["pixelwise", "none"]
 MANIFEST = "manifest.json"
@@ -61,9 +61,16 @@ def verify_files(directory: Path, manifest: dict[str, Any], names: list[str]) ->
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The manifest of a complete extraction in ``directory``, else ``None``."""
-    path = Path(directory) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    """The manifest of a complete extraction in ``directory``, else ``None`` (also for
+    a damaged manifest: the extraction then counts as incomplete and is redone)."""
+    try:
+        manifest = read_json(Path(directory) / MANIFEST)
+    except DamagedFile:
+        return None
+    required = {"plan": dict, "layers": list, "files": dict, "digest": str}
+    if not all(isinstance(manifest.get(k), t) for k, t in required.items()):
+        return None
+    return manifest
 
 
 def pointer_path(run_dir: Path, mode: Mode) -> Path:

@@ -44,8 +44,8 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from labkit.atomic import write_json
-from labkit.errors import UserError
+from labkit.atomic import read_json, write_json
+from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
 from labkit.latent_layout import (
     DEFAULT_ROOT,
@@ -69,13 +69,21 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 def locate(run: RunConfig, mode: Mode, root: str | None = None) -> Path:
     """Where the latents of ``run`` in ``mode`` live: under ``root`` when given, else
-    where the run's pointer says, else under ``latent_datasets/`` next to ``logs_dir``."""
+    where the run's pointer says, else under ``latent_datasets/`` next to ``logs_dir``.
+
+    A pointer is followed only to a folder named ``<run-id>/<hash>/<mode>`` of this run:
+    an edited or foreign pointer never makes labkit write into (or clear) another folder.
+    """
+    own = (run.run_id, run.hash, str(mode))
     if root is None:
-        pointer = pointer_path(run.directory, mode)
-        if pointer.exists():
-            return Path(json.loads(pointer.read_text())["directory"])
+        try:
+            directory = read_json(pointer_path(run.directory, mode)).get("directory")
+        except DamagedFile:
+            directory = None
+        if isinstance(directory, str) and Path(directory).parts[-3:] == own:
+            return Path(directory)
         root = Path(run.config["logs_dir"]).absolute().parent / DEFAULT_ROOT
-    return Path(root).absolute() / run.run_id / run.hash / str(mode)
+    return Path(root).absolute().joinpath(*own)
 
 
 def _pooled(output: torch.Tensor, mode: Mode) -> torch.Tensor:
@@ -162,8 +170,10 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
             manifest = read_manifest(directory)
             if manifest is not None and manifest["plan"] == plan:
                 return manifest
-            state = (json.loads((directory / PROGRESS).read_text())
-                     if (directory / PROGRESS).exists() else {})
+            try:
+                state = read_json(directory / PROGRESS)
+            except DamagedFile:
+                state = {}
             if state.get("plan") != plan:
                 # another plan's files (or a crash before the first record): start clean
                 shutil.rmtree(directory, ignore_errors=True)

@@ -2,15 +2,19 @@
 
 One row per (run, epoch). Config values appear as ``config.<dotted key>`` columns next to
 the log columns, plus ``run_hash``, ``run_id``, ``run_name``, ``run_dir`` and ``state``.
-A run without a log yet contributes one row with its config and state.
+A run without a log yet contributes one row with its config and state. A run whose
+files cannot be read (damaged config.json or log.csv) is left out and reported.
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from labkit import runinfo
+from labkit.errors import DamagedFile
 from labkit.identity import flatten
 
 
@@ -37,9 +41,22 @@ def run_table(run_dir: Path) -> pd.DataFrame:
     return pd.concat([pd.DataFrame([meta] * len(log), index=log.index), log], axis=1)
 
 
-def collect(paths: list[Path], run_ids: tuple[str, ...] = ()) -> pd.DataFrame:
-    """All runs under ``paths`` as one table, optionally only the given run-ids."""
-    tables = [run_table(d) for d in find_runs(paths)]
+def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
+            on_damaged: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """All runs under ``paths`` as one table, optionally only the given run-ids.
+
+    Args:
+        on_damaged: called with a message for each run left out because its files
+            cannot be read; default: :func:`warnings.warn`.
+    """
+    report = on_damaged or (lambda message: warnings.warn(message, stacklevel=3))
+    tables = []
+    for run_dir in find_runs(paths):
+        try:
+            tables.append(run_table(run_dir))
+        except (DamagedFile, OSError, UnicodeDecodeError, pd.errors.ParserError,
+                pd.errors.EmptyDataError) as exc:
+            report(f"skipped {run_dir}: {exc}")
     if not tables:
         return pd.DataFrame()
     table = pd.concat(tables, ignore_index=True)

@@ -30,7 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import labkit
 from labkit import checkpoint
-from labkit.atomic import write_json
+from labkit.atomic import read_json, remove_leftovers, write_json
+from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
 
 CONFIG_JSON = "config.json"
@@ -47,17 +48,30 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold the run's lock: one process works on a run at a time, others wait here.
 
     An ``flock`` on ``<run_dir>/.lock``: the OS releases it when the holder exits, even
-    after ``kill -9``, so a stale lock never blocks a resume.
+    after ``kill -9``, so a stale lock never blocks a resume. On a read-only directory
+    the existing lock file is locked read-only, so a finished run can still be read.
+    Holding the lock, the leftovers of interrupted atomic writes are removed.
+
+    Raises:
+        UserError: the directory cannot be created, or holds no lock file and cannot
+            be written.
     """
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(run_dir) / LOCK_FILE, "a") as handle:
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_FILE, "a")
+    except OSError as exc:
+        if not (run_dir / LOCK_FILE).is_file():
+            raise UserError(f"cannot write the run directory {run_dir} ({exc.strerror}); "
+                            f"make it writable or choose another logs_dir") from None
+        handle = open(run_dir / LOCK_FILE)
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            remove_leftovers(run_dir)
+        except OSError:  # read-only: nothing can have been left by a write here
+            pass
         yield
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """``path`` as JSON, or ``{}`` when it does not exist."""
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def final_checkpoint(run: RunConfig) -> Path:
@@ -83,8 +97,12 @@ def training_state(run: RunConfig) -> dict[str, Any]:
 
 
 def read_analyses(run_dir: Path) -> dict[str, Any]:
-    """``{analysis label: {"state", "reason", "updated"}}`` from ``analyses.json``."""
-    return read_json(Path(run_dir) / ANALYSES_JSON)
+    """``{analysis label: {"state", "reason", "updated"}}`` from ``analyses.json``;
+    ``{}`` when it is damaged (it only reports; the next analysis rewrites it)."""
+    try:
+        return read_json(Path(run_dir) / ANALYSES_JSON)
+    except DamagedFile:
+        return {}
 
 
 def write_analysis_state(run_dir: Path, label: str, state: str,
@@ -125,15 +143,25 @@ def _now() -> str:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    """The run's status, ``{}`` when never started."""
-    return read_json(Path(run_dir) / STATUS_JSON)
+    """The run's status, ``{}`` when never started; a damaged file reads as state
+    ``damaged`` with the reason (the next ``labkit run`` rewrites it)."""
+    try:
+        status = read_json(Path(run_dir) / STATUS_JSON)
+    except DamagedFile as exc:
+        return {"state": "damaged", "reason": f"{exc}; `labkit run` rewrites it"}
+    if not isinstance(status.get("state", ""), str) or not isinstance(status.get("epoch", 0), int):
+        return {"state": "damaged",
+                "reason": f"{Path(run_dir) / STATUS_JSON} holds no valid state; `labkit run` "
+                          f"rewrites it"}
+    return status
 
 
 def write_status(run_dir: Path, state: str, **fields: Any) -> None:
     """Replace the status file; keeps the last known epoch unless given."""
     previous = read_status(run_dir)
     status = {"state": state, "reason": fields.pop("reason", None),
-              "epoch": fields.pop("epoch", previous.get("epoch", 0)),
+              "epoch": fields.pop("epoch", previous.get("epoch", 0) if previous.get("state")
+                                  != "damaged" else 0),
               "updated": _now()}
     status.update(fields)
     write_json(Path(run_dir) / STATUS_JSON, status)
@@ -156,8 +184,16 @@ def write_config(run_dir: Path, run: RunConfig, plugin_versions: dict[str, str])
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """What :func:`write_config` wrote, ``{}`` when absent."""
-    return read_json(Path(run_dir) / CONFIG_JSON)
+    """What :func:`write_config` wrote, ``{}`` when absent.
+
+    Raises:
+        DamagedFile: the file is not a JSON object with a ``config`` object in it.
+    """
+    info = read_json(Path(run_dir) / CONFIG_JSON)
+    if info and not isinstance(info.get("config"), dict):
+        raise DamagedFile(f"{Path(run_dir) / CONFIG_JSON} holds no run config; restore it, or "
+                          f"delete the run directory and train the run again")
+    return info
 
 
 def flops_per_image(model: torch.nn.Module, in_channels: int, resolution: int,

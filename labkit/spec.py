@@ -134,11 +134,25 @@ def _is_list_type(annotation: Any) -> bool:
                for a in _unwrap(annotation))
 
 
-def _model_type(annotation: Any) -> type[BaseModel] | None:
-    for a in _unwrap(annotation):
-        if isinstance(a, type) and issubclass(a, BaseModel):
-            return a
-    return None
+def _model_type(annotation: Any, value: Any = None) -> type[BaseModel] | None:
+    """The pydantic model of ``annotation``; in a union of models, the one that ``value``
+    (a dict) fits: the first whose fields hold all its keys and whose ``name`` (when both
+    have one) admits the value's name, else the first model."""
+    models = [a for a in _unwrap(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) > 1 and isinstance(value, dict):
+        for model in models:
+            if set(value) <= set(model.model_fields) and _admits_name(model, value.get("name")):
+                return model
+    return models[0] if models else None
+
+
+def _admits_name(model: type[BaseModel], name: Any) -> bool:
+    field = model.model_fields.get("name")
+    if field is None or name is None or isinstance(name, list):
+        return True
+    allowed = typing.get_args(field.annotation) if typing.get_origin(
+        field.annotation) is typing.Literal else (field.default,)
+    return name in allowed or field.default is None
 
 
 def _is_untyped(field: Any) -> bool:
@@ -164,7 +178,7 @@ def _alternatives(value: Any, annotation: Any, kind: str | None, path: str,
         if value and all(isinstance(v, list) for v in value):
             return value  # a list of lists in a list-typed field: each inner list is one point
         return [value]
-    model = _model_type(annotation)
+    model = _model_type(annotation, value)
     if model is Component and kind is not None:
         return _component_alternatives(_as_component(value), kind, path, registries)
     if model is not None and isinstance(value, dict):

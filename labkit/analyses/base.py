@@ -24,12 +24,11 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from labkit import checkpoint, runinfo
-from labkit.atomic import write_json
+from labkit.atomic import read_json, write_json
 from labkit.build import build_component
 from labkit.data.bundle import DataBundle
-from labkit.errors import UserError
+from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
-from labkit.runinfo import read_json
 
 RECORDS_DIR = "analyses"
 
@@ -160,7 +159,7 @@ class Analysis:
             return False
         try:
             return read_json(self.record_path()) == self.fingerprint()
-        except ValueError:  # a damaged record: compute again
+        except DamagedFile:  # compute again
             return False
 
     def produce(self, progress: bool = True) -> None:

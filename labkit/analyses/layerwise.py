@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labkit import latents
 from labkit.analyses.base import Analysis, FinishedRun
-from labkit.atomic import write_csv, write_json
+from labkit.atomic import read_json, write_csv, write_json
 from labkit.build import build_component
-from labkit.errors import UserError
+from labkit.errors import DamagedFile, UserError
 from labkit.probes import ProbeParams, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
 from labkit.tail_plot import FIGURE, draw_tail_pattern
@@ -85,9 +84,12 @@ class Latents(Analysis):
         """The record matches and the extraction the pointer names is still whole."""
         if not super().is_complete():
             return False
-        pointer = json.loads(self.outputs()[0].read_text())
+        try:
+            pointer = read_json(self.outputs()[0])
+        except DamagedFile:
+            return False
         manifest = latents.read_manifest(self.directory())
-        return manifest is not None and manifest["digest"] == pointer["digest"]
+        return manifest is not None and manifest["digest"] == pointer.get("digest")
 
     def compute(self, progress: bool = True) -> None:
         """Extract (resuming or skipping as the files say) and point the run at the result.

@@ -2,7 +2,11 @@
 
 ``method.teacher`` names it in one of two ways:
 
-* ``{"dir": "<run directory>"}`` — a directory holding a finished labkit run;
+* ``{"dir": "<run directory>"}`` — a directory holding a trained labkit run. Validation
+  adds the teacher's fingerprint, ``run: {"hash": …, "checkpoint": …}`` (its identity
+  hash and the recorded sha256 of its final checkpoint), so the student's identity
+  follows the teacher's weights: a retrained teacher gives a new student run, never a
+  stale one;
 * ``{"spec": {...}, "run_id": "A"}`` — the teacher's own spec (it must expand to exactly
   one run). It is validated and resolved together with the student's spec, so the
   student's run identity holds the teacher's whole resolved config (less where and how
@@ -21,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_serializer,
+                      model_validator)
 
 from labkit.api import (NOT_IDENTITY, FinishedRun, RunConfig, RunContext, RunFailed, UserError,
                         checkpoint, expand, registries as labkit_registries, resolve, runinfo,
@@ -31,18 +36,52 @@ from labkit.api import (NOT_IDENTITY, FinishedRun, RunConfig, RunContext, RunFai
 RUN_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
 
 
+class RunFingerprint(BaseModel):
+    """What a trained run directory holds: its identity and its final weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hash: str = Field(description="the run's identity hash (its config.json)")
+    checkpoint: str = Field(description="recorded sha256 of the run's final checkpoint")
+
+
+def fingerprint(directory: str | Path) -> dict[str, str]:
+    """``{"hash", "checkpoint"}`` of the trained run in ``directory`` (cheap: the
+    checkpoint's recorded digest is read, not recomputed).
+
+    Raises:
+        ValueError: the run is not trained (no final checkpoint with its digest).
+    """
+    run = FinishedRun.from_directory(directory, labkit_registries())
+    if runinfo.training_state(run.run).get("state") != "finished":
+        raise ValueError(f"teacher run {directory} is not trained (no final checkpoint "
+                         f"{run.checkpoint_path.name}); train it first with `labkit run "
+                         f"SPEC --run-id {run.run.run_id}`, or name the teacher by "
+                         f'{{"spec": ...}} to have it trained with the student')
+    return {"hash": runinfo.read_config(Path(directory))["hash"],
+            "checkpoint": run.checkpoint_digest}
+
+
 class TeacherRef(BaseModel):
     """Where the teacher comes from: a run directory, or the teacher's spec."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dir: str | None = Field(None, description="directory of a finished labkit run")
+    dir: str | None = Field(None, description="directory of a trained labkit run")
     spec: dict[str, Any] | None = Field(
         None, description="the teacher run's spec (one grid point), trained first when "
                           "not finished; stored resolved, so it is part of the student's "
                           "identity")
     run_id: str | None = Field(
         None, description="run-id of the teacher given by spec; null: the student's run-id")
+    run: RunFingerprint | None = Field(
+        None, description="derived, do not write it: with dir, validation fills in the "
+                          "teacher's identity hash and the recorded sha256 of its final "
+                          "checkpoint, so that the student's identity follows the teacher's "
+                          "weights (a retrained teacher gives a new student). A value given "
+                          "(as in a resolved config, which is validated again when the "
+                          "student trains) must equal the teacher's current one, else "
+                          "validation fails")
 
     @field_validator("dir")
     @classmethod
@@ -57,6 +96,9 @@ class TeacherRef(BaseModel):
     def _resolve(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
+        # a resolved spec (validated again when the student trains) holds the derived
+        # "data" of its dataset, which a spec may not give: expand derives it afresh
+        value = {k: v for k, v in value.items() if k != "data"}
         try:
             configs = expand(value, labkit_registries())
         except UserError as exc:  # keep the nested path: the message names the key to fix
@@ -71,13 +113,38 @@ class TeacherRef(BaseModel):
         return {k: v for k, v in configs[0].items() if k not in RUN_LOCATION}
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TeacherRef":
+    def _one_source_fingerprinted(self) -> "TeacherRef":
         if (self.dir is None) == (self.spec is None):
             raise ValueError('name the teacher by {"dir": "<run directory>"} or by '
                              '{"spec": {...}}: exactly one of the two')
         if self.dir is not None and self.run_id is not None:
             raise ValueError("run_id goes with spec; a run directory already names its run")
+        if self.dir is None:
+            if self.run is not None:
+                raise ValueError('"run" is derived from "dir" (the teacher directory\'s '
+                                 'fingerprint); leave it out')
+            return self
+        derived = RunFingerprint(**fingerprint(self.dir))
+        if self.run is not None and self.run != derived:
+            # a UserError passes through pydantic as is: also when the engine validates a
+            # resolved config again, where it stops the student instead of training it
+            # from another teacher than its identity says
+            raise UserError(
+                f"method.teacher.run: {self.run.model_dump()} is not teacher run {self.dir} "
+                f"({derived.model_dump()}). It is derived from the directory: leave it out of "
+                f"a spec; in a resolved config it means the teacher was retrained since, so "
+                f"run the student's spec again (a new student run)")
+        self.run = derived
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_run(self, handler: Any) -> dict[str, Any]:
+        # a teacher given by spec has no fingerprint: no "run": null in the student's
+        # identity (its hash stays what it was before the field existed)
+        data = handler(self)
+        if self.run is None:
+            data.pop("run", None)
+        return data
 
 
 @contextmanager
@@ -92,8 +159,9 @@ def _isolated_rng() -> Iterator[None]:
         checkpoint.set_rng_state(state)
 
 
-def _finished(directory: Path) -> bool:
-    return runinfo.read_status(directory).get("state") == "finished"
+def _finished(run: RunConfig) -> bool:
+    """Trained: the final checkpoint and its digest are there (status.json is a report)."""
+    return runinfo.training_state(run).get("state") == "finished"
 
 
 def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
@@ -110,13 +178,15 @@ def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
     with _isolated_rng():
         if ref.dir is not None:
             run = FinishedRun.from_directory(ref.dir, registries, device)
-            if not _finished(run.directory):
-                raise UserError(f"teacher run {ref.dir} is not finished; finish it with "
-                                f"`labkit run SPEC --run-id {run.run.run_id}` first")
+            if not _finished(run.run):
+                raise UserError(f"teacher run {ref.dir} is not trained; train it first with "
+                                f"`labkit run SPEC --run-id {run.run.run_id}`")
         else:
-            config = resolve({**ref.spec, "logs_dir": context.config["logs_dir"]}, registries)
+            # the resolved spec's derived "data" is no spec key: resolve derives it again
+            spec = {k: v for k, v in ref.spec.items() if k != "data"}
+            config = resolve({**spec, "logs_dir": context.config["logs_dir"]}, registries)
             link = RunConfig(config, ref.run_id or context.run_id)
-            if not _finished(link.directory):
+            if not _finished(link):
                 print(f"distill: training the teacher first: {link.directory}", file=sys.stderr)
             # the engine's run lock makes students trained in parallel wait for one teacher
             if train(link, registries, device, progress=False) == "failed":

@@ -2,7 +2,7 @@
 
 A :class:`RunRef` names one run in one of two ways:
 
-* ``{"dir": "logs/cnn_s/digits_16/A/cnn_s-…-3f2a9c01de"}``: a run directory;
+* ``{"dir": "logs/cnn_s/digits_16/A/cnn_s-…-3f2a9c01de"}``: a trained run directory;
 * ``{"spec": "specs/quickstart.json", "run_id": "demo", "where": {"model.name": "cnn_s"}}``:
   a grid point of a spec. The spec is a file or an inline spec object, and ``where``
   picks one run by dotted config keys (as ``labkit plan`` shows them); it is not needed
@@ -11,17 +11,21 @@ A :class:`RunRef` names one run in one of two ways:
 A spec file is read when the referencing spec is validated, and its content is recorded
 in place of the path. The stitch run's identity (a hash of its config) therefore follows
 the content of the referenced run's spec: editing that spec gives new stitch runs,
-never stale ones. A run directory's name already ends in the run's own identity hash.
+never stale ones. A run directory is recorded with its fingerprint, ``run: {"hash": …,
+"checkpoint": …}`` (the run's identity hash and the recorded sha256 of its final
+checkpoint), derived at validation: retraining that run gives new stitch runs too. So a
+run directory must be trained when the stitch spec is validated.
 
-A run that has not finished is trained by the engine, with its own spec's settings,
-the first time a trained network is asked of it.
+A run given by spec that has not finished is trained by the engine, with its own spec's
+settings, the first time a trained network is asked of it.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_serializer,
+                      model_validator)
 from torch import nn
 
 from labkit.api import (FinishedRun, RunConfig, RunFailed, UserError, build_component, checkpoint,
@@ -29,12 +33,28 @@ from labkit.api import (FinishedRun, RunConfig, RunFailed, UserError, build_comp
                         train, varying_keys)
 
 
+class RunFingerprint(BaseModel):
+    """What a trained run directory holds: its identity and its final weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hash: str = Field(description="the run's identity hash (its config.json)")
+    checkpoint: str = Field(description="recorded sha256 of the run's final checkpoint")
+
+
+def is_trained(run: RunConfig) -> bool:
+    """Whether ``run`` is trained: its final checkpoint and digest are there (cheap; a
+    ``status.json`` saying ``finished`` is a report, not trusted)."""
+    return runinfo.training_state(run).get("state") == "finished"
+
+
 class RunRef(BaseModel):
     """One labkit run: a run directory, or a spec (file or object), run-id and grid point."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dir: str | None = Field(None, description="run directory (the folder holding config.json)")
+    dir: str | None = Field(None, description="directory of a trained run (the folder "
+                                              "holding config.json)")
     spec: str | dict[str, Any] | None = Field(
         None, description="spec file or inline spec object describing the run; a file is "
                           "read at validation and its content recorded instead of the path")
@@ -42,6 +62,13 @@ class RunRef(BaseModel):
     where: dict[str, Any] = Field(
         {}, description="dotted config keys and values picking one grid point of the spec, "
                         "e.g. {\"model.name\": \"cnn_s\"}; not needed for a one-run spec")
+    run: RunFingerprint | None = Field(
+        None, description="derived, do not write it: with dir, validation fills in the run's "
+                          "identity hash and the recorded sha256 of its final checkpoint, so "
+                          "that the stitch run's identity follows the network's weights (a "
+                          "retrained network gives new stitch runs). A value given (as in a "
+                          "resolved config, which is validated again when the stitch trains) "
+                          "must equal the run's current one, else validation fails")
 
     @field_validator("spec")
     @classmethod
@@ -59,11 +86,31 @@ class RunRef(BaseModel):
             raise ValueError("\"spec\" needs \"run_id\", the run-id its runs are trained under")
         if self.dir is not None and (self.run_id is not None or self.where):
             raise ValueError("\"run_id\" and \"where\" go with \"spec\"; a \"dir\" names one run")
+        if self.dir is None and self.run is not None:
+            raise ValueError("\"run\" is derived from \"dir\" (the run directory's "
+                             "fingerprint); leave it out")
         try:  # a wrong reference fails at validation, with its JSON path
-            self.run_config()
+            run = self.run_config()
         except UserError as exc:
             raise ValueError(str(exc)) from None
+        if self.dir is not None:
+            derived = _fingerprint(run, self.dir)
+            if self.run is not None and self.run != derived:
+                raise ValueError(
+                    f"\"run\" {self.run.model_dump()} is not run {self.dir} "
+                    f"({derived.model_dump()}). It is derived from the directory: leave it out "
+                    f"of a spec; in a resolved config it means the run was retrained since, "
+                    f"so run the stitch spec again (new stitch runs)")
+            self.run = derived
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_run(self, handler: Any) -> dict[str, Any]:
+        # a run given by spec has no fingerprint: no "run": null in the stitch's identity
+        data = handler(self)
+        if self.run is None:
+            data.pop("run", None)
+        return data
 
     def run_config(self) -> RunConfig:
         """The referenced run.
@@ -92,6 +139,21 @@ class RunRef(BaseModel):
         return chosen[0]
 
 
+def _fingerprint(run: RunConfig, directory: str) -> RunFingerprint:
+    """The fingerprint of the trained run in ``directory`` (``run``: its config).
+
+    Raises:
+        ValueError: the run is not trained.
+    """
+    if not is_trained(run):
+        raise ValueError(f"run {directory} is not trained (no final checkpoint "
+                         f"{runinfo.final_checkpoint(run).name}); train it first with `labkit "
+                         f"run SPEC --run-id {run.run_id}`, or reference it by "
+                         f"{{\"spec\": ..., \"run_id\": ...}} to have it trained on demand")
+    return RunFingerprint(hash=runinfo.read_config(run.directory)["hash"],
+                          checkpoint=checkpoint.digest(runinfo.final_checkpoint(run)))
+
+
 def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = True) -> None:
     """Train ``run`` with the engine unless it has finished.
 
@@ -103,7 +165,7 @@ def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = T
     Raises:
         RunFailed: the run failed (the reason is in its ``status.json``).
     """
-    if runinfo.read_status(run.directory).get("state") == "finished":
+    if is_trained(run):
         return
     # Training draws random numbers; the caller's later draws (a stitch's initial weights)
     # must not depend on whether the run had to be trained first.

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.api import RunConfig, flatten, identity_config, runinfo, varying_keys, write_figure
+from labkit_stitch.refs import is_trained
 from labkit_stitch.stitching import StitchedParams
 
 AXES = ("sender_layer", "receiver_layer", "sender_weights")
@@ -40,11 +41,12 @@ COLUMNS = ["group", "sender_run", "receiver_run", "sender_layer", "receiver_laye
            "stitch_run", "random_stitch_run"]
 
 
-def final_value(run_dir: Path, column: str) -> float:
-    """``column`` in the last row of the run's ``log.csv``; NaN when unfinished or absent."""
-    if runinfo.read_status(run_dir).get("state") != "finished":
+def final_value(run: RunConfig, column: str) -> float:
+    """``column`` in the last row of the run's ``log.csv``; NaN when not trained (no final
+    checkpoint) or absent."""
+    if not is_trained(run):
         return float("nan")
-    log = pd.read_csv(Path(run_dir) / runinfo.LOG_CSV)
+    log = pd.read_csv(Path(run.directory) / runinfo.LOG_CSV)
     return float(log[column].iloc[-1]) if column in log else float("nan")
 
 
@@ -85,12 +87,12 @@ def stitch_table(runs: list[RunConfig], split: str = "eval",
             "receiver_run": str(receiver.directory), "sender_layer": key[1],
             "receiver_layer": key[2], "split": split, "metric": metric,
             "stitched": np.nan, "random_sender": np.nan,
-            "sender": final_value(sender.directory, column),
-            "receiver": final_value(receiver.directory, column),
+            "sender": final_value(sender, column),
+            "receiver": final_value(receiver, column),
             "stitch_run": None, "random_stitch_run": None,
             **{f"config.{k}": flat.get(k) for k in varying}})
         trained = params.sender_weights == "trained"
-        cell["stitched" if trained else "random_sender"] = final_value(run.directory, column)
+        cell["stitched" if trained else "random_sender"] = final_value(run, column)
         cell["stitch_run" if trained else "random_stitch_run"] = str(run.directory)
     table = pd.DataFrame(list(cells.values()))
     table["debiased"] = table["stitched"] - table["random_sender"]
