@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from labkit.errors import UserError
 from labkit.registry import Registries
 
 
@@ -23,6 +24,44 @@ def build_component(registries: Registries, kind: str, spec: dict[str, Any], **c
     if isinstance(entry.obj, type) and hasattr(entry.obj, "Params"):
         return registry.create(spec["name"], params=entry.params.model_validate(params), **context)
     return registry.create(spec["name"], **context, **params)
+
+
+def check_buildable(config: dict[str, Any], registries: Registries) -> None:
+    """Build a resolved config's model, optimizer and schedule without data or weights,
+    so that the mistakes their constructors catch (an unknown torchvision name, hidden
+    units below one, a negative learning rate, a bad schedule) are reported before any
+    run starts.
+
+    The model is built on the ``meta`` device for the dataset's ``resolution`` (32 for a
+    dataset without one), 3 channels and 10 classes: only its parameters
+    are checked here; a model that needs the real data shape fails at run time.
+
+    Raises:
+        UserError: naming the component and the constructor's complaint.
+    """
+    resolution = config["dataset"].get("resolution")
+    if not isinstance(resolution, int):  # a plugin's dataset without the parameter
+        resolution = 32
+    try:
+        with torch.device("meta"):
+            build_component(registries, "models", config["model"], num_classes=10,
+                            in_channels=3, resolution=resolution)
+    except UserError as exc:
+        raise UserError(f"model: {exc}") from None
+    except Exception:  # a shape this check guessed; the real build reports real problems
+        return
+    parameters = [torch.nn.Parameter(torch.zeros(1))]
+    try:
+        optimizer = build_component(registries, "optimizers", config["optimizer"],
+                                    params=parameters)
+    except (UserError, ValueError) as exc:
+        raise UserError(f"optimizer: {exc}") from None
+    if config.get("scheduler"):
+        try:
+            build_component(registries, "schedulers", config["scheduler"], optimizer=optimizer,
+                            epochs=config["epochs"])
+        except (UserError, ValueError) as exc:
+            raise UserError(f"scheduler: {exc}") from None
 
 
 def seed_everything(seed: int) -> None:

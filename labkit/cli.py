@@ -19,7 +19,7 @@ from labkit.commands import saturation as saturation_commands
 from labkit.commands.common import check_device, load_runs
 from labkit.errors import UserError
 from labkit.identity import RunConfig, flatten, varying_keys
-from labkit.launch import RunTask, run_local, submit_array, submitit_folder
+from labkit.launch import INVALID, RunTask, run_local, submit_array, submitit_folder
 from labkit.spec import LauncherConfig
 from labkit.spec import json_schema
 
@@ -123,13 +123,16 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
 
 
 def summarize(states: list[str]) -> None:
-    """Print the count of each final state; exit with code 1 when a run failed."""
-    failed = states.count("failed")
+    """Print the count of each final state; exit with code 2 when a run hit a mistake in
+    the input (its message was printed when it happened), else 1 when a run failed."""
+    failed, invalid = states.count("failed"), states.count(INVALID)
     click.echo(f"{len(states)} run(s): {states.count('finished')} finished, "
-               f"{states.count('skipped')} already finished, {failed} failed")
+               f"{states.count('skipped')} already finished, {failed} failed"
+               + (f", {invalid} with a mistake in the input (see above)" if invalid else ""))
     if failed:
-        click.echo("see status.json and error.txt in the failed run directories", err=True)
-        sys.exit(1)
+        click.echo("see `labkit status`, and error.txt in the failed run directories", err=True)
+    if invalid or failed:
+        sys.exit(2 if invalid else 1)
 
 
 @cli.command()

@@ -119,9 +119,11 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
         runinfo.write_status(run_dir, "running")
         try:
             _train(run, registries, torch.device(device), progress)
-        except (UserError, KeyboardInterrupt) as exc:
-            reason = str(exc) if isinstance(exc, UserError) else "stopped before finishing"
-            runinfo.write_status(run_dir, "interrupted", reason=reason)
+        except UserError as exc:  # a mistake found only now (a missing dataset): recorded
+            runinfo.write_status(run_dir, "failed", reason=str(exc))
+            raise
+        except KeyboardInterrupt:
+            runinfo.write_status(run_dir, "interrupted", reason="stopped before finishing")
             raise
         except Exception as exc:  # any other failure ends this run only
             reason = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"

@@ -9,13 +9,15 @@ requeued by submitit unchanged and simply resumes.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import multiprocessing.connection
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import submitit
 
+from labkit.errors import UserError
 from labkit.spec import LauncherConfig
 
 
@@ -36,17 +38,41 @@ class RunTask(submitit.helpers.Checkpointable):
     progress: bool = False
 
     def __call__(self) -> str:
+        """Train the run; returns its state: ``finished``, ``skipped``, ``failed``, or
+        ``invalid`` (a mistake in the input found only now, such as a missing dataset:
+        the message is printed at once and recorded in status.json)."""
         from labkit import engine, plugins
         from labkit.identity import RunConfig
 
         run = RunConfig(self.config, self.run_id)
-        return engine.train(run, plugins.registries(), self.device, progress=self.progress)
+        try:
+            return engine.train(run, plugins.registries(), self.device, progress=self.progress)
+        except UserError as exc:
+            print(f"error: {run.directory}: {exc}", file=sys.stderr, flush=True)
+            return INVALID
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's hook on a timeout or preemption, before it requeues the task: the
+        run's status says so (a requeued task resumes from its last checkpoint)."""
+        from labkit import runinfo
+        from labkit.identity import RunConfig
+
+        runinfo.write_status(RunConfig(self.config, self.run_id).directory, "interrupted",
+                             reason="stopped by the scheduler (time limit or preemption); "
+                                    "requeued while requeues remain, else run the grid again")
+        return super().checkpoint(*args, **kwargs)
+
+
+INVALID = "invalid"
 
 
 def run_local(tasks: list[RunTask], jobs: int,
               on_done: Callable[[int, str], None]) -> list[str]:
     """Run ``tasks`` in ``jobs`` worker processes (in this process when ``jobs`` is 1).
 
+    Each task runs in a process of its own (spawned: forking a process that already
+    initialised torch's thread pools or CUDA is unsafe), so a worker that dies (killed,
+    out of memory) fails its run only: its status says so and the grid goes on.
     ``on_done(index, state)`` is called as each run ends, in completion order; the
     returned states are in task order.
     """
@@ -56,18 +82,46 @@ def run_local(tasks: list[RunTask], jobs: int,
             states.append(task())
             on_done(i, states[-1])
         return states
-    # spawn, not fork: forking a process that already initialised torch's thread pools
-    # (or CUDA) is unsafe
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(replace(t, progress=False)): i
-                   for i, t in enumerate(tasks)}
-        states: list[str] = [""] * len(tasks)
-        for future in as_completed(futures):
-            i = futures[future]
-            states[i] = future.result()  # a UserError in a worker is re-raised here
+    states: list[str] = [""] * len(tasks)
+    waiting = list(enumerate(tasks))
+    running: dict[Any, tuple[int, Any, Any]] = {}  # sentinel -> (index, process, pipe)
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            i, task = waiting.pop(0)
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_work, args=(replace(task, progress=False), send),
+                                      name=f"labkit-run-{i}")
+            process.start()
+            send.close()
+            running[process.sentinel] = (i, process, receive)
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            i, process, receive = running.pop(sentinel)
+            process.join()
+            states[i] = receive.recv() if receive.poll() else _died(tasks[i], process.exitcode)
+            receive.close()
             on_done(i, states[i])
     return states
+
+
+def _work(task: RunTask, send: Any) -> None:
+    """A worker process: train one run and send its state back."""
+    send.send(task())
+    send.close()
+
+
+def _died(task: RunTask, exitcode: int | None) -> str:
+    """Record that the worker of ``task`` ended without reporting (signal, crash)."""
+    from labkit import runinfo
+    from labkit.identity import RunConfig
+
+    how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    reason = (f"its worker process died ({how}: killed, or out of memory); run the grid "
+              f"again to resume it from its last checkpoint")
+    runinfo.write_status(RunConfig(task.config, task.run_id).directory, "failed", reason=reason)
+    print(f"error: {RunConfig(task.config, task.run_id).directory}: {reason}", file=sys.stderr,
+          flush=True)
+    return "failed"
 
 
 def submitit_folder(logs_dir: str, run_id: str) -> Path:

@@ -16,6 +16,14 @@ from typing import Iterable
 import torch
 from torch.optim import lr_scheduler as sched
 
+from labkit.errors import UserError
+
+
+def _check_steps(step_size: int, gamma: float) -> None:
+    if step_size < 1 or not gamma > 0:
+        raise UserError(f"scheduler: step_size {step_size} and gamma {gamma} must be at least "
+                        f"1 and above 0")
+
 
 def sgd(params: Iterable, lr: float = 0.1, momentum: float = 0.9,
         weight_decay: float = 5e-4, nesterov: bool = False) -> torch.optim.Optimizer:
@@ -47,6 +55,12 @@ OPTIMIZERS = {"sgd": sgd, "adam": adam, "adamw": adamw, "radam": radam}
 
 def _with_warmup(optimizer: torch.optim.Optimizer, main: sched.LRScheduler | None,
                  warmup_epochs: int, warmup_start: float) -> sched.LRScheduler:
+    if warmup_epochs < 0:
+        raise UserError(f"scheduler.warmup_epochs is {warmup_epochs}; give 0 (no warm-up) or "
+                        f"a positive number of epochs")
+    if not 0 < warmup_start <= 1:
+        raise UserError(f"scheduler.warmup_start is {warmup_start}; give the share of the "
+                        f"learning rate to start the warm-up at, in (0, 1]")
     main = main or sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
     if warmup_epochs <= 0:
         return main
@@ -58,6 +72,7 @@ def _with_warmup(optimizer: torch.optim.Optimizer, main: sched.LRScheduler | Non
 def step(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 30,
          gamma: float = 0.1, warmup_epochs: int = 0, warmup_start: float = 0.1) -> sched.LRScheduler:
     """Multiply the learning rate by ``gamma`` every ``step_size`` epochs."""
+    _check_steps(step_size, gamma)
     return _with_warmup(optimizer, sched.StepLR(optimizer, step_size, gamma),
                         warmup_epochs, warmup_start)
 
@@ -87,12 +102,14 @@ def warmup(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 5
 def lrs(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 10,
         gamma: float = 0.1) -> sched.LRScheduler:
     """PHD-LAB's ``lrs`` preset: StepLR every 10 epochs."""
+    _check_steps(step_size, gamma)
     return sched.StepLR(optimizer, step_size, gamma)
 
 
 def lrs60(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 20,
           gamma: float = 0.1) -> sched.LRScheduler:
     """PHD-LAB's ``lrs60`` preset (for 60-epoch runs): StepLR every 20 epochs."""
+    _check_steps(step_size, gamma)
     return sched.StepLR(optimizer, step_size, gamma)
 
 

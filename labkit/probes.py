@@ -9,12 +9,16 @@ over the data, usually unconverged and several times slower
 (``benchmarks/bench_probes.py``; numbers in docs/layers.md).
 
 Layers are fitted in parallel worker processes (joblib, loky backend). Every fit is
-cached with :class:`joblib.Memory` in ``<latent directory>/probe_cache``, keyed by the
-manifest digest, the layer name and the probe parameters; the cached function loads the
-arrays itself, so joblib never hashes them. Results come back in network order.
+cached in ``<latent directory>/probe_cache/<key>.json``, plain JSON keyed by the
+manifest digest, the layer name and the probe parameters (never by hashing the arrays).
+Plain data, not pickles: a cache in a folder someone else produced cannot run code
+(the key stored inside each entry is checked, and an entry that does not hold a
+well-formed result is fitted again). Results come back in network order.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from pathlib import Path
@@ -22,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Memory, Parallel, delayed
+from joblib import Parallel, delayed
 from pydantic import BaseModel, ConfigDict, Field
 
-from labkit.atomic import write_csv
-from labkit.errors import UserError
+from labkit.atomic import read_json, write_csv, write_json
+from labkit.errors import DamagedFile, UserError
 from labkit.latent_layout import array_path, read_manifest, verify_files
 
 RESULTS_CSV = "probe_performances.csv"
@@ -97,10 +101,33 @@ def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str) -
     return result
 
 
-def cached_fit(directory: Path):
-    """:func:`fit_layer` cached in ``<directory>/probe_cache`` (keyed without ``directory``)."""
-    memory = Memory(Path(directory) / CACHE_DIR, verbose=0)
-    return memory.cache(fit_layer, ignore=["directory"])
+def cache_path(directory: Path, key: list[Any]) -> Path:
+    """The cache entry of ``key`` (``[manifest digest, layer, probe params]``)."""
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return Path(directory) / CACHE_DIR / f"{name}.json"
+
+
+def read_cached(directory: Path, key: list[Any], splits: list[str]) -> dict[str, Any] | None:
+    """The cached result of ``key``, or ``None`` when absent or not a well-formed entry
+    for exactly this key."""
+    try:
+        entry = read_json(cache_path(directory, key))
+    except DamagedFile:
+        return None
+    result = entry.get("result")
+    columns = {"layer": str, "features": int, "converged": bool, "fit_seconds": float,
+               **{f"{split}_accuracy": float for split in splits}}
+    if entry.get("key") != key or not isinstance(result, dict) or set(result) != set(columns):
+        return None
+    if not all(isinstance(result[k], t) for k, t in columns.items()):
+        return None
+    return result
+
+
+def write_cached(directory: Path, key: list[Any], result: dict[str, Any]) -> None:
+    """Store ``result`` (JSON-ready) under ``key``."""
+    plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in result.items()}
+    write_json(cache_path(directory, key), {"key": key, "result": plain})
 
 
 def run_probes(directory: Path, processes: int = 1,
@@ -131,22 +158,25 @@ def run_probes(directory: Path, processes: int = 1,
     if missing:
         raise UserError(f"{directory} lacks {', '.join(missing)}; extract again "
                         f"(delete {directory / 'manifest.json'} first)")
-    fit = cached_fit(directory)
-    key = (params or ProbeParams()).model_dump()
-    calls = {layer: (manifest["digest"], layer, key, str(directory)) for layer in layers}
-    results = {layer: fit(*args) for layer, args in calls.items() if fit.check_call_in_cache(*args)}
+    settings = (params or ProbeParams()).model_dump(mode="json")
+    keys = {layer: [manifest["digest"], layer, settings] for layer in layers}
+    splits = list(manifest["plan"]["splits"])
+    results = {layer: cached for layer in layers
+               if (cached := read_cached(directory, keys[layer], splits)) is not None}
     todo = [layer for layer in layers if layer not in results]
     if todo:  # the bytes about to be read must be the ones extracted
         verify_files(directory, manifest, [array_path(directory, split, name).name
                                            for split in manifest["plan"]["splits"]
                                            for name in ["labels", *todo]])
     fitted = Parallel(n_jobs=min(processes, max(len(todo), 1)))(
-        delayed(fit)(*calls[layer]) for layer in todo)
-    results.update(zip(todo, fitted, strict=True))
+        delayed(fit_layer)(manifest["digest"], layer, settings, str(directory)) for layer in todo)
+    for layer, result in zip(todo, fitted, strict=True):
+        write_cached(directory, keys[layer], result)
+        results[layer] = read_cached(directory, keys[layer], splits)  # as JSON gives it back
     table = pd.DataFrame([results[layer] for layer in layers])
     table.insert(1, "downsampling", str(manifest["plan"]["mode"]))
     table["latents_digest"] = manifest["digest"]
-    for name, value in key.items():  # the parameters every row was fitted with
+    for name, value in settings.items():  # the parameters every row was fitted with
         table[f"probe_{name}"] = value
     return table
 

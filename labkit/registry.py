@@ -53,7 +53,7 @@ def params_model(name: str, obj: Any, context: tuple[str, ...]) -> type[BaseMode
     if isinstance(declared, type) and issubclass(declared, BaseModel):
         return declared
     target = obj.__init__ if inspect.isclass(obj) else obj
-    hints = typing.get_type_hints(target)
+    hints = typing.get_type_hints(target, include_extras=True)
     fields: dict[str, Any] = {}
     for pname, p in inspect.signature(target).parameters.items():
         if pname in context or pname == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -114,6 +115,15 @@ class Spec(BaseModel):
     def _name_only(cls, value: Any) -> Any:
         return _as_component(value)
 
+    @field_validator("logs_dir")
+    @classmethod
+    def _a_usable_folder(cls, value: str) -> str:
+        if not value or "\0" in value:
+            raise ValueError("give the folder runs are written under, e.g. \"logs\"")
+        if Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"{value} is a file, not a folder; give a folder")
+        return value
+
     @field_validator("analyses", mode="before")
     @classmethod
     def _names_only(cls, value: Any) -> Any:
@@ -203,6 +213,11 @@ def _object_alternatives(value: dict, model: type[BaseModel], path: str,
                 f"type for an axis)")
         axes.append(_alternatives(item, field.annotation, _registry_kind(field),
                                   _join(path, key), registries))
+    size = math.prod(len(axis) for axis in axes)
+    if size > MAX_GRID_POINTS:
+        raise UserError(f"{path or 'spec'}: the grid has {size:,} points, more than "
+                        f"{MAX_GRID_POINTS:,}; split it into several specs, or shorten its "
+                        f"lists (every list where one value is expected is an axis)")
     return [dict(zip(value.keys(), combo)) for combo in itertools.product(*axes)]
 
 
@@ -212,6 +227,9 @@ def _component_alternatives(value: Any, kind: str, path: str,
         return [value]  # not a component: validation reports it with its path
     out: list[Any] = []
     names = value["name"] if isinstance(value["name"], list) else [value["name"]]
+    if not names:
+        raise UserError(f"{_join(path, 'name')}: an empty list is a grid axis with no values; "
+                        f"give a name, or a list of the names to try")
     for name in names:
         params = {k: v for k, v in value.items() if k != "name"}
         registry = registries[kind]
@@ -278,6 +296,7 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     Raises:
         UserError: naming the JSON path of every problem and how to fix it.
     """
+    _check_finite(raw, "")
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as exc:
@@ -303,6 +322,19 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     return resolved
 
 
+def _check_finite(value: Any, path: str) -> None:
+    """Refuse NaN and infinities anywhere (JSON has none, but Python's reader takes
+    ``NaN`` and ``Infinity``): no setting means anything with them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{path or 'spec'}: {value} is not a finite number; give a number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, _join(path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, _join(path, i))
+
+
 def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, Any]:
     """What identifies a dataset's files beyond its params: for datasets read from a
     folder of files, the folder and a digest of its listing (relative paths and sizes;
@@ -317,6 +349,10 @@ def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, 
     if identify is None:
         return {}
     return identify({k: v for k, v in dataset.items() if k != "name"})
+
+
+# beyond this a grid is almost surely a mistake (and takes long to even list)
+MAX_GRID_POINTS = 10_000
 
 
 def expand(raw: dict[str, Any], registries: Registries) -> list[dict[str, Any]]:
@@ -349,11 +385,34 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"spec file {str(p)!r} not found; check the path "
                         f"(example specs are in specs/)")
     try:
-        return json.loads(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text (byte {exc.start}); save the spec as UTF-8 "
+                        f"JSON") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys(p))
     except json.JSONDecodeError as exc:
         raise UserError(f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
                         f"{exc.msg}; fix the syntax (JSON needs double quotes and no "
                         f"trailing commas)") from None
+    except RecursionError:
+        raise UserError(f"{p}: the JSON is nested too deeply to be a spec; a spec is a few "
+                        f"levels of objects and lists") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise UserError(f"{p}: {exc}; give numbers of ordinary size") from None
+
+
+def _unique_keys(path: Path) -> Any:
+    """``object_pairs_hook`` refusing a key given twice in one object (JSON readers
+    silently keep the last one, so the first value would be lost without a word)."""
+    def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        doubled = sorted({key for key in keys if keys.count(key) > 1})
+        if doubled:
+            raise UserError(f"{path}: the key(s) {', '.join(map(repr, doubled))} appear twice "
+                            f"in one object; keep one")
+        return dict(pairs)
+    return build
 
 
 def json_schema() -> dict[str, Any]:

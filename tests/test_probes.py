@@ -17,7 +17,7 @@ from labkit.analyses import FinishedRun
 from labkit.cli import cli
 from labkit.identity import RunConfig
 from labkit.layers import measured_layers
-from labkit.probes import ProbeParams, cached_fit
+from labkit.probes import ProbeParams, read_cached
 from labkit.spec import expand
 from labkit.tail_plot import final_saturation
 
@@ -105,14 +105,13 @@ def test_second_probes_call_is_served_from_the_cache(probed, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)
     manifest = latents.read_manifest(copy)
-    fit = cached_fit(copy)
     for layer in manifest["plan"]["layers"]:
         for split in manifest["plan"]["splits"]:
             array = np.load(latents.array_path(copy, split, layer), mmap_mode="r+")
             array[:] = 0
             array.flush()
-        assert fit.check_call_in_cache(manifest["digest"], layer, ProbeParams().model_dump(),
-                                       str(copy))
+        key = [manifest["digest"], layer, ProbeParams().model_dump(mode="json")]
+        assert read_cached(copy, key, list(manifest["plan"]["splits"])) is not None
     paths = labkit("probes", str(copy), "--prefix", "cached")
     assert paths.exit_code == 0, paths.output
     cached = pd.read_csv(run.directory / "cached_probe_performances.csv",

@@ -1,12 +1,14 @@
 """Helpers shared by every command: reading specs into runs, checking devices."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from labkit import plugins, runinfo
-from labkit.analyses import FinishedRun
+from labkit.analyses import Analysis, FinishedRun
+from labkit.build import check_buildable
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.spec import expand, load_spec_file
@@ -21,10 +23,36 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[Ru
     raw = load_spec_file(spec_path)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
+    check_run_id(run_id)
+    registries = plugins.registries()
     points: dict[str, list[dict[str, Any]]] = {}
-    for config in expand(raw, plugins.registries()):
+    for config in expand(raw, registries):
         points.setdefault(RunConfig(config, run_id).hash, []).append(config)
-    return [RunConfig(merge_points(configs), run_id) for configs in points.values()]
+    runs = [RunConfig(merge_points(configs), run_id) for configs in points.values()]
+    for i, run in enumerate(runs):
+        try:
+            check_path(run.directory)
+            check_buildable(run.config, registries)
+        except UserError as exc:
+            where = f"grid point {i + 1} of {len(runs)}: " if len(runs) > 1 else ""
+            raise UserError(f"{where}{exc}") from None
+    return runs
+
+
+def check_run_id(run_id: str) -> None:
+    """A run-id is one folder name: not empty, no path separator, no ``..``."""
+    if not run_id or "/" in run_id or "\0" in run_id or run_id in (".", ".."):
+        raise UserError(f"--run-id {run_id!r}: give a label usable as one folder name "
+                        f"(letters, digits, '-', '_', '.'), e.g. --run-id A")
+
+
+def check_path(directory: Path) -> None:
+    """Refuse a run directory the file system cannot hold (names over 255 bytes)."""
+    long = [part for part in directory.parts if len(part.encode()) > 255]
+    if long:
+        raise UserError(f"the run directory name {long[0][:60]!r}… is longer than the 255 "
+                        f"bytes a file system allows; shorten the model, dataset or run-id "
+                        f"names")
 
 
 def merge_points(configs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,6 +105,20 @@ def finished_run(run: RunConfig, spec: str) -> FinishedRun:
         raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; train "
                         f"it first with `labkit run {spec} --run-id {run.run_id}`")
     return FinishedRun(run, plugins.registries(), run.config["device"])
+
+
+def produce(analysis: Analysis, progress: bool = True, *, unless_complete: bool = False) -> bool:
+    """Run ``analysis`` holding its run's lock, so that it never races training or
+    another command on the same run; returns whether it ran.
+
+    Args:
+        unless_complete: skip it when its outputs are complete (checked under the lock).
+    """
+    with runinfo.exclusive(analysis.run.directory):
+        if unless_complete and analysis.is_complete():
+            return False
+        analysis.produce(progress)
+        return True
 
 
 def analysis_params(run: RunConfig, name: str, analysis: type, **given: Any) -> BaseModel:

@@ -16,7 +16,8 @@ import pandas as pd
 from labkit import engine, latents, plugins
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
-from labkit.commands.common import analysis_params, check_device, finished_run, load_runs
+from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
+                                    produce)
 from labkit.errors import UserError
 from labkit.receptive_field import border_layer
 
@@ -33,7 +34,7 @@ def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
            **given: Any) -> None:
     for mode in modes:
         analysis = Probes(run, analysis_params(run.run, "probes", Probes, downsampling=mode, **given))
-        analysis.produce(progress)
+        produce(analysis, progress)
         click.echo(f"probes (downsampling {analysis.params.downsampling}): {analysis.outputs()[0]}")
 
 
@@ -48,7 +49,7 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...]) -> None:
         analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
                                   analysis_params(run, "receptive_field", ReceptiveField,
                                           layers=list(layers) or None))
-        analysis.produce()
+        produce(analysis)
         border = border_layer(pd.read_csv(analysis.outputs()[0]))
         click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'})")
 
@@ -77,7 +78,7 @@ def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, .
             analysis = Latents(finished, analysis_params(run, "latents", Latents, downsampling=mode,
                                                  layers=list(layers) or None,
                                                  latents_dir=latents_dir, dtype=dtype))
-            analysis.produce(progress=not quiet)
+            produce(analysis, progress=not quiet)
             click.echo(f"latents: {analysis.directory()}")
 
 
@@ -121,7 +122,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
                                                downsampling=manifest["plan"]["mode"],
                                                processes=processes, prefix=prefix),
                           source=directory)
-        analysis.produce(progress=not quiet)
+        produce(analysis, progress=not quiet)
         click.echo(f"probes ({directory}): {analysis.outputs()[0]}")
 
 

@@ -5,7 +5,8 @@ import re
 
 import click
 
-from labkit.commands.common import analysis_params, check_device, finished_run, load_runs
+from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
+                                    produce)
 from labkit.errors import UserError
 
 
@@ -38,10 +39,9 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
             finished_run(run, spec),
             analysis_params(run, "projection", Projection,
                             deltas=parse_deltas(deltas) if deltas is not None else None))
-        if analysis.is_complete():
+        if not produce(analysis, unless_complete=True):
             click.echo(f"up to date: {run.directory / RESULTS_CSV}")
             continue
-        analysis.produce()
         click.echo(f"projected: {run.directory / RESULTS_CSV}")
 
 
@@ -68,10 +68,9 @@ def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None) ->
                             deltas=parse_deltas(deltas) if deltas is not None else None,
                             rules=[r for r in re.split(r"[,\s]+", rules.strip()) if r]
                             if rules is not None else None))
-        if analysis.is_complete():
+        if not produce(analysis, unless_complete=True):
             click.echo(f"up to date: {run.directory / RESULTS_CSV}")
             continue
-        analysis.produce()
         click.echo(f"saturation table: {run.directory / RESULTS_CSV}")
 
 

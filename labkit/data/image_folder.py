@@ -22,8 +22,9 @@ import numpy as np
 from torchvision.datasets import ImageFolder
 
 from labkit.data.bundle import DataBundle
-from labkit.data.splits import (Source, build_bundle, dataset_factory, dataset_not_found,
-                                listing_digest, resolve_root)
+from labkit.data.splits import (Augment, Fraction, Resolution, Source, Subset, build_bundle,
+                                dataset_factory, dataset_not_found, listing_digest,
+                                resolve_root)
 from labkit.errors import UserError
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -198,12 +199,12 @@ inaturalist = dataset_factory(
 def imagefolder(
     root: str | None = None,
     download: bool = False,
-    resolution: int = 224,
-    augment: str = "none",
+    resolution: Resolution = 224,
+    augment: Augment = "none",
     normalize: bool = True,
-    eval_fraction: float = 0.0,
+    eval_fraction: Fraction = 0.0,
     split_seed: int = 0,
-    subset: int | None = None,
+    subset: Subset = None,
     folder: str = "imagefolder",
 ) -> DataBundle:
     """Any classification dataset laid out as image folders.

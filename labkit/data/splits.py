@@ -10,16 +10,24 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from labkit.data.bundle import DataBundle
-from labkit.data.transforms import build_transform, check_augment
+from labkit.data.transforms import AUGMENT_PRESETS, build_transform, check_augment
 from labkit.errors import DatasetNotFound, UserError
 
 DATA_ENV_VAR = "LABKIT_DATA"
+
+# the shared dataset parameters' types: the registry turns them into the spec's
+# validation, so a bad value is reported by `labkit plan`, before any file is read
+Resolution = Annotated[int, Field(ge=8, le=4096, description="side of the images, pixels")]
+Augment = Literal[tuple(AUGMENT_PRESETS)]  # type: ignore[valid-type]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description="share of train held out")]
+Subset = Annotated[int, Field(ge=1, description="training samples kept")] | None
 
 
 def resolve_root(root: str | None) -> Path:
@@ -258,10 +266,10 @@ def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resoluti
     """
     native, default_fraction = resolution, eval_fraction
 
-    def factory(root: str | None = None, download: bool = False, resolution: int = native,
-                augment: str = "none", normalize: bool = True,
-                eval_fraction: float = default_fraction, split_seed: int = 0,
-                subset: int | None = None) -> DataBundle:
+    def factory(root: str | None = None, download: bool = False, resolution: Resolution = native,
+                augment: Augment = "none", normalize: bool = True,
+                eval_fraction: Fraction = default_fraction, split_seed: int = 0,
+                subset: Subset = None) -> DataBundle:
         return build_bundle(lambda: load(root, download, resolution), resolution=resolution,
                             augment=augment, normalize=normalize, eval_fraction=eval_fraction,
                             split_seed=split_seed, subset=subset)
