@@ -241,6 +241,8 @@ def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
             raise
         except Exception as exc:  # noqa: BLE001 - recorded, and the next analysis runs
             reason = f"{type(exc).__name__}: {exc}"
+            print(f"error: {run.directory}: analysis {label} failed: {reason}",
+                  file=sys.stderr, flush=True)
             runinfo.write_analysis_state(run.directory, label, "failed", reason)
             (run.directory / "error.txt").write_text(traceback.format_exc())
             done.failed.append((label, reason))

@@ -28,6 +28,7 @@ complete one is skipped.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -199,6 +200,18 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
     return manifest
 
 
+def _reserve(path: Path) -> None:
+    """Give a freshly created memory-mapped file its disk blocks now: writing into a
+    sparse map on a full disk kills the process with SIGBUS, while a reservation that
+    does not fit fails here as an ordinary ``OSError`` (no space left on device)."""
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+
+
 def _extract_split(model: torch.nn.Module, recorder: _Recorder, split: str, dataset: Dataset,
                    directory: Path, mode: Mode, shapes: dict[str, torch.Size], dtype: np.dtype,
                    state: dict[str, Any], progress: bool, record_seconds: float) -> None:
@@ -213,6 +226,9 @@ def _extract_split(model: torch.nn.Module, recorder: _Recorder, split: str, data
     arrays = {name: open_memmap(parts[name], mode="r+" if done else "w+", shape=shape,
                                 dtype=np.int64 if name == "labels" else dtype)
               for name, (_, shape) in targets.items() if done < images}
+    if not done:
+        for part in parts.values():
+            _reserve(part)
     device = next(model.parameters()).device
     loader = DataLoader(Subset(dataset, range(done, images)), batch_size=state["batch_size"])
     recorded = time.monotonic()

@@ -98,7 +98,10 @@ def run_local(tasks: list[RunTask], jobs: int,
         for sentinel in multiprocessing.connection.wait(list(running)):
             i, process, receive = running.pop(sentinel)
             process.join()
-            states[i] = receive.recv() if receive.poll() else _died(tasks[i], process.exitcode)
+            try:
+                states[i] = receive.recv()
+            except EOFError:  # it ended without reporting
+                states[i] = _died(tasks[i], process.exitcode)
             receive.close()
             on_done(i, states[i])
     return states

@@ -353,6 +353,22 @@ def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, 
 
 # beyond this a grid is almost surely a mistake (and takes long to even list)
 MAX_GRID_POINTS = 10_000
+# a spec is a few levels of objects and lists; far deeper is a mistake (or an attack)
+MAX_DEPTH = 32
+
+
+def _check_depth(raw: Any) -> None:
+    """Refuse specs nested deeper than :data:`MAX_DEPTH` (iteratively: no recursion)."""
+    stack = [(raw, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UserError(f"{path}: the spec is nested more than {MAX_DEPTH} levels deep "
+                            f"here; a spec is a few levels of objects and lists")
+        if isinstance(value, dict):
+            stack += [(v, _join(path, k), depth + 1) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, _join(path, i), depth + 1) for i, v in enumerate(value)]
 
 
 def expand(raw: dict[str, Any], registries: Registries) -> list[dict[str, Any]]:
@@ -363,6 +379,7 @@ def expand(raw: dict[str, Any], registries: Registries) -> list[dict[str, Any]]:
     """
     if not isinstance(raw, dict):
         raise UserError("a spec must be a JSON object ({...}) at the top level")
+    _check_depth(raw)
     points = _object_alternatives(raw, Spec, "", registries)
     resolved = []
     for i, point in enumerate(points):

@@ -112,6 +112,11 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
         raise UserError("-d and --latents-dir go with SPEC --run-id; latent directories "
                         "carry their own downsampling")
     found = [m.parent for t in targets for m in sorted(Path(t).rglob(latents.MANIFEST))]
+    damaged = [d for d in found if latents.read_manifest(d) is None]
+    for directory in damaged:
+        click.echo(f"warning: skipped {directory}: its {latents.MANIFEST} is damaged; extract "
+                   f"those latents again", err=True)
+    found = [d for d in found if d not in damaged]
     if not found:
         raise UserError(f"no complete latents (manifest.json) under {', '.join(targets)}")
     for directory in found:
