@@ -264,3 +264,36 @@ def test_a_full_disk_is_one_message_not_a_signal(small_disk, tmp_path):
     assert not latents.read_manifest(latents.locate(run, "pixelwise"))  # nothing looks whole
     full = run_cli("results", str(small_disk / "logs"), "-o", str(small_disk / "all.csv"))
     assert full.returncode in (0, 1) and "Traceback" not in full.stderr
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a folder read-only with a read-only bind mount (root ignores file modes)."""
+    mounted = []
+
+    def make(folder: Path) -> None:
+        for args in (["mount", "--bind", str(folder), str(folder)],
+                     ["mount", "-o", "remount,ro,bind", str(folder)]):
+            done = subprocess.run(args, capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot bind-mount read-only here: {done.stderr.decode().strip()}")
+            mounted.append(folder)
+
+    yield make
+    for folder in dict.fromkeys(reversed(mounted)):
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_finished_run_on_a_read_only_disk_is_read_not_written(tmp_path, read_only):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**TINY, "epochs": 1, "logs_dir": str(tmp_path / "logs")}))
+    assert run_cli("run", str(spec), "--run-id", "R", "--quiet").returncode == 0
+    read_only(tmp_path / "logs")
+    again = run_cli("run", str(spec), "--run-id", "R", "--quiet")
+    assert again.returncode == 0 and "1 already finished" in again.stdout, again.stderr
+    for args in (["status", str(spec), "--run-id", "R"], ["results", str(tmp_path / "logs")]):
+        result = run_cli(*args)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    extract = run_cli("extract", str(spec), "--run-id", "R", "-d", "2")
+    assert extract.returncode == 1 and "Traceback" not in extract.stderr
+    assert "Read-only file system" in extract.stderr
