@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.flop_counter import FlopCounterMode
 
 import labkit
@@ -94,6 +95,30 @@ def training_state(run: RunConfig) -> dict[str, Any]:
                 "reason": "the final checkpoint is missing or damaged; `labkit run` retrains "
                           "from the newest intact checkpoint"}
     return status
+
+
+class RunFingerprint(BaseModel):
+    """What a trained run directory holds: its identity and its final weights. A run
+    that depends on another (a distillation teacher, a stitched half) carries this in
+    its own identity, so that retraining the other gives it a new identity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hash: str = Field(description="the run's identity hash (its config.json)")
+    checkpoint: str = Field(description="recorded sha256 of the run's final checkpoint")
+
+
+def is_trained(run: RunConfig) -> bool:
+    """Whether ``run`` is trained (cheap: its final checkpoint and digest are there;
+    a ``status.json`` saying ``finished`` is a report, not trusted)."""
+    return training_state(run).get("state") == "finished"
+
+
+def run_fingerprint(run: RunConfig) -> RunFingerprint | None:
+    """The :class:`RunFingerprint` of a trained ``run``; ``None`` when not trained."""
+    if not is_trained(run):
+        return None
+    return RunFingerprint(hash=run.hash, checkpoint=checkpoint.digest(final_checkpoint(run)))
 
 
 def read_analyses(run_dir: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import re
 
 import click
 
+from labkit.analyses import Analysis
 from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
                                     produce)
 from labkit.errors import UserError
@@ -19,6 +20,12 @@ def parse_deltas(text: str) -> list[float]:
                         f"e.g. --deltas 0.9,0.99,0.999") from None
 
 
+def _produce_and_report(analysis: Analysis, what: str) -> None:
+    """Compute ``analysis`` unless complete; say which, with its first output."""
+    ran = produce(analysis, unless_complete=True)
+    click.echo(f"{what if ran else 'up to date'}: {analysis.outputs()[0]}")
+
+
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", required=True, help="run-id the runs were trained under")
@@ -30,7 +37,7 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
     """Evaluate every finished run of SPEC with each layer projected onto the principal
     directions that explain DELTA of its variance (and onto random directions of the same
     rank); writes projected_results.csv and .png into each run directory."""
-    from labkit.analyses.projection import RESULTS_CSV, Projection
+    from labkit.analyses.projection import Projection
 
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
@@ -39,10 +46,7 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
             finished_run(run, spec),
             analysis_params(run, "projection", Projection,
                             deltas=parse_deltas(deltas) if deltas is not None else None))
-        if not produce(analysis, unless_complete=True):
-            click.echo(f"up to date: {run.directory / RESULTS_CSV}")
-            continue
-        click.echo(f"projected: {run.directory / RESULTS_CSV}")
+        _produce_and_report(analysis, "projected")
 
 
 @click.command()
@@ -59,7 +63,7 @@ def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None) ->
     """Recompute the intrinsic dimensionality and saturation of every layer, pass and
     epoch of each finished run of SPEC at other deltas, from the eigenvalue spectra stored
     during training (no retraining); writes saturation.csv into each run directory."""
-    from labkit.analyses.saturation_views import RESULTS_CSV, SaturationViews
+    from labkit.analyses.saturation_views import SaturationViews
 
     for run in load_runs(spec, run_id):
         analysis = SaturationViews(
@@ -68,10 +72,7 @@ def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None) ->
                             deltas=parse_deltas(deltas) if deltas is not None else None,
                             rules=[r for r in re.split(r"[,\s]+", rules.strip()) if r]
                             if rules is not None else None))
-        if not produce(analysis, unless_complete=True):
-            click.echo(f"up to date: {run.directory / RESULTS_CSV}")
-            continue
-        click.echo(f"saturation table: {run.directory / RESULTS_CSV}")
+        _produce_and_report(analysis, "saturation table")
 
 
 COMMANDS: list[click.Command] = [saturation, project]

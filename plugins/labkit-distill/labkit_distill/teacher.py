@@ -28,38 +28,30 @@ from typing import Any
 from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_serializer,
                       model_validator)
 
-from labkit.api import (NOT_IDENTITY, FinishedRun, RunConfig, RunContext, RunFailed, UserError,
-                        checkpoint, expand, registries as labkit_registries, resolve, runinfo,
+from labkit.api import (NOT_IDENTITY, FinishedRun, RunConfig, RunContext, RunFailed,
+                        RunFingerprint, UserError, checkpoint, expand,
+                        registries as labkit_registries, resolve, run_fingerprint, runinfo,
                         train)
 
 # top-level settings of where and how a run executes (logs_dir, device, …)
 RUN_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
 
 
-class RunFingerprint(BaseModel):
-    """What a trained run directory holds: its identity and its final weights."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    hash: str = Field(description="the run's identity hash (its config.json)")
-    checkpoint: str = Field(description="recorded sha256 of the run's final checkpoint")
-
-
-def fingerprint(directory: str | Path) -> dict[str, str]:
-    """``{"hash", "checkpoint"}`` of the trained run in ``directory`` (cheap: the
-    checkpoint's recorded digest is read, not recomputed).
+def fingerprint(directory: str | Path) -> RunFingerprint:
+    """The fingerprint of the trained run in ``directory`` (cheap: the checkpoint's
+    recorded digest is read, not recomputed).
 
     Raises:
         ValueError: the run is not trained (no final checkpoint with its digest).
     """
     run = FinishedRun.from_directory(directory, labkit_registries())
-    if runinfo.training_state(run.run).get("state") != "finished":
+    found = run_fingerprint(run.run)
+    if found is None:
         raise ValueError(f"teacher run {directory} is not trained (no final checkpoint "
                          f"{run.checkpoint_path.name}); train it first with `labkit run "
                          f"SPEC --run-id {run.run.run_id}`, or name the teacher by "
                          f'{{"spec": ...}} to have it trained with the student')
-    return {"hash": runinfo.read_config(Path(directory))["hash"],
-            "checkpoint": run.checkpoint_digest}
+    return found
 
 
 class TeacherRef(BaseModel):
@@ -124,7 +116,7 @@ class TeacherRef(BaseModel):
                 raise ValueError('"run" is derived from "dir" (the teacher directory\'s '
                                  'fingerprint); leave it out')
             return self
-        derived = RunFingerprint(**fingerprint(self.dir))
+        derived = fingerprint(self.dir)
         if self.run is not None and self.run != derived:
             # a UserError passes through pydantic as is: also when the engine validates a
             # resolved config again, where it stops the student instead of training it

@@ -28,24 +28,10 @@ from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_seria
                       model_validator)
 from torch import nn
 
-from labkit.api import (FinishedRun, RunConfig, RunFailed, UserError, build_component, checkpoint,
-                        expand, flatten, load_spec_file, registries as labkit_registries, runinfo,
-                        train, varying_keys)
-
-
-class RunFingerprint(BaseModel):
-    """What a trained run directory holds: its identity and its final weights."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    hash: str = Field(description="the run's identity hash (its config.json)")
-    checkpoint: str = Field(description="recorded sha256 of the run's final checkpoint")
-
-
-def is_trained(run: RunConfig) -> bool:
-    """Whether ``run`` is trained: its final checkpoint and digest are there (cheap; a
-    ``status.json`` saying ``finished`` is a report, not trusted)."""
-    return runinfo.training_state(run).get("state") == "finished"
+from labkit.api import (FinishedRun, RunConfig, RunFailed, RunFingerprint, UserError,
+                        build_component, checkpoint, expand, flatten, is_trained,
+                        load_spec_file, registries as labkit_registries, run_fingerprint,
+                        runinfo, train, varying_keys)
 
 
 class RunRef(BaseModel):
@@ -145,13 +131,13 @@ def _fingerprint(run: RunConfig, directory: str) -> RunFingerprint:
     Raises:
         ValueError: the run is not trained.
     """
-    if not is_trained(run):
+    found = run_fingerprint(run)
+    if found is None:
         raise ValueError(f"run {directory} is not trained (no final checkpoint "
                          f"{runinfo.final_checkpoint(run).name}); train it first with `labkit "
                          f"run SPEC --run-id {run.run_id}`, or reference it by "
                          f"{{\"spec\": ..., \"run_id\": ...}} to have it trained on demand")
-    return RunFingerprint(hash=runinfo.read_config(run.directory)["hash"],
-                          checkpoint=checkpoint.digest(runinfo.final_checkpoint(run)))
+    return found
 
 
 def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = True) -> None:

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.api import RunConfig, flatten, identity_config, runinfo, varying_keys, write_figure
-from labkit_stitch.refs import is_trained
+from labkit.api import (RunConfig, flatten, identity_config, is_trained, runinfo, varying_keys,
+                        write_figure)
+
 from labkit_stitch.stitching import StitchedParams
 
 AXES = ("sender_layer", "receiver_layer", "sender_weights")
