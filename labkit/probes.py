@@ -3,7 +3,10 @@
 A layer's probe is fitted on the train split's latents (:mod:`labkit.latents`) and
 scored on every split. By default the features are standardised (mean 0, variance 1,
 estimated on the train split) and the multinomial model is fitted with L-BFGS to
-convergence: on standardised features that takes tens to hundreds of iterations, while
+convergence, by default streamed from the memory-mapped latents with torch
+(:mod:`labkit.logistic`: scikit-learn's objective, flat memory, the run's GPU when it has
+one; ``solver: "sklearn"`` fits scikit-learn's ``LogisticRegression`` on the layer loaded
+whole): on standardised features that takes tens to hundreds of iterations, while
 SAGA on raw activations (PHD-LAB's configuration) stops after ``max_iter=100`` passes
 over the data, usually unconverged and several times slower
 (``benchmarks/bench_probes.py``; numbers in docs/layers.md).
@@ -19,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +51,11 @@ class ProbeParams(BaseModel):
     tol: float = Field(1e-4, gt=0, description="L-BFGS stopping tolerance")
     standardize: bool = Field(
         True, description="scale features to mean 0, variance 1 (train statistics)")
+    solver: Literal["torch", "sklearn"] = Field(
+        "torch", description="torch: L-BFGS on the same objective as scikit-learn's, "
+                             "streaming the memory-mapped latents in chunks (flat memory, "
+                             "the run's GPU when it has one); sklearn: scikit-learn's "
+                             "LogisticRegression (lbfgs), the whole layer in memory")
 
 
 def results_path(run_dir: Path, prefix: str | None = None) -> Path:
@@ -62,16 +71,62 @@ def _rows(directory: Path, split: str, layer: dict[str, Any]) -> tuple[np.ndarra
     return features, np.repeat(labels, layer["positions"])
 
 
-def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str) -> dict[str, Any]:
+def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str,
+              device: str = "cpu", threads: int = 1) -> dict[str, Any]:
     """Fit and score the probe of ``layer`` on the latents in ``directory``.
 
-    ``digest`` (the manifest's) only keys the cache; ``directory`` is left out of the key.
+    ``digest`` (the manifest's) only keys the cache; ``directory``, ``device`` (where the
+    torch solver computes) and ``threads`` (torch intra-op threads in this worker) are
+    left out of the key: they change where and how fast, not what.
 
     Returns:
         ``layer``, ``features``, ``<split>_accuracy`` for every split (fraction in
         [0, 1]), ``converged`` (stopped before ``max_iter``) and ``fit_seconds``
         (wall time of the fit alone).
     """
+    manifest = read_manifest(Path(directory))
+    entry = next(e for e in manifest["layers"] if e["name"] == layer)
+    settings = ProbeParams(**params)
+    splits = [s for s in manifest["plan"]["splits"] if s != "train"]
+    fit = _fit_torch if settings.solver == "torch" else _fit_sklearn
+    started = time.perf_counter()
+    train_accuracy, scores, iterations = fit(Path(directory), entry, splits, settings, device,
+                                             threads)
+    seconds = time.perf_counter() - started
+    return {"layer": layer, "features": entry["features"], "train_accuracy": train_accuracy,
+            **{f"{split}_accuracy": scores[split] for split in splits},
+            "converged": iterations < settings.max_iter, "fit_seconds": seconds}
+
+
+def _arrays(directory: Path, split: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's latents of ``layer`` (read-only memory map) and its labels, one per image."""
+    return (np.load(array_path(directory, split, layer), mmap_mode="r"),
+            np.load(array_path(directory, split, "labels")))
+
+
+def _fit_torch(directory: Path, entry: dict[str, Any], splits: list[str],
+               settings: ProbeParams, device: str,
+               threads: int) -> tuple[float, dict[str, float], int]:
+    """:mod:`labkit.logistic`: the layer streamed from its memory map, never loaded."""
+    import torch
+
+    from labkit import logistic
+
+    torch.set_num_threads(threads)
+    features, labels = _arrays(directory, "train", entry["name"])
+    positions = entry["positions"]
+    probe = logistic.fit(features, labels, int(labels.max()) + 1, positions=positions,
+                         C=settings.C, max_iter=settings.max_iter, tol=settings.tol,
+                         standardize=settings.standardize, device=device)
+    scores = {split: probe.score(*_arrays(directory, split, entry["name"]), positions)
+              for split in splits}
+    return probe.score(features, labels, positions), scores, probe.n_iter
+
+
+def _fit_sklearn(directory: Path, entry: dict[str, Any], splits: list[str],
+                 settings: ProbeParams, device: str,
+                 threads: int) -> tuple[float, dict[str, float], int]:
+    """scikit-learn's L-BFGS on the whole layer as one float32 array in memory."""
     # imported here: scikit-learn takes seconds to import, which every labkit command
     # would pay otherwise
     from sklearn.exceptions import ConvergenceWarning
@@ -79,26 +134,15 @@ def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str) -
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    manifest = read_manifest(Path(directory))
-    entry = next(e for e in manifest["layers"] if e["name"] == layer)
-    settings = ProbeParams(**params)
     model = LogisticRegression(C=settings.C, max_iter=settings.max_iter, tol=settings.tol)
     probe = make_pipeline(StandardScaler(), model) if settings.standardize else model
-    train_x, train_y = _rows(Path(directory), "train", entry)
-    started = time.perf_counter()
+    train_x, train_y = _rows(directory, "train", entry)
     with warnings.catch_warnings():
         # reported per layer in the ``converged`` column instead
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(train_x, train_y)
-    seconds = time.perf_counter() - started
-    result: dict[str, Any] = {"layer": layer, "features": train_x.shape[1],
-                              "train_accuracy": probe.score(train_x, train_y)}
-    for split in manifest["plan"]["splits"]:
-        if split != "train":
-            result[f"{split}_accuracy"] = probe.score(*_rows(Path(directory), split, entry))
-    result["converged"] = bool(model.n_iter_.max() < settings.max_iter)
-    result["fit_seconds"] = seconds
-    return result
+    scores = {split: probe.score(*_rows(directory, split, entry)) for split in splits}
+    return probe.score(train_x, train_y), scores, int(model.n_iter_.max())
 
 
 def cache_path(directory: Path, key: list[Any]) -> Path:
@@ -130,8 +174,8 @@ def write_cached(directory: Path, key: list[Any], result: dict[str, Any]) -> Non
     write_json(cache_path(directory, key), {"key": key, "result": plain})
 
 
-def run_probes(directory: Path, processes: int = 1,
-               params: ProbeParams | None = None) -> pd.DataFrame:
+def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None = None,
+               device: str = "cpu") -> pd.DataFrame:
     """Probe every layer of the latents in ``directory``, in parallel, cached.
 
     Layers already in the cache are read in this process; only the others go to
@@ -168,8 +212,11 @@ def run_probes(directory: Path, processes: int = 1,
         verify_files(directory, manifest, [array_path(directory, split, name).name
                                            for split in manifest["plan"]["splits"]
                                            for name in ["labels", *todo]])
-    fitted = Parallel(n_jobs=min(processes, max(len(todo), 1)))(
-        delayed(fit_layer)(manifest["digest"], layer, settings, str(directory)) for layer in todo)
+    workers = min(processes, max(len(todo), 1))
+    threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscribed cores
+    fitted = Parallel(n_jobs=workers)(
+        delayed(fit_layer)(manifest["digest"], layer, settings, str(directory), device, threads)
+        for layer in todo)
     for layer, result in zip(todo, fitted, strict=True):
         write_cached(directory, keys[layer], result)
         results[layer] = read_cached(directory, keys[layer], splits)  # as JSON gives it back

@@ -17,7 +17,7 @@ from labkit import latents, runinfo
 from labkit.cli import cli
 from labkit.commands.common import load_runs
 from labkit.launch import RunTask, run_local
-from labkit.probes import cache_path
+from labkit.probes import ProbeParams, cache_path
 from labkit.testing import run_cli
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -75,8 +75,7 @@ def test_planted_pickles_never_run(tmp_path, write_spec, monkeypatch):
     np.save(latents.array_path(directory, "train", manifest["plan"]["layers"][0]),
             np.array([Payload(marker)], dtype=object), allow_pickle=True)
     for layer in manifest["plan"]["layers"]:
-        key = [manifest["digest"], layer, {"C": 1.0, "max_iter": 1000, "tol": 0.0001,
-                                           "standardize": True}]
+        key = [manifest["digest"], layer, ProbeParams().model_dump(mode="json")]
         plant(cache_path(directory, key), marker)
     plant(directory / "probe_cache" / "output.pkl", marker)
     for name in (runinfo.STATUS_JSON, runinfo.ANALYSES_JSON, "analyses/saturation.csv.json"):

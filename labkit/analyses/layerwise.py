@@ -178,7 +178,7 @@ class Probes(Analysis):
             warnings.warn(f"tail-pattern figure without the receptive-field border: {exc}",
                           stacklevel=2)
         probe = ProbeParams(**self.params.model_dump(include=set(ProbeParams.model_fields)))
-        table = run_probes(self._source(), self.params.processes, probe)
+        table = run_probes(self._source(), self.params.processes, probe, str(self.run.device))
         save_results(self.run.directory, table, self.params.prefix)
         draw_tail_pattern(self.run.directory, self.params.prefix)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import pandas as pd
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from labkit.api import (FinishedRun, RunConfig, UserError, check_device, latents, load_runs,
                         registries as labkit_registries, summarize, train, write_csv)
+from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
 from labkit_stitch.similarity import CKAOptions, layer_cka
 from labkit_stitch.tables import matrix, plot_cka, plot_stitch_group, stitch_table, stitched_params
@@ -70,7 +72,8 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
                          quiet: bool) -> None:
     """Train every stitch of SPEC (and the networks A and B first, where unfinished), then
     write the i × j tables of stitched accuracy, random-sender accuracy and their
-    difference (stitch_table.csv, one PNG per pair), and CKA tables (cka_table.csv)."""
+    difference (stitch_table.csv, one PNG per group), and CKA tables (cka_table.csv), each
+    with a provenance record (<table>.provenance.json)."""
     runs = load_runs(spec, run_id, device)
     others = sorted({r.config["model"]["name"] for r in runs} - {"stitched"})
     if others:
@@ -88,10 +91,11 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
 
     out = Path(output or Path(runs[0].config["logs_dir"]) / "stitch_tables"
                / runs[0].config["name"] / run_id)
-    write_stitch_tables(runs, split, metric, out)
+    given = {"spec": str(spec), "run_id": run_id}
+    write_stitch_tables(runs, split, metric, out, given)
     if cka:
         options = cka_options(split=split, reduction=reduction, max_samples=max_samples)
-        write_cka_tables(pairs, options, device, out)
+        write_cka_tables(pairs, options, device, out, given)
     summarize(states)
 
 
@@ -110,33 +114,78 @@ def network_pairs(runs: list[RunConfig]) -> list[dict]:
     return list(pairs.values())
 
 
-def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Path) -> None:
-    """stitch_table.csv and one heatmap per group into ``out``; the tables on stdout."""
+def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Path,
+                        parameters: dict[str, Any] | None = None) -> None:
+    """stitch_table.csv and one heatmap per group into ``out``, then their provenance
+    record stitch_table.provenance.json (see :mod:`labkit_stitch.provenance`: the stitch
+    runs and their networks A and B); the tables on stdout.
+
+    Args:
+        parameters: further parameters to record (the command's spec and run-id).
+    """
+    networks = [ref.run_config() for run in runs
+                for ref in (stitched_params(run).sender, stitched_params(run).receiver)]
+    record = TableRecord(out / "stitch_table.csv", "stitch-table",
+                         {**(parameters or {}), "split": split, "metric": metric},
+                         [*runs, *networks])
     table = stitch_table(runs, split, metric)
-    write_csv(out / "stitch_table.csv", table)
+    files = [out / "stitch_table.csv"]
+    write_csv(files[0], table)
     for group, rows in table.groupby("group", sort=False):
-        plot_stitch_group(rows, out / f"stitch_{group}.png")
+        files.append(out / f"stitch_{group}.png")
+        plot_stitch_group(rows, files[-1])
         click.echo(f"\n== {group}: {split} {metric}; A {rows['sender_run'].iloc[0]} "
                    f"({rows['sender'].iloc[0]:.3f}), B {rows['receiver_run'].iloc[0]} "
                    f"({rows['receiver'].iloc[0]:.3f})")
         echo_matrices(rows, ["stitched", "random_sender", "debiased", "penalty"],
                       "sender_layer", "receiver_layer")
-    click.echo(f"\nstitching tables -> {out / 'stitch_table.csv'}")
+    record.write(files)
+    click.echo(f"\nstitching tables -> {files[0]}")
 
 
-def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: Path) -> None:
-    """cka_table.csv and one heatmap per pair of networks into ``out``; tables on stdout."""
-    tables = []
+def cka_pair_record(pair: dict, rows: pd.DataFrame) -> dict[str, Any]:
+    """What one pair's CKA rows were computed from, for the provenance record: the runs,
+    layers and data set, and per side the source and the latents manifest digest."""
+    first = rows.iloc[0]
+    return {"run_a": str(pair["a"].directory), "run_b": str(pair["b"].directory),
+            "layers_a": list(rows["layer_a"].unique()),
+            "layers_b": list(rows["layer_b"].unique()), "dataset": pair["dataset"],
+            **{f"{key}_{side}": (None if pd.isna(first[f"{key}_{side}"])
+                                 else first[f"{key}_{side}"])
+               for side in ("a", "b") for key in ("source", "latents")}}
+
+
+def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: Path,
+                     parameters: dict[str, Any] | None = None, *,
+                     table_name: str = "cka_table.csv", command: str = "stitch-table") -> None:
+    """cka_table.csv and one heatmap per pair of networks into ``out``, then their
+    provenance record cka_table.provenance.json (see :mod:`labkit_stitch.provenance`);
+    tables on stdout.
+
+    Args:
+        pairs: ``{"a", "b", "layers_a", "layers_b", "dataset"}`` per pair of networks.
+        parameters: further parameters to record (the command's spec and run-id, or the
+            layers asked for).
+        table_name, command: the table's file name and the command recorded.
+    """
+    record = TableRecord(out / table_name, command,
+                         {**(parameters or {}), **options.model_dump(), "device": device},
+                         [run for pair in pairs for run in (pair["a"], pair["b"])])
+    tables, files, computed = [], [out / table_name], []
     for pair in pairs:
         rows = layer_cka(pair["a"], pair["layers_a"], pair["b"], pair["layers_b"],
                          pair["dataset"], options, device)
         title = f"{run_label(pair['a'])}-to-{run_label(pair['b'])}"
-        plot_cka(rows, f"CKA {title}", out / f"cka_{title}.png")
+        files.append(out / (f"cka_{title}.png" if len(pairs) > 1 or command != "cka"
+                            else "cka.png"))
+        plot_cka(rows, f"CKA {title}", files[-1])
         click.echo(f"\n== CKA {title} ({options.split}, {rows['samples'].iloc[0]} images)")
         echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
         tables.append(rows)
-    write_csv(out / "cka_table.csv", pd.concat(tables, ignore_index=True))
-    click.echo(f"\nCKA tables -> {out / 'cka_table.csv'}")
+        computed.append(cka_pair_record(pair, rows))
+    write_csv(files[0], pd.concat(tables, ignore_index=True))
+    record.write(files, pairs=computed)
+    click.echo(f"\nCKA tables -> {files[0]}")
 
 
 @click.command("cka")

@@ -52,8 +52,9 @@ def _eval_images(dataset: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored_latents(run: RunConfig, layers: Sequence[str], dataset: dict[str, Any],
-                   options: CKAOptions) -> Path | None:
-    """The run's latents directory when it can stand in for the network, else ``None``.
+                   options: CKAOptions) -> tuple[Path, str] | None:
+    """The run's latents directory and its manifest's digest when it can stand in for the
+    network, else ``None``.
 
     It can when the extraction in ``options.reduction`` is complete, holds every layer
     and the split, and was made on the same eval images as ``dataset``.
@@ -65,7 +66,7 @@ def stored_latents(run: RunConfig, layers: Sequence[str], dataset: dict[str, Any
     if (manifest is None or options.split not in manifest["plan"]["splits"]
             or not set(layers) <= set(manifest["plan"]["layers"])):
         return None
-    return directory
+    return directory, manifest["digest"]
 
 
 def _latent_batches(directory: Path, layers: Sequence[str],
@@ -103,7 +104,8 @@ def layer_cka(run_a: RunConfig, layers_a: Sequence[str], run_b: RunConfig,
         One row per layer pair, in the given orders: ``layer_a``, ``layer_b``,
         ``linear_cka``, ``rbf_cka``, ``minibatch_cka``, then ``run_a``, ``run_b``,
         ``split``, ``reduction``, ``samples`` (images of linear and RBF CKA),
-        ``source_a`` and ``source_b`` (``latents`` or ``network``).
+        ``source_a`` and ``source_b`` (``latents`` or ``network``), ``latents_a`` and
+        ``latents_b`` (digest of the latents manifest read, ``None`` for ``network``).
     """
     layers_a = [cut.canonical(layer) for layer in layers_a]
     layers_b = [cut.canonical(layer) for layer in layers_b]
@@ -111,12 +113,13 @@ def layer_cka(run_a: RunConfig, layers_a: Sequence[str], run_b: RunConfig,
     if options.split not in data.evals:
         raise UserError(f"no eval split {options.split!r}; the data set has "
                         f"{', '.join(data.evals)}")
-    sources, streams = [], []
+    sources, manifests, streams = [], [], []
     for run, layers in ((run_a, layers_a), (run_b, layers_b)):
-        directory = stored_latents(run, layers, dataset, options)
-        sources.append("network" if directory is None else "latents")
+        stored = stored_latents(run, layers, dataset, options)
+        sources.append("network" if stored is None else "latents")
+        manifests.append(None if stored is None else stored[1])
         streams.append(_network_batches(run, layers, data.evals[options.split], options, device)
-                       if directory is None else _latent_batches(directory, layers, options))
+                       if stored is None else _latent_batches(stored[0], layers, options))
 
     minibatch = cka.MinibatchCKA(len(layers_a), len(layers_b))
     kept_a: list[list[torch.Tensor]] = [[] for _ in layers_a]
@@ -147,4 +150,5 @@ def layer_cka(run_a: RunConfig, layers_a: Sequence[str], run_b: RunConfig,
     table["run_a"], table["run_b"] = str(run_a.directory), str(run_b.directory)
     table["split"], table["reduction"], table["samples"] = options.split, options.reduction, kept
     table["source_a"], table["source_b"] = sources
+    table["latents_a"], table["latents_b"] = manifests
     return table
