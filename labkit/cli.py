@@ -16,6 +16,8 @@ import pandas as pd
 from labkit import plugins, runinfo
 from labkit.commands import layers as layer_commands
 from labkit.commands import saturation as saturation_commands
+from labkit.analyses import FinishedRun
+from labkit.analyses.layerwise import Latents
 from labkit.commands.common import check_device, load_runs
 from labkit.errors import UserError
 from labkit.identity import RunConfig, flatten, varying_keys
@@ -92,6 +94,9 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
     runs = load_runs(spec, run_id, device)
     click.echo(plan_table(runs).to_string(index=False))
     if dry_run:
+        for run in runs:
+            for what, size in latent_plan(run):
+                click.echo(f"{run.name}-{run.hash}: {what} will write {size / 1e6:,.1f} MB")
         click.echo(f"dry run: {len(runs)} run(s) validated, nothing trained")
         return
     overrides = {"name": launcher, "jobs": jobs, "partition": partition,
@@ -120,6 +125,21 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
         states.append(job.result())
         report(i, states[-1])
     summarize(states)
+
+
+def latent_plan(run: RunConfig) -> list[tuple[str, int]]:
+    """``(what, bytes)`` of every latent extraction the run's analyses will write."""
+    finished = FinishedRun(run, plugins.registries())
+    plans = []
+    for spec in run.config["analyses"]:
+        if spec["name"] not in ("latents", "probes"):
+            continue
+        params = {k: spec[k] for k in ("downsampling", "layers", "dtype", "latents_dir")
+                  if k in spec}
+        extraction = Latents(finished, Latents.Params(**params))
+        plans.append((f"latents (downsampling {extraction.params.downsampling})",
+                      extraction.planned_bytes()))
+    return plans
 
 
 def summarize(states: list[str]) -> None:

@@ -122,6 +122,48 @@ class _Recorder:
             handle.remove()
 
 
+def planned_bytes(shapes: dict[str, tuple[int, int]], split_sizes: dict[str, int],
+                  dtype: str) -> int:
+    """Bytes an extraction writes: every layer's ``(images × rows, features)`` array and
+    the int64 labels, per split (``.npy`` headers aside).
+
+    Args:
+        shapes: layer → ``(rows per image, features)`` (:func:`reduce` of one image).
+        split_sizes: split → images.
+        dtype: storage type.
+    """
+    per_image = sum(rows * features for rows, features in shapes.values()) * np.dtype(dtype).itemsize
+    return sum(images * (per_image + 8) for images in split_sizes.values())
+
+
+def layer_shapes(model: torch.nn.Module, image: torch.Tensor, mode: Mode,
+                 layers: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Layer → ``(rows per image, features)`` in ``mode``, from one forward of ``image``
+    ``(C, H, W)`` (eval mode, no gradients), for the layers the forward pass calls."""
+    recorder = _Recorder(measured_layers(model, layers))
+    try:
+        was_training = model.training
+        with torch.inference_mode():
+            model.eval()(image.unsqueeze(0).to(next(model.parameters()).device))
+        model.train(was_training)
+        return {name: tuple(reduce(out, mode).shape) for name, out in recorder.outputs.items()}
+    finally:
+        recorder.close()
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """Refuse to start an extraction that cannot fit on the disk of ``directory``.
+
+    Raises:
+        UserError: fewer free bytes than ``needed`` (with both sizes and the fix).
+    """
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise UserError(f"the latents need {needed / 1e9:.2f} GB but {directory} has "
+                        f"{free / 1e9:.2f} GB free; free space, choose another latents_dir, "
+                        f"or a smaller downsampling / fewer layers / float16")
+
+
 def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path, mode: Mode,
             source: dict[str, Any], layers: Sequence[str] | None = None, batch_size: int = 512,
             dtype: str = "float16", progress: bool = True,
@@ -180,6 +222,9 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
                 shutil.rmtree(directory, ignore_errors=True)
                 directory.mkdir(parents=True)
                 state = {"plan": plan, "batch_size": batch_size, "done": {}}
+                check_free_space(directory, planned_bytes(
+                    {name: tuple(shape) for name, shape in shapes.items()},
+                    plan["splits"], dtype))
             for split, dataset in splits.items():
                 _extract_split(model, recorder, split, dataset, directory, mode, shapes,
                                np.dtype(dtype), state, progress, record_seconds)

@@ -256,8 +256,9 @@ def test_a_full_disk_is_one_message_not_a_signal(small_disk, tmp_path):
                                 "analyses": [{"name": "latents", "downsampling": "pixelwise",
                                               "dtype": "float32"}]}))
     result = run_cli("run", str(spec), "--run-id", "F", "--quiet")
-    assert result.returncode in (1, 2), result.stderr  # not -7 (SIGBUS)
-    assert "Traceback" not in result.stderr and "No space left" in result.stderr
+    # refused before writing: the planned bytes do not fit (not -7, SIGBUS, as before)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "GB free" in result.stderr
     (run,) = load_runs(str(spec), "F")
     assert runinfo.read_status(run.directory)["state"] == "finished"  # training was kept
     assert not latents.read_manifest(latents.locate(run, "pixelwise"))  # nothing looks whole

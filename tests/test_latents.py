@@ -161,3 +161,15 @@ def test_extracting_an_unfinished_run_is_a_clear_error(write_spec):
     spec = write_spec({**SPEC, "model": "cnn_s"})
     result = CliRunner().invoke(cli, ["extract", str(spec), "--run-id", "none"])
     assert result.exit_code == 2 and "not started, not finished" in result.stderr
+
+
+def test_the_bytes_an_extraction_writes_are_known_before_it_starts(trained):
+    run, _ = trained
+    for mode in (3, "pixelwise"):
+        analysis = Latents(run, Latents.Params(downsampling=mode))
+        planned = analysis.planned_bytes()
+        analysis.produce(progress=False)
+        manifest = latents.read_manifest(analysis.directory())
+        written = sum(np.load(analysis.directory() / name, mmap_mode="r").nbytes
+                      for name in manifest["files"])
+        assert planned == written, mode

@@ -73,6 +73,18 @@ class Latents(Analysis):
         dtype: Literal["float16", "float32"] = Field(
             "float16", description="storage type; float16 halves the files")
 
+    def planned_bytes(self) -> int:
+        """Bytes the extraction will write (:func:`labkit.latents.planned_bytes`), from
+        one forward of an untrained copy of the network: known before training."""
+        data = self.run.data
+        model = build_component(self.run.registries, "models", self.run.config["model"],
+                                num_classes=data.num_classes, in_channels=data.in_channels,
+                                resolution=data.resolution)
+        shapes = latents.layer_shapes(model, data.train_plain[0][0], self.params.downsampling,
+                                      self.params.layers)
+        sizes = {"train": len(data.train_plain), **{k: len(v) for k, v in data.evals.items()}}
+        return latents.planned_bytes(shapes, sizes, self.params.dtype)
+
     def directory(self) -> Path:
         """Where this run's latents of this downsampling live."""
         return latents.locate(self.run.run, self.params.downsampling, self.params.latents_dir)

@@ -91,7 +91,7 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
 
     out = Path(output or Path(runs[0].config["logs_dir"]) / "stitch_tables"
                / runs[0].config["name"] / run_id)
-    given = {"spec": str(spec), "run_id": run_id}
+    given = {"spec": str(Path(spec).resolve()), "run_id": run_id}
     write_stitch_tables(runs, split, metric, out, given)
     if cka:
         options = cka_options(split=split, reduction=reduction, max_samples=max_samples)
@@ -123,8 +123,8 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
     Args:
         parameters: further parameters to record (the command's spec and run-id).
     """
-    networks = [ref.run_config() for run in runs
-                for ref in (stitched_params(run).sender, stitched_params(run).receiver)]
+    networks = [network.run_config() for params in map(stitched_params, runs)
+                for network in (params.sender, params.receiver)]
     record = TableRecord(out / "stitch_table.csv", "stitch-table",
                          {**(parameters or {}), "split": split, "metric": metric},
                          [*runs, *networks])
@@ -156,28 +156,24 @@ def cka_pair_record(pair: dict, rows: pd.DataFrame) -> dict[str, Any]:
 
 
 def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: Path,
-                     parameters: dict[str, Any] | None = None, *,
-                     table_name: str = "cka_table.csv", command: str = "stitch-table") -> None:
+                     parameters: dict[str, Any] | None = None) -> None:
     """cka_table.csv and one heatmap per pair of networks into ``out``, then their
     provenance record cka_table.provenance.json (see :mod:`labkit_stitch.provenance`);
     tables on stdout.
 
     Args:
         pairs: ``{"a", "b", "layers_a", "layers_b", "dataset"}`` per pair of networks.
-        parameters: further parameters to record (the command's spec and run-id, or the
-            layers asked for).
-        table_name, command: the table's file name and the command recorded.
+        parameters: further parameters to record (the command's spec and run-id).
     """
-    record = TableRecord(out / table_name, command,
+    record = TableRecord(out / "cka_table.csv", "stitch-table",
                          {**(parameters or {}), **options.model_dump(), "device": device},
                          [run for pair in pairs for run in (pair["a"], pair["b"])])
-    tables, files, computed = [], [out / table_name], []
+    tables, files, computed = [], [out / "cka_table.csv"], []
     for pair in pairs:
         rows = layer_cka(pair["a"], pair["layers_a"], pair["b"], pair["layers_b"],
                          pair["dataset"], options, device)
         title = f"{run_label(pair['a'])}-to-{run_label(pair['b'])}"
-        files.append(out / (f"cka_{title}.png" if len(pairs) > 1 or command != "cka"
-                            else "cka.png"))
+        files.append(out / f"cka_{title}.png")
         plot_cka(rows, f"CKA {title}", files[-1])
         click.echo(f"\n== CKA {title} ({options.split}, {rows['samples'].iloc[0]} images)")
         echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
@@ -204,7 +200,8 @@ def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: P
 @click.option("--device", default="cpu", show_default=True, help="torch device")
 def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | None, split: str,
                 reduction: int | str, max_samples: int, output: str | None, device: str) -> None:
-    """Linear, RBF and minibatch CKA between the layers of two trained runs (directories)."""
+    """Linear, RBF and minibatch CKA between the layers of two trained runs (directories):
+    cka_table.csv, cka.png and their provenance record cka_table.provenance.json."""
     check_device(device)
     registries = labkit_registries()
     a, b = (FinishedRun.from_directory(d, registries).run for d in (run_a, run_b))
@@ -214,12 +211,18 @@ def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | No
             return [part.strip() for part in text.split(",") if part.strip()]
         return [name for name, _ in trained_network(run).named_children()]
 
-    rows = layer_cka(a, layers(layers_a, a), b, layers(layers_b, b), a.config["dataset"],
-                     cka_options(split=split, reduction=reduction, max_samples=max_samples),
-                     device)
+    options = cka_options(split=split, reduction=reduction, max_samples=max_samples)
+    pair = {"a": a, "b": b, "layers_a": layers(layers_a, a), "layers_b": layers(layers_b, b),
+            "dataset": a.config["dataset"]}
     out = Path(output or a.directory / "cka" / run_label(b))
+    record = TableRecord(out / "cka_table.csv", "cka",
+                         {"run_a": str(a.directory), "run_b": str(b.directory),
+                          "layers_a": pair["layers_a"], "layers_b": pair["layers_b"],
+                          **options.model_dump(), "device": device}, [a, b])
+    rows = layer_cka(a, pair["layers_a"], b, pair["layers_b"], pair["dataset"], options, device)
     write_csv(out / "cka_table.csv", rows)
     plot_cka(rows, f"CKA {run_label(a)} vs {run_label(b)}", out / "cka.png")
+    record.write([out / "cka_table.csv", out / "cka.png"], pairs=[cka_pair_record(pair, rows)])
     echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
     click.echo(f"-> {out / 'cka_table.csv'}")
 
