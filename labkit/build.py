@@ -32,31 +32,39 @@ def check_buildable(config: dict[str, Any], registries: Registries) -> None:
     units below one, a negative learning rate, a bad schedule) are reported before any
     run starts.
 
-    The model is built on the ``meta`` device for the dataset's ``resolution`` (32 for a
-    dataset without one), 3 channels and 10 classes: only its parameters
-    are checked here; a model that needs the real data shape fails at run time.
+    Only labkit's own components are built here: a plugin's factory may do real work
+    (the stitched model loads, even trains, the networks it joins), which must not
+    happen while a spec is merely checked. The model is built on the ``meta`` device for
+    the dataset's ``resolution`` (32 for a dataset without one), 3 channels and 10
+    classes: only its parameters are checked; a model that needs the real data shape
+    fails at run time.
 
     Raises:
         UserError: naming the component and the constructor's complaint.
     """
+    def ours(kind: str, key: str) -> bool:
+        return registries[kind].get(config[key]["name"]).plugin == "labkit"
+
     resolution = config["dataset"].get("resolution")
     if not isinstance(resolution, int):  # a plugin's dataset without the parameter
         resolution = 32
-    try:
-        with torch.device("meta"):
-            build_component(registries, "models", config["model"], num_classes=10,
-                            in_channels=3, resolution=resolution)
-    except UserError as exc:
-        raise UserError(f"model: {exc}") from None
-    except Exception:  # a shape this check guessed; the real build reports real problems
+    if ours("models", "model"):
+        try:
+            with torch.device("meta"):
+                build_component(registries, "models", config["model"], num_classes=10,
+                                in_channels=3, resolution=resolution)
+        except UserError as exc:
+            raise UserError(f"model: {exc}") from None
+        except Exception:  # a shape this check guessed; the real build reports real problems
+            pass
+    if not ours("optimizers", "optimizer"):
         return
-    parameters = [torch.nn.Parameter(torch.zeros(1))]
     try:
         optimizer = build_component(registries, "optimizers", config["optimizer"],
-                                    params=parameters)
+                                    params=[torch.nn.Parameter(torch.zeros(1))])
     except (UserError, ValueError) as exc:
         raise UserError(f"optimizer: {exc}") from None
-    if config.get("scheduler"):
+    if config.get("scheduler") and ours("schedulers", "scheduler"):
         try:
             build_component(registries, "schedulers", config["scheduler"], optimizer=optimizer,
                             epochs=config["epochs"])

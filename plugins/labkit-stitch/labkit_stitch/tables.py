@@ -146,7 +146,8 @@ def plot_stitch_group(rows: pd.DataFrame, path: Path) -> None:
     """Stitched, random-sender and debiased tables of one group as one PNG."""
     unit = {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}
     # a symmetric scale around 0 that small differences still colour
-    spread = max(0.1, float(np.nanmax(np.abs(rows["debiased"]), initial=0.0)))
+    largest = np.abs(rows["debiased"]).max()  # NaN when every cell is empty
+    spread = max(0.1, float(largest)) if pd.notna(largest) else 0.1
     panels = [("stitched", "stitched", unit), ("random sender", "random_sender", unit),
               ("debiased", "debiased", {"vmin": -spread, "vmax": spread, "cmap": "RdBu_r"})]
     metric = f"{rows['split'].iloc[0]} {rows['metric'].iloc[0]}"
