@@ -41,9 +41,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from labkit import plugins
-from labkit.engine import build_component, evaluate, make_metrics, seed_everything, train_one_epoch
+from labkit.build import build_component, make_metrics, seed_everything
+from labkit.engine import train_one_epoch
+from labkit.evaluation import evaluate
 from labkit.methods.base import RunContext
-from labkit.saturation import TRAIN_PASS, SaturationTracker
+from labkit.saturation import TRAIN_PASS, SaturationTracker, plot_saturation
 from labkit.spec import expand
 
 MODELS = ("cnn_s", "resnet18_xxs")
@@ -103,7 +105,8 @@ class Condition:
         seconds = time.process_time() - started
         self.rng = torch.get_rng_state()
         plot_started = time.process_time()
-        self.tracker.plot(self.row, Path(self.config["logs_dir"]) / f"{self.name}.png")
+        if self.tracker.passes:
+            plot_saturation(self.row, Path(self.config["logs_dir"]) / f"{self.name}.png")
         return seconds, time.process_time() - plot_started
 
     def saturation(self) -> dict[str, float]:

@@ -32,7 +32,7 @@ from labkit.evaluation import evaluate, to_device
 from labkit.progress import quiet_bars
 from labkit.registry import Registries
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, load_spectra,
-                               save_spectra, spectra_path, view_columns)
+                               plot_saturation, save_spectra, spectra_path, view_columns)
 
 
 class RunFailed(Exception):
@@ -130,8 +130,11 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
             runinfo.write_status(run_dir, "failed", reason=reason)
             (run_dir / "error.txt").write_text(traceback.format_exc())
             return "failed"
+        draw_plots(run, redraw=True)
+    elif sync_log(run, final["history"]):
+        draw_plots(run, redraw=True)  # the saturation columns were read anew
     else:
-        sync_log(run, final["history"])
+        draw_plots(run)
     if runinfo.read_status(run_dir).get("state") != "finished":
         runinfo.write_status(run_dir, "finished", epoch=run.config["epochs"])
     failed = run_analyses(run, registries, device, progress=progress).failed
@@ -186,6 +189,20 @@ def write_log(run: RunConfig, rows: list[dict[str, Any]]) -> bool:
         pass
     write_text(path, text)
     return True
+
+
+def draw_plots(run: RunConfig, redraw: bool = False) -> None:
+    """The per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``) from
+    log.csv, drawn after training rather than inside the epoch loop, so figures never
+    slow training down. Only missing ones are drawn unless ``redraw``."""
+    config = run.config["saturation"]
+    log = run.directory / runinfo.LOG_CSV
+    if config is None or "lsat" not in SaturationConfig.model_validate(config).stats:
+        return
+    for _, row in pd.read_csv(log).iterrows():
+        path = run.directory / "plots" / f"saturation_epoch_{int(row['epoch']):04d}.png"
+        if redraw or not path.exists():
+            plot_saturation(row, path)
 
 
 def eval_module_name(method: Method) -> str:
@@ -328,11 +345,9 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         if scheduler is not None:
             scheduler.step()
         history.append(row)
-        # before the checkpoint: a run killed in between redoes the epoch, its spectra
-        # and its plot
+        # before the checkpoint: a run killed in between redoes the epoch and its spectra
         if saturation.passes:
             save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
-        saturation.plot(row, run_dir / "plots" / f"saturation_epoch_{epoch:04d}.png")
         checkpoint.save(ckpt_dir, epoch, {
             "run_hash": run.hash,
             "eval_module": evaluated,

@@ -350,11 +350,6 @@ class SaturationTracker:
         return {column_name(split, stat, name): values[name][stat]
                 for stat in config.stats for name in self._layers[split]}
 
-    def plot(self, row: Mapping[str, Any], path: Path) -> None:
-        """Write the epoch's saturation plot (see :func:`plot_saturation`) when ``lsat`` is tracked."""
-        if self.passes and "lsat" in self.config.stats:
-            plot_saturation(row, path)
-
 
 def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
     """Bar plot of one epoch's saturation: one bar per layer and pass, layers in network order.
