@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from labkit import plugins
 from labkit.build import build_component, make_metrics, seed_everything
-from labkit.engine import train_one_epoch
+from labkit.engine import Stepper, train_one_epoch
 from labkit.evaluation import evaluate
 from labkit.methods.base import RunContext
 from labkit.saturation import TRAIN_PASS, SaturationTracker, plot_saturation
@@ -73,6 +73,8 @@ class Condition:
                                       context=context)
         self.optimizer = build_component(registries, "optimizers", self.config["optimizer"],
                                          params=self.method.parameters())
+        self.stepper = Stepper(self.optimizer, list(self.method.parameters()), 1, None, "32",
+                               torch.device("cpu"))
         self.train_loader = DataLoader(self.data.train, batch_size=64, shuffle=True,
                                        generator=torch.Generator().manual_seed(0))
         self.eval_loader = DataLoader(self.data.evals["eval"], batch_size=512)
@@ -92,7 +94,7 @@ class Condition:
         metrics = make_metrics(self.registries, ["accuracy"], 10)
         started = time.process_time()
         with self.tracker.track(TRAIN_PASS, self.model):
-            train_one_epoch(self.method, self.train_loader, self.optimizer, metrics,
+            train_one_epoch(self.method, self.train_loader, self.stepper, metrics,
                             torch.device("cpu"), number, progress=False)
         self.method.train(False)
         self.row = {"epoch": number, **self.tracker.columns(TRAIN_PASS)}

@@ -39,7 +39,58 @@ class RunFailed(Exception):
     """The run cannot go on (non-finite loss, …); the reason goes to the status file."""
 
 
-def train_one_epoch(method: Method, loader: DataLoader, optimizer: torch.optim.Optimizer,
+class Stepper:
+    """How batch losses become optimizer steps: accumulation, clipping, precision.
+
+    Args:
+        optimizer: the optimizer; parameters: what it optimises (for clipping).
+        accumulate: micro-batches per step. Their gradients are summed weighted by
+            their sizes and divided by the step's sample count, so a step equals one on
+            the micro-batches joined (up to float rounding) when the model has no
+            batch statistics.
+        clip_grad_norm: clip the gradients' global L2 norm to this; ``None``: off.
+        precision: ``"32"``, ``"bf16"`` or ``"16-mixed"`` (autocast of the forward pass;
+            16-mixed with a dynamic loss scaler, whose state the checkpoint keeps).
+        device: where the run computes.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter],
+                 accumulate: int, clip_grad_norm: float | None, precision: str,
+                 device: torch.device):
+        self.optimizer, self.parameters = optimizer, parameters
+        self.accumulate, self.clip = accumulate, clip_grad_norm
+        self.device = device
+        self.dtype = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}[precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+        self.samples = 0  # of the step being accumulated
+
+    def autocast(self) -> Any:
+        """Context of a forward pass in the run's precision."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def backward(self, loss: torch.Tensor, batch_size: int) -> None:
+        """Back-propagate one micro-batch's mean loss."""
+        if self.accumulate > 1:  # sum over samples now; divided by the step's count later
+            loss = loss * batch_size
+        self.scaler.scale(loss).backward()
+        self.samples += batch_size
+
+    def step(self) -> None:
+        """The optimizer step of the accumulated micro-batches."""
+        if self.accumulate > 1:
+            for p in self.parameters:
+                if p.grad is not None:
+                    p.grad.div_(self.samples)
+        if self.clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.samples = 0
+
+
+def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
                     metrics: dict[str, Any], device: torch.device, epoch: int,
                     progress: bool) -> dict[str, float]:
     """One pass over the training set; returns mean loss per sample and metrics."""
@@ -47,20 +98,21 @@ def train_one_epoch(method: Method, loader: DataLoader, optimizer: torch.optim.O
     loss_sum, seen = 0.0, 0
     for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", leave=False,
                                       disable=quiet_bars(progress))):
-        result = method.training_step(to_device(batch, device))
+        with stepper.autocast():
+            result = method.training_step(to_device(batch, device))
         loss = result.loss.item()
         if not math.isfinite(loss):
             raise RunFailed(f"non-finite training loss ({loss}) at epoch {epoch}, "
                             f"step {step + 1}; lower the learning rate or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        optimizer.step()
-        method.after_step()
+        stepper.backward(result.loss, result.batch_size)
+        if (step + 1) % stepper.accumulate == 0 or step + 1 == len(loader):
+            stepper.step()
+            method.after_step()
         loss_sum += loss * result.batch_size
         seen += result.batch_size
         if result.logits is not None:
             for metric in metrics.values():
-                metric.update(result.logits.detach(), result.targets)
+                metric.update(result.logits.detach().float(), result.targets)
     stats = {"loss": loss_sum / seen}
     stats.update({name: m.compute() for name, m in metrics.items()})
     return stats
@@ -280,8 +332,10 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                             in_channels=data.in_channels, resolution=data.resolution).to(device)
     context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress)
     method: Method = build_component(registries, "methods", config["method"], context=context)
-    optimizer = build_component(registries, "optimizers", config["optimizer"],
-                                params=method.parameters())
+    parameters = list(method.parameters())
+    optimizer = build_component(registries, "optimizers", config["optimizer"], params=parameters)
+    stepper = Stepper(optimizer, parameters, config["accumulate"], config["clip_grad_norm"],
+                      config["precision"], device)
     scheduler = (build_component(registries, "schedulers", config["scheduler"],
                                  optimizer=optimizer, epochs=config["epochs"])
                  if config["scheduler"] else None)
@@ -310,6 +364,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
+        stepper.scaler.load_state_dict(state.get("scaler", {}))
         order.set_state(state["data_order"])
         checkpoint.set_rng_state(state["rng"])
         start = state["epoch"]
@@ -325,7 +380,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         lr = optimizer.param_groups[0]["lr"]
         with saturation.track(TRAIN_PASS, model):
             train_stats = train_one_epoch(
-                method, train_loader, optimizer,
+                method, train_loader, stepper,
                 make_metrics(registries, config["metrics"], data.num_classes), device, epoch,
                 progress)
         extra = method.end_epoch(epoch)
@@ -357,6 +412,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "method": method.state_dict(),
+            "scaler": stepper.scaler.state_dict(),
             "data_order": order.get_state(),
             "rng": checkpoint.rng_state(),
         })

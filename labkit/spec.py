@@ -83,7 +83,19 @@ class Spec(BaseModel):
     scheduler: Component | None = _component_field(
         "schedulers", None, "learning-rate schedule, stepped once per epoch; null: constant")
     epochs: int = Field(30, ge=1, description="number of training epochs")
-    batch_size: int = Field(128, ge=1, description="training batch size")
+    batch_size: int = Field(128, ge=1, description="training batch size (of one micro-batch "
+                                                   "when accumulating)")
+    accumulate: int = Field(
+        1, ge=1, description="micro-batches per optimizer step: gradients of `accumulate` "
+                             "batches are summed (weighted by their sizes), so a step sees "
+                             "batch_size × accumulate samples; part of identity")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the global L2 norm of the gradients to this before "
+                                "each optimizer step; null: no clipping; part of identity")
+    precision: Literal["32", "bf16", "16-mixed"] = Field(
+        "32", description="32: float32; bf16: bfloat16 autocast of the forward pass; "
+                          "16-mixed: float16 autocast with a dynamic loss scaler "
+                          "(checkpointed); part of identity: the numbers change")
     seed: int = Field(0, description="seed of weights init, data order and augmentation")
     metrics: list[str] = Field(
         ["accuracy", "top5_accuracy", "mcc", "balanced_accuracy"],
