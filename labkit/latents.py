@@ -212,6 +212,8 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
                     "splits": {name: len(ds) for name, ds in splits.items()}, "source": source}
             manifest = read_manifest(directory)
             if manifest is not None and manifest["plan"] == plan:
+                if (directory / PROGRESS).exists():  # a crash's leftover beside a whole set
+                    (directory / PROGRESS).unlink(missing_ok=True)
                 return manifest
             try:
                 state = read_json(directory / PROGRESS)

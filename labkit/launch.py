@@ -108,8 +108,15 @@ def run_local(tasks: list[RunTask], jobs: int,
 
 
 def _work(task: RunTask, send: Any) -> None:
-    """A worker process: train one run and send its state back."""
-    send.send(task())
+    """A worker process: train one run and send its state back. An error that escapes
+    the engine (a file system refusing a status write) fails the run with one line."""
+    try:
+        state = task()
+    except Exception as exc:  # noqa: BLE001 - reported as one line, the grid goes on
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        print(f"error: {type(exc).__name__}: {exc}{where}", file=sys.stderr, flush=True)
+        state = "failed"
+    send.send(state)
     send.close()
 
 
