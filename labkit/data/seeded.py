@@ -4,9 +4,10 @@ torchvision's random transforms draw from torch's global generator, which a Data
 worker seeds from its own base seed: the same run with 0 or 2 workers would see other
 crops and flips, and train other weights. Here the sampler, in the main process, draws
 each epoch's order and one seed per sample from the run's data-order generator (which
-the checkpoint stores), and the dataset applies each sample's transforms under that
-seed, in whatever process it runs. Any worker count then gives the same batches, bit for
-bit, and the main process's generator (dropout, mixing) is never touched by loading.
+the checkpoint stores), and the dataset applies each batch's transforms under its first
+sample's seed, in whatever process it runs. Any worker count then gives the same
+batches, bit for bit, and the main process's generator (dropout, mixing) is never
+touched by loading.
 
 Only torch's generator is seeded: a transform drawing from Python's ``random`` or
 NumPy's global state would still depend on the worker.
@@ -47,7 +48,10 @@ class SeededSamples(Dataset):
     """``dataset[index]`` computed with torch's generator seeded by the sample's seed.
 
     Indexed by what :class:`SeededSampler` yields; the caller's generator state is
-    restored afterwards.
+    restored afterwards. A DataLoader fetches a whole batch in one process (the main
+    one or a worker), through :meth:`__getitems__`: the batch is seeded once, by its
+    first sample's seed, which keeps the cost of seeding off every sample while the
+    batches stay the same for any number of workers.
     """
 
     def __init__(self, dataset: Dataset):
@@ -57,7 +61,15 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        # the CPU generator alone: torch.manual_seed also seeds every accelerator, which
+        # costs about a millisecond; transforms draw from the CPU one
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(keys[0][1])
+        try:
+            return [self.dataset[index] for index, _ in keys]
+        finally:
+            generator.set_state(state)
