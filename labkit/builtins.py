@@ -1,17 +1,14 @@
 """labkit's own components, registered through the same hook as any plugin."""
 from __future__ import annotations
 
-from pydantic import ConfigDict, create_model
-
 from labkit import hookimpl
 from labkit.analyses import ANALYSES
 from labkit.data import DATASETS
 from labkit.methods import METHODS
 from labkit.metrics import METRICS
 from labkit.models import MODELS, create_torchvision_model
+from labkit.models.torchvision_models import TorchvisionParams
 from labkit.optim import OPTIMIZERS, SCHEDULERS
-
-NO_PARAMS = create_model("no_params", __config__=ConfigDict(extra="forbid"))
 
 
 @hookimpl
@@ -23,4 +20,5 @@ def labkit_register(registries) -> None:
         for name, obj in table.items():
             registries[kind].register(name, obj)
     # any torchvision classification model, untrained: "tv:resnet18", "tv:vit_b_16", …
-    registries.models.register("tv:", create_torchvision_model, prefix=True, params=NO_PARAMS)
+    registries.models.register("tv:", create_torchvision_model, prefix=True,
+                               params=TorchvisionParams)

@@ -25,7 +25,8 @@ HASH_LEN = 10
 # params. Saturation's delta and counting rule only read the stored eigenvalue spectra.
 NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
                 "dataset.root", "dataset.download", "analyses", "launcher",
-                "saturation.delta", "saturation.idim_rule", "data.root")
+                "saturation.delta", "saturation.idim_rule", "data.root", "weights.file", "model.weights.path",
+                "model.download_weights")
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:

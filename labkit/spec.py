@@ -331,7 +331,21 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     data = data_identity(resolved["dataset"], registries)
     if data:
         resolved["data"] = data
+    weights = weights_identity(resolved["model"], registries)
+    if weights:
+        resolved["weights"] = weights
     return resolved
+
+
+def weights_identity(model: dict[str, Any], registries: Registries) -> dict[str, Any]:
+    """What identifies a model's pretrained weights (their URL, or a file's sha256), so
+    that other weights are another run: ``{}`` for an untrained model. A model factory
+    opts in with an attribute ``weights_identity(rest of name, params) -> dict``."""
+    entry, rest = registries.models.resolve(model["name"])
+    identify = getattr(entry.obj, "weights_identity", None)
+    if identify is None:
+        return {}
+    return identify(rest, {k: v for k, v in model.items() if k != "name"})
 
 
 def _check_finite(value: Any, path: str) -> None:

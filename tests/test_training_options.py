@@ -73,3 +73,61 @@ def test_mixed_precision_trains_and_resumes_exactly(registries, tmp_path, precis
     (full,) = expand({**TINY, "model": "cnn_xs", "epochs": 3, "logs_dir": str(tmp_path)},
                      registries)
     assert run.hash != RunConfig(full, "O").hash  # precision is identity
+
+
+# ---------------------------------------------------------------- pretrained weights
+
+def test_pretrained_torchvision_weights_from_the_hub_cache_and_a_file(registries, tmp_path,
+                                                                     monkeypatch, write_spec):
+    import torchvision
+
+    from labkit.errors import UserError
+    from labkit.models.torchvision_models import enum_weights_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec = {**TINY, "model": {"name": "tv:resnet18", "weights": "IMAGENET1K_V1"},
+            "dataset": {"name": "digits", "resolution": 32}, "epochs": 1}
+    with pytest.raises(UserError, match="looked for .*resnet18-f37072fd.pth"):
+        expand(spec, registries)  # nothing is downloaded unless the spec allows it
+
+    # an "ImageNet" file written where torchvision's cache holds it
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18().state_dict()
+    cached = enum_weights_path("resnet18", "IMAGENET1K_V1")
+    cached.parent.mkdir(parents=True)
+    torch.save(reference, cached)
+    # torchvision checks the hash prefix in the file name: ours is not the real file, so
+    # the test loads it as a file of one's own too, and checks the enum by its identity
+    (config,) = expand(spec, registries)
+    assert config["weights"] == {"url": "https://download.pytorch.org/models/resnet18-f37072fd.pth"}
+
+    own = tmp_path / "mine.pt"
+    torch.save(reference, own)
+    (config,) = expand({**spec, "model": {"name": "tv:resnet18", "weights": {"path": str(own)}}},
+                       registries)
+    run = RunConfig(config, "W")
+    assert engine.train(run, registries, progress=False) == "finished"
+    from labkit.build import build_component
+    model = build_component(registries, "models", config["model"], num_classes=10,
+                            in_channels=1, resolution=32)
+    loaded = model.state_dict()
+    assert torch.equal(loaded["layer1.0.conv1.weight"], reference["layer1.0.conv1.weight"])
+    assert loaded["fc.weight"].shape == (10, 512)  # 10 classes: the head starts fresh
+    assert loaded["conv1.weight"].shape[1] == 1  # 1 channel: the stem starts fresh
+
+    # the file's content, not its path, is identity
+    moved = tmp_path / "elsewhere.pt"
+    moved.write_bytes(own.read_bytes())
+    same = expand({**spec, "model": {"name": "tv:resnet18", "weights": {"path": str(moved)}}},
+                  registries)[0]
+    assert RunConfig(same, "W").hash == run.hash
+    reference["layer1.0.conv1.weight"] += 1
+    torch.save(reference, moved)
+    other = expand({**spec, "model": {"name": "tv:resnet18", "weights": {"path": str(moved)}}},
+                   registries)[0]
+    assert RunConfig(other, "W").hash != run.hash
+    with pytest.raises(UserError, match="no file at"):
+        expand({**spec, "model": {"name": "tv:resnet18", "weights": {"path": "nope.pt"}}},
+               registries)
+    with pytest.raises(UserError, match="has no weights 'IMAGENET9K'"):
+        expand({**spec, "model": {"name": "tv:resnet18", "weights": "IMAGENET9K"}}, registries)

@@ -1,15 +1,47 @@
-"""Untrained torchvision classification models, adapted to the data's channels and resolution.
+"""torchvision classification models, adapted to the data's channels and resolution,
+untrained or with pretrained weights.
 
-Weights are never downloaded: every model is built with ``weights=None``.
+Weights come from torchvision's weight enums (``"weights": "IMAGENET1K_V1"`` or
+``"DEFAULT"``), read from the local torch hub cache (``$TORCH_HOME/hub/checkpoints``,
+where torchvision keeps them) and downloaded only when the spec says
+``"download_weights": true``; or from a file of one's own (``"weights": {"path": …}``,
+a state dict, loaded with ``weights_only=True``). Layers whose shape differs from the
+weights' (the classifier for another number of classes, the stem for other channels)
+keep their fresh initialisation. The weights join the run's identity: an enum by its
+URL (which carries the hash torchvision checks), a file by its sha256.
 """
 import difflib
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
 import torchvision
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from labkit.errors import UserError
+
+
+class WeightsFile(BaseModel):
+    """A state-dict file of one's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="file holding the state dict (torch.save of a dict of tensors)")
+
+
+class TorchvisionParams(BaseModel):
+    """Spec parameters of ``tv:<arch>`` models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str | WeightsFile | None = Field(
+        None, description="null: untrained; a weight enum name of the architecture "
+                          "(\"DEFAULT\", \"IMAGENET1K_V1\", …); or {\"path\": file}")
+    download_weights: bool = Field(
+        False, description="download enum weights missing from the torch hub cache")
 
 # Models that bake the input size into their architecture (positional embeddings, attention
 # windows) are told the data's resolution: arch prefix -> builder keyword and its value.
@@ -69,9 +101,87 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     setattr(model.get_submodule(parent_name), attribute, new)
 
 
-def create_torchvision_model(arch: str, num_classes: int, in_channels: int, resolution: int) -> nn.Module:
+def _enum_weights(arch: str, name: str) -> Any:
+    try:
+        return torchvision.models.get_model_weights(arch)[name]
+    except (KeyError, ValueError):
+        try:
+            known = [w.name for w in torchvision.models.get_model_weights(arch)]
+        except ValueError:
+            known = []
+        raise UserError(f"model.weights: {arch!r} has no weights {name!r}; give one of "
+                        f"{', '.join(['DEFAULT', *known]) or '(none: it has no pretrained weights)'}, "
+                        f"or {{\"path\": file}}") from None
+
+
+def enum_weights_path(arch: str, name: str) -> Path:
+    """Where torchvision keeps the weights ``name`` of ``arch`` in the torch hub cache."""
+    url = _enum_weights(arch, name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_identity(arch: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What identifies the pretrained weights of a ``tv:`` spec (see the module
+    docstring): ``{}`` when untrained.
+
+    Raises:
+        UserError: unknown weights, or a weights file that does not exist.
+    """
+    weights = params.get("weights")
+    if weights is None:
+        return {}
+    if isinstance(weights, str):
+        _check_cached(arch, weights, params.get("download_weights", False))
+        return {"url": _enum_weights(arch, weights).url}
+    path = Path(weights["path"]).expanduser().absolute()
+    if not path.is_file():
+        raise UserError(f"model.weights.path: no file at {path}; give the path of a saved "
+                        f"state dict")
+    return {"file": str(path), "sha256": _file_digest(path)}
+
+
+def _check_cached(arch: str, name: str, download: bool) -> None:
+    path = enum_weights_path(arch, name)
+    if not path.exists() and not download:
+        raise UserError(
+            f"pretrained weights {arch}.{name} are not in the torch hub cache: looked for "
+            f"{path}. Put the file there (set TORCH_HOME to use another cache), or allow "
+            f"the download with \"download_weights\": true in the model's spec")
+
+
+def _load_weights(model: nn.Module, arch: str, weights: Any, download: bool) -> None:
+    if isinstance(weights, str):
+        _check_cached(arch, weights, download)
+        state = _enum_weights(arch, weights).get_state_dict(progress=False, check_hash=True)
+    else:
+        path = Path(weights["path"]).expanduser()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a state dict that loads without running code
+            raise UserError(f"model.weights.path: {path} is not a loadable state dict "
+                            f"({exc})") from None
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise UserError(f"the weights hold parameters that {arch} has not: {', '.join(unknown[:5])}"
+                        f"; give weights of this architecture")
+    fitting = {k: v for k, v in state.items() if tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(fitting, strict=False)
+
+
+def create_torchvision_model(arch: str, num_classes: int, in_channels: int, resolution: int,
+                             weights: Any = None, download_weights: bool = False) -> nn.Module:
     """Build torchvision's ``arch`` untrained, for input ``(N, in_channels, resolution, resolution)``
-    and output logits ``(N, num_classes)``.
+    and output logits ``(N, num_classes)``, untrained or with ``weights`` (see the
+    module docstring; ``download_weights`` allows fetching enum weights).
 
     The stem conv is replaced when ``in_channels != 3``. Unlike labkit's own models, many
     ImageNet architectures downsample aggressively and need a resolution well above 8
@@ -92,4 +202,9 @@ def create_torchvision_model(arch: str, num_classes: int, in_channels: int, reso
         ) from error
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
+    if weights is not None:
+        _load_weights(model, arch, weights, download_weights)
     return model
+
+
+create_torchvision_model.weights_identity = weights_identity
