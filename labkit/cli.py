@@ -15,6 +15,7 @@ import pandas as pd
 
 from labkit import plugins, runinfo
 from labkit.commands import layers as layer_commands
+from labkit.commands import evaluate as evaluate_commands
 from labkit.commands import saturation as saturation_commands
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents
@@ -251,7 +252,8 @@ def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...])
         table.to_csv(sys.stdout, index=False)
 
 
-for command in [*saturation_commands.COMMANDS, *layer_commands.COMMANDS]:
+for command in [*saturation_commands.COMMANDS, *layer_commands.COMMANDS,
+                *evaluate_commands.COMMANDS]:
     cli.add_command(command)
 
 

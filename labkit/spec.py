@@ -288,8 +288,13 @@ def _valid_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _resolve_component(value: Component, kind: str, path: str,
-                       registries: Registries) -> dict[str, Any]:
+def resolve_component(value: Component, kind: str, path: str,
+                      registries: Registries) -> dict[str, Any]:
+    """A component's resolved spec ``{"name": …, params with defaults}``.
+
+    Raises:
+        UserError: an unknown name or invalid params, named by ``path``.
+    """
     registry = registries[kind]
     try:
         entry = registry.get(value.name)
@@ -324,10 +329,10 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
                 if name not in registries.metrics:
                     raise UserError(f"metrics.{i}: {registries.metrics.unknown_message(name)}")
         elif isinstance(value, list):
-            resolved[key] = [_resolve_component(v, kind, f"{key}.{i}", registries)
+            resolved[key] = [resolve_component(v, kind, f"{key}.{i}", registries)
                              for i, v in enumerate(value)]
         else:
-            resolved[key] = _resolve_component(value, kind, key, registries)
+            resolved[key] = resolve_component(value, kind, key, registries)
     data = data_identity(resolved["dataset"], registries)
     if data:
         resolved["data"] = data

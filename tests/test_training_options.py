@@ -1,4 +1,7 @@
 """Gradient accumulation, clipping and mixed precision in the engine (issue 15, part 2)."""
+import json
+
+import pandas as pd
 import pytest
 import torch
 
@@ -131,3 +134,49 @@ def test_pretrained_torchvision_weights_from_the_hub_cache_and_a_file(registries
                registries)
     with pytest.raises(UserError, match="has no weights 'IMAGENET9K'"):
         expand({**spec, "model": {"name": "tv:resnet18", "weights": "IMAGENET9K"}}, registries)
+
+
+# ---------------------------------------------------------------- evaluation on other data
+
+def colour_folder(root, classes, per_class, folder="imagefolder"):
+    from PIL import Image
+
+    colours = {"ant": (220, 30, 30), "bee": (30, 220, 30), "cat": (30, 30, 220),
+               "wasp": (200, 200, 30)}
+    for name in classes:
+        for i in range(per_class):
+            path = root / folder / "train" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), tuple(max(0, c - 9 * i) for c in colours[name])).save(path)
+
+
+def test_a_finished_run_scored_on_another_data_set(registries, tmp_path, write_spec):
+    from click.testing import CliRunner
+
+    from labkit.cli import cli
+
+    colour_folder(tmp_path / "data", ["ant", "bee", "cat"], 12)
+    colour_folder(tmp_path / "data", ["cat", "bee"], 6, folder="shifted")
+    colour_folder(tmp_path / "data", ["bee", "wasp"], 3, folder="alien")
+    dataset = {"name": "imagefolder", "root": str(tmp_path / "data"), "resolution": 8,
+               "eval_fraction": 0.25}
+    spec = write_spec({**TINY, "model": "cnn_xs", "dataset": dataset, "epochs": 8,
+                       "batch_size": 8, "optimizer": {"name": "adam", "lr": 0.01}})
+    assert CliRunner().invoke(cli, ["run", str(spec), "--run-id", "E", "--quiet"]).exit_code == 0
+
+    shifted = json.dumps({**dataset, "folder": "shifted"})
+    result = CliRunner().invoke(cli, ["evaluate", str(spec), "--run-id", "E", "--on", shifted,
+                                      "--split", "train"])
+    assert result.exit_code == 0, result.output
+    (csv,) = (tmp_path / "logs").rglob("evaluations.csv")
+    row = pd.read_csv(csv).iloc[0]
+    # "cat" and "bee" come as labels 1 and 0 there: mapped by name, the run gets them right
+    assert row["images"] == 9 and row["accuracy"] == 1.0  # 12 images, a quarter held out
+    again = CliRunner().invoke(cli, ["evaluate", str(spec), "--run-id", "E", "--on", shifted,
+                                     "--split", "train"])
+    assert again.exit_code == 0 and len(pd.read_csv(csv)) == 1  # complete: not redone
+
+    alien = json.dumps({**dataset, "folder": "alien"})
+    refused = CliRunner().invoke(cli, ["evaluate", str(spec), "--run-id", "E", "--on", alien,
+                                       "--split", "train"])
+    assert refused.exit_code == 2 and "wasp" in refused.output
