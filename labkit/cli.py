@@ -180,6 +180,12 @@ def status(spec: str, run_id: str) -> None:
     click.echo(table.to_string(index=False))
     counts = table["state"].value_counts()
     click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))
+    if (table["state"] == "not started").all():
+        known = sorted({p.name for r in runs if r.directory.parent.parent.is_dir()
+                        for p in r.directory.parent.parent.iterdir() if p.is_dir()})
+        click.echo(f"no run of {spec} has started under run-id {run_id!r}"
+                   + (f"; run-ids found for its runs: {', '.join(known)}" if known else ""),
+                   err=True)
 
 
 @cli.command()

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
+from joblib.externals.loky import get_reusable_executor
 from pydantic import BaseModel, ConfigDict, Field
 
 from labkit.atomic import read_json, write_csv, write_json
@@ -217,6 +218,10 @@ def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None =
     fitted = Parallel(n_jobs=workers)(
         delayed(fit_layer)(manifest["digest"], layer, settings, str(directory), device, threads)
         for layer in todo)
+    if workers > 1:
+        # loky keeps its workers for reuse and an exiting process then waits out their
+        # idle timeout (minutes): a grid worker would hang long after its run finished
+        get_reusable_executor().shutdown(wait=True)
     for layer, result in zip(todo, fitted, strict=True):
         write_cached(directory, keys[layer], result)
         results[layer] = read_cached(directory, keys[layer], splits)  # as JSON gives it back
