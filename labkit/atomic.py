@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one whole.
+"""Atomic file writes (and reading them back): a reader, or a resumed run, sees the old
+file or the new one whole.
 
 Write to a temporary file in the same folder, flush, fsync, ``os.replace`` over the
 target, fsync the folder. A crash at any moment (even ``kill -9``) leaves at most a
@@ -9,6 +10,7 @@ readable by a group on shared clusters.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -85,6 +87,15 @@ def write_figure(path: str | Path, figure: Any, dpi: int = 100) -> None:
     """Atomically replace ``path`` with the matplotlib ``figure`` as PNG."""
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=dpi)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -5,11 +5,10 @@ neither torch nor the engine.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from labkit.atomic import read_json
+from labkit.atomic import file_sha256, read_json
 from labkit.errors import DamagedFile, UserError
 
 Mode = int | Literal["pixelwise", "none"]
@@ -34,15 +33,6 @@ def parse_mode(text: str) -> Mode:
 def array_path(directory: Path, split: str, layer: str) -> Path:
     """The file of ``layer``'s latents of ``split`` (``layer="labels"``: the labels)."""
     return Path(directory) / f"{split}-{layer}.npy"
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_files(directory: Path, manifest: dict[str, Any], names: list[str]) -> None:

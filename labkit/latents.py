@@ -45,7 +45,7 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from labkit.atomic import read_json, write_json
+from labkit.atomic import file_sha256, read_json, write_json
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
 from labkit.latent_layout import (
@@ -57,7 +57,6 @@ from labkit.latent_layout import (
     parse_mode,
     pointer_path,
     read_manifest,
-    file_sha256,
 )
 from labkit.layers import measured_layers
 from labkit.progress import quiet_bars

@@ -11,7 +11,6 @@ keep their fresh initialisation. The weights join the run's identity: an enum by
 URL (which carries the hash torchvision checks), a file by its sha256.
 """
 import difflib
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torchvision
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from labkit.atomic import file_sha256
 from labkit.errors import UserError
 
 
@@ -120,14 +120,6 @@ def enum_weights_path(arch: str, name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_identity(arch: str, params: dict[str, Any]) -> dict[str, Any]:
     """What identifies the pretrained weights of a ``tv:`` spec (see the module
     docstring): ``{}`` when untrained.
@@ -145,7 +137,7 @@ def weights_identity(arch: str, params: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"model.weights.path: no file at {path}; give the path of a saved "
                         f"state dict")
-    return {"file": str(path), "sha256": _file_digest(path)}
+    return {"file": str(path), "sha256": file_sha256(path)}
 
 
 def _check_cached(arch: str, name: str, download: bool) -> None:
