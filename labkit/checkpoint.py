@@ -72,6 +72,21 @@ def is_intact(path: Path) -> bool:
     return recorded is not None and hashlib.sha256(Path(path).read_bytes()).hexdigest() == recorded
 
 
+BEST = "best.pt"
+
+
+def save_best(directory: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` as ``best.pt`` (atomic, with its digest); never pruned."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    path = Path(directory) / BEST
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
+    return path
+
+
 def epochs_on_disk(directory: Path) -> list[int]:
     """Epoch numbers of the checkpoint files in ``directory``, ascending."""
     if not Path(directory).is_dir():

@@ -257,6 +257,26 @@ def draw_plots(run: RunConfig, redraw: bool = False) -> None:
             plot_saturation(row, path)
 
 
+def is_better(row: dict[str, Any], best: dict[str, Any] | None, metric: str | None,
+              mode: str) -> bool:
+    """Whether ``row`` beats the best epoch so far on ``metric`` (``None``: no tracking).
+
+    Raises:
+        UserError: ``metric`` is no column of the log (lists the columns).
+    """
+    if metric is None:
+        return False
+    if metric not in row:
+        raise UserError(f"best_metric {metric!r} is not a log column; choose one of "
+                        f"{', '.join(k for k in row if k != 'epoch')}")
+    value = float(row[metric])
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best["value"] if mode == "max" else value < best["value"]
+
+
 def eval_module_name(method: Method) -> str:
     """The key in ``method.modules()`` of the network ``method.eval_model()`` returns:
     the checkpoint records it, so analyses read the network the eval splits scored.
@@ -354,7 +374,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     saturation = SaturationTracker(config["saturation"], model, [TRAIN_PASS, *eval_loaders])
 
     # --- resume from the newest intact checkpoint
-    start, history = 0, []
+    start, history, best = 0, [], None
     state = checkpoint.load_latest(ckpt_dir)
     if state is not None:
         _check_owner(run, state, ckpt_dir)
@@ -367,7 +387,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         stepper.scaler.load_state_dict(state.get("scaler", {}))
         order.set_state(state["data_order"])
         checkpoint.set_rng_state(state["rng"])
-        start = state["epoch"]
+        start, best = state["epoch"], state.get("best")
         history = saturation_view(run_dir, state["history"], config["saturation"])
         print(f"{run.name}: resuming after epoch {start}", file=sys.stderr, flush=True)
     runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions)
@@ -400,10 +420,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         if scheduler is not None:
             scheduler.step()
         history.append(row)
-        # before the checkpoint: a run killed in between redoes the epoch and its spectra
-        if saturation.passes:
-            save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
-        checkpoint.save(ckpt_dir, epoch, {
+        state = {
             "run_hash": run.hash,
             "eval_module": evaluated,
             "epoch": epoch,
@@ -415,6 +432,15 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             "scaler": stepper.scaler.state_dict(),
             "data_order": order.get_state(),
             "rng": checkpoint.rng_state(),
-        })
+        }
+        # before the checkpoint: a run killed in between redoes the epoch, its spectra
+        # and its best checkpoint
+        if saturation.passes:
+            save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
+        if is_better(row, best, config["best_metric"], config["best_mode"]):
+            best = {"epoch": epoch, "metric": config["best_metric"],
+                    "value": float(row[config["best_metric"]])}
+            checkpoint.save_best(ckpt_dir, {**state, "best": best})
+        checkpoint.save(ckpt_dir, epoch, {**state, "best": best})
         write_log(run, history)
-        runinfo.write_status(run_dir, "running", epoch=epoch)
+        runinfo.write_status(run_dir, "running", epoch=epoch, best=best)

@@ -26,7 +26,7 @@ HASH_LEN = 10
 NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
                 "dataset.root", "dataset.download", "analyses", "launcher",
                 "saturation.delta", "saturation.idim_rule", "data.root", "weights.file", "model.weights.path",
-                "model.download_weights")
+                "model.download_weights", "best_metric", "best_mode", "analysis_checkpoint")
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:

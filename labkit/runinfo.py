@@ -80,6 +80,14 @@ def final_checkpoint(run: RunConfig) -> Path:
     return checkpoint.checkpoint_path(Path(run.directory) / "checkpoints", run.config["epochs"])
 
 
+def analysed_checkpoint(run: RunConfig) -> Path:
+    """The checkpoint analyses read: the final one, or ``best.pt`` when the config's
+    ``analysis_checkpoint`` says ``best``."""
+    if run.config.get("analysis_checkpoint") == "best":
+        return Path(run.directory) / "checkpoints" / checkpoint.BEST
+    return final_checkpoint(run)
+
+
 def training_state(run: RunConfig) -> dict[str, Any]:
     """The run's training status as ``labkit status`` shows it, cheaply.
 
@@ -188,6 +196,8 @@ def write_status(run_dir: Path, state: str, **fields: Any) -> None:
               "epoch": fields.pop("epoch", previous.get("epoch", 0) if previous.get("state")
                                   != "damaged" else 0),
               "updated": _now()}
+    if previous.get("best") is not None and "best" not in fields:
+        fields["best"] = previous["best"]  # the best epoch, with best_metric: kept
     status.update(fields)
     write_json(Path(run_dir) / STATUS_JSON, status)
 

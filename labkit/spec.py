@@ -114,6 +114,14 @@ class Spec(BaseModel):
         0, ge=0, description="DataLoader worker processes; not part of identity: every "
                              "sample's augmentation is seeded on its own, so any worker "
                              "count trains the same weights")
+    best_metric: str | None = Field(
+        None, description="a log.csv column (e.g. \"eval-accuracy\") whose best epoch is kept "
+                          "as checkpoints/best.pt; null: none; not part of identity")
+    best_mode: Literal["max", "min"] = Field(
+        "max", description="whether the best epoch has the largest or smallest best_metric")
+    analysis_checkpoint: Literal["final", "best"] = Field(
+        "final", description="which network the analyses read: the final epoch's or the "
+                             "best_metric's best; not part of identity")
     threads: int = Field(
         1, ge=1, description="torch intra-op CPU threads the run trains and evaluates with; "
                              "part of identity, because CPU results depend on it (the "

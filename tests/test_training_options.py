@@ -7,6 +7,7 @@ import torch
 
 from labkit import checkpoint, engine, runinfo
 from labkit.identity import RunConfig
+from labkit.errors import UserError
 from labkit.spec import expand
 from labkit.testing import forget_last_epoch
 
@@ -181,3 +182,29 @@ def test_a_finished_run_scored_on_another_data_set(registries, tmp_path, write_s
     refused = CliRunner().invoke(cli, ["evaluate", str(spec), "--run-id", "E", "--on", alien,
                                        "--split", "train"])
     assert refused.exit_code == 2 and "wasp" in refused.output
+
+
+def test_the_best_epoch_is_kept_and_analyses_can_read_it(registries, tmp_path):
+    from labkit.analyses import FinishedRun
+
+    spec = {**TINY, "epochs": 4, "best_metric": "eval-loss", "best_mode": "min",
+            "optimizer": {"name": "sgd", "lr": 0.5}, "logs_dir": str(tmp_path / "logs")}
+    (config,) = expand(spec, registries)
+    (plain,) = expand({**spec, "best_metric": None}, registries)
+    assert RunConfig(config, "B").hash == RunConfig(plain, "B").hash  # keeping is no identity
+    run = RunConfig(config, "B")
+    assert engine.train(run, registries, progress=False) == "finished"
+    log = pd.read_csv(run.directory / runinfo.LOG_CSV)
+    best_epoch = int(log.loc[log["eval-loss"].idxmin(), "epoch"])
+    assert best_epoch < 4  # lr 0.5 overshoots: the best is not the last
+    best = checkpoint.read(run.directory / "checkpoints" / checkpoint.BEST)
+    assert best["epoch"] == best_epoch and best["best"]["value"] == log["eval-loss"].min()
+    assert runinfo.read_status(run.directory)["best"]["epoch"] == best_epoch
+    reading = RunConfig({**config, "analysis_checkpoint": "best"}, "B")
+    model = FinishedRun(reading, registries).model.state_dict()
+    for key, tensor in best["modules"]["model"].items():
+        assert torch.equal(model[key], tensor), key
+
+    wrong = RunConfig(expand({**spec, "best_metric": "eval-acuracy"}, registries)[0], "X")
+    with pytest.raises(UserError, match="not a log column"):
+        engine.train(wrong, registries, progress=False)

@@ -175,7 +175,7 @@ def test_a_damaged_final_checkpoint_is_retrained_before_any_analysis(registries,
     data = bytearray(final.read_bytes())
     data[len(data) // 2] ^= 0xFF
     final.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="no usable final checkpoint"):
+    with pytest.raises(UserError, match="no usable epoch_0003.pt"):
         FinishedRun(run, registries).state()  # never epoch 2 in its place
 
     run = make_run(registries, tmp_path, epochs=3, analyses=[{"name": "latents",

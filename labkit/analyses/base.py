@@ -77,8 +77,9 @@ class FinishedRun:
 
     @cached_property
     def checkpoint_path(self) -> Path:
-        """The checkpoint after the run's last epoch: what every analysis reads."""
-        return runinfo.final_checkpoint(self.run)
+        """What every analysis reads: the checkpoint after the run's last epoch, or its
+        best epoch's (``analysis_checkpoint: "best"``)."""
+        return runinfo.analysed_checkpoint(self.run)
 
     @property
     def checkpoint_digest(self) -> str | None:
@@ -96,7 +97,7 @@ class FinishedRun:
             return checkpoint.read(self.checkpoint_path)
         except ValueError as exc:
             raise UserError(
-                f"run {self.directory} has no usable final checkpoint ({exc}); "
+                f"run {self.directory} has no usable {self.checkpoint_path.name} ({exc}); "
                 f"`labkit run SPEC --run-id {self.run.run_id}` trains it (or retrains its "
                 f"last epoch from the previous checkpoint)") from None
 
