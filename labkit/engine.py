@@ -39,6 +39,16 @@ class RunFailed(Exception):
     """The run cannot go on (non-finite loss, …); the reason goes to the status file."""
 
 
+def scaled_lr(config: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's spec with ``lr`` scaled by ``batch_size × accumulate / 256`` when
+    the config's ``lr_scaling`` is ``linear`` (the rule of Goyal et al. that DINO and timm
+    recipes use); unchanged otherwise."""
+    spec = dict(config["optimizer"])
+    if config["lr_scaling"] == "linear" and "lr" in spec:
+        spec["lr"] = spec["lr"] * config["batch_size"] * config["accumulate"] / 256
+    return spec
+
+
 class Stepper:
     """How batch losses become optimizer steps: accumulation, clipping, precision.
 
@@ -63,6 +73,7 @@ class Stepper:
         self.dtype = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}[precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
         self.samples = 0  # of the step being accumulated
+        self.scheduler: Any = None  # a learning-rate schedule stepped after every step
 
     def autocast(self) -> Any:
         """Context of a forward pass in the run's precision."""
@@ -88,6 +99,8 @@ class Stepper:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.samples = 0
+        if self.scheduler is not None:
+            self.scheduler.step()
 
 
 def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
@@ -353,12 +366,10 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress)
     method: Method = build_component(registries, "methods", config["method"], context=context)
     parameters = list(method.parameters())
-    optimizer = build_component(registries, "optimizers", config["optimizer"], params=parameters)
+    optimizer = build_component(registries, "optimizers", scaled_lr(config),
+                                params=parameters)
     stepper = Stepper(optimizer, parameters, config["accumulate"], config["clip_grad_norm"],
                       config["precision"], device)
-    scheduler = (build_component(registries, "schedulers", config["scheduler"],
-                                 optimizer=optimizer, epochs=config["epochs"])
-                 if config["scheduler"] else None)
     order = torch.Generator().manual_seed(config["seed"])
     train_set = method.train_dataset(data.train)
     train_loader = DataLoader(
@@ -366,6 +377,13 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         sampler=SeededSampler(len(train_set), order), num_workers=config["num_workers"],
         # a last batch of one sample breaks BatchNorm in training mode
         drop_last=len(train_set) % config["batch_size"] == 1)
+    per_step = config["scheduler_interval"] == "step"
+    steps_per_epoch = math.ceil(len(train_loader) / config["accumulate"])
+    scheduler = (build_component(registries, "schedulers", config["scheduler"],
+                                 optimizer=optimizer,
+                                 epochs=config["epochs"] * (steps_per_epoch if per_step else 1))
+                 if config["scheduler"] else None)
+    stepper.scheduler = scheduler if per_step else None
     eval_loaders = {split: DataLoader(ds, batch_size=config["eval_batch_size"],
                                       num_workers=config["num_workers"])
                     for split, ds in data.evals.items()}
@@ -417,7 +435,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             row.update(saturation.columns(split))
         row.update(extra)
         row["epoch_seconds"] = time.perf_counter() - started
-        if scheduler is not None:
+        if scheduler is not None and not per_step:
             scheduler.step()
         history.append(row)
         state = {

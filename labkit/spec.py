@@ -114,6 +114,14 @@ class Spec(BaseModel):
         0, ge=0, description="DataLoader worker processes; not part of identity: every "
                              "sample's augmentation is seeded on its own, so any worker "
                              "count trains the same weights")
+    scheduler_interval: Literal["epoch", "step"] = Field(
+        "epoch", description="step the learning-rate schedule after every epoch, or after "
+                             "every optimizer step (its length and step-counted params, "
+                             "warmup_epochs / step_size / milestones, then count optimizer "
+                             "steps); part of identity")
+    lr_scaling: Literal["none", "linear"] = Field(
+        "none", description="linear: the optimizer's lr times batch_size × accumulate / 256; "
+                            "part of identity")
     best_metric: str | None = Field(
         None, description="a log.csv column (e.g. \"eval-accuracy\") whose best epoch is kept "
                           "as checkpoints/best.pt; null: none; not part of identity")

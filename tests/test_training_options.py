@@ -208,3 +208,29 @@ def test_the_best_epoch_is_kept_and_analyses_can_read_it(registries, tmp_path):
     wrong = RunConfig(expand({**spec, "best_metric": "eval-acuracy"}, registries)[0], "X")
     with pytest.raises(UserError, match="not a log column"):
         engine.train(wrong, registries, progress=False)
+
+
+def test_schedules_step_per_optimizer_step_and_lr_scales_with_the_batch(registries, tmp_path):
+    import math
+
+    spec = {**TINY, "epochs": 3, "batch_size": 64, "scheduler": {"name": "cosine"},
+            "logs_dir": str(tmp_path / "logs")}
+    per_step = RunConfig(expand({**spec, "scheduler_interval": "step"}, registries)[0], "S")
+    per_epoch = RunConfig(expand(spec, registries)[0], "S")
+    assert per_step.hash != per_epoch.hash
+    for run in (per_step, per_epoch):
+        assert engine.train(run, registries, progress=False) == "finished"
+    steps = math.ceil(1437 / 64)  # optimizer steps per epoch on the digits' train split
+    total = 3 * steps
+    lr = pd.read_csv(per_step.directory / runinfo.LOG_CSV)["lr"].tolist()
+    expected = [0.05 * (1 + math.cos(math.pi * steps * e / total)) / 2 for e in range(3)]
+    assert lr == pytest.approx(expected, rel=1e-9)
+    by_epoch = pd.read_csv(per_epoch.directory / runinfo.LOG_CSV)["lr"].tolist()
+    assert by_epoch == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 3)) / 2
+                                      for e in range(3)], rel=1e-9)
+
+    scaled = RunConfig(expand({**spec, "epochs": 1, "lr_scaling": "linear", "accumulate": 2},
+                              registries)[0], "S")
+    assert engine.train(scaled, registries, progress=False) == "finished"
+    assert pd.read_csv(scaled.directory / runinfo.LOG_CSV)["lr"].iloc[0] == pytest.approx(
+        0.05 * 64 * 2 / 256)
