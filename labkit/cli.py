@@ -27,6 +27,12 @@ from labkit.spec import LauncherConfig
 from labkit.spec import json_schema
 
 
+SET_OPTION = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="override a spec value: dotted key, JSON value (a list is a grid axis), "
+         "e.g. --set optimizer.lr=0.01 --set 'seed=[0,1,2]'; repeatable")
+
+
 def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
     """One row per run: hash, readable name, and the values that vary across the grid."""
     keys = varying_keys([r.config for r in runs])
@@ -87,12 +93,13 @@ def cli() -> None:
 @click.option("--array-parallelism", type=click.IntRange(min=1), default=None,
               help="array tasks running at once")
 @click.option("--wait", is_flag=True, help="slurm: wait for the job array and report the states")
+@SET_OPTION
 def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
         jobs: int | None, launcher: str | None, partition: str | None,
         gpus_per_task: int | None, cpus_per_task: int | None, time_min: int | None,
-        array_parallelism: int | None, wait: bool) -> None:
+        array_parallelism: int | None, wait: bool, overrides: tuple[str, ...]) -> None:
     """Train every run of SPEC; finished runs are skipped, unfinished ones resumed."""
-    runs = load_runs(spec, run_id, device)
+    runs = load_runs(spec, run_id, device, overrides)
     click.echo(plan_table(runs).to_string(index=False))
     if dry_run:
         for run in runs:
@@ -159,10 +166,11 @@ def summarize(states: list[str]) -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", required=True, help="the run-id the grid was run with")
-def status(spec: str, run_id: str) -> None:
+@SET_OPTION
+def status(spec: str, run_id: str, overrides: tuple[str, ...]) -> None:
     """Per run of SPEC: training finished / running / failed (reason) / not started, the
     epoch, and the state of each analysis that ran."""
-    runs = load_runs(spec, run_id)
+    runs = load_runs(spec, run_id, overrides=overrides)
     rows = []
     for i, r in enumerate(runs, 1):
         st = runinfo.training_state(r)
@@ -191,9 +199,10 @@ def status(spec: str, run_id: str) -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", default="RUN_ID", show_default=True, help="run-id to show paths for")
-def plan(spec: str, run_id: str) -> None:
+@SET_OPTION
+def plan(spec: str, run_id: str, overrides: tuple[str, ...]) -> None:
     """Print the runs of SPEC (hash, name, status, varying values) without running."""
-    runs = load_runs(spec, run_id)
+    runs = load_runs(spec, run_id, overrides=overrides)
     click.echo(plan_table(runs).to_string(index=False))
     click.echo(f"{len(runs)} run(s) under {Path(runs[0].config['logs_dir'])}")
 

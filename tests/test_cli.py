@@ -61,3 +61,17 @@ def test_schema_list_and_plugins():
     unknown = run_cli("list", "modles")
     assert unknown.returncode == 2 and "did you mean 'models'" in unknown.stderr.lower()
     assert run_cli("plugins").stdout.startswith("labkit  labkit ")
+
+
+def test_set_overrides_spec_values_validated_like_the_file(write_spec, tmp_path):
+    spec = write_spec({**GOOD, "optimizer": {"name": "sgd", "lr": 0.1}})
+    result = run_cli("run", str(spec), "--run-id", "S", "--quiet", "--set", "optimizer.lr=0.02",
+                     "--set", "seed=[0, 1]")
+    assert result.returncode == 0 and "2 finished" in result.stdout, result.stderr
+    configs = [json.loads(p.read_text())["config"] for p in (tmp_path / "logs").rglob("config.json")]
+    assert sorted(c["seed"] for c in configs) == [0, 1]
+    assert {c["optimizer"]["lr"] for c in configs} == {0.02}  # echoed in config.json
+    typo = run_cli("plan", str(spec), "--set", "optimizer.lrr=0.02")
+    assert typo.returncode == 2 and "did you mean 'lr'" in typo.stderr.lower()
+    bad = run_cli("plan", str(spec), "--set", "optimizer.lr")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr

@@ -1,6 +1,7 @@
 """Helpers shared by every command: reading specs into runs, checking devices."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,15 @@ from labkit.identity import RunConfig
 from labkit.spec import expand, load_spec_file
 
 
-def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[RunConfig]:
-    """Read, expand and validate a spec file into its runs (device override applied).
+def load_runs(spec_path: str, run_id: str, device: str | None = None,
+              overrides: tuple[str, ...] = ()) -> list[RunConfig]:
+    """Read, expand and validate a spec file into its runs (device override and
+    ``--set`` overrides applied, see :func:`apply_overrides`).
 
     Grid points with the same identity (e.g. ``"seed": [0, 0]``) are one run: training
     it twice would only race on one directory.
     """
-    raw = load_spec_file(spec_path)
+    raw = apply_overrides(load_spec_file(spec_path), overrides)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
     check_run_id(run_id)
@@ -37,6 +40,46 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None) -> list[Ru
             where = f"grid point {i + 1} of {len(runs)}: " if len(runs) > 1 else ""
             raise UserError(f"{where}{exc}") from None
     return runs
+
+
+def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
+    """The spec with every ``KEY=VALUE`` of ``--set`` applied: ``KEY`` a dotted path
+    (``optimizer.lr``), ``VALUE`` JSON (``0.01``, ``[0, 1, 2]``, ``{"name": "adam"}``) or,
+    when it is not JSON, a string. A list is a grid axis as in the file; the result is
+    validated like the file.
+
+    Raises:
+        UserError: an override without ``=``, or a path through something not an object.
+    """
+    if not overrides:
+        return raw
+    if not isinstance(raw, dict):
+        raise UserError("a spec must be a JSON object ({...}) at the top level")
+    raw = json.loads(json.dumps(raw))
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {override!r}: write KEY=VALUE, e.g. --set optimizer.lr=0.01 "
+                            f"or --set 'seed=[0,1,2]'")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, last = key.strip().split(".")
+        node = raw
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if isinstance(child, str):  # "model": "cnn_s" is {"name": "cnn_s"}
+                child = {"name": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {override!r}: {'.'.join(parents[:i + 1])} is not an "
+                                f"object in the spec, so it has no key {last!r}")
+            node[part] = child
+            node = child
+        node[last] = value
+    return raw
 
 
 def check_run_id(run_id: str) -> None:
