@@ -30,7 +30,7 @@ from labkit.models import MODELS
 from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries,
                             use)
 from labkit.registry import Registries, params_model
-from labkit.runinfo import RunFingerprint, is_trained, run_fingerprint
+from labkit.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
 from labkit.spec import expand, load_spec_file, resolve
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "UserError", "Registries", "params_model",
     # store: run identity, run files, checkpoints, atomic writes
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
-    "runinfo", "checkpoint", "RunFingerprint", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text",
+    "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text",
     # components: specs, data, models, methods, layers
     "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
     "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",

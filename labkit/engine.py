@@ -24,11 +24,11 @@ from tqdm import tqdm
 from labkit import checkpoint, runinfo
 from labkit.atomic import write_text
 from labkit.errors import UserError
-from labkit.identity import RunConfig
-from labkit.methods.base import Method, RunContext
 from labkit.build import build_component, make_metrics, seed_everything
 from labkit.data.seeded import SeededSampler, SeededSamples
 from labkit.evaluation import evaluate, to_device
+from labkit.identity import RunConfig
+from labkit.methods.base import Method, RunContext
 from labkit.progress import quiet_bars
 from labkit.registry import Registries
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, load_spectra,

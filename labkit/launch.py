@@ -128,9 +128,9 @@ def _died(task: RunTask, exitcode: int | None) -> str:
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
     reason = (f"its worker process died ({how}: killed, or out of memory); run the grid "
               f"again to resume it from its last checkpoint")
-    runinfo.write_status(RunConfig(task.config, task.run_id).directory, "failed", reason=reason)
-    print(f"error: {RunConfig(task.config, task.run_id).directory}: {reason}", file=sys.stderr,
-          flush=True)
+    directory = RunConfig(task.config, task.run_id).directory
+    runinfo.write_status(directory, "failed", reason=reason)
+    print(f"error: {directory}: {reason}", file=sys.stderr, flush=True)
     return "failed"
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from torch.utils.flop_counter import FlopCounterMode
 
 import labkit
@@ -114,6 +114,41 @@ class RunFingerprint(BaseModel):
 
     hash: str = Field(description="the run's identity hash (its config.json)")
     checkpoint: str = Field(description="recorded sha256 of the run's final checkpoint")
+
+
+class PinnedRef(BaseModel):
+    """Base of a reference to another run that may name it by directory: the derived
+    ``run`` field pins the reference to that run's :class:`RunFingerprint`, so a run
+    whose identity holds the reference changes identity when the other is retrained.
+
+    A subclass fills ``run`` in its validator (:meth:`stale` says whether a ``run``
+    already given, as in a resolved config validated again, still matches). A reference
+    without ``run`` (one given by spec) serialises without the key, so identities that
+    predate the field keep their hash.
+    """
+
+    run: RunFingerprint | None = Field(
+        None, description="derived, do not write it: with dir, validation fills in the "
+                          "run's identity hash and the recorded sha256 of its final "
+                          "checkpoint, so that this reference follows the run's weights. A "
+                          "value given (as in a resolved config, validated again before "
+                          "training) must equal the run's current one, else validation fails")
+
+    def stale(self, derived: RunFingerprint, directory: str, what: str, fix: str) -> str | None:
+        """The message when a given ``run`` is not ``derived`` (the run in ``directory``
+        was retrained since), else ``None``. ``what`` names the field, ``fix`` the remedy."""
+        if self.run is None or self.run == derived:
+            return None
+        return (f"{what}: {self.run.model_dump()} is not run {directory} "
+                f"({derived.model_dump()}). It is derived from the directory: leave it out of "
+                f"a spec; in a resolved config it means the run was retrained since, so {fix}")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_run(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if self.run is None:
+            data.pop("run", None)
+        return data
 
 
 def is_trained(run: RunConfig) -> bool:

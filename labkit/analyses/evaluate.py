@@ -14,7 +14,9 @@ computed from (for folder data sets, their listing digest).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,8 @@ class Evaluate(Analysis):
         split: str = Field("eval", description="which of its splits: \"train\" or an eval "
                                                "split name")
 
-    def _dataset_spec(self) -> dict[str, Any]:
+    @cached_property
+    def dataset_spec(self) -> dict[str, Any]:
         """The data set's resolved spec, at the run's resolution unless it says other."""
         raw = self.params.dataset
         raw = {"name": raw} if isinstance(raw, str) else dict(raw)
@@ -76,13 +79,11 @@ class Evaluate(Analysis):
         return f"{RESULTS_CSV}-{self._key()}"
 
     def _key(self) -> str:
-        import hashlib
-
-        text = json.dumps([self._dataset_spec(), self.params.split], sort_keys=True)
+        text = json.dumps([self.dataset_spec, self.params.split], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def inputs(self) -> dict[str, Any]:
-        spec = self._dataset_spec()
+        spec = self.dataset_spec
         return {**super().inputs(), "dataset": spec,
                 "data": data_identity(spec, self.run.registries)}
 
@@ -90,11 +91,11 @@ class Evaluate(Analysis):
         if not super().is_complete():
             return False
         table = pd.read_csv(self.outputs()[0])
-        return ((table["dataset"] == json.dumps(self._dataset_spec(), sort_keys=True))
+        return ((table["dataset"] == json.dumps(self.dataset_spec, sort_keys=True))
                 & (table["split"] == self.params.split)).any()
 
     def compute(self, progress: bool = True) -> None:
-        run, spec = self.run, self._dataset_spec()
+        run, spec = self.run, self.dataset_spec
         other = build_component(run.registries, "datasets", spec)
         splits = {"train": other.train_plain, **other.evals}
         if self.params.split not in splits:

@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_serializer,
-                      model_validator)
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from labkit.api import (NOT_IDENTITY, FinishedRun, RunConfig, RunContext, RunFailed,
-                        RunFingerprint, UserError, checkpoint, expand,
+from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunConfig, RunContext,
+                        RunFailed, RunFingerprint, UserError, checkpoint, expand,
                         registries as labkit_registries, resolve, run_fingerprint, runinfo,
                         train)
 
@@ -54,7 +53,7 @@ def fingerprint(directory: str | Path) -> RunFingerprint:
     return found
 
 
-class TeacherRef(BaseModel):
+class TeacherRef(PinnedRef):
     """Where the teacher comes from: a run directory, or the teacher's spec."""
 
     model_config = ConfigDict(extra="forbid")
@@ -66,15 +65,6 @@ class TeacherRef(BaseModel):
                           "identity")
     run_id: str | None = Field(
         None, description="run-id of the teacher given by spec; null: the student's run-id")
-    run: RunFingerprint | None = Field(
-        None, description="derived, do not write it: with dir, validation fills in the "
-                          "teacher's identity hash and the recorded sha256 of its final "
-                          "checkpoint, so that the student's identity follows the teacher's "
-                          "weights (a retrained teacher gives a new student). A value given "
-                          "(as in a resolved config, which is validated again when the "
-                          "student trains) must equal the teacher's current one, else "
-                          "validation fails")
-
     @field_validator("dir")
     @classmethod
     def _holds_a_run(cls, value: str | None) -> str | None:
@@ -117,26 +107,15 @@ class TeacherRef(BaseModel):
                                  'fingerprint); leave it out')
             return self
         derived = fingerprint(self.dir)
-        if self.run is not None and self.run != derived:
+        stale = self.stale(derived, self.dir, "method.teacher.run",
+                           "run the student's spec again (a new student run)")
+        if stale:
             # a UserError passes through pydantic as is: also when the engine validates a
             # resolved config again, where it stops the student instead of training it
             # from another teacher than its identity says
-            raise UserError(
-                f"method.teacher.run: {self.run.model_dump()} is not teacher run {self.dir} "
-                f"({derived.model_dump()}). It is derived from the directory: leave it out of "
-                f"a spec; in a resolved config it means the teacher was retrained since, so "
-                f"run the student's spec again (a new student run)")
+            raise UserError(stale)
         self.run = derived
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_absent_run(self, handler: Any) -> dict[str, Any]:
-        # a teacher given by spec has no fingerprint: no "run": null in the student's
-        # identity (its hash stays what it was before the field existed)
-        data = handler(self)
-        if self.run is None:
-            data.pop("run", None)
-        return data
 
 
 @contextmanager

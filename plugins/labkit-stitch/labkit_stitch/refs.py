@@ -24,17 +24,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_serializer,
-                      model_validator)
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from labkit.api import (FinishedRun, RunConfig, RunFailed, RunFingerprint, UserError,
+from labkit.api import (FinishedRun, PinnedRef, RunConfig, RunFailed, RunFingerprint, UserError,
                         build_component, checkpoint, expand, flatten, is_trained,
                         load_spec_file, registries as labkit_registries, run_fingerprint,
                         runinfo, train, varying_keys)
 
 
-class RunRef(BaseModel):
+class RunRef(PinnedRef):
     """One labkit run: a run directory, or a spec (file or object), run-id and grid point."""
 
     model_config = ConfigDict(extra="forbid")
@@ -48,13 +47,6 @@ class RunRef(BaseModel):
     where: dict[str, Any] = Field(
         {}, description="dotted config keys and values picking one grid point of the spec, "
                         "e.g. {\"model.name\": \"cnn_s\"}; not needed for a one-run spec")
-    run: RunFingerprint | None = Field(
-        None, description="derived, do not write it: with dir, validation fills in the run's "
-                          "identity hash and the recorded sha256 of its final checkpoint, so "
-                          "that the stitch run's identity follows the network's weights (a "
-                          "retrained network gives new stitch runs). A value given (as in a "
-                          "resolved config, which is validated again when the stitch trains) "
-                          "must equal the run's current one, else validation fails")
 
     @field_validator("spec")
     @classmethod
@@ -81,22 +73,12 @@ class RunRef(BaseModel):
             raise ValueError(str(exc)) from None
         if self.dir is not None:
             derived = _fingerprint(run, self.dir)
-            if self.run is not None and self.run != derived:
-                raise ValueError(
-                    f"\"run\" {self.run.model_dump()} is not run {self.dir} "
-                    f"({derived.model_dump()}). It is derived from the directory: leave it out "
-                    f"of a spec; in a resolved config it means the run was retrained since, "
-                    f"so run the stitch spec again (new stitch runs)")
+            stale = self.stale(derived, self.dir, '"run"',
+                               "run the stitch spec again (new stitch runs)")
+            if stale:
+                raise ValueError(stale)
             self.run = derived
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_absent_run(self, handler: Any) -> dict[str, Any]:
-        # a run given by spec has no fingerprint: no "run": null in the stitch's identity
-        data = handler(self)
-        if self.run is None:
-            data.pop("run", None)
-        return data
 
     def run_config(self) -> RunConfig:
         """The referenced run.
