@@ -31,6 +31,7 @@ from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager
                             use)
 from labkit.registry import Registries, params_model
 from labkit.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
+from labkit.schedules import Schedule, Scheduled, value_at
 from labkit.spec import expand, load_spec_file, resolve
 
 __all__ = [
@@ -45,7 +46,8 @@ __all__ = [
     "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
     "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",
     "TensorImages", "build_transform", "check_augment", "MODELS", "Method", "RunContext",
-    "StepResult", "Supervised", "layer_name", "measured_layers",
+    "StepResult", "Supervised", "layer_name", "measured_layers", "Schedule", "Scheduled",
+    "value_at",
     # workflows: training, analyses, latents
     "train", "RunFailed", "Analysis", "FinishedRun", "Latents", "latents",
     # orchestration: plugins, commands

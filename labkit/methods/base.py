@@ -51,6 +51,13 @@ class RunContext:
         run_id: the run's ``--run-id`` (runs a method trains on demand, such as a
             teacher, belong under the same one by default).
         progress: whether progress bars are wanted.
+        steps_per_epoch: optimizer steps in one epoch (batches / ``accumulate``); set by
+            the engine once the training loader exists, before the first step.
+        total_steps: optimizer steps of the whole run (``epochs × steps_per_epoch``, or
+            the spec's ``steps`` budget when smaller).
+        step: optimizer steps taken so far (0 before the first one); the engine counts
+            it and restores it on resume, so per-step schedules
+            (:func:`labkit.schedules.value_at`) read it rather than keep their own.
     """
 
     config: dict[str, Any]
@@ -61,6 +68,9 @@ class RunContext:
     registries: Any
     run_id: str = ""
     progress: bool = False
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    step: int = 0
 
 
 @dataclass
@@ -116,8 +126,15 @@ class Method:
         """Compute the loss of one batch (already on the device)."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_step")
 
+    def before_optimizer_step(self) -> None:
+        """Called when a step's gradients are complete (accumulated, unscaled under
+        16-mixed) and before the engine clips them and steps the optimizer: drop or edit
+        gradients here (DINO's frozen last layer sets them to ``None``)."""
+
     def after_step(self) -> None:
-        """Called after every optimizer step (e.g. an EMA teacher update)."""
+        """Called after every optimizer step (e.g. an EMA teacher update). ``context.step``
+        is still the 0-based index of the step just taken; the engine counts it up
+        right after this call."""
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         """Called after each epoch's training pass; returns extra log columns."""
