@@ -1,0 +1,272 @@
+"""A training loader that keeps the whole training split on the run's device.
+
+Small data sets (digits, MNIST, CIFAR, TinyImageNet) are loader-bound on a GPU when every
+image goes through torchvision's per-image pipeline on CPU workers. :func:`device_loader`
+instead reads the split once, stores it as one tensor on the device (uint8 for images
+decoded from files, float for in-memory tensors), and per batch gathers the images and
+applies the augmentation to the whole batch there (FFCV / airbench style).
+
+Contract of ``device_loader(dataset, batch_size, generator, device, drop_last)``:
+
+* ``dataset`` is a training split as built by :func:`labkit.data.splits.build_bundle`
+  (a :class:`~labkit.data.splits.SplitDataset`); anything else, or a transform that
+  cannot be applied batchwise, is a :class:`~labkit.errors.UserError` listing
+  :data:`SUPPORTED`.
+* Iterating yields ``[images, labels]`` (float tensor ``(B, C, H, W)`` and int64
+  ``(B,)``, both already on ``device``), like a ``DataLoader`` over
+  :class:`~labkit.data.seeded.SeededSamples` with a
+  :class:`~labkit.data.seeded.SeededSampler` and the same ``batch_size`` and
+  ``drop_last``; ``len()`` is its number of batches.
+* Sample order: each ``iter()`` draws the epoch's permutation and one seed per sample
+  from ``generator`` exactly as :class:`SeededSampler` does, so the generator's state
+  after an epoch is the same with either loader and the checkpoint's ``data_order``
+  state resumes both. Like the DataLoader, each ``iter()`` also takes one draw from
+  torch's global generator (the DataLoader's worker base seed), so with deterministic
+  transforms (normalisation only) a run trains the same weights with either loader.
+* Augmentation: batch ``b`` is augmented with random parameters drawn from a CPU
+  generator seeded with the seed of its first sample (as :class:`SeededSamples` seeds
+  a batch), then moved to the device; the draws therefore do not depend on the device
+  or on any other state, and :meth:`DeviceLoader.batches` with ``start=k`` resumes an
+  epoch at batch ``k`` with the very batches an uninterrupted epoch would give. The
+  random draws differ from torchvision's per-image ones: a run using this loader trains
+  other weights than the DataLoader path whenever the data set augments.
+* Steps applied once, at load: resize and centre crop (they must come before any
+  random step), conversion of PIL images to tensors. Steps applied per batch, in the
+  data set's order: random crop with padding (``reflect``, ``edge``, ``symmetric`` or
+  ``constant`` padding), random horizontal flip, conversion to float, normalisation.
+  Crop, flip and float conversion commute exactly, so moving the conversion to tensors
+  before them changes no pixel.
+
+On CUDA the split must fit in the device's free memory; on the CPU the tensor lives in
+host memory.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from labkit.data.seeded import SEED_RANGE
+from labkit.data.splits import SplitDataset
+from labkit.errors import UserError
+
+SUPPORTED = ("resize and centre crop (done once, at load), random crop with padding "
+             "(augment \"crop\" / \"flip_crop\"), random horizontal flip, float conversion "
+             "and normalisation")
+_FIX = ("use augment \"none\", \"crop\" or \"flip_crop\", or set \"data_loader\": \"torch\" "
+        "(the per-image loader)")
+# fraction of a GPU's free memory the stored split may take
+_MEMORY_SHARE = 0.8
+
+
+def _refuse(problem: str) -> UserError:
+    return UserError(f"data_loader \"device\": {problem}; it supports {SUPPORTED}; {_FIX}")
+
+
+class _Crop:
+    """Random crop of ``size`` out of the image padded by ``padding`` (left, top, right,
+    bottom), done as two gathers with padded coordinates mapped back into the image."""
+
+    random = True
+
+    def __init__(self, size: tuple[int, int], padding: list[int], mode: str, fill: Any):
+        if mode not in ("reflect", "edge", "symmetric", "constant"):
+            raise _refuse(f"random crop with padding_mode {mode!r}")
+        if not isinstance(fill, (int, float)):
+            raise _refuse(f"random crop with fill {fill!r} (only one number)")
+        self.size, self.mode, self.fill = size, mode, fill
+        self.left, self.top, self.right, self.bottom = padding
+
+    @staticmethod
+    def _map(index: torch.Tensor, length: int, mode: str) -> torch.Tensor:
+        """Padded coordinates → coordinates inside ``[0, length)`` (constant: clamped;
+        the caller masks those outside)."""
+        if mode == "reflect":
+            index = index.abs()
+            return torch.where(index >= length, 2 * (length - 1) - index, index)
+        if mode == "symmetric":
+            index = torch.where(index < 0, -index - 1, index)
+            return torch.where(index >= length, 2 * length - 1 - index, index)
+        return index.clamp(0, length - 1)
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, channels, height, width = batch.shape
+        out_h, out_w = self.size
+        spare_h = height + self.top + self.bottom - out_h
+        spare_w = width + self.left + self.right - out_w
+        if spare_h < 0 or spare_w < 0:
+            raise _refuse(f"random crop of {out_h}x{out_w} from {height}x{width} images padded "
+                          f"by {self.left, self.top, self.right, self.bottom}")
+        top = torch.randint(spare_h + 1, (n, 1), generator=generator)
+        left = torch.randint(spare_w + 1, (n, 1), generator=generator)
+        rows = top - self.top + torch.arange(out_h)
+        cols = left - self.left + torch.arange(out_w)
+        rows_in = self._map(rows, height, self.mode).to(batch.device, non_blocking=True)
+        cols_in = self._map(cols, width, self.mode).to(batch.device, non_blocking=True)
+        batch = batch.gather(2, rows_in.view(n, 1, out_h, 1).expand(n, channels, out_h, width))
+        batch = batch.gather(3, cols_in.view(n, 1, 1, out_w).expand(n, channels, out_h, out_w))
+        if self.mode == "constant" and (self.top or self.bottom or self.left or self.right):
+            inside = (((rows >= 0) & (rows < height)).view(n, 1, out_h, 1)
+                      & ((cols >= 0) & (cols < width)).view(n, 1, 1, out_w))
+            batch = batch.masked_fill(~inside.to(batch.device, non_blocking=True), self.fill)
+        return batch
+
+
+class _Flip:
+    """Horizontal flip of each image with probability ``p``."""
+
+    random = True
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        flip = torch.rand(len(batch), generator=generator) < self.p
+        flip = flip.to(batch.device, non_blocking=True).view(-1, 1, 1, 1)
+        return torch.where(flip, batch.flip(-1), batch)
+
+
+class _Deterministic:
+    """A torchvision step that is elementwise and works on a batch as on one image."""
+
+    random = False
+
+    def __init__(self, step: Callable):
+        self.step = step
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.step(batch)
+
+
+_AT_LOAD = (v2.Resize, v2.CenterCrop)
+_CONVERSIONS = (v2.ToImage, v2.ToPureTensor, v2.Identity)
+
+
+def plan(transform: Callable) -> tuple[list[Callable], list[Callable]]:
+    """Split a data set's per-image transform into steps done once per image at load and
+    steps done per batch on the device (see the module docstring).
+
+    Raises:
+        UserError: a step that cannot be done batchwise, or a resize after a batch step.
+    """
+    steps = list(transform.transforms) if isinstance(transform, v2.Compose) else [transform]
+    at_load: list[Callable] = []
+    per_batch: list[Callable] = []
+    for step in steps:
+        if isinstance(step, _AT_LOAD):
+            if per_batch:
+                raise _refuse(f"{type(step).__name__} comes after {type(per_batch[0]).__name__}")
+            at_load.append(step)
+        elif isinstance(step, _CONVERSIONS):
+            at_load.append(step)
+        elif type(step) is v2.RandomCrop:
+            if step.pad_if_needed:
+                raise _refuse("random crop with pad_if_needed")
+            padding = list(step.padding) if step.padding is not None else [0, 0, 0, 0]
+            per_batch.append(_Crop(tuple(step.size), padding, step.padding_mode, step.fill))
+        elif type(step) is v2.RandomHorizontalFlip:
+            per_batch.append(_Flip(step.p))
+        elif isinstance(step, (v2.ToDtype, v2.Normalize)):
+            per_batch.append(_Deterministic(step))
+        else:
+            raise _refuse(f"the data set's transform {type(step).__name__} cannot be applied "
+                          f"to whole batches")
+    return at_load, per_batch
+
+
+class DeviceLoader:
+    """The training split held on ``device``, batched and augmented there.
+
+    Args:
+        dataset: the training split (a :class:`SplitDataset`).
+        batch_size: images per batch.
+        generator: the run's data-order generator (consumed as :class:`SeededSampler`).
+        device: where images, labels and augmentation live.
+        drop_last: leave out a last incomplete batch.
+
+    Raises:
+        UserError: ``dataset`` is no built-in split, its transform cannot be done
+            batchwise, or it does not fit in the device's free memory.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, generator: torch.Generator,
+                 device: torch.device | str, drop_last: bool = False):
+        if not isinstance(dataset, SplitDataset):
+            raise _refuse(f"the training set is a {type(dataset).__name__}, not a data set's "
+                          f"own training split (the method may wrap it)")
+        if len(dataset) == 0:
+            raise _refuse("the training split is empty")
+        self.batch_size, self.generator, self.drop_last = batch_size, generator, drop_last
+        self.device = torch.device(device)
+        at_load, self.steps = plan(dataset.transform)
+        images, labels = self._read(dataset, at_load)
+        self._check_memory(images)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+
+    @staticmethod
+    def _read(dataset: SplitDataset, at_load: list[Callable]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image of the split through the at-load steps, stacked; its labels."""
+        images, labels = [], []
+        for index in dataset.indices:
+            image, label = dataset.base[int(index)]
+            for step in at_load:
+                image = step(image)
+            if not isinstance(image, torch.Tensor):
+                raise _refuse(f"the data set yields {type(image).__name__} images that no "
+                              f"conversion turns into tensors")
+            images.append(image.as_subclass(torch.Tensor))
+            labels.append(int(label))
+        try:
+            return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+        except RuntimeError:
+            raise _refuse("the split's images differ in size before augmentation") from None
+
+    def _check_memory(self, images: torch.Tensor) -> None:
+        if self.device.type != "cuda":
+            return
+        free, _ = torch.cuda.mem_get_info(self.device)
+        needed = images.numel() * images.element_size()
+        if needed > _MEMORY_SHARE * free:
+            raise UserError(
+                f"data_loader \"device\": the training split takes {needed / 2**30:.2f} GiB, "
+                f"more than {_MEMORY_SHARE:.0%} of the {free / 2**30:.2f} GiB free on "
+                f"{self.device}; set \"data_loader\": \"torch\" for data sets this large")
+
+    def __len__(self) -> int:
+        size = len(self.labels)
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[list[torch.Tensor]]:
+        """One epoch's batches from batch ``start`` on (the generator is consumed for the
+        whole epoch either way, so ``start`` resumes an epoch begun with the same
+        generator state)."""
+        torch.empty((), dtype=torch.int64).random_()  # the DataLoader's worker base seed
+        size = len(self.labels)
+        order = torch.randperm(size, generator=self.generator)
+        seeds = torch.randint(SEED_RANGE, (size,), generator=self.generator)
+        return self._batches(order, seeds, start)
+
+    def _batches(self, order: torch.Tensor, seeds: torch.Tensor,
+                 start: int) -> Iterator[list[torch.Tensor]]:
+        order = order.to(self.device, non_blocking=True)
+        for b in range(start, len(self)):
+            first = b * self.batch_size
+            index = order[first:first + self.batch_size]
+            images = self.images.index_select(0, index)
+            labels = self.labels.index_select(0, index)
+            generator = torch.Generator().manual_seed(int(seeds[first]))
+            for step in self.steps:
+                images = step(images, generator)
+            yield [images, labels]
+
+
+def device_loader(dataset: Any, batch_size: int, generator: torch.Generator,
+                  device: torch.device | str, drop_last: bool = False) -> DeviceLoader:
+    """The engine's entry point: a :class:`DeviceLoader` (see the module docstring)."""
+    return DeviceLoader(dataset, batch_size, generator, device, drop_last)

@@ -1,0 +1,144 @@
+"""The device-resident training loader (issue 15, part 6): the DataLoader's sample order,
+its batches where transforms are deterministic, valid and reproducible batch augmentation."""
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from labkit.data import DATASETS
+from labkit.data.device_loader import device_loader
+from labkit.data.seeded import SeededSampler, SeededSamples
+from labkit.errors import UserError
+
+
+def photo_folder(root, sizes=((10, 13), (12, 9), (11, 11))):
+    """Three classes of small RGB photos of varying sizes (resized and centre-cropped
+    at load), with pixel patterns that make every crop and flip distinguishable."""
+    generator = torch.Generator().manual_seed(0)
+    for c, name in enumerate(["ant", "bee", "cat"]):
+        for i in range(7):
+            w, h = sizes[(c + i) % len(sizes)]
+            pixels = torch.randint(256, (h, w, 3), generator=generator, dtype=torch.uint8)
+            path = root / "imagefolder" / "train" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.numpy()).save(path)
+    return {"root": str(root), "resolution": 8, "eval_fraction": 0.2}
+
+
+def bundles(tmp_path, augment):
+    return {"digits": DATASETS["digits"](augment=augment, resolution=16),
+            "folder": DATASETS["imagefolder"](augment=augment, **photo_folder(tmp_path))}
+
+
+def torch_batches(dataset, batch_size, generator, drop_last=False):
+    return DataLoader(SeededSamples(dataset), batch_size=batch_size, drop_last=drop_last,
+                      sampler=SeededSampler(len(dataset), generator))
+
+
+@pytest.mark.parametrize("name", ["digits", "folder"])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_deterministic_transforms_give_the_dataloaders_batches(tmp_path, name, drop_last):
+    data = bundles(tmp_path, "none")[name]
+    batch = 5 if name == "folder" else 100
+    mine, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    loader = device_loader(data.train, batch, mine, "cpu", drop_last=drop_last)
+    reference = torch_batches(data.train, batch, theirs, drop_last)
+    assert len(loader) == len(reference)
+    for epoch in range(2):  # the generator carries over from epoch to epoch
+        torch.manual_seed(epoch)
+        expected = list(reference)
+        global_after_reference = torch.random.get_rng_state()
+        torch.manual_seed(epoch)
+        got = list(loader)
+        # the global generator (dropout, mixing) sees the same draws with either loader
+        assert torch.equal(torch.random.get_rng_state(), global_after_reference)
+        assert len(got) == len(expected)
+        for (images, labels), (want_images, want_labels) in zip(got, expected):
+            assert images.dtype == torch.float32 and labels.dtype == torch.int64
+            assert torch.equal(labels, want_labels)
+            assert torch.equal(images, want_images)  # bit for bit, normalisation included
+        assert torch.equal(mine.get_state(), theirs.get_state())
+
+
+def source_positions(dataset, seed):
+    """Positions in the split of one epoch's samples, as SeededSampler orders them."""
+    return [index for index, _ in SeededSampler(len(dataset), torch.Generator().manual_seed(seed))]
+
+
+@pytest.mark.parametrize("name", ["digits", "folder"])
+def test_every_augmented_image_is_a_crop_or_flipped_crop_of_its_source(tmp_path, name):
+    data = bundles(tmp_path, "flip_crop")[name]
+    pad = data.resolution // 8
+    loader = device_loader(data.train, 4, torch.Generator().manual_seed(3), "cpu")
+    positions = source_positions(data.train, 3)
+    offsets, flips = set(), set()
+    for b, (images, labels) in enumerate(loader):
+        for k, image in enumerate(images):
+            position = positions[4 * b + k]
+            source, label = data.train_plain[position]  # normalised, not augmented
+            assert int(labels[k]) == label
+            padded = F.pad(source[None], (pad,) * 4, mode="reflect")[0]
+            size = data.resolution
+            matches = [(top, left, flip)
+                       for top in range(2 * pad + 1) for left in range(2 * pad + 1)
+                       for flip in (False, True)
+                       if torch.allclose(image, (lambda c: c.flip(-1) if flip else c)(
+                           padded[:, top:top + size, left:left + size]), atol=1e-6)]
+            assert matches, f"batch {b} image {k} is no crop of sample {position}"
+            offsets.add(matches[0][:2])
+            flips.update(flip for *_, flip in matches)
+    # the augmentation does something: several offsets, both flipped and not
+    assert len(offsets) > 3 and flips == {False, True}
+
+
+def test_augmented_batches_are_reproducible_and_resumable(tmp_path):
+    data = DATASETS["digits"](augment="flip_crop", resolution=16)
+
+    def epochs(seed, n=2):
+        loader = device_loader(data.train, 64, torch.Generator().manual_seed(seed), "cpu")
+        return [list(loader) for _ in range(n)]
+
+    first, again, other = epochs(1), epochs(1), epochs(2)
+    for epoch, epoch_again in zip(first, again):
+        for (a, la), (b, lb) in zip(epoch, epoch_again):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not torch.equal(first[0][0][0], other[0][0][0])
+    assert not torch.equal(first[0][0][0], first[1][0][0])  # each epoch draws anew
+
+    # resuming an epoch at batch 5 from the generator state at the epoch's start
+    generator = torch.Generator().manual_seed(1)
+    loader = device_loader(data.train, 64, generator, "cpu")
+    list(loader)  # epoch 1
+    state = generator.get_state()
+    tail = list(loader.batches(start=5))
+    assert len(tail) == len(first[1]) - 5
+    for (a, la), (b, lb) in zip(tail, first[1][5:]):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    generator.set_state(state)
+    list(loader)
+    after_whole = generator.get_state()
+    generator.set_state(state)
+    loader.batches(start=5)
+    assert torch.equal(generator.get_state(), after_whole)
+
+
+def test_transforms_that_cannot_be_batched_are_refused(tmp_path):
+    data = DATASETS["imagefolder"](augment="imagenet", **photo_folder(tmp_path))
+    with pytest.raises(UserError, match="RandomResizedCrop.*flip_crop.*\"torch\""):
+        device_loader(data.train, 4, torch.Generator(), "cpu")
+    plain = DATASETS["digits"]()
+    wrapped = torch.utils.data.Subset(plain.train, range(10))
+    with pytest.raises(UserError, match="Subset.*data_loader"):
+        device_loader(wrapped, 4, torch.Generator(), "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_batches_live_there_and_match_the_cpu_ones():
+    data = DATASETS["digits"](augment="flip_crop", resolution=16)
+    on_gpu = list(device_loader(data.train, 64, torch.Generator().manual_seed(4), "cuda"))
+    on_cpu = list(device_loader(data.train, 64, torch.Generator().manual_seed(4), "cpu"))
+    for (a, la), (b, lb) in zip(on_gpu, on_cpu):
+        assert a.device.type == "cuda" and la.device.type == "cuda"
+        assert torch.equal(la.cpu(), lb)
+        assert torch.allclose(a.cpu(), b, atol=1e-6)
