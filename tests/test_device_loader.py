@@ -106,21 +106,22 @@ def test_augmented_batches_are_reproducible_and_resumable(tmp_path):
     assert not torch.equal(first[0][0][0], other[0][0][0])
     assert not torch.equal(first[0][0][0], first[1][0][0])  # each epoch draws anew
 
-    # resuming an epoch at batch 5 from the generator state at the epoch's start
+    # resuming an epoch after 5 batches from the generator state at the epoch's start
     generator = torch.Generator().manual_seed(1)
     loader = device_loader(data.train, 64, generator, "cpu")
     list(loader)  # epoch 1
     state = generator.get_state()
-    tail = list(loader.batches(start=5))
-    assert len(tail) == len(first[1]) - 5
-    for (a, la), (b, lb) in zip(tail, first[1][5:]):
-        assert torch.equal(a, b) and torch.equal(la, lb)
-    generator.set_state(state)
     list(loader)
     after_whole = generator.get_state()
     generator.set_state(state)
-    loader.batches(start=5)
-    assert torch.equal(generator.get_state(), after_whole)
+    loader.sampler.start = 5 * 64
+    assert len(loader) == len(first[1]) - 5
+    tail = list(loader)
+    assert len(tail) == len(first[1]) - 5
+    for (a, la), (b, lb) in zip(tail, first[1][5:]):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    assert torch.equal(generator.get_state(), after_whole)  # the whole epoch was drawn
+    assert loader.start == 0 and len(loader) == len(first[1])  # the next epoch is whole
 
 
 def test_transforms_that_cannot_be_batched_are_refused(tmp_path):

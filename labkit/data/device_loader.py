@@ -26,10 +26,14 @@ Contract of ``device_loader(dataset, batch_size, generator, device, drop_last)``
 * Augmentation: batch ``b`` is augmented with random parameters drawn from a CPU
   generator seeded with the seed of its first sample (as :class:`SeededSamples` seeds
   a batch), then moved to the device; the draws therefore do not depend on the device
-  or on any other state, and :meth:`DeviceLoader.batches` with ``start=k`` resumes an
-  epoch at batch ``k`` with the very batches an uninterrupted epoch would give. The
-  random draws differ from torchvision's per-image ones: a run using this loader trains
-  other weights than the DataLoader path whenever the data set augments.
+  or on any other state.
+* Resuming mid-epoch: as with :class:`SeededSampler`, setting ``loader.sampler.start``
+  (or ``loader.start``) to ``k`` before ``iter()`` skips the epoch's first ``k`` samples
+  (``len()`` counts the rest; the next epoch starts at 0 again), and with the generator
+  state of the epoch's start the remaining batches are the uninterrupted epoch's when
+  ``k`` is a multiple of ``batch_size``.
+* The random draws differ from torchvision's per-image ones: a run using this loader
+  trains other weights than the DataLoader path whenever the data set augments.
 * Steps applied once, at load: resize and centre crop (they must come before any
   random step), conversion of PIL images to tensors. Steps applied per batch, in the
   data set's order: random crop with padding (``reflect``, ``edge``, ``symmetric`` or
@@ -199,6 +203,7 @@ class DeviceLoader:
         if len(dataset) == 0:
             raise _refuse("the training split is empty")
         self.batch_size, self.generator, self.drop_last = batch_size, generator, drop_last
+        self.start = 0  # samples of the next epoch to skip (a resume mid-epoch)
         self.device = torch.device(device)
         at_load, self.steps = plan(dataset.transform)
         images, labels = self._read(dataset, at_load)
@@ -235,27 +240,31 @@ class DeviceLoader:
                 f"more than {_MEMORY_SHARE:.0%} of the {free / 2**30:.2f} GiB free on "
                 f"{self.device}; set \"data_loader\": \"torch\" for data sets this large")
 
+    @property
+    def sampler(self) -> "DeviceLoader":
+        """Itself: ``loader.sampler.start = k`` resumes an epoch on either loader."""
+        return self
+
     def __len__(self) -> int:
-        size = len(self.labels)
+        size = len(self.labels) - self.start
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        return self.batches()
-
-    def batches(self, start: int = 0) -> Iterator[list[torch.Tensor]]:
-        """One epoch's batches from batch ``start`` on (the generator is consumed for the
-        whole epoch either way, so ``start`` resumes an epoch begun with the same
-        generator state)."""
+        """One epoch's batches from sample :attr:`start` on (then reset to 0). The whole
+        epoch's order and seeds are drawn either way, so the generator ends where an
+        uninterrupted epoch leaves it."""
         torch.empty((), dtype=torch.int64).random_()  # the DataLoader's worker base seed
         size = len(self.labels)
         order = torch.randperm(size, generator=self.generator)
         seeds = torch.randint(SEED_RANGE, (size,), generator=self.generator)
-        return self._batches(order, seeds, start)
+        batches = len(self)
+        start, self.start = self.start, 0
+        return self._batches(order[start:], seeds[start:], batches)
 
     def _batches(self, order: torch.Tensor, seeds: torch.Tensor,
-                 start: int) -> Iterator[list[torch.Tensor]]:
+                 batches: int) -> Iterator[list[torch.Tensor]]:
         order = order.to(self.device, non_blocking=True)
-        for b in range(start, len(self)):
+        for b in range(batches):
             first = b * self.batch_size
             index = order[first:first + self.batch_size]
             images = self.images.index_select(0, index)
