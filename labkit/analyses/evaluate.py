@@ -6,11 +6,21 @@ every metric of the run. Classes are matched by name: the other data set may lis
 in another order (its labels are mapped onto the run's), but a class the run does not
 know is an error.
 
-Outputs in the run directory: ``evaluations.csv``, one row per data set and split
-(``dataset`` — the resolved data-set spec as JSON —, ``split``, ``images``, ``loss`` and
-the metrics); a new evaluation replaces the row of its data set and split. Each is
-complete only with the record of the final checkpoint and of the data set it was
-computed from (for folder data sets, their listing digest).
+Soft labels (``soft_labels``, CIFAR-10H style): a ``.npy`` array of shape (images,
+classes), row ``i`` the label probabilities of the split's ``i``-th image, columns in the
+evaluated data set's class order; they are mapped onto the run's classes by the same name
+matching (a class of the run that the data set lacks gets probability 0). Every value
+must be finite and ≥ 0 and every row sum to 1 within :data:`SUM_TOLERANCE`. They add
+``soft-cross-entropy``, ``soft-accuracy`` and ``soft-top1-agreement``
+(:func:`labkit.evaluation.evaluate`).
+
+Outputs in the run directory: ``evaluations.csv``, one row per data set, split and
+soft-label file (``dataset`` — the resolved data-set spec as JSON —, ``split``,
+``soft_labels`` — the file's absolute path, empty without —, ``soft_labels_sha256``,
+``images``, ``loss``, the metrics and the soft columns); a new evaluation replaces the
+row of its data set, split and soft-label file. Each is complete only with the record of
+the final checkpoint, of the data set it was computed from (for folder data sets, their
+listing digest) and of the soft-label file's sha256, so an edited file is scored again.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +44,53 @@ from labkit.evaluation import evaluate
 from labkit.spec import Component, data_identity, resolve_component
 
 RESULTS_CSV = "evaluations.csv"
+SUM_TOLERANCE = 1e-3
+KEY = ("dataset", "split", "soft_labels")
+
+
+def read_soft_labels(path: Path, images: int, classes: list[str], where: str) -> np.ndarray:
+    """The ``(images, len(classes))`` probabilities stored in ``path``, checked.
+
+    Raises:
+        UserError: the file is missing or no .npy array, has another shape, or holds
+            NaN, negative values or rows not summing to 1 within :data:`SUM_TOLERANCE`.
+    """
+    fix = (f"it must be a .npy array of shape ({images}, {len(classes)}): one row of label "
+           f"probabilities per image of {where}, in its order, one column per class in the "
+           f"order {', '.join(classes)}")
+    if not path.is_file():
+        raise UserError(f"evaluate.soft_labels: {path} does not exist; {fix}")
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"evaluate.soft_labels: {path} is not a NumPy .npy file ({exc}); "
+                        f"write it with numpy.save; {fix}") from None
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise UserError(f"evaluate.soft_labels: {path} holds {values.dtype} values, not "
+                        f"numbers; {fix}")
+    if values.shape != (images, len(classes)):
+        raise UserError(f"evaluate.soft_labels: {path} has shape {values.shape}; {fix}")
+    values = values.astype(np.float64)
+    for problem, bad in (("NaN or infinite values", ~np.isfinite(values)),
+                         ("negative values", values < 0)):
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            raise UserError(f"evaluate.soft_labels: {path} holds {problem} (first at row "
+                            f"{row}, column {column}: {values[row, column]}); give "
+                            f"probabilities, every value finite and >= 0")
+    sums = values.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1) > SUM_TOLERANCE)
+    if len(off):
+        raise UserError(f"evaluate.soft_labels: row {off[0]} of {path} sums to "
+                        f"{sums[off[0]]:.6g}, not 1 (±{SUM_TOLERANCE:g}; {len(off)} such rows); "
+                        f"divide each row by its sum")
+    return values
+
+
+def _keys(table: pd.DataFrame) -> pd.DataFrame:
+    """The key columns of a results table (tables written before soft labels lack one)."""
+    keys = table.reindex(columns=list(KEY))
+    return keys.fillna("").astype(str)
 
 
 class _Relabelled(torch.utils.data.Dataset):
@@ -60,6 +118,10 @@ class Evaluate(Analysis):
                         "defaults to the run's")
         split: str = Field("eval", description="which of its splits: \"train\" or an eval "
                                                "split name")
+        soft_labels: str | None = Field(
+            None, description="optional .npy file of label probabilities, shape (images, "
+                              "classes), rows in the split's order, columns in the data "
+                              "set's class order")
 
     @cached_property
     def dataset_spec(self) -> dict[str, Any]:
@@ -72,6 +134,33 @@ class Evaluate(Analysis):
         return resolve_component(Component(**raw), "datasets", "evaluate.dataset",
                                  self.run.registries)
 
+    @cached_property
+    def soft_labels_path(self) -> Path | None:
+        """The soft-label file, absolute, or ``None``."""
+        given = self.params.soft_labels
+        return None if given is None else Path(given).expanduser().resolve()
+
+    @cached_property
+    def soft_labels_digest(self) -> str | None:
+        """sha256 of the soft-label file (``None`` without one).
+
+        Raises:
+            UserError: the file does not exist.
+        """
+        path = self.soft_labels_path
+        if path is None:
+            return None
+        if not path.is_file():
+            raise UserError(f"evaluate.soft_labels: {path} does not exist; give a .npy file of "
+                            f"label probabilities, shape (images, classes)")
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def key(self) -> dict[str, str]:
+        """The values of :data:`KEY` that name this evaluation's row."""
+        return {"dataset": json.dumps(self.dataset_spec, sort_keys=True),
+                "split": self.params.split,
+                "soft_labels": "" if self.soft_labels_path is None else str(self.soft_labels_path)}
+
     def outputs(self) -> list[Path]:
         return [self.run.directory / RESULTS_CSV]
 
@@ -79,20 +168,37 @@ class Evaluate(Analysis):
         return f"{RESULTS_CSV}-{self._key()}"
 
     def _key(self) -> str:
-        text = json.dumps([self.dataset_spec, self.params.split], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        parts: list[Any] = [self.dataset_spec, self.params.split]
+        if self.soft_labels_path is not None:  # records without soft labels keep their name
+            parts.append(str(self.soft_labels_path))
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def inputs(self) -> dict[str, Any]:
         spec = self.dataset_spec
+        extra = ({} if self.soft_labels_digest is None
+                 else {"soft_labels": self.soft_labels_digest})
         return {**super().inputs(), "dataset": spec,
-                "data": data_identity(spec, self.run.registries)}
+                "data": data_identity(spec, self.run.registries), **extra}
+
+    def _mine(self, table: pd.DataFrame) -> pd.Series:
+        """Which rows of ``table`` are this evaluation's."""
+        keys = _keys(table)
+        mine = pd.Series(True, index=table.index)
+        for column, value in self.key().items():
+            mine &= keys[column] == value
+        return mine
+
+    def result(self) -> dict[str, Any]:
+        """This evaluation's row of ``evaluations.csv`` (columns other evaluations fill
+        and this one does not are left out)."""
+        table = pd.read_csv(self.outputs()[0])
+        row = table[self._mine(table)].iloc[-1]
+        return {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
 
     def is_complete(self) -> bool:
         if not super().is_complete():
             return False
-        table = pd.read_csv(self.outputs()[0])
-        return ((table["dataset"] == json.dumps(self.dataset_spec, sort_keys=True))
-                & (table["split"] == self.params.split)).any()
+        return bool(self._mine(pd.read_csv(self.outputs()[0])).any())
 
     def compute(self, progress: bool = True) -> None:
         run, spec = self.run, self.dataset_spec
@@ -113,18 +219,23 @@ class Evaluate(Analysis):
                             f"not know {unknown or 'the classes'} of {spec['name']}; evaluate "
                             f"on a data set whose classes the run was trained on")
         mapping = [mine.index(name) for name in theirs]
-        loader = DataLoader(_Relabelled(splits[self.params.split], mapping),
-                            batch_size=run.config["eval_batch_size"])
+        split = splits[self.params.split]
+        soft = None
+        if self.soft_labels_path is not None:
+            given = read_soft_labels(self.soft_labels_path, len(split), theirs,
+                                     f"{spec['name']} {self.params.split}")
+            soft = torch.zeros(len(split), len(mine), dtype=torch.float64)
+            soft[:, mapping] = torch.from_numpy(given)
+        loader = DataLoader(_Relabelled(split, mapping), batch_size=run.config["eval_batch_size"])
         scores = evaluate(run.model, loader,
                           make_metrics(run.registries, run.config["metrics"],
-                                       run.data.num_classes), run.device)
-        row = {"dataset": json.dumps(spec, sort_keys=True), "split": self.params.split,
-               "images": len(splits[self.params.split]), **scores}
+                                       run.data.num_classes), run.device, soft)
+        row = {**self.key(), "soft_labels_sha256": self.soft_labels_digest or "",
+               "images": len(split), **scores}
         path = self.outputs()[0]
         table = pd.read_csv(path) if path.exists() else pd.DataFrame()
         if len(table):
-            table = table[~((table["dataset"] == row["dataset"])
-                            & (table["split"] == row["split"]))]
+            table = table[~self._mine(table)]
         write_csv(path, pd.concat([table, pd.DataFrame([row])], ignore_index=True))
 
 

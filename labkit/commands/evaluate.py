@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
+import numbers
 
 import click
-import pandas as pd
 
-from labkit.analyses.evaluate import Evaluate
+from labkit.analyses.evaluate import KEY, Evaluate
 from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
                                     produce)
 from labkit.errors import UserError
@@ -31,22 +31,28 @@ def parse_dataset(text: str) -> str | dict:
               help="data set to score on: a name (mnist) or a JSON object with its params")
 @click.option("--split", default="eval", show_default=True,
               help="its split: train or an eval split name")
+@click.option("--soft-labels", "soft_labels", default=None, type=click.Path(dir_okay=False),
+              help="optional .npy of label probabilities (images x classes, the split's "
+                   "order, the data set's class order): adds soft-cross-entropy, "
+                   "soft-accuracy, soft-top1-agreement")
 @click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
-def evaluate_command(spec: str, run_id: str, dataset: str, split: str, device: str | None) -> None:
+def evaluate_command(spec: str, run_id: str, dataset: str, split: str, soft_labels: str | None,
+                     device: str | None) -> None:
     """Score every finished run of SPEC on a split of another data set (its own
-    transforms, classes matched by name): loss and the run's metrics, one row per data set
-    and split in each run's evaluations.csv."""
+    transforms, classes matched by name): loss and the run's metrics, and with
+    --soft-labels the soft-label scores, one row per data set, split and soft-label file
+    in each run's evaluations.csv."""
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
     for run in runs:
         analysis = Evaluate(finished_run(run, spec),
                             analysis_params(run, "evaluate", Evaluate,
-                                            dataset=parse_dataset(dataset), split=split))
+                                            dataset=parse_dataset(dataset), split=split,
+                                            soft_labels=soft_labels))
         produce(analysis, unless_complete=True)
-        table = pd.read_csv(analysis.outputs()[0])
-        row = table[table["split"] == split].iloc[-1]
-        scores = ", ".join(f"{k} {row[k]:.4f}" for k in table.columns
-                           if k not in ("dataset", "split", "images"))
+        row = analysis.result()
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                           if k not in KEY and k != "images" and isinstance(v, numbers.Real))
         click.echo(f"{run.name}-{run.hash} on {split} ({int(row['images'])} images): {scores}")
 
 
