@@ -12,13 +12,19 @@ layer as a linear probe of their embeddings, refitted at every probing epoch, so
   probing epochs the previous probe is applied to the newer embeddings; before the
   first one every logit is 0).
 
-Per optimizer step ``s`` (values of schedules at ``s``, :mod:`labkit_dino.schedules`):
+Per optimizer step ``s`` (values of schedules at ``s``, :func:`labkit.api.value_at`):
 the teacher's logits ``(proj_t - c_t) / τ_t`` of the global views are the targets of the
 student's logits ``(proj_s - c_s) / τ_s`` of all views (:mod:`labkit_dino.losses`); the
-centres then move, ``c ← m_c c + (1 - m_c) · mean(proj)``; the gradient is clipped and the
-last layer frozen (:mod:`labkit_dino.gradients`); after the optimizer step an EMA teacher
-moves, ``θ_t ← m θ_t + (1 - m) θ_s``. A ``prev_epoch`` teacher becomes a copy of the
-student every ``teacher_update_every`` epochs; a ``no_update`` teacher never changes.
+centres then move, ``c ← m_c c + (1 - m_c) · mean(proj)``; once the step's gradients are
+complete the last layer's are dropped while it is frozen (:meth:`Dino.before_optimizer_step`),
+then the engine clips the rest (the spec's top-level ``clip_grad_norm``) and steps the
+optimizer; after the step an EMA teacher moves, ``θ_t ← m θ_t + (1 - m) θ_s``. A
+``prev_epoch`` teacher becomes a copy of the student every ``teacher_update_every``
+epochs; a ``no_update`` teacher never changes.
+
+The step clock is the engine's: ``s`` is ``context.step`` (optimizer steps taken, restored
+on resume; with ``accumulate: k`` every micro-batch of a step reads the same ``s``), and
+schedules ramp over ``context.total_steps`` and ``context.steps_per_epoch``.
 """
 from __future__ import annotations
 
@@ -28,13 +34,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.api import Method, RunContext, StepResult, UserError, build_component
-from labkit_dino.gradients import with_gradients
+from labkit.api import (Method, RunContext, Schedule, Scheduled, StepResult, UserError,
+                        build_component, value_at)
 from labkit_dino.losses import LossName, Pairing, Targets, multicrop_loss, view_pairs
 from labkit_dino.networks import (DinoHead, DinoNet, check_same_architecture, embedding_dim,
                                   with_probe_classifier)
 from labkit_dino.probing import embeddings, fit_probes
-from labkit_dino.schedules import Schedule, Scheduled, value_at
 from labkit_dino.student_init import StudentInit, initialise_student
 from labkit_dino.targets import NoisyTargets
 from labkit_dino.views import AUGMENTATIONS, Crop, MultiViewDataset, crop_transforms, parse_crops
@@ -135,10 +140,13 @@ class DinoParams(BaseModel):
         description="views compared: all, same, opposite; null: opposite with two or more "
                     "global views, else same")
     # --- optimisation
-    clip_grad: float = Field(3.0, ge=0.0, description="clip the student's gradient L2 norm "
-                                                      "(all parameters joined); 0: off")
+    clip_grad: float | None = Field(
+        None, exclude=True,
+        description="removed: clipping is the engine's; give the spec's top-level "
+                    "clip_grad_norm (DINO's recipe: 3.0)")
     freeze_last_layer_epochs: int = Field(
-        1, ge=0, description="epochs during which the head's last layer gets no gradient")
+        1, ge=0, description="epochs during which the head's last layer gets no gradient "
+                             "(nor weight decay, nor a share of the clipping norm)")
     # --- supervised comparison runs
     student_mode: Literal["distillation", "supervised"] = Field(
         "distillation", description="targets: the teacher's outputs, or the labels "
@@ -156,6 +164,14 @@ class DinoParams(BaseModel):
     probe_k: int = Field(20, ge=1, description="neighbours of the k-NN probe")
     probe_standardize: bool = Field(True, description="standardise embeddings before probing")
     probe_max_iter: int = Field(1000, ge=1, description="L-BFGS iterations of the linear probe")
+
+    @field_validator("clip_grad")
+    @classmethod
+    def _clipping_moved(cls, value: float | None) -> None:
+        hint = ('leave "clip_grad_norm" out (no clipping)' if not value
+                else f'give "clip_grad_norm": {value} at the top level of the spec')
+        raise ValueError("gradient clipping moved from the dino method to the engine: "
+                         f"remove method.clip_grad and {hint} (DINO's recipe: 3.0)")
 
     @field_validator("teacher_eval")
     @classmethod
@@ -223,11 +239,7 @@ class Dino(Method):
         self.crops = params.crop_list(data.resolution)
         self.teacher_views = [i for i, c in enumerate(self.crops) if c.teacher]
         self.pairs = params.view_pairs(self.crops)
-        n, batch = len(data.train), config["batch_size"]
-        # the engine's loader drops a last batch of one sample (BatchNorm cannot train on it)
-        self.steps_per_epoch = n // batch + (1 if n % batch > 1 else 0)
-        self.total_steps = self.steps_per_epoch * config["epochs"]
-        self.step = 0  # optimizer steps taken
+        # the epoch's loss sums; checkpointed, as a checkpoint may be taken mid-epoch
         self._sums: dict[str, float] = {}
         self._seen = 0
 
@@ -242,6 +254,7 @@ class Dino(Method):
                            params.init_alpha, params.init_eps, params.variance_preserving)
         self.teacher.requires_grad_(False)
         self._trainable = [p for _, p in self.student.dino_parameters()]
+        self._last_layer = list(self.student.head.last_layer.parameters())
 
     # ------------------------------------------------------------------ construction
 
@@ -315,9 +328,19 @@ class Dino(Method):
         self.teacher.train(mode and not self.params.teacher_eval)
 
     def _value(self, scheduled: float | Schedule, step: int | None = None) -> float:
-        """A number-or-schedule at ``step`` (default: the current optimizer step)."""
-        step = self.step if step is None else step
-        return value_at(scheduled, step, self.steps_per_epoch, self.total_steps)
+        """A number-or-schedule at ``step`` (default: the engine's current optimizer step).
+
+        Reads the engine's clock (``context.step``, ``steps_per_epoch``, ``total_steps``),
+        set once the training loader exists: only call it from the training hooks.
+        """
+        context = self.context
+        step = context.step if step is None else step
+        return value_at(scheduled, step, context.steps_per_epoch, context.total_steps)
+
+    def last_layer_frozen(self) -> bool:
+        """Whether the current optimizer step is in the first ``freeze_last_layer_epochs``."""
+        context = self.context
+        return context.step < self.params.freeze_last_layer_epochs * context.steps_per_epoch
 
     def _logits(self, head: DinoHead, projections: torch.Tensor, temp: Scheduled,
                 center_momentum: Scheduled | None) -> torch.Tensor:
@@ -352,38 +375,44 @@ class Dino(Method):
         for name, value in losses.items():
             self._sums[name] = self._sums.get(name, 0.0) + value.item() * n
         self._seen += n
-        loss = losses[p.loss]
-        frozen = self.step < p.freeze_last_layer_epochs * self.steps_per_epoch
-        if frozen or p.clip_grad > 0:
-            loss = with_gradients(loss, self._trainable,
-                                  set(self.student.head.last_layer.parameters()) if frozen
-                                  else set(), p.clip_grad)
-        return StepResult(loss=loss, batch_size=n)
+        return StepResult(loss=losses[p.loss], batch_size=n)
+
+    def before_optimizer_step(self) -> None:
+        """Drop the last layer's gradients while it is frozen (DINO's
+        ``cancel_gradients_last_layer``).
+
+        Called by the engine once the step's gradients are complete and *before* it clips
+        them: a ``None`` gradient is skipped by the optimizer (no update, no weight decay,
+        no moment update) and left out of the clipping norm, so the rest of the network
+        is clipped on its own norm (the random-teacher codebase's order: cancel, then
+        clip).
+        """
+        if self.last_layer_frozen():
+            for param in self._last_layer:
+                param.grad = None
 
     @torch.no_grad()
     def after_step(self) -> None:
+        # context.step is still the index of the step just taken
         if self.params.teacher_mode == "ema":
             ema_update(self.teacher, self.student, self._value(self.params.teacher_momentum),
                        self.params.teacher_bn == "from_student")
-        self.step += 1
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         p = self.params
-        if self.step != epoch * self.steps_per_epoch:
-            raise RuntimeError(f"dino expected {self.steps_per_epoch} steps per epoch, the "
-                               f"engine ran {self.step - (epoch - 1) * self.steps_per_epoch}: "
-                               f"its schedules would be wrong")
         if p.teacher_mode == "prev_epoch" and epoch % p.teacher_update_every == 0:
             with torch.no_grad():
                 ema_update(self.teacher, self.student, 0.0, p.teacher_bn == "from_student")
         columns = {f"dino-{name.lower()}": total / self._seen for name, total in self._sums.items()}
         self._sums, self._seen = {}, 0
-        last = self.step - 1  # the values in effect at the epoch's last step
+        last = self.context.step - 1  # the values in effect at the epoch's last step
         columns["teacher-temp"] = self._value(p.teacher_temp, last)
         columns["student-temp"] = self._value(p.student_temp, last)
         if p.teacher_mode == "ema":
             columns["teacher-momentum"] = self._value(p.teacher_momentum, last)
-        last_epoch = epoch == self.context.config["epochs"]
+        # the last epoch: the spec's, or the one where a `steps` budget runs out
+        last_epoch = (epoch == self.context.config["epochs"]
+                      or self.context.step >= self.context.total_steps)
         if last_epoch or (p.probe_every and epoch % p.probe_every == 0):
             self.train(False)
             columns.update(self.probe())
@@ -393,10 +422,15 @@ class Dino(Method):
         return self.context.model
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
+        """The epoch's loss sums so far (a checkpoint may be taken mid-epoch); the step
+        counter is the engine's."""
+        return {"loss_sums": dict(self._sums), "seen": self._seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = state["step"]
+        # checkpoints before the engine's step clock hold only {"step": …}, taken at an
+        # epoch's end: empty sums, and the engine restores the step
+        self._sums = {name: float(v) for name, v in state.get("loss_sums", {}).items()}
+        self._seen = int(state.get("seen", 0))
 
     # ------------------------------------------------------------------ probing
 

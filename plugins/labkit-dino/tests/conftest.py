@@ -30,18 +30,19 @@ def dino_registries(monkeypatch):
 
 @pytest.fixture
 def dino_run(dino_registries, tmp_path):
-    """``make(epochs=…, batch_size=…, model=…, subset=…, **method_params) -> RunConfig``.
+    """``make(epochs=…, batch_size=…, model=…, subset=…, top=…, **method_params) -> RunConfig``.
 
-    Digits at 8 px; ``subset`` keeps that many training images (stratified) for speed.
+    Digits at 8 px; ``subset`` keeps that many training images (stratified) for speed;
+    ``top`` adds or replaces top-level spec fields (``accumulate``, ``clip_grad_norm``, …).
     """
     def make(epochs: int = 2, batch_size: int = 128, model: str = "cnn_xs",
              logs: str = "logs", seed: int = 0, subset: int | None = None,
-             **method) -> RunConfig:
+             top: dict | None = None, **method) -> RunConfig:
         spec = {"model": model, "dataset": {"name": "digits", "subset": subset},
                 "epochs": epochs, "batch_size": batch_size,
                 "seed": seed, "optimizer": {"name": "adamw", "lr": 1e-3},
                 "method": {"name": "dino", **TINY_HEAD, **method},
-                "logs_dir": str(tmp_path / logs)}
+                "logs_dir": str(tmp_path / logs), **(top or {})}
         (config,) = expand(spec, dino_registries)
         return RunConfig(config, "T")
     return make

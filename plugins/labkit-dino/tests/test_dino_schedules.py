@@ -1,12 +1,12 @@
-"""Schedules against their formulas, and the method using them per optimizer step."""
+"""Schedules (labkit.api's) against their formulas, and the method reading them at the
+engine's optimizer step."""
 import math
 
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from labkit.api import build_component, runinfo, train
-from labkit_dino.schedules import Schedule, value_at
+from labkit.api import Schedule, runinfo, train, value_at
 
 
 def test_cosine_linear_exp_ramps_match_their_formulas():
@@ -42,20 +42,25 @@ def test_numbers_are_constants_and_bad_schedules_are_refused():
         Schedule(shape="quadratic", start=0.0, end=1.0)
 
 
-def test_logged_teacher_momentum_and_temperature_follow_the_schedules(dino_run, dino_registries):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_logged_teacher_momentum_and_temperature_follow_the_engine_steps(
+        dino_run, dino_registries, accumulate):
     momentum = {"shape": "cosine", "start": 0.9, "end": 1.0}
     temp = {"shape": "linear", "start": 0.04, "end": 0.07, "epochs": 1}
-    run = dino_run(epochs=2, teacher_momentum=momentum, teacher_temp=temp, probe_every=0)
+    run = dino_run(epochs=2, batch_size=50, subset=300, teacher_momentum=momentum,
+                   teacher_temp=temp, probe_every=0, top={"accumulate": accumulate})
     assert train(run, dino_registries, progress=False) == "finished"
     log = pd.read_csv(run.directory / runinfo.LOG_CSV)
-    train_size = len(build_component(dino_registries, "datasets",
-                                     run.config["dataset"]).train)
-    spe = -(-train_size // 128)
+    # optimizer steps: 6 batches of 50 per epoch, `accumulate` batches per step
+    batches = math.ceil(300 / 50)
+    spe = math.ceil(batches / accumulate)
     total = 2 * spe
     for epoch in (1, 2):
-        last = epoch * spe - 1
+        last = epoch * spe - 1  # the index of the epoch's last optimizer step
         t = last / (total - 1)
         assert log["teacher-momentum"][epoch - 1] == pytest.approx(
-            0.9 + 0.1 * (1 - math.cos(math.pi * t)) / 2)
+            0.9 + 0.1 * (1 - math.cos(math.pi * t)) / 2, abs=1e-12)
+        assert log["teacher-momentum"][epoch - 1] == value_at(
+            Schedule(**momentum), last, spe, total)
     assert list(log["teacher-temp"]) == pytest.approx([0.07, 0.07])
     assert list(log["student-temp"]) == [0.1, 0.1]

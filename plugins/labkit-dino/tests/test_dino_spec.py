@@ -1,5 +1,6 @@
 """specs/random_teacher.json validates; the plugin works through the real command line."""
 import json
+import re
 from io import StringIO
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from labkit.api import expand, load_spec_file
 from labkit.testing import run_cli
 
 SPEC = Path(__file__).parents[3] / "specs" / "random_teacher.json"
+README = Path(__file__).parents[1] / "README.md"
 CLI_ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "dino"}
 
 
@@ -23,6 +25,18 @@ def test_random_teacher_spec_expands_to_frozen_teacher_runs(dino_registries):
         assert method["teacher_eval"] is True and method["crops"] is None
     assert {c["method"]["student_init"] for c in configs} == {"random", "teacher"}
     assert sorted({c["optimizer"]["lr"] for c in configs}) == [0.0, 0.001]
+
+
+def test_readme_recipe_is_a_valid_spec_with_dino_top_level_fields(dino_registries, tmp_path):
+    text = README.read_text()
+    section = text[text.index("### DINO's recipe"):]
+    block = re.search(r"```json\n(.*?)```", section, re.S).group(1)
+    spec = {**json.loads(block), "logs_dir": str(tmp_path)}
+    (config,) = expand(spec, dino_registries)
+    assert config["clip_grad_norm"] == 3.0
+    assert config["weight_decay_schedule"] == {"shape": "cosine", "start": 0.04, "end": 0.4,
+                                               "epochs": None}
+    assert config["scheduler_interval"] == "step" and "clip_grad" not in config["method"]
 
 
 def test_cli_loads_the_plugin_by_its_entry_point_and_plans_the_spec():

@@ -50,7 +50,7 @@ def test_resampled_noise_changes_at_every_access_from_torchs_rng():
 
 def test_supervised_loss_is_the_cross_entropy_of_the_student_logits(dino_method):
     method = dino_method(student_mode="supervised", out_dim=10, student_temp=0.5,
-                         student_init="random", freeze_last_layer_epochs=0, clip_grad=0)
+                         student_init="random", freeze_last_layer_epochs=0)
     dataset = method.train_dataset(method.context.data.train)
     views, labels = next(iter(DataLoader(dataset, batch_size=32)))
     method.train(True)

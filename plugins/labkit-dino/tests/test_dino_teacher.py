@@ -1,12 +1,12 @@
 """Teacher updates (EMA, frozen, previous epoch), BatchNorm modes, and the exact resume."""
-import math
+import io
 
 import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from labkit.api import build_component, checkpoint, runinfo, train
+from labkit.api import checkpoint, runinfo, train
 from labkit_dino.method import Dino
 
 
@@ -14,30 +14,33 @@ def snapshot(net):
     return {n: p.detach().clone() for n, p in net.dino_parameters()}
 
 
-def one_step(method, batch_size=64):
-    """Train one batch as the engine does, with plain SGD; returns the batch."""
+def one_step(method, batch_size=64, batch=None):
+    """Train one batch in the engine's order, with plain SGD; returns the batch."""
     method.train(True)
-    batch = next(iter(DataLoader(method.train_dataset(method.context.data.train),
-                                 batch_size=batch_size)))
+    if batch is None:
+        batch = next(iter(DataLoader(method.train_dataset(method.context.data.train),
+                                     batch_size=batch_size)))
     optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
     result = method.training_step(batch)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
+    method.before_optimizer_step()
     optimizer.step()
     method.after_step()
+    method.context.step += 1  # the engine's clock
     return batch
 
 
 def test_ema_update_follows_the_formula_with_the_scheduled_momentum(dino_method):
     schedule = {"shape": "linear", "start": 0.5, "end": 0.9}
     method = dino_method(teacher_mode="ema", teacher_momentum=schedule,
-                         student_init="random", freeze_last_layer_epochs=0, clip_grad=0)
-    method.step = 7  # momentum at step 7 of the run
-    m = 0.5 + 0.4 * 7 / (method.total_steps - 1)
+                         student_init="random", freeze_last_layer_epochs=0)
+    context = method.context  # the engine's clock: step 7 of 40
+    context.step, context.steps_per_epoch, context.total_steps = 7, 10, 40
+    m = 0.5 + 0.4 * 7 / 39
     teacher_before = snapshot(method.teacher)
     one_step(method)
     student_after = snapshot(method.student)
-    assert method.step == 8
     moved = 0
     for name, t in snapshot(method.teacher).items():
         expected = m * teacher_before[name] + (1 - m) * student_after[name]
@@ -105,20 +108,59 @@ def test_frozen_teacher_never_changes_and_prev_epoch_teacher_copies_the_student(
     assert all(torch.equal(two["teacher"][f"head.{k}"], v) for k, v in weights(two["head"]).items())
 
 
+def test_method_state_round_trip_mid_epoch_keeps_the_loss_sums(dino_method):
+    def made():
+        method = dino_method(teacher_mode="ema", student_init="random", probe_every=0)
+        method.context.steps_per_epoch, method.context.total_steps = 10, 20
+        return method
+    running, restored = made(), made()
+    loader = iter(DataLoader(running.train_dataset(running.context.data.train),
+                             batch_size=50))
+    batches = [next(loader) for _ in range(3)]
+    for batch in batches[:2]:
+        one_step(running, batch=batch)
+    # what a mid-epoch checkpoint holds, through torch's safe loader
+    buffer = io.BytesIO()
+    torch.save({"method": running.state_dict(),
+                "modules": {k: m.state_dict() for k, m in running.modules().items()}}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    restored.load_state_dict(state["method"])
+    for name, module in restored.modules().items():
+        module.load_state_dict(state["modules"][name])
+    restored.context.step = running.context.step
+    assert state["method"]["seen"] == 100 and set(state["method"]["loss_sums"]) >= {"CE", "KL"}
+    for method in (running, restored):
+        one_step(method, batch=batches[2])
+    want, got = running.end_epoch(1), restored.end_epoch(1)
+    assert got == want and want["dino-ce"] > 0
+    assert running.state_dict() == {"loss_sums": {}, "seen": 0}  # an epoch's end resets them
+
+
+def test_old_method_state_with_its_own_step_counter_still_loads(dino_method):
+    method = dino_method()
+    method.load_state_dict({"step": 30})  # checkpoints before the engine's step clock
+    assert method.state_dict() == {"loss_sums": {}, "seen": 0}
+
+
+@pytest.mark.parametrize("checkpoint_steps", [None, 1])
 def test_ema_run_resumed_after_interruption_is_bit_identical(dino_run, dino_registries,
-                                                             monkeypatch):
+                                                             monkeypatch, checkpoint_steps):
+    # checkpoint_steps 1: the resume starts from the mid-epoch checkpoint, so the epoch's
+    # loss sums (logged as dino-*) must come back from the method's state
     method = {"teacher_mode": "ema", "crops": "2x8+2x4", "crop_augment": "dino",
-              "student_init": "interpolated", "init_alpha": 0.5, "clip_grad": 1.0,
+              "student_init": "interpolated", "init_alpha": 0.5,
               "teacher_center_momentum": {"shape": "linear", "start": 0.8, "end": 0.95},
               "probe_every": 1}
-    reference = dino_run(epochs=3, batch_size=100, subset=400, logs="ref", **method)
+    top = {"clip_grad_norm": 1.0, "checkpoint_steps": checkpoint_steps}
+    reference = dino_run(epochs=3, batch_size=100, subset=400, logs="ref", top=top, **method)
     assert train(reference, dino_registries, progress=False) == "finished"
 
-    resumed = dino_run(epochs=3, batch_size=100, subset=400, logs="res", **method)
+    resumed = dino_run(epochs=3, batch_size=100, subset=400, logs="res", top=top, **method)
     original = Dino.training_step
 
     def interrupted(self, batch):
-        if self.step == 2 * self.steps_per_epoch + 2:  # mid-way through epoch 3
+        if self.context.step == 2 * self.context.steps_per_epoch + 2:  # mid-way, epoch 3
             raise KeyboardInterrupt
         return original(self, batch)
 
@@ -126,6 +168,8 @@ def test_ema_run_resumed_after_interruption_is_bit_identical(dino_run, dino_regi
     with pytest.raises(KeyboardInterrupt):
         train(resumed, dino_registries, progress=False)
     assert runinfo.read_status(resumed.directory)["state"] == "interrupted"
+    partial = resumed.directory / "checkpoints" / checkpoint.PARTIAL
+    assert partial.exists() == (checkpoint_steps is not None)
     monkeypatch.setattr(Dino, "training_step", original)
     assert train(resumed, dino_registries, progress=False) == "finished"
 
@@ -136,13 +180,7 @@ def test_ema_run_resumed_after_interruption_is_bit_identical(dino_run, dino_regi
     for name in want["modules"]:
         for key, tensor in want["modules"][name].items():
             assert torch.equal(tensor, got["modules"][name][key]), (name, key)
-    steps = 3 * steps_per_epoch(resumed, dino_registries)
-    assert got["method"] == want["method"] == {"step": steps}
+    assert got["method"] == want["method"] == {"loss_sums": {}, "seen": 0}
     want_log = pd.read_csv(reference.directory / runinfo.LOG_CSV).drop(columns="epoch_seconds")
     got_log = pd.read_csv(resumed.directory / runinfo.LOG_CSV).drop(columns="epoch_seconds")
     pd.testing.assert_frame_equal(want_log, got_log)
-
-
-def steps_per_epoch(run, registries):
-    n = len(build_component(registries, "datasets", run.config["dataset"]).train)
-    return math.ceil(n / run.config["batch_size"])
