@@ -6,6 +6,7 @@ name stands for and validate the params.
 """
 from __future__ import annotations
 
+import inspect
 import random
 from typing import Any
 
@@ -68,10 +69,33 @@ def check_buildable(config: dict[str, Any], registries: Registries) -> None:
         raise UserError(f"optimizer: {exc}") from None
     if config.get("scheduler") and ours("schedulers", "scheduler"):
         try:
-            build_component(registries, "schedulers", config["scheduler"], optimizer=optimizer,
-                            epochs=config["epochs"])
+            build_scheduler(registries, config, optimizer, steps_per_epoch=1)
         except (UserError, ValueError) as exc:
             raise UserError(f"scheduler: {exc}") from None
+
+
+def build_scheduler(registries: Registries, config: dict[str, Any],
+                    optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    total_steps: int | None = None) -> Any:
+    """The config's learning-rate schedule (``None`` without one), laid out for the run.
+
+    Under ``scheduler_interval: "epoch"`` it is stepped once per epoch and spans the
+    run's epochs (those the ``steps`` budget reaches); under ``"step"`` it is stepped
+    after every optimizer step and spans ``total_steps`` (default: every epoch's). A
+    factory that takes ``steps_per_epoch`` gets it (``None`` per epoch) and counts its
+    epoch parameters in epochs; one that does not is only told the length.
+    """
+    if not config.get("scheduler"):
+        return None
+    total_steps = total_steps or config["epochs"] * steps_per_epoch
+    per_step = config["scheduler_interval"] == "step"
+    length = total_steps if per_step else -(-total_steps // steps_per_epoch)
+    factory = registries["schedulers"].get(config["scheduler"]["name"]).obj
+    extra: dict[str, Any] = {}
+    if "steps_per_epoch" in inspect.signature(factory).parameters:
+        extra["steps_per_epoch"] = steps_per_epoch if per_step else None
+    return build_component(registries, "schedulers", config["scheduler"], optimizer=optimizer,
+                           epochs=length, **extra)
 
 
 def seed_everything(seed: int) -> None:

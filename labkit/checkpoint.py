@@ -6,8 +6,16 @@ match (or that cannot be read) is reported with a warning and the previous one i
 Only tensors and Python primitives are stored. The digest doubles as the checkpoint's
 fingerprint: an artifact computed from a checkpoint records it (:func:`digest`).
 
-After writing epoch N, the checkpoints kept are N and the newest *intact* one before it;
-older or damaged ones are removed, so a resume always has a fallback that works.
+After writing epoch N, the checkpoints kept are N and the newest *intact* ones before it
+(``keep`` in all, the spec's ``keep_checkpoints``, at least 2 by default); older or
+damaged ones are removed, so a resume always has a fallback that works.
+
+Mid-epoch checkpoints (``checkpoint_steps`` / ``checkpoint_minutes``) go to one rolling
+file, ``partial.pt``: the state after some optimizer steps of the epoch after
+``state["epoch"]``, with the epoch's position under ``state["partial"]``. It is
+replaced at every mid-epoch save and removed once that epoch's own checkpoint exists;
+:func:`load_latest` prefers it only when it is intact and newer than every epoch
+checkpoint.
 """
 from __future__ import annotations
 
@@ -33,24 +41,43 @@ def checkpoint_path(directory: Path, epoch: int) -> Path:
     return Path(directory) / f"epoch_{epoch:04d}.pt"
 
 
-def save(directory: Path, epoch: int, state: dict[str, Any]) -> Path:
-    """Write ``state`` as the checkpoint after ``epoch`` epochs; keep the newest ``KEEP``."""
+def _write(path: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically, then its digest next to it (a crash in
+    between leaves a digest that does not match: the file reads as damaged)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    path = checkpoint_path(directory, epoch)
     with atomic_open(path, "wb") as handle:
         handle.write(data)
     write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
-    kept = 1
+    return path
+
+
+def save(directory: Path, epoch: int, state: dict[str, Any], keep: int = KEEP) -> Path:
+    """Write ``state`` as the checkpoint after ``epoch`` epochs; keep the newest ``keep``
+    intact ones (at least this one and, when there is one, an intact fallback) and drop
+    the mid-epoch ``partial.pt`` that this epoch completes."""
+    path = _write(checkpoint_path(directory, epoch), state)
+    kept, keep = 1, max(keep, 2)
     for old in reversed([e for e in epochs_on_disk(directory) if e < epoch]):
         stale = checkpoint_path(directory, old)
-        if kept < KEEP and is_intact(stale):
+        if kept < keep and is_intact(stale):
             kept += 1
             continue
         stale.unlink(missing_ok=True)
         _digest_path(stale).unlink(missing_ok=True)
+    partial = Path(directory) / PARTIAL
+    partial.unlink(missing_ok=True)
+    _digest_path(partial).unlink(missing_ok=True)
     return path
+
+
+PARTIAL = "partial.pt"
+
+
+def save_partial(directory: Path, state: dict[str, Any]) -> Path:
+    """Write the mid-epoch checkpoint ``partial.pt`` (replacing the previous one)."""
+    return _write(Path(directory) / PARTIAL, state)
 
 
 def _digest_path(path: Path) -> Path:
@@ -77,14 +104,13 @@ BEST = "best.pt"
 
 def save_best(directory: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` as ``best.pt`` (atomic, with its digest); never pruned."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
-    path = Path(directory) / BEST
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
-    write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
-    return path
+    return _write(Path(directory) / BEST, state)
+
+
+def epoch_of(name: str) -> int | None:
+    """The epoch of a checkpoint file name (``epoch_0003.pt`` → 3); ``None`` otherwise."""
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
 
 
 def epochs_on_disk(directory: Path) -> list[int]:
@@ -119,16 +145,30 @@ def read(path: Path) -> dict[str, Any]:
 def load_latest(directory: Path) -> dict[str, Any] | None:
     """The newest intact checkpoint in ``directory``, or ``None`` when there is none.
 
-    Damaged newer checkpoints are skipped with a warning naming them.
+    Damaged newer checkpoints are skipped with a warning naming them. A mid-epoch
+    ``partial.pt`` wins when it is intact and continues the newest intact epoch
+    checkpoint (or there is none).
     """
+    latest = None
     for epoch in reversed(epochs_on_disk(directory)):
         path = checkpoint_path(directory, epoch)
         try:
-            return read(path)
+            latest = read(path)
+            break
         except Exception as exc:  # any damage means: fall back to the previous epoch
             warnings.warn(f"checkpoint {path} is unusable ({exc}); falling back to the "
                           f"previous one", stacklevel=2)
-    return None
+    partial = Path(directory) / PARTIAL
+    if partial.exists():
+        try:
+            state = read(partial)
+        except Exception as exc:  # noqa: BLE001 - the epoch checkpoint is the fallback
+            warnings.warn(f"checkpoint {partial} is unusable ({exc}); resuming from the last "
+                          f"epoch's checkpoint instead", stacklevel=2)
+        else:
+            if latest is None or state["epoch"] >= latest["epoch"]:
+                return state
+    return latest
 
 
 def rng_state() -> dict[str, Any]:

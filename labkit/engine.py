@@ -7,14 +7,16 @@ so the CSV never disagrees with the weights a resume starts from.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -24,13 +26,14 @@ from tqdm import tqdm
 from labkit import checkpoint, runinfo
 from labkit.atomic import write_text
 from labkit.errors import UserError
-from labkit.build import build_component, make_metrics, seed_everything
+from labkit.build import build_component, build_scheduler, make_metrics, seed_everything
 from labkit.data.seeded import SeededSampler, SeededSamples
 from labkit.evaluation import evaluate, to_device
 from labkit.identity import RunConfig
 from labkit.methods.base import Method, RunContext
 from labkit.progress import quiet_bars
 from labkit.registry import Registries
+from labkit.schedules import value_at
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, load_spectra,
                                plot_saturation, save_spectra, spectra_path, view_columns)
 
@@ -50,7 +53,8 @@ def scaled_lr(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class Stepper:
-    """How batch losses become optimizer steps: accumulation, clipping, precision.
+    """How batch losses become optimizer steps: accumulation, clipping, precision, and the
+    run's step clock.
 
     Args:
         optimizer: the optimizer; parameters: what it optimises (for clipping).
@@ -62,18 +66,31 @@ class Stepper:
         precision: ``"32"``, ``"bf16"`` or ``"16-mixed"`` (autocast of the forward pass;
             16-mixed with a dynamic loss scaler, whose state the checkpoint keeps).
         device: where the run computes.
+        method: the training method, whose ``before_optimizer_step`` and ``after_step``
+            hooks frame every step; its ``context.step`` is the clock this counts.
+        weight_decay: a number or :class:`~labkit.schedules.Schedule` set as every
+            parameter group's weight decay before each step; ``None``: the optimizer's.
+
+    One step: average the accumulated gradients, unscale them (16-mixed),
+    ``method.before_optimizer_step()``, clip, set the scheduled weight decay, step the
+    optimizer, step a per-step schedule, ``method.after_step()``, count the step.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter],
                  accumulate: int, clip_grad_norm: float | None, precision: str,
-                 device: torch.device):
+                 device: torch.device, method: Method, weight_decay: Any = None):
         self.optimizer, self.parameters = optimizer, parameters
         self.accumulate, self.clip = accumulate, clip_grad_norm
-        self.device = device
+        self.device, self.method, self.weight_decay = device, method, weight_decay
         self.dtype = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}[precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
         self.samples = 0  # of the step being accumulated
         self.scheduler: Any = None  # a learning-rate schedule stepped after every step
+
+    @property
+    def clock(self) -> RunContext:
+        """The run context whose ``step``, ``steps_per_epoch``, ``total_steps`` this keeps."""
+        return self.method.context
 
     def autocast(self) -> Any:
         """Context of a forward pass in the run's precision."""
@@ -92,41 +109,105 @@ class Stepper:
             for p in self.parameters:
                 if p.grad is not None:
                     p.grad.div_(self.samples)
+        self.scaler.unscale_(self.optimizer)  # a no-op unless 16-mixed
+        self.method.before_optimizer_step()
         if self.clip is not None:
-            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
+        if self.weight_decay is not None:
+            clock = self.clock
+            decay = value_at(self.weight_decay, clock.step, clock.steps_per_epoch,
+                             clock.total_steps)
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = decay
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.samples = 0
         if self.scheduler is not None:
             self.scheduler.step()
+        self.method.after_step()
+        self.clock.step += 1
+
+
+@dataclass
+class EpochPosition:
+    """Where the epoch in progress stands; a mid-epoch checkpoint stores it.
+
+    Attributes:
+        batches: training batches of the epoch done so far.
+        loss_sum: sum over the samples seen of their loss; seen: samples seen.
+        seconds: training time of the epoch before this process took over.
+    """
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+def channels_last(batch: Any) -> Any:
+    """``batch`` with every 4-d tensor in channels_last memory layout."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(channels_last(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: channels_last(v) for k, v in batch.items()}
+    return batch
 
 
 def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
                     metrics: dict[str, Any], device: torch.device, epoch: int,
-                    progress: bool) -> dict[str, float]:
-    """One pass over the training set; returns mean loss per sample and metrics."""
+                    progress: bool, position: EpochPosition | None = None,
+                    batches: int | None = None, on_step: Callable[[EpochPosition], None] | None = None,
+                    layout: Callable[[Any], Any] | None = None,
+                    on_start: Callable[[], None] | None = None) -> dict[str, float]:
+    """One pass over the training set; returns mean loss per sample and metrics.
+
+    Args:
+        position: where a resumed epoch stands (its loader already skips the batches
+            done); ``None``: from the start.
+        batches: batches of the whole epoch (the step boundaries count from its start);
+            default ``len(loader)``.
+        on_step: called with the position after every optimizer step that neither ends
+            the epoch nor the run's step budget (mid-epoch checkpoints).
+        layout: applied to every batch on the device (channels_last).
+        on_start: called once the loader's iterator exists (a resume restores the RNG
+            state there, as creating the iterator draws from it).
+
+    The epoch ends early when the run's step budget (``context.total_steps``) is spent.
+    """
     method.train(True)
-    loss_sum, seen = 0.0, 0
-    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", leave=False,
-                                      disable=quiet_bars(progress))):
+    position = position or EpochPosition()
+    batches = batches or len(loader)
+    clock = stepper.clock
+    iterator = iter(loader)
+    if on_start is not None:
+        on_start()
+    for batch in tqdm(iterator, desc=f"epoch {epoch} train", leave=False,
+                      disable=quiet_bars(progress), total=batches - position.batches):
+        batch = to_device(batch, device)
         with stepper.autocast():
-            result = method.training_step(to_device(batch, device))
+            result = method.training_step(layout(batch) if layout else batch)
         loss = result.loss.item()
         if not math.isfinite(loss):
             raise RunFailed(f"non-finite training loss ({loss}) at epoch {epoch}, "
-                            f"step {step + 1}; lower the learning rate or check the data")
+                            f"step {position.batches + 1}; lower the learning rate or check "
+                            f"the data")
         stepper.backward(result.loss, result.batch_size)
-        if (step + 1) % stepper.accumulate == 0 or step + 1 == len(loader):
-            stepper.step()
-            method.after_step()
-        loss_sum += loss * result.batch_size
-        seen += result.batch_size
+        position.batches += 1
+        position.loss_sum += loss * result.batch_size
+        position.seen += result.batch_size
         if result.logits is not None:
             for metric in metrics.values():
                 metric.update(result.logits.detach().float(), result.targets)
-    stats = {"loss": loss_sum / seen}
+        if position.batches % stepper.accumulate == 0 or position.batches == batches:
+            stepper.step()
+            if clock.total_steps and clock.step >= clock.total_steps:
+                break
+            if on_step is not None and position.batches < batches:
+                on_step(position)
+    stats = {"loss": position.loss_sum / position.seen}
     stats.update({name: m.compute() for name, m in metrics.items()})
     return stats
 
@@ -201,7 +282,8 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
     else:
         draw_plots(run)
     if runinfo.read_status(run_dir).get("state") != "finished":
-        runinfo.write_status(run_dir, "finished", epoch=run.config["epochs"])
+        runinfo.write_status(run_dir, "finished",
+                             epoch=checkpoint.epoch_of(runinfo.final_checkpoint(run).name))
     failed = run_analyses(run, registries, device, progress=progress).failed
     if failed:
         return "failed"
@@ -363,36 +445,51 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     data = build_component(registries, "datasets", config["dataset"])
     model = build_component(registries, "models", config["model"], num_classes=data.num_classes,
                             in_channels=data.in_channels, resolution=data.resolution).to(device)
+    if config["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress)
     method: Method = build_component(registries, "methods", config["method"], context=context)
     parameters = list(method.parameters())
     optimizer = build_component(registries, "optimizers", scaled_lr(config),
                                 params=parameters)
     stepper = Stepper(optimizer, parameters, config["accumulate"], config["clip_grad_norm"],
-                      config["precision"], device)
+                      config["precision"], device, method, config["weight_decay_schedule"])
     order = torch.Generator().manual_seed(config["seed"])
     train_set = method.train_dataset(data.train)
+    sampler = SeededSampler(len(train_set), order)
     train_loader = DataLoader(
-        SeededSamples(train_set), batch_size=config["batch_size"],
-        sampler=SeededSampler(len(train_set), order), num_workers=config["num_workers"],
+        SeededSamples(train_set), batch_size=config["batch_size"], sampler=sampler,
+        num_workers=config["num_workers"],
         # a last batch of one sample breaks BatchNorm in training mode
         drop_last=len(train_set) % config["batch_size"] == 1)
+    batches = len(train_loader)
+    if batches == 0:
+        raise UserError(f"the training set has {len(train_set)} sample(s), fewer than one "
+                        f"batch; lower batch_size below {config['batch_size']}")
+    context.steps_per_epoch = math.ceil(batches / config["accumulate"])
+    context.total_steps = config["epochs"] * context.steps_per_epoch
+    if config["steps"] is not None:
+        context.total_steps = min(context.total_steps, config["steps"])
+    last_epoch = math.ceil(context.total_steps / context.steps_per_epoch)
     per_step = config["scheduler_interval"] == "step"
-    steps_per_epoch = math.ceil(len(train_loader) / config["accumulate"])
-    scheduler = (build_component(registries, "schedulers", config["scheduler"],
-                                 optimizer=optimizer,
-                                 epochs=config["epochs"] * (steps_per_epoch if per_step else 1))
-                 if config["scheduler"] else None)
+    scheduler = build_scheduler(registries, config, optimizer, context.steps_per_epoch,
+                                context.total_steps)
     stepper.scheduler = scheduler if per_step else None
     eval_loaders = {split: DataLoader(ds, batch_size=config["eval_batch_size"],
                                       num_workers=config["num_workers"])
                     for split, ds in data.evals.items()}
     runinfo.write_computational_info(run_dir, model, data, config, device)
-    # covariances live for one pass only, so the tracker holds nothing a resume must restore
+    # covariances live for one pass only; a mid-epoch checkpoint keeps the training pass's
     saturation = SaturationTracker(config["saturation"], model, [TRAIN_PASS, *eval_loaders])
+    midway = MidEpochCheckpoints(config)
+    if midway.enabled:
+        check_checkpointable(make_metrics(registries, config["metrics"], data.num_classes))
+    training_model = model
+    if config["compile"]:
+        training_model.compile()
 
-    # --- resume from the newest intact checkpoint
-    start, history, best = 0, [], None
+    # --- resume from the newest intact checkpoint (an epoch's end or mid-epoch)
+    start, history, best, resumed = 0, [], None, None
     state = checkpoint.load_latest(ckpt_dir)
     if state is not None:
         _check_owner(run, state, ckpt_dir)
@@ -404,23 +501,76 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         method.load_state_dict(state["method"])
         stepper.scaler.load_state_dict(state.get("scaler", {}))
         order.set_state(state["data_order"])
-        checkpoint.set_rng_state(state["rng"])
         start, best = state["epoch"], state.get("best")
+        # checkpoints before 0.4 carry no step count: every epoch then was whole
+        context.step = int(state.get("step", start * context.steps_per_epoch))
         history = saturation_view(run_dir, state["history"], config["saturation"])
-        print(f"{run.name}: resuming after epoch {start}", file=sys.stderr, flush=True)
+        resumed = state.get("partial")
+        if resumed is None:
+            checkpoint.set_rng_state(state["rng"])
+            print(f"{run.name}: resuming after epoch {start}", file=sys.stderr, flush=True)
+        else:
+            print(f"{run.name}: resuming epoch {start + 1} after {resumed['batches']} of "
+                  f"{batches} batches", file=sys.stderr, flush=True)
     runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions)
     evaluated = eval_module_name(method)
 
+    def snapshot(epoch_done: int) -> dict[str, Any]:
+        return {
+            "run_hash": run.hash,
+            "eval_module": evaluated,
+            "epoch": epoch_done,
+            "step": context.step,
+            "history": history,
+            "modules": {name: m.state_dict() for name, m in method.modules().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "method": method.state_dict(),
+            "scaler": stepper.scaler.state_dict(),
+            "data_order": order.get_state(),
+            "rng": checkpoint.rng_state(),
+            "best": best,
+        }
+
     # --- the epoch loop
-    epochs = range(start + 1, config["epochs"] + 1)
-    for epoch in tqdm(epochs, desc=run.name, disable=quiet_bars(progress)):
+    for epoch in tqdm(range(start + 1, last_epoch + 1), desc=run.name,
+                      disable=quiet_bars(progress)):
         started = time.perf_counter()
+        metrics = make_metrics(registries, config["metrics"], data.num_classes)
+        position, on_start = EpochPosition(), None
+        epoch_order = order.get_state()  # the state the epoch's order is drawn from
         lr = optimizer.param_groups[0]["lr"]
+        if resumed is not None:  # continue the epoch a mid-epoch checkpoint stopped in
+            position = EpochPosition(resumed["batches"], float(resumed["loss_sum"]),
+                                     int(resumed["seen"]), float(resumed["seconds"]))
+            for name, metric in metrics.items():
+                metric.load_state_dict(resumed["metrics"][name])
+            epoch_order, lr = resumed["data_order"], float(resumed["lr"])
+            order.set_state(epoch_order)
+            sampler.start = position.batches * config["batch_size"]
+            # restored once the loader's iterator exists: creating it draws from the RNG
+            on_start = functools.partial(checkpoint.set_rng_state, state["rng"])
+
+        def save_midway(at: EpochPosition) -> None:
+            if not midway.due():
+                return
+            partial = {"batches": at.batches, "loss_sum": at.loss_sum, "seen": at.seen,
+                       "seconds": at.seconds + time.perf_counter() - started,
+                       "metrics": {name: m.state_dict() for name, m in metrics.items()},
+                       "saturation": saturation.pass_state(), "data_order": epoch_order,
+                       "lr": lr}
+            checkpoint.save_partial(ckpt_dir, {**snapshot(epoch - 1), "partial": partial})
+            midway.saved()
+
         with saturation.track(TRAIN_PASS, model):
+            if resumed is not None:
+                saturation.load_pass_state(resumed["saturation"])
+                resumed = None
             train_stats = train_one_epoch(
-                method, train_loader, stepper,
-                make_metrics(registries, config["metrics"], data.num_classes), device, epoch,
-                progress)
+                method, train_loader, stepper, metrics, device, epoch, progress, position,
+                batches, save_midway if midway.enabled else None,
+                channels_last if config["channels_last"] else None, on_start)
+            saturation.all_reduce()
         extra = method.end_epoch(epoch)
         method.train(False)
         row: dict[str, Any] = {"epoch": epoch, "lr": lr}
@@ -431,26 +581,14 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                 stats = evaluate(method.eval_model(), loader,
                                  make_metrics(registries, config["metrics"], data.num_classes),
                                  device)
+                saturation.all_reduce()
             row.update({f"{split}-{k}": v for k, v in stats.items()})
             row.update(saturation.columns(split))
         row.update(extra)
-        row["epoch_seconds"] = time.perf_counter() - started
+        row["epoch_seconds"] = position.seconds + time.perf_counter() - started
         if scheduler is not None and not per_step:
             scheduler.step()
         history.append(row)
-        state = {
-            "run_hash": run.hash,
-            "eval_module": evaluated,
-            "epoch": epoch,
-            "history": history,
-            "modules": {name: m.state_dict() for name, m in method.modules().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "method": method.state_dict(),
-            "scaler": stepper.scaler.state_dict(),
-            "data_order": order.get_state(),
-            "rng": checkpoint.rng_state(),
-        }
         # before the checkpoint: a run killed in between redoes the epoch, its spectra
         # and its best checkpoint
         if saturation.passes:
@@ -458,7 +596,45 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         if is_better(row, best, config["best_metric"], config["best_mode"]):
             best = {"epoch": epoch, "metric": config["best_metric"],
                     "value": float(row[config["best_metric"]])}
-            checkpoint.save_best(ckpt_dir, {**state, "best": best})
-        checkpoint.save(ckpt_dir, epoch, {**state, "best": best})
+            checkpoint.save_best(ckpt_dir, snapshot(epoch))
+        saved = checkpoint.save(ckpt_dir, epoch, snapshot(epoch), keep=config["keep_checkpoints"])
+        midway.saved()
+        if epoch == last_epoch and config["steps"] is not None:
+            runinfo.mark_final(run, saved)
         write_log(run, history)
         runinfo.write_status(run_dir, "running", epoch=epoch, best=best)
+
+
+class MidEpochCheckpoints:
+    """When to write a mid-epoch checkpoint: every ``checkpoint_steps`` optimizer steps
+    and/or when ``checkpoint_minutes`` passed since the last checkpoint of any kind."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.every, self.minutes = config["checkpoint_steps"], config["checkpoint_minutes"]
+        self.enabled = self.every is not None or self.minutes is not None
+        self.steps = 0
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        """Count one optimizer step; whether a checkpoint is due after it."""
+        self.steps += 1
+        if self.every is not None and self.steps >= self.every:
+            return True
+        return self.minutes is not None and time.monotonic() - self.last >= 60 * self.minutes
+
+    def saved(self) -> None:
+        """A checkpoint was just written: start counting anew."""
+        self.steps, self.last = 0, time.monotonic()
+
+
+def check_checkpointable(metrics: dict[str, Any]) -> None:
+    """Mid-epoch checkpoints store every metric's counts.
+
+    Raises:
+        UserError: a metric without ``state_dict``/``load_state_dict`` (names it).
+    """
+    for name, metric in metrics.items():
+        if not (hasattr(metric, "state_dict") and hasattr(metric, "load_state_dict")):
+            raise UserError(f"metric {name!r} cannot be checkpointed mid-epoch (it has no "
+                            f"state_dict/load_state_dict); drop checkpoint_steps and "
+                            f"checkpoint_minutes from the spec or leave the metric out")

@@ -26,7 +26,14 @@ HASH_LEN = 10
 NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
                 "dataset.root", "dataset.download", "analyses", "launcher",
                 "saturation.delta", "saturation.idim_rule", "data.root", "weights.file", "model.weights.path",
-                "model.download_weights", "best_metric", "best_mode", "analysis_checkpoint")
+                "model.download_weights", "best_metric", "best_mode", "analysis_checkpoint",
+                "checkpoint_steps", "checkpoint_minutes", "keep_checkpoints")
+
+# Settings added after runs already existed: at these values they change nothing, so
+# they are left out of the identity and runs trained before the setting existed keep
+# their hash (and directory). Any other value enters the identity as usual.
+ADDED_LATER = {"steps": None, "weight_decay_schedule": None, "channels_last": False,
+               "compile": False, "data_loader": "torch", "nproc": 1}
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +46,9 @@ def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
+    for key, neutral in ADDED_LATER.items():
+        if key in config and config[key] == neutral:
+            del config[key]
     return config
 
 

@@ -4,8 +4,16 @@ A metric is an object with ``update(logits, targets)`` and ``compute() -> float`
 factories take ``num_classes``. Classification metrics share one confusion matrix
 implementation so accuracy, balanced accuracy and Matthews correlation agree exactly.
 The loss is not a metric: the engine logs the mean loss per sample itself.
+
+A metric may also offer ``state_dict() -> dict[str, Tensor]`` and
+``load_state_dict(state)``: its accumulated counts, such that the element-wise sum of
+two passes' states is the state of both passes joined. The engine needs them to
+checkpoint mid-epoch (``checkpoint_steps``) and to sum a pass over several processes
+(``nproc``); every built-in metric has them.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -25,6 +33,7 @@ class ConfusionMetric:
         self.num_classes = num_classes
         self.predictions: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
+        self.counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add a batch: ``logits`` (N, C), ``targets`` (N,) integer classes."""
@@ -35,10 +44,23 @@ class ConfusionMetric:
     def matrix(self) -> torch.Tensor:
         """The float64 confusion matrix of everything added so far."""
         c = self.num_classes
+        return self._counts().reshape(c, c).double()
+
+    def _counts(self) -> torch.Tensor:
+        c = self.num_classes
         if not self.targets:
-            return torch.zeros(c, c, dtype=torch.float64)
+            return self.counts.clone()
         idx = torch.cat(self.targets).cpu().long() * c + torch.cat(self.predictions).cpu()
-        return torch.bincount(idx, minlength=c * c).reshape(c, c).double()
+        return self.counts + torch.bincount(idx, minlength=c * c)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The confusion counts so far (flattened C × C, int64)."""
+        return {"counts": self._counts()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s counts."""
+        self.counts = state["counts"].clone().long()
+        self.predictions, self.targets = [], []
 
     def compute(self) -> float:
         raise NotImplementedError
@@ -93,6 +115,14 @@ class TopKAccuracy:
 
     def compute(self) -> float:
         return self.hits / self.count if self.count else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hits and samples so far."""
+        return {"hits": torch.tensor(self.hits), "count": torch.tensor(self.count)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s counts."""
+        self.hits, self.count = int(state["hits"]), int(state["count"])
 
 
 def top5_accuracy(num_classes: int) -> TopKAccuracy:

@@ -156,7 +156,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "models": ("num_classes", "in_channels", "resolution"),
     "datasets": (),
     "optimizers": ("params",),
-    "schedulers": ("optimizer", "epochs"),
+    "schedulers": ("optimizer", "epochs", "steps_per_epoch"),
     "metrics": ("num_classes",),
     "methods": ("context",),
     "analyses": ("run",),

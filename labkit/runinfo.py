@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import labkit
 from labkit import checkpoint
-from labkit.atomic import read_json, remove_leftovers, write_json
+from labkit.atomic import read_json, remove_leftovers, write_json, write_text
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
 
@@ -75,9 +75,30 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         yield
 
 
+FINAL_POINTER = "final.txt"
+
+
 def final_checkpoint(run: RunConfig) -> Path:
-    """The checkpoint a trained run must have: the one after its last epoch."""
-    return checkpoint.checkpoint_path(Path(run.directory) / "checkpoints", run.config["epochs"])
+    """The checkpoint a trained run must have: the one after its last epoch.
+
+    Under a ``steps`` budget the last epoch depends on the data set's size, so the
+    engine names it in ``checkpoints/final.txt`` once it is written; without that file
+    such a run is not trained.
+    """
+    directory = Path(run.directory) / "checkpoints"
+    if run.config.get("steps") is not None:
+        try:
+            name = (directory / FINAL_POINTER).read_text().strip()
+        except OSError:
+            name = ""
+        if checkpoint.epoch_of(name) is not None:
+            return directory / name
+    return checkpoint.checkpoint_path(directory, run.config["epochs"])
+
+
+def mark_final(run: RunConfig, path: Path) -> None:
+    """Record ``path`` as the run's final checkpoint (for :func:`final_checkpoint`)."""
+    write_text(Path(run.directory) / "checkpoints" / FINAL_POINTER, Path(path).name + "\n")
 
 
 def analysed_checkpoint(run: RunConfig) -> Path:

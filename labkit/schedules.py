@@ -63,9 +63,12 @@ class Schedule(BaseModel):
 Scheduled = Union[float, Schedule]
 
 
-def value_at(scheduled: float | Schedule, step: int, steps_per_epoch: int,
+def value_at(scheduled: float | Schedule | dict, step: int, steps_per_epoch: int,
              total_steps: int) -> float:
-    """The value of a number-or-schedule at optimizer step ``step`` (see module docstring)."""
+    """The value of a number-or-schedule at optimizer step ``step`` (see module docstring);
+    a schedule may also be given in its JSON form (a dict, as resolved configs hold it)."""
+    if isinstance(scheduled, dict):
+        scheduled = Schedule.model_validate(scheduled)
     if isinstance(scheduled, Schedule):
         return scheduled.value(step, steps_per_epoch, total_steps)
     return float(scheduled)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labkit.errors import UserError
 from labkit.registry import UNTYPED, Registries
 from labkit.saturation import SaturationConfig
+from labkit.schedules import Scheduled
 
 
 class LauncherConfig(BaseModel):
@@ -134,6 +135,38 @@ class Spec(BaseModel):
         1, ge=1, description="torch intra-op CPU threads the run trains and evaluates with; "
                              "part of identity, because CPU results depend on it (the "
                              "order of floating-point sums)")
+    steps: int | None = Field(
+        None, ge=1, description="optimizer-step budget: training ends after min(epochs × "
+                                "steps per epoch, steps) steps (the last epoch may be cut "
+                                "short); null: all epochs; part of identity")
+    weight_decay_schedule: Scheduled | None = Field(
+        None, description="weight decay of every optimizer parameter group per optimizer "
+                          "step: a number or {\"shape\": \"cosine\", \"start\": 0.04, "
+                          "\"end\": 0.4} (see labkit.schedules); null: the optimizer's "
+                          "own weight_decay; part of identity")
+    checkpoint_steps: int | None = Field(
+        None, ge=1, description="also checkpoint mid-epoch every this many optimizer steps "
+                                "(checkpoints/partial.pt; a resume continues from it exactly); "
+                                "null: epoch ends only; not part of identity")
+    checkpoint_minutes: float | None = Field(
+        None, gt=0, description="also checkpoint mid-epoch when this many minutes passed since "
+                                "the last checkpoint; null: off; not part of identity")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="epoch checkpoints kept: the newest this many intact ones (best.pt "
+                             "and the final one are never removed); not part of identity")
+    channels_last: bool = Field(
+        False, description="keep the network's weights and the batches in channels_last "
+                           "memory layout (faster convolutions on GPUs with tensor cores); "
+                           "part of identity: kernels differ, so do the last bits")
+    compile: bool = Field(
+        False, description="train through torch.compile(model) (needs a working C++ "
+                           "compiler on CPU, Triton on GPU); part of identity: fused "
+                           "kernels round differently")
+    data_loader: Literal["torch", "device"] = Field(
+        "torch", description="torch: torchvision's per-image transforms in DataLoader "
+                             "workers; device: the whole training set held on the run's "
+                             "device and augmented batchwise there (small data sets on a "
+                             "GPU); part of identity: the augmentations differ")
     launcher: LauncherConfig = Field(
         LauncherConfig(), description="where the runs execute (local workers, slurm job "
                                       "array); command-line options win; not part of identity")

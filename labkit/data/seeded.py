@@ -34,14 +34,19 @@ class SeededSampler(Sampler):
     def __init__(self, size: int, generator: torch.Generator):
         self.size = size
         self.generator = generator
+        self.start = 0  # samples of the epoch to skip (a resume mid-epoch); see __iter__
 
     def __len__(self) -> int:
-        return self.size
+        return self.size - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        """The epoch's samples from position ``start`` on. The whole epoch's order and
+        seeds are drawn either way, so the generator ends where an uninterrupted epoch
+        leaves it; ``start`` is reset to 0 for the next epoch."""
         order = torch.randperm(self.size, generator=self.generator)
         seeds = torch.randint(SEED_RANGE, (self.size,), generator=self.generator)
-        return zip(order.tolist(), seeds.tolist())
+        start, self.start = self.start, 0
+        return zip(order[start:].tolist(), seeds[start:].tolist())
 
 
 class SeededSamples(Dataset):
