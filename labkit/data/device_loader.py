@@ -73,8 +73,6 @@ class _Crop:
     """Random crop of ``size`` out of the image padded by ``padding`` (left, top, right,
     bottom), done as two gathers with padded coordinates mapped back into the image."""
 
-    random = True
-
     def __init__(self, size: tuple[int, int], padding: list[int], mode: str, fill: Any):
         if mode not in ("reflect", "edge", "symmetric", "constant"):
             raise _refuse(f"random crop with padding_mode {mode!r}")
@@ -121,8 +119,6 @@ class _Crop:
 class _Flip:
     """Horizontal flip of each image with probability ``p``."""
 
-    random = True
-
     def __init__(self, p: float):
         self.p = p
 
@@ -134,8 +130,6 @@ class _Flip:
 
 class _Deterministic:
     """A torchvision step that is elementwise and works on a batch as on one image."""
-
-    random = False
 
     def __init__(self, step: Callable):
         self.step = step
