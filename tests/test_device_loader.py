@@ -61,6 +61,21 @@ def test_deterministic_transforms_give_the_dataloaders_batches(tmp_path, name, d
         assert torch.equal(mine.get_state(), theirs.get_state())
 
 
+def test_a_resumed_epoch_matches_the_resumed_dataloader():
+    data = DATASETS["digits"](augment="none")
+    mine, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    loader = device_loader(data.train, 64, mine, "cpu")
+    sampler = SeededSampler(len(data.train), theirs)
+    reference = DataLoader(SeededSamples(data.train), batch_size=64, sampler=sampler)
+    loader.sampler.start = sampler.start = 7 * 64  # as the engine resumes either loader
+    assert len(loader) == len(reference) == -(-(len(data.train) - 7 * 64) // 64)
+    got, expected = list(loader), list(reference)
+    assert len(got) == len(expected)
+    for (images, labels), (want_images, want_labels) in zip(got, expected):
+        assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+    assert torch.equal(mine.get_state(), theirs.get_state())
+
+
 def source_positions(dataset, seed):
     """Positions in the split of one epoch's samples, as SeededSampler orders them."""
     return [index for index, _ in SeededSampler(len(dataset), torch.Generator().manual_seed(seed))]
