@@ -44,13 +44,15 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -115,8 +117,16 @@ class SaturationConfig(BaseModel):
                     "layer; null: every sample")
 
 
-def feature_matrix(output: torch.Tensor, config: SaturationConfig) -> torch.Tensor:
-    """The data matrix of one batch of a layer's outputs, as delve forms it.
+# rows of one float32 product: its rounding error stays near 1e-7 of the layer's variance,
+# and on the CPU a block of the widest layers (4096 x 65 floats, about 1 MB) stays in cache
+BLOCK_ROWS = 4096
+# per-sample products straight from the (C, H*W) layout need enough pixels per product
+# to run at the speed of one large one; smaller maps are transposed block by block
+NATIVE_MIN_PIXELS = 64
+
+
+def feature_points(output: torch.Tensor, config: SaturationConfig) -> torch.Tensor:
+    """One batch of a layer's outputs as data points, samples first and width last.
 
     Args:
         output: ``(N, C, H, W)`` conv output, ``(N, T, U)`` sequence output, or
@@ -125,27 +135,202 @@ def feature_matrix(output: torch.Tensor, config: SaturationConfig) -> torch.Tens
             ``timeseries_method``).
 
     Returns:
-        ``(rows, width)`` float64: one data point per row (see :class:`SaturationConfig`),
-        reduced at the accumulator's precision.
+        ``(N, width)``, or for ``channelwise`` the ``(N, H, W, C)`` permuted view of the
+        conv output (no copy): flattened to ``(rows, width)`` it is delve's data matrix,
+        one data point per row (see :class:`SaturationConfig`), in the output's dtype.
     """
     if output.dim() == 4:
         size = config.downsampling
         if size is not None and (output.shape[2] > size or output.shape[3] > size):
             output = F.interpolate(output, size=size, mode="nearest")
         if config.conv_method == "channelwise":
-            # one copy into float64 laid out N, H, W, C makes the reshape below a view
-            pixels = output.to(torch.float64, memory_format=torch.channels_last)
-            return pixels.permute(0, 2, 3, 1).reshape(-1, output.shape[1])
-        output = output.to(torch.float64)
+            return output.permute(0, 2, 3, 1)
         if config.conv_method == "mean":
-            return output.mean(dim=(2, 3))
+            return output.mean(dim=(2, 3), dtype=torch.float32)
         if config.conv_method == "max":
             return output.amax(dim=(2, 3))
         return output.flatten(1)
-    output = output.to(torch.float64)
     if output.dim() == 3:
         return output[:, -1] if config.timeseries_method == "last_timestep" else output.flatten(1)
     return output
+
+
+class LayerMoments:
+    """One layer's sums over a pass, taken around a fixed reference point.
+
+    With ``d = x - reference`` for every data point ``x`` (a row of delve's data matrix),
+    ``sums`` is the float64 matrix ``[[Σ d dᵀ, Σ d], [Σ dᵀ, n]]`` (width + 1 square): the
+    Gram matrix of the points with a constant 1 appended. Each block of at most
+    :data:`BLOCK_ROWS` points is multiplied in float32 on the layer's own layout and
+    added in float64. The reference (the first batch's mean, float32) keeps ``d`` small
+    next to ``x``, so float32 loses no more than its rounding of the spread: without it a
+    layer whose mean is 1000 times its spread would lose the covariance to cancellation.
+    The covariance is delve's, ``E[x xᵀ] - μ μᵀ`` divided by ``n``, which the shift leaves
+    unchanged: ``E[d dᵀ] - E[d] E[d]ᵀ``.
+
+    Args:
+        reference: ``(width,)`` float32 point subtracted from every data point.
+        sums: ``(width + 1, width + 1)`` float64 accumulator; zeros when omitted.
+        count: data points in ``sums``.
+    """
+
+    def __init__(self, reference: torch.Tensor, sums: torch.Tensor | None = None,
+                 count: int = 0):
+        width = len(reference)
+        self.reference = reference
+        self.sums = (torch.zeros(width + 1, width + 1, dtype=torch.float64,
+                                 device=reference.device) if sums is None else sums)
+        self.count = count
+
+    @classmethod
+    def around(cls, points: torch.Tensor) -> "LayerMoments":
+        """Empty sums around the mean of ``points`` (:func:`feature_points`)."""
+        return cls(points.mean(dim=tuple(range(points.dim() - 1)), dtype=torch.float32))
+
+    @property
+    def width(self) -> int:
+        return len(self.reference)
+
+    def add(self, points: torch.Tensor) -> None:
+        """Add a batch of :func:`feature_points` (any float dtype) to the sums."""
+        rows = points[0].numel() // self.width if len(points) else 0
+        if rows == 0:
+            return
+        if self.sums.device != points.device:  # restored from a checkpoint on the CPU
+            self.reference = self.reference.to(points.device)
+            self.sums = self.sums.to(points.device)
+        self.count += len(points) * rows
+        if rows == 1:
+            self._add_float64(points.reshape(len(points), self.width))
+            return
+        native = points.dim() == 4 and points.permute(0, 3, 1, 2).is_contiguous()
+        with _ieee_float32(points.device):
+            if native and rows >= NATIVE_MIN_PIXELS and points.device.type == "cpu":
+                self._add_channel_major(points.permute(0, 3, 1, 2).reshape(
+                    len(points), self.width, rows))
+            else:
+                self._add_blocks(points.reshape(len(points), rows, self.width))
+
+    def _add_float64(self, points: torch.Tensor) -> None:
+        """Sums of ``(N, width)`` points, one per sample, in one float64 product."""
+        augmented = torch.ones(len(points), self.width + 1, dtype=torch.float64,
+                               device=points.device)
+        torch.sub(points.to(torch.float64), self.reference.to(torch.float64),
+                  out=augmented[:, :-1])
+        self.sums.addmm_(augmented.T, augmented)
+
+    def _add_channel_major(self, samples: torch.Tensor) -> None:
+        """Sums of ``(N, width, pixels)`` samples, one product per sample without a
+        transposed copy; every :data:`BLOCK_ROWS` points go into the float64 sums."""
+        width, pixels = samples.shape[1:]
+        augmented = torch.ones(width + 1, pixels, dtype=torch.float32)
+        product = torch.zeros(width + 1, width + 1, dtype=torch.float32)
+        per_block = max(1, BLOCK_ROWS // pixels)
+        reference = self.reference[:, None]
+        for i, sample in enumerate(samples):
+            torch.sub(sample, reference, out=augmented[:width])
+            product.addmm_(augmented, augmented.T)
+            if (i + 1) % per_block == 0 or i + 1 == len(samples):
+                self.sums += product
+                product.zero_()
+
+    def _add_blocks(self, samples: torch.Tensor) -> None:
+        """Sums of ``(N, rows, width)`` samples, :data:`BLOCK_ROWS` points per product:
+        on the CPU one cache-sized chunk at a time, on an accelerator the whole batch in
+        one batched product."""
+        count, rows, width = samples.shape
+        per_chunk = (max(1, BLOCK_ROWS // rows) if samples.device.type == "cpu"
+                     else len(samples))
+        total = min(count, per_chunk) * rows
+        blocks = -(-total // BLOCK_ROWS)
+        # padding rows stay zero, constant included, and so add nothing
+        buffer = torch.zeros(blocks * min(total, BLOCK_ROWS), width + 1, dtype=torch.float32,
+                             device=samples.device)
+        for start in range(0, count, per_chunk):
+            chunk = samples[start:start + per_chunk]
+            used = len(chunk) * rows
+            torch.sub(chunk, self.reference, out=buffer[:used, :width].view(chunk.shape))
+            buffer[:used, width] = 1.0
+            if used < len(buffer):
+                buffer[used:] = 0.0
+            blocked = buffer.view(blocks, -1, width + 1)
+            self.sums += torch.bmm(blocked.transpose(1, 2), blocked).sum(0, dtype=torch.float64)
+
+    def mean(self) -> torch.Tensor:
+        """``(width,)`` float64 mean of the points added."""
+        return self.reference.to(torch.float64) + self.sums[-1, :-1] / self.count
+
+    def covariance(self) -> torch.Tensor:
+        """``(width, width)`` float64 covariance, delve's (centred, divided by ``n``)."""
+        shift = self.sums[:-1, -1] / self.count
+        return self.sums[:-1, :-1] / self.count - torch.outer(shift, shift)
+
+    def moved_to(self, reference: torch.Tensor) -> "LayerMoments":
+        """The same sums taken around another ``reference`` (float64 algebra, exact up
+        to rounding): ``d' = d - δ`` with ``δ = reference - self.reference``."""
+        delta = reference.to(torch.float64) - self.reference.to(torch.float64)
+        move = torch.eye(self.width + 1, dtype=torch.float64, device=self.sums.device)
+        move[:-1, -1] = -delta
+        return LayerMoments(reference, move @ self.sums @ move.T, self.count)
+
+
+@contextmanager
+def _ieee_float32(device: torch.device) -> Iterator[None]:
+    """Float32 products at full float32 precision inside: on CUDA, TF32 (10-bit
+    mantissa, which a user or plugin may have switched on) would cost the covariance
+    three digits."""
+    if device.type != "cuda":
+        yield
+        return
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
+
+
+def _reduce_moments(layers: Sequence[str], moments: Mapping[str, LayerMoments],
+                    device: torch.device) -> dict[str, LayerMoments]:
+    """Every process's ``moments`` of ``layers`` summed over the process group.
+
+    Three collectives, whatever the number of layers: counts and widths (a process may
+    hold no sums of a layer its inputs never reached), the count-weighted mean of the
+    references, then the sums moved to that common reference.
+    """
+    meta = torch.zeros(len(layers), 3, dtype=torch.float64, device=device)
+    for i, name in enumerate(layers):
+        if name in moments and moments[name].count:
+            meta[i] = torch.tensor([moments[name].count, moments[name].width, 1.0],
+                                   dtype=torch.float64)
+    dist.all_reduce(meta)
+    present = {name: (int(count), round(width / processes))
+               for name, (count, width, processes) in zip(layers, meta.tolist()) if count}
+
+    def gathered(size: Callable[[int], int],
+                 part: Callable[[str, LayerMoments], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``part`` of every present layer, zeros where this process has none, summed."""
+        pieces = [part(name, moments[name]).flatten()
+                  if name in moments and moments[name].count
+                  else torch.zeros(size(width), dtype=torch.float64, device=device)
+                  for name, (_, width) in present.items()]
+        flat = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64,
+                                                            device=device)
+        dist.all_reduce(flat)
+        return dict(zip(present, flat.split([size(width) for _, width in present.values()])))
+
+    weighted = gathered(lambda width: width,
+                        lambda name, m: m.reference.to(torch.float64) * m.count)
+    references = {name: (weighted[name] / count).to(torch.float32)
+                  for name, (count, _) in present.items()}
+    sums = gathered(lambda width: (width + 1) ** 2,
+                    lambda name, m: m.moved_to(references[name]).sums)
+    return {name: LayerMoments(references[name], sums[name].view(width + 1, width + 1), count)
+            for name, (count, width) in present.items()}
 
 
 def _samples_first(module: nn.Module, output: Any) -> torch.Tensor:
@@ -242,7 +427,12 @@ class SaturationTracker:
 
         with tracker.track("eval", model):
             ...  # forward every batch of the eval split
+            tracker.all_reduce()  # several processes: sum their passes (else a no-op)
         row.update(tracker.columns("eval"))
+
+    A pass interrupted by a mid-epoch checkpoint continues exactly: inside its
+    ``track`` context, :meth:`pass_state` gives the sums so far; after resuming,
+    :meth:`load_pass_state` right after entering ``track`` again restores them.
     """
 
     def __init__(self, config: SaturationConfig | dict[str, Any] | None, model: nn.Module,
@@ -256,33 +446,43 @@ class SaturationTracker:
                 raise UserError(f"saturation.splits: unknown pass(es) {unknown}; this run has "
                                 f"{', '.join(passes)}")
             self.passes = [p for p in passes if p in (self.config.splits or passes)]
-        # pass -> layer name -> delve accumulator, kept until the pass is tracked again
-        self._accumulators: dict[str, dict[str, Any]] = {}
+        # pass -> layer name -> sums, kept until the pass is tracked again
+        self._moments: dict[str, dict[str, LayerMoments]] = {}
         self._layers: dict[str, list[str]] = {}
-        self._seen: dict[str, int] = {}
+        self._seen: dict[str, dict[str, int]] = {}  # samples taken per layer (max_samples)
+        self._device: dict[str, torch.device] = {}
+        self._open: list[str] = []  # passes whose track() context is running
+        self._last: str | None = None
+        self._reduced: set[str] = set()
         self._spectra: dict[str, dict[str, np.ndarray]] = {}
 
     @contextmanager
     def track(self, split: str, model: nn.Module) -> Iterator[None]:
         """Accumulate the covariances of ``split`` over every forward of ``model`` inside.
 
-        Starts the pass's accumulators afresh; does nothing for an untracked pass.
-        ``model`` may be a different object from the constructor's (an eval copy) as
-        long as its layers have the same names.
+        Starts the pass's sums afresh; does nothing for an untracked pass. ``model``
+        may be a different object from the constructor's (an eval copy) as long as its
+        layers have the same names.
         """
         if split not in self.passes:
             yield
             return
         layers = measured_layers(model, self.config.layers, TRACKED_TYPES)
         self._layers[split] = [name for name, _ in layers]
-        self._accumulators[split] = {}
+        self._moments[split] = {}
+        self._seen[split] = {name: 0 for name, _ in layers}
+        self._device[split] = next(itertools.chain(model.parameters(), model.buffers()),
+                                   torch.empty(0)).device
+        self._reduced.discard(split)
         self._spectra.pop(split, None)
-        self._seen = {name: 0 for name, _ in layers}
+        self._last = split
         handles = [module.register_forward_hook(self._hook(split, name))
                    for name, module in layers]
+        self._open.append(split)
         try:
             yield
         finally:
+            self._open.remove(split)
             for handle in handles:
                 handle.remove()
 
@@ -293,18 +493,79 @@ class SaturationTracker:
 
     @torch.no_grad()
     def _record(self, split: str, name: str, output: torch.Tensor) -> None:
-        from delve import TorchCovarianceMatrix
-
         limit = self.config.max_samples
-        take = len(output) if limit is None else min(len(output), limit - self._seen[name])
+        seen = self._seen[split]
+        take = len(output) if limit is None else min(len(output), limit - seen[name])
         if take <= 0:
             return
-        self._seen[name] += take
-        rows = feature_matrix(output[:take].detach(), self.config)
-        accumulators = self._accumulators[split]
-        if name not in accumulators:
-            accumulators[name] = TorchCovarianceMatrix(device=rows.device)
-        accumulators[name].update(rows, vae=False)
+        seen[name] += take
+        points = feature_points(output[:take].detach(), self.config)
+        moments = self._moments[split]
+        if name not in moments:
+            moments[name] = LayerMoments.around(points)
+        moments[name].add(points)
+
+    def pass_state(self) -> dict[str, Any]:
+        """The sums of every pass whose :meth:`track` context is running, for a
+        mid-epoch checkpoint.
+
+        Returns:
+            ``{pass: {"layers": {layer: {"reference", "sums", "count"}}, "seen":
+            {layer: samples}}}``: CPU copies of the float64 sums and float32 references,
+            and ints; plain enough for ``torch.load(..., weights_only=True)``. ``{}``
+            outside a tracked pass.
+        """
+        return {split: {"layers": {name: {"reference": _cpu_copy(m.reference),
+                                          "sums": _cpu_copy(m.sums), "count": m.count}
+                                   for name, m in self._moments[split].items()},
+                        "seen": dict(self._seen[split])}
+                for split in self._open}
+
+    def load_pass_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`pass_state` returned, right after entering :meth:`track`
+        of the same pass (before its first batch); continuing the pass then gives the
+        covariances, bit for bit, of a pass never interrupted.
+
+        Raises:
+            ValueError: a pass in ``state`` is not being tracked now, or names a layer
+                it does not track.
+        """
+        for split, saved in state.items():
+            if split not in self._open:
+                raise ValueError(f"saturation state of pass {split!r} loaded outside "
+                                 f"'with tracker.track({split!r}, model)'")
+            unknown = sorted(set(saved["seen"]) - set(self._layers[split]))
+            if unknown:
+                raise ValueError(f"saturation state of pass {split!r} has layers {unknown} "
+                                 f"this pass does not track")
+            device = self._device[split]
+            self._moments[split] = {
+                name: LayerMoments(layer["reference"].to(device), layer["sums"].to(device),
+                                   int(layer["count"]))
+                for name, layer in saved["layers"].items()}
+            self._seen[split].update({name: int(n) for name, n in saved["seen"].items()})
+            self._spectra.pop(split, None)
+
+    def all_reduce(self) -> None:
+        """Sum the sums of every pass being tracked (or, outside :meth:`track`, of the
+        last pass tracked) over the processes of ``torch.distributed``, so every
+        process then reports the statistics of all their samples together.
+
+        Call it on every process at the end of the pass, once: a second call for the
+        same pass does nothing. A no-op without an initialized process group. Each
+        process takes its sums around its own reference; they are moved to one common
+        reference (the count-weighted mean of the processes' references) before adding,
+        so the result equals one process tracking every sample up to float32 rounding
+        of the products.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        current = list(self._open) if self._open else [self._last] if self._last else []
+        for split in (s for s in current if s not in self._reduced):
+            self._moments[split] = _reduce_moments(self._layers[split], self._moments[split],
+                                                   self._device[split])
+            self._reduced.add(split)
+            self._spectra.pop(split, None)
 
     def moments(self, split: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{layer: (mean (width,), covariance (width, width))}`` of the last ``split`` pass.
@@ -314,10 +575,9 @@ class SaturationTracker:
         """
         out = {}
         for name in self._layers.get(split, []):
-            acc = self._accumulators[split].get(name)
-            if acc is not None:
-                # delve keeps the running sum and count private; fix() gives the covariance
-                out[name] = (acc._avg / acc._tlen, acc.fix())
+            layer = self._moments[split].get(name)
+            if layer is not None and layer.count:
+                out[name] = (layer.mean(), layer.covariance())
         return out
 
     def spectra(self, split: str) -> dict[str, np.ndarray]:
