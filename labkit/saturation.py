@@ -123,6 +123,9 @@ BLOCK_ROWS = 4096
 # per-sample products straight from the (C, H*W) layout need enough pixels per product
 # to run at the speed of one large one; smaller maps are transposed block by block
 NATIVE_MIN_PIXELS = 64
+# devices that work through a batch in cache-sized chunks; elsewhere (accelerators,
+# where every kernel launch costs) the whole batch goes into one batched product
+CHUNKED_DEVICE_TYPES = {"cpu"}
 
 
 def feature_points(output: torch.Tensor, config: SaturationConfig) -> torch.Tensor:
@@ -205,11 +208,12 @@ class LayerMoments:
             return
         native = points.dim() == 4 and points.permute(0, 3, 1, 2).is_contiguous()
         with _ieee_float32(points.device):
-            if native and rows >= NATIVE_MIN_PIXELS and points.device.type == "cpu":
+            chunked = points.device.type in CHUNKED_DEVICE_TYPES
+            if chunked and native and rows >= NATIVE_MIN_PIXELS:
                 self._add_channel_major(points.permute(0, 3, 1, 2).reshape(
                     len(points), self.width, rows))
             else:
-                self._add_blocks(points.reshape(len(points), rows, self.width))
+                self._add_blocks(points.reshape(len(points), rows, self.width), chunked)
 
     def _add_float64(self, points: torch.Tensor) -> None:
         """Sums of ``(N, width)`` points, one per sample, in one float64 product."""
@@ -234,13 +238,12 @@ class LayerMoments:
                 self.sums += product
                 product.zero_()
 
-    def _add_blocks(self, samples: torch.Tensor) -> None:
+    def _add_blocks(self, samples: torch.Tensor, chunked: bool) -> None:
         """Sums of ``(N, rows, width)`` samples, :data:`BLOCK_ROWS` points per product:
-        on the CPU one cache-sized chunk at a time, on an accelerator the whole batch in
-        one batched product."""
+        ``chunked``, one block at a time (it stays in cache), else every block of the
+        batch in one batched product."""
         count, rows, width = samples.shape
-        per_chunk = (max(1, BLOCK_ROWS // rows) if samples.device.type == "cpu"
-                     else len(samples))
+        per_chunk = max(1, BLOCK_ROWS // rows) if chunked else count
         total = min(count, per_chunk) * rows
         blocks = -(-total // BLOCK_ROWS)
         # padding rows stay zero, constant included, and so add nothing
@@ -532,8 +535,9 @@ class SaturationTracker:
         """
         for split, saved in state.items():
             if split not in self._open:
-                raise ValueError(f"saturation state of pass {split!r} loaded outside "
-                                 f"'with tracker.track({split!r}, model)'")
+                raise ValueError(f"saturation state of pass {split!r} must be loaded inside "
+                                 f"'with tracker.track({split!r}, model)', before its first "
+                                 f"batch")
             unknown = sorted(set(saved["seen"]) - set(self._layers[split]))
             if unknown:
                 raise ValueError(f"saturation state of pass {split!r} has layers {unknown} "

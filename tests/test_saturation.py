@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import checkpoint, engine, runinfo
+from labkit import checkpoint, engine, runinfo, saturation
 from labkit.build import build_component
 from labkit.commands.common import load_runs
 from labkit.errors import UserError
@@ -420,3 +420,99 @@ def test_resume_with_tracking_is_exact_and_tracking_does_not_change_training(
     ref_log = pd.read_csv(reference.directory / runinfo.LOG_CSV).drop(columns="epoch_seconds")
     res_log = pd.read_csv(resumed.directory / runinfo.LOG_CSV).drop(columns="epoch_seconds")
     pd.testing.assert_frame_equal(ref_log, res_log)
+
+
+# ---------------------------------------------------------------- float32 products, pass state
+
+def offset_conv(in_channels=3, channels=8, offset=1000.0) -> nn.Sequential:
+    """A conv (layer "0") whose outputs sit near ``offset`` with a spread near 1, every
+    channel at a different mean, as after a layer without normalisation."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(0.5)
+        conv.bias.copy_(offset * (1 + torch.arange(channels) / channels))
+    return nn.Sequential(conv)
+
+
+@pytest.mark.parametrize("size, layout, block_rows, chunked", [
+    (16, torch.contiguous_format, 4096, {"cpu"}),   # per-sample products, 2 flushes a batch
+    (4, torch.contiguous_format, 4096, {"cpu"}),    # small maps: transposed blocks
+    (16, torch.channels_last, 4096, {"cpu"}),       # a channels_last network: blocks
+    (4, torch.contiguous_format, 40, {"cpu"}),      # many chunks a batch, a padded block
+    (6, torch.contiguous_format, 40, set()),        # accelerator plan: one batched product
+])
+def test_float32_products_keep_a_covariance_far_below_its_mean(
+        monkeypatch, size, layout, block_rows, chunked):
+    # means near 1000 and spreads near 1: E[xx^T] - mu mu^T summed in float32 without
+    # the shift would lose every digit (float32 resolves 1e6 to about 0.06)
+    monkeypatch.setattr(saturation, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(saturation, "CHUNKED_DEVICE_TYPES", chunked)
+    model = offset_conv().to(memory_format=layout)
+    tracker = SaturationTracker({"stats": ["idim", "trc"]}, model, ["eval"])
+    store, handles = capture(model)
+    with tracker.track("eval", model), torch.no_grad():
+        for x in shifting_batches((32, 3, size, size), n_batches=3):
+            model(x.contiguous(memory_format=layout))
+    for h in handles:
+        h.remove()
+    everything = np.concatenate([numpy_rows(o) for o in store["0"]])
+    assert everything.mean() > 900 and numpy_cov(everything).max() < 100
+    mean, cov = (t.numpy() for t in tracker.moments("eval")["0"])
+    assert_moments_match(mean, cov, everything)
+    assert_columns_match(tracker.columns("eval"), "eval", "0", numpy_cov(everything), 0.99,
+                         ["idim", "trc"])
+
+
+@pytest.mark.parametrize("max_samples", [None, 100])
+def test_a_pass_resumed_from_its_state_is_bit_identical(tmp_path, max_samples):
+    model = small_cnn().train()
+    config = {"max_samples": max_samples, "conv_method": "channelwise"}
+    batches = shifting_batches((32, 1, 8, 8), n_batches=6)
+    whole = SaturationTracker(config, model, ["train", "eval"])
+    with whole.track("train", model), torch.no_grad():
+        for x in batches:
+            model(x)
+
+    first = SaturationTracker(config, model, ["train", "eval"])
+    assert first.pass_state() == {}  # no pass running
+    with first.track("train", model), torch.no_grad():
+        for x in batches[:3]:
+            model(x)
+        torch.save(first.pass_state(), tmp_path / "partial.pt")
+    state = torch.load(tmp_path / "partial.pt", weights_only=True)
+    assert set(state) == {"train"}
+    second = SaturationTracker(config, model, ["train", "eval"])
+    with second.track("train", model), torch.no_grad():
+        second.load_pass_state(state)
+        for x in batches[3:]:
+            model(x)
+
+    expected, got = whole.moments("train"), second.moments("train")
+    assert list(got) == list(expected) == ["0", "2", "6"]
+    for layer, (mean, cov) in expected.items():
+        assert torch.equal(got[layer][0], mean) and torch.equal(got[layer][1], cov), layer
+    assert second.columns("train") == whole.columns("train")
+    # the state really carried the first half: the second half alone differs
+    alone = SaturationTracker(config, model, ["train", "eval"])
+    with alone.track("train", model), torch.no_grad():
+        for x in batches[3:]:
+            model(x)
+    assert not torch.allclose(alone.moments("train")["2"][1], expected["2"][1])
+
+
+def test_pass_state_is_loaded_inside_its_pass_only():
+    model = small_cnn()
+    tracker = SaturationTracker({}, model, ["train", "eval"])
+    with tracker.track("train", model), torch.no_grad():
+        model(torch.randn(4, 1, 8, 8))
+        state = tracker.pass_state()
+    with pytest.raises(ValueError, match=r"inside 'with tracker\.track\('train'"):
+        tracker.load_pass_state(state)
+    with tracker.track("eval", model), pytest.raises(ValueError, match="inside"):
+        tracker.load_pass_state(state)
+    off = SaturationTracker(None, model, ["train"])
+    with off.track("train", model):
+        assert off.pass_state() == {}
+        off.load_pass_state({})
+    off.all_reduce()  # no process group: nothing to do
