@@ -168,10 +168,12 @@ class DinoParams(BaseModel):
     @field_validator("clip_grad")
     @classmethod
     def _clipping_moved(cls, value: float | None) -> None:
-        hint = ('leave "clip_grad_norm" out (no clipping)' if not value
-                else f'give "clip_grad_norm": {value} at the top level of the spec')
-        raise ValueError("gradient clipping moved from the dino method to the engine: "
-                         f"remove method.clip_grad and {hint} (DINO's recipe: 3.0)")
+        if value:
+            fix = f'replace it by the top-level "clip_grad_norm": {value}'
+        else:
+            fix = ('remove it (no clipping is the default; DINO\'s recipe is the top-level '
+                   '"clip_grad_norm": 3.0)')
+        raise ValueError(f"gradient clipping moved from the dino method to the engine: {fix}")
 
     @field_validator("teacher_eval")
     @classmethod
@@ -317,7 +319,8 @@ class Dino(Method):
         return {"model": self.context.model, "head": self.student.head, "teacher": self.teacher}
 
     def parameters(self):
-        # DINO leaves biases and normalisation weights (1-d) out of weight decay
+        # DINO leaves biases and normalisation weights (1-d) out of weight decay (the
+        # engine's weight_decay_schedule, though, sets every group's decay)
         named = self.student.dino_parameters()
         groups = [{"params": [q for _, q in named if q.ndim > 1]},
                   {"params": [q for _, q in named if q.ndim <= 1], "weight_decay": 0.0}]
