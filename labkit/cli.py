@@ -93,12 +93,18 @@ def cli() -> None:
 @click.option("--array-parallelism", type=click.IntRange(min=1), default=None,
               help="array tasks running at once")
 @click.option("--wait", is_flag=True, help="slurm: wait for the job array and report the states")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="processes that train each run together (one per GPU, or CPU processes); "
+                   "the same as --set nproc=N")
 @SET_OPTION
 def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
         jobs: int | None, launcher: str | None, partition: str | None,
         gpus_per_task: int | None, cpus_per_task: int | None, time_min: int | None,
-        array_parallelism: int | None, wait: bool, overrides: tuple[str, ...]) -> None:
+        array_parallelism: int | None, wait: bool, nproc: int | None,
+        overrides: tuple[str, ...]) -> None:
     """Train every run of SPEC; finished runs are skipped, unfinished ones resumed."""
+    if nproc is not None:
+        overrides = (*overrides, f"nproc={nproc}")
     runs = load_runs(spec, run_id, device, overrides)
     click.echo(plan_table(runs).to_string(index=False))
     if dry_run:

@@ -20,14 +20,16 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from labkit import checkpoint, runinfo
+from labkit import checkpoint, distributed, runinfo
 from labkit.atomic import write_text
 from labkit.errors import UserError
 from labkit.build import build_component, build_scheduler, make_metrics, seed_everything
-from labkit.data.seeded import SeededSampler, SeededSamples
+from labkit.data.device_loader import device_loader
+from labkit.data.seeded import SeededSampler, SeededSamples, ShardedBatches
 from labkit.evaluation import evaluate, to_device
 from labkit.identity import RunConfig
 from labkit.methods.base import Method, RunContext
@@ -68,8 +70,10 @@ class Stepper:
         device: where the run computes.
         method: the training method, whose ``before_optimizer_step`` and ``after_step``
             hooks frame every step; its ``context.step`` is the clock this counts.
-        weight_decay: a number or :class:`~labkit.schedules.Schedule` set as every
-            parameter group's weight decay before each step; ``None``: the optimizer's.
+        weight_decay: a number or :class:`~labkit.schedules.Schedule` set as the weight
+            decay of every parameter group that has one (groups built with 0, such as
+            biases and norms in DINO's recipe, keep 0) before each step; ``None``: the
+            optimizer's.
 
     One step: average the accumulated gradients, unscale them (16-mixed),
     ``method.before_optimizer_step()``, clip, set the scheduled weight decay, step the
@@ -86,6 +90,9 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
         self.samples = 0  # of the step being accumulated
         self.scheduler: Any = None  # a learning-rate schedule stepped after every step
+        # several processes: each sums its shard's losses; the sums are reduced per step
+        self.distributed = distributed.world_size() > 1
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
 
     @property
     def clock(self) -> RunContext:
@@ -98,17 +105,34 @@ class Stepper:
 
     def backward(self, loss: torch.Tensor, batch_size: int) -> None:
         """Back-propagate one micro-batch's mean loss."""
-        if self.accumulate > 1:  # sum over samples now; divided by the step's count later
+        if self.accumulate > 1 or self.distributed:  # summed now; divided by the step's count
             loss = loss * batch_size
         self.scaler.scale(loss).backward()
         self.samples += batch_size
+        if self.distributed:
+            self.loss_sum += loss.detach().double().cpu()
 
     def step(self) -> None:
-        """The optimizer step of the accumulated micro-batches."""
-        if self.accumulate > 1:
+        """The optimizer step of the accumulated micro-batches (of every process).
+
+        Raises:
+            RunFailed: the step's loss, summed over the processes, is not finite (all
+                processes raise together).
+        """
+        samples = self.samples
+        if self.distributed:
+            grads = [p.grad for p in self.parameters if p.grad is not None]
+            totals = torch.tensor([float(samples), float(self.loss_sum)], dtype=torch.float64)
+            distributed.all_reduce_sum([*grads, totals])
+            samples, loss = int(totals[0]), float(totals[1])
+            self.loss_sum.zero_()
+            if not math.isfinite(loss):
+                raise RunFailed(f"non-finite training loss ({loss / samples}) at optimizer step "
+                                f"{self.clock.step + 1}; lower the learning rate or check the data")
+        if self.accumulate > 1 or self.distributed:
             for p in self.parameters:
                 if p.grad is not None:
-                    p.grad.div_(self.samples)
+                    p.grad.div_(samples)
         self.scaler.unscale_(self.optimizer)  # a no-op unless 16-mixed
         self.method.before_optimizer_step()
         if self.clip is not None:
@@ -118,7 +142,8 @@ class Stepper:
             decay = value_at(self.weight_decay, clock.step, clock.steps_per_epoch,
                              clock.total_steps)
             for group in self.optimizer.param_groups:
-                group["weight_decay"] = decay
+                if group.get("weight_decay"):  # a group built without decay keeps none
+                    group["weight_decay"] = decay
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -190,7 +215,7 @@ def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
         with stepper.autocast():
             result = method.training_step(layout(batch) if layout else batch)
         loss = result.loss.item()
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) and not stepper.distributed:  # else: checked summed
             raise RunFailed(f"non-finite training loss ({loss}) at epoch {epoch}, "
                             f"step {position.batches + 1}; lower the learning rate or check "
                             f"the data")
@@ -207,9 +232,23 @@ def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
                 break
             if on_step is not None and position.batches < batches:
                 on_step(position)
-    stats = {"loss": position.loss_sum / position.seen}
+    totals = reduce_pass(position, metrics)
+    stats = {"loss": totals.loss_sum / totals.seen}
     stats.update({name: m.compute() for name, m in metrics.items()})
     return stats
+
+
+def reduce_pass(position: EpochPosition, metrics: dict[str, Any]) -> EpochPosition:
+    """The pass's loss sum and sample count over every process, and each metric's counts
+    summed in place (unchanged in a one-process run)."""
+    if not distributed.active():
+        return position
+    states = {name: m.state_dict() for name, m in metrics.items()}
+    totals = torch.tensor([position.loss_sum, float(position.seen)], dtype=torch.float64)
+    distributed.all_reduce_sum([totals, *(t for s in states.values() for t in s.values())])
+    for name, metric in metrics.items():
+        metric.load_state_dict(states[name])
+    return EpochPosition(position.batches, float(totals[0]), int(totals[1]), position.seconds)
 
 
 def saturation_view(run_dir: Path, history: list[dict[str, Any]],
@@ -264,7 +303,10 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
         runinfo.write_config(run_dir, run, registries.plugin_versions)
         runinfo.write_status(run_dir, "running")
         try:
-            _train(run, registries, torch.device(device), progress)
+            if run.config["nproc"] > 1 and not distributed.active():
+                train_on_processes(run, registries, device, progress)
+            else:
+                _train(run, registries, torch.device(device), progress)
         except UserError as exc:  # a mistake found only now (a missing dataset): recorded
             runinfo.write_status(run_dir, "failed", reason=str(exc))
             raise
@@ -288,6 +330,57 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
     if failed:
         return "failed"
     return "skipped" if final is not None else "finished"
+
+
+def train_on_processes(run: RunConfig, registries: Registries, device: str,
+                       progress: bool) -> None:
+    """Train ``run`` with ``nproc`` processes (see :mod:`labkit.distributed`), started
+    like ``torchrun --standalone``; this process holds the run's lock meanwhile and runs
+    the analyses afterwards.
+
+    Raises:
+        UserError: the registries cannot be rebuilt in another process, or a process
+            met a user mistake (its message).
+        RunFailed: a process failed (the reason the run's status records).
+    """
+    if registries.rebuild is None:
+        raise UserError("these registries hold components registered in this process only, "
+                        "which other processes cannot see; train with nproc 1, or register "
+                        "the plugin through an entry point")
+    try:
+        distributed.launch(_rank_main, run.config["nproc"], run.config, run.run_id, device,
+                           progress, registries.rebuild)
+    except ChildFailedError as exc:
+        status = runinfo.read_status(run.directory)
+        if status.get("state") == "failed" and status.get("reason"):
+            if status.get("mistake"):
+                raise UserError(status["reason"]) from None
+            raise RunFailed(status["reason"]) from None
+        first = next(iter(exc.failures.values()), None)
+        raise RunFailed(f"a training process failed: {first.message if first else exc}") from None
+
+
+@record
+def _rank_main(config: dict[str, Any], run_id: str, device: str, progress: bool,
+               rebuild: Callable[[], Registries]) -> None:
+    """One process of a run on several: join the group, train, leave. Rank 0 records
+    a failure's reason in the run's status (``mistake`` for a user mistake)."""
+    run = RunConfig(config, run_id)
+    try:
+        device = distributed.init(device)
+        with intra_op_threads(config["threads"]):
+            _train(run, rebuild(), torch.device(device), progress and distributed.is_main())
+    except Exception as exc:  # noqa: BLE001 - recorded; the launcher reports the run failed
+        if distributed.is_main():
+            reason = str(exc) if isinstance(exc, (RunFailed, UserError)) else \
+                f"{type(exc).__name__}: {exc}"
+            runinfo.write_status(run.directory, "failed", reason=reason,
+                                 mistake=isinstance(exc, UserError))
+            if not isinstance(exc, UserError):
+                (run.directory / "error.txt").write_text(traceback.format_exc())
+        raise SystemExit(2 if isinstance(exc, UserError) else 1) from None
+    finally:
+        distributed.shutdown()
 
 
 def _final_state(run: RunConfig) -> dict[str, Any] | None:
@@ -449,19 +542,31 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         model = model.to(memory_format=torch.channels_last)
     context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress)
     method: Method = build_component(registries, "methods", config["method"], context=context)
-    parameters = list(method.parameters())
     optimizer = build_component(registries, "optimizers", scaled_lr(config),
-                                params=parameters)
+                                params=method.parameters())
+    # a method may give parameter groups (DINO: with and without weight decay)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     stepper = Stepper(optimizer, parameters, config["accumulate"], config["clip_grad_norm"],
                       config["precision"], device, method, config["weight_decay_schedule"])
     order = torch.Generator().manual_seed(config["seed"])
     train_set = method.train_dataset(data.train)
     sampler = SeededSampler(len(train_set), order)
-    train_loader = DataLoader(
-        SeededSamples(train_set), batch_size=config["batch_size"], sampler=sampler,
-        num_workers=config["num_workers"],
-        # a last batch of one sample breaks BatchNorm in training mode
-        drop_last=len(train_set) % config["batch_size"] == 1)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0  # the process that writes the run's files
+    if config["data_loader"] == "device":  # one process (the spec checks)
+        train_loader = device_loader(train_set, config["batch_size"], order, device,
+                                     drop_last=len(train_set) % config["batch_size"] == 1)
+        sampler = train_loader.sampler  # a resume sets sampler.start as for the DataLoader
+    elif world == 1:
+        train_loader = DataLoader(
+            SeededSamples(train_set), batch_size=config["batch_size"], sampler=sampler,
+            num_workers=config["num_workers"],
+            # a last batch of one sample breaks BatchNorm in training mode
+            drop_last=len(train_set) % config["batch_size"] == 1)
+    else:  # batch_size divides by world, no mid-epoch checkpoints (the spec checks)
+        train_loader = DataLoader(
+            SeededSamples(train_set), num_workers=config["num_workers"],
+            batch_sampler=ShardedBatches(sampler, config["batch_size"], rank, world))
     batches = len(train_loader)
     if batches == 0:
         raise UserError(f"the training set has {len(train_set)} sample(s), fewer than one "
@@ -478,7 +583,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     eval_loaders = {split: DataLoader(ds, batch_size=config["eval_batch_size"],
                                       num_workers=config["num_workers"])
                     for split, ds in data.evals.items()}
-    runinfo.write_computational_info(run_dir, model, data, config, device)
+    if main:
+        runinfo.write_computational_info(run_dir, model, data, config, device)
     # covariances live for one pass only; a mid-epoch checkpoint keeps the training pass's
     saturation = SaturationTracker(config["saturation"], model, [TRAIN_PASS, *eval_loaders])
     midway = MidEpochCheckpoints(config)
@@ -506,16 +612,21 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         context.step = int(state.get("step", start * context.steps_per_epoch))
         history = saturation_view(run_dir, state["history"], config["saturation"])
         resumed = state.get("partial")
+        if world > 1:  # every process continues its own random streams
+            state["rng"] = state["rng_ranks"][rank]
         if resumed is None:
             checkpoint.set_rng_state(state["rng"])
-            print(f"{run.name}: resuming after epoch {start}", file=sys.stderr, flush=True)
-        else:
-            print(f"{run.name}: resuming epoch {start + 1} after {resumed['batches']} of "
-                  f"{batches} batches", file=sys.stderr, flush=True)
-    runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions)
+        if main:
+            print(f"{run.name}: resuming " + (f"after epoch {start}" if resumed is None else
+                  f"epoch {start + 1} after {resumed['batches']} of {batches} batches"),
+                  file=sys.stderr, flush=True)
+    elif world > 1:  # the same weights everywhere, other dropout masks per process
+        torch.manual_seed(config["seed"] * 7919 + rank)
+    if main:
+        runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions)
     evaluated = eval_module_name(method)
 
-    def snapshot(epoch_done: int) -> dict[str, Any]:
+    def snapshot(epoch_done: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "run_hash": run.hash,
             "eval_module": evaluated,
@@ -528,7 +639,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             "method": method.state_dict(),
             "scaler": stepper.scaler.state_dict(),
             "data_order": order.get_state(),
-            "rng": checkpoint.rng_state(),
+            "rng": rngs[0],
+            **({"rng_ranks": rngs} if world > 1 else {}),
             "best": best,
         }
 
@@ -559,7 +671,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                        "metrics": {name: m.state_dict() for name, m in metrics.items()},
                        "saturation": saturation.pass_state(), "data_order": epoch_order,
                        "lr": lr}
-            checkpoint.save_partial(ckpt_dir, {**snapshot(epoch - 1), "partial": partial})
+            checkpoint.save_partial(ckpt_dir, {**snapshot(epoch - 1, [checkpoint.rng_state()]),
+                                               "partial": partial})
             midway.saved()
 
         with saturation.track(TRAIN_PASS, model):
@@ -567,10 +680,11 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                 saturation.load_pass_state(resumed["saturation"])
                 resumed = None
             train_stats = train_one_epoch(
-                method, train_loader, stepper, metrics, device, epoch, progress, position,
-                batches, save_midway if midway.enabled else None,
+                method, train_loader, stepper, metrics, device, epoch, progress and main,
+                position, batches, save_midway if midway.enabled else None,
                 channels_last if config["channels_last"] else None, on_start)
-            saturation.all_reduce()
+            saturation.all_reduce()  # the covariances of every process's shards
+        distributed.broadcast_buffers(list(method.modules().values()))
         extra = method.end_epoch(epoch)
         method.train(False)
         row: dict[str, Any] = {"epoch": epoch, "lr": lr}
@@ -581,7 +695,6 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                 stats = evaluate(method.eval_model(), loader,
                                  make_metrics(registries, config["metrics"], data.num_classes),
                                  device)
-                saturation.all_reduce()
             row.update({f"{split}-{k}": v for k, v in stats.items()})
             row.update(saturation.columns(split))
         row.update(extra)
@@ -589,20 +702,27 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         if scheduler is not None and not per_step:
             scheduler.step()
         history.append(row)
+        rngs = distributed.gather(checkpoint.rng_state())
+        improved = is_better(row, best, config["best_metric"], config["best_mode"])
+        if improved:
+            best = {"epoch": epoch, "metric": config["best_metric"],
+                    "value": float(row[config["best_metric"]])}
+        midway.saved()
+        if not main:
+            continue
         # before the checkpoint: a run killed in between redoes the epoch, its spectra
         # and its best checkpoint
         if saturation.passes:
             save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
-        if is_better(row, best, config["best_metric"], config["best_mode"]):
-            best = {"epoch": epoch, "metric": config["best_metric"],
-                    "value": float(row[config["best_metric"]])}
-            checkpoint.save_best(ckpt_dir, snapshot(epoch))
-        saved = checkpoint.save(ckpt_dir, epoch, snapshot(epoch), keep=config["keep_checkpoints"])
-        midway.saved()
+        if improved:
+            checkpoint.save_best(ckpt_dir, snapshot(epoch, rngs))
+        saved = checkpoint.save(ckpt_dir, epoch, snapshot(epoch, rngs),
+                                keep=config["keep_checkpoints"])
         if epoch == last_epoch and config["steps"] is not None:
             runinfo.mark_final(run, saved)
         write_log(run, history)
         runinfo.write_status(run_dir, "running", epoch=epoch, best=best)
+    distributed.barrier()  # the last checkpoint exists before any process reports done
 
 
 class MidEpochCheckpoints:

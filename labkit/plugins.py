@@ -118,6 +118,7 @@ def registries() -> Registries:
         pm = make_plugin_manager()
         _STATE["pm"] = pm
         _STATE["registries"] = fill_registries(pm)
+        _STATE["registries"].rebuild = registries  # type: ignore[attr-defined]
     return _STATE["registries"]  # type: ignore[return-value]
 
 
@@ -136,4 +137,6 @@ def use(*extra: object) -> Registries:
     pm = make_plugin_manager(extra)
     _STATE["pm"] = pm
     _STATE["registries"] = fill_registries(pm)
+    if not extra:  # entry points and built-ins: another process finds the same
+        _STATE["registries"].rebuild = registries  # type: ignore[attr-defined]
     return _STATE["registries"]  # type: ignore[return-value]

@@ -16,7 +16,7 @@ import fnmatch
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -179,6 +179,9 @@ class Registries:
         # {plugin name: version} of the plugins that registered here, set by the loader;
         # every run records it
         self.plugin_versions: dict[str, str] = {}
+        # a picklable zero-argument callable that builds the same registries in another
+        # process (a run on several processes needs it); None: only this process can
+        self.rebuild: Callable[[], Registries] | None = None
         for kind, registry in self._all.items():
             setattr(self, kind, registry)
 

@@ -20,7 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from labkit.errors import UserError
 from labkit.registry import UNTYPED, Registries
@@ -162,6 +163,12 @@ class Spec(BaseModel):
         False, description="train through torch.compile(model) (needs a working C++ "
                            "compiler on CPU, Triton on GPU); part of identity: fused "
                            "kernels round differently")
+    nproc: int = Field(
+        1, ge=1, description="processes that train each run together (torch.distributed: one "
+                             "per GPU with NCCL, or CPU processes with gloo); each computes "
+                             "batch_size / nproc samples of every batch; part of identity "
+                             "above 1 (BatchNorm statistics are per process, and sums are "
+                             "ordered otherwise)")
     data_loader: Literal["torch", "device"] = Field(
         "torch", description="torch: torchvision's per-image transforms in DataLoader "
                              "workers; device: the whole training set held on the run's "
@@ -184,6 +191,21 @@ class Spec(BaseModel):
         if Path(value).exists() and not Path(value).is_dir():
             raise ValueError(f"{value} is a file, not a folder; give a folder")
         return value
+
+    @model_validator(mode="after")
+    def _processes_can_share_the_run(self) -> "Spec":
+        if self.nproc == 1:
+            return self
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} does not split into {self.nproc} "
+                             f"equal shards; give a batch_size divisible by nproc {self.nproc}")
+        if self.checkpoint_steps or self.checkpoint_minutes:
+            raise ValueError("mid-epoch checkpoints are not supported with nproc > 1 yet; drop "
+                             "checkpoint_steps / checkpoint_minutes or set nproc to 1")
+        if self.data_loader == "device":
+            raise ValueError("data_loader \"device\" does not shard across processes yet; set "
+                             "\"data_loader\": \"torch\" or nproc to 1")
+        return self
 
     @field_validator("analyses", mode="before")
     @classmethod

@@ -78,3 +78,32 @@ class SeededSamples(Dataset):
             return [self.dataset[index] for index, _ in keys]
         finally:
             generator.set_state(state)
+
+
+class ShardedBatches(Sampler):
+    """This process's share of every training batch of a run on several processes.
+
+    The global batches are those of a one-process run: ``batch_size`` consecutive
+    samples of :class:`SeededSampler`'s order. Each is split into ``world`` contiguous
+    shards and shard ``rank`` is yielded (a list of ``(index, seed)`` keys, for
+    :class:`SeededSamples`). A last global batch too small to give every process two
+    samples is dropped (BatchNorm cannot train on one), the one-process rule for
+    ``world = 1``.
+    """
+
+    def __init__(self, sampler: SeededSampler, batch_size: int, rank: int, world: int):
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+
+    def _sizes(self) -> list[int]:
+        n, b = self.sampler.size, self.batch_size
+        sizes = [min(b, n - i) for i in range(0, n, b)]
+        return [s for s in sizes if s >= 2 * self.world]
+
+    def __len__(self) -> int:
+        return len(self._sizes())
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        keys = list(iter(self.sampler))
+        for start, size in zip(range(0, len(keys), self.batch_size), self._sizes()):
+            batch = keys[start:start + size]
+            yield batch[size * self.rank // self.world:size * (self.rank + 1) // self.world]
