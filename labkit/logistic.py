@@ -1,44 +1,267 @@
 """Multinomial logistic regression on memory-mapped arrays, streamed in chunks.
 
 The objective is scikit-learn's ``LogisticRegression(C=C)`` with the L-BFGS solver
-(multinomial, L2 penalty on the weights, none on the intercept), divided by the number
-of rows, which leaves its minimiser unchanged::
+(multinomial, L2 penalty on the weights, none on the intercept), on standardised features
+(mean 0, variance 1 from the training rows, as ``StandardScaler``), divided by the number
+of rows ``n``, which leaves its minimiser unchanged::
 
     f(W, b) = 1/n · Σ_i  -log softmax(W x_i + b)[y_i]  +  ||W||² / (2 C n)
 
-so a probe's numbers keep scikit-learn's meaning. Unlike scikit-learn, which needs the
-whole ``(rows, features)`` matrix in memory (and copies it to standardise it), every
-pass here reads the rows chunk by chunk from the memory map: memory stays at one chunk
-plus the weights whatever the number of rows (a pixelwise layer of 50 M rows included).
-The standardisation statistics come from one extra pass (float64 sums). L-BFGS is
-torch's, with strong-Wolfe line search; each evaluation of ``f`` and its gradient is a
-pass over the rows, on the given device (a GPU when the run has one).
+so a probe's numbers keep scikit-learn's meaning, and it stops as scikit-learn's does:
+when the largest absolute entry of the gradient of ``f`` falls below ``tol``.
+
+The rows are never all in memory (a pixelwise layer of 50 M rows included). A fit is:
+
+1. **Survey**, one pass over the rows: per-feature mean and variance and per-class sums
+   (float64), and a seeded uniform sample of at most :data:`SAMPLE_ROWS` rows
+   (:data:`SAMPLE_BYTES`) kept in memory, standardised. When the sample is every row,
+   the fit is plain full-batch L-BFGS in memory, and step 2 is skipped.
+2. **Sample-preconditioned passes.** L-BFGS to convergence on the sample's objective
+   (its mean loss plus the full penalty) gives a starting point; then each pass over all
+   rows computes the exact loss, gradient and train accuracy, stops when the gradient
+   test passes, and otherwise minimises the sample's objective plus the linear term that
+   makes its gradient equal the full gradient at the current point (a DANE step: the
+   sample's curvature, the full data's gradient). A sample of 10⁵ rows for ``C·(F+1)``
+   parameters has nearly the full Hessian, so each pass shrinks the gradient by a large
+   factor and two or three passes usually do. Should a pass not lower the loss, or the
+   gradient not pass after :data:`MAX_PASSES`, torch's L-BFGS takes over on the streamed
+   full objective from the best point.
+
+Every pass works on ``(classes, rows)`` logits, whose per-column softmax torch computes
+several times faster on CPU than the row-major ``cross_entropy`` (docs/probes.md), and
+needs no autograd: the gradient is ``(P - Y) X``, with ``Y X`` (the per-class sums) known
+from the survey. Everything runs on the given device (a GPU when the run has one).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 CHUNK_ROWS = 1 << 16
+"""Most rows read and computed at a time."""
+CHUNK_BYTES = 16 << 20
+"""Most bytes (float32) of a chunk: wide layers read fewer rows at a time."""
+SAMPLE_ROWS = 1 << 17
+"""Most rows of the in-memory sample (the whole layer when it has no more)."""
+SAMPLE_BYTES = 64 << 20
+"""Most bytes (float32) of the in-memory sample: wide layers keep fewer rows."""
+MAX_PASSES = 10
+"""Sample-preconditioned passes before streamed L-BFGS takes over."""
+SEED = 0
+"""Seed of the sample: a fit is repeatable."""
+INNER_TOL = 0.3
+"""The sample's fits stop at ``INNER_TOL · tol``: the passes over all rows decide."""
+
+
+def _chunk_rows(width: int) -> int:
+    """Rows of a chunk of ``width`` features."""
+    return max(1, min(CHUNK_ROWS, CHUNK_BYTES // (4 * width)))
+
+
+def _sample_rows(rows: int, width: int) -> int:
+    """Rows of the in-memory sample of a layer of ``rows`` rows and ``width`` features."""
+    return min(rows, SAMPLE_ROWS, max(1, SAMPLE_BYTES // (4 * width)))
+
+
+def peak_bytes(rows: int, width: int, classes: int) -> int:
+    """Upper estimate of the memory :func:`fit` allocates for a layer of ``rows`` rows,
+    ``width`` features and ``classes`` classes, beyond the process itself: the sample
+    three times over (its pieces, their concatenation, standardised) and a chunk's
+    temporaries (the float32 rows, centred and standardised copies, the logits and
+    their comparisons). Bounded whatever ``rows`` is."""
+    sample = 3 * _sample_rows(rows, width) * width * 4
+    chunk = _chunk_rows(width) * (3 * width + 3 * classes + 2) * 4
+    return sample + chunk + (1 << 20)
 
 
 def _chunks(features: np.ndarray, labels: np.ndarray, device: torch.device,
-            positions: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(x, y)`` float32 / int64 tensors on ``device``, about :data:`CHUNK_ROWS` rows at
-    a time. ``labels`` holds one label per image, whose ``positions`` rows are
-    consecutive (a pixelwise layer's rows are image-major), so no per-row label array
-    is ever built."""
-    images = max(1, CHUNK_ROWS // positions)
+            positions: int = 1) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(first row, x, image labels)``: float32 rows and int64 labels of the whole images
+    they hold, on ``device``, about :data:`CHUNK_ROWS` rows at a time. ``labels`` holds one
+    label per image, whose ``positions`` rows are consecutive (a pixelwise layer's rows
+    are image-major), so no per-row label array is ever built for the whole layer.
+    ``x`` may share memory with ``features``: never write into it."""
+    images = max(1, _chunk_rows(features.shape[1]) // positions)
     for first in range(0, len(labels), images):
-        rows = features[first * positions:(first + images) * positions]
-        x = torch.from_numpy(np.asarray(rows, dtype=np.float32))
-        y = torch.from_numpy(np.repeat(np.asarray(labels[first:first + images],
-                                                  dtype=np.int64), positions))
-        yield x.to(device), y.to(device)
+        rows = np.asarray(features[first * positions:(first + images) * positions])
+        with warnings.catch_warnings():
+            # a read-only memory map: the tensor is only ever read (and torch casts
+            # float16 several times faster than numpy)
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(rows)
+        y = torch.from_numpy(np.asarray(labels[first:first + images], dtype=np.int64))
+        yield first * positions, x.to(device).float(), y.to(device)
+
+
+def _correct(logits: torch.Tensor, top: torch.Tensor, y: torch.Tensor) -> int:
+    """Columns of ``(classes, rows)`` logits whose first largest entry (``argmax(0)``) is
+    ``y``; ``top`` is their maximum. Compares the label's logit with the maximum, and
+    settles the (rare) tied columns with ``argmax``, which torch computes slowly along a
+    short first dimension."""
+    at_top = logits == top
+    correct = at_top.gather(0, y[None])[0]
+    tied = at_top.sum(0) > 1
+    if bool(tied.any()):
+        correct[tied] = logits[:, tied].argmax(0) == y[tied]
+    return int(correct.sum())
+
+
+@dataclass
+class _Terms:
+    """Sums over rows at one point: ``Σ logsumexp(W x + b)``, ``P X`` (``(classes,
+    features)``), ``Σ P`` (``(classes,)``), all float64, and the correctly predicted rows
+    (when counted)."""
+
+    log_partition: torch.Tensor
+    px: torch.Tensor
+    p: torch.Tensor
+    correct: int = 0
+
+
+def _terms(chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]], weight: torch.Tensor,
+           bias: torch.Tensor) -> _Terms:
+    """:class:`_Terms` of standardised ``(x, row labels or None)`` chunks; rows are
+    counted as correct only when their labels are given."""
+    classes, width = weight.shape
+    device = weight.device
+    total = _Terms(torch.zeros((), dtype=torch.float64, device=device),
+                   torch.zeros(classes, width, dtype=torch.float64, device=device),
+                   torch.zeros(classes, dtype=torch.float64, device=device))
+    for x, y in chunks:
+        logits = torch.addmm(bias[:, None], weight, x.T)  # (classes, rows)
+        top = logits.amax(0)
+        if y is not None:
+            total.correct += _correct(logits, top, y)
+        logits -= top
+        logits.exp_()
+        norm = logits.sum(0)
+        logits /= norm  # now the probabilities P
+        total.log_partition += (norm.log_().sum() + top.sum()).double()
+        total.px += (logits @ x).double()
+        total.p += logits.sum(1).double()
+    return total
+
+
+@dataclass
+class _Data:
+    """What the objective needs of a set of rows besides the rows: their count, the
+    per-class sums of the standardised rows and the per-class counts (float64)."""
+
+    rows: int
+    class_sums: torch.Tensor
+    counts: torch.Tensor
+
+
+def _objective(terms: _Terms, data: _Data, weight: torch.Tensor, bias: torch.Tensor,
+               C: float, n: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Mean loss over ``data``'s rows plus ``||W||² / (2 C n)``: value, and the gradient
+    with respect to ``weight`` and ``bias`` (float64)."""
+    w, b = weight.double(), bias.double()
+    linear = (w * data.class_sums).sum() + (b * data.counts).sum()  # Σ_i z_i[y_i]
+    value = (terms.log_partition - linear) / data.rows + (w * w).sum() / (2 * C * n)
+    grad_w = (terms.px - data.class_sums) / data.rows + w / (C * n)
+    grad_b = (terms.p - data.counts) / data.rows
+    return float(value), grad_w, grad_b
+
+
+@dataclass
+class _Survey:
+    """Result of the survey pass: standardisation, the full data's class sums, and the
+    in-memory sample (standardised rows, row labels, its own class sums)."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    full: _Data
+    sample_x: torch.Tensor
+    sample_y: torch.Tensor
+    sample: _Data
+
+
+def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: int,
+            standardize: bool, device: torch.device) -> _Survey:
+    """One pass: statistics of every row and the seeded sample (see the module docstring).
+
+    Sums are of the rows minus the first chunk's mean (float32 within a chunk, float64
+    across chunks), so that the variance does not come from the difference of two large
+    numbers."""
+    n, width = features.shape
+    keep = _sample_rows(n, width)
+    rng = np.random.default_rng(SEED)
+    chosen = np.sort(rng.choice(n, keep, replace=False)) if keep < n else None
+    shift = None
+    total = torch.zeros(width, dtype=torch.float64, device=device)
+    squares = torch.zeros(width, dtype=torch.float64, device=device)
+    class_sums = torch.zeros(classes, width, dtype=torch.float64, device=device)
+    sample_x, sample_y = [], []
+    for first, x, image_labels in _chunks(features, labels, device, positions):
+        if shift is None:
+            shift = x.mean(0)
+        centred = x - shift
+        total += centred.sum(0).double()
+        squares += (centred * centred).sum(0).double()
+        per_image = centred.reshape(len(image_labels), positions, width).sum(1)
+        class_sums.index_add_(0, image_labels, per_image.double())
+        if chosen is None:
+            sample_x.append(x)
+            sample_y.append(torch.repeat_interleave(image_labels, positions))
+        else:
+            start, stop = np.searchsorted(chosen, [first, first + len(x)])
+            index = torch.from_numpy(chosen[start:stop] - first).to(device)
+            sample_x.append(x[index])
+            sample_y.append(image_labels[index // positions])
+    counts = torch.bincount(torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+                            minlength=classes).double().to(device) * positions
+    offset = total / n  # the mean minus the shift
+    if standardize:
+        mean = shift.double() + offset
+        scale = (squares / n - offset * offset).clamp_min(0).sqrt()
+        scale[scale == 0] = 1.0  # a constant feature, as StandardScaler
+    else:
+        mean = torch.zeros(width, dtype=torch.float64, device=device)
+        scale = torch.ones(width, dtype=torch.float64, device=device)
+    # Σ over each class's rows of (x - mean) / scale
+    full = _Data(n, (class_sums + counts[:, None] * (shift.double() - mean)) / scale, counts)
+    mean32, scale32 = mean.float(), scale.float()
+    x = (torch.cat(sample_x) - mean32) / scale32
+    y = torch.cat(sample_y)
+    sample = _Data(len(x), torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
+                   torch.bincount(y, minlength=classes).double())
+    return _Survey(mean32, scale32, full, x, y, sample)
+
+
+def _in_memory(x: torch.Tensor, y: torch.Tensor | None
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The in-memory rows ``x`` (and labels ``y``) a chunk at a time."""
+    step = _chunk_rows(x.shape[1])
+    for first in range(0, len(x), step):
+        yield x[first:first + step], None if y is None else y[first:first + step]
+
+
+def _lbfgs(evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor,
+                                                                   torch.Tensor]],
+           weight: torch.Tensor, bias: torch.Tensor, tol: float,
+           max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Minimise ``evaluate`` (value, gradients) with torch's L-BFGS (strong-Wolfe line
+    search) from ``weight``, ``bias``; returns the point and the iterations used."""
+    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter,
+                                  tolerance_grad=tol, tolerance_change=1e-14,
+                                  history_size=10, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        with torch.no_grad():
+            value, grad_w, grad_b = evaluate(weight, bias)
+        weight.grad, bias.grad = grad_w.float(), grad_b.float()
+        return torch.tensor(value, dtype=torch.float64)
+
+    optimizer.step(closure)
+    n_iter = optimizer.state[optimizer._params[0]].get("n_iter", 0)
+    return weight.detach(), bias.detach(), int(n_iter)
 
 
 @dataclass
@@ -48,7 +271,9 @@ class StreamedLogistic:
     Attributes:
         weight: ``(classes, features)``; bias: ``(classes,)``; mean, scale:
         ``(features,)`` standardisation (zeros and ones without it); n_iter: L-BFGS
-        iterations used.
+        iterations used, all fits together; passes: passes over all rows after the
+        survey; converged: the gradient test passed at the returned point;
+        train_accuracy: share of the training rows predicted right there.
     """
 
     weight: torch.Tensor
@@ -56,45 +281,35 @@ class StreamedLogistic:
     mean: torch.Tensor
     scale: torch.Tensor
     n_iter: int
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(rows, classes)`` scores of the raw rows ``x``."""
-        return F.linear((x - self.mean) / self.scale, self.weight, self.bias)
+    passes: int
+    converged: bool
+    train_accuracy: float
 
     def score(self, features: np.ndarray, labels: np.ndarray, positions: int = 1) -> float:
-        """Accuracy (share of rows whose argmax is their label), streamed; ``labels``
-        and ``positions`` as for :func:`fit`."""
+        """Accuracy (share of rows whose first largest logit is their label), streamed;
+        ``labels`` and ``positions`` as for :func:`fit`."""
         correct = 0
         with torch.no_grad():
-            for x, y in _chunks(features, labels, self.weight.device, positions):
-                correct += int((self.logits(x).argmax(1) == y).sum())
+            for _, x, image_labels in _chunks(features, labels, self.weight.device, positions):
+                logits = torch.addmm(self.bias[:, None], self.weight,
+                                     ((x - self.mean) / self.scale).T)
+                rows = torch.repeat_interleave(image_labels, positions)
+                correct += _correct(logits, logits.amax(0), rows)
         return correct / max(len(features), 1)
 
 
-def standardisation(features: np.ndarray, device: torch.device,
-                    standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and standard deviation of the rows (population, as scikit-learn's
-    ``StandardScaler``; a constant feature gets scale 1), in one float64 pass."""
-    width = features.shape[1]
-    if not standardize:
-        return torch.zeros(width, device=device), torch.ones(width, device=device)
-    total = torch.zeros(width, dtype=torch.float64, device=device)
-    squares = torch.zeros(width, dtype=torch.float64, device=device)
-    for x, _ in _chunks(features, np.zeros(len(features), dtype=np.int64), device):
-        x = x.double()
-        total += x.sum(0)
-        squares += (x * x).sum(0)
-    mean = total / len(features)
-    var = (squares / len(features) - mean * mean).clamp_min(0)
-    scale = var.sqrt()
-    scale[scale == 0] = 1.0
-    return mean.float(), scale.float()
+def _streamed(features: np.ndarray, labels: np.ndarray, positions: int, survey: _Survey,
+              count: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Standardised chunks of every row, with row labels when ``count``."""
+    for _, x, image_labels in _chunks(features, labels, survey.mean.device, positions):
+        rows = torch.repeat_interleave(image_labels, positions) if count else None
+        yield (x - survey.mean) / survey.scale, rows
 
 
 def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: int = 1,
         C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4, standardize: bool = True,
         device: str | torch.device = "cpu") -> StreamedLogistic:
-    """Fit the objective of the module docstring.
+    """Fit the objective of the module docstring to its stopping test.
 
     Args:
         features: ``(rows, features)`` array, typically a read-only memory map (any
@@ -104,32 +319,71 @@ def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: in
         positions: rows per image (``features`` has ``len(labels) * positions`` rows,
             each image's consecutive).
         C: inverse regularisation strength, as scikit-learn's.
-        max_iter: most L-BFGS iterations.
-        tol: stop when the largest absolute gradient entry falls below it.
+        max_iter: most iterations of each L-BFGS fit (as scikit-learn's).
+        tol: converged when the largest absolute gradient entry is at most ``tol``.
         standardize: scale features to mean 0, variance 1 first.
         device: where the arithmetic runs.
     """
     device = torch.device(device)
-    n = len(features)
-    mean, scale = standardisation(features, device, standardize)
-    weight = torch.zeros(classes, features.shape[1], device=device, requires_grad=True)
-    bias = torch.zeros(classes, device=device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter,
-                                  tolerance_grad=tol, tolerance_change=1e-12,
-                                  history_size=10, line_search_fn="strong_wolfe")
+    n, width = features.shape
+    survey = _survey(features, labels, classes, positions, standardize, device)
+    sample = survey.sample
 
-    def objective() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=False)
-        total = torch.zeros((), device=device)
-        for x, y in _chunks(features, labels, device, positions):
-            loss = F.cross_entropy(F.linear((x - mean) / scale, weight, bias), y,
-                                   reduction="sum") / n
-            loss.backward()
-            total += loss.detach()
-        penalty = (weight * weight).sum() / (2 * C * n)
-        penalty.backward()
-        return total + penalty.detach()
+    def on_rows(x: torch.Tensor, data: _Data,
+                correction: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable:
+        """The objective on the in-memory rows ``x`` (plus the DANE term)."""
+        def evaluate(weight, bias):
+            terms = _terms(_in_memory(x, None), weight, bias)
+            value, grad_w, grad_b = _objective(terms, data, weight, bias, C, n)
+            if correction is not None:  # <correction, (W, b)>
+                value += float((correction[0] * weight.double()).sum()
+                               + (correction[1] * bias.double()).sum())
+                grad_w, grad_b = grad_w + correction[0], grad_b + correction[1]
+            return value, grad_w, grad_b
+        return evaluate
 
-    optimizer.step(objective)
-    n_iter = optimizer.state[optimizer._params[0]].get("n_iter", 0)
-    return StreamedLogistic(weight.detach(), bias.detach(), mean, scale, int(n_iter))
+    weight = torch.zeros(classes, width, device=device)
+    bias = torch.zeros(classes, device=device)
+    on_sample = functools.partial(on_rows, survey.sample_x, sample)
+    if sample.rows == n:  # the whole layer is in memory: plain L-BFGS
+        weight, bias, n_iter = _lbfgs(on_sample(), weight, bias, tol, max_iter)
+        terms = _terms(_in_memory(survey.sample_x, survey.sample_y), weight, bias)
+        _, grad_w, grad_b = _objective(terms, survey.full, weight, bias, C, n)
+        converged = max(float(grad_w.abs().max()), float(grad_b.abs().max())) <= tol
+        return StreamedLogistic(weight, bias, survey.mean, survey.scale, n_iter, 0,
+                                converged, terms.correct / n)
+
+    passes = 0
+
+    def on_all(count: bool) -> Callable:
+        def evaluate(weight, bias):
+            nonlocal passes
+            passes += 1
+            terms = _terms(_streamed(features, labels, positions, survey, count), weight, bias)
+            return (*_objective(terms, survey.full, weight, bias, C, n), terms.correct)
+        return evaluate
+
+    n_iter, correction, best = 0, None, None
+    converged = False
+    while passes < min(MAX_PASSES, max_iter):
+        weight, bias, used = _lbfgs(on_sample(correction), weight, bias, tol * INNER_TOL,
+                                    max_iter)
+        n_iter += used
+        value, grad_w, grad_b, correct = on_all(True)(weight, bias)
+        if best is not None and value >= best[0]:
+            break  # the sample misleads: stream from the best point
+        best = (value, weight, bias, correct)
+        if max(float(grad_w.abs().max()), float(grad_b.abs().max())) <= tol:
+            converged = True
+            break
+        _, sample_w, sample_b = on_sample()(weight, bias)
+        correction = (grad_w - sample_w, grad_b - sample_b)
+    value, weight, bias, correct = best
+    if not converged:
+        stream = on_all(False)
+        weight, bias, used = _lbfgs(lambda w, b: stream(w, b)[:3], weight, bias, tol, max_iter)
+        n_iter += used
+        value, grad_w, grad_b, correct = on_all(True)(weight, bias)
+        converged = max(float(grad_w.abs().max()), float(grad_b.abs().max())) <= tol
+    return StreamedLogistic(weight, bias, survey.mean, survey.scale, n_iter, passes, converged,
+                            correct / n)

@@ -23,23 +23,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from joblib import Parallel, delayed
 from joblib.externals.loky import get_reusable_executor
 from pydantic import BaseModel, ConfigDict, Field
 
+from labkit import logistic
 from labkit.atomic import read_json, write_csv, write_json
 from labkit.errors import DamagedFile, UserError
 from labkit.latent_layout import array_path, read_manifest, verify_files
 
 RESULTS_CSV = "probe_performances.csv"
 CACHE_DIR = "probe_cache"
+WORKER_BYTES = {"torch": 384 << 20, "sklearn": 448 << 20}
+"""Anonymous memory of a probe worker before it reads any latents, per solver (Python,
+numpy, pandas, torch; scikit-learn too for its solver): measured 311 and 364 MiB."""
+DEFAULT_MEMORY_SHARE = 0.5
+"""The default memory budget of the probes: this share of the memory the machine has
+available now."""
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class ProbeParams(BaseModel):
@@ -57,6 +68,79 @@ class ProbeParams(BaseModel):
                              "streaming the memory-mapped latents in chunks (flat memory, "
                              "the run's GPU when it has one); sklearn: scikit-learn's "
                              "LogisticRegression (lbfgs), the whole layer in memory")
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as ``8G``, ``500M``, ``1.5G`` or ``1000000`` (units K, M, G,
+    T of 1024; a trailing ``B`` or ``iB`` allowed).
+
+    Raises:
+        UserError: not such a size.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if match is None or float(match[1]) <= 0:
+        raise UserError(f"memory size {text!r}: give a positive size such as 8G, 500M or "
+                        f"1.5G")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes in GiB or MiB, for messages: ``1.5G``, ``500M``."""
+    return f"{size / (1 << 30):.1f}G" if size >= 1 << 30 else f"{size / (1 << 20):.0f}M"
+
+
+def default_memory() -> int:
+    """:data:`DEFAULT_MEMORY_SHARE` of ``MemAvailable`` in /proc/meminfo, else of the
+    physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(int(line.split()[1]) * 1024 * DEFAULT_MEMORY_SHARE)
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_MEMORY_SHARE)
+
+
+def fit_bytes(entry: dict[str, Any], images: dict[str, int], classes: int,
+              solver: str) -> int:
+    """Upper estimate of the anonymous memory of a worker fitting the layer ``entry`` (a
+    manifest entry) of latents with ``images`` per split, including the worker itself.
+
+    ``torch`` streams, so its data share is bounded (:func:`labkit.logistic.peak_bytes`);
+    ``sklearn`` holds the train split as float32, about three times over while it
+    standardises and fits (measured: ``benchmarks/bench_probe_memory.py``), with float64
+    probabilities per row and class, and then each eval split as float32.
+    """
+    width, positions = entry["features"], entry["positions"]
+    rows = images["train"] * positions
+    if solver == "torch":
+        return WORKER_BYTES["torch"] + logistic.peak_bytes(rows, width, classes)
+    evals = max((count for split, count in images.items() if split != "train"), default=0)
+    return (WORKER_BYTES["sklearn"] + 3 * rows * width * 4 + rows * classes * 8
+            + evals * positions * width * 4)
+
+
+def plan_workers(needs: dict[str, int], processes: int, budget: int) -> tuple[int, str]:
+    """How many of the fits ``needs`` (layer -> :func:`fit_bytes`) run at once with
+    ``processes`` asked and ``budget`` bytes for them all, and why, in words.
+
+    Raises:
+        UserError: one fit alone needs more than the budget.
+    """
+    largest = max(needs, key=needs.get)
+    need = needs[largest]
+    if need > budget:
+        raise UserError(f"probing layer {largest} needs about {format_size(need)}, more than "
+                        f"the memory budget of {format_size(budget)}; raise --memory, or use "
+                        f"the streaming solver (solver: torch) whose memory does not grow "
+                        f"with the layer")
+    fit = budget // need
+    workers = max(1, min(processes, len(needs), fit))
+    why = (f"{len(needs)} layer(s) to fit, {workers} at a time: -mp {processes}, memory "
+           f"budget {format_size(budget)}, each fit up to {format_size(need)} ({largest})")
+    if fit < min(processes, len(needs)):
+        why += f", so the budget holds {fit} at once (raise --memory for more)"
+    return workers, why
 
 
 def results_path(run_dir: Path, prefix: str | None = None) -> Path:
@@ -82,8 +166,9 @@ def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str,
 
     Returns:
         ``layer``, ``features``, ``<split>_accuracy`` for every split (fraction in
-        [0, 1]), ``converged`` (stopped before ``max_iter``) and ``fit_seconds``
-        (wall time of the fit alone).
+        [0, 1]), ``converged`` (the solver's stopping test passed: for ``torch`` the
+        largest gradient entry at most ``tol``; for ``sklearn`` stopped before
+        ``max_iter``) and ``fit_seconds`` (wall time of the fit and scoring).
     """
     manifest = read_manifest(Path(directory))
     entry = next(e for e in manifest["layers"] if e["name"] == layer)
@@ -91,12 +176,12 @@ def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str,
     splits = [s for s in manifest["plan"]["splits"] if s != "train"]
     fit = _fit_torch if settings.solver == "torch" else _fit_sklearn
     started = time.perf_counter()
-    train_accuracy, scores, iterations = fit(Path(directory), entry, splits, settings, device,
-                                             threads)
+    train_accuracy, scores, converged = fit(Path(directory), entry, splits, settings, device,
+                                            threads)
     seconds = time.perf_counter() - started
     return {"layer": layer, "features": entry["features"], "train_accuracy": train_accuracy,
             **{f"{split}_accuracy": scores[split] for split in splits},
-            "converged": iterations < settings.max_iter, "fit_seconds": seconds}
+            "converged": converged, "fit_seconds": seconds}
 
 
 def _arrays(directory: Path, split: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,12 +192,8 @@ def _arrays(directory: Path, split: str, layer: str) -> tuple[np.ndarray, np.nda
 
 def _fit_torch(directory: Path, entry: dict[str, Any], splits: list[str],
                settings: ProbeParams, device: str,
-               threads: int) -> tuple[float, dict[str, float], int]:
+               threads: int) -> tuple[float, dict[str, float], bool]:
     """:mod:`labkit.logistic`: the layer streamed from its memory map, never loaded."""
-    import torch
-
-    from labkit import logistic
-
     torch.set_num_threads(threads)
     features, labels = _arrays(directory, "train", entry["name"])
     positions = entry["positions"]
@@ -121,12 +202,12 @@ def _fit_torch(directory: Path, entry: dict[str, Any], splits: list[str],
                          standardize=settings.standardize, device=device)
     scores = {split: probe.score(*_arrays(directory, split, entry["name"]), positions)
               for split in splits}
-    return probe.score(features, labels, positions), scores, probe.n_iter
+    return probe.train_accuracy, scores, probe.converged
 
 
 def _fit_sklearn(directory: Path, entry: dict[str, Any], splits: list[str],
                  settings: ProbeParams, device: str,
-                 threads: int) -> tuple[float, dict[str, float], int]:
+                 threads: int) -> tuple[float, dict[str, float], bool]:
     """scikit-learn's L-BFGS on the whole layer as one float32 array in memory."""
     # imported here: scikit-learn takes seconds to import, which every labkit command
     # would pay otherwise
@@ -143,7 +224,7 @@ def _fit_sklearn(directory: Path, entry: dict[str, Any], splits: list[str],
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(train_x, train_y)
     scores = {split: probe.score(*_rows(directory, split, entry)) for split in splits}
-    return probe.score(train_x, train_y), scores, int(model.n_iter_.max())
+    return probe.score(train_x, train_y), scores, int(model.n_iter_.max()) < settings.max_iter
 
 
 def cache_path(directory: Path, key: list[Any]) -> Path:
@@ -176,11 +257,15 @@ def write_cached(directory: Path, key: list[Any], result: dict[str, Any]) -> Non
 
 
 def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None = None,
-               device: str = "cpu") -> pd.DataFrame:
+               device: str = "cpu", memory: int | None = None,
+               report: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Probe every layer of the latents in ``directory``, in parallel, cached.
 
     Layers already in the cache are read in this process; only the others go to
-    ``processes`` workers, so a fully cached rerun starts no worker at all.
+    workers, so a fully cached rerun starts no worker at all. At most ``processes``
+    fits run at once, and no more than fit together in ``memory`` bytes
+    (:func:`fit_bytes` each; default :func:`default_memory`); ``report`` receives one
+    line saying how many run at once and why.
 
     Returns:
         One row per layer in network order: ``layer``, ``downsampling`` (the latents'
@@ -188,8 +273,9 @@ def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None =
         ``converged``, ``fit_seconds``, ``latents_digest``.
 
     Raises:
-        UserError: no complete extraction in ``directory``, or a layer's file of some
-            split is missing (train and eval files are paired by layer name).
+        UserError: no complete extraction in ``directory``, a layer's file of some
+            split is missing (train and eval files are paired by layer name), or one
+            layer's fit alone needs more than ``memory``.
     """
     directory = Path(directory).absolute()
     manifest = read_manifest(directory)
@@ -197,23 +283,33 @@ def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None =
         raise UserError(f"{directory} holds no complete latents (no manifest.json); extract "
                         f"them with `labkit extract SPEC --run-id ID` first")
     layers = manifest["plan"]["layers"]
+    entries = {entry["name"]: entry for entry in manifest["layers"]}
     missing = [array_path(directory, split, layer).name for layer in layers
                for split in manifest["plan"]["splits"]
                if not array_path(directory, split, layer).exists()]
     if missing:
         raise UserError(f"{directory} lacks {', '.join(missing)}; extract again "
                         f"(delete {directory / 'manifest.json'} first)")
-    settings = (params or ProbeParams()).model_dump(mode="json")
+    params = params or ProbeParams()
+    settings = params.model_dump(mode="json")
     keys = {layer: [manifest["digest"], layer, settings] for layer in layers}
     splits = list(manifest["plan"]["splits"])
     results = {layer: cached for layer in layers
                if (cached := read_cached(directory, keys[layer], splits)) is not None}
     todo = [layer for layer in layers if layer not in results]
-    if todo:  # the bytes about to be read must be the ones extracted
+    workers = 1
+    if todo:
+        classes = int(np.load(array_path(directory, "train", "labels")).max()) + 1
+        needs = {layer: fit_bytes(entries[layer], manifest["plan"]["splits"], classes,
+                                  params.solver) for layer in todo}
+        workers, why = plan_workers(needs, processes,
+                                    memory if memory is not None else default_memory())
+        if report is not None:
+            report(why)
+        # the bytes about to be read must be the ones extracted
         verify_files(directory, manifest, [array_path(directory, split, name).name
                                            for split in manifest["plan"]["splits"]
                                            for name in ["labels", *todo]])
-    workers = min(processes, max(len(todo), 1))
     threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscribed cores
     fitted = Parallel(n_jobs=workers)(
         delayed(fit_layer)(manifest["digest"], layer, settings, str(directory), device, threads)

@@ -10,19 +10,20 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labkit import latents
 from labkit.analyses.base import Analysis, FinishedRun
 from labkit.atomic import read_json, write_csv, write_json
 from labkit.build import build_component
 from labkit.errors import DamagedFile, UserError
-from labkit.probes import ProbeParams, results_path, run_probes, save_results
+from labkit.probes import ProbeParams, parse_size, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
 from labkit.tail_plot import FIGURE, draw_tail_pattern
 
@@ -137,10 +138,25 @@ class Probes(Analysis):
         latents_dir: str | None = _LATENTS_DIR
         prefix: str | None = Field(None, description="output files are named <prefix>_…")
         processes: int = Field(1, ge=1, description="worker processes fitting layers in parallel")
+        memory: str | None = Field(
+            None, description="memory budget of the fitting workers together, e.g. '8G' or "
+                              "'500M'; null: half the memory available when they start")
 
-    def __init__(self, run: FinishedRun, params: BaseModel, source: Path | None = None):
+        @field_validator("memory")
+        @classmethod
+        def _size(cls, value: str | None) -> str | None:
+            if value is not None:
+                try:
+                    parse_size(value)
+                except UserError as exc:
+                    raise ValueError(str(exc)) from None
+            return value
+
+    def __init__(self, run: FinishedRun, params: BaseModel, source: Path | None = None,
+                 report: Callable[[str], None] | None = None):
         super().__init__(run, params)
         self.source = Path(source) if source is not None else None
+        self.report = report
 
     def outputs(self) -> list[Path]:
         prefix = self.params.prefix
@@ -157,7 +173,8 @@ class Probes(Analysis):
 
     def fingerprint(self) -> dict[str, Any]:
         fingerprint = super().fingerprint()
-        fingerprint["params"].pop("processes")  # how fast, not what
+        for how in ("processes", "memory"):  # how fast, not what
+            fingerprint["params"].pop(how)
         return fingerprint
 
     def is_complete(self) -> bool:
@@ -190,7 +207,9 @@ class Probes(Analysis):
             warnings.warn(f"tail-pattern figure without the receptive-field border: {exc}",
                           stacklevel=2)
         probe = ProbeParams(**self.params.model_dump(include=set(ProbeParams.model_fields)))
-        table = run_probes(self._source(), self.params.processes, probe, str(self.run.device))
+        memory = parse_size(self.params.memory) if self.params.memory is not None else None
+        table = run_probes(self._source(), self.params.processes, probe, str(self.run.device),
+                           memory, self.report)
         save_results(self.run.directory, table, self.params.prefix)
         draw_tail_pattern(self.run.directory, self.params.prefix)
 

@@ -30,10 +30,17 @@ def _modes(texts: tuple[str, ...]) -> list[latents.Mode | None]:
     return [latents.parse_mode(t) for t in texts] or [None]
 
 
+_MEMORY_HELP = ("memory budget of the fitting workers together, e.g. 8G or 500M: no more "
+                "fits run at once than fit in it [default: the spec's, else half the "
+                "memory available]")
+_SOLVER_HELP = "probe solver [default: the spec's, else torch]"
+
+
 def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
            **given: Any) -> None:
     for mode in modes:
-        analysis = Probes(run, analysis_params(run.run, "probes", Probes, downsampling=mode, **given))
+        analysis = Probes(run, analysis_params(run.run, "probes", Probes, downsampling=mode,
+                                               **given), report=click.echo)
         produce(analysis, progress)
         click.echo(f"probes (downsampling {analysis.params.downsampling}): {analysis.outputs()[0]}")
 
@@ -88,13 +95,15 @@ def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, .
 @click.option("-d", "--downsampling", "modes", multiple=True, help=_DOWNSAMPLING_HELP)
 @click.option("-mp", "processes", type=click.IntRange(min=1), default=None,
               help="worker processes fitting layers in parallel [default: 1]")
+@click.option("--memory", default=None, help=_MEMORY_HELP)
+@click.option("--solver", type=click.Choice(["torch", "sklearn"]), default=None, help=_SOLVER_HELP)
 @click.option("--prefix", default=None, help="name outputs <prefix>_probe_performances.csv, …")
 @click.option("--latents-dir", default=None,
               help="root of the latent datasets [default: where the run's pointer says]")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
-           processes: int | None, prefix: str | None, latents_dir: str | None,
-           quiet: bool) -> None:
+           processes: int | None, memory: str | None, solver: str | None, prefix: str | None,
+           latents_dir: str | None, quiet: bool) -> None:
     """Fit a logistic probe per layer: `labkit probes SPEC --run-id ID` (extracting
     latents when missing) or `labkit probes PATHS…` (latent directories, or folders
     holding them). Results go to the source run's probe_performances.csv, in network
@@ -104,7 +113,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
             raise UserError("with --run-id give exactly one SPEC file")
         for run in load_runs(targets[0], run_id):
             _probe(finished_run(run, targets[0]), _modes(modes), not quiet, processes=processes,
-                   prefix=prefix, latents_dir=latents_dir)
+                   memory=memory, solver=solver, prefix=prefix, latents_dir=latents_dir)
         return
     if not targets:
         raise UserError("give SPEC --run-id ID, or latent directories (e.g. latent_datasets/)")
@@ -125,8 +134,9 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
                                          plugins.registries())
         analysis = Probes(run, analysis_params(run.run, "probes", Probes,
                                                downsampling=manifest["plan"]["mode"],
-                                               processes=processes, prefix=prefix),
-                          source=directory)
+                                               processes=processes, memory=memory,
+                                               solver=solver, prefix=prefix),
+                          source=directory, report=click.echo)
         produce(analysis, progress=not quiet)
         click.echo(f"probes ({directory}): {analysis.outputs()[0]}")
 
@@ -136,15 +146,17 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
 @click.option("--run-id", required=True, help="label of this repetition (part of every run path)")
 @click.option("-mp", "processes", type=click.IntRange(min=1), default=None,
               help="worker processes fitting layers in parallel [default: 1]")
+@click.option("--memory", default=None, help=_MEMORY_HELP)
+@click.option("--solver", type=click.Choice(["torch", "sklearn"]), default=None, help=_SOLVER_HELP)
 @click.option("-d", "--downsampling", "modes", multiple=True, help=_DOWNSAMPLING_HELP)
 @click.option("--prefix", default=None, help="name outputs <prefix>_probe_performances.csv, …")
 @click.option("--latents-dir", default=None,
               help="root of the latent datasets [default: latent_datasets/ next to logs_dir]")
 @click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
-def probe_run(spec: str, run_id: str, processes: int | None, modes: tuple[str, ...],
-              prefix: str | None, latents_dir: str | None, device: str | None,
-              quiet: bool) -> None:
+def probe_run(spec: str, run_id: str, processes: int | None, memory: str | None,
+              solver: str | None, modes: tuple[str, ...], prefix: str | None,
+              latents_dir: str | None, device: str | None, quiet: bool) -> None:
     """Train every run of SPEC (resuming / skipping as `labkit run` does), then extract
     its latents and fit the probes for each -d. A failed run is reported and skipped;
     the exit code is then 1."""
@@ -158,7 +170,8 @@ def probe_run(spec: str, run_id: str, processes: int | None, modes: tuple[str, .
             failed += 1
             continue
         _probe(FinishedRun(run, plugins.registries(), run.config["device"]), _modes(modes),
-               not quiet, processes=processes, prefix=prefix, latents_dir=latents_dir)
+               not quiet, processes=processes, memory=memory, solver=solver, prefix=prefix,
+               latents_dir=latents_dir)
     if failed:
         click.echo(f"{failed} run(s) failed; see status.json and error.txt in their "
                    f"directories", err=True)
