@@ -120,9 +120,11 @@ class SaturationConfig(BaseModel):
 # rows of one float32 product: its rounding error stays near 1e-7 of the layer's variance,
 # and on the CPU a block of the widest layers (4096 x 65 floats, about 1 MB) stays in cache
 BLOCK_ROWS = 4096
-# per-sample products straight from the (C, H*W) layout need enough pixels per product
-# to run at the speed of one large one; smaller maps are transposed block by block
+# per-sample products straight from the (C, H*W) layout pay a fixed cost per sample and
+# need enough pixels per product to run at the speed of one large one; smaller maps
+# are cheaper to transpose block by block (measured on the CPU, benchmarks/)
 NATIVE_MIN_PIXELS = 64
+NATIVE_MIN_VALUES = 8192
 # devices that work through a batch in cache-sized chunks; elsewhere (accelerators,
 # where every kernel launch costs) the whole batch goes into one batched product
 CHUNKED_DEVICE_TYPES = {"cpu"}
@@ -209,7 +211,8 @@ class LayerMoments:
         native = points.dim() == 4 and points.permute(0, 3, 1, 2).is_contiguous()
         with _ieee_float32(points.device):
             chunked = points.device.type in CHUNKED_DEVICE_TYPES
-            if chunked and native and rows >= NATIVE_MIN_PIXELS:
+            if (chunked and native and rows >= NATIVE_MIN_PIXELS
+                    and rows * self.width >= NATIVE_MIN_VALUES):
                 self._add_channel_major(points.permute(0, 3, 1, 2).reshape(
                     len(points), self.width, rows))
             else:

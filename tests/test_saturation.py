@@ -436,9 +436,9 @@ def offset_conv(in_channels=3, channels=8, offset=1000.0) -> nn.Sequential:
 
 
 @pytest.mark.parametrize("size, layout, block_rows, chunked", [
-    (16, torch.contiguous_format, 4096, {"cpu"}),   # per-sample products, 2 flushes a batch
+    (32, torch.contiguous_format, 4096, {"cpu"}),   # per-sample products, 8 flushes a batch
     (4, torch.contiguous_format, 4096, {"cpu"}),    # small maps: transposed blocks
-    (16, torch.channels_last, 4096, {"cpu"}),       # a channels_last network: blocks
+    (32, torch.channels_last, 4096, {"cpu"}),       # a channels_last network: blocks
     (4, torch.contiguous_format, 40, {"cpu"}),      # many chunks a batch, a padded block
     (6, torch.contiguous_format, 40, set()),        # accelerator plan: one batched product
 ])
