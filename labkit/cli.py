@@ -136,7 +136,7 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
         return
     states = []
     for i, job in enumerate(submitted):
-        states.append(job.result())
+        states.append(job.results()[0])  # a run on several tasks: rank 0 reports
         report(i, states[-1])
     summarize(states)
 

@@ -3,8 +3,10 @@
 ``labkit run SPEC --run-id ID --nproc N`` (the spec's ``nproc``) trains each run with N
 processes started the way ``torchrun --standalone`` starts them: torch's elastic launcher
 (:func:`launch`) spawns them with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and a
-rendezvous in the environment; under SLURM, the launcher's ``tasks_per_node`` tasks get
-the same variables from :func:`slurm_environment`. Each process then calls
+rendezvous in the environment; under SLURM (or submitit's local executor) a job runs
+``nproc`` tasks per node instead, which take the same variables from
+:func:`task_environment`; ``torchrun`` itself may start them too
+(:func:`started_as_rank`). Each process then calls
 :func:`init`: NCCL on GPUs (process ``r`` computes on ``cuda:LOCAL_RANK``), gloo on
 CPU.
 
@@ -32,11 +34,13 @@ into the checkpoint (:func:`gather`), so a resumed N-process run continues bit f
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
 from typing import Any, Callable
 
+import submitit
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -109,21 +113,26 @@ def launch(entry: Callable[..., Any], nproc: int, *args: Any) -> dict[int, Any]:
     return elastic_launch(config, entry)(*args)
 
 
-def slurm_environment() -> dict[str, str]:
-    """The torch.distributed variables of a SLURM task (``SLURM_PROCID`` …), for a run
-    whose launcher asks for ``tasks_per_node`` tasks: rank, world size, local rank, and
-    the first node of the job as the rendezvous host. Empty outside SLURM."""
-    if "SLURM_PROCID" not in os.environ:
+def task_environment() -> dict[str, str]:
+    """The torch.distributed variables of a submitit task (SLURM, or submitit's local
+    executor) whose job asked for several tasks: rank, world size, local rank, and the
+    job's first host as the rendezvous. Empty outside such a job."""
+    try:
+        job = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job
         return {}
-    nodes = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
-    host = nodes.split(",")[0].split("[")[0]
-    if "[" in nodes.split(",")[0]:  # node[01-04] → node01
-        first = nodes.split("[")[1].split("]")[0].split(",")[0].split("-")[0]
-        host += first
-    job = int(os.environ.get("SLURM_JOB_ID", "0"))
-    return {"RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": os.environ["SLURM_NTASKS"],
-            "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"), "MASTER_ADDR": host,
-            "MASTER_PORT": str(20000 + job % 20000)}
+    if job.num_tasks < 2:
+        return {}
+    port = 20000 + int(hashlib.sha256(str(job.job_id).encode()).hexdigest(), 16) % 20000
+    return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks),
+            "LOCAL_RANK": str(job.local_rank), "MASTER_ADDR": job.hostnames[0],
+            "MASTER_PORT": str(port)}
+
+
+def started_as_rank(nproc: int) -> bool:
+    """Whether this process is one of ``nproc`` that a launcher started (torchrun, or a
+    submitit job's tasks: :func:`task_environment`) and has not yet joined its group."""
+    return not active() and os.environ.get("WORLD_SIZE") == str(nproc) and nproc > 1
 
 
 def all_reduce_sum(tensors: list[torch.Tensor]) -> None:

@@ -70,10 +70,10 @@ class Stepper:
         device: where the run computes.
         method: the training method, whose ``before_optimizer_step`` and ``after_step``
             hooks frame every step; its ``context.step`` is the clock this counts.
-        weight_decay: a number or :class:`~labkit.schedules.Schedule` set as the weight
-            decay of every parameter group that has one (groups built with 0, such as
-            biases and norms in DINO's recipe, keep 0) before each step; ``None``: the
-            optimizer's.
+        weight_decay: a number or :class:`~labkit.schedules.Schedule` set before each
+            step as the weight decay of every parameter group built with a non-zero one
+            (a group built with 0, such as DINO's biases and norms, keeps 0; when no
+            group has any, of all groups); ``None``: the optimizer's.
 
     One step: average the accumulated gradients, unscale them (16-mixed),
     ``method.before_optimizer_step()``, clip, set the scheduled weight decay, step the
@@ -89,6 +89,10 @@ class Stepper:
         self.dtype = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}[precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
         self.samples = 0  # of the step being accumulated
+        # the groups a weight-decay schedule sets: those built with decay (a method's
+        # no-decay group of biases and norms keeps 0), or all when none has any
+        self.decayed = ([g for g in optimizer.param_groups if g.get("weight_decay")]
+                        or optimizer.param_groups)
         self.scheduler: Any = None  # a learning-rate schedule stepped after every step
         # several processes: each sums its shard's losses; the sums are reduced per step
         self.distributed = distributed.world_size() > 1
@@ -141,9 +145,8 @@ class Stepper:
             clock = self.clock
             decay = value_at(self.weight_decay, clock.step, clock.steps_per_epoch,
                              clock.total_steps)
-            for group in self.optimizer.param_groups:
-                if group.get("weight_decay"):  # a group built without decay keeps none
-                    group["weight_decay"] = decay
+            for group in self.decayed:
+                group["weight_decay"] = decay
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -275,9 +278,34 @@ def train(run: RunConfig, registries: Registries, device: str = "cpu",
     ``status.json`` and does not raise, so a grid goes on. User mistakes (missing
     dataset, …) raise :class:`~labkit.errors.UserError`. When another process is
     working on the run, this waits for it first.
+
+    A run with ``nproc`` above 1 is trained by that many processes: started here like
+    ``torchrun --standalone`` would, or, when this process is already one of them (a
+    submitit job's tasks, torchrun), as that process's share (:func:`train_as_rank`).
     """
+    if distributed.started_as_rank(run.config["nproc"]):
+        return train_as_rank(run, registries, device, progress)
     with runinfo.exclusive(run.directory), intra_op_threads(run.config["threads"]):
         return _train_and_analyse(run, registries, device, progress)
+
+
+def train_as_rank(run: RunConfig, registries: Registries, device: str, progress: bool) -> str:
+    """This process's share of a run whose ``nproc`` processes something else started:
+    rank 0 holds the run's lock, decides whether it needs training, and afterwards runs
+    the analyses alone; the others train and return ``"finished"`` (the run's state is
+    rank 0's to report)."""
+    device = distributed.init(device)
+    try:
+        with intra_op_threads(run.config["threads"]):
+            if distributed.is_main():
+                with runinfo.exclusive(run.directory):
+                    distributed.gather(_final_state(run) is None)
+                    return _train_and_analyse(run, registries, device, progress)
+            if distributed.gather(None)[0]:
+                _train(run, registries, torch.device(device), progress=False)
+            return "finished"
+    finally:
+        distributed.shutdown()
 
 
 @contextmanager
@@ -307,6 +335,7 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
                 train_on_processes(run, registries, device, progress)
             else:
                 _train(run, registries, torch.device(device), progress)
+            distributed.shutdown()  # analyses run in this process alone
         except UserError as exc:  # a mistake found only now (a missing dataset): recorded
             runinfo.write_status(run_dir, "failed", reason=str(exc))
             raise

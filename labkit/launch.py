@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Callable
 
 import submitit
 
+from labkit import distributed
 from labkit.errors import UserError
 from labkit.spec import LauncherConfig
 
@@ -45,6 +47,8 @@ class RunTask(submitit.helpers.Checkpointable):
         from labkit.identity import RunConfig
 
         run = RunConfig(self.config, self.run_id)
+        if self.config["nproc"] > 1:  # one of a job's nproc tasks: join the others
+            os.environ.update(distributed.task_environment())
         try:
             return engine.train(run, plugins.registries(), self.device, progress=self.progress)
         except UserError as exc:
@@ -157,6 +161,12 @@ def submit_array(tasks: list[RunTask], launcher: LauncherConfig, folder: Path) -
         params["slurm_array_parallelism"] = launcher.array_parallelism
         if launcher.partition:
             params["slurm_partition"] = launcher.partition
+    nproc = {t.config["nproc"] for t in tasks}
+    if len(nproc) > 1:
+        raise UserError(f"the runs of one job array need the same nproc; this grid has "
+                        f"{sorted(nproc)}: submit each nproc value as its own grid")
+    if nproc != {1}:  # each array task runs nproc tasks on one node, one per process
+        params["tasks_per_node"] = nproc.pop()
     executor.update_parameters(**params)
     with executor.batch():
         jobs = [executor.submit(replace(t, progress=False))

@@ -1,6 +1,6 @@
 """One run on two CPU processes (torch.distributed, gloo), started by `labkit run --nproc 2`
-as torchrun would start them: the same log as one process, the same numbers where the
-math is the same, and a kill -9 resumed bit for bit."""
+as torchrun would start them, or as the two tasks of a submitit job: the same log as one
+process, the same numbers where the math is the same, and a kill -9 resumed bit for bit."""
 import json
 import os
 import signal
@@ -45,8 +45,12 @@ def test_two_processes_without_batch_statistics_compute_what_one_process_compute
     one_path, one_spec = write_spec(tmp_path, "one", **fields)
     two_path, two_spec = write_spec(tmp_path, "two", **fields)
     assert run_cli("run", str(one_path), "--run-id", "A", "--quiet").returncode == 0
-    result = run_cli("run", str(two_path), "--run-id", "A", "--quiet", "--nproc", "2")
+    # the cluster path: a submitit job of two tasks (SLURM's tasks per node), here run by
+    # submitit's local executor; the kill test below covers the torchrun-style path
+    result = run_cli("run", str(two_path), "--run-id", "A", "--quiet", "--nproc", "2",
+                     "--launcher", "submitit-local", "--wait")
     assert result.returncode == 0, result.stderr
+    assert "1 finished" in result.stdout
     one = run_of(registries, one_spec, "A")
     two = run_of(registries, {**two_spec, "nproc": 2}, "A")
     assert one.hash != two.hash  # the process count is identity above 1

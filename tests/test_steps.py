@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ import torch
 from labkit import checkpoint, engine, optim, runinfo
 from labkit.build import build_component
 from labkit.identity import ADDED_LATER, RunConfig, run_hash
+from labkit.methods import Method, RunContext
 from labkit.metrics import METRICS
 from labkit.schedules import Schedule, value_at
 from labkit.spec import expand
@@ -227,3 +229,22 @@ def test_metric_states_add_up_to_the_joined_pass(name):
     resumed.load_state_dict(first.state_dict())
     resumed.update(logits[25:], targets[25:])
     assert resumed.compute() == whole.compute()
+
+
+def test_a_weight_decay_schedule_leaves_a_group_built_without_decay_at_zero():
+    model = torch.nn.Linear(3, 2)
+    context = RunContext({}, model, None, torch.device("cpu"), Path("."), None)
+    context.steps_per_epoch, context.total_steps = 4, 8
+    method = Method(context, Method.Params())
+    optimizer = torch.optim.SGD([{"params": [model.weight]},
+                                 {"params": [model.bias], "weight_decay": 0.0}],
+                                lr=0.1, weight_decay=1e-4)
+    schedule = {"shape": "linear", "start": 0.1, "end": 0.5}
+    stepper = engine.Stepper(optimizer, [model.weight, model.bias], 1, None, "32",
+                             torch.device("cpu"), method, schedule)
+    for _ in range(3):
+        stepper.backward(model(torch.ones(2, 3)).sum(), 2)
+        stepper.step()
+    assert context.step == 3
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.1 + 0.4 * 2 / 7)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0

@@ -319,8 +319,8 @@ class Dino(Method):
         return {"model": self.context.model, "head": self.student.head, "teacher": self.teacher}
 
     def parameters(self):
-        # DINO leaves biases and normalisation weights (1-d) out of weight decay (the
-        # engine's weight_decay_schedule, though, sets every group's decay)
+        # DINO leaves biases and normalisation weights (1-d) out of weight decay; the
+        # engine's weight_decay_schedule leaves that group at 0 too
         named = self.student.dino_parameters()
         groups = [{"params": [q for _, q in named if q.ndim > 1]},
                   {"params": [q for _, q in named if q.ndim <= 1], "weight_decay": 0.0}]
