@@ -5,7 +5,7 @@ hook specifications live in :mod:`labkit.hookspecs`.
 """
 import pluggy
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 hookimpl = pluggy.HookimplMarker("labkit")
 

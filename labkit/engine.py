@@ -637,7 +637,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         stepper.scaler.load_state_dict(state.get("scaler", {}))
         order.set_state(state["data_order"])
         start, best = state["epoch"], state.get("best")
-        # checkpoints before 0.4 carry no step count: every epoch then was whole
+        # checkpoints before 0.3 carry no step count: every epoch then was whole
         context.step = int(state.get("step", start * context.steps_per_epoch))
         history = saturation_view(run_dir, state["history"], config["saturation"])
         resumed = state.get("partial")
