@@ -6,10 +6,16 @@ interleaved, alternating which goes first, in one process so machine noise hits 
 the result is the ratio of medians.
 
     .venv/bin/python benchmarks/bench_engine.py [--model cnn_s] [--epochs 3] [--reps 5]
+        [--variant bf16='{"precision": "bf16"}' --variant acc2='{"accumulate": 2, "batch_size": 32}']
+
+Every ``--variant NAME=JSON`` is labkit with those spec fields on top (training options
+of issue 15), timed in the same interleaved repetitions; each is reported against the
+plain loop and against labkit with every option off.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -29,10 +35,10 @@ def spec(model: str, epochs: int, logs: str) -> dict:
             "logs_dir": logs}
 
 
-def labkit_loop(model: str, epochs: int) -> float:
+def labkit_loop(model: str, epochs: int, extra: dict | None = None) -> float:
     registries = plugins.registries()
     with tempfile.TemporaryDirectory() as logs:
-        (config,) = expand(spec(model, epochs, logs), registries)
+        (config,) = expand({**spec(model, epochs, logs), **(extra or {})}, registries)
         started = time.perf_counter()
         assert engine.train(RunConfig(config, "bench"), registries, progress=False) == "finished"
         return time.perf_counter() - started
@@ -68,20 +74,31 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help="labkit with these spec fields, e.g. bf16='{\"precision\": \"bf16\"}'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     plain_loop(args.model, 1)  # warm-up: imports, allocator, oneDNN kernels
-    times = {"labkit": [], "plain": []}
-    loops = {"labkit": labkit_loop, "plain": plain_loop}
+    loops = {"labkit": lambda: labkit_loop(args.model, args.epochs),
+             "plain": lambda: plain_loop(args.model, args.epochs)}
+    for variant in args.variant:
+        name, _, fields = variant.partition("=")
+        loops[name] = (lambda extra: lambda: labkit_loop(args.model, args.epochs, extra))(
+            json.loads(fields))
+    times: dict[str, list[float]] = {name: [] for name in loops}
     for rep in range(args.reps):
-        order = ["labkit", "plain"] if rep % 2 == 0 else ["plain", "labkit"]  # no first-mover bias
+        order = list(loops) if rep % 2 == 0 else list(reversed(loops))  # no first-mover bias
         for name in order:
-            times[name].append(loops[name](args.model, args.epochs))
+            times[name].append(loops[name]())
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model={args.model} epochs={args.epochs} reps={args.reps} threads={args.threads}")
     for k, v in times.items():
         print(f"{k:7s} median {med[k]:.2f} s  runs {', '.join(f'{t:.2f}' for t in v)}")
     print(f"ratio labkit / plain = {med['labkit'] / med['plain']:.3f}")
+    for name in loops:
+        if name not in ("labkit", "plain"):
+            print(f"ratio {name} / plain = {med[name] / med['plain']:.3f}, "
+                  f"{name} / labkit = {med[name] / med['labkit']:.3f}")
 
 
 if __name__ == "__main__":

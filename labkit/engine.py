@@ -589,13 +589,14 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     elif world == 1:
         train_loader = DataLoader(
             SeededSamples(train_set), batch_size=config["batch_size"], sampler=sampler,
-            num_workers=config["num_workers"],
             # a last batch of one sample breaks BatchNorm in training mode
-            drop_last=len(train_set) % config["batch_size"] == 1)
+            drop_last=len(train_set) % config["batch_size"] == 1,
+            **loader_options(device, config["num_workers"]))
     else:  # batch_size divides by world, no mid-epoch checkpoints (the spec checks)
         train_loader = DataLoader(
-            SeededSamples(train_set), num_workers=config["num_workers"],
-            batch_sampler=ShardedBatches(sampler, config["batch_size"], rank, world))
+            SeededSamples(train_set),
+            batch_sampler=ShardedBatches(sampler, config["batch_size"], rank, world),
+            **loader_options(device, config["num_workers"]))
     batches = len(train_loader)
     if batches == 0:
         raise UserError(f"the training set has {len(train_set)} sample(s), fewer than one "
@@ -610,7 +611,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                                 context.total_steps)
     stepper.scheduler = scheduler if per_step else None
     eval_loaders = {split: DataLoader(ds, batch_size=config["eval_batch_size"],
-                                      num_workers=config["num_workers"])
+                                      **loader_options(device, config["num_workers"]))
                     for split, ds in data.evals.items()}
     if main:
         runinfo.write_computational_info(run_dir, model, data, config, device)
@@ -752,6 +753,19 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         write_log(run, history)
         runinfo.write_status(run_dir, "running", epoch=epoch, best=best)
     distributed.barrier()  # the last checkpoint exists before any process reports done
+
+
+def loader_options(device: torch.device, workers: int) -> dict[str, Any]:
+    """DataLoader settings of the run's device: on CUDA, pinned host memory (batches are
+    copied with ``non_blocking``) and, with workers, workers kept between epochs (their
+    base seed from a private generator: torch's own stays untouched, and the seeded
+    samples make the workers' seeds irrelevant); elsewhere torch's defaults."""
+    if device.type != "cuda":
+        return {"num_workers": workers}
+    options: dict[str, Any] = {"num_workers": workers, "pin_memory": True}
+    if workers:
+        options.update(persistent_workers=True, generator=torch.Generator().manual_seed(0))
+    return options
 
 
 class MidEpochCheckpoints:
