@@ -1,11 +1,19 @@
 """Layer saturation (delve / PHD-LAB) tracked during training, on every pass of every epoch.
 
 For each tracked layer the outputs of a whole pass (every batch of the training pass, or
-of one eval split) are reduced to a data matrix ``(rows, width)`` and accumulated into a
-float64 covariance matrix with delve's :class:`~delve.TorchCovarianceMatrix`, on the
-model's device. At the end of the pass delve's metric functions turn each covariance
-into the logged statistics, so the numbers keep delve's definitions and compare with
-published ones:
+of one eval split) are reduced to delve's data matrix ``(rows, width)``
+(:func:`feature_points`) and summed, on the model's device, into what delve's
+:class:`~delve.TorchCovarianceMatrix` keeps: ``Σ x xᵀ``, ``Σ x`` and the count, here
+taken around a fixed reference point (:class:`LayerMoments`). The covariance is delve's,
+``E[x xᵀ] - μ μᵀ`` with the sums divided by the count. A channelwise conv map gives
+``N·H·W`` rows a batch, and their products are nearly all of tracking's cost: they are
+multiplied in float32, in blocks of :data:`BLOCK_ROWS` rows read from the output's own
+layout, and the blocks added in float64; the reference (the first batch's mean) keeps
+float32 from losing the covariance to cancellation, so it agrees with float64
+throughout to about 1e-7 of its largest entry. Layers with one row per sample
+(Linear, LSTM, pooled or flattened conv outputs) are multiplied in float64. At the end
+of the pass delve's metric functions turn each covariance into the logged statistics,
+so the numbers keep delve's definitions and compare with published ones:
 
 * ``idim`` (intrinsic dimensionality): counted on the covariance's eigenvalues in
   decreasing order (negatives clipped to zero), by one of two rules (``idim_rule``):
@@ -33,7 +41,9 @@ and ``idim_rule`` are therefore not part of a run's identity.
 
 Unlike delve 0.1.50's own ``SaturationTracker``, which restarts its accumulator on
 every batch and so reports the last batch only, the accumulator here lives for the
-whole pass. Log columns are named as PHD-LAB named them:
+whole pass; a mid-epoch checkpoint saves it (:meth:`SaturationTracker.pass_state`),
+and the processes of one run add theirs together (:meth:`SaturationTracker.all_reduce`).
+Log columns are named as PHD-LAB named them:
 ``<pass>-<statistic>_<layer>``, e.g. ``train-saturation_block1-conv1`` or
 ``eval-intrinsic-dimensionality_fc`` (statistic names from delve's ``STATMAP``).
 
@@ -230,8 +240,8 @@ class LayerMoments:
         """Sums of ``(N, width, pixels)`` samples, one product per sample without a
         transposed copy; every :data:`BLOCK_ROWS` points go into the float64 sums."""
         width, pixels = samples.shape[1:]
-        augmented = torch.ones(width + 1, pixels, dtype=torch.float32)
-        product = torch.zeros(width + 1, width + 1, dtype=torch.float32)
+        augmented = torch.ones(width + 1, pixels, dtype=torch.float32, device=samples.device)
+        product = torch.zeros(width + 1, width + 1, dtype=torch.float32, device=samples.device)
         per_block = max(1, BLOCK_ROWS // pixels)
         reference = self.reference[:, None]
         for i, sample in enumerate(samples):
@@ -288,12 +298,14 @@ def _ieee_float32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    allowed = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # the fp32_precision API: reading the legacy allow_tf32 flag raises once anyone
+    # has set the new one
+    precision = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cuda.matmul.fp32_precision = precision
 
 
 def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:

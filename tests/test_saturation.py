@@ -12,8 +12,8 @@ from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.layers import measured_layers
 from labkit.results import collect
-from labkit.saturation import (SaturationTracker, intrinsic_dimensionality, load_spectra,
-                               plot_saturation, spectra_path, spectrum)
+from labkit.saturation import (SaturationTracker, _ieee_float32, intrinsic_dimensionality,
+                               load_spectra, plot_saturation, spectra_path, spectrum)
 from labkit.spec import expand
 from labkit.testing import forget_last_epoch
 
@@ -516,3 +516,18 @@ def test_pass_state_is_loaded_inside_its_pass_only():
         assert off.pass_state() == {}
         off.load_pass_state({})
     off.all_reduce()  # no process group: nothing to do
+
+
+def test_products_on_cuda_ignore_a_tf32_setting():
+    # the flag lives in torch, not on a device: checkable without a GPU
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"  # what a plugin chasing speed might set
+        with _ieee_float32(torch.device("cuda")):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+        with _ieee_float32(torch.device("cpu")):
+            assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
