@@ -248,3 +248,56 @@ def test_a_weight_decay_schedule_leaves_a_group_built_without_decay_at_zero():
     assert context.step == 3
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.1 + 0.4 * 2 / 7)
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_the_device_loader_trains_what_the_dataloader_trains_and_resumes_mid_epoch(
+        registries, tmp_path):
+    plain = make_run(registries, tmp_path / "torch", epochs=2, saturation=None)
+    device = make_run(registries, tmp_path / "device", epochs=2, saturation=None,
+                      data_loader="device")
+    assert plain.hash != device.hash
+    for r in (plain, device):
+        assert engine.train(r, registries, progress=False) == "finished"
+    # digits are normalised only: the device path draws the same batches, bit for bit
+    assert_states_identical(final(plain), final(device))
+
+    # augmented on the device, killed mid-epoch, resumed: the run never interrupted
+    augmented = {"dataset": {"name": "digits", "augment": "flip_crop"}, "epochs": 2,
+                 "data_loader": "device"}
+    reference = make_run(registries, tmp_path / "ref", **augmented)
+    engine.train(reference, registries, progress=False)
+    spec = {**STEPPED, **augmented, "checkpoint_steps": 1,
+            "logs_dir": str(tmp_path / "killed" / "logs")}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    killed = make_run(registries, tmp_path / "killed", run_id="K", checkpoint_steps=1,
+                      **augmented)
+    partial = killed.directory / "checkpoints" / checkpoint.PARTIAL
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", str(path), "--run-id", "K",
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = run_cli("run", str(path), "--run-id", "K")
+    assert result.returncode == 0, result.stderr
+    assert "resuming epoch" in result.stderr
+    assert_states_identical(final(reference), final(killed))
+    pd.testing.assert_frame_equal(log_of(reference), log_of(killed))
+
+
+def test_compile_trains_the_network_eager_mode_trains(registries, tmp_path):
+    """torch.compile through inductor (needs a C++ compiler): close to eager, same keys."""
+    eager = make_run(registries, tmp_path / "eager", epochs=1, steps=4, saturation=None,
+                     scheduler=None, accumulate=1)
+    compiled = make_run(registries, tmp_path / "compiled", epochs=1, steps=4, saturation=None,
+                        scheduler=None, accumulate=1, compile=True)
+    for r in (eager, compiled):
+        assert engine.train(r, registries, progress=False) == "finished"
+    a, b = final(eager)["modules"]["model"], final(compiled)["modules"]["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-4), key
