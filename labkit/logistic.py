@@ -44,7 +44,7 @@ import torch
 
 CHUNK_ROWS = 1 << 16
 """Most rows read and computed at a time."""
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 """Most bytes (float32) of a chunk: wide layers read fewer rows at a time."""
 SAMPLE_ROWS = 1 << 17
 """Most rows of the in-memory sample (the whole layer when it has no more)."""
@@ -71,12 +71,13 @@ def _sample_rows(rows: int, width: int) -> int:
 def peak_bytes(rows: int, width: int, classes: int) -> int:
     """Upper estimate of the memory :func:`fit` allocates for a layer of ``rows`` rows,
     ``width`` features and ``classes`` classes, beyond the process itself: the sample
-    three times over (its pieces, their concatenation, standardised) and a chunk's
-    temporaries (the float32 rows, centred and standardised copies, the logits and
-    their comparisons). Bounded whatever ``rows`` is."""
+    three times over (its pieces and their concatenation while it is gathered, then the
+    sample next to a chunk's temporaries: float32 rows, centred or standardised copies,
+    logits and their comparisons), and half again for what the allocator keeps of
+    earlier chunks (measured in tests/test_probe_scale.py). Bounded whatever ``rows``."""
     sample = 3 * _sample_rows(rows, width) * width * 4
     chunk = _chunk_rows(width) * (3 * width + 3 * classes + 2) * 4
-    return sample + chunk + (1 << 20)
+    return (sample + chunk) * 3 // 2 + (1 << 20)
 
 
 def _chunks(features: np.ndarray, labels: np.ndarray, device: torch.device,
@@ -227,7 +228,9 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
     # Σ over each class's rows of (x - mean) / scale
     full = _Data(n, (class_sums + counts[:, None] * (shift.double() - mean)) / scale, counts)
     mean32, scale32 = mean.float(), scale.float()
-    x = (torch.cat(sample_x) - mean32) / scale32
+    x = torch.cat(sample_x)
+    del sample_x  # before standardising in place: the sample at most twice in memory
+    x.sub_(mean32).div_(scale32)
     y = torch.cat(sample_y)
     sample = _Data(len(x), torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
                    torch.bincount(y, minlength=classes).double())
@@ -292,7 +295,7 @@ class StreamedLogistic:
         with torch.no_grad():
             for _, x, image_labels in _chunks(features, labels, self.weight.device, positions):
                 logits = torch.addmm(self.bias[:, None], self.weight,
-                                     ((x - self.mean) / self.scale).T)
+                                     torch.sub(x, self.mean).div_(self.scale).T)
                 rows = torch.repeat_interleave(image_labels, positions)
                 correct += _correct(logits, logits.amax(0), rows)
         return correct / max(len(features), 1)
@@ -303,7 +306,7 @@ def _streamed(features: np.ndarray, labels: np.ndarray, positions: int, survey: 
     """Standardised chunks of every row, with row labels when ``count``."""
     for _, x, image_labels in _chunks(features, labels, survey.mean.device, positions):
         rows = torch.repeat_interleave(image_labels, positions) if count else None
-        yield (x - survey.mean) / survey.scale, rows
+        yield torch.sub(x, survey.mean).div_(survey.scale), rows
 
 
 def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: int = 1,

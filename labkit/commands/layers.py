@@ -19,6 +19,7 @@ from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
 from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
                                     produce)
 from labkit.errors import UserError
+from labkit.probes import parse_size
 from labkit.receptive_field import border_layer
 
 _DOWNSAMPLING_HELP = ("downsampling: d (conv maps average-pooled to d×d), 'pixelwise' or 'none'; "
@@ -34,6 +35,12 @@ _MEMORY_HELP = ("memory budget of the fitting workers together, e.g. 8G or 500M:
                 "fits run at once than fit in it [default: the spec's, else half the "
                 "memory available]")
 _SOLVER_HELP = "probe solver [default: the spec's, else torch]"
+
+
+def _check_memory(memory: str | None) -> None:
+    """A ``--memory`` that is no size is an error before any work."""
+    if memory is not None:
+        parse_size(memory)
 
 
 def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
@@ -107,7 +114,9 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
     """Fit a logistic probe per layer: `labkit probes SPEC --run-id ID` (extracting
     latents when missing) or `labkit probes PATHS…` (latent directories, or folders
     holding them). Results go to the source run's probe_performances.csv, in network
-    order; fits are cached, so a rerun costs next to nothing."""
+    order; fits are cached, so a rerun costs next to nothing. At most -mp fits run at
+    once, and only as many as fit in --memory together (the command says how many)."""
+    _check_memory(memory)
     if run_id is not None:
         if len(targets) != 1:
             raise UserError("with --run-id give exactly one SPEC file")
@@ -160,6 +169,7 @@ def probe_run(spec: str, run_id: str, processes: int | None, memory: str | None,
     """Train every run of SPEC (resuming / skipping as `labkit run` does), then extract
     its latents and fit the probes for each -d. A failed run is reported and skipped;
     the exit code is then 1."""
+    _check_memory(memory)
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
     failed = 0
