@@ -675,8 +675,9 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         }
 
     # --- the epoch loop
-    for epoch in tqdm(range(start + 1, last_epoch + 1), desc=run.name,
-                      disable=quiet_bars(progress)):
+    bar = tqdm(range(start + 1, last_epoch + 1), desc=run.name,
+               disable=quiet_bars(progress and main))
+    for epoch in bar:
         started = time.perf_counter()
         metrics = make_metrics(registries, config["metrics"], data.num_classes)
         position, on_start = EpochPosition(), None
@@ -729,6 +730,9 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             row.update(saturation.columns(split))
         row.update(extra)
         row["epoch_seconds"] = position.seconds + time.perf_counter() - started
+        if progress and main:
+            bar.write(epoch_line(run.name, epoch, last_epoch, row, [TRAIN_PASS, *eval_loaders],
+                                 config["metrics"][:1]), file=sys.stderr)
         if scheduler is not None and not per_step:
             scheduler.step()
         history.append(row)
@@ -753,6 +757,16 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
         write_log(run, history)
         runinfo.write_status(run_dir, "running", epoch=epoch, best=best)
     distributed.barrier()  # the last checkpoint exists before any process reports done
+
+
+def epoch_line(name: str, epoch: int, last: int, row: dict[str, Any], splits: list[str],
+               metrics: list[str]) -> str:
+    """One console line per epoch: loss and the first metric of every pass, and time."""
+    parts = [f"{split} loss {row[f'{split}-loss']:.4f}"
+             + "".join(f" {m} {row[f'{split}-{m}']:.4f}" for m in metrics
+                       if f"{split}-{m}" in row)
+             for split in splits if f"{split}-loss" in row]
+    return f"{name} epoch {epoch}/{last}: " + ", ".join(parts) + f" ({row['epoch_seconds']:.1f} s)"
 
 
 def loader_options(device: torch.device, workers: int) -> dict[str, Any]:

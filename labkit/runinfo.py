@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -67,7 +68,13 @@ def exclusive(run_dir: Path) -> Iterator[None]:
                             f"make it writable or choose another logs_dir") from None
         handle = open(run_dir / LOCK_FILE)
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why nothing happens, then wait
+            print(f"waiting for another labkit process working on {run_dir} (it holds "
+                  f"{run_dir / LOCK_FILE}); this one continues when that one is done",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             remove_leftovers(run_dir)
         except OSError:  # read-only: nothing can have been left by a write here

@@ -13,7 +13,9 @@ from submitit.local.local import LocalJobEnvironment
 
 from labkit import checkpoint, plugins, runinfo
 from labkit.commands.common import load_runs
+from labkit.identity import RunConfig
 from labkit.launch import RunTask, submit_array, submitit_folder
+from labkit.spec import expand
 from labkit.spec import LauncherConfig
 
 from labkit.testing import run_cli
@@ -117,3 +119,22 @@ def test_two_processes_on_one_run_train_it_once(tmp_path, write_spec):
                        "1 run(s): 1 finished, 0 already finished, 0 failed"]
     log = pd.read_csv(next((tmp_path / "logs").rglob(runinfo.LOG_CSV)))
     assert list(log["epoch"]) == [1, 2]
+
+
+def test_a_second_process_says_it_waits_for_the_run_lock_and_epochs_are_reported(
+        tmp_path, write_spec):
+    spec = write_spec({**GRID, "optimizer": {"name": "sgd", "lr": 0.05}, "seed": 0})
+    (config,) = expand(json.loads(spec.read_text()), plugins.registries())
+    run = RunConfig(config, "W")
+    with runinfo.exclusive(run.directory):
+        proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", str(spec), "--run-id",
+                                 "W"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = proc.stderr.readline()
+        assert "waiting for another labkit process" in first and str(run.directory) in first
+        assert proc.poll() is None  # still waiting while the lock is held
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    epochs = run.config["epochs"]
+    for epoch in range(1, epochs + 1):
+        assert f"epoch {epoch}/{epochs}: train loss" in err
+    assert "eval loss" in err and "accuracy" in err
