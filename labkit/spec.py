@@ -535,5 +535,24 @@ def _unique_keys(path: Path) -> Any:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON schema of a spec's grid point (lists as axes are allowed everywhere)."""
-    return Spec.model_json_schema()
+    """The JSON schema of a spec file, for editors and validators: a component may be
+    written as its name alone, and any field (also inside ``saturation``, ``launcher``,
+    a schedule, or a component's ``name``) may be a list of values, a grid axis.
+    A component's parameters stay open: the registry checks them (``labkit plan``)."""
+    schema = Spec.model_json_schema()
+    defs = schema.get("$defs", {})
+    if "Component" in defs:
+        component = defs["Component"]
+        component["properties"]["name"] = _axis(component["properties"]["name"])
+        defs["Component"] = {"anyOf": [{"type": "string"}, component],
+                             "description": component.get("description", "")}
+    for holder in [schema, *(d for d in defs.values() if "properties" in d)]:
+        holder["properties"] = {name: _axis(field) for name, field in holder["properties"].items()}
+    return schema
+
+
+def _axis(field: dict[str, Any]) -> dict[str, Any]:
+    """``field``'s schema, or a non-empty list of such values (a grid axis)."""
+    text = {k: field[k] for k in ("description", "default", "title") if k in field}
+    value = {k: v for k, v in field.items() if k not in text}
+    return {**text, "anyOf": [value, {"type": "array", "items": value, "minItems": 1}]}

@@ -1,5 +1,7 @@
 """The command line as a user meets it: messages, exit codes, no tracebacks."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +77,29 @@ def test_set_overrides_spec_values_validated_like_the_file(write_spec, tmp_path)
     assert typo.returncode == 2 and "did you mean 'lr'" in typo.stderr.lower()
     bad = run_cli("plan", str(spec), "--set", "optimizer.lr")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_the_schema_accepts_every_shipped_spec_and_readme_example_and_catches_typos():
+    import jsonschema
+    schema = json.loads(run_cli("schema").stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    root = Path(__file__).resolve().parents[1]
+    specs = {str(p): json.loads(p.read_text()) for p in sorted((root / "specs").glob("*.json"))}
+    readmes = [root / "README.md", *sorted((root / "plugins").glob("*/README.md"))]
+    for readme in readmes:
+        for i, block in enumerate(re.findall(r"```json\n(.*?)```", readme.read_text(), re.S)):
+            try:
+                value = json.loads(block)
+            except json.JSONDecodeError:
+                continue  # a fragment, not a whole spec
+            if isinstance(value, dict) and "model" in value:
+                specs[f"{readme.name} block {i}"] = value
+    assert len(specs) >= 5
+    for where, spec in specs.items():
+        errors = [e.message for e in validator.iter_errors(spec)]
+        assert not errors, (where, errors)
+    assert not validator.is_valid({"model": "cnn_s", "epocs": 3})  # a typo
+    assert not validator.is_valid({"model": "cnn_s", "epochs": "three"})
+    assert validator.is_valid({"model": ["cnn_s", {"name": "resnet18_xxs"}], "seed": [0, 1],
+                               "saturation": {"delta": [0.9, 0.99]}})
