@@ -96,15 +96,19 @@ def cli() -> None:
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="processes that train each run together (one per GPU, or CPU processes); "
                    "the same as --set nproc=N")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads per run (the spec's threads, default 1; part of run "
+                   "identity, as CPU results depend on it); the same as --set threads=N")
 @SET_OPTION
 def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
         jobs: int | None, launcher: str | None, partition: str | None,
         gpus_per_task: int | None, cpus_per_task: int | None, time_min: int | None,
-        array_parallelism: int | None, wait: bool, nproc: int | None,
+        array_parallelism: int | None, wait: bool, nproc: int | None, threads: int | None,
         overrides: tuple[str, ...]) -> None:
     """Train every run of SPEC; finished runs are skipped, unfinished ones resumed."""
-    if nproc is not None:
-        overrides = (*overrides, f"nproc={nproc}")
+    for key, value in (("nproc", nproc), ("threads", threads)):
+        if value is not None:
+            overrides = (*overrides, f"{key}={value}")
     runs = load_runs(spec, run_id, device, overrides)
     click.echo(plan_table(runs).to_string(index=False))
     if dry_run:
