@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from labkit.errors import UserError
+from labkit.layers import measured_layers
 from labkit.models import MODELS, create_torchvision_model, torchvision_model_names
 
 WIDTH_SUFFIXES = ["", "_s", "_xs", "_xxs"]
@@ -23,6 +24,10 @@ EXPECTED_NAMES = {f"{base}{suffix}" for base in WIDTH_FAMILIES for suffix in WID
     "mlp_s",
     "mlp_m",
 }
+CIFAR_RESNETS = {8: 1, 14: 2, 20: 3, 32: 5, 44: 7, 56: 9, 110: 18}  # depth -> blocks per stage
+PLAIN_CNN_DEPTHS = [2, 4, 6, 8, 10]
+EXPECTED_NAMES |= {f"resnet{depth}" for depth in CIFAR_RESNETS} | {
+    f"plain_cnn{depth}" for depth in PLAIN_CNN_DEPTHS} | {"resnet_blocks"}
 
 
 def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -262,3 +267,108 @@ def test_unknown_torchvision_arch_suggests_close_matches():
     message = str(error.value)
     assert "'resnet181'" in message and "'resnet18'" in message
     assert "torchvision_model_names()" in message
+
+
+# CIFAR model zoo (labkit/models/cifar.py)
+
+# He et al. (2016), Table 6: parameters of the CIFAR-10 ResNets
+PUBLISHED_PARAMETERS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
+
+
+@pytest.mark.parametrize("depth", sorted(PUBLISHED_PARAMETERS))
+def test_cifar_resnet_parameter_counts_match_the_published_ones(depth):
+    count = num_parameters(MODELS[f"resnet{depth}"](10, 3, 32))
+    # the published counts are rounded to two digits; 1x1 projections add ~2.7k (option B)
+    assert count == pytest.approx(PUBLISHED_PARAMETERS[depth], rel=0.02)
+
+
+@pytest.mark.parametrize("depth, per_stage", sorted(CIFAR_RESNETS.items()))
+def test_cifar_resnet_has_three_stages_of_16_32_64_channels(depth, per_stage):
+    model = MODELS[f"resnet{depth}"](10, 3, 32)
+    assert [len(model.get_submodule(f"layer{k}")) for k in (1, 2, 3)] == [per_stage] * 3
+    assert not hasattr(model, "layer4")
+    assert [model.get_submodule(f"layer{k}.0.conv2").out_channels for k in (1, 2, 3)] == [16, 32, 64]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) + 1 == depth  # depth = 3x3 convs + fc
+    # the layer measures see every conv and fc, in network order, under readable names
+    names = [name for name, _ in measured_layers(model)]
+    assert names[0] == "conv1" and names[-1] == "fc"
+    assert names.index("layer2-0-conv2") < names.index("layer2-0-shortcut-conv") < names.index(
+        "layer2-1-conv1" if per_stage > 1 else "layer3-0-conv1")
+    stage_outputs = {}
+    for k in (1, 2, 3):
+        model.get_submodule(f"layer{k}").register_forward_hook(
+            lambda module, inputs, output, k=k: stage_outputs.__setitem__(k, output.shape))
+    model(torch.randn(2, 3, 32, 32))
+    assert stage_outputs == {1: (2, 16, 32, 32), 2: (2, 32, 16, 16), 3: (2, 64, 8, 8)}
+
+
+def test_cifar_resnet_noskip_removes_the_shortcuts():
+    model = MODELS["resnet20"](10, 3, 32, noskip=True)
+    assert not any("shortcut" in name for name in module_names(model))
+    assert num_parameters(model) < num_parameters(MODELS["resnet20"](10, 3, 32))
+
+
+@pytest.mark.parametrize("depth", PLAIN_CNN_DEPTHS)
+def test_plain_cnns_have_their_number_of_conv_layers(depth):
+    model = MODELS[f"plain_cnn{depth}"](10, 3, 32)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == depth
+    assert all(isinstance(model.get_submodule(f"block{s}.bn1"), nn.BatchNorm2d)
+               for s in range(1, len([n for n in module_names(model) if re.fullmatch(r"block\d", n)]) + 1))
+    # TAKD's head: the flattened 32-px map (then fc1 for the two deepest), whatever the input
+    flattened = model.fc1.in_features if depth >= 8 else model.fc.in_features
+    assert flattened == {2: 16 * 8 * 8, 4: 32 * 8 * 8, 6: 64 * 4 * 4, 8: 128 * 2 * 2,
+                         10: 256 * 2 * 2}[depth]
+    for resolution in (8, 11, 32):
+        small = MODELS[f"plain_cnn{depth}"](10, 1, resolution)
+        assert logits(small.train(), torch.randn(2, 1, resolution, resolution)).shape == (2, 10)
+
+
+def test_plain_cnns_grow_with_depth():
+    counts = [num_parameters(MODELS[f"plain_cnn{depth}"](10, 3, 32)) for depth in PLAIN_CNN_DEPTHS]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+
+
+def test_resnet_blocks_2222_is_resnet18():
+    torch.manual_seed(0)
+    reference = MODELS["resnet18"](10, 3, 16).eval()
+    model = MODELS["resnet_blocks"](10, 3, 16, blocks=(2, 2, 2, 2)).eval()
+    assert module_names(model) == module_names(reference)
+    model.load_state_dict(reference.state_dict())  # same names and shapes, strictly
+    images = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(logits(model, images), logits(reference, images))
+
+
+@pytest.mark.parametrize("blocks", [(1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 2, 2), (2, 2, 2, 2)])
+def test_resnet_blocks_follow_the_block_counts(blocks):
+    model = MODELS["resnet_blocks"](10, 1, 8, blocks=blocks, width=8)
+    assert [len(model.get_submodule(f"layer{k + 1}")) for k in range(4)] == list(blocks)
+    assert model.fc.in_features == 64
+    assert logits(model.train(), torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_resnet_blocks_rejects_empty_stages():
+    with pytest.raises(UserError, match="blocks"):
+        MODELS["resnet_blocks"](10, 3, 32, blocks=(1, 0, 1))
+    with pytest.raises(UserError, match="blocks"):
+        MODELS["resnet_blocks"](10, 3, 32, blocks=())
+
+
+@pytest.mark.parametrize("name", ["resnet8", "plain_cnn4", "resnet_blocks"])
+def test_cifar_zoo_learns_8x8_digits(name):
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target)
+    torch.manual_seed(0)
+    params = {"blocks": (1, 1), "width": 8} if name == "resnet_blocks" else {}
+    model = MODELS[name](10, 1, 8, **params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        for start in range(0, 1200, 64):
+            loss = F.cross_entropy(model(images[start : start + 64]), labels[start : start + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    accuracy = (logits(model.eval(), images[1200:]).argmax(1) == labels[1200:]).float().mean()
+    assert accuracy > 0.8

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from labkit.models.cifar import (CIFAR_RESNET_DEPTHS, PLAIN_CNNS, cifar_resnet_factory,
+                                 plain_cnn_factory, resnet_blocks)
 from labkit.models.resnet import RESNET_DEPTHS, resnet_factory
 from labkit.models.small import CNN_STAGES, MLP_DEFAULTS, cnn_factory, lenet5, mlp_factory
 from labkit.models.torchvision_models import create_torchvision_model, torchvision_model_names
@@ -33,6 +35,11 @@ def _build_registry() -> dict[str, Callable[..., nn.Module]]:
         for depth in VGG_DEPTHS:
             models[f"vgg{depth}{suffix}"] = vgg_factory(depth, divisor)
     models["wide_resnet"] = wide_resnet
+    for depth in CIFAR_RESNET_DEPTHS:
+        models[f"resnet{depth}"] = cifar_resnet_factory(depth)
+    for depth in PLAIN_CNNS:
+        models[f"plain_cnn{depth}"] = plain_cnn_factory(depth)
+    models["resnet_blocks"] = resnet_blocks
     models["lenet5"] = lenet5
     for size in CNN_STAGES:
         models[f"cnn_{size}"] = cnn_factory(size)
