@@ -28,6 +28,7 @@ schedules ramp over ``context.total_steps`` and ``context.steps_per_epoch``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -35,14 +36,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from torch import nn
 
 from labkit.api import (Method, RunContext, Schedule, Scheduled, StepResult, UserError,
-                        build_component, value_at)
+                        build_component, value_at, write_json)
+from labkit_dino.checkpoint_init import (CHECKPOINT_INITS, InitRun, finished_init_run,
+                                         load_network, source_model)
 from labkit_dino.losses import LossName, Pairing, Targets, multicrop_loss, view_pairs
 from labkit_dino.networks import (DinoHead, DinoNet, check_same_architecture, embedding_dim,
-                                  with_probe_classifier)
+                                  probe_of, with_probe_classifier)
 from labkit_dino.probing import embeddings, fit_probes
 from labkit_dino.student_init import StudentInit, initialise_student
 from labkit_dino.targets import NoisyTargets
 from labkit_dino.views import AUGMENTATIONS, Crop, MultiViewDataset, crop_transforms, parse_crops
+
+
+# written into the run directory when a network starts from another run's checkpoint
+INIT_RECORD = "dino_init.json"
 
 
 def _crop_list(crops: str | None, global_scale: tuple[float, float] | None,
@@ -72,12 +79,27 @@ class DinoParams(BaseModel):
     teacher_model: str | None = Field(
         None, description="registry name of the teacher's encoder (default params); null: "
                           "the spec's model with its params")
+    embedding_from: str | None = Field(
+        None, description="dotted name of the encoder's final nn.Linear classifier, whose "
+                          "input is the embedding (e.g. 'fc', 'heads.head' of torchvision's "
+                          "ViTs, 'classifier.6' of its VGGs); null: the first of fc, "
+                          "heads.head, head, classifier that is an nn.Linear")
     teacher_seed: int | None = Field(
         None, description="seed of the teacher's random init; null: the spec's seed")
-    student_init: StudentInit = Field(
+    teacher_init: Literal["random", "t_ckpt", "s_ckpt"] = Field(
+        "random", description="random: drawn from teacher_seed; t_ckpt / s_ckpt: the "
+                              "teacher / trained network (and head) of the finished run "
+                              "init_run, whose model the teacher then is")
+    student_init: StudentInit | Literal["t_ckpt", "s_ckpt"] = Field(
         "teacher", description="teacher: a copy of the teacher; random: a fresh init; "
                                "interpolated: (1-α)·teacher + α·fresh; neighborhood: "
-                               "teacher + ε·fresh")
+                               "teacher + ε·fresh; t_ckpt / s_ckpt: the teacher / trained "
+                               "network (and head) of the finished run init_run")
+    init_run: InitRun | None = Field(
+        None, validate_default=True,
+        description='the finished run that t_ckpt / s_ckpt read: {"dir": "<run '
+                    'directory>"} (its fingerprint is added to the identity) or {"spec": '
+                    '{...}, "run_id": …} (trained first when not finished)')
     student_seed: int | None = Field(
         None, description="seed of the fresh init used by random/interpolated/neighborhood; "
                           "null: drawn right after the teacher from the teacher's seed")
@@ -175,6 +197,27 @@ class DinoParams(BaseModel):
                    '"clip_grad_norm": 3.0)')
         raise ValueError(f"gradient clipping moved from the dino method to the engine: {fix}")
 
+    @field_validator("student_init")
+    @classmethod
+    def _teacher_from_run(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("teacher_init") in CHECKPOINT_INITS and info.data.get("teacher_model"):
+            raise ValueError("teacher_model and a teacher_init from a checkpoint contradict: "
+                             "the teacher is the init run's model; drop teacher_model")
+        return value
+
+    @field_validator("init_run")
+    @classmethod
+    def _run_when_read(cls, value: InitRun | None, info: ValidationInfo) -> InitRun | None:
+        inits = {info.data.get("teacher_init"), info.data.get("student_init")}
+        readers = sorted(inits & set(CHECKPOINT_INITS))
+        if readers and value is None:
+            raise ValueError(f"teacher_init / student_init {readers[0]!r} reads a finished run: "
+                             f'give init_run {{"dir": "<run directory>"}} or {{"spec": ...}}')
+        if value is not None and not readers:
+            raise ValueError("init_run is read only by teacher_init or student_init 't_ckpt' "
+                             "/ 's_ckpt'; set one of them or drop init_run")
+        return value
+
     @field_validator("teacher_eval")
     @classmethod
     def _eval_for_student_statistics(cls, value: bool, info: ValidationInfo) -> bool:
@@ -245,15 +288,30 @@ class Dino(Method):
         self._sums: dict[str, float] = {}
         self._seen = 0
 
-        network = with_probe_classifier(context.model, config["model"]["name"])
+        self._source = None  # the init run's config and checkpoint modules
+        if params.init_run is not None:
+            self._source = finished_init_run(params.init_run, context)
+        network = with_probe_classifier(context.model, config["model"]["name"],
+                                        params.embedding_from)
         self.teacher, fresh, student_head = self._draw()
         self.student = DinoNet(network, student_head)
-        if params.student_init != "random" or params.teacher_mode != "no_update":
+        independent = params.student_init in ("random", *CHECKPOINT_INITS)
+        if not independent or params.teacher_mode != "no_update":
             check_same_architecture(self.student, self.teacher,
                                     f"student_init {params.student_init!r} with teacher_mode "
                                     f"{params.teacher_mode!r}")
-        initialise_student(self.student, self.teacher, fresh, params.student_init,
-                           params.init_alpha, params.init_eps, params.variance_preserving)
+        if params.teacher_init in CHECKPOINT_INITS:
+            load_network(self.teacher, self._source, params.teacher_init)
+        if params.student_init in CHECKPOINT_INITS:
+            load_network(self.student, self._source, params.student_init)
+        else:
+            initialise_student(self.student, self.teacher, fresh, params.student_init,
+                               params.init_alpha, params.init_eps, params.variance_preserving)
+        if self._source is not None and context.run_dir is not None:
+            # which run's weights this one started from (also in the identity for a dir)
+            write_json(Path(context.run_dir) / INIT_RECORD, {
+                "teacher_init": params.teacher_init, "student_init": params.student_init,
+                "directory": self._source["directory"], "run": self._source["fingerprint"]})
         self.teacher.requires_grad_(False)
         self._trainable = [p for _, p in self.student.dino_parameters()]
         self._last_layer = list(self.student.head.last_layer.parameters())
@@ -265,7 +323,7 @@ class Dino(Method):
         model = build_component(self.context.registries, "models", spec,
                                 num_classes=data.num_classes, in_channels=data.in_channels,
                                 resolution=data.resolution)
-        return with_probe_classifier(model, spec["name"])
+        return with_probe_classifier(model, spec["name"], self.params.embedding_from)
 
     def _head(self, network: nn.Module) -> DinoHead:
         p = self.params
@@ -278,7 +336,12 @@ class Dino(Method):
         Drawn in a forked RNG so the engine's random stream is left as it was.
         """
         p, config = self.params, self.context.config
-        teacher_spec = config["model"] if p.teacher_model is None else {"name": p.teacher_model}
+        if p.teacher_init in CHECKPOINT_INITS:
+            teacher_spec = source_model(self._source, p.teacher_init)
+        elif p.teacher_model is not None:
+            teacher_spec = {"name": p.teacher_model}
+        else:
+            teacher_spec = config["model"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config["seed"] if p.teacher_seed is None else p.teacher_seed)
             try:
@@ -287,7 +350,7 @@ class Dino(Method):
                 raise UserError(f"method.teacher_model: {exc}") from None
             teacher = DinoNet(teacher_network, self._head(teacher_network))
             fresh = None
-            if p.student_init != "teacher":
+            if p.student_init not in ("teacher", *CHECKPOINT_INITS):
                 if p.student_seed is not None:
                     torch.manual_seed(p.student_seed)
                 fresh_network = self._network(config["model"])
@@ -453,8 +516,9 @@ class Dino(Method):
                      for split, dataset in data.evals.items()}
             result = fit_probes(train, evals, data.num_classes, p.probe_k,
                                 p.probe_standardize, p.probe_max_iter)
-            net.network.fc.weight.copy_(result.weight)
-            net.network.fc.bias.copy_(result.bias)
+            probe = probe_of(net.network)
+            probe.weight.copy_(result.weight)
+            probe.bias.copy_(result.bias)
             for split in data.evals:
                 columns[f"probe-{split}-{name}-knn"] = result.knn[split]
                 columns[f"probe-{split}-{name}-linear"] = result.linear[split]

@@ -1,13 +1,15 @@
 """The networks of a DINO run: encoders from the model registry and the DINO head.
 
-Encoder convention: an encoder is a registry model whose classifier is an ``nn.Linear``
-named ``fc`` (every built-in labkit model and torchvision's ResNets); its embedding is
-the input of ``fc``, of ``fc.in_features`` dimensions. The ``fc`` layer is replaced by a
+Encoder convention: an encoder is a registry model with a final classifier ``nn.Linear``
+whose input is the embedding, of ``in_features`` dimensions. Its dotted module name is
+the method's ``embedding_from`` (:data:`CLASSIFIER_NAMES` are tried when it is null:
+``fc`` in every built-in labkit model and torchvision's ResNets, ``heads.head`` in
+torchvision's ViTs, ``head``, ``classifier``). That layer is replaced by a
 :class:`ProbeClassifier` of the same shape, which holds the linear probe fitted on the
 embeddings. So the network keeps the registry model's layer names and state-dict keys
 (a checkpoint's ``modules["model"]`` loads into the registry model, and layer analyses
 run on a DINO run like on any other), its output are class logits of the linear probe,
-and :func:`embed` reads the embeddings by letting ``fc`` pass its input through.
+and :func:`embed` reads the embeddings: the input the probe receives.
 """
 from __future__ import annotations
 
@@ -45,21 +47,51 @@ class ProbeClassifier(nn.Linear):
         return x if self.bypass else super().forward(x)
 
 
-def with_probe_classifier(model: nn.Module, name: str) -> nn.Module:
-    """Replace ``model.fc`` by a zero :class:`ProbeClassifier` of the same shape, in place.
+# where registry models keep the classifier whose input is the embedding, in the order
+# tried when ``embedding_from`` is not given
+CLASSIFIER_NAMES = ("fc", "heads.head", "head", "classifier")
+
+
+def _linear_at(model: nn.Module, path: str) -> nn.Linear | None:
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return None
+    return module if isinstance(module, nn.Linear) else None
+
+
+def with_probe_classifier(model: nn.Module, name: str, path: str | None = None) -> nn.Module:
+    """Replace the classifier at ``path`` by a zero :class:`ProbeClassifier`, in place.
+
+    ``path`` is the dotted module name of the ``nn.Linear`` whose input is the embedding
+    (``"fc"``, ``"heads.head"``, ``"classifier.6"``); ``None``: the first of
+    :data:`CLASSIFIER_NAMES` that is an ``nn.Linear``. The probe takes the layer's name,
+    so the state-dict keys are the registry model's.
 
     Raises:
-        UserError: ``model`` (registry name ``name``) has no ``nn.Linear`` called ``fc``.
+        UserError: no such ``nn.Linear`` in ``model`` (registry name ``name``).
     """
-    fc = getattr(model, "fc", None)
-    if not isinstance(fc, nn.Linear):
-        raise UserError(
-            f"model {name!r} cannot be a DINO encoder: it has no classifier layer "
-            f"`fc` (an nn.Linear) whose input is the embedding. Use a built-in labkit "
-            f"model or a torchvision ResNet (`tv:resnet18`).")
+    paths = CLASSIFIER_NAMES if path is None else (path,)
+    found = next((p for p in paths if _linear_at(model, p) is not None), None)
+    if found is None:
+        tried = " or ".join(f"`{p}`" for p in paths)
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        hint = (f"set method.embedding_from to the dotted name of its last classifier layer "
+                f"(its nn.Linear layers: {', '.join(linears[-3:])})" if linears else
+                "use a model that ends in an nn.Linear classifier (any built-in labkit "
+                "model, `tv:resnet18`, `tv:vit_b_16`, `vit_tiny`)")
+        raise UserError(f"model {name!r} cannot be a DINO encoder: it has no nn.Linear "
+                        f"{tried} whose input is the embedding; {hint}")
+    fc = _linear_at(model, found)
     probe = ProbeClassifier(fc.in_features, fc.out_features).to(fc.weight.device)
-    model.fc = probe
+    parent, _, leaf = found.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, probe)
     return model
+
+
+def probe_of(network: nn.Module) -> ProbeClassifier:
+    """The :class:`ProbeClassifier` that :func:`with_probe_classifier` put into ``network``."""
+    return next(m for m in network.modules() if isinstance(m, ProbeClassifier))
 
 
 @contextmanager
@@ -72,14 +104,18 @@ def _bypassed(probe: ProbeClassifier) -> Iterator[None]:
 
 
 def embed(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Embeddings ``(N, D)`` of ``images`` ``(N, C, H, W)``: the input of ``network.fc``."""
-    with _bypassed(network.fc):
+    """Embeddings ``(N, D)`` of ``images`` ``(N, C, H, W)``: the input of the network's probe.
+
+    The probe passes its input through, so the classifier must be the network's last
+    operation (true of every classifier that :data:`CLASSIFIER_NAMES` finds).
+    """
+    with _bypassed(probe_of(network)):
         return network(images)
 
 
 def embedding_dim(network: nn.Module) -> int:
     """``D``, the width of the network's embedding."""
-    return network.fc.in_features
+    return probe_of(network).in_features
 
 
 class NormalizedLinear(nn.Module):
@@ -194,8 +230,8 @@ class DinoNet(nn.Module):
 
     def dino_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Named parameters of encoder and head: all but the probe classifier's."""
-        return [(name, p) for name, p in self.named_parameters()
-                if not name.startswith("network.fc.")]
+        probe = {id(p) for p in probe_of(self.network).parameters()}
+        return [(name, p) for name, p in self.named_parameters() if id(p) not in probe]
 
     def batch_norms(self) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
         """Named BatchNorm layers of encoder and head, in module order."""

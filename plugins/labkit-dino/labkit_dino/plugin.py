@@ -1,9 +1,13 @@
-"""labkit's entry point into labkit-dino: registers the ``dino`` method."""
+"""labkit's entry point into labkit-dino: registers the ``dino`` method and the
+random-teacher paper's encoders (:mod:`labkit_dino.encoders`)."""
 from labkit.api import hookimpl
+from labkit_dino.encoders import ENCODERS
 from labkit_dino.method import Dino
 
 
 @hookimpl
 def labkit_register(registries) -> None:
-    """Add the method ``dino``."""
+    """Add the method ``dino`` and the models ``convnet_<w>_<k>``, ``vit_tiny``, ``vit_small``."""
     registries.methods.register("dino", Dino)
+    for name, factory in ENCODERS.items():
+        registries.models.register(name, factory)
