@@ -91,7 +91,7 @@ class DinoParams(BaseModel):
                               "teacher / trained network (and head) of the finished run "
                               "init_run, whose model the teacher then is")
     student_init: StudentInit | Literal["t_ckpt", "s_ckpt"] = Field(
-        "teacher", description="teacher: a copy of the teacher; random: a fresh init; "
+        "teacher", validate_default=True, description="teacher: a copy of the teacher; random: a fresh init; "
                                "interpolated: (1-α)·teacher + α·fresh; neighborhood: "
                                "teacher + ε·fresh; t_ckpt / s_ckpt: the teacher / trained "
                                "network (and head) of the finished run init_run")
