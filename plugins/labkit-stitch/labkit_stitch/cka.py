@@ -15,8 +15,15 @@ samples, in the same order, for both representations), each flattened to p featu
   ``HSIC₁(K, L) = [tr(K̃L̃) + 1ᵀK̃1 · 1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2) · 1ᵀK̃L̃1] / (n(n-3))``
   with ``K̃``, ``L̃`` the Gram matrices with zeroed diagonals, averaged over minibatches:
   ``CKA = mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean HSIC₁(L, L))``.
+* Debiased CKA (Kornblith et al. 2019, the ``debiased=True`` option of their reference
+  code; Nguyen et al. 2021): the linear or RBF CKA above with the biased HSIC replaced
+  by the unbiased HSIC₁ on all n samples at once,
+  ``CKA₁ = HSIC₁(K, L) / sqrt(HSIC₁(K, K) · HSIC₁(L, L))``. The biased estimator
+  makes CKA of unrelated representations grow with their width when n is small
+  (features ≫ samples); HSIC₁'s expectation is the population HSIC, so debiased CKA of
+  independent representations stays near 0. It may be slightly negative.
 
-All three are invariant to orthogonal transforms and isotropic scaling of either
+All of them are invariant to orthogonal transforms and isotropic scaling of either
 representation. Functions named ``*_matrix`` compare every layer of one list with every
 layer of another at once, from stacked Gram matrices ``(layers, n, n)``.
 """
@@ -89,6 +96,21 @@ def unbiased_hsic_matrix(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.
             - 2 * ones_k_l_ones / (n - 2)) / (n * (n - 3))
 
 
+def debiased_cka_matrix(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.Tensor:
+    """Debiased CKA (unbiased HSIC₁ on all n samples) between every pair of Gram matrices.
+
+    Args:
+        grams_a: ``(A, n, n)``; grams_b: ``(B, n, n)`` on the same n ≥ 4 samples.
+
+    Returns:
+        ``(A, B)`` values, 1 for identical representations, near 0 for independent ones
+        (possibly slightly negative).
+    """
+    self_a = unbiased_hsic_matrix(grams_a, grams_a).diagonal()
+    self_b = unbiased_hsic_matrix(grams_b, grams_b).diagonal()
+    return _normalise(unbiased_hsic_matrix(grams_a, grams_b), self_a, self_b)
+
+
 class MinibatchCKA:
     """Minibatch CKA (Nguyen et al. 2021) between A's and B's layers, fed batch by batch.
 
@@ -124,6 +146,19 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 def rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0) -> float:
     """RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)`` (bandwidth rule in the module doc)."""
     return float(cka_matrix(gram_rbf(x, threshold)[None], gram_rbf(y, threshold)[None])[0, 0])
+
+
+def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Debiased linear CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, n ≥ 4: the unbiased
+    HSIC₁ of Song et al. (2012) with linear kernels, normalised (see the module doc)."""
+    return float(debiased_cka_matrix(gram_linear(x)[None], gram_linear(y)[None])[0, 0])
+
+
+def debiased_rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0) -> float:
+    """Debiased RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, n ≥ 4: the unbiased HSIC₁
+    with RBF kernels (bandwidth rule in the module doc), normalised."""
+    return float(debiased_cka_matrix(gram_rbf(x, threshold)[None],
+                                     gram_rbf(y, threshold)[None])[0, 0])
 
 
 def minibatch_cka(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:

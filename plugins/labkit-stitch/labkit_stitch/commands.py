@@ -1,6 +1,7 @@
 """CLI commands of the plugin: ``labkit stitch-table`` and ``labkit cka``."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ from labkit.api import (FinishedRun, RunConfig, UserError, check_device, latents
 from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
 from labkit_stitch.similarity import CKAOptions, layer_cka
-from labkit_stitch.tables import matrix, plot_cka, plot_stitch_group, stitch_table, stitched_params
+from labkit_stitch.stitching import Cell, CellChecker
+from labkit_stitch.tables import (CKA_MEASURES, check_axes, group_of, latest_table, matrix,
+                                  mean_table, plot_cka, plot_stitch_group, seed_keys,
+                                  stitch_table, stitched_params)
 
 
 def parse_reduction(ctx: click.Context, param: click.Parameter, text: str) -> int | str:
@@ -64,21 +68,47 @@ def run_label(run: RunConfig) -> str:
               help="folder of the tables [default: <logs_dir>/stitch_tables/<spec name>/<run-id>]")
 @click.option("--cka/--no-cka", default=True, show_default=True,
               help="also CKA between the chosen layers of each pair of networks")
+@click.option("--average-over", "average_over", multiple=True, metavar="KEY",
+              help="dotted config key (or prefix) to average the tables over, repeatable "
+                   "[default: every varying seed key: seed, model.sender.where.seed, ...]; "
+                   "'none' for no mean table")
+@click.option("--tolerance", default=0.01, show_default=True, type=click.FloatRange(min=0),
+              help="a cell stitches when its stitched value is at least B's own value less "
+                   "this (the latest-layer summary)")
+@click.option("--dry-run", is_flag=True,
+              help="validate the spec and check every cell's cut and shapes; train nothing")
 @_REDUCTION
 @_MAX_SAMPLES
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 def stitch_table_command(spec: str, run_id: str, device: str | None, split: str, metric: str,
-                         output: str | None, cka: bool, reduction: int | str, max_samples: int,
-                         quiet: bool) -> None:
+                         output: str | None, cka: bool, average_over: tuple[str, ...],
+                         tolerance: float, dry_run: bool, reduction: int | str,
+                         max_samples: int, quiet: bool) -> None:
     """Train every stitch of SPEC (and the networks A and B first, where unfinished), then
     write the i × j tables of stitched accuracy, random-sender accuracy and their
-    difference (stitch_table.csv, one PNG per group), and CKA tables (cka_table.csv), each
-    with a provenance record (<table>.provenance.json)."""
+    difference (stitch_table.csv, one PNG per group), the latest layer of A that can
+    stitch (stitch_latest.csv), the tables averaged over seeds (stitch_mean.csv), and CKA
+    tables (cka_table.csv), each with a provenance record (<table>.provenance.json).
+
+    Every cell is checked on the networks' architectures before anything trains: an
+    unstitchable cell (a vector into a map, a cut across a skip connection) is not
+    trained; the tables record why, and leave it blank."""
     runs = load_runs(spec, run_id, device)
     others = sorted({r.config["model"]["name"] for r in runs} - {"stitched"})
     if others:
         raise UserError(f"{spec}: stitch-table needs a spec whose model is 'stitched'; this one "
                         f"also trains {', '.join(others)} (train those with `labkit run`)")
+    over = [] if list(average_over) == ["none"] else list(average_over) or seed_keys(runs)
+    check_axes(runs, over)
+    checker = CellChecker()
+    cells = {str(run.directory): checker(run) for run in runs}
+    problems = {directory: cell.problem for directory, cell in cells.items()}
+    if dry_run:
+        echo_cells(runs, problems)
+        click.echo(f"dry run: {len(runs)} stitch run(s) validated, "
+                   f"{sum(p is not None for p in problems.values())} of unstitchable cells; "
+                   f"nothing trained")
+        return
     device = runs[0].config["device"]
     check_device(device)
     pairs = network_pairs(runs)
@@ -86,17 +116,42 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
         ensure_trained(network, device, progress=not quiet)
     states = []
     for i, run in enumerate(runs, 1):
-        states.append(train(run, labkit_registries(), device, progress=not quiet))
+        if problems[str(run.directory)]:
+            click.echo(f"[{i}/{len(runs)}] unstitchable, not trained: {run.directory}",
+                       err=quiet)
+            continue
+        try:
+            states.append(train(run, labkit_registries(), device, progress=not quiet))
+        except UserError as exc:  # found only now: this cell stays empty, the grid goes on
+            click.echo(f"error: {run.directory}: {exc}", err=True)
+            states.append(INVALID)
         click.echo(f"[{i}/{len(runs)}] {states[-1]}: {run.directory}", err=quiet)
 
     out = Path(output or Path(runs[0].config["logs_dir"]) / "stitch_tables"
                / runs[0].config["name"] / run_id)
     given = {"spec": str(Path(spec).resolve()), "run_id": run_id}
-    write_stitch_tables(runs, split, metric, out, given)
+    write_stitch_tables(runs, split, metric, out, given, cells, over, tolerance)
     if cka:
         options = cka_options(split=split, reduction=reduction, max_samples=max_samples)
         write_cka_tables(pairs, options, device, out, given)
     summarize(states)
+
+
+# labkit's state of a run that hit a mistake in the input (summarize's exit code 2)
+INVALID = "invalid"
+
+
+def echo_cells(runs: list[RunConfig], problems: dict[str, str | None]) -> None:
+    """Print each stitch run's cell and whether it can be stitched."""
+    rows = []
+    for run in runs:
+        params = stitched_params(run)
+        rows.append({"sender_layer": params.sender_layer,
+                     "receiver_layer": params.receiver_layer,
+                     "sender_weights": params.sender_weights,
+                     "cell": problems[str(run.directory)] or "stitchable"})
+    with pd.option_context("display.max_colwidth", 120, "display.width", 250):
+        click.echo(pd.DataFrame(rows).to_string(index=False))
 
 
 def network_pairs(runs: list[RunConfig]) -> list[dict]:
@@ -115,22 +170,45 @@ def network_pairs(runs: list[RunConfig]) -> list[dict]:
 
 
 def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Path,
-                        parameters: dict[str, Any] | None = None) -> None:
-    """stitch_table.csv and one heatmap per group into ``out``, then their provenance
-    record stitch_table.provenance.json (see :mod:`labkit_stitch.provenance`: the stitch
-    runs and their networks A and B); the tables on stdout.
+                        parameters: dict[str, Any] | None = None,
+                        cells: dict[str, Cell] | None = None, over: Sequence[str] = (),
+                        tolerance: float = 0.01) -> None:
+    """The stitching tables into ``out``, then their provenance record
+    stitch_table.provenance.json (see :mod:`labkit_stitch.provenance`: the stitch runs
+    and their networks A and B); the tables on stdout.
+
+    Files: stitch_table.csv and one heatmap per group (stitch_<group>.png),
+    stitch_latest.csv (:func:`~labkit_stitch.tables.latest_table`), and when ``over``
+    names axes, stitch_mean.csv (:func:`~labkit_stitch.tables.mean_table`), one heatmap
+    per averaged group (stitch_mean_<group>.png) and stitch_mean_latest.csv.
 
     Args:
         parameters: further parameters to record (the command's spec and run-id).
+        cells: per stitch run directory, its :class:`~labkit_stitch.stitching.Cell`
+            (checked here when not given).
+        over: dotted config keys to average over.
+        tolerance: of the latest-layer summary.
     """
     networks = [network.run_config() for params in map(stitched_params, runs)
                 for network in (params.sender, params.receiver)]
     record = TableRecord(out / "stitch_table.csv", "stitch-table",
-                         {**(parameters or {}), "split": split, "metric": metric},
+                         {**(parameters or {}), "split": split, "metric": metric,
+                          "average_over": list(over), "tolerance": tolerance},
                          [*runs, *networks])
-    table = stitch_table(runs, split, metric)
-    files = [out / "stitch_table.csv"]
+    if cells is None:
+        checker = CellChecker()
+        cells = {str(run.directory): checker(run) for run in runs}
+    table = stitch_table(runs, split, metric,
+                         {directory: cell.problem for directory, cell in cells.items()})
+    depths: dict[tuple[str, str], int] = {}
+    for run in runs:
+        params = stitched_params(run)
+        for group in (group_of(run, params), group_of(run, params, over)):
+            depths[(group, params.sender_layer)] = cells[str(run.directory)].sender_depth
+    files = [out / "stitch_table.csv", out / "stitch_latest.csv"]
     write_csv(files[0], table)
+    latest = latest_table(table, depths, tolerance)
+    write_csv(files[1], latest)
     for group, rows in table.groupby("group", sort=False):
         files.append(out / f"stitch_{group}.png")
         plot_stitch_group(rows, files[-1])
@@ -139,8 +217,43 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
                    f"({rows['receiver'].iloc[0]:.3f})")
         echo_matrices(rows, ["stitched", "random_sender", "debiased", "penalty"],
                       "sender_layer", "receiver_layer")
+    echo_unstitchable(table)
+    echo_latest(latest, "latest layer of A that can stitch")
+    if over:
+        means = mean_table(runs, table, over)
+        files += [out / "stitch_mean.csv", out / "stitch_mean_latest.csv"]
+        write_csv(out / "stitch_mean.csv", means)
+        mean_latest = latest_table(means, depths, tolerance, mean=True)
+        write_csv(out / "stitch_mean_latest.csv", mean_latest)
+        for group, rows in means.groupby("group", sort=False):
+            files.append(out / f"stitch_mean_{group}.png")
+            plot_stitch_group(rows, files[-1], mean=True)
+            click.echo(f"\n== {group}: {split} {metric}, mean over {', '.join(over)} "
+                       f"(n = {rows['stitched_n'].max()})")
+            echo_matrices(rows, ["stitched_mean", "stitched_std", "debiased_mean"],
+                          "sender_layer", "receiver_layer")
+        echo_latest(mean_latest, f"latest layer of A that can stitch, mean over "
+                                 f"{', '.join(over)}")
     record.write(files)
     click.echo(f"\nstitching tables -> {files[0]}")
+
+
+def echo_unstitchable(table: pd.DataFrame) -> None:
+    """Print the unstitchable cells and why."""
+    bad = table[table["unstitchable"].notna()]
+    if len(bad):
+        click.echo(f"\n{len(bad)} unstitchable cell(s), left empty:")
+        for _, row in bad.iterrows():
+            click.echo(f"  {row['group']}: {row['sender_layer']} -> {row['receiver_layer']}: "
+                       f"{row['unstitchable']}")
+
+
+def echo_latest(latest: pd.DataFrame, title: str) -> None:
+    """Print a :func:`~labkit_stitch.tables.latest_table`."""
+    click.echo(f"\n{title} (stitched ≥ B's own − {latest['tolerance'].iloc[0]}):")
+    columns = ["group", "baseline", "latest_sender_layer", "receiver_layer", "stitched",
+               "stitching_cells", "cells"]
+    click.echo(latest[columns].round(3).to_string(index=False))
 
 
 def cka_pair_record(pair: dict, rows: pd.DataFrame) -> dict[str, Any]:
@@ -176,7 +289,7 @@ def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: P
         files.append(out / f"cka_{title}.png")
         plot_cka(rows, f"CKA {title}", files[-1])
         click.echo(f"\n== CKA {title} ({options.split}, {rows['samples'].iloc[0]} images)")
-        echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
+        echo_matrices(rows, list(CKA_MEASURES), "layer_a", "layer_b")
         tables.append(rows)
         computed.append(cka_pair_record(pair, rows))
     write_csv(files[0], pd.concat(tables, ignore_index=True))
@@ -223,7 +336,7 @@ def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | No
     write_csv(out / "cka_table.csv", rows)
     plot_cka(rows, f"CKA {run_label(a)} vs {run_label(b)}", out / "cka.png")
     record.write([out / "cka_table.csv", out / "cka.png"], pairs=[cka_pair_record(pair, rows)])
-    echo_matrices(rows, ["linear_cka", "rbf_cka", "minibatch_cka"], "layer_a", "layer_b")
+    echo_matrices(rows, list(CKA_MEASURES), "layer_a", "layer_b")
     click.echo(f"-> {out / 'cka_table.csv'}")
 
 

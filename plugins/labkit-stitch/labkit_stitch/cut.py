@@ -18,6 +18,7 @@ their own names (``relu`` is the stem's ReLU in labkit's ResNets). labkit's dash
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,10 @@ from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
 from labkit.api import UserError, layer_name
+
+
+class CrossedSkip(UserError):
+    """A network cannot be started at a layer: a skip connection crosses the cut."""
 
 
 def module_path(layer: str) -> str:
@@ -50,14 +55,60 @@ def _trace(model: nn.Module) -> tuple[fx.GraphModule, dict[fx.Node, str]]:
     return fx.GraphModule(tracer.root, graph, type(model).__name__), tracer.node_to_qualname
 
 
+def _known_paths(paths: dict[fx.Node, str]) -> list[str]:
+    """Every layer path the traced nodes answer to, in graph order: each node's path and
+    every module path above it (``layer2.0.conv1`` also gives ``layer2`` and ``layer2.0``)."""
+    known: dict[str, None] = {}
+    for node, path in paths.items():
+        if node.op in ("placeholder", "output"):
+            continue
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            known.setdefault(".".join(parts[:i]), None)
+    return list(known)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every name :func:`bottom` accepts for ``model`` (dash form), in forward order of
+    first appearance: module paths and the operations outside submodules (``relu``,
+    ``flatten``)."""
+    return [layer_name(path) for path in _known_paths(_trace(model)[1])]
+
+
+def unknown_layer_message(model: nn.Module, layer: str, names: Sequence[str]) -> str:
+    """``layer is not in <Model>``, with close matches among ``names`` (dash form) and
+    the model's top-level modules."""
+    close = difflib.get_close_matches(canonical(layer), names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    top = ", ".join(layer_name(p) for p, _ in model.named_children())
+    return (f"layer {layer!r} is not in {type(model).__name__}; {hint}its top-level layers "
+            f"are: {top} (deeper ones by module path, e.g. 'layer2-0')")
+
+
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Raise :class:`UserError` naming the first of ``layers`` that ``model`` lacks, with
+    close matches."""
+    names = layer_names(model)
+    for layer in layers:
+        if canonical(layer) not in names:
+            raise UserError(unknown_layer_message(model, layer, names))
+
+
+def depth(model: nn.Module, layer: str) -> int:
+    """Position of ``layer``'s output among the operations of ``model``'s traced graph:
+    a later layer has a larger depth (the order of the forward pass)."""
+    module, paths = _trace(model)
+    node = _layer_node(model, paths, layer)
+    return list(module.graph.nodes).index(node)
+
+
 def _layer_node(model: nn.Module, paths: dict[fx.Node, str], layer: str) -> fx.Node:
     """The node whose output is ``layer``'s output: the last one inside that path."""
     path = module_path(layer)
     inside = [node for node, p in paths.items() if p == path or p.startswith(path + ".")]
     if not inside:
-        names = ", ".join(layer_name(p) for p, _ in model.named_modules() if p)
-        raise UserError(f"layer {layer!r} is not in {type(model).__name__}; its layers are: "
-                        f"{names}")
+        names = [layer_name(p) for p in _known_paths(paths)]
+        raise UserError(unknown_layer_message(model, layer, names))
     return inside[-1]
 
 
@@ -116,7 +167,7 @@ def top(model: nn.Module, layer: str) -> fx.GraphModule:
     cut.replace_all_uses_with(activation)
     graph.eliminate_dead_code()  # drops everything before the cut that nothing reads now
     if any(node.users for node in inputs):
-        raise UserError(
+        raise CrossedSkip(
             f"cannot start {type(model).__name__} at layer {layer!r}: later layers still "
             f"read values computed before it (a skip connection crosses the cut); cut at "
             f"the output of a whole block instead (e.g. 'layer2-0' rather than "

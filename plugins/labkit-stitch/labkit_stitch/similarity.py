@@ -7,8 +7,8 @@ mode, cut with torch.fx at the chosen layers (:mod:`labkit_stitch.cut`), and red
 exactly as the latents would be. Either way the values agree, except that latents
 stored as float16 round the activations.
 
-Linear and RBF CKA use the first ``max_samples`` images (they need ``(n, n)`` Gram
-matrices); minibatch CKA runs over the whole split in batches of ``batch_size``.
+Linear and RBF CKA, biased and debiased, use the first ``max_samples`` images (they
+need ``(n, n)`` Gram matrices); minibatch CKA runs over the whole split in batches of ``batch_size``.
 """
 from __future__ import annotations
 
@@ -102,7 +102,8 @@ def layer_cka(run_a: RunConfig, layers_a: Sequence[str], run_b: RunConfig,
 
     Returns:
         One row per layer pair, in the given orders: ``layer_a``, ``layer_b``,
-        ``linear_cka``, ``rbf_cka``, ``minibatch_cka``, then ``run_a``, ``run_b``,
+        ``linear_cka``, ``rbf_cka``, ``debiased_linear_cka``, ``debiased_rbf_cka``,
+        ``minibatch_cka``, then ``run_a``, ``run_b``,
         ``split``, ``reduction``, ``samples`` (images of linear and RBF CKA),
         ``source_a`` and ``source_b`` (``latents`` or ``network``), ``latents_a`` and
         ``latents_b`` (digest of the latents manifest read, ``None`` for ``network``).
@@ -135,12 +136,15 @@ def layer_cka(run_a: RunConfig, layers_a: Sequence[str], run_b: RunConfig,
         kept += take
     full_a = [torch.cat(chunks) for chunks in kept_a]
     full_b = [torch.cat(chunks) for chunks in kept_b]
+    linear = (torch.stack([cka.gram_linear(x) for x in full_a]),
+              torch.stack([cka.gram_linear(y) for y in full_b]))
+    rbf = (torch.stack([cka.gram_rbf(x, options.threshold) for x in full_a]),
+           torch.stack([cka.gram_rbf(y, options.threshold) for y in full_b]))
     tables = {
-        "linear_cka": cka.cka_matrix(torch.stack([cka.gram_linear(x) for x in full_a]),
-                                     torch.stack([cka.gram_linear(y) for y in full_b])),
-        "rbf_cka": cka.cka_matrix(
-            torch.stack([cka.gram_rbf(x, options.threshold) for x in full_a]),
-            torch.stack([cka.gram_rbf(y, options.threshold) for y in full_b])),
+        "linear_cka": cka.cka_matrix(*linear),
+        "rbf_cka": cka.cka_matrix(*rbf),
+        "debiased_linear_cka": cka.debiased_cka_matrix(*linear),
+        "debiased_rbf_cka": cka.debiased_cka_matrix(*rbf),
         "minibatch_cka": minibatch.compute(),
     }
     rows = [{"layer_a": la, "layer_b": lb,

@@ -16,18 +16,41 @@ B's own activations at layer j.
 """
 from __future__ import annotations
 
+import json
 import math
-from functools import partial
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.api import Method, StepResult, UserError
+from labkit.api import (Method, RunConfig, StepResult, UserError, build_component,
+                        registries as labkit_registries)
 from labkit_stitch import cut
 from labkit_stitch.refs import RunRef, random_network, trained_network
+
+
+class Unstitchable(UserError):
+    """One cell of a stitching grid cannot be built: A's activation at layer i cannot be
+    mapped into B's at layer j (a vector into a map), or B cannot start at layer j (a
+    skip connection crosses the cut). A property of the cell, not a typo: ``labkit
+    stitch-table`` records it in its table and goes on."""
+
+
+def stitch_problem(sender_shape: tuple[int, ...], receiver_shape: tuple[int, ...]) -> str | None:
+    """Why a stitch cannot map one sample of A's activation ``sender_shape`` into B's
+    ``receiver_shape``, or ``None`` when it can (maps into maps; maps or vectors into
+    vectors)."""
+    if len(receiver_shape) == 3 and len(sender_shape) == 3:
+        return None
+    if len(receiver_shape) == 1 and len(sender_shape) in (1, 3):
+        return None
+    return (f"cannot stitch an activation of shape {sender_shape} into one of shape "
+            f"{receiver_shape}: stitches join maps (C, H, W) to maps, and maps or vectors "
+            f"(F,) to vectors; pick other layers")
 
 
 class Stitch(nn.Module):
@@ -46,25 +69,25 @@ class Stitch(nn.Module):
         depth: number of 1×1 convolutions (or linear layers).
 
     Raises:
-        UserError: A gives a vector where B needs a map, or a shape is neither.
+        Unstitchable: A gives a vector where B needs a map, or a shape is neither
+            (:func:`stitch_problem`).
     """
 
     def __init__(self, sender_shape: tuple[int, ...], receiver_shape: tuple[int, ...],
                  depth: int = 1):
         super().__init__()
-        if len(receiver_shape) == 3 and len(sender_shape) == 3:
+        problem = stitch_problem(sender_shape, receiver_shape)
+        if problem:
+            raise Unstitchable(problem)
+        if len(receiver_shape) == 3:
             self.size: tuple[int, ...] | None = tuple(receiver_shape[1:])
             width = sender_shape[0]
             # no bias: the BatchNorm after each convolution has its own shift
             norm, linear = nn.BatchNorm2d, partial(nn.Conv2d, kernel_size=1, bias=False)
-        elif len(receiver_shape) == 1 and len(sender_shape) in (1, 3):
+        else:
             self.size = None
             width = math.prod(sender_shape)
             norm, linear = nn.BatchNorm1d, partial(nn.Linear, bias=False)
-        else:
-            raise UserError(f"cannot stitch an activation of shape {sender_shape} into one of "
-                            f"shape {receiver_shape}: stitches join maps (C, H, W) to maps, and "
-                            f"maps or vectors (F,) to vectors; pick other layers")
         out = receiver_shape[0]
         layers: list[nn.Module] = [norm(width)]
         for _ in range(depth - 1):
@@ -144,14 +167,19 @@ def stitch_networks(sender: nn.Module, sender_layer: str, receiver: nn.Module,
         depth: the stitch's depth (see :class:`Stitch`).
 
     Raises:
-        UserError: a layer is missing or not a cut point, or the shapes cannot be joined.
+        UserError: a layer is missing.
+        Unstitchable: B cannot start at ``receiver_layer`` (a skip connection crosses
+            the cut), or the shapes cannot be joined.
     """
     sender_part = cut.bottom(sender, sender_layer)
     receiver_bottom = cut.bottom(receiver, receiver_layer)
+    try:
+        receiver_top = cut.top(receiver, receiver_layer)
+    except cut.CrossedSkip as exc:
+        raise Unstitchable(str(exc)) from None
     stitch = Stitch(cut.output_shape(sender_part, example),
                     cut.output_shape(receiver_bottom, example), depth)
-    return StitchedNetwork(sender_part, stitch, cut.top(receiver, receiver_layer),
-                           receiver_bottom)
+    return StitchedNetwork(sender_part, stitch, receiver_top, receiver_bottom)
 
 
 class StitchedParams(BaseModel):
@@ -173,9 +201,65 @@ class StitchedParams(BaseModel):
 
     @field_validator("sender_layer", "receiver_layer")
     @classmethod
-    def _dash_form(cls, layer: str) -> str:
+    def _layer_exists(cls, layer: str, info: ValidationInfo) -> str:
         # one spelling, so that 'layer2.0' and 'layer2-0' are the same run
-        return cut.canonical(layer)
+        layer = cut.canonical(layer)
+        # checked at validation (labkit plan, run --dry-run, stitch-table), before any
+        # training, on the referenced network's architecture
+        ref = info.data.get("sender" if info.field_name == "sender_layer" else "receiver")
+        if ref is not None:
+            run = ref.run_config()
+            names = _layer_names(json.dumps(run.config["model"], sort_keys=True),
+                                 _resolution(run), id(labkit_registries()))
+            if names is not None and layer not in names[1]:
+                raise ValueError(cut.unknown_layer_message(names[0], layer, names[1]))
+        return layer
+
+
+def _resolution(run: RunConfig) -> int:
+    resolution = run.config["dataset"].get("resolution")
+    return resolution if isinstance(resolution, int) else 32
+
+
+@lru_cache(maxsize=64)
+def _layer_names(model_json: str, resolution: int,
+                 registries_id: int) -> tuple[nn.Module, list[str]] | None:
+    """A network's architecture, built on the ``meta`` device (no weights, no training),
+    and its layer names; ``None`` when it cannot be built or traced without its data
+    (such a network's layers are checked when the stitch is built)."""
+    model = {k: v for k, v in json.loads(model_json).items() if k != "weights"}
+    if model["name"] == "stitched":  # building it would load (even train) its networks
+        return None
+    try:
+        with torch.device("meta"):
+            network = build_component(labkit_registries(), "models", model, num_classes=10,
+                                      in_channels=3, resolution=resolution)
+        return network, cut.layer_names(network)
+    except Exception:  # a shape this check guessed; the real build reports real problems
+        return None
+
+
+def join(sender: nn.Module, receiver: nn.Module, params: StitchedParams, num_classes: int,
+         in_channels: int, resolution: int) -> StitchedNetwork:
+    """:func:`stitch_networks` for the stitch run's images ``(N, in_channels, resolution,
+    resolution)`` and ``num_classes`` classes.
+
+    Raises:
+        UserError: the data does not fit A's input or B's classes.
+        Unstitchable: the cell cannot be built (see :func:`stitch_networks`).
+    """
+    example = torch.zeros(2, in_channels, resolution, resolution)
+    try:
+        network = stitch_networks(sender, params.sender_layer, receiver, params.receiver_layer,
+                                  example, params.depth)
+    except RuntimeError as exc:  # torch's shape errors, raised by a first layer
+        raise UserError(f"the stitch run's images ({in_channels} channel(s), {resolution} px) "
+                        f"do not fit network A or B: {exc}; stitch on their data set") from None
+    classes = cut.output_shape(network, example)[0]
+    if classes != num_classes:
+        raise UserError(f"network B has {classes} outputs but the stitch run's data set has "
+                        f"{num_classes} classes; stitch on B's data set")
+    return network
 
 
 def stitched(num_classes: int, in_channels: int, resolution: int,
@@ -187,26 +271,70 @@ def stitched(num_classes: int, in_channels: int, resolution: int,
     them for images ``(N, in_channels, resolution, resolution)``.
 
     Raises:
-        UserError: the data does not fit A's input or B's classes, or the layers do not
-            join (see :func:`stitch_networks`).
+        UserError: the data does not fit A's input or B's classes.
+        Unstitchable: the layers do not join (see :func:`stitch_networks`).
     """
     p = StitchedParams.model_validate(params)
     sender_run = p.sender.run_config()
     sender = (trained_network(sender_run) if p.sender_weights == "trained"
               else random_network(sender_run))
     receiver = trained_network(p.receiver.run_config())
-    example = torch.zeros(2, in_channels, resolution, resolution)
-    try:
-        network = stitch_networks(sender, p.sender_layer, receiver, p.receiver_layer, example,
-                                  p.depth)
-    except RuntimeError as exc:  # torch's shape errors, raised by a first layer
-        raise UserError(f"the stitch run's images ({in_channels} channel(s), {resolution} px) "
-                        f"do not fit network A or B: {exc}; stitch on their data set") from None
-    classes = cut.output_shape(network, example)[0]
-    if classes != num_classes:
-        raise UserError(f"network B has {classes} outputs but the stitch run's data set has "
-                        f"{num_classes} classes; stitch on B's data set")
-    return network
+    return join(sender, receiver, p, num_classes, in_channels, resolution)
+
+
+@dataclass
+class Cell:
+    """What :class:`CellChecker` found for one stitch run, before anything trains.
+
+    Attributes:
+        problem: why the cell is unstitchable (:class:`Unstitchable`'s message), or
+            ``None``.
+        sender_depth, receiver_depth: the layers' positions in A's and B's forward pass
+            (:func:`labkit_stitch.cut.depth`): a deeper layer has a larger number.
+    """
+
+    problem: str | None
+    sender_depth: int
+    receiver_depth: int
+
+
+class CellChecker:
+    """Checks stitch runs' cells on A's and B's architectures (fresh weights, untrained:
+    shapes and cut points do not depend on the weights), so a grid's unstitchable cells
+    are known before anything trains. Networks and data sets are built once each."""
+
+    def __init__(self) -> None:
+        self._networks: dict[str, nn.Module] = {}
+        self._data: dict[str, Any] = {}
+
+    def _network(self, run: RunConfig) -> nn.Module:
+        key = str(run.directory)
+        if key not in self._networks:
+            self._networks[key] = random_network(run)
+        return self._networks[key]
+
+    def __call__(self, run: RunConfig) -> Cell:
+        """Check one stitch run.
+
+        Raises:
+            UserError: a mistake that is no property of the cell (the stitch run's data
+                does not fit A or B).
+        """
+        key = json.dumps(run.config["dataset"], sort_keys=True)
+        if key not in self._data:
+            self._data[key] = build_component(labkit_registries(), "datasets",
+                                              run.config["dataset"])
+        data = self._data[key]
+        p = StitchedParams.model_validate(
+            {k: v for k, v in run.config["model"].items() if k != "name"})
+        sender, receiver = (self._network(ref.run_config()) for ref in (p.sender, p.receiver))
+        try:
+            join(sender, receiver, p, data.num_classes, data.in_channels, data.resolution)
+            problem = None
+        except Unstitchable as exc:
+            problem = str(exc)
+        return Cell(problem, cut.depth(sender, p.sender_layer),
+                    cut.depth(receiver, p.receiver_layer))
 
 
 class AutoencoderStitch(Method):

@@ -16,30 +16,39 @@ Columns of the stitching table (one row per group and layer pair):
 * ``debiased``: ``stitched - random_sender``;
 * ``sender``, ``receiver``: A's and B's own final value;
 * ``penalty``: the stitching penalty, ``receiver - stitched``;
+* ``unstitchable``: why the cell cannot be stitched (A's activation cannot be mapped
+  into B's, or B cannot start at that layer), empty for a cell that can; such a cell's
+  values are empty and its runs are never trained;
 * ``stitch_run``, ``random_stitch_run``: the two stitch runs' directories;
 * ``config.<key>``: every other setting that varies across the spec's runs.
 
 A value whose run is missing or failed is empty (NaN).
+
+:func:`mean_table` averages the table over grid axes such as seeds (mean, sample
+standard deviation and count per cell); :func:`latest_table` gives, per group, the
+latest layer of A that can stitch into B (defined there).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from labkit.api import (RunConfig, flatten, identity_config, is_trained, runinfo, varying_keys,
-                        write_figure)
+from labkit.api import (RunConfig, UserError, flatten, identity_config, is_trained, runinfo,
+                        varying_keys, write_figure)
 
 from labkit_stitch.stitching import StitchedParams
 
 AXES = ("sender_layer", "receiver_layer", "sender_weights")
 COLUMNS = ["group", "sender_run", "receiver_run", "sender_layer", "receiver_layer", "split",
            "metric", "stitched", "random_sender", "debiased", "sender", "receiver", "penalty",
-           "stitch_run", "random_stitch_run"]
+           "unstitchable", "stitch_run", "random_stitch_run"]
+MEASURES = ("stitched", "random_sender", "debiased", "sender", "receiver", "penalty")
 
 
 def final_value(run: RunConfig, column: str) -> float:
@@ -51,11 +60,28 @@ def final_value(run: RunConfig, column: str) -> float:
     return float(log[column].iloc[-1]) if column in log else float("nan")
 
 
-def group_of(run: RunConfig, params: StitchedParams) -> str:
-    """The run's group name (see the module docstring); ``params``: its model's."""
+def _drop(config: dict[str, Any], key: str) -> None:
+    """Remove the dotted ``key`` (a value or a whole sub-object) from a nested config."""
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config.get(part)
+        if not isinstance(config, dict):
+            return
+    config.pop(last, None)
+
+
+def group_of(run: RunConfig, params: StitchedParams, over: Sequence[str] = ()) -> str:
+    """The run's group name (see the module docstring); ``params``: its model's.
+
+    Args:
+        over: dotted config keys left out as well (the axes a mean table averages over):
+            runs that differ only there share the group.
+    """
     shared = identity_config(run.config)
     for axis in AXES:
         shared["model"].pop(axis)
+    for key in over:
+        _drop(shared, key)
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
     sender = params.sender.run_config().config["model"]["name"]
     receiver = params.receiver.run_config().config["model"]["name"]
@@ -68,11 +94,15 @@ def stitched_params(run: RunConfig) -> StitchedParams:
         {k: v for k, v in run.config["model"].items() if k != "name"})
 
 
-def stitch_table(runs: list[RunConfig], split: str = "eval",
-                 metric: str = "accuracy") -> pd.DataFrame:
+def stitch_table(runs: list[RunConfig], split: str = "eval", metric: str = "accuracy",
+                 problems: Mapping[str, str | None] | None = None) -> pd.DataFrame:
     """The stitching table of a spec's stitch runs (columns in the module docstring).
 
     Rows keep the order of the grid (the spec's order of layers).
+
+    Args:
+        problems: per stitch run directory, why its cell is unstitchable (``None`` for
+            one that is not), as :class:`~labkit_stitch.stitching.CellChecker` found.
     """
     column = f"{split}-{metric}"
     varying = [k for k in varying_keys([r.config for r in runs])
@@ -90,8 +120,9 @@ def stitch_table(runs: list[RunConfig], split: str = "eval",
             "stitched": np.nan, "random_sender": np.nan,
             "sender": final_value(sender, column),
             "receiver": final_value(receiver, column),
-            "stitch_run": None, "random_stitch_run": None,
+            "unstitchable": None, "stitch_run": None, "random_stitch_run": None,
             **{f"config.{k}": flat.get(k) for k in varying}})
+        cell["unstitchable"] = cell["unstitchable"] or (problems or {}).get(str(run.directory))
         trained = params.sender_weights == "trained"
         cell["stitched" if trained else "random_sender"] = final_value(run, column)
         cell["stitch_run" if trained else "random_stitch_run"] = str(run.directory)
@@ -101,6 +132,112 @@ def stitch_table(runs: list[RunConfig], split: str = "eval",
     return table[COLUMNS + [f"config.{k}" for k in varying]]
 
 
+def seed_keys(runs: list[RunConfig]) -> list[str]:
+    """The seed axes of a grid of stitch runs: the varying config keys named ``seed``
+    (the stitch's own) or ending in ``.seed`` (e.g. ``model.sender.where.seed``: A
+    networks of several seeds), the default axes of :func:`mean_table`."""
+    return [k for k in varying_keys([r.config for r in runs])
+            if k == "seed" or k.endswith(".seed")]
+
+
+def check_axes(runs: list[RunConfig], over: Sequence[str]) -> None:
+    """Raise :class:`UserError` for an axis of ``over`` that no varying config key of
+    ``runs`` is (or lies under)."""
+    varying = varying_keys([r.config for r in runs])
+    for key in over:
+        if not any(k == key or k.startswith(key + ".") for k in varying):
+            raise UserError(f"--average-over {key}: not a config key that varies across the "
+                            f"spec's runs; keys that vary: {', '.join(varying) or '(none)'}")
+
+
+def mean_table(runs: list[RunConfig], table: pd.DataFrame, over: Sequence[str]) -> pd.DataFrame:
+    """``table`` (of :func:`stitch_table`) averaged over the grid axes ``over``.
+
+    Cells of groups that differ only in the keys ``over`` (dotted config keys, or
+    prefixes of them: ``model.sender`` averages over every setting of A's reference) are
+    pooled. Per cell and per value of :data:`MEASURES`: ``<value>_mean``, ``<value>_std``
+    (sample standard deviation, ``ddof=1``; empty for one value) and ``<value>_n`` (the
+    values pooled; an empty value, from an unfinished or failed run, is not counted).
+
+    Columns: ``group`` (named as in :func:`group_of` with ``over`` left out),
+    ``sender_layer``, ``receiver_layer``, ``split``, ``metric``, the three columns per
+    measure, ``unstitchable``, ``averaged_over`` (``over``, joined by ``;``), ``groups``
+    (the per-seed groups pooled, joined by ``;``), then the ``config.<key>`` columns of
+    ``table`` that are not averaged over.
+    """
+    renamed = {}
+    for run in runs:
+        params = stitched_params(run)
+        renamed[group_of(run, params)] = group_of(run, params, over)
+    pooled = table.assign(group=table["group"].map(renamed), source=table["group"])
+    keep = [c for c in table.columns if c.startswith("config.")
+            and not any(c[7:] == k or c[7:].startswith(k + ".") for k in over)]
+    rows = []
+    for (group, sender_layer, receiver_layer), cell in pooled.groupby(
+            ["group", "sender_layer", "receiver_layer"], sort=False):
+        row = {"group": group, "sender_layer": sender_layer, "receiver_layer": receiver_layer,
+               "split": cell["split"].iloc[0], "metric": cell["metric"].iloc[0]}
+        for measure in MEASURES:
+            values = cell[measure].dropna()
+            row[f"{measure}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{measure}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"{measure}_n"] = len(values)
+        reasons = cell["unstitchable"].dropna()
+        row["unstitchable"] = reasons.iloc[0] if len(reasons) else None
+        row["averaged_over"] = ";".join(over)
+        row["groups"] = ";".join(cell["source"].unique())
+        row.update({c: cell[c].iloc[0] for c in keep})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def latest_table(table: pd.DataFrame, depths: Mapping[tuple[str, str], int], tolerance: float,
+                 mean: bool = False) -> pd.DataFrame:
+    """Per group, the latest layer of A that can stitch into B.
+
+    A cell (i, j) *stitches* when its stitched value is at least B's own value less
+    ``tolerance``: ``stitched ≥ receiver − tolerance`` (an absolute difference in the
+    metric; unstitchable and empty cells never do). The latest layer that can stitch is
+    the deepest layer i of A, in A's forward order (``depths``), for which some layer j
+    of B stitches; ``receiver_layer`` is the j where it does best.
+
+    Args:
+        table: a table of :func:`stitch_table`, or of :func:`mean_table` with ``mean``
+            (then the means ``stitched_mean`` and ``receiver_mean`` are compared).
+        depths: ``{(group, sender layer): position in A's forward pass}`` (groups as in
+            ``table``).
+        tolerance: how far below B's own value a stitched value may lie, ≥ 0.
+
+    Returns:
+        One row per group: ``group``, ``split``, ``metric``, ``tolerance``, ``baseline``
+        (B's own value), ``latest_sender_layer`` (empty when no cell stitches),
+        ``receiver_layer``, ``stitched`` (its value there), ``penalty`` (``baseline −
+        stitched``), ``stitching_cells`` (cells that stitch), ``cells`` (cells with a
+        value).
+    """
+    stitched, receiver = ("stitched_mean", "receiver_mean") if mean else ("stitched", "receiver")
+    rows = []
+    for group, cells in table.groupby("group", sort=False):
+        baseline = cells[receiver].dropna()
+        baseline = float(baseline.iloc[0]) if len(baseline) else np.nan
+        valued = cells[cells[stitched].notna()]
+        good = valued[valued[stitched] >= baseline - tolerance]
+        row = {"group": group, "split": cells["split"].iloc[0],
+               "metric": cells["metric"].iloc[0], "tolerance": tolerance,
+               "baseline": baseline, "latest_sender_layer": None, "receiver_layer": None,
+               "stitched": np.nan, "penalty": np.nan, "stitching_cells": len(good),
+               "cells": len(valued)}
+        if len(good):
+            deepest = max(good["sender_layer"], key=lambda layer: depths[(group, layer)])
+            best = good[good["sender_layer"] == deepest].sort_values(
+                stitched, ascending=False, kind="stable").iloc[0]
+            row.update(latest_sender_layer=deepest, receiver_layer=best["receiver_layer"],
+                       stitched=float(best[stitched]),
+                       penalty=baseline - float(best[stitched]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def matrix(rows: pd.DataFrame, value: str, row: str, column: str) -> pd.DataFrame:
     """``rows[value]`` as a ``row`` × ``column`` matrix, labels in order of appearance."""
     return (rows.pivot(index=row, columns=column, values=value)
@@ -108,14 +245,17 @@ def matrix(rows: pd.DataFrame, value: str, row: str, column: str) -> pd.DataFram
 
 
 def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
-             path: Path) -> None:
-    """One annotated heatmap per panel, side by side, written atomically as PNG.
+             path: Path, spreads: list[pd.DataFrame] | None = None) -> None:
+    """One annotated heatmap per panel, side by side, written atomically as PNG. An
+    empty (NaN) cell, such as an unstitchable one, is left blank.
 
     Args:
         panels: ``(title, matrix, imshow keywords)``; matrices have A's layers as rows
             and B's layers as columns.
         title: the figure's title.
         path: the PNG file.
+        spreads: per panel, a matrix of the same shape annotated under each value as
+            ``±spread`` (the standard deviation of a mean table).
     """
     from matplotlib.figure import Figure
 
@@ -123,8 +263,9 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
     width = 1.2 + 0.8 * len(first.columns)
     figure = Figure(figsize=(width * len(panels), 1.6 + 0.6 * len(first.index)),
                     layout="constrained")
-    for axes, (name, values, style) in zip(figure.subplots(1, len(panels), squeeze=False)[0],
-                                           panels):
+    for k, (axes, (name, values, style)) in enumerate(
+            zip(figure.subplots(1, len(panels), squeeze=False)[0], panels)):
+        spread = None if spreads is None else spreads[k].to_numpy(dtype=float)
         image = axes.imshow(values.to_numpy(dtype=float), **style)
         axes.set_xticks(range(len(values.columns)), values.columns, rotation=45, ha="right")
         axes.set_yticks(range(len(values.index)), values.index)
@@ -135,28 +276,46 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
             if np.isfinite(value):
                 red, green, blue, _ = image.cmap(image.norm(value))
                 dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # perceived luminance
-                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                text = f"{value:.2f}"
+                if spread is not None and np.isfinite(spread[i, j]):
+                    text += f"\n±{spread[i, j]:.2f}"
+                axes.text(j, i, text, ha="center", va="center", fontsize=8,
                           color="white" if dark else "black")
         figure.colorbar(image, ax=axes, shrink=0.8)
     figure.suptitle(title)
     write_figure(path, figure)
 
 
-def plot_stitch_group(rows: pd.DataFrame, path: Path) -> None:
-    """Stitched, random-sender and debiased tables of one group as one PNG."""
+def plot_stitch_group(rows: pd.DataFrame, path: Path, mean: bool = False) -> None:
+    """Stitched, random-sender and debiased tables of one group as one PNG; unstitchable
+    cells blank.
+
+    Args:
+        mean: ``rows`` are of a :func:`mean_table`: the means, each annotated with its
+            standard deviation.
+    """
+    suffix = "_mean" if mean else ""
     unit = {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}
     # a symmetric scale around 0 that small differences still colour
-    largest = np.abs(rows["debiased"]).max()  # NaN when every cell is empty
+    largest = np.abs(rows[f"debiased{suffix}"]).max()  # NaN when every cell is empty
     spread = max(0.1, float(largest)) if pd.notna(largest) else 0.1
     panels = [("stitched", "stitched", unit), ("random sender", "random_sender", unit),
               ("debiased", "debiased", {"vmin": -spread, "vmax": spread, "cmap": "RdBu_r"})]
-    metric = f"{rows['split'].iloc[0]} {rows['metric'].iloc[0]}"
-    heatmaps([(f"{name} ({metric})", matrix(rows, column, "sender_layer", "receiver_layer"), style)
-              for name, column, style in panels], rows["group"].iloc[0], path)
+    metric = f"{rows['split'].iloc[0]} {rows['metric'].iloc[0]}" + (" mean ± std" if mean else "")
+    heatmaps([(f"{name}\n({metric})",
+               matrix(rows, column + suffix, "sender_layer", "receiver_layer"), style)
+              for name, column, style in panels], rows["group"].iloc[0], path,
+             [matrix(rows, f"{column}_std", "sender_layer", "receiver_layer")
+              for _, column, _ in panels] if mean else None)
+
+
+CKA_MEASURES = ("linear_cka", "rbf_cka", "debiased_linear_cka", "debiased_rbf_cka",
+                "minibatch_cka")
 
 
 def plot_cka(rows: pd.DataFrame, title: str, path: Path) -> None:
-    """Linear, RBF and minibatch CKA of one pair of runs as one PNG."""
+    """Linear, RBF, debiased linear and RBF, and minibatch CKA of one pair of runs as one
+    PNG."""
     style = {"vmin": 0.0, "vmax": 1.0, "cmap": "magma"}
     heatmaps([(name.replace("_", " "), matrix(rows, name, "layer_a", "layer_b"), style)
-              for name in ("linear_cka", "rbf_cka", "minibatch_cka")], title, path)
+              for name in CKA_MEASURES], title, path)

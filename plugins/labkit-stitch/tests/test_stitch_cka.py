@@ -118,3 +118,77 @@ def test_invariant_to_orthogonal_transforms_and_isotropic_scaling(measure):
     stretch = np.ones(9)
     stretch[0] = 10.0
     assert abs(similarity(t(x), t(y * stretch)) - base) > 1e-3
+
+
+# ---- debiased CKA: the unbiased HSIC on all samples (Song et al. 2012, eq. 5)
+
+def ref_unbiased_hsic_closed_form(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    """HSIC₁ = [tr(K̃L̃) + 1ᵀK̃1 · 1ᵀL̃1 / ((n-1)(n-2)) − 2/(n-2) · 1ᵀK̃L̃1] / (n(n-3)),
+    K̃, L̃: the Gram matrices with their diagonals set to zero."""
+    n = len(k)
+    kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    one = np.ones(n)
+    return float((np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+                  - 2 / (n - 2) * one @ kt @ lt @ one) / (n * (n - 3)))
+
+
+def ref_debiased_cka(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    """CKA₁ = HSIC₁(K, L) / sqrt(HSIC₁(K, K) · HSIC₁(L, L))."""
+    return ref_unbiased_hsic_closed_form(k, l) / np.sqrt(
+        ref_unbiased_hsic_closed_form(k, k) * ref_unbiased_hsic_closed_form(l, l))
+
+
+# fixed inputs written out: 6 samples, 3 and 2 features
+X_FIXED = np.array([[1.0, 0.0, 2.0], [0.5, -1.0, 0.0], [2.0, 1.0, 1.0],
+                    [-1.0, 0.5, 0.0], [0.0, 2.0, -1.0], [1.5, -0.5, 0.5]])
+Y_FIXED = np.array([[1.0, 2.0], [-0.5, 0.0], [2.5, 1.0], [-1.0, -0.5], [1.0, -2.0],
+                    [0.5, 1.5]])
+
+
+def test_debiased_cka_matches_the_unbiased_hsic_written_out_on_fixed_inputs():
+    x, y = X_FIXED, Y_FIXED
+    k, l = x @ x.T, y @ y.T  # noqa: E741
+    # the closed form is the U-statistic over ordered 4-tuples (two transcriptions agree)
+    assert ref_unbiased_hsic_closed_form(k, l) == pytest.approx(ref_unbiased_hsic(k, l),
+                                                                rel=1e-10)
+    expected = ref_debiased_cka(k, l)
+    assert cka.debiased_linear_cka(t(x), t(y)) == pytest.approx(expected, rel=1e-10)
+    for threshold in (0.5, 1.0):
+        kr, lr = ref_rbf_gram(x, threshold), ref_rbf_gram(y, threshold)
+        assert cka.debiased_rbf_cka(t(x), t(y), threshold) == pytest.approx(
+            ref_debiased_cka(kr, lr), rel=1e-10)
+    # debiasing changes the value: it is not the biased CKA under another name
+    assert abs(cka.debiased_linear_cka(t(x), t(y)) - cka.linear_cka(t(x), t(y))) > 1e-3
+
+
+def test_debiased_cka_matrix_compares_every_pair():
+    x, y = representations(20, seed=4)
+    reps = (x, y, x[:, :2] ** 2)
+    grams = torch.stack([cka.gram_linear(t(r)) for r in reps])
+    table = cka.debiased_cka_matrix(grams, grams)
+    for i, a in enumerate(reps):
+        for j, b in enumerate(reps):
+            assert float(table[i, j]) == pytest.approx(ref_debiased_cka(a @ a.T, b @ b.T),
+                                                       rel=1e-9)
+
+
+@pytest.mark.parametrize("measure", ["linear", "rbf"])
+def test_debiased_cka_is_one_for_identical_inputs_and_invariant(measure):
+    similarity = cka.debiased_linear_cka if measure == "linear" else cka.debiased_rbf_cka
+    x, y = representations(40, seed=5)
+    q = np.linalg.qr(np.random.default_rng(6).normal(size=(9, 9)))[0]
+    base = similarity(t(x), t(y))
+    assert similarity(t(x), t(x)) == pytest.approx(1.0, abs=1e-12)
+    assert similarity(t(x), t(y @ q)) == pytest.approx(base, abs=1e-10)
+    assert similarity(t(3.0 * x), t(0.2 * y)) == pytest.approx(base, abs=1e-10)
+    stretch = np.ones(9)
+    stretch[0] = 10.0
+    assert abs(similarity(t(x), t(y * stretch)) - base) > 1e-3
+
+
+def test_debiased_linear_cka_of_independent_wide_representations_is_near_zero():
+    # few samples, many features: the biased estimator reports similarity where none is
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(30, 2000)), rng.normal(size=(30, 2000))
+    assert cka.linear_cka(t(x), t(y)) > 0.9
+    assert abs(cka.debiased_linear_cka(t(x), t(y))) < 0.15
