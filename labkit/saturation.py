@@ -127,17 +127,18 @@ class SaturationConfig(BaseModel):
                     "layer; null: every sample")
 
 
-# rows of one float32 product: its rounding error stays near 1e-7 of the layer's variance,
-# and on the CPU a block of the widest layers (4096 x 65 floats, about 1 MB) stays in cache
+# rows of one float32 product: its rounding error stays near 1e-7 of the layer's variance
 BLOCK_ROWS = 4096
 # per-sample products straight from the (C, H*W) layout pay a fixed cost per sample and
 # need enough pixels per product to run at the speed of one large one; smaller maps
 # are cheaper to transpose block by block (measured on the CPU, benchmarks/)
 NATIVE_MIN_PIXELS = 64
 NATIVE_MIN_VALUES = 8192
-# devices that work through a batch in cache-sized chunks; elsewhere (accelerators,
-# where every kernel launch costs) the whole batch goes into one batched product
+# devices that work through a batch in chunks of about CHUNK_VALUES float32 values
+# (4 MB: it stays in cache), each chunk's blocks in one batched product; elsewhere
+# (accelerators, where every kernel launch costs) the whole batch at once
 CHUNKED_DEVICE_TYPES = {"cpu"}
+CHUNK_VALUES = 1 << 20
 
 
 def feature_points(output: torch.Tensor, config: SaturationConfig) -> torch.Tensor:
@@ -252,11 +253,11 @@ class LayerMoments:
                 product.zero_()
 
     def _add_blocks(self, samples: torch.Tensor, chunked: bool) -> None:
-        """Sums of ``(N, rows, width)`` samples, :data:`BLOCK_ROWS` points per product:
-        ``chunked``, one block at a time (it stays in cache), else every block of the
-        batch in one batched product."""
+        """Sums of ``(N, rows, width)`` samples, :data:`BLOCK_ROWS` points per product,
+        the blocks of a chunk of whole samples in one batched product: ``chunked``, about
+        :data:`CHUNK_VALUES` values a chunk, else the whole batch."""
         count, rows, width = samples.shape
-        per_chunk = max(1, BLOCK_ROWS // rows) if chunked else count
+        per_chunk = max(1, CHUNK_VALUES // (rows * width)) if chunked else count
         total = min(count, per_chunk) * rows
         blocks = -(-total // BLOCK_ROWS)
         # padding rows stay zero, constant included, and so add nothing

@@ -435,18 +435,19 @@ def offset_conv(in_channels=3, channels=8, offset=1000.0) -> nn.Sequential:
     return nn.Sequential(conv)
 
 
-@pytest.mark.parametrize("size, layout, block_rows, chunked", [
-    (32, torch.contiguous_format, 4096, {"cpu"}),   # per-sample products, 8 flushes a batch
-    (4, torch.contiguous_format, 4096, {"cpu"}),    # small maps: transposed blocks
-    (32, torch.channels_last, 4096, {"cpu"}),       # a channels_last network: blocks
-    (4, torch.contiguous_format, 40, {"cpu"}),      # many chunks a batch, a padded block
-    (6, torch.contiguous_format, 40, set()),        # accelerator plan: one batched product
+@pytest.mark.parametrize("size, layout, block_rows, chunk_values, chunked", [
+    (32, torch.contiguous_format, 4096, 1 << 20, {"cpu"}),  # per-sample products, 8 flushes
+    (4, torch.contiguous_format, 4096, 1 << 20, {"cpu"}),   # small maps: transposed blocks
+    (32, torch.channels_last, 4096, 1 << 20, {"cpu"}),      # channels_last network: blocks
+    (4, torch.contiguous_format, 40, 384, {"cpu"}),         # 11 chunks, padded blocks
+    (6, torch.contiguous_format, 40, 384, set()),           # accelerator: one batched product
 ])
 def test_float32_products_keep_a_covariance_far_below_its_mean(
-        monkeypatch, size, layout, block_rows, chunked):
+        monkeypatch, size, layout, block_rows, chunk_values, chunked):
     # means near 1000 and spreads near 1: E[xx^T] - mu mu^T summed in float32 without
     # the shift would lose every digit (float32 resolves 1e6 to about 0.06)
     monkeypatch.setattr(saturation, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(saturation, "CHUNK_VALUES", chunk_values)
     monkeypatch.setattr(saturation, "CHUNKED_DEVICE_TYPES", chunked)
     model = offset_conv().to(memory_format=layout)
     tracker = SaturationTracker({"stats": ["idim", "trc"]}, model, ["eval"])
