@@ -1,9 +1,17 @@
-"""``labkit results``: every run's config and per-epoch log in one tidy table.
+"""``labkit results``: every run's tables as one tidy table each, across runs.
 
-One row per (run, epoch). Config values appear as ``config.<dotted key>`` columns next to
-the log columns, plus ``run_hash``, ``run_id``, ``run_name``, ``run_dir`` and ``state``.
-A run without a log yet contributes one row with its config and state. A run whose
-files cannot be read (damaged config.json or log.csv) is left out and reported.
+A table is what the run directories hold: ``log`` is ``log.csv`` (one row per epoch);
+``probes`` every ``[<prefix>_]probe_performances.csv``, ``projection`` every
+``projected_results*.csv``, ``receptive_field``, ``evaluations`` and ``saturation``
+their CSVs; any other CSV in a run directory or below it (a plugin's, such as the CKA
+tables under ``cka/``) is the table named by its file stem. Each row carries
+``run_hash``, ``run_id``, ``run_name``, ``run_dir``, ``state`` and every config value as
+a ``config.<dotted key>`` column; rows of tables other than ``log`` also carry
+``source``, the CSV's path inside the run directory, so files of different analysis
+parameters (probe prefixes, say) stay apart.
+
+A run without a log yet contributes one row of ``log`` with its config and state. A run
+whose files cannot be read (damaged config.json or CSV) is left out and reported.
 """
 from __future__ import annotations
 
@@ -14,8 +22,22 @@ from pathlib import Path
 import pandas as pd
 
 from labkit import runinfo
-from labkit.errors import DamagedFile
+from labkit.errors import DamagedFile, UserError
 from labkit.identity import flatten
+
+LOG_TABLE = "log"
+# table name -> how its files end; a file matches the first table whose ending it has
+NAMED_TABLES = {
+    "probes": "probe_performances.csv",
+    "projection": "projected_results*.csv",
+    "receptive_field": "receptive_field.csv",
+    "evaluations": "evaluations.csv",
+    "saturation": "saturation.csv",
+}
+# folders of a run directory that hold no tables (and may be large)
+NOT_TABLES = {"checkpoints", "spectra", "plots", "analyses"}
+READ_ERRORS = (DamagedFile, OSError, UnicodeDecodeError, pd.errors.ParserError,
+               pd.errors.EmptyDataError)
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -29,37 +51,106 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def run_table(run_dir: Path) -> pd.DataFrame:
-    """The rows of one run (see module docstring)."""
+def table_name(relative: Path) -> str:
+    """The table a CSV at ``relative`` (inside a run directory) belongs to."""
+    if relative == Path(runinfo.LOG_CSV):
+        return LOG_TABLE
+    for name, ending in NAMED_TABLES.items():
+        if relative.match(f"*{ending}") and len(relative.parts) == 1:
+            return name
+    return relative.stem
+
+
+def table_files(run_dir: Path) -> dict[str, list[Path]]:
+    """Table name → the CSVs of that table in ``run_dir`` (paths relative to it, sorted).
+
+    Nested run directories (a run inside another's folder) are not looked into.
+    """
+    files: dict[str, list[Path]] = {}
+    for path in sorted(Path(run_dir).rglob("*.csv")):
+        relative = path.relative_to(run_dir)
+        if (relative.parts[0] in NOT_TABLES or path.name.startswith(".tmp-")
+                or any((run_dir / Path(*relative.parts[:i]) / runinfo.CONFIG_JSON).exists()
+                       for i in range(1, len(relative.parts)))):
+            continue
+        files.setdefault(table_name(relative), []).append(relative)
+    return files
+
+
+def run_meta(run_dir: Path) -> dict[str, object]:
+    """The key columns of every row of a run: hash, run-id, name, directory, state and
+    the ``config.<key>`` values."""
     info = runinfo.read_config(run_dir)
-    log_path = run_dir / runinfo.LOG_CSV
-    log = pd.read_csv(log_path) if log_path.exists() else pd.DataFrame([{}])
-    meta = {"run_hash": info.get("hash"), "run_id": info.get("run_id"),
-            "run_name": info.get("name"), "run_dir": str(run_dir),
-            "state": runinfo.read_status(run_dir).get("state")}
+    meta: dict[str, object] = {
+        "run_hash": info.get("hash"), "run_id": info.get("run_id"),
+        "run_name": info.get("name"), "run_dir": str(run_dir),
+        "state": runinfo.read_status(run_dir).get("state")}
     meta.update({f"config.{k}": v for k, v in flatten(info.get("config", {})).items()})
-    return pd.concat([pd.DataFrame([meta] * len(log), index=log.index), log], axis=1)
+    return meta
+
+
+def _keyed(meta: dict[str, object], rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the run's key columns in front."""
+    return pd.concat([pd.DataFrame([meta] * len(rows), index=rows.index), rows], axis=1)
+
+
+def run_table(run_dir: Path, table: str = LOG_TABLE) -> pd.DataFrame:
+    """The rows of one run's ``table`` (see module docstring); empty when it has none
+    (``log``: one row of config and state when there is no log.csv yet)."""
+    run_dir = Path(run_dir)
+    meta = run_meta(run_dir)
+    if table == LOG_TABLE:
+        path = run_dir / runinfo.LOG_CSV
+        log = pd.read_csv(path) if path.exists() else pd.DataFrame([{}])
+        return _keyed(meta, log)
+    parts = []
+    for relative in table_files(run_dir).get(table, []):
+        rows = pd.read_csv(run_dir / relative, dtype={"downsampling": str})
+        rows.insert(0, "source", str(relative))
+        parts.append(rows)
+    if not parts:
+        return pd.DataFrame()
+    return _keyed(meta, pd.concat(parts, ignore_index=True))
+
+
+def available_tables(paths: list[Path]) -> list[str]:
+    """Names of every table some run under ``paths`` holds, ``log`` first."""
+    names: set[str] = set()
+    for run_dir in find_runs(paths):
+        names.update(table_files(run_dir))
+    names.discard(LOG_TABLE)
+    return [LOG_TABLE, *sorted(names)]
 
 
 def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
-            on_damaged: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """All runs under ``paths`` as one table, optionally only the given run-ids.
+            on_damaged: Callable[[str], None] | None = None,
+            table: str = LOG_TABLE) -> pd.DataFrame:
+    """One table across all runs under ``paths``, optionally only the given run-ids.
 
     Args:
+        table: ``log`` or another table name (see module docstring).
         on_damaged: called with a message for each run left out because its files
             cannot be read; default: :func:`warnings.warn`.
+
+    Raises:
+        UserError: ``table`` is held by no run while there are runs (names the tables
+            that exist).
     """
     report = on_damaged or (lambda message: warnings.warn(message, stacklevel=3))
     tables = []
-    for run_dir in find_runs(paths):
+    runs = find_runs(paths)
+    for run_dir in runs:
         try:
-            tables.append(run_table(run_dir))
-        except (DamagedFile, OSError, UnicodeDecodeError, pd.errors.ParserError,
-                pd.errors.EmptyDataError) as exc:
+            tables.append(run_table(run_dir, table))
+        except READ_ERRORS as exc:
             report(f"skipped {run_dir}: {exc}")
+    tables = [t for t in tables if not t.empty]
     if not tables:
+        if runs and table != LOG_TABLE:
+            raise UserError(f"no run under {', '.join(map(str, paths))} has a {table!r} "
+                            f"table; tables found: {', '.join(available_tables(paths))}")
         return pd.DataFrame()
-    table = pd.concat(tables, ignore_index=True)
+    result = pd.concat(tables, ignore_index=True)
     if run_ids:
-        table = table[table["run_id"].isin(run_ids)].reset_index(drop=True)
-    return table
+        result = result[result["run_id"].isin(run_ids)].reset_index(drop=True)
+    return result
