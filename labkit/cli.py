@@ -16,6 +16,8 @@ import pandas as pd
 from labkit import plugins, runinfo
 from labkit.commands import layers as layer_commands
 from labkit.commands import evaluate as evaluate_commands
+from labkit.commands import plot as plot_commands
+from labkit.commands import report as report_commands
 from labkit.commands import saturation as saturation_commands
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents
@@ -260,13 +262,19 @@ def plugins_() -> None:
 @click.argument("logs", nargs=-1, type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="CSV file (default: stdout)")
 @click.option("--run-id", "run_ids", multiple=True, help="only these run-ids (repeatable)")
-def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...]) -> None:
-    """Every run under LOGS (default: logs/) as one tidy CSV: config and per-epoch logs."""
+@click.option("--table", "table_name", default="log", show_default=True,
+              help="which table: log, probes, projection, receptive_field, evaluations, "
+                   "saturation, or a plugin's (the stem of its CSV in the run directories)")
+def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...],
+            table_name: str) -> None:
+    """Every run under LOGS (default: logs/) as one tidy CSV: a table of each run (default
+    its per-epoch log) with the run's hash, run-id and config values on every row."""
     from labkit.atomic import write_csv
     from labkit.results import collect
 
     table = collect([Path(p) for p in (logs or ("logs",))], run_ids,
-                    on_damaged=lambda message: click.echo(f"warning: {message}", err=True))
+                    on_damaged=lambda message: click.echo(f"warning: {message}", err=True),
+                    table=table_name)
     if table.empty:
         raise UserError(f"no runs found under {', '.join(logs or ('logs',))}; "
                         f"train with `labkit run SPEC --run-id ID` first")
@@ -278,7 +286,7 @@ def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...])
 
 
 for command in [*saturation_commands.COMMANDS, *layer_commands.COMMANDS,
-                *evaluate_commands.COMMANDS]:
+                *evaluate_commands.COMMANDS, *plot_commands.COMMANDS, *report_commands.COMMANDS]:
     cli.add_command(command)
 
 
