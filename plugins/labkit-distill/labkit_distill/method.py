@@ -35,9 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from labkit.api import DataBundle, Method, RunContext, StepResult, UserError
-from labkit_distill.losses import (contrastive_loss, input_gradients, jacobian_loss, mix_batch,
+from labkit_distill.crd import ContrastMemory
+from labkit_distill.losses import (attention_loss, contrastive_loss, input_gradients,
+                                   jacobian_loss, mix_batch, pkt_loss, rkd_loss, similarity_loss,
                                    soft_term, tempered)
-from labkit_distill.taps import Hint, Tap, vector
+from labkit_distill.sources import labels_of
+from labkit_distill.taps import Hint, Tap, last_map, vector
 from labkit_distill.teacher import TeacherRef, teacher_run
 
 
@@ -84,6 +87,65 @@ class Contrastive(_Layers):
     dim: int = Field(64, ge=1, description="size of the embeddings both heads map to")
 
 
+class Attention(_Strict):
+    """Attention transfer (Zagoruyko & Komodakis 2017) on one or more pairs of maps."""
+
+    name: Literal["attention"]
+    weight: float = Field(1000.0, ge=0, description="β: weight of the summed AT terms "
+                                                    "(RepDistiller: 1000)")
+    p: float = Field(2.0, gt=0, description="power of the attention map Σ_c |A_c|^p")
+    student_layers: list[str] | None = Field(
+        None, description="student module names, paired in order with teacher_layers; null: "
+                          "the last spatial map before global pooling")
+    teacher_layers: list[str] | None = Field(
+        None, description="teacher module names, as many as student_layers; null: the last "
+                          "spatial map before global pooling")
+
+
+class Similarity(_Strict):
+    """Similarity-preserving KD (Tung & Mori 2019): batch Gram matrices of one layer."""
+
+    name: Literal["similarity"]
+    weight: float = Field(3000.0, ge=0, description="β: weight of the SP term (RepDistiller: "
+                                                    "3000)")
+    student_layer: str | None = Field(
+        None, description="student module name; null: the last spatial map before global "
+                          "pooling")
+    teacher_layer: str | None = Field(
+        None, description="teacher module name; null: the last spatial map before global "
+                          "pooling")
+
+
+class PKT(_Layers):
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018), cosine kernel."""
+
+    name: Literal["pkt"]
+    weight: float = Field(30000.0, ge=0, description="β: weight of the PKT term "
+                                                     "(RepDistiller: 30000)")
+
+
+class RKD(_Layers):
+    """Relational KD (Park et al. 2019): distance and angle terms."""
+
+    name: Literal["rkd"]
+    weight: float = Field(1.0, ge=0, description="β: weight of the RKD term (RepDistiller: 1)")
+    distance_weight: float = Field(25.0, ge=0, description="w_D: weight of the distance term")
+    angle_weight: float = Field(50.0, ge=0, description="w_A: weight of the angle term")
+
+
+class CRD(_Layers):
+    """Contrastive representation distillation with a memory bank (Tian et al. 2020)."""
+
+    name: Literal["crd"]
+    weight: float = Field(0.8, ge=0, description="β: weight of the CRD term (RepDistiller: "
+                                                  "0.8)")
+    dim: int = Field(128, ge=1, description="d: size of the embeddings and memory rows")
+    negatives: int = Field(4096, ge=1, description="K: negatives per positive, items of other "
+                                                   "classes (RepDistiller: 16384 on CIFAR-100)")
+    tau: float = Field(0.07, gt=0, description="τ: temperature of the scores")
+    momentum: float = Field(0.5, ge=0, le=1, description="m: momentum of the memory update")
+
+
 class SoftLabels(_Strict):
     """Human soft labels (HKD), e.g. CIFAR-10H's ``cifar10h-probs.npy``."""
 
@@ -103,7 +165,10 @@ class Mix(_Strict):
     prob: float = Field(1.0, ge=0, le=1, description="share of batches that are mixed")
 
 
-Loss = Annotated[KD | Jacobian | Features | Contrastive, Field(discriminator="name")]
+Loss = Annotated[KD | Jacobian | Features | Contrastive | Attention | Similarity | PKT | RKD | CRD,
+                 Field(discriminator="name")]
+# losses that read intermediate features through taps
+FEATURE_LOSSES = (Features, Contrastive, Attention, Similarity, PKT, RKD, CRD)
 
 
 class Indexed(Dataset):
@@ -165,7 +230,7 @@ class Distill(Method):
             "kl", description="D of the soft terms: KL(target ‖ student) or soft cross-entropy")
         soft_labels: SoftLabels | None = Field(None, description="human soft labels (HKD)")
         loss: Loss = Field(KD(), description="auxiliary term: kd (none), jacobian, features, "
-                                             "contrastive")
+                                             "contrastive, attention, similarity, pkt, rkd, crd")
         mix: Mix | None = Field(None, description="mixup / cutmix of the inputs; null: off")
 
         @field_validator("loss", mode="before")
@@ -184,17 +249,10 @@ class Distill(Method):
         if params.soft_labels is not None:
             self.soft_labels = load_soft_labels(params.soft_labels, context.data.train,
                                                 context.data.num_classes).to(context.device)
-        # trained parts besides the student (FitNets regressor, contrastive heads)
+        # trained parts besides the student (FitNets regressor, contrastive heads, CRD)
         self.heads = nn.ModuleDict()
-        if isinstance(params.loss, (Features, Contrastive)):
-            self.student_tap = Tap(context.model, params.loss.student_layer, "student")
-            self.teacher_tap = Tap(self.teacher, params.loss.teacher_layer, "teacher")
-            student_shape, teacher_shape = self._feature_shapes()
-            if isinstance(params.loss, Features):
-                self.heads["hint"] = Hint(student_shape, teacher_shape)
-            else:  # shape[0]: channels of a map or length of a vector, the size vector() gives
-                self.heads["student"] = nn.Linear(student_shape[0], params.loss.dim)
-                self.heads["teacher"] = nn.Linear(teacher_shape[0], params.loss.dim)
+        if isinstance(params.loss, FEATURE_LOSSES):
+            self._add_taps(params.loss)
             self.heads.to(context.device)
         # teacher logits and labels per eval split: fixed, so computed once
         self._teacher_eval: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -208,6 +266,55 @@ class Distill(Method):
 
     def train_dataset(self, dataset: Dataset) -> Dataset:
         return Indexed(dataset)
+
+    def _add_taps(self, term: BaseModel) -> None:
+        """Hook the layers ``term`` reads and build its trained heads."""
+        student_layers, teacher_layers = self._layer_names(term)
+        self.student_taps = [Tap(self.context.model, name, "student") for name in student_layers]
+        self.teacher_taps = [Tap(self.teacher, name, "teacher") for name in teacher_layers]
+        student_shapes, teacher_shapes = self._feature_shapes()
+        if isinstance(term, Attention):
+            for role, names, shapes in (("student", student_layers, student_shapes),
+                                        ("teacher", teacher_layers, teacher_shapes)):
+                for name, shape in zip(names, shapes):
+                    if len(shape) != 3:
+                        raise UserError(f"attention transfer reads spatial maps, but the {role}'s "
+                                        f"layer {name!r} gives shape {tuple(shape)}; name "
+                                        f"layers with (channels, height, width) outputs in "
+                                        f"{role}_layers")
+        elif isinstance(term, Features):
+            self.heads["hint"] = Hint(student_shapes[0], teacher_shapes[0])
+        elif isinstance(term, Contrastive):
+            # shape[0]: channels of a map or length of a vector, the size vector() gives
+            self.heads["student"] = nn.Linear(student_shapes[0][0], term.dim)
+            self.heads["teacher"] = nn.Linear(teacher_shapes[0][0], term.dim)
+        elif isinstance(term, CRD):
+            labels = torch.as_tensor(labels_of(self.context.data.train), dtype=torch.long)
+            self.heads["crd"] = ContrastMemory(
+                student_shapes[0].numel(), teacher_shapes[0].numel(), labels, dim=term.dim,
+                negatives=term.negatives, tau=term.tau, momentum=term.momentum)
+
+    def _layer_names(self, term: BaseModel) -> tuple[list[str | None], list[str | None]]:
+        """The module names ``term`` reads, student's and teacher's, paired in order
+        (``None``: the input of the last ``nn.Linear``)."""
+        if isinstance(term, Attention):
+            student = term.student_layers or [self._last_map(self.context.model)]
+            teacher = term.teacher_layers or [self._last_map(self.teacher)]
+            if len(student) != len(teacher):
+                raise UserError(f"attention pairs student_layers with teacher_layers in order, "
+                                f"but {len(student)} student and {len(teacher)} teacher layers "
+                                f"are given; give as many of each")
+            return list(student), list(teacher)
+        student, teacher = term.student_layer, term.teacher_layer
+        if isinstance(term, Similarity):
+            student = student or self._last_map(self.context.model)
+            teacher = teacher or self._last_map(self.teacher)
+        return [student], [teacher]
+
+    def _last_map(self, model: nn.Module) -> str:
+        data = self.context.data
+        return last_map(model, torch.zeros(2, data.in_channels, data.resolution, data.resolution,
+                                           device=self.context.device))
 
     def training_step(self, batch: Any) -> StepResult:
         images, targets, index = batch
@@ -236,11 +343,11 @@ class Distill(Method):
                 logits, tempered(human, h.temperature), h.temperature, p.divergence)
         loss = (1 - p.alpha) * hard + p.alpha * soft
         if not isinstance(p.loss, KD):
-            loss = loss + p.loss.weight * self._auxiliary(images, logits, teacher_logits)
+            loss = loss + p.loss.weight * self._auxiliary(images, logits, teacher_logits, index)
         return StepResult(loss=loss, batch_size=len(targets), logits=logits, targets=targets)
 
     def _auxiliary(self, images: torch.Tensor, logits: torch.Tensor,
-                   teacher_logits: torch.Tensor) -> torch.Tensor:
+                   teacher_logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """L_aux of the batch, before its weight β (features come from the taps)."""
         term = self.params.loss
         if isinstance(term, Jacobian):
@@ -252,15 +359,27 @@ class Distill(Method):
             teacher_grads = input_gradients(teacher_logits, images, classes, create_graph=False)
             student_grads = input_gradients(logits, images, classes, create_graph=True)
             return jacobian_loss(student_grads, teacher_grads)
-        student, teacher = self.student_tap.features, self.teacher_tap.features
+        students = [tap.features for tap in self.student_taps]
+        teachers = [tap.features.detach() for tap in self.teacher_taps]
+        if isinstance(term, Attention):
+            return sum(attention_loss(s, t, term.p) for s, t in zip(students, teachers))
+        student, teacher = students[0], teachers[0]
         if isinstance(term, Features):
             return self.heads["hint"](student, teacher)
-        return contrastive_loss(self.heads["student"](vector(student)),
-                                self.heads["teacher"](vector(teacher)), term.tau)
+        if isinstance(term, Contrastive):
+            return contrastive_loss(self.heads["student"](vector(student)),
+                                    self.heads["teacher"](vector(teacher)), term.tau)
+        if isinstance(term, Similarity):
+            return similarity_loss(student, teacher)
+        if isinstance(term, PKT):
+            return pkt_loss(student, teacher)
+        if isinstance(term, RKD):
+            return rkd_loss(student, teacher, term.distance_weight, term.angle_weight)
+        return self.heads["crd"](student, teacher, index.to(student.device))
 
     @torch.no_grad()
-    def _feature_shapes(self) -> tuple[torch.Size, torch.Size]:
-        """One sample's feature shape at the tapped layers, from a forward pass of zeros."""
+    def _feature_shapes(self) -> tuple[list[torch.Size], list[torch.Size]]:
+        """One sample's feature shape at each tapped layer, from a forward pass of zeros."""
         data, model = self.context.data, self.context.model
         probe = torch.zeros(2, data.in_channels, data.resolution, data.resolution,
                             device=self.context.device)
@@ -269,7 +388,8 @@ class Distill(Method):
         model(probe)
         model.train(was_training)
         self.teacher(probe)
-        return self.student_tap.features.shape[1:], self.teacher_tap.features.shape[1:]
+        return ([tap.features.shape[1:] for tap in self.student_taps],
+                [tap.features.shape[1:] for tap in self.teacher_taps])
 
     @torch.no_grad()
     def end_epoch(self, epoch: int) -> dict[str, float]:

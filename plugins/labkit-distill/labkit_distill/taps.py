@@ -17,6 +17,41 @@ def vector(features: torch.Tensor) -> torch.Tensor:
     return features if features.dim() == 2 else features.flatten(2).mean(dim=2)
 
 
+# global pools end the feature extractor; the map they read is the one wanted
+GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@torch.no_grad()
+def last_map(model: nn.Module, probe: torch.Tensor) -> str:
+    """The name of the module whose spatial map ``(N, C, H, W)`` comes last in a forward
+    pass of ``probe``, adaptive (global) pools left out: the network's last feature map
+    (``layer3`` of a CIFAR ResNet, ``block3`` of ``cnn_s``, ``layer4`` of ``tv:resnet18``).
+
+    The pass runs in eval mode (no BatchNorm statistics change) and restores the mode.
+
+    Raises:
+        UserError: no module outputs a spatial map (an MLP).
+    """
+    finished: list[str] = []
+    hooks = [module.register_forward_hook(
+        lambda module, inputs, output, name=name: finished.append(name)
+        if isinstance(output, torch.Tensor) and output.dim() == 4 else None)
+        for name, module in model.named_modules() if name and not isinstance(module, GLOBAL_POOLS)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(probe)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    if not finished:
+        raise UserError(f"{type(model).__name__} has no layer with a spatial map output, which "
+                        f"this loss reads by default; name a layer (student_layer / "
+                        f"teacher_layer) or choose a loss on vectors (pkt, rkd, crd)")
+    return finished[-1]
+
+
 class Tap:
     """The features of one layer from the network's latest forward pass (a forward hook).
 
