@@ -31,12 +31,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
 from labkit.api import (Method, RunContext, Schedule, Scheduled, StepResult, UserError,
-                        build_component, value_at, write_json)
+                        build_component, value_at, write_csv, write_json)
 from labkit_dino.checkpoint_init import (CHECKPOINT_INITS, InitRun, finished_init_run,
                                          load_network, source_model)
 from labkit_dino.losses import LossName, Pairing, Targets, multicrop_loss, view_pairs
@@ -45,6 +46,9 @@ from labkit_dino.networks import (DinoHead, DinoNet, check_same_architecture, em
 from labkit_dino.probing import embeddings, fit_probes
 from labkit_dino.student_init import StudentInit, initialise_student
 from labkit_dino.targets import NoisyTargets
+from labkit_dino.tracking import (GRAD_STATS, HISTOGRAMS, OUTPUT_KINDS, OUTPUTS_DIR, PARAM_STATS,
+                                  GradientStats, histogram_rows, network_outputs,
+                                  parameter_rows, replace_epoch_rows, save_array)
 from labkit_dino.views import AUGMENTATIONS, Crop, MultiViewDataset, crop_transforms, parse_crops
 
 
@@ -186,6 +190,23 @@ class DinoParams(BaseModel):
     probe_k: int = Field(20, ge=1, description="neighbours of the k-NN probe")
     probe_standardize: bool = Field(True, description="standardise embeddings before probing")
     probe_max_iter: int = Field(1000, ge=1, description="L-BFGS iterations of the linear probe")
+    # --- trackers (opt-in; tidy CSV in the run directory, see labkit_dino.tracking)
+    track_params: bool = Field(
+        False, description="per epoch, network and named parameter: numel, norm, mean, std "
+                           "(dino_param_stats.csv)")
+    track_grads: bool = Field(
+        False, description="per epoch and named student parameter, over the epoch's optimizer "
+                           "steps (before clipping): mean gradient norm, mean, std, gradient "
+                           "variance (dino_grad_stats.csv)")
+    save_outputs: list[Literal["embeddings", "projections", "logits"]] = Field(
+        [], description="save both networks' outputs of every eval split as .npy "
+                        "(dino_outputs/, listed in dino_outputs/index.csv)")
+    histogram_bins: int = Field(
+        0, ge=0, description="histograms of embeddings, projections and logits of every eval "
+                             "split with this many bins (dino_histograms.csv); 0: none")
+    features_every: int = Field(
+        0, ge=0, description="save_outputs and histograms every so many epochs (and after "
+                             "the last); 0: only after the last")
 
     @field_validator("clip_grad")
     @classmethod
@@ -314,6 +335,7 @@ class Dino(Method):
                 "directory": self._source["directory"], "run": self._source["fingerprint"]})
         self.teacher.requires_grad_(False)
         self._trainable = [p for _, p in self.student.dino_parameters()]
+        self._grads = GradientStats(self.student.dino_parameters()) if params.track_grads else None
         self._last_layer = list(self.student.head.last_layer.parameters())
 
     # ------------------------------------------------------------------ construction
@@ -456,6 +478,8 @@ class Dino(Method):
         if self.last_layer_frozen():
             for param in self._last_layer:
                 param.grad = None
+        if self._grads is not None:  # what the optimizer sees, before the engine clips
+            self._grads.record()
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -482,7 +506,50 @@ class Dino(Method):
         if last_epoch or (p.probe_every and epoch % p.probe_every == 0):
             self.train(False)
             columns.update(self.probe())
+        if self.context.run_dir is not None:
+            self._track(epoch, last_epoch or bool(p.features_every
+                                                  and epoch % p.features_every == 0))
         return columns
+
+    def _track(self, epoch: int, features: bool) -> None:
+        """Write the opt-in trackers' rows of ``epoch`` (``features``: outputs and
+        histograms too)."""
+        p, run_dir = self.params, Path(self.context.run_dir)
+        if self._grads is not None:
+            replace_epoch_rows(run_dir / GRAD_STATS, self._grads.rows(epoch), epoch)
+            self._grads.reset()
+        networks = {"student": self.student, "teacher": self.teacher}
+        if p.track_params:
+            replace_epoch_rows(run_dir / PARAM_STATS, parameter_rows(networks, epoch), epoch)
+        if not features or not (p.save_outputs or p.histogram_bins):
+            return
+        self.train(False)
+        last = self.context.step - 1
+        temps = {"student": self._value(p.student_temp, last),
+                 "teacher": self._value(p.teacher_temp, last)}
+        index, histograms, labels = [], [], []
+        for split, dataset in self.context.data.evals.items():
+            for name, net in networks.items():
+                outputs, targets = network_outputs(net, dataset,
+                                                   self.context.config["eval_batch_size"],
+                                                   self.context.device, temps[name])
+                for kind in p.save_outputs:
+                    file = f"e{epoch:04d}_{split}_{name}_{kind}.npy"
+                    save_array(run_dir / OUTPUTS_DIR / file, outputs[kind])
+                    index.append({"epoch": epoch, "split": split, "network": name,
+                                  "kind": kind, "file": file, "rows": outputs[kind].shape[0],
+                                  "dim": outputs[kind].shape[1]})
+                for kind in OUTPUT_KINDS if p.histogram_bins else ():
+                    histograms.extend(histogram_rows(outputs[kind], p.histogram_bins,
+                                                     epoch=epoch, split=split, network=name,
+                                                     kind=kind))
+            labels.extend({"split": split, "row": i, "label": int(y)}
+                          for i, y in enumerate(targets))
+        if index:
+            replace_epoch_rows(run_dir / OUTPUTS_DIR / "index.csv", index, epoch)
+            write_csv(run_dir / OUTPUTS_DIR / "labels.csv", pd.DataFrame(labels))
+        if histograms:
+            replace_epoch_rows(run_dir / HISTOGRAMS, histograms, epoch)
 
     def eval_model(self) -> nn.Module:
         return self.context.model
@@ -490,13 +557,18 @@ class Dino(Method):
     def state_dict(self) -> dict[str, Any]:
         """The epoch's loss sums so far (a checkpoint may be taken mid-epoch); the step
         counter is the engine's."""
-        return {"loss_sums": dict(self._sums), "seen": self._seen}
+        state = {"loss_sums": dict(self._sums), "seen": self._seen}
+        if self._grads is not None:
+            state["grad_stats"] = self._grads.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # checkpoints before the engine's step clock hold only {"step": …}, taken at an
         # epoch's end: empty sums, and the engine restores the step
         self._sums = {name: float(v) for name, v in state.get("loss_sums", {}).items()}
         self._seen = int(state.get("seen", 0))
+        if self._grads is not None and "grad_stats" in state:
+            self._grads.load_state_dict(state["grad_stats"])
 
     # ------------------------------------------------------------------ probing
 
