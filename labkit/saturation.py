@@ -176,9 +176,10 @@ class LayerMoments:
 
     With ``d = x - reference`` for every data point ``x`` (a row of delve's data matrix),
     ``sums`` is the float64 matrix ``[[Σ d dᵀ, Σ d], [Σ dᵀ, n]]`` (width + 1 square): the
-    Gram matrix of the points with a constant 1 appended. Each block of at most
-    :data:`BLOCK_ROWS` points is multiplied in float32 on the layer's own layout and
-    added in float64. The reference (the first batch's mean, float32) keeps ``d`` small
+    Gram matrix of the points with a constant 1 appended. Where a sample gives many
+    points (a channelwise conv map), each block of at most :data:`BLOCK_ROWS` of them is
+    multiplied in float32 on the layer's own layout and added in float64; one point a
+    sample (Linear, LSTM, pooled conv outputs) is multiplied in float64. The reference (the first batch's mean, float32) keeps ``d`` small
     next to ``x``, so float32 loses no more than its rounding of the spread: without it a
     layer whose mean is 1000 times its spread would lose the covariance to cancellation.
     The covariance is delve's, ``E[x xᵀ] - μ μᵀ`` divided by ``n``, which the shift leaves
