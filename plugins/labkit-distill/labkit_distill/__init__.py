@@ -1,12 +1,12 @@
 """labkit-distill: teacher-student distillation and counterfactual cue datasets.
 
 Registers the method ``distill`` (:mod:`labkit_distill.method`) and the datasets
-``box_cue``, ``dominoes`` (:mod:`labkit_distill.cues`), ``shapes``
+``box_cue``, ``dominoes``, ``colour_cue`` (:mod:`labkit_distill.cues`), ``shapes``
 (:mod:`labkit_distill.shapes`) and ``train_on_eval`` (:mod:`labkit_distill.sources`).
 Loaded by labkit through the entry point ``distill`` in the group ``labkit``.
 """
 from labkit.api import hookimpl
-from labkit_distill.cues import box_cue, dominoes
+from labkit_distill.cues import box_cue, colour_cue, dominoes
 from labkit_distill.method import Distill
 from labkit_distill.shapes import shapes
 from labkit_distill.sources import source_params, train_on_eval
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 # datasets whose parameters name other datasets: those are validated with the spec
 _WRAPPERS = {"box_cue": (box_cue, ("base",)), "dominoes": (dominoes, ("base", "second")),
+             "colour_cue": (colour_cue, ("base",)),
              "train_on_eval": (train_on_eval, ("base",))}
 
 

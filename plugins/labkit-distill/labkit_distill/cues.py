@@ -17,10 +17,22 @@ every split like any eval split (``eval_randcue-accuracy``, …). Which item get
 cue is drawn from ``cue_seed`` only, never from the run's seed, so a teacher and its
 students see the same images.
 
-Two cues: ``box_cue`` (a bright square whose position encodes the class, after
-Ekdeep Singh Lubana's box datasets) and ``dominoes`` (the base image on top of a
-class-matched image from a second dataset). :mod:`labkit_distill.shapes` has the third
-kind, whose cues are generative factors.
+Three cues: ``box_cue`` (a bright square whose position encodes the class, after
+Ekdeep Singh Lubana's box datasets), ``dominoes`` (the base image on top of a
+class-matched image from a second dataset) and ``colour_cue`` (the image tinted with its
+class's colour). :mod:`labkit_distill.shapes` has a fourth kind, whose cues are
+generative factors.
+
+**Nested cues.** A cue dataset's base may itself be a cue dataset (``box_cue`` on
+``dominoes``): each level is one *mechanism* (``box``, ``dominoes``, ``colour``), the
+innermost base is the content. The generic splits then vary every mechanism together
+(``eval_nocue``: none of them, ``eval_randcue``: each an independent random class,
+``eval_cueonly``: all of them with the content blanked), and each mechanism m gets its
+own splits (:func:`split_modes`):
+
+    eval_nocue_<m>      m removed, the other cues as trained, content kept
+    eval_randcue_<m>    m of a random class, the other cues as trained, content kept
+    eval_cueonly_<m>    m alone (the label's), the other cues removed, content blanked
 """
 from __future__ import annotations
 
@@ -30,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.colors import hsv_to_rgb
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -49,9 +62,18 @@ PLAN_STREAMS = ("train", *EVAL_SPLITS)
 # compose(content image or None when blanked, cue class or -1, item position) -> image
 Compose = Callable[[torch.Tensor | None, int, int], torch.Tensor]
 
+# what a mechanism shows in a split: as trained (the label on cue_fraction of the images),
+# nothing, a random class on every image, the label on every image; and the generic split
+# whose plan (and random stream) that mode reuses
+MODE_SPLITS = {"trained": "eval", "none": "eval_nocue", "random": "eval_randcue",
+               "label": "eval_cueonly"}
+# generic split -> (mode of every mechanism, content kept)
+GENERIC_MODES = {"eval": ("trained", True), "eval_nocue": ("none", True),
+                 "eval_randcue": ("random", True), "eval_cueonly": ("label", False)}
+
 
 def cue_plan(labels: np.ndarray, split: str, cue_fraction: float, num_classes: int,
-             seed: int) -> tuple[np.ndarray, np.ndarray]:
+             seed: int, extra: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Per item: the class its cue shows (−1: no cue) and whether its content is kept.
 
     Args:
@@ -60,11 +82,13 @@ def cue_plan(labels: np.ndarray, split: str, cue_fraction: float, num_classes: i
         cue_fraction: share of images whose cue shows the label (``train``, ``eval``).
         num_classes: number of classes, for random cues.
         seed: the dataset's ``cue_seed``.
+        extra: appended to the random stream's key (a nested level's depth: two levels of
+            the same seed draw independent random classes).
 
     Returns:
         ``(cue, keep)``: int64 ``(N,)`` and bool ``(N,)``.
     """
-    rng = np.random.default_rng([seed, PLAN_STREAMS.index(split)])
+    rng = np.random.default_rng([seed, PLAN_STREAMS.index(split), *extra])
     n = len(labels)
     if split in ("train", "eval"):
         cue = np.where(rng.random(n) < cue_fraction, labels, -1)
@@ -81,13 +105,16 @@ class CueImages(Dataset):
     """The items of ``content`` with their cue composed in, then ``transform``.
 
     Exposes ``labels`` and, when ``content`` has them, its ``base`` and ``indices``
-    (which source items it holds), so soft labels and further wrappers find their rows.
+    (which source items it holds), so soft labels and further wrappers find their rows;
+    eval splits also carry the :class:`CueLayer` that built them (``layer``), so a cue
+    dataset built on this one can vary this cue too.
     """
 
     def __init__(self, content: Dataset, labels: np.ndarray, cue: np.ndarray, keep: np.ndarray,
-                 compose: Compose, transform: Callable[[torch.Tensor], torch.Tensor]):
+                 compose: Compose, transform: Callable[[torch.Tensor], torch.Tensor],
+                 layer: CueLayer | None = None):
         self.content, self.labels, self.cue, self.keep = content, labels, cue, keep
-        self.compose, self.transform = compose, transform
+        self.compose, self.transform, self.layer = compose, transform, layer
         self.base = getattr(content, "base", None)
         self.indices = getattr(content, "indices", None)
 
@@ -100,37 +127,107 @@ class CueImages(Dataset):
         return self.transform(image), int(label)
 
 
-def cue_bundle(name: str, content: DataBundle, compose_for: Callable[[str, np.ndarray], Compose],
-               *, cue_fraction: float, cue_seed: int, in_channels: int, resolution: int,
-               augment: str, info: dict[str, Any]) -> DataBundle:
-    """Assemble a cue dataset: the train split and every split of :data:`EVAL_SPLITS`.
+class CueLayer:
+    """One mechanism of a (possibly nested) cue dataset: builds its eval images under any
+    combination of modes (:data:`MODE_SPLITS`) of itself and the mechanisms inside it.
+
+    Args:
+        mechanism: this cue's name (``box``, ``dominoes``, ``colour``).
+        content: the base's ``eval`` split (the content, with inner cues as trained).
+        compose_for: ``compose_for(split, cue)``, ``split`` the generic split of the mode.
+        cue_fraction, seed, num_classes: see :func:`cue_plan`.
+    """
+
+    def __init__(self, mechanism: str, content: Dataset,
+                 compose_for: Callable[[str, np.ndarray], Compose], *, cue_fraction: float,
+                 seed: int, num_classes: int):
+        self.mechanism, self.content, self.compose_for = mechanism, content, compose_for
+        self.cue_fraction, self.seed, self.num_classes = cue_fraction, seed, num_classes
+        self.inner: CueLayer | None = getattr(content, "layer", None)
+        self.labels = labels_of(content)
+
+    def chain(self) -> list[CueLayer]:
+        """This layer and those inside it, outermost first."""
+        return [self] + (self.inner.chain() if self.inner is not None else [])
+
+    def images(self, modes: list[str], keep: bool, depth: int = 0) -> CueImages:
+        """Eval images with ``modes[k]`` for the k-th mechanism of :meth:`chain`, the
+        innermost content blanked unless ``keep``; ``depth``: this layer's place in the
+        chain (0 outermost), which separates the random draws of the levels."""
+        mode, inner_modes = modes[0], modes[1:]
+        content, own_keep = self.content, keep
+        if self.inner is not None:  # blanking is the innermost content's business
+            own_keep = True
+            if inner_modes != ["trained"] * len(inner_modes) or not keep:
+                content = self.inner.images(inner_modes, keep, depth + 1)
+        split = MODE_SPLITS[mode]
+        cue, _ = cue_plan(self.labels, split, self.cue_fraction, self.num_classes, self.seed,
+                          extra=(depth,) if depth and mode == "random" else ())
+        return CueImages(content, self.labels, cue, np.full(len(cue), own_keep),
+                         self.compose_for(split, cue), v2.Identity(), layer=self)
+
+
+def split_modes(names: list[str]) -> dict[str, tuple[list[str], bool, str]]:
+    """Every eval split of a chain of mechanisms ``names`` (outermost first):
+    ``{split: (mode per mechanism, content kept, description)}``; the per-mechanism
+    splits only when there are two or more mechanisms (module docstring)."""
+    splits = {split: ([mode] * len(names), keep, EVAL_SPLITS[split])
+              for split, (mode, keep) in GENERIC_MODES.items()}
+    if len(names) < 2:
+        return splits
+    for k, name in enumerate(names):
+        def modes(own: str, others: str) -> list[str]:
+            return [own if j == k else others for j in range(len(names))]
+        splits[f"eval_nocue_{name}"] = (modes("none", "trained"), True,
+                                        f"{name} removed, other cues as trained")
+        splits[f"eval_randcue_{name}"] = (modes("random", "trained"), True,
+                                          f"{name} of a random class, other cues as trained")
+        splits[f"eval_cueonly_{name}"] = (modes("label", "none"), False,
+                                          f"only {name}, the label's; content blanked")
+    return splits
+
+
+def mechanism_names(chain: list[CueLayer]) -> list[str]:
+    """Unique names of the chain's mechanisms: a repeated one gets its level (``box_2``)."""
+    names = [layer.mechanism for layer in chain]
+    return [name if names.count(name) == 1 else f"{name}_{k + 1}" for k, name in enumerate(names)]
+
+
+def cue_bundle(name: str, mechanism: str, content: DataBundle,
+               compose_for: Callable[[str, np.ndarray], Compose], *, cue_fraction: float,
+               cue_seed: int, in_channels: int, resolution: int, augment: str,
+               info: dict[str, Any]) -> DataBundle:
+    """Assemble a cue dataset: the train split and every eval split of :func:`split_modes`.
 
     Args:
         name: the dataset's registry name (``info["name"]``).
+        mechanism: the cue's name in split names (``box``).
         content: the base bundle (unaugmented) whose ``train_plain`` and ``evals["eval"]``
-            give the content images.
+            give the content images; a cue dataset's eval split brings its own cues along.
         compose_for: ``compose_for(split, cue)`` returns the split's :data:`Compose`.
         cue_fraction, cue_seed: see :func:`cue_plan`.
         in_channels, resolution: shape of the composed images.
         augment: labkit augmentation preset, applied to the composed training images.
         info: extra entries of ``DataBundle.info``.
     """
-    def split_images(split: str, dataset: Dataset, transform: Callable) -> CueImages:
-        labels = labels_of(dataset)
-        cue, keep = cue_plan(labels, split, cue_fraction, content.num_classes, cue_seed)
-        return CueImages(dataset, labels, cue, keep, compose_for(split, cue), transform)
-
-    train_plain = split_images("train", content.train_plain, v2.Identity())
-    train = CueImages(train_plain.content, train_plain.labels, train_plain.cue, train_plain.keep,
-                      train_plain.compose, augmenter(resolution, augment))
-    evals = {split: split_images(split, content.evals["eval"], v2.Identity())
-             for split in EVAL_SPLITS}
+    labels = labels_of(content.train_plain)
+    cue, keep = cue_plan(labels, "train", cue_fraction, content.num_classes, cue_seed)
+    compose = compose_for("train", cue)
+    train_plain = CueImages(content.train_plain, labels, cue, keep, compose, v2.Identity())
+    train = CueImages(content.train_plain, labels, cue, keep, compose,
+                      augmenter(resolution, augment))
+    layer = CueLayer(mechanism, content.evals["eval"], compose_for, cue_fraction=cue_fraction,
+                     seed=cue_seed, num_classes=content.num_classes)
+    chain = layer.chain()
+    splits = split_modes(mechanism_names(chain))
+    evals = {split: layer.images(modes, keep) for split, (modes, keep, _) in splits.items()}
     return DataBundle(
         train=train, evals=evals, train_plain=train_plain, num_classes=content.num_classes,
         in_channels=in_channels, resolution=resolution,
         info={"name": name, "base": content.info, "classes": content.info.get("classes"),
               "mean": content.info.get("mean"), "std": content.info.get("std"),
-              "augment": augment, "splits": EVAL_SPLITS,
+              "augment": augment, "mechanisms": mechanism_names(chain),
+              "splits": {split: description for split, (_, _, description) in splits.items()},
               "sizes": {"train": len(train), **{k: len(v) for k, v in evals.items()}}, **info})
 
 
@@ -193,7 +290,7 @@ def box_cue(base: str | dict[str, Any] = "digits", resolution: int = 16,
     content = build_source(resolve_source(base), resolution)
     black, white = pixel_range(content)
     box = Box(content.num_classes, resolution, box_size, black, white)
-    return cue_bundle("box_cue", content, lambda split, cue: box, cue_fraction=cue_fraction,
+    return cue_bundle("box_cue", "box", content, lambda split, cue: box, cue_fraction=cue_fraction,
                       cue_seed=cue_seed, in_channels=content.in_channels,
                       resolution=resolution, augment=augment, info={})
 
@@ -283,6 +380,70 @@ def dominoes(base: str | dict[str, Any] = "digits", second: str | dict[str, Any]
         pairs = class_matched(cue, labels[part], rng)
         return Stack(partners[part], pairs, blacks, channels, resolution)
 
-    return cue_bundle("dominoes", content, compose_for, cue_fraction=cue_fraction,
+    return cue_bundle("dominoes", "dominoes", content, compose_for, cue_fraction=cue_fraction,
                       cue_seed=cue_seed, in_channels=channels, resolution=resolution,
                       augment=augment, info={"second": other.info})
+
+
+def class_colours(num_classes: int) -> torch.Tensor:
+    """``(C, 3, 1, 1)`` RGB colours in [0, 1]: class c is the fully saturated hue c/C."""
+    hues = torch.arange(num_classes, dtype=torch.float64) / num_classes
+    rgb = hsv_to_rgb(torch.stack([hues, torch.ones_like(hues), torch.ones_like(hues)], 1).numpy())
+    return torch.from_numpy(rgb).float().view(num_classes, 3, 1, 1)
+
+
+class Tint:
+    """Blends the image towards its cue class's colour: x̃ = (1 − s)·x + s·colour_c.
+
+    ``x`` is the content in [0, 1] (the base's pixels brought back from its normalisation,
+    grayscale repeated to RGB; a blanked image is black), ``s`` the ``strength``; without
+    a cue the image stays gray (x̃ = x).
+    """
+
+    def __init__(self, num_classes: int, strength: float, black: torch.Tensor,
+                 white: torch.Tensor, resolution: int):
+        self.colours, self.strength = class_colours(num_classes), strength
+        self.black, self.scale = black, white - black
+        self.blank = torch.zeros(3, resolution, resolution)
+
+    def __call__(self, image: torch.Tensor | None, cue: int, i: int) -> torch.Tensor:
+        if image is None:
+            canvas = self.blank
+        else:
+            canvas = ((image - self.black) / self.scale).expand(3, -1, -1)
+        if cue < 0:
+            return canvas.clone()
+        return (1 - self.strength) * canvas + self.strength * self.colours[cue]
+
+
+def colour_cue(base: str | dict[str, Any] = "digits", resolution: int = 16,
+               cue_fraction: float = 1.0, strength: float = 0.5, cue_seed: int = 0,
+               augment: str = "none") -> DataBundle:
+    """Any base dataset tinted with a colour that encodes the label (a coloured-MNIST cue).
+
+    Args:
+        base: the content dataset (a name or ``{"name": …, params}``), built at
+            ``resolution`` without augmentation; grayscale or RGB.
+        resolution: image side in pixels.
+        cue_fraction: share of training images tinted with their label's colour (the rest
+            stay gray).
+        strength: s in (0, 1], how far each pixel moves towards the colour (see :class:`Tint`).
+        cue_seed: seed of which image gets which colour.
+        augment: augmentation preset applied after tinting.
+
+    Returns:
+        A :class:`DataBundle` of RGB images in [0, 1] (not normalised) with the splits of
+        :func:`split_modes`; ``eval_cueonly`` images are the uniform colour s·colour_c.
+    """
+    check_cue_options(cue_fraction, augment)
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"colour_cue strength={strength}: give a share in (0, 1]")
+    content = build_source(resolve_source(base), resolution)
+    if content.in_channels not in (1, 3):
+        raise UserError(f"colour_cue tints grayscale or RGB images; the base has "
+                        f"{content.in_channels} channels")
+    black, white = pixel_range(content)
+    tint = Tint(content.num_classes, strength, black, white, resolution)
+    return cue_bundle("colour_cue", "colour", content, lambda split, cue: tint,
+                      cue_fraction=cue_fraction, cue_seed=cue_seed, in_channels=3,
+                      resolution=resolution, augment=augment, info={"mean": None, "std": None})
