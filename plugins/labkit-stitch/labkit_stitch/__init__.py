@@ -4,7 +4,10 @@ Registers the model ``stitched`` (A's bottom up to layer i, a trainable stitch, 
 from layer j; A and B are labkit runs), the method ``autoencoder_stitch`` (fit the
 stitch to B's own activations), and the commands ``labkit stitch-table`` (i × j tables
 of stitched accuracy, random-sender baseline, debiased difference, and CKA) and
-``labkit cka`` (CKA between the layers of two runs). See README.md.
+``labkit cka`` (CKA between the layers of two runs). Layer names are checked when a spec
+is validated; ``stitch-table`` checks every cell before training, records unstitchable
+ones and goes on, averages over seed axes and summarises the latest layer that can
+stitch. Debiased linear and RBF CKA are public in :mod:`labkit_stitch.cka`. See README.md.
 """
 from labkit.api import hookimpl
 from labkit_stitch.stitching import AutoencoderStitch, StitchedParams, stitched

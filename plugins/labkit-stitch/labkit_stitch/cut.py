@@ -80,9 +80,10 @@ def unknown_layer_message(model: nn.Module, layer: str, names: Sequence[str]) ->
     the model's top-level modules."""
     close = difflib.get_close_matches(canonical(layer), names, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    top = ", ".join(layer_name(p) for p, _ in model.named_children())
+    children = [layer_name(p) for p, _ in model.named_children()]
+    top, first = ", ".join(children), children[0] if children else "block"
     return (f"layer {layer!r} is not in {type(model).__name__}; {hint}its top-level layers "
-            f"are: {top} (deeper ones by module path, e.g. 'layer2-0')")
+            f"are: {top} (and inside them, by module path: '{first}-…')")
 
 
 def check_layers(model: nn.Module, layers: Sequence[str]) -> None:

@@ -61,6 +61,11 @@ def test_a_cut_inside_a_residual_block_is_refused(layer):
         cut.top(model, layer)
 
 
-def test_an_unknown_layer_names_the_layers_there_are():
-    with pytest.raises(UserError, match=r"'block9' is not in .*block1, block1-conv1"):
-        cut.bottom(build("cnn_s"), "block9")
+def test_an_unknown_layer_names_close_matches_and_the_layers_there_are():
+    with pytest.raises(UserError, match=r"'blok2' is not in PlainConvNet; did you mean "
+                                        r"'block2'.* top-level layers are: block1, block2, "
+                                        r"block3, avgpool, flatten, fc"):
+        cut.bottom(build("cnn_s"), "blok2")
+    names = cut.layer_names(build("resnet18_xxs"))
+    assert {"relu", "layer2", "layer2-0", "layer2-0-conv1", "layer2-0-add"} <= set(names)
+    assert names.index("layer1") < names.index("layer2") < names.index("fc")

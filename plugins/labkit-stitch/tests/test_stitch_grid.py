@@ -1,6 +1,7 @@
 """A stitching grid with unstitchable cells, seeds and the latest-layer summary: layer
 names checked at validation, cells checked before training, the tables written anyway."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,3 +119,16 @@ def test_stitch_table_records_unstitchable_cells_averages_seeds_and_finds_the_la
                   "--dry-run", env=ENV)
     assert bad.returncode == 2 and "--average-over sed: not a config key" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_example_spec_has_unstitchable_flatten_cells_only(registries, tmp_path,
+                                                              monkeypatch):
+    spec = Path(__file__).parents[3] / "specs" / "stitch_unstitchable.json"
+    monkeypatch.chdir(tmp_path)  # its logs would go to ./logs
+    runs = [RunConfig(c, "T") for c in expand(json.loads(spec.read_text()), registries)]
+    checker = CellChecker()
+    problems = {r.config["model"]["sender_layer"]: checker(r).problem for r in runs}
+    assert len(runs) == 12 and set(problems) == {"block1", "block2", "flatten"}
+    assert problems["block1"] is None and problems["block2"] is None
+    assert "shape (32,) into one of shape (32, 2, 2)" in problems["flatten"]
+    assert not (tmp_path / "logs").exists()

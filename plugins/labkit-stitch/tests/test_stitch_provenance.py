@@ -58,14 +58,15 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
     stitch = read_record(out / "stitch_table.csv")
     assert stitch["command"] == "stitch-table" and stitch["table"] == "stitch_table.csv"
     assert stitch["parameters"] == {"spec": str(spec.resolve()), "run_id": "P",
-                                    "split": "eval", "metric": "accuracy"}
+                                    "split": "eval", "metric": "accuracy",
+                                    "average_over": [], "tolerance": 0.01}
     assert_fingerprints(stitch, [*runs, net])
     table = pd.read_csv(out / "stitch_table.csv")
     named = {table[c].iloc[0] for c in ("sender_run", "receiver_run", "stitch_run",
                                         "random_stitch_run")}
     assert named == set(stitch["runs"])  # the table's directories are the record's
     (group,) = table["group"]
-    assert stitch["files"] == ["stitch_table.csv", f"stitch_{group}.png"]
+    assert stitch["files"] == ["stitch_table.csv", "stitch_latest.csv", f"stitch_{group}.png"]
     assert stitch["labkit_stitch_version"] and stitch["labkit_version"] and stitch["created"]
 
     cka = read_record(out / "cka_table.csv")
@@ -124,7 +125,8 @@ def test_an_untrained_run_is_recorded_without_a_checkpoint(registries, tmp_path)
     net = stitched_params(runs[0]).sender.run_config()
     assert record["runs"] == {str(r.directory): {"hash": r.hash, "checkpoint": None}
                               for r in [*runs, net]}
-    assert record["parameters"] == {"run_id": "T", "split": "eval", "metric": "accuracy"}
+    assert record["parameters"] == {"run_id": "T", "split": "eval", "metric": "accuracy",
+                                    "average_over": [], "tolerance": 0.01}
 
 
 def test_a_run_that_changes_while_the_table_is_made_leaves_no_record(registries, tmp_path,
