@@ -5,6 +5,7 @@ from io import StringIO
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from labkit.api import expand, load_spec_file
 from labkit.testing import run_cli
@@ -63,3 +64,12 @@ def test_cli_run_and_results_carry_the_probe_columns(tmp_path):
     for column in ("probe-eval-student-knn", "probe-eval-teacher-linear", "dino-kl",
                    "teacher-momentum"):
         assert 0 <= table[column][0] <= 10, column
+
+
+@pytest.mark.parametrize("name", ["dino_encoders", "dino_ckpt_init", "dino_trackers",
+                                  "dino_steps"])
+def test_the_dino_specs_expand(dino_registries, name):
+    configs = expand(load_spec_file(SPEC.parent / f"{name}.json"), dino_registries)
+    assert configs and all(c["method"]["name"] == "dino" for c in configs)
+    if name == "dino_ckpt_init":  # the init run's spec is resolved into the identity
+        assert {c["method"]["init_run"]["spec"]["model"]["name"] for c in configs} == {"mlp_s"}
