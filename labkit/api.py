@@ -24,6 +24,7 @@ from labkit.engine import RunFailed, train
 from labkit.errors import UserError
 from labkit.evaluation import evaluate, to_device
 from labkit.identity import NOT_IDENTITY, RunConfig, flatten, identity_config, run_hash, varying_keys
+from labkit.launch import INVALID
 from labkit.layers import layer_name, measured_layers
 from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
@@ -52,5 +53,5 @@ __all__ = [
     "train", "RunFailed", "Analysis", "FinishedRun", "Latents", "latents",
     # orchestration: plugins, commands
     "registries", "use", "plugin_manager", "plugin_infos", "ALLOW_ENV", "DISABLE_ENV",
-    "load_runs", "finished_run", "check_device", "summarize", "LabkitGroup",
+    "load_runs", "finished_run", "check_device", "summarize", "LabkitGroup", "INVALID",
 ]

@@ -9,8 +9,9 @@ import click
 import pandas as pd
 from pydantic import ValidationError
 
-from labkit.api import (FinishedRun, RunConfig, UserError, check_device, latents, load_runs,
-                        registries as labkit_registries, summarize, train, write_csv)
+from labkit.api import (INVALID, FinishedRun, RunConfig, UserError, check_device, latents,
+                        load_runs, registries as labkit_registries, summarize, train,
+                        write_csv)
 from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
 from labkit_stitch.similarity import CKAOptions, layer_cka
@@ -138,9 +139,6 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
 
 
 # labkit's state of a run that hit a mistake in the input (summarize's exit code 2)
-INVALID = "invalid"
-
-
 def echo_cells(runs: list[RunConfig], problems: dict[str, str | None]) -> None:
     """Print each stitch run's cell and whether it can be stitched."""
     rows = []
