@@ -2,11 +2,12 @@
 
 Networks (see :mod:`labkit_dino.networks`): the student is the run's model (the engine
 builds it from the spec's ``model``) with a DINO head; the teacher is built from the same
-model (or ``teacher_model``) with its own head and seed. Both encoders keep their ``fc``
-layer as a linear probe of their embeddings, refitted at every probing epoch, so
+model (or ``teacher_model``, or the ``init_run``'s model) with its own head and seed. Both
+encoders keep their classifier layer (``fc``, ``heads.head``, …: ``embedding_from``) as a
+linear probe of their embeddings, refitted at every probing epoch, so
 
 * ``modules["model"]`` of a checkpoint is the student as a classifier: the registry
-  model's layers and keys, with its linear probe as ``fc``; layer analyses run on it;
+  model's layers and keys, with its linear probe as classifier; layer analyses run on it;
 * the engine's eval columns (``eval-loss``, ``eval-accuracy``, …) score that classifier:
   they are the student's linear probe, refitted every ``probe_every`` epochs (between
   probing epochs the previous probe is applied to the newer embeddings; before the
@@ -20,7 +21,10 @@ complete the last layer's are dropped while it is frozen (:meth:`Dino.before_opt
 then the engine clips the rest (the spec's top-level ``clip_grad_norm``) and steps the
 optimizer; after the step an EMA teacher moves, ``θ_t ← m θ_t + (1 - m) θ_s``. A
 ``prev_epoch`` teacher becomes a copy of the student every ``teacher_update_every``
-epochs; a ``no_update`` teacher never changes.
+epochs; a ``no_update`` teacher never changes. Either network may start from a finished
+run's checkpoint (``teacher_init`` / ``student_init`` ``t_ckpt`` / ``s_ckpt``,
+:mod:`labkit_dino.checkpoint_init`); opt-in trackers write statistics and outputs
+(:mod:`labkit_dino.tracking`).
 
 The step clock is the engine's: ``s`` is ``context.step`` (optimizer steps taken, restored
 on resume; with ``accumulate: k`` every micro-batch of a step reads the same ``s``), and
