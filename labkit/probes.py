@@ -4,14 +4,15 @@ A layer's probe is fitted on the train split's latents (:mod:`labkit.latents`) a
 scored on every split. By default the features are standardised (mean 0, variance 1,
 estimated on the train split) and the multinomial model is fitted with L-BFGS to
 convergence, by default streamed from the memory-mapped latents with torch
-(:mod:`labkit.logistic`: scikit-learn's objective, flat memory, the run's GPU when it has
-one; ``solver: "sklearn"`` fits scikit-learn's ``LogisticRegression`` on the layer loaded
-whole): on standardised features that takes tens to hundreds of iterations, while
-SAGA on raw activations (PHD-LAB's configuration) stops after ``max_iter=100`` passes
+(:mod:`labkit.logistic`: scikit-learn's objective and stopping test, flat memory, the
+run's GPU when it has one; ``solver: "sklearn"`` fits scikit-learn's
+``LogisticRegression`` on the layer loaded whole): on standardised features that takes
+tens to hundreds of iterations, while SAGA on raw activations (PHD-LAB's configuration) stops after ``max_iter=100`` passes
 over the data, usually unconverged and several times slower
 (``benchmarks/bench_probes.py``; numbers in docs/layers.md).
 
-Layers are fitted in parallel worker processes (joblib, loky backend). Every fit is
+Layers are fitted in parallel worker processes (joblib, loky backend), no more at once
+than fit in a memory budget (:func:`fit_bytes`, :func:`plan_workers`). Every fit is
 cached in ``<latent directory>/probe_cache/<key>.json``, plain JSON keyed by the
 manifest digest, the layer name and the probe parameters (never by hashing the arrays).
 Plain data, not pickles: a cache in a folder someone else produced cannot run code
@@ -32,22 +33,20 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from joblib import Parallel, delayed
 from joblib.externals.loky import get_reusable_executor
 from pydantic import BaseModel, ConfigDict, Field
 
-from labkit import logistic
 from labkit.atomic import read_json, write_csv, write_json
 from labkit.errors import DamagedFile, UserError
 from labkit.latent_layout import array_path, read_manifest, verify_files
 
 RESULTS_CSV = "probe_performances.csv"
 CACHE_DIR = "probe_cache"
-WORKER_BYTES = {"torch": 448 << 20, "sklearn": 512 << 20}
+WORKER_BYTES = {"torch": 448 << 20, "sklearn": 192 << 20}
 """Anonymous memory of a probe worker besides the latents it reads, per solver: Python,
-numpy, pandas and torch take 311 MiB once imported (scikit-learn another 53 MiB), and
-torch's first computations about 85 MiB more (measured on CPU)."""
+numpy, pandas and torch take 311 MiB once imported and torch's first computations about
+85 MiB more; Python, numpy, pandas and scikit-learn 106 MiB (measured on CPU)."""
 DEFAULT_MEMORY_SHARE = 0.5
 """The default memory budget of the probes: this share of the memory the machine has
 available now."""
@@ -65,9 +64,10 @@ class ProbeParams(BaseModel):
     standardize: bool = Field(
         True, description="scale features to mean 0, variance 1 (train statistics)")
     solver: Literal["torch", "sklearn"] = Field(
-        "torch", description="torch: L-BFGS on the same objective as scikit-learn's, "
-                             "streaming the memory-mapped latents in chunks (flat memory, "
-                             "the run's GPU when it has one); sklearn: scikit-learn's "
+        "torch", description="torch: scikit-learn's objective and stopping test, fitted "
+                             "on an in-memory sample and refined by passes over all rows "
+                             "streamed from the memory map (flat memory, the run's GPU when "
+                             "it has one; docs/probes.md); sklearn: scikit-learn's "
                              "LogisticRegression (lbfgs), the whole layer in memory")
 
 
@@ -112,6 +112,8 @@ def fit_bytes(entry: dict[str, Any], images: dict[str, int], classes: int,
     standardises and fits (measured: ``benchmarks/bench_probe_memory.py``), with float64
     probabilities per row and class, and then each eval split as float32.
     """
+    from labkit import logistic  # see _fit_torch
+
     width, positions = entry["features"], entry["positions"]
     rows = images["train"] * positions
     if solver == "torch":
@@ -195,6 +197,12 @@ def _fit_torch(directory: Path, entry: dict[str, Any], splits: list[str],
                settings: ProbeParams, device: str,
                threads: int) -> tuple[float, dict[str, float], bool]:
     """:mod:`labkit.logistic`: the layer streamed from its memory map, never loaded."""
+    # imported here, as scikit-learn below: a worker loads only its solver's library
+    # (torch alone holds about 250 MB)
+    import torch
+
+    from labkit import logistic
+
     torch.set_num_threads(threads)
     features, labels = _arrays(directory, "train", entry["name"])
     positions = entry["positions"]
