@@ -322,9 +322,17 @@ class Dino(Method):
         self.student = DinoNet(network, student_head)
         independent = params.student_init in ("random", *CHECKPOINT_INITS)
         if not independent or params.teacher_mode != "no_update":
-            check_same_architecture(self.student, self.teacher,
-                                    f"student_init {params.student_init!r} with teacher_mode "
-                                    f"{params.teacher_mode!r}")
+            why = f"student_init {params.student_init!r} with teacher_mode {params.teacher_mode!r}"
+            try:
+                check_same_architecture(self.student, self.teacher, why)
+            except UserError:
+                if params.teacher_init not in CHECKPOINT_INITS:
+                    raise
+                source = source_model(self._source, params.teacher_init)
+                raise UserError(f"{why} needs teacher and student of the same architecture, "
+                                f"but the teacher from init_run is {source}; make that the "
+                                f"spec's model, or choose student_init 'random' and "
+                                f"teacher_mode 'no_update'") from None
         if params.teacher_init in CHECKPOINT_INITS:
             load_network(self.teacher, self._source, params.teacher_init)
         if params.student_init in CHECKPOINT_INITS:

@@ -114,3 +114,14 @@ def test_init_run_by_spec_is_trained_first_and_recorded(dino_registries, dino_ru
     assert source_run.run_id == "src" and source_run.config["method"]["name"] == "dino"
     assert record["run"] == run_fingerprint(source_run).model_dump()
     assert record["student_init"] == "t_ckpt"
+
+
+def test_a_checkpointed_teacher_of_another_model_names_it(source, dino_method):
+    with pytest.raises(UserError, match="teacher from init_run is {'name': 'cnn_xs'}; make"):
+        dino_method(model="mlp_s", teacher_init="t_ckpt",
+                    init_run={"dir": str(source.directory)})
+    # a frozen teacher of another architecture and an independent student are fine
+    method = dino_method(model="mlp_s", teacher_init="t_ckpt", student_init="random",
+                         teacher_mode="no_update", init_run={"dir": str(source.directory)})
+    assert type(method.teacher.network) is not type(method.student.network) or \
+        method.teacher.network.state_dict().keys() != method.student.network.state_dict().keys()
