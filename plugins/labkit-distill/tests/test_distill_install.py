@@ -43,7 +43,7 @@ def test_installed_plugin_is_found_listed_and_validates_the_example_spec(site):
     assert lines[0].startswith(str(site))  # the installed copy, not this checkout
     assert "distill labkit-distill 0.1.0" in lines
     assert "methods distill" in lines
-    assert "datasets box_cue dominoes shapes train_on_eval" in lines
+    assert "datasets box_cue colour_cue dominoes shapes train_on_eval" in lines
     plan = run_cli("plan", str(SPEC), "--run-id", "check", env=env)
     assert plan.returncode == 0, plan.stderr
     assert "4 run(s)" in plan.stdout
