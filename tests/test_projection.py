@@ -94,15 +94,20 @@ def test_project_command_follows_the_spec_layers_and_reports_mistakes(
     assert engine.train(RunConfig(config, "C"), registries, progress=False) == "finished"
     result = project(["project", str(path), "--run-id", "C", "--deltas", "0.5, 1"])
     assert result.exit_code == 0, result.stderr
-    (csv,) = (tmp_path / "logs").rglob(RESULTS_CSV)
+    (csv,) = (tmp_path / "logs").rglob("projected_results-*.csv")  # not the defaults' name
     table = pd.read_csv(csv)
     assert list(table["delta"]) == [0.5, 1.0]
     assert [c for c in table.columns if c.startswith("kept-dimensions_")] == [
         "kept-dimensions_block1-conv1", "kept-dimensions_block2-conv1"]  # not fc
-    record = json.loads((csv.parent / "analyses" / f"{RESULTS_CSV}.json").read_text())
+    record = json.loads((csv.parent / "analyses" / f"{csv.name}.json").read_text())
     assert record["params"]["deltas"] == [0.5, 1.0]
     again = project(["project", str(path), "--run-id", "C", "--deltas", "0.5,1"])
     assert again.exit_code == 0 and "up to date" in again.stdout
+    # the defaults' projection (as the spec's analysis writes it) does not overwrite it
+    default = project(["project", str(path), "--run-id", "C"])
+    assert default.exit_code == 0, default.stderr
+    assert len(pd.read_csv(csv.parent / RESULTS_CSV)) > 2
+    assert list(pd.read_csv(csv)["delta"]) == [0.5, 1.0]
 
     bad = project(["project", str(path), "--run-id", "C", "--deltas", "0.9,1.5"])
     assert bad.exit_code == 2 and "less than or equal to 1" in bad.stderr

@@ -26,12 +26,14 @@ without augmentation (``run.data.train_plain``), so the eval splits the accuracy
 measured on never shaped the projection.
 
 Outputs in the run directory: ``projected_results.csv`` (one row per delta and eval
-split) and ``projected_results.png`` (accuracy against delta); like every analysis's,
+split) and ``projected_results.png`` (accuracy against delta), named
+``projected_results-<digest>.*`` for params other than the defaults; like every analysis's,
 they count as complete only with the record of the parameters and checkpoint they were
 computed from (:meth:`labkit.analyses.base.Analysis.produce`).
 """
 from __future__ import annotations
 
+import hashlib
 import functools
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,8 +117,14 @@ class Projection(Analysis):
         seed: int = Field(0, description="seed of the random control bases")
 
     def outputs(self) -> list[Path]:
+        """``projected_results.csv`` / ``.png`` at the default params; other params
+        (``labkit project --deltas``, a second projection in the spec) add a suffix of
+        their digest, so different projections never overwrite each other."""
+        suffix = "" if self.params == self.Params() else "-" + hashlib.sha256(
+            self.params.model_dump_json().encode()).hexdigest()[:8]
         directory = self.run.directory
-        return [directory / RESULTS_CSV, directory / RESULTS_PNG]
+        return [directory / RESULTS_CSV.replace(".csv", f"{suffix}.csv"),
+                directory / RESULTS_PNG.replace(".png", f"{suffix}.png")]
 
     def compute(self, progress: bool = True) -> None:
         run, params, data = self.run, self.params, self.run.data
@@ -156,8 +164,9 @@ class Projection(Analysis):
                     **{f"kept-dimensions_{name}": k for name, k in kept.items()},
                 })
         table = pd.DataFrame(rows)
-        write_csv(run.directory / RESULTS_CSV, table)
-        plot_projection(table, run.directory / RESULTS_PNG)
+        csv, png = self.outputs()
+        write_csv(csv, table)
+        plot_projection(table, png)
 
     def _loader(self, dataset: Any) -> DataLoader:
         config = self.run.config
