@@ -31,6 +31,7 @@ from labkit.build import build_component, build_scheduler, make_metrics, seed_ev
 from labkit.data.device_loader import device_loader
 from labkit.data.seeded import SeededSampler, SeededSamples, ShardedBatches
 from labkit.evaluation import evaluate, to_device
+from labkit.figures import run_figures
 from labkit.identity import RunConfig
 from labkit.methods.base import Method, RunContext
 from labkit.progress import quiet_bars
@@ -461,11 +462,16 @@ def write_log(run: RunConfig, rows: list[dict[str, Any]]) -> bool:
 
 
 def draw_plots(run: RunConfig, redraw: bool = False) -> None:
-    """The per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``) from
-    log.csv, drawn after training rather than inside the epoch loop, so figures never
-    slow training down. Only missing ones are drawn unless ``redraw``."""
+    """The run's figures from log.csv, drawn after training rather than inside the epoch
+    loop, so figures never slow training down: the per-run figures of
+    :func:`labkit.figures.run_figures` (learning curves, saturation over epochs, …) and
+    the per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``). Only missing
+    ones are drawn unless ``redraw``."""
     config = run.config["saturation"]
     log = run.directory / runinfo.LOG_CSV
+    plots = run.directory / "plots"
+    if redraw or not (plots / "learning_curves.png").exists():
+        run_figures(run.directory, plots, f"run {run.name}")
     if config is None or "lsat" not in SaturationConfig.model_validate(config).stats:
         return
     for _, row in pd.read_csv(log).iterrows():

@@ -82,6 +82,8 @@ def test_run_logs_match_an_independent_evaluation_of_the_saved_model(registries,
 
     status = runinfo.read_status(run.directory)
     assert status["state"] == "finished" and status["epoch"] == 2
+    for figure in ("learning_curves.png", "learning_curves.svg"):  # drawn after training
+        assert (run.directory / "plots" / figure).stat().st_size > 1000
     info = runinfo.read_config(run.directory)
     assert info["hash"] == run.hash and info["plugins"]["labkit"]
     compute = json.loads((run.directory / runinfo.COMPUTE_JSON).read_text())
