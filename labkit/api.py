@@ -12,7 +12,7 @@ from __future__ import annotations
 from labkit import __version__, checkpoint, hookimpl, latents, runinfo
 from labkit.analyses.base import Analysis, FinishedRun
 from labkit.analyses.layerwise import Latents
-from labkit.atomic import write_csv, write_figure, write_json, write_text
+from labkit.atomic import atomic_open, write_csv, write_figure, write_json, write_text
 from labkit.build import build_component, make_metrics, seed_everything
 from labkit.cli import LabkitGroup, summarize
 from labkit.commands.common import check_device, finished_run, load_runs
@@ -42,7 +42,7 @@ __all__ = [
     "UserError", "Registries", "params_model",
     # store: run identity, run files, checkpoints, atomic writes
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
-    "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text",
+    "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
     # components: specs, data, models, methods, layers
     "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
     "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",

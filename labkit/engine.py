@@ -575,7 +575,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                             in_channels=data.in_channels, resolution=data.resolution).to(device)
     if config["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress)
+    context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress,
+                         rank=distributed.rank())
     method: Method = build_component(registries, "methods", config["method"], context=context)
     optimizer = build_component(registries, "optimizers", scaled_lr(config),
                                 params=method.parameters())

@@ -58,6 +58,8 @@ class RunContext:
         step: optimizer steps taken so far (0 before the first one); the engine counts
             it and restores it on resume, so per-step schedules
             (:func:`labkit.schedules.value_at`) read it rather than keep their own.
+        rank: this process's rank in a run on several processes (``nproc``); only rank 0
+            should write files. 0 in a one-process run.
     """
 
     config: dict[str, Any]
@@ -71,6 +73,7 @@ class RunContext:
     steps_per_epoch: int = 0
     total_steps: int = 0
     step: int = 0
+    rank: int = 0
 
 
 @dataclass

@@ -30,8 +30,6 @@ files hold each epoch once.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from labkit.api import write_csv
+from labkit.api import atomic_open, write_csv
 from labkit_dino.networks import DinoNet
 
 GRAD_STATS = "dino_grad_stats.csv"
@@ -162,16 +160,6 @@ def histogram_rows(values: np.ndarray, bins: int, **keys: Any) -> Iterator[dict[
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file in the same folder, then ``os.replace``: the file at
-    ``path`` is always whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """``np.save`` through labkit's atomic writer: the file at ``path`` is always whole."""
+    with atomic_open(path, "wb") as stream:
+        np.save(stream, array)
