@@ -101,29 +101,33 @@ def generate_cifar(base: Path, train: int, test: int, seed: int = 0) -> None:
         pickle.dump({"label_names": CLASSES, "num_vis": 3072}, f, protocol=2)
 
 
-def anonymous_kb(root: int) -> int:
-    """Summed ``RssAnon`` of ``root`` and all its descendants."""
-    parents: dict[int, int] = {}
-    anon: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc/PID/task/TID/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
         try:
-            text = Path(entry.path, "status").read_text()
+            for task in os.scandir(f"/proc/{current}/task"):
+                todo += [int(c) for c in Path(task.path, "children").read_text().split()]
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        pid = int(entry.name)
-        parents[pid] = int(fields.get("PPid", "0"))
-        anon[pid] = int(fields.get("RssAnon", "0 kB").split()[0])
-    tree, changed = {root}, True
-    while changed:
-        changed = False
-        for pid, parent in parents.items():
-            if parent in tree and pid not in tree:
-                tree.add(pid)
-                changed = True
-    return sum(anon.get(pid, 0) for pid in tree)
+    return found
+
+
+def anonymous_kb(root: int) -> int:
+    """Summed ``RssAnon`` of ``root`` and all its descendants."""
+    return sum(_status_kb(pid, "RssAnon") for pid in _descendants(root))
 
 
 def measure(base: Path, args: list[str], log: Path) -> dict[str, float]:
@@ -131,8 +135,10 @@ def measure(base: Path, args: list[str], log: Path) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with open(log, "a") as out:
+        # built-ins only: no installed plugin's import is timed (or can fail the run)
         process = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(base), *args],
-                                   stdout=out, stderr=subprocess.STDOUT)
+                                   stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1"})
         peak = 0
         while process.poll() is None:
             peak = max(peak, anonymous_kb(process.pid))

@@ -159,3 +159,23 @@ def test_memory_sizes():
     assert parse_size("64MiB") == 64 << 20
     result = labkit("probes", "nowhere", "--memory", "8X")
     assert result.exit_code == 2 and "8X" in result.stderr and "8G" in result.stderr
+
+
+def test_streamed_lbfgs_takes_over_when_the_passes_do_not_converge(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    images, positions = 2_000, 9
+    labels = rng.integers(0, 10, images)
+    centres = rng.normal(size=(10, 8))
+    x = (np.repeat(centres[labels], positions, 0)
+         + 2.5 * rng.normal(size=(images * positions, 8))).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    rows = np.repeat(labels, positions)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    reference.fit(x.astype(np.float32), rows)
+    # a 1,024-row sample and a single pass: the fallback must reach the gradient test
+    monkeypatch.setattr(logistic, "SAMPLE_ROWS", 1024)
+    monkeypatch.setattr(logistic, "MAX_PASSES", 1)
+    probe = logistic.fit(np.load(tmp_path / "x.npy", mmap_mode="r"), labels, 10,
+                         positions=positions)
+    assert probe.converged and probe.passes > 2  # the one DANE pass, then L-BFGS's
+    assert abs(probe.train_accuracy - reference.score(x.astype(np.float32), rows)) <= 0.003
