@@ -71,11 +71,11 @@ def _sample_rows(rows: int, width: int) -> int:
 def peak_bytes(rows: int, width: int, classes: int) -> int:
     """Upper estimate of the memory :func:`fit` allocates for a layer of ``rows`` rows,
     ``width`` features and ``classes`` classes, beyond the process itself: the sample
-    three times over (its pieces and their concatenation while it is gathered, then the
-    sample next to a chunk's temporaries: float32 rows, centred or standardised copies,
-    logits and their comparisons), and half again for what the allocator keeps of
-    earlier chunks (measured in tests/test_probe_scale.py). Bounded whatever ``rows``."""
-    sample = 3 * _sample_rows(rows, width) * width * 4
+    (float32 rows and int64 labels) next to a chunk's temporaries (float32 rows, centred
+    or standardised copies, logits and their comparisons), and half again for what the
+    allocator keeps of earlier chunks (measured in tests/test_probe_scale.py). Bounded
+    whatever ``rows``."""
+    sample = _sample_rows(rows, width) * (width * 4 + 8)
     chunk = _chunk_rows(width) * (3 * width + 3 * classes + 2) * 4
     return (sample + chunk) * 3 // 2 + (1 << 20)
 
@@ -198,7 +198,10 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
     total = torch.zeros(width, dtype=torch.float64, device=device)
     squares = torch.zeros(width, dtype=torch.float64, device=device)
     class_sums = torch.zeros(classes, width, dtype=torch.float64, device=device)
-    sample_x, sample_y = [], []
+    # filled as the chunks pass: the sample is in memory once
+    sample_x = torch.empty(keep, width, device=device)
+    sample_y = torch.empty(keep, dtype=torch.int64, device=device)
+    filled = 0
     for first, x, image_labels in _chunks(features, labels, device, positions):
         if shift is None:
             shift = x.mean(0)
@@ -208,13 +211,14 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
         per_image = centred.reshape(len(image_labels), positions, width).sum(1)
         class_sums.index_add_(0, image_labels, per_image.double())
         if chosen is None:
-            sample_x.append(x)
-            sample_y.append(torch.repeat_interleave(image_labels, positions))
+            sample_x[first:first + len(x)] = x
+            sample_y[first:first + len(x)] = torch.repeat_interleave(image_labels, positions)
         else:
             start, stop = np.searchsorted(chosen, [first, first + len(x)])
             index = torch.from_numpy(chosen[start:stop] - first).to(device)
-            sample_x.append(x[index])
-            sample_y.append(image_labels[index // positions])
+            torch.index_select(x, 0, index, out=sample_x[filled:filled + len(index)])
+            sample_y[filled:filled + len(index)] = image_labels[index // positions]
+            filled += len(index)
     counts = torch.bincount(torch.from_numpy(np.asarray(labels, dtype=np.int64)),
                             minlength=classes).double().to(device) * positions
     offset = total / n  # the mean minus the shift
@@ -228,10 +232,7 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
     # Σ over each class's rows of (x - mean) / scale
     full = _Data(n, (class_sums + counts[:, None] * (shift.double() - mean)) / scale, counts)
     mean32, scale32 = mean.float(), scale.float()
-    x = torch.cat(sample_x)
-    del sample_x  # before standardising in place: the sample at most twice in memory
-    x.sub_(mean32).div_(scale32)
-    y = torch.cat(sample_y)
+    x, y = sample_x.sub_(mean32).div_(scale32), sample_y
     sample = _Data(len(x), torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
                    torch.bincount(y, minlength=classes).double())
     return _Survey(mean32, scale32, full, x, y, sample)
