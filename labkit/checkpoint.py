@@ -10,12 +10,13 @@ After writing epoch N, the checkpoints kept are N and the newest *intact* ones b
 (``keep`` in all, the spec's ``keep_checkpoints``, at least 2 by default); older or
 damaged ones are removed, so a resume always has a fallback that works.
 
-Mid-epoch checkpoints (``checkpoint_steps`` / ``checkpoint_minutes``) go to one rolling
-file, ``partial.pt``: the state after some optimizer steps of the epoch after
-``state["epoch"]``, with the epoch's position under ``state["partial"]``. It is
-replaced at every mid-epoch save and removed once that epoch's own checkpoint exists;
-:func:`load_latest` prefers it only when it is intact and newer than every epoch
-checkpoint.
+Mid-epoch checkpoints (``checkpoint_steps`` / ``checkpoint_minutes``) are
+``partial_<step>.pt``: the state after ``step`` optimizer steps, inside the epoch after
+``state["epoch"]``, with the epoch's position under ``state["partial"]``. A new one is
+written whole (with its digest) before the older ones are removed, so a crash at any
+moment leaves an intact one; all are removed once that epoch's own checkpoint exists.
+:func:`load_latest` prefers the newest intact one that continues the newest intact
+epoch checkpoint.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from labkit.atomic import atomic_open, write_text
 
 KEEP = 2
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
+_PARTIAL = re.compile(r"^partial_(\d{8,})\.pt$")
 
 
 def checkpoint_path(directory: Path, epoch: int) -> Path:
@@ -56,7 +58,7 @@ def _write(path: Path, state: dict[str, Any]) -> Path:
 def save(directory: Path, epoch: int, state: dict[str, Any], keep: int = KEEP) -> Path:
     """Write ``state`` as the checkpoint after ``epoch`` epochs; keep the newest ``keep``
     intact ones (at least this one and, when there is one, an intact fallback) and drop
-    the mid-epoch ``partial.pt`` that this epoch completes."""
+    the mid-epoch checkpoints that this epoch completes."""
     path = _write(checkpoint_path(directory, epoch), state)
     kept, keep = 1, max(keep, 2)
     for old in reversed([e for e in epochs_on_disk(directory) if e < epoch]):
@@ -66,18 +68,38 @@ def save(directory: Path, epoch: int, state: dict[str, Any], keep: int = KEEP) -
             continue
         stale.unlink(missing_ok=True)
         _digest_path(stale).unlink(missing_ok=True)
-    partial = Path(directory) / PARTIAL
-    partial.unlink(missing_ok=True)
-    _digest_path(partial).unlink(missing_ok=True)
+    _remove_partials(directory, below=None)
     return path
 
 
-PARTIAL = "partial.pt"
+def partial_path(directory: Path, step: int) -> Path:
+    """Where the mid-epoch checkpoint after ``step`` optimizer steps lives."""
+    return Path(directory) / f"partial_{step:08d}.pt"
 
 
-def save_partial(directory: Path, state: dict[str, Any]) -> Path:
-    """Write the mid-epoch checkpoint ``partial.pt`` (replacing the previous one)."""
-    return _write(Path(directory) / PARTIAL, state)
+def partials_on_disk(directory: Path) -> list[int]:
+    """Steps of the mid-epoch checkpoints in ``directory``, ascending."""
+    if not Path(directory).is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in Path(directory).iterdir()
+                  if (m := _PARTIAL.match(p.name)))
+
+
+def save_partial(directory: Path, step: int, state: dict[str, Any]) -> Path:
+    """Write the mid-epoch checkpoint after ``step`` optimizer steps, then remove the
+    older ones."""
+    path = _write(partial_path(directory, step), state)
+    _remove_partials(directory, below=step)
+    return path
+
+
+def _remove_partials(directory: Path, below: int | None) -> None:
+    """Remove the mid-epoch checkpoints (those before step ``below``; all for ``None``)."""
+    for step in partials_on_disk(directory):
+        if below is None or step < below:
+            stale = partial_path(directory, step)
+            stale.unlink(missing_ok=True)
+            _digest_path(stale).unlink(missing_ok=True)
 
 
 def _digest_path(path: Path) -> Path:
@@ -145,9 +167,9 @@ def read(path: Path) -> dict[str, Any]:
 def load_latest(directory: Path) -> dict[str, Any] | None:
     """The newest intact checkpoint in ``directory``, or ``None`` when there is none.
 
-    Damaged newer checkpoints are skipped with a warning naming them. A mid-epoch
-    ``partial.pt`` wins when it is intact and continues the newest intact epoch
-    checkpoint (or there is none).
+    Damaged newer checkpoints are skipped with a warning naming them. The newest intact
+    mid-epoch checkpoint wins when it continues the newest intact epoch checkpoint (or
+    there is none).
     """
     latest = None
     for epoch in reversed(epochs_on_disk(directory)):
@@ -158,16 +180,17 @@ def load_latest(directory: Path) -> dict[str, Any] | None:
         except Exception as exc:  # any damage means: fall back to the previous epoch
             warnings.warn(f"checkpoint {path} is unusable ({exc}); falling back to the "
                           f"previous one", stacklevel=2)
-    partial = Path(directory) / PARTIAL
-    if partial.exists():
+    for step in reversed(partials_on_disk(directory)):
+        partial = partial_path(directory, step)
         try:
             state = read(partial)
-        except Exception as exc:  # noqa: BLE001 - the epoch checkpoint is the fallback
-            warnings.warn(f"checkpoint {partial} is unusable ({exc}); resuming from the last "
-                          f"epoch's checkpoint instead", stacklevel=2)
-        else:
-            if latest is None or state["epoch"] >= latest["epoch"]:
-                return state
+        except Exception as exc:  # noqa: BLE001 - an older one or the epoch's is the fallback
+            warnings.warn(f"checkpoint {partial} is unusable ({exc}); falling back to the "
+                          f"previous one", stacklevel=2)
+            continue
+        if latest is None or state["epoch"] >= latest["epoch"]:
+            return state
+        break  # older than the epoch checkpoint: a leftover
     return latest
 
 

@@ -709,8 +709,9 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                        "metrics": {name: m.state_dict() for name, m in metrics.items()},
                        "saturation": saturation.pass_state(), "data_order": epoch_order,
                        "lr": lr}
-            checkpoint.save_partial(ckpt_dir, {**snapshot(epoch - 1, [checkpoint.rng_state()]),
-                                               "partial": partial})
+            checkpoint.save_partial(ckpt_dir, context.step,
+                                    {**snapshot(epoch - 1, [checkpoint.rng_state()]),
+                                     "partial": partial})
             midway.saved()
 
         with saturation.track(TRAIN_PASS, model):

@@ -86,8 +86,8 @@ def warmup_length(warmup_epochs: int, warmup_steps: int, steps_per_epoch: int | 
         UserError: a negative length, or ``warmup_steps`` with a per-epoch schedule.
     """
     if warmup_epochs < 0 or warmup_steps < 0:
-        raise UserError(f"scheduler warm-up of {warmup_epochs} epochs and {warmup_steps} steps; "
-                        f"give 0 (no warm-up) or a positive number")
+        raise UserError(f"scheduler.warmup_epochs is {warmup_epochs} and warmup_steps "
+                        f"{warmup_steps}; give 0 (no warm-up) or a positive number of each")
     if warmup_steps and steps_per_epoch is None:
         raise UserError("scheduler.warmup_steps counts optimizer steps, but the schedule is "
                         "stepped once per epoch; add \"scheduler_interval\": \"step\" to the "

@@ -57,16 +57,16 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical_to_a_run_never_interrup
     killed = make_run(registries, tmp_path / "killed", run_id="K", epochs=epochs,
                       checkpoint_steps=2)
     assert killed.hash == reference.hash  # mid-epoch checkpoints are not identity
-    partial = killed.directory / "checkpoints" / checkpoint.PARTIAL
+    ckpt_dir = killed.directory / "checkpoints"
     rng = random.Random(7)
     resumed_mid_epoch = 0
     for attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", str(spec_path),
                                  "--run-id", "K", "--quiet"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        before = partial.stat().st_mtime_ns if partial.exists() else 0
+        before = checkpoint.partials_on_disk(ckpt_dir)[-1:]
         deadline = time.time() + 120
-        while (not (partial.exists() and partial.stat().st_mtime_ns != before)
+        while (checkpoint.partials_on_disk(ckpt_dir)[-1:] in (before, [])
                and proc.poll() is None and time.time() < deadline):
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.05))  # between two mid-epoch saves, or inside one
@@ -81,7 +81,7 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical_to_a_run_never_interrup
     assert resumed_mid_epoch >= 2, "the kills should have left mid-epoch checkpoints to resume"
     assert_states_identical(final(reference), final(killed))
     pd.testing.assert_frame_equal(log_of(reference), log_of(killed))
-    assert not partial.exists()  # the last epoch's checkpoint replaced it
+    assert checkpoint.partials_on_disk(ckpt_dir) == []  # the last epoch's removed them
 
 
 def test_a_damaged_mid_epoch_checkpoint_falls_back_to_the_epoch_checkpoint(registries, tmp_path):
@@ -92,9 +92,10 @@ def test_a_damaged_mid_epoch_checkpoint_falls_back_to_the_epoch_checkpoint(regis
     engine.train(reference, registries, progress=False)
     state = checkpoint.read(checkpoint.checkpoint_path(reference.directory / "checkpoints", 1))
     checkpoint.save(ckpt_dir, 1, state)
-    (ckpt_dir / checkpoint.PARTIAL).write_bytes(b"half a checkpoint")
-    (ckpt_dir / (checkpoint.PARTIAL + ".sha256")).write_text("0" * 64 + "\n")
-    with pytest.warns(UserWarning, match="partial.pt is unusable"):
+    damaged = checkpoint.partial_path(ckpt_dir, 30)
+    damaged.write_bytes(b"half a checkpoint")
+    damaged.with_name(damaged.name + ".sha256").write_text("0" * 64 + "\n")
+    with pytest.warns(UserWarning, match="partial_00000030.pt is unusable"):
         assert checkpoint.load_latest(ckpt_dir)["epoch"] == 1
     assert engine.train(run, registries, progress=False) == "finished"
     assert_states_identical(final(reference), final(run))
@@ -272,13 +273,14 @@ def test_the_device_loader_trains_what_the_dataloader_trains_and_resumes_mid_epo
     path.write_text(json.dumps(spec))
     killed = make_run(registries, tmp_path / "killed", run_id="K", checkpoint_steps=1,
                       **augmented)
-    partial = killed.directory / "checkpoints" / checkpoint.PARTIAL
+    ckpt_dir = killed.directory / "checkpoints"
     proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", str(path), "--run-id", "K",
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+    # a second mid-epoch checkpoint written whole: an intact one exists whenever it dies
+    while ((checkpoint.partials_on_disk(ckpt_dir)[-1:] or [0])[0] < 2
+           and proc.poll() is None and time.time() < deadline):
         time.sleep(0.005)
-    time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
