@@ -4,6 +4,7 @@ from __future__ import annotations
 from labkit import hookimpl
 from labkit.analyses import ANALYSES
 from labkit.data import DATASETS
+from labkit.loggers import LOGGERS
 from labkit.methods import METHODS
 from labkit.metrics import METRICS
 from labkit.models import MODELS, create_torchvision_model
@@ -15,7 +16,8 @@ from labkit.optim import OPTIMIZERS, SCHEDULERS
 def labkit_register(registries) -> None:
     """Register every built-in component."""
     tables = {"models": MODELS, "datasets": DATASETS, "optimizers": OPTIMIZERS,
-              "schedulers": SCHEDULERS, "metrics": METRICS, "methods": METHODS, "analyses": ANALYSES}
+              "schedulers": SCHEDULERS, "metrics": METRICS, "methods": METHODS, "analyses": ANALYSES,
+              "loggers": LOGGERS}
     for kind, table in tables.items():
         for name, obj in table.items():
             registries[kind].register(name, obj)

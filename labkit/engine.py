@@ -33,6 +33,7 @@ from labkit.data.seeded import SeededSampler, SeededSamples, ShardedBatches
 from labkit.evaluation import evaluate, to_device
 from labkit.figures import run_figures
 from labkit.identity import RunConfig
+from labkit.loggers import Trackers
 from labkit.methods.base import Method, RunContext
 from labkit.progress import quiet_bars
 from labkit.registry import Registries
@@ -681,89 +682,95 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             "best": best,
         }
 
-    # --- the epoch loop
-    bar = tqdm(range(start + 1, last_epoch + 1), desc=run.name,
-               disable=quiet_bars(progress and main))
-    for epoch in bar:
-        started = time.perf_counter()
-        metrics = make_metrics(registries, config["metrics"], data.num_classes)
-        position, on_start = EpochPosition(), None
-        epoch_order = order.get_state()  # the state the epoch's order is drawn from
-        lr = optimizer.param_groups[0]["lr"]
-        if resumed is not None:  # continue the epoch a mid-epoch checkpoint stopped in
-            position = EpochPosition(resumed["batches"], float(resumed["loss_sum"]),
-                                     int(resumed["seen"]), float(resumed["seconds"]))
-            for name, metric in metrics.items():
-                metric.load_state_dict(resumed["metrics"][name])
-            epoch_order, lr = resumed["data_order"], float(resumed["lr"])
-            order.set_state(epoch_order)
-            sampler.start = position.batches * config["batch_size"]
-            # restored once the loader's iterator exists: creating it draws from the RNG
-            on_start = functools.partial(checkpoint.set_rng_state, state["rng"])
+    # --- the epoch loop (mirrored to the spec's experiment trackers by the writing process)
+    trackers = Trackers({spec["name"]: build_component(registries, "loggers", spec, run=run)
+                         for spec in (config["loggers"] if main else [])})
+    try:
+        bar = tqdm(range(start + 1, last_epoch + 1), desc=run.name,
+                   disable=quiet_bars(progress and main))
+        for epoch in bar:
+            started = time.perf_counter()
+            metrics = make_metrics(registries, config["metrics"], data.num_classes)
+            position, on_start = EpochPosition(), None
+            epoch_order = order.get_state()  # the state the epoch's order is drawn from
+            lr = optimizer.param_groups[0]["lr"]
+            if resumed is not None:  # continue the epoch a mid-epoch checkpoint stopped in
+                position = EpochPosition(resumed["batches"], float(resumed["loss_sum"]),
+                                         int(resumed["seen"]), float(resumed["seconds"]))
+                for name, metric in metrics.items():
+                    metric.load_state_dict(resumed["metrics"][name])
+                epoch_order, lr = resumed["data_order"], float(resumed["lr"])
+                order.set_state(epoch_order)
+                sampler.start = position.batches * config["batch_size"]
+                # restored once the loader's iterator exists: creating it draws from the RNG
+                on_start = functools.partial(checkpoint.set_rng_state, state["rng"])
 
-        def save_midway(at: EpochPosition) -> None:
-            if not midway.due():
-                return
-            partial = {"batches": at.batches, "loss_sum": at.loss_sum, "seen": at.seen,
-                       "seconds": at.seconds + time.perf_counter() - started,
-                       "metrics": {name: m.state_dict() for name, m in metrics.items()},
-                       "saturation": saturation.pass_state(), "data_order": epoch_order,
-                       "lr": lr}
-            checkpoint.save_partial(ckpt_dir, context.step,
-                                    {**snapshot(epoch - 1, [checkpoint.rng_state()]),
-                                     "partial": partial})
+            def save_midway(at: EpochPosition) -> None:
+                if not midway.due():
+                    return
+                partial = {"batches": at.batches, "loss_sum": at.loss_sum, "seen": at.seen,
+                           "seconds": at.seconds + time.perf_counter() - started,
+                           "metrics": {name: m.state_dict() for name, m in metrics.items()},
+                           "saturation": saturation.pass_state(), "data_order": epoch_order,
+                           "lr": lr}
+                checkpoint.save_partial(ckpt_dir, context.step,
+                                        {**snapshot(epoch - 1, [checkpoint.rng_state()]),
+                                         "partial": partial})
+                midway.saved()
+
+            with saturation.track(TRAIN_PASS, model):
+                if resumed is not None:
+                    saturation.load_pass_state(resumed["saturation"])
+                    resumed = None
+                train_stats = train_one_epoch(
+                    method, train_loader, stepper, metrics, device, epoch, progress and main,
+                    position, batches, save_midway if midway.enabled else None,
+                    channels_last if config["channels_last"] else None, on_start)
+                saturation.all_reduce()  # the covariances of every process's shards
+            distributed.broadcast_buffers(list(method.modules().values()))
+            extra = method.end_epoch(epoch)
+            method.train(False)
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+            row.update({f"train-{k}": v for k, v in train_stats.items()})
+            row.update(saturation.columns(TRAIN_PASS))
+            for split, loader in eval_loaders.items():
+                with saturation.track(split, method.eval_model()):
+                    stats = evaluate(method.eval_model(), loader,
+                                     make_metrics(registries, config["metrics"], data.num_classes),
+                                     device)
+                row.update({f"{split}-{k}": v for k, v in stats.items()})
+                row.update(saturation.columns(split))
+            row.update(extra)
+            row["epoch_seconds"] = position.seconds + time.perf_counter() - started
+            if progress and main:
+                bar.write(epoch_line(run.name, epoch, last_epoch, row, [TRAIN_PASS, *eval_loaders],
+                                     config["metrics"][:1]), file=sys.stderr)
+            if scheduler is not None and not per_step:
+                scheduler.step()
+            history.append(row)
+            rngs = distributed.gather(checkpoint.rng_state())
+            improved = is_better(row, best, config["best_metric"], config["best_mode"])
+            if improved:
+                best = {"epoch": epoch, "metric": config["best_metric"],
+                        "value": float(row[config["best_metric"]])}
             midway.saved()
-
-        with saturation.track(TRAIN_PASS, model):
-            if resumed is not None:
-                saturation.load_pass_state(resumed["saturation"])
-                resumed = None
-            train_stats = train_one_epoch(
-                method, train_loader, stepper, metrics, device, epoch, progress and main,
-                position, batches, save_midway if midway.enabled else None,
-                channels_last if config["channels_last"] else None, on_start)
-            saturation.all_reduce()  # the covariances of every process's shards
-        distributed.broadcast_buffers(list(method.modules().values()))
-        extra = method.end_epoch(epoch)
-        method.train(False)
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr}
-        row.update({f"train-{k}": v for k, v in train_stats.items()})
-        row.update(saturation.columns(TRAIN_PASS))
-        for split, loader in eval_loaders.items():
-            with saturation.track(split, method.eval_model()):
-                stats = evaluate(method.eval_model(), loader,
-                                 make_metrics(registries, config["metrics"], data.num_classes),
-                                 device)
-            row.update({f"{split}-{k}": v for k, v in stats.items()})
-            row.update(saturation.columns(split))
-        row.update(extra)
-        row["epoch_seconds"] = position.seconds + time.perf_counter() - started
-        if progress and main:
-            bar.write(epoch_line(run.name, epoch, last_epoch, row, [TRAIN_PASS, *eval_loaders],
-                                 config["metrics"][:1]), file=sys.stderr)
-        if scheduler is not None and not per_step:
-            scheduler.step()
-        history.append(row)
-        rngs = distributed.gather(checkpoint.rng_state())
-        improved = is_better(row, best, config["best_metric"], config["best_mode"])
-        if improved:
-            best = {"epoch": epoch, "metric": config["best_metric"],
-                    "value": float(row[config["best_metric"]])}
-        midway.saved()
-        if not main:
-            continue
-        # before the checkpoint: a run killed in between redoes the epoch, its spectra
-        # and its best checkpoint
-        if saturation.passes:
-            save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
-        if improved:
-            checkpoint.save_best(ckpt_dir, snapshot(epoch, rngs))
-        saved = checkpoint.save(ckpt_dir, epoch, snapshot(epoch, rngs),
-                                keep=config["keep_checkpoints"])
-        if epoch == last_epoch and config["steps"] is not None:
-            runinfo.mark_final(run, saved)
-        write_log(run, history)
-        runinfo.write_status(run_dir, "running", epoch=epoch, best=best)
+            if not main:
+                continue
+            # before the checkpoint: a run killed in between redoes the epoch, its spectra
+            # and its best checkpoint
+            if saturation.passes:
+                save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
+            if improved:
+                checkpoint.save_best(ckpt_dir, snapshot(epoch, rngs))
+            saved = checkpoint.save(ckpt_dir, epoch, snapshot(epoch, rngs),
+                                    keep=config["keep_checkpoints"])
+            if epoch == last_epoch and config["steps"] is not None:
+                runinfo.mark_final(run, saved)
+            write_log(run, history)
+            runinfo.write_status(run_dir, "running", epoch=epoch, best=best)
+            trackers.log_epoch(epoch, history[-1])
+    finally:
+        trackers.close()
     distributed.barrier()  # the last checkpoint exists before any process reports done
 
 

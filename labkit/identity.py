@@ -27,13 +27,13 @@ NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
                 "dataset.root", "dataset.download", "analyses", "launcher",
                 "saturation.delta", "saturation.idim_rule", "data.root", "weights.file", "model.weights.path",
                 "model.download_weights", "best_metric", "best_mode", "analysis_checkpoint",
-                "checkpoint_steps", "checkpoint_minutes", "keep_checkpoints")
+                "checkpoint_steps", "checkpoint_minutes", "keep_checkpoints", "loggers")
 
 # Settings added after runs already existed: at these values they change nothing, so
 # they are left out of the identity and runs trained before the setting existed keep
 # their hash (and directory). Any other value enters the identity as usual.
 ADDED_LATER = {"steps": None, "weight_decay_schedule": None, "channels_last": False,
-               "compile": False, "data_loader": "torch", "nproc": 1}
+               "compile": False, "data_loader": "torch", "nproc": 1, "batch_augment": None}
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -160,6 +160,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "metrics": ("num_classes",),
     "methods": ("context",),
     "analyses": ("run",),
+    "loggers": ("run",),
 }
 
 
@@ -173,6 +174,7 @@ class Registries:
     metrics: Registry
     methods: Registry
     analyses: Registry
+    loggers: Registry
 
     def __init__(self) -> None:
         self._all = {kind: Registry(kind, context) for kind, context in KINDS.items()}

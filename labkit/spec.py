@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+from labkit.data.mixing import CutMix, Mixup
 from labkit.errors import UserError
 from labkit.registry import UNTYPED, Registries
 from labkit.saturation import SaturationConfig
@@ -109,6 +110,11 @@ class Spec(BaseModel):
     analyses: list[Component] = Field(
         [], description="post-training analyses, each skipped when its output is complete",
         json_schema_extra={"registry": "analyses"})
+    loggers: list[Component] = Field(
+        [], description="experiment trackers mirroring every epoch's log row, e.g. "
+                        "[\"tensorboard\"] (pip install labkit[tensorboard]); plugins add "
+                        "others; log.csv stays the source of truth; not part of identity",
+        json_schema_extra={"registry": "loggers"})
     logs_dir: str = Field("logs", description="root of run directories; not part of identity")
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0; not part of identity")
     eval_batch_size: int = Field(512, ge=1, description="batch size of evaluation passes; not part of identity")
@@ -174,6 +180,13 @@ class Spec(BaseModel):
                              "workers; device: the whole training set held on the run's "
                              "device and augmented batchwise there (small data sets on a "
                              "GPU); part of identity: the augmentations differ")
+    batch_augment: Mixup | CutMix | list[Mixup | CutMix] | None = Field(
+        None, description="mixup / cutmix of every training batch, producing soft targets "
+                          "(labkit/data/mixing.py): {\"name\": \"mixup\", \"alpha\": 0.2, "
+                          "\"prob\": 1.0}, {\"name\": \"cutmix\", \"alpha\": 1.0}, or a "
+                          "list of them to draw one per batch (a list of lists is a grid "
+                          "axis); the method must accept soft targets; null: off; part of "
+                          "identity")
     launcher: LauncherConfig = Field(
         LauncherConfig(), description="where the runs execute (local workers, slurm job "
                                       "array); command-line options win; not part of identity")
@@ -207,7 +220,7 @@ class Spec(BaseModel):
                              "\"data_loader\": \"torch\" or nproc to 1")
         return self
 
-    @field_validator("analyses", mode="before")
+    @field_validator("analyses", "loggers", mode="before")
     @classmethod
     def _names_only(cls, value: Any) -> Any:
         return [_as_component(v) for v in value] if isinstance(value, list) else value
