@@ -18,6 +18,7 @@ from labkit.cli import LabkitGroup, summarize
 from labkit.commands.common import check_device, finished_run, load_runs
 from labkit.data.bundle import DataBundle
 from labkit.data.digits import TensorImages
+from labkit.data.mixing import BatchMixer, hard_labels, mix_images, mix_targets
 from labkit.data.splits import SplitDataset
 from labkit.data.transforms import build_transform, check_augment
 from labkit.engine import RunFailed, train
@@ -46,7 +47,8 @@ __all__ = [
     # components: specs, data, models, methods, layers
     "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
     "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",
-    "TensorImages", "build_transform", "check_augment", "MODELS", "Method", "RunContext",
+    "TensorImages", "build_transform", "check_augment", "mix_images", "mix_targets",
+    "hard_labels", "BatchMixer", "MODELS", "Method", "RunContext",
     "StepResult", "Supervised", "layer_name", "measured_layers", "Schedule", "Scheduled",
     "value_at",
     # workflows: training, analyses, latents

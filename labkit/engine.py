@@ -29,6 +29,7 @@ from labkit.atomic import write_text
 from labkit.errors import UserError
 from labkit.build import build_component, build_scheduler, make_metrics, seed_everything
 from labkit.data.device_loader import device_loader
+from labkit.data.mixing import batch_mixer, hard_labels
 from labkit.data.seeded import SeededSampler, SeededSamples, ShardedBatches
 from labkit.evaluation import evaluate, to_device
 from labkit.figures import run_figures
@@ -191,7 +192,8 @@ def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
                     progress: bool, position: EpochPosition | None = None,
                     batches: int | None = None, on_step: Callable[[EpochPosition], None] | None = None,
                     layout: Callable[[Any], Any] | None = None,
-                    on_start: Callable[[], None] | None = None) -> dict[str, float]:
+                    on_start: Callable[[], None] | None = None,
+                    augment: Callable[[Any], Any] | None = None) -> dict[str, float]:
     """One pass over the training set; returns mean loss per sample and metrics.
 
     Args:
@@ -204,6 +206,8 @@ def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
         layout: applied to every batch on the device (channels_last).
         on_start: called once the loader's iterator exists (a resume restores the RNG
             state there, as creating the iterator draws from it).
+        augment: applied to every batch on the device before the step (the spec's
+            ``batch_augment``: mixup / cutmix, drawing from torch's global RNG).
 
     The epoch ends early when the run's step budget (``context.total_steps``) is spent.
     """
@@ -217,6 +221,8 @@ def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
     for batch in tqdm(iterator, desc=f"epoch {epoch} train", leave=False,
                       disable=quiet_bars(progress), total=batches - position.batches):
         batch = to_device(batch, device)
+        if augment is not None:
+            batch = augment(batch)
         with stepper.autocast():
             result = method.training_step(layout(batch) if layout else batch)
         loss = result.loss.item()
@@ -230,7 +236,7 @@ def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
         position.seen += result.batch_size
         if result.logits is not None:
             for metric in metrics.values():
-                metric.update(result.logits.detach().float(), result.targets)
+                metric.update(result.logits.detach().float(), hard_labels(result.targets))
         if position.batches % stepper.accumulate == 0 or position.batches == batches:
             stepper.step()
             if clock.total_steps and clock.step >= clock.total_steps:
@@ -579,6 +585,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress,
                          rank=distributed.rank())
     method: Method = build_component(registries, "methods", config["method"], context=context)
+    mixer = batch_mixer(config["batch_augment"], data.num_classes, method,
+                        config["method"]["name"])
     optimizer = build_component(registries, "optimizers", scaled_lr(config),
                                 params=method.parameters())
     # a method may give parameter groups (DINO: with and without weight decay)
@@ -725,7 +733,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                 train_stats = train_one_epoch(
                     method, train_loader, stepper, metrics, device, epoch, progress and main,
                     position, batches, save_midway if midway.enabled else None,
-                    channels_last if config["channels_last"] else None, on_start)
+                    channels_last if config["channels_last"] else None, on_start, mixer)
                 saturation.all_reduce()  # the covariances of every process's shards
             distributed.broadcast_buffers(list(method.modules().values()))
             extra = method.end_epoch(epoch)

@@ -20,6 +20,9 @@ What a method can do without touching the engine:
   :meth:`Method.end_epoch` (which may return extra log columns);
 * state that must survive a resume (a centering vector, a step counter):
   :meth:`Method.state_dict` / :meth:`Method.load_state_dict` (tensors and primitives).
+* mixed batches (the spec's ``batch_augment``: mixup / cutmix): set
+  :attr:`Method.accepts_soft_targets` and read ``(images, targets)`` with ``targets``
+  either labels ``(N,)`` or probability rows ``(N, C)``.
 
 See docs/methods.md for a worked example.
 """
@@ -84,7 +87,8 @@ class StepResult:
         loss: scalar tensor, the batch's mean loss; the engine back-propagates it.
         batch_size: number of samples in the batch (weights the logged mean loss).
         logits: ``(N, C)`` outputs for the train metrics, or ``None`` (no labels).
-        targets: ``(N,)`` labels matching ``logits``, or ``None``.
+        targets: ``(N,)`` labels matching ``logits``, or the batch's soft targets
+            ``(N, C)`` (the train metrics then score their argmax), or ``None``.
     """
 
     loss: torch.Tensor
@@ -103,6 +107,12 @@ class Method:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
+
+    #: Whether :meth:`training_step` takes batches whose targets are soft, ``(N, C)``
+    #: probability rows (what the spec's ``batch_augment``, mixup / cutmix, produces).
+    #: A method leaving it false is refused, before training, in a run with
+    #: ``batch_augment``.
+    accepts_soft_targets: bool = False
 
     def __init__(self, context: RunContext, params: BaseModel):
         self.context = context

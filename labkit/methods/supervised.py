@@ -10,7 +10,16 @@ from labkit.methods.base import Method, StepResult
 
 
 class Supervised(Method):
-    """Minimise the cross-entropy between the network's outputs and the labels."""
+    """Minimise the cross-entropy between the network's outputs and the labels.
+
+    The targets are labels ``(N,)`` or, under the spec's ``batch_augment`` (mixup /
+    cutmix), probability rows ``(N, C)``: the cross-entropy with probabilities,
+    −Σ_c ỹ_c log softmax(z)_c, which for a mixed pair equals
+    λ·CE(z, y_i) + (1 − λ)·CE(z, y_j). Label smoothing applies in both cases
+    (ỹ → (1 − ε)·ỹ + ε/C).
+    """
+
+    accepts_soft_targets = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
