@@ -95,31 +95,6 @@ def contrastive_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor,
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
-def mix_batch(images: torch.Tensor, kind: Literal["mixup", "cutmix"],
-              alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mix each image with another image of the batch (torch's global RNG, checkpointed).
-
-    mixup (Zhang et al. 2018): x̃ = m·x + (1 − m)·x[π], m ~ Beta(α, α);
-    cutmix (Yun et al. 2019): a box of area ≈ (1 − m) of x[π] pasted into x, with m then
-    set to the exact share of pixels left from x.
-
-    Returns:
-        ``(mixed images, permutation π (N,), m)``; labels mix with the same m.
-    """
-    m = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(len(images), device=images.device)
-    if kind == "mixup":
-        return m * images + (1 - m) * images[perm], perm, m
-    h, w = images.shape[-2:]
-    cut_h, cut_w = round(h * (1 - m) ** 0.5), round(w * (1 - m) ** 0.5)
-    top = int(torch.randint(0, h - cut_h + 1, ()))
-    left = int(torch.randint(0, w - cut_w + 1, ()))
-    mixed = images.clone()
-    mixed[..., top:top + cut_h, left:left + cut_w] = images[perm][..., top:top + cut_h,
-                                                                  left:left + cut_w]
-    return mixed, perm, 1 - cut_h * cut_w / (h * w)
-
-
 # Feature losses compared in RepDistiller (Tian et al. 2020, github.com/HobbitLong/RepDistiller).
 # Features are one layer's outputs, ``(N, ...)``; the teacher's carry no gradient.
 

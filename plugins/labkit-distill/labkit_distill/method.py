@@ -15,7 +15,11 @@ chosen by ``loss`` (``kd``: none; ``jacobian``, ``features``, ``contrastive``: s
 :mod:`labkit_distill.losses` and :class:`labkit_distill.taps.Hint`), weighted by
 β = ``loss.weight``. With ``mix`` (mixup / cutmix) teacher and student both see the
 mixed images x̃ = mix(x, x[π], m); the label terms mix with the same m:
-CE → m·CE(s, y) + (1 − m)·CE(s, y[π]) and h → m·h + (1 − m)·h[π].
+CE → m·CE(s, y) + (1 − m)·CE(s, y[π]) and h → m·h + (1 − m)·h[π]. The images are mixed by
+labkit's own :func:`labkit.api.mix_images` (the draws of the spec's ``batch_augment``);
+the method keeps its own ``mix`` parameter because the human soft labels h must be mixed
+with the same π and m, which the engine's soft targets cannot carry, so it refuses
+``batch_augment`` (``accepts_soft_targets`` false).
 
 Per eval split the method adds the columns ``<split>-agreement`` (share of samples where
 student and teacher predict the same class), ``<split>-teacher_kl`` (mean
@@ -34,10 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from labkit.api import DataBundle, Method, RunContext, StepResult, UserError
+from labkit.api import DataBundle, Method, RunContext, StepResult, UserError, mix_images
 from labkit_distill.crd import ContrastMemory
 from labkit_distill.losses import (attention_loss, contrastive_loss, input_gradients,
-                                   jacobian_loss, mix_batch, pkt_loss, rkd_loss, similarity_loss,
+                                   jacobian_loss, pkt_loss, rkd_loss, similarity_loss,
                                    soft_term, tempered)
 from labkit_distill.sources import labels_of
 from labkit_distill.taps import Hint, Tap, last_map, vector
@@ -220,6 +224,10 @@ def load_soft_labels(params: SoftLabels, train: Dataset, num_classes: int) -> to
 class Distill(Method):
     """Train the run's model (the student) from a frozen teacher run; see the module doc."""
 
+    # its mixing is its own `mix` (human soft labels mix with the batch's π and m); the
+    # spec's batch_augment is refused with a message
+    accepts_soft_targets = False
+
     class Params(_Strict):
         teacher: TeacherRef = Field(description='{"dir": …} or {"spec": …, "run_id": …}')
         alpha: float = Field(0.9, ge=0, le=1, description="λ: weight of the soft term; 1 − λ "
@@ -322,7 +330,7 @@ class Distill(Method):
         human = self.soft_labels[index] if self.soft_labels is not None else None
         perm, m = None, 1.0
         if p.mix is not None and float(torch.rand(())) < p.mix.prob:
-            images, perm, m = mix_batch(images, p.mix.kind, p.mix.alpha)
+            images, perm, m = mix_images(images, p.mix.kind, p.mix.alpha)
             if human is not None:
                 human = m * human + (1 - m) * human[perm]
         jacobian = isinstance(p.loss, Jacobian)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.api import RunConfig, RunContext, build_component, expand
-from labkit_distill import method as distill_method
-from labkit_distill.losses import (contrastive_loss, input_gradients, jacobian_loss, mix_batch,
-                                   soft_term, tempered)
+from labkit.api import (RunConfig, RunContext, UserError, build_component, expand, mix_images,
+                        train)
+from labkit_distill.losses import (contrastive_loss, input_gradients, jacobian_loss, soft_term,
+                                   tempered)
 from labkit_distill.taps import Hint
 
 RNG = np.random.default_rng(0)
@@ -128,26 +128,6 @@ def test_fitnets_hint_with_a_1x1_regressor_and_pooling():
     assert vector_hint(t64(v_student), t64(target)).item() == pytest.approx(expected, rel=1e-9)
 
 
-def test_mixup_and_cutmix_mix_pairs_of_images():
-    torch.manual_seed(0)
-    images = torch.randn(8, 1, 6, 6)
-    mixed, perm, m = mix_batch(images, "mixup", 1.0)
-    assert sorted(perm.tolist()) == list(range(8)) and 0 < m < 1
-    torch.testing.assert_close(mixed, m * images + (1 - m) * images[perm])
-
-    constant = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 6, 6)  # pixel value = source
-    mixed, perm, m = mix_batch(constant, "cutmix", 1.0)
-    for i in range(8):
-        if perm[i] == i:
-            continue
-        own = mixed[i] == i
-        assert ((mixed[i] == i) | (mixed[i] == perm[i])).all()
-        assert own.float().mean().item() == pytest.approx(m)  # m: exact share kept
-        rows, cols = torch.nonzero(~own[0], as_tuple=True)
-        if len(rows):  # the pasted region is one rectangle
-            assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-
-
 # ---------------------------------------------------------------- the method's whole loss
 
 def make_method(registries, teacher_dir, tmp_path, **params):
@@ -225,20 +205,35 @@ def test_hkd_loss_with_soft_labels_aligned_to_the_source(registries, teacher_dir
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
-def test_mixed_inputs_mix_labels_and_soft_labels(registries, teacher_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_inputs_mix_labels_and_soft_labels(registries, teacher_dir, tmp_path, kind):
     path, probs = soft_label_file(tmp_path, 1438)  # one row per training item
-    method = make_method(registries, teacher_dir, tmp_path, mix={"kind": "mixup"},
+    method = make_method(registries, teacher_dir, tmp_path, mix={"kind": kind, "alpha": 0.5},
                          soft_labels={"file": path, "gamma": 0.5})
     images, y, index = batch_of(method)
-    perm = torch.arange(len(y)).flip(0)
-    mixed = 0.7 * images + 0.3 * images[perm]
-    monkeypatch.setattr(distill_method, "mix_batch", lambda x, kind, alpha: (mixed, perm, 0.7))
+    torch.manual_seed(4)
+    state = torch.get_rng_state()
     loss = method.training_step((images, y, index)).loss.item()
+    # replay the step's draws from torch's generator: whether to mix, then labkit's mixing
+    torch.set_rng_state(state)
+    torch.rand(())
+    mixed, perm, m = mix_images(images, kind, 0.5)
+    assert 0 < m < 1 and not torch.equal(perm, torch.arange(len(y)))
     human = probs[index.numpy()]
     s, t = logits_of(method, mixed)
-    expected = np_loss(s, t, y.numpy(), human=0.7 * human + 0.3 * human[perm.numpy()],
-                       gamma=0.5, mixed_with=y[perm].numpy(), m=0.7)
+    expected = np_loss(s, t, y.numpy(), human=m * human + (1 - m) * human[perm.numpy()],
+                       gamma=0.5, mixed_with=y[perm].numpy(), m=m)
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_augment_is_refused_for_distill_which_mixes_itself(registries, teacher_dir,
+                                                                 tmp_path):
+    (config,) = expand({"model": "mlp_s", "dataset": "digits", "epochs": 1,
+                        "logs_dir": str(tmp_path / "logs"), "batch_augment": {"name": "mixup"},
+                        "method": {"name": "distill", "teacher": {"dir": str(teacher_dir)}}},
+                       registries)
+    with pytest.raises(UserError, match="'distill' does not accept the soft targets"):
+        train(RunConfig(config, "S"), registries, progress=False)
 
 
 @pytest.mark.parametrize("top_k", [None, 3])
