@@ -121,3 +121,66 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
         keys.extend(k for k in flat if k not in keys)
     return [k for k in keys
             if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def short_value(value: Any, width: int = 14) -> str:
+    """A config value as a label shows it: floats in ``g`` format, long text cut with …."""
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that is unique among ``keys``, never a bare
+    ``name`` (``optimizer.lr`` → ``lr``, ``model.name`` → ``model``)."""
+    def parts(key: str) -> list[str]:
+        p = key.split(".")
+        return p[:-1] if p[-1] == "name" and len(p) > 1 else p
+
+    short = {}
+    for key in keys:
+        mine = parts(key)
+        for n in range(1, len(mine) + 1):
+            if all(parts(other)[-n:] != mine[-n:] for other in keys if other != key):
+                break
+        candidate = ".".join(mine[-n:])
+        short[key] = candidate
+    return short
+
+
+def display_labels(configs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Short readable labels of a grid's runs, made of the values that vary across it.
+
+    Keys are taken in first-seen order, each only when it tells runs apart that the
+    keys before it did not (a teacher's nested values that vary with the method add
+    nothing); a key absent from a run is left out of that run's label. Keys are shown
+    by their shortest unique suffix, values shortened (``lr=0.05 seed=1``). Labels are
+    for display only (run directories keep :attr:`RunConfig.name`); runs the chosen
+    values cannot tell apart get ``#<position>``.
+
+    Returns:
+        the labels, one per config, and the dotted keys they use.
+    """
+    flats = [flatten(c) for c in configs]
+    chosen: list[str] = []
+    groups = 1 if flats else 0
+    for key in varying_keys(configs):
+        tried = chosen + [key]
+        count = len({tuple(json.dumps(f.get(k), sort_keys=True, default=str) for k in tried)
+                     for f in flats})
+        if count > groups:
+            chosen, groups = tried, count
+        if groups == len(flats):
+            break
+    short = short_keys(chosen)
+    labels = [" ".join(f"{short[k]}={short_value(f[k])}" for k in chosen if k in f) or "-"
+              for f in flats]
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+    labels = [f"{label} #{i}" if seen[label] > 1 else label for i, label in enumerate(labels, 1)]
+    return labels, chosen

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import click
 from pydantic import BaseModel, ValidationError
 
 from labkit import plugins, runinfo
@@ -13,6 +14,14 @@ from labkit.build import check_buildable
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 from labkit.spec import expand, load_spec_file
+
+SET_OPTION = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="override a spec value: dotted key, JSON value (a list is a grid axis), "
+         "e.g. --set optimizer.lr=0.01 --set 'seed=[0,1,2]'; repeatable")
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+DEVICE_OPTION = click.option("--device", default=None,
+                             help="torch device (cpu, cuda:0); overrides the spec")
 
 
 def load_runs(spec_path: str, run_id: str, device: str | None = None,

@@ -7,8 +7,8 @@ import numbers
 import click
 
 from labkit.analyses.evaluate import KEY, Evaluate
-from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
-                                    produce)
+from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, analysis_params, check_device,
+                                    finished_run, load_runs, produce)
 from labkit.errors import UserError
 
 
@@ -35,9 +35,10 @@ def parse_dataset(text: str) -> str | dict:
               help="optional .npy of label probabilities (images x classes, the split's "
                    "order, the data set's class order): adds soft-cross-entropy, "
                    "soft-accuracy, soft-top1-agreement")
-@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
+@DEVICE_OPTION
+@QUIET_OPTION
 def evaluate_command(spec: str, run_id: str, dataset: str, split: str, soft_labels: str | None,
-                     device: str | None) -> None:
+                     device: str | None, quiet: bool) -> None:
     """Score every finished run of SPEC on a split of another data set (its own
     transforms, classes matched by name): loss and the run's metrics, and with
     --soft-labels the soft-label scores, one row per data set, split and soft-label file
@@ -49,7 +50,7 @@ def evaluate_command(spec: str, run_id: str, dataset: str, split: str, soft_labe
                             analysis_params(run, "evaluate", Evaluate,
                                             dataset=parse_dataset(dataset), split=split,
                                             soft_labels=soft_labels))
-        produce(analysis, unless_complete=True)
+        produce(analysis, not quiet, unless_complete=True)
         row = analysis.result()
         scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items()
                            if k not in KEY and k != "images" and isinstance(v, numbers.Real))

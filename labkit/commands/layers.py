@@ -16,8 +16,8 @@ import pandas as pd
 from labkit import engine, latents, plugins
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
-from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
-                                    produce)
+from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, analysis_params, check_device,
+                                    finished_run, load_runs, produce)
 from labkit.errors import UserError
 from labkit.probes import parse_size
 from labkit.receptive_field import border_layer
@@ -56,14 +56,17 @@ def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", required=True, help="run-id of the runs")
 @click.option("--layers", multiple=True, help="wildcard on layer names (repeatable) [default: all]")
-def receptive_field(spec: str, run_id: str, layers: tuple[str, ...]) -> None:
+@DEVICE_OPTION
+@QUIET_OPTION
+def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], device: str | None,
+                    quiet: bool) -> None:
     """Write receptive_field.csv (size, jump, start, map size per layer; border layer)
     into every run directory of SPEC. Needs only the architecture, not training."""
-    for run in load_runs(spec, run_id):
+    for run in load_runs(spec, run_id, device):
         analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
                                   analysis_params(run, "receptive_field", ReceptiveField,
                                           layers=list(layers) or None))
-        produce(analysis)
+        produce(analysis, progress=not quiet)
         border = border_layer(pd.read_csv(analysis.outputs()[0]))
         click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'})")
 
@@ -77,8 +80,8 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...]) -> None:
               help="root of the latent datasets [default: latent_datasets/ next to logs_dir]")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
               help="storage type [default: float16]")
-@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@DEVICE_OPTION
+@QUIET_OPTION
 def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, ...],
             latents_dir: str | None, dtype: str | None, device: str | None, quiet: bool) -> None:
     """Extract the layer activations of every finished run of SPEC (train and eval
@@ -107,10 +110,11 @@ def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, .
 @click.option("--prefix", default=None, help="name outputs <prefix>_probe_performances.csv, …")
 @click.option("--latents-dir", default=None,
               help="root of the latent datasets [default: where the run's pointer says]")
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@DEVICE_OPTION
+@QUIET_OPTION
 def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
            processes: int | None, memory: str | None, solver: str | None, prefix: str | None,
-           latents_dir: str | None, quiet: bool) -> None:
+           latents_dir: str | None, device: str | None, quiet: bool) -> None:
     """Fit a logistic probe per layer: `labkit probes SPEC --run-id ID` (extracting
     latents when missing) or `labkit probes PATHS…` (latent directories, or folders
     holding them). Results go to the source run's probe_performances.csv, in network
@@ -120,7 +124,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
     if run_id is not None:
         if len(targets) != 1:
             raise UserError("with --run-id give exactly one SPEC file")
-        for run in load_runs(targets[0], run_id):
+        for run in load_runs(targets[0], run_id, device):
             _probe(finished_run(run, targets[0]), _modes(modes), not quiet, processes=processes,
                    memory=memory, solver=solver, prefix=prefix, latents_dir=latents_dir)
         return
@@ -161,8 +165,8 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
 @click.option("--prefix", default=None, help="name outputs <prefix>_probe_performances.csv, …")
 @click.option("--latents-dir", default=None,
               help="root of the latent datasets [default: latent_datasets/ next to logs_dir]")
-@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@DEVICE_OPTION
+@QUIET_OPTION
 def probe_run(spec: str, run_id: str, processes: int | None, memory: str | None,
               solver: str | None, modes: tuple[str, ...], prefix: str | None,
               latents_dir: str | None, device: str | None, quiet: bool) -> None:

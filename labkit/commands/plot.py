@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from labkit import figures
-from labkit.commands.common import load_runs
+from labkit.commands.common import SET_OPTION, load_runs
 from labkit.errors import UserError
 from labkit.identity import RunConfig
 
@@ -17,13 +17,13 @@ BY_OPTION = click.option(
          "but seed, which is averaged as mean ± sd]")
 
 
-def grid_runs(spec: str, run_id: str) -> list[RunConfig]:
+def grid_runs(spec: str, run_id: str, overrides: tuple[str, ...] = ()) -> list[RunConfig]:
     """Every run of SPEC under ``run_id``, when at least one has a run directory.
 
     Raises:
         UserError: none has started (says how to train them).
     """
-    runs = load_runs(spec, run_id)
+    runs = load_runs(spec, run_id, overrides=overrides)
     started = [r for r in runs if r.directory.is_dir()]
     if not started:
         raise UserError(f"no run of {spec} has started under run-id {run_id!r}; train them "
@@ -44,11 +44,13 @@ def grid_name(runs: list[RunConfig]) -> str:
               help="folder for the figures [default: <logs_dir>/figures/<spec name>/<run-id>]")
 @BY_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="print only the folder written to")
-def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...], quiet: bool) -> None:
+@SET_OPTION
+def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...], quiet: bool,
+         overrides: tuple[str, ...]) -> None:
     """Draw the figures of every started run of SPEC (learning curves, saturation over
     epochs, distillation and DINO probe curves when the logs have them) and the grid's
     tail pattern grouped by config values, as PNG and SVG."""
-    runs = grid_runs(spec, run_id)
+    runs = grid_runs(spec, run_id, overrides)
     keys = figures.resolve_keys([r.config for r in runs], by)
     out = Path(output) if output else (Path(runs[0].config["logs_dir"]) / "figures"
                                        / runs[0].config["name"] / run_id)

@@ -6,8 +6,8 @@ import re
 import click
 
 from labkit.analyses import Analysis
-from labkit.commands.common import (analysis_params, check_device, finished_run, load_runs,
-                                    produce)
+from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, analysis_params, check_device,
+                                    finished_run, load_runs, produce)
 from labkit.errors import UserError
 
 
@@ -20,9 +20,9 @@ def parse_deltas(text: str) -> list[float]:
                         f"e.g. --deltas 0.9,0.99,0.999") from None
 
 
-def _produce_and_report(analysis: Analysis, what: str) -> None:
+def _produce_and_report(analysis: Analysis, what: str, quiet: bool = False) -> None:
     """Compute ``analysis`` unless complete; say which, with its first output."""
-    ran = produce(analysis, unless_complete=True)
+    ran = produce(analysis, not quiet, unless_complete=True)
     click.echo(f"{what if ran else 'up to date'}: {analysis.outputs()[0]}")
 
 
@@ -32,8 +32,9 @@ def _produce_and_report(analysis: Analysis, what: str) -> None:
 @click.option("--deltas", default=None,
               help="comma-separated shares of variance to project at, e.g. 0.9,0.99,0.999 "
                    "[default: the spec's projection analysis, else 0.9 … 1.0]")
-@click.option("--device", default=None, help="torch device (cpu, cuda:0); overrides the spec")
-def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> None:
+@DEVICE_OPTION
+@QUIET_OPTION
+def project(spec: str, run_id: str, deltas: str | None, device: str | None, quiet: bool) -> None:
     """Evaluate every finished run of SPEC with each layer projected onto the principal
     directions that explain DELTA of its variance (and onto random directions of the same
     rank); writes projected_results.csv and .png into each run directory."""
@@ -46,7 +47,7 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
             finished_run(run, spec),
             analysis_params(run, "projection", Projection,
                             deltas=parse_deltas(deltas) if deltas is not None else None))
-        _produce_and_report(analysis, "projected")
+        _produce_and_report(analysis, "projected", quiet)
 
 
 @click.command()
@@ -59,20 +60,23 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None) -> N
               help="comma-separated counting rules: delve (cumulative share below delta, "
                    "as published) and/or reach (smallest count reaching delta) [default: "
                    "the spec's saturation analysis, else delve]")
-def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None) -> None:
+@DEVICE_OPTION
+@QUIET_OPTION
+def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None,
+               device: str | None, quiet: bool) -> None:
     """Recompute the intrinsic dimensionality and saturation of every layer, pass and
     epoch of each finished run of SPEC at other deltas, from the eigenvalue spectra stored
     during training (no retraining); writes saturation.csv into each run directory."""
     from labkit.analyses.saturation_views import SaturationViews
 
-    for run in load_runs(spec, run_id):
+    for run in load_runs(spec, run_id, device):
         analysis = SaturationViews(
             finished_run(run, spec),
             analysis_params(run, "saturation", SaturationViews,
                             deltas=parse_deltas(deltas) if deltas is not None else None,
                             rules=[r for r in re.split(r"[,\s]+", rules.strip()) if r]
                             if rules is not None else None))
-        _produce_and_report(analysis, "saturation table")
+        _produce_and_report(analysis, "saturation table", quiet)
 
 
 COMMANDS: list[click.Command] = [saturation, project]

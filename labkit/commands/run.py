@@ -1,0 +1,301 @@
+"""``labkit run``, ``status`` and ``plan``: training a grid and seeing where it stands.
+
+Runs are shown by short labels of the values that vary across the grid
+(:func:`labkit.identity.display_labels`); their directories keep the full readable name.
+``run`` ends with a summary: each run's state, final eval metrics, failure reason and
+directory, and the commands to look at the results.
+"""
+from __future__ import annotations
+
+import csv
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from labkit import plugins, runinfo
+from labkit.analyses import FinishedRun
+from labkit.analyses.layerwise import Latents
+from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, SET_OPTION, check_device,
+                                    load_runs)
+from labkit.identity import (RunConfig, display_labels, flatten, short_keys, short_value,
+                             varying_keys)
+from labkit.launch import INVALID, RunTask, run_local, submit_array, submitit_folder
+from labkit.spec import LauncherConfig
+
+WIDTH = 100  # columns the plan table fits in
+
+
+def labels(runs: list[RunConfig]) -> list[str]:
+    """The display label of each run (see :func:`labkit.identity.display_labels`)."""
+    return display_labels([r.config for r in runs])[0]
+
+
+def _state(run: RunConfig) -> str:
+    status = runinfo.training_state(run)
+    return f"{status['state']}@{status.get('epoch', 0)}" if status else "new"
+
+
+def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
+    """One row per run: its position, hash, status and the values that tell the runs
+    apart (short headers and values, see :func:`labkit.identity.display_labels`)."""
+    configs = [r.config for r in runs]
+    _, keys = display_labels(configs)
+    short = short_keys(keys)
+    rows = []
+    for i, run in enumerate(runs, 1):
+        flat = flatten(run.config)
+        row = {"#": i, "hash": run.hash, "status": _state(run)}
+        row.update({short[k]: short_value(flat[k]) if k in flat else "-" for k in keys})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fitted(table: pd.DataFrame, width: int = WIDTH) -> str:
+    """``table`` as text no wider than ``width``: trailing columns that do not fit are
+    left out and named on a last line."""
+    dropped: list[str] = []
+    text = table.to_string(index=False)
+    while max(map(len, text.splitlines())) > width and len(table.columns) > 3:
+        dropped.insert(0, str(table.columns[-1]))
+        table = table.iloc[:, :-1]
+        text = table.to_string(index=False)
+    lines = [line if len(line) <= width else line[:width - 1] + "…" for line in text.splitlines()]
+    if dropped:
+        lines.append(_cut(f"(not shown: {', '.join(dropped)})", width))
+    return "\n".join(lines)
+
+
+def _cut(text: str, width: int = WIDTH) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def print_plan(runs: list[RunConfig]) -> None:
+    """The plan table, fitted to :data:`WIDTH`, and the keys that vary along with it."""
+    click.echo(fitted(plan_table(runs)))
+    _, shown = display_labels([r.config for r in runs])
+    others = [k for k in varying_keys([r.config for r in runs]) if k not in shown]
+    if shown:
+        click.echo(_cut(f"varies: {', '.join(shown)}"))
+    if others:
+        click.echo(_cut(f"{len(others)} other value(s) vary with these: {', '.join(others)}"))
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="label of this repetition (part of every run path)")
+@DEVICE_OPTION
+@click.option("--dry-run", is_flag=True, help="validate and show the runs, train nothing")
+@QUIET_OPTION
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="train this many runs at once in local worker processes")
+@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default=None,
+              help="where runs execute (default: the spec's launcher, else local)")
+@click.option("--partition", default=None, help="slurm partition")
+@click.option("--gpus-per-task", type=click.IntRange(min=0), default=None, help="GPUs per run")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="CPU cores per run")
+@click.option("--time", "time_min", type=click.IntRange(min=1), default=None,
+              help="time limit per run in minutes; on timeout a run is requeued and resumes")
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=None,
+              help="array tasks running at once")
+@click.option("--wait", is_flag=True, help="slurm: wait for the job array and report the states")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="processes that train each run together (one per GPU, or CPU processes); "
+                   "the same as --set nproc=N")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads per run (the spec's threads, default 1; part of run "
+                   "identity, as CPU results depend on it); the same as --set threads=N")
+@SET_OPTION
+def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
+        jobs: int | None, launcher: str | None, partition: str | None,
+        gpus_per_task: int | None, cpus_per_task: int | None, time_min: int | None,
+        array_parallelism: int | None, wait: bool, nproc: int | None, threads: int | None,
+        overrides: tuple[str, ...]) -> None:
+    """Train every run of SPEC; finished runs are skipped, unfinished ones resumed."""
+    for key, value in (("nproc", nproc), ("threads", threads)):
+        if value is not None:
+            overrides = (*overrides, f"{key}={value}")
+    runs = load_runs(spec, run_id, device, overrides)
+    print_plan(runs)
+    if dry_run:
+        for run in runs:
+            for what, size in latent_plan(run):
+                click.echo(f"{run.name}-{run.hash}: {what} will write {size / 1e6:,.1f} MB")
+        click.echo(f"dry run: {len(runs)} run(s) validated, nothing trained")
+        return
+    launch = {"name": launcher, "jobs": jobs, "partition": partition,
+              "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task,
+              "time": time_min, "array_parallelism": array_parallelism}
+    settings = LauncherConfig.model_validate(
+        {**runs[0].config["launcher"], **{k: v for k, v in launch.items() if v is not None}})
+    tasks = [RunTask(r.config, r.run_id, r.config["device"], progress=not quiet) for r in runs]
+    names = labels(runs)
+
+    def report(i: int, state: str) -> None:
+        click.echo(f"[{i + 1}/{len(runs)}] {names[i]}: {state}: {runs[i].directory}")
+
+    next_steps = NextSteps(spec, run_id, overrides)
+    if settings.name == "local":
+        check_device(runs[0].config["device"])
+        summarize(run_local(tasks, settings.jobs, report), runs, next_steps)
+        return
+    folder = submitit_folder(runs[0].config["logs_dir"], run_id)
+    submitted = submit_array(tasks, settings, folder)
+    click.echo(f"submitted {len(submitted)} task(s) as job array "
+               f"{submitted[0].job_id.split('_')[0]}; submitit files in {folder}")
+    if not wait:
+        click.echo(f"follow them with: {next_steps.command('status')}")
+        return
+    states = []
+    for i, job in enumerate(submitted):
+        states.append(job.results()[0])  # a run on several tasks: rank 0 reports
+        report(i, states[-1])
+    summarize(states, runs, next_steps)
+
+
+def latent_plan(run: RunConfig) -> list[tuple[str, int]]:
+    """``(what, bytes)`` of every latent extraction the run's analyses will write."""
+    finished = FinishedRun(run, plugins.registries())
+    plans = []
+    for spec in run.config["analyses"]:
+        if spec["name"] not in ("latents", "probes"):
+            continue
+        params = {k: spec[k] for k in ("downsampling", "layers", "dtype", "latents_dir")
+                  if k in spec}
+        extraction = Latents(finished, Latents.Params(**params))
+        plans.append((f"latents (downsampling {extraction.params.downsampling})",
+                      extraction.planned_bytes()))
+    return plans
+
+
+class NextSteps:
+    """The commands that look at a grid's results, with its spec, run-id and overrides."""
+
+    def __init__(self, spec: str, run_id: str, overrides: tuple[str, ...] = ()) -> None:
+        self.args = " ".join(shlex.quote(a) for a in
+                             (spec, "--run-id", run_id,
+                              *(x for o in overrides for x in ("--set", o))))
+        self.run_id = run_id
+
+    def command(self, name: str) -> str:
+        return f"labkit {name} {self.args}"
+
+    def lines(self, logs_dir: str) -> list[str]:
+        return [f"  {self.command('status'):<60} # state and failure reasons per run",
+                f"  {self.command('plot'):<60} # figures (PNG, SVG)",
+                f"  {self.command('report'):<60} # one HTML page of the grid",
+                f"  labkit results {shlex.quote(logs_dir)} --run-id {shlex.quote(self.run_id)}"
+                f" -o results.csv  # every epoch of every run as one CSV"]
+
+
+def final_metrics(run: RunConfig) -> str:
+    """Loss and the first metric of every eval split in the last row of log.csv."""
+    try:
+        with open(run.directory / runinfo.LOG_CSV, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return "-"
+    if not rows:
+        return "-"
+    last = rows[-1]
+    metrics = run.config.get("metrics") or []
+    first = metrics[0] if metrics else None
+    metric = first.get("name") if isinstance(first, dict) else first
+    parts = []
+    for column in last:
+        split = column.removesuffix("-loss")
+        if column.endswith("-loss") and split != "train" and last[column] not in ("", None):
+            text = f"{split} loss {_number(last[column])}"
+            if metric and last.get(f"{split}-{metric}") not in (None, ""):
+                text += f" {metric} {_number(last[f'{split}-{metric}'])}"
+            parts.append(text)
+    return ", ".join(parts) or "-"
+
+
+def _number(text: str) -> str:
+    try:
+        return f"{float(text):.4f}"
+    except ValueError:
+        return text
+
+
+def summary_table(runs: list[RunConfig], states: list[str]) -> pd.DataFrame:
+    """One row per run: label, final state, final eval metrics, failure reason, directory."""
+    rows = []
+    for name, run, state in zip(labels(runs), runs, states):
+        reason = runinfo.read_status(run.directory).get("reason") if state != "finished" \
+            and state != "skipped" else None
+        rows.append({"run": name, "state": state, "final eval": final_metrics(run),
+                     "reason": reason or "-", "directory": str(run.directory)})
+    return pd.DataFrame(rows)
+
+
+def summarize(states: list[str], runs: list[RunConfig] | None = None,
+              next_steps: NextSteps | None = None) -> None:
+    """Print, with ``runs``, the closing summary (:func:`summary_table`) and the
+    ``next_steps``, then the count of each final state; exit with code 2 when a run hit
+    a mistake in the input (its message was printed when it happened), else 1 when a
+    run failed."""
+    if runs:
+        click.echo("\n" + summary_table(runs, states).to_string(index=False))
+        if next_steps is not None:
+            click.echo("next:\n" + "\n".join(next_steps.lines(runs[0].config["logs_dir"])))
+    failed, invalid = states.count("failed"), states.count(INVALID)
+    click.echo(f"{len(states)} run(s): {states.count('finished')} finished, "
+               f"{states.count('skipped')} already finished, {failed} failed"
+               + (f", {invalid} with a mistake in the input (see above)" if invalid else ""))
+    if failed:
+        click.echo("see `labkit status`, and error.txt in the failed run directories", err=True)
+    if invalid or failed:
+        sys.exit(2 if invalid else 1)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="the run-id the grid was run with")
+@click.option("--quiet", "-q", is_flag=True, help="print only the count of each state")
+@SET_OPTION
+def status(spec: str, run_id: str, quiet: bool, overrides: tuple[str, ...]) -> None:
+    """Per run of SPEC: training finished / running / failed (reason) / not started, the
+    epoch, and the state of each analysis that ran."""
+    runs = load_runs(spec, run_id, overrides=overrides)
+    rows = []
+    for i, (name, r) in enumerate(zip(labels(runs), runs), 1):
+        st = runinfo.training_state(r)
+        analyses = runinfo.read_analyses(r.directory)
+        failed = [f"{label}: {a['reason']}" for label, a in analyses.items()
+                  if a["state"] == "failed"]
+        rows.append({"#": i, "hash": r.hash, "run": name,
+                     "state": st.get("state", "not started"),
+                     "epoch": f"{st.get('epoch', 0)}/{r.config['epochs']}",
+                     "analyses": ", ".join(f"{label} {a['state']}"
+                                           for label, a in analyses.items()) or "-",
+                     "updated": st.get("updated", "-"),
+                     "reason": "; ".join(filter(None, [st.get("reason"), *failed]))})
+    table = pd.DataFrame(rows)
+    if not quiet:
+        click.echo(table.to_string(index=False))
+    counts = table["state"].value_counts()
+    click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))
+    if (table["state"] == "not started").all():
+        known = sorted({p.name for r in runs if r.directory.parent.parent.is_dir()
+                        for p in r.directory.parent.parent.iterdir() if p.is_dir()})
+        click.echo(f"no run of {spec} has started under run-id {run_id!r}"
+                   + (f"; run-ids found for its runs: {', '.join(known)}" if known else ""),
+                   err=True)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", default="RUN_ID", show_default=True, help="run-id to show paths for")
+@SET_OPTION
+def plan(spec: str, run_id: str, overrides: tuple[str, ...]) -> None:
+    """Print the runs of SPEC (hash, status, the values that vary) without running."""
+    runs = load_runs(spec, run_id, overrides=overrides)
+    print_plan(runs)
+    click.echo(_cut(f"{len(runs)} run(s) under {Path(runs[0].config['logs_dir'])}"))
+
+
+COMMANDS: list[click.Command] = [run, status, plan]
