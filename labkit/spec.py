@@ -24,6 +24,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from labkit.data.mixing import CutMix, Mixup
+from labkit.data.mixing import check_soft_targets
 from labkit.errors import UserError
 from labkit.registry import UNTYPED, Registries
 from labkit.saturation import SaturationConfig
@@ -417,6 +418,12 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
                              for i, v in enumerate(value)]
         else:
             resolved[key] = resolve_component(value, kind, key, registries)
+    if resolved.get("batch_augment"):
+        method = resolved["method"]["name"]
+        try:
+            check_soft_targets(registries.methods.get(method).obj, method)
+        except UserError as exc:
+            raise UserError(f"batch_augment: {exc}") from None
     data = data_identity(resolved["dataset"], registries)
     if data:
         resolved["data"] = data

@@ -159,12 +159,16 @@ class HardLabelsOnly(Method):
 def test_a_method_that_cannot_take_soft_targets_is_refused_before_training(
         registries, tmp_path):
     registries.methods.register("hard_only", HardLabelsOnly)
-    run = make_run(registries, tmp_path, method="hard_only")
-    with pytest.raises(UserError, match="'hard_only' does not accept the soft targets.*"
-                                        "batch_augment to null"):
-        engine.train(run, registries, progress=False)
-    assert not (run.directory / "checkpoints").exists() or not list(
-        (run.directory / "checkpoints").glob("*.pt"))
+    # when the grid is validated (plan, run --dry-run), before any run starts
+    with pytest.raises(UserError, match="batch_augment: method 'hard_only' does not accept "
+                                        "the soft targets.*batch_augment to null"):
+        make_run(registries, tmp_path, method="hard_only")
+    # and by the engine for a config that did not come through the spec
+    run = make_run(registries, tmp_path, batch_augment=None, method="hard_only")
+    config = {**run.config, "batch_augment": {"name": "mixup", "alpha": 0.2, "prob": 1.0}}
+    with pytest.raises(UserError, match="'hard_only' does not accept the soft targets"):
+        engine.train(RunConfig(config, "M"), registries, progress=False)
+    assert not list(RunConfig(config, "M").directory.glob("checkpoints/*.pt"))
 
 
 def test_supervised_with_mixup_trains_and_resumes_bit_identically_after_a_mid_epoch_kill(

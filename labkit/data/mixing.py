@@ -140,8 +140,18 @@ def batch_mixer(spec: Any, num_classes: int, method: Any,
     """
     if spec is None:
         return None
+    check_soft_targets(method, method_name)
+    return BatchMixer(spec, num_classes)
+
+
+def check_soft_targets(method: Any, method_name: str) -> None:
+    """Refuse ``batch_augment`` for a method (class or instance) that cannot take soft
+    targets; the spec checks it when a grid is validated, the engine when a run starts.
+
+    Raises:
+        UserError: its ``accepts_soft_targets`` is false or missing.
+    """
     if not getattr(method, "accepts_soft_targets", False):
         raise UserError(f"method {method_name!r} does not accept the soft targets that "
                         f"batch_augment produces; set batch_augment to null (or use a method "
                         f"whose accepts_soft_targets is true, such as supervised)")
-    return BatchMixer(spec, num_classes)
