@@ -111,3 +111,16 @@ def test_closing_summary_shows_metrics_reasons_directories_and_next_commands(
         assert f"labkit {command} {spec} --run-id S" in out
     assert "labkit results" in out
     assert out.splitlines()[-1] == "2 run(s): 1 finished, 0 already finished, 1 failed"
+
+
+@pytest.mark.parametrize("name", ["run", "probe-run", "extract", "probes", "receptive-field",
+                                  "saturation", "project", "evaluate"])
+def test_commands_that_compute_take_device_and_quiet(name):
+    options = {o for p in cli.get_command(click.Context(cli), name).params for o in p.opts}
+    assert {"--device", "--quiet"} <= options
+
+
+@pytest.mark.parametrize("name", ["plot", "report", "status", "plan", "run"])
+def test_commands_reading_a_grid_take_set(name):
+    options = {o for p in cli.get_command(click.Context(cli), name).params for o in p.opts}
+    assert "--set" in options

@@ -183,11 +183,12 @@ class NextSteps:
         return f"labkit {name} {self.args}"
 
     def lines(self, logs_dir: str) -> list[str]:
+        results = (f"labkit results {shlex.quote(logs_dir)} --run-id {shlex.quote(self.run_id)} "
+                   f"-o results.csv")
         return [f"  {self.command('status'):<60} # state and failure reasons per run",
                 f"  {self.command('plot'):<60} # figures (PNG, SVG)",
                 f"  {self.command('report'):<60} # one HTML page of the grid",
-                f"  labkit results {shlex.quote(logs_dir)} --run-id {shlex.quote(self.run_id)}"
-                f" -o results.csv  # every epoch of every run as one CSV"]
+                f"  {results:<60} # every epoch of every run as one CSV"]
 
 
 def final_metrics(run: RunConfig) -> str:
