@@ -8,7 +8,7 @@ of rows ``n``, which leaves its minimiser unchanged::
     f(W, b) = 1/n · Σ_i  -log softmax(W x_i + b)[y_i]  +  ||W||² / (2 C n)
 
 so a probe's numbers keep scikit-learn's meaning, and it stops as scikit-learn's does:
-when the largest absolute entry of the gradient of ``f`` falls below ``tol``.
+when the largest absolute entry of the gradient of ``f`` is at most ``tol``.
 
 The rows are never all in memory (a pixelwise layer of 50 M rows included). A fit is:
 
@@ -21,8 +21,8 @@ The rows are never all in memory (a pixelwise layer of 50 M rows included). A fi
    rows computes the exact loss, gradient and train accuracy, stops when the gradient
    test passes, and otherwise minimises the sample's objective plus the linear term that
    makes its gradient equal the full gradient at the current point (a DANE step: the
-   sample's curvature, the full data's gradient). A sample of 10⁵ rows for ``C·(F+1)``
-   parameters has nearly the full Hessian, so each pass shrinks the gradient by a large
+   sample's curvature, the full data's gradient). A sample of 10⁵ rows for ``classes ·
+   (features + 1)`` parameters has nearly the full Hessian, so each pass shrinks the gradient by a large
    factor and two or three passes usually do. Should a pass not lower the loss, or the
    gradient not pass after :data:`MAX_PASSES`, torch's L-BFGS takes over on the streamed
    full objective from the best point.
