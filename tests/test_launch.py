@@ -138,3 +138,21 @@ def test_a_second_process_says_it_waits_for_the_run_lock_and_epochs_are_reported
     for epoch in range(1, epochs + 1):
         assert f"epoch {epoch}/{epochs}: train loss" in err
     assert "eval loss" in err and "accuracy" in err
+
+
+def test_jobs_with_probes_exits_as_soon_as_its_work_is_done(tmp_path, write_spec):
+    """The probe worker pool is shut down with the runs: no process lingers after the
+    summary (it used to hang for minutes)."""
+    spec = write_spec({"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
+                       "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05}, "seed": [0, 1],
+                       "analyses": [{"name": "probes", "downsampling": 2}]})
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", str(spec), "--run-id", "H",
+                             "--jobs", "2", "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    summary_at = None
+    for line in proc.stdout:
+        if "run(s):" in line:
+            summary_at = time.monotonic()
+    proc.wait(timeout=300)
+    assert proc.returncode == 0 and summary_at is not None
+    assert time.monotonic() - summary_at < 10, "the process lingered after its work was done"
