@@ -363,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.logs.resolve()
     command = "OMP_NUM_THREADS=1 python tools/readme_tables.py " + shlex.join(
         [*(argv if argv is not None else sys.argv[1:])])
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "labkit", "plugins", "specs",
+                            ":!plugins/*/README.md"], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+    if dirty.strip():
+        print("warning: uncommitted changes in labkit/, plugins/ or specs/: the tables will "
+              "not be those of the commit named under them\n" + dirty, file=sys.stderr)
     stale = []
     for name in args.jobs_to_run or list(JOBS):
         job = JOBS[name]
