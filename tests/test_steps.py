@@ -303,3 +303,29 @@ def test_compile_trains_the_network_eager_mode_trains(registries, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-4), key
+
+
+def test_checkpoint_minutes_writes_mid_epoch_checkpoints_by_time_and_resumes_exactly(
+        registries, tmp_path, monkeypatch):
+    from labkit.methods.supervised import Supervised
+
+    reference = make_run(registries, tmp_path / "ref", epochs=2)
+    engine.train(reference, registries, progress=False)
+    run = make_run(registries, tmp_path / "timed", epochs=2, checkpoint_minutes=1e-9)
+    assert run.hash == reference.hash
+    original = Supervised.training_step
+
+    def interrupted(self, batch):  # stopped in the middle of the second epoch
+        if self.context.step == self.context.steps_per_epoch + 3:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Supervised, "training_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(run, registries, progress=False)
+    partials = checkpoint.partials_on_disk(run.directory / "checkpoints")
+    assert partials == [steps_per_epoch(registries) + 3]  # the newest only, by time
+    monkeypatch.setattr(Supervised, "training_step", original)
+    assert engine.train(run, registries, progress=False) == "finished"
+    assert_states_identical(final(reference), final(run))
+    pd.testing.assert_frame_equal(log_of(reference), log_of(run))
