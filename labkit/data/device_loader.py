@@ -37,9 +37,11 @@ Contract of ``device_loader(dataset, batch_size, generator, device, drop_last)``
 * Steps applied once, at load: resize and centre crop (they must come before any
   random step), conversion of PIL images to tensors. Steps applied per batch, in the
   data set's order: random crop with padding (``reflect``, ``edge``, ``symmetric`` or
-  ``constant`` padding), random horizontal flip, conversion to float, normalisation.
-  Crop, flip and float conversion commute exactly, so moving the conversion to tensors
-  before them changes no pixel.
+  ``constant`` padding; the ``flip_translate`` preset's translation is a crop of the
+  zero-padded image), random horizontal flip, conversion to float, normalisation,
+  cutout (:class:`~labkit.data.transforms.Cutout`: one square per image, its centre
+  drawn per image, zeroed after normalisation). Crop, flip and float conversion commute
+  exactly, so moving the conversion to tensors before them changes no pixel.
 
 On CUDA the split must fit in the device's free memory; on the CPU the tensor lives in
 host memory.
@@ -54,13 +56,14 @@ from torchvision.transforms import v2
 
 from labkit.data.seeded import SEED_RANGE
 from labkit.data.splits import SplitDataset
+from labkit.data.transforms import Cutout
 from labkit.errors import UserError
 
 SUPPORTED = ("resize and centre crop (done once, at load), random crop with padding "
-             "(augment \"crop\" / \"flip_crop\"), random horizontal flip, float conversion "
-             "and normalisation")
-_FIX = ("use augment \"none\", \"crop\" or \"flip_crop\", or set \"data_loader\": \"torch\" "
-        "(the per-image loader)")
+             "(augment \"crop\" / \"flip_crop\" / \"flip_translate\"), random horizontal "
+             "flip, float conversion, normalisation and cutout (\"flip_crop_cutout\")")
+_FIX = ("use augment \"none\", \"crop\", \"flip_crop\", \"flip_translate\" or "
+        "\"flip_crop_cutout\", or set \"data_loader\": \"torch\" (the per-image loader)")
 # fraction of a GPU's free memory the stored split may take
 _MEMORY_SHARE = 0.8
 
@@ -128,6 +131,25 @@ class _Flip:
         return torch.where(flip, batch.flip(-1), batch)
 
 
+class _Cutout:
+    """:class:`~labkit.data.transforms.Cutout` of every image of a batch: one
+    ``size`` x ``size`` square per image, its centre pixel drawn uniformly per image,
+    clipped at the borders, set to 0."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, height, width = batch.shape
+        top = torch.randint(height, (n, 1), generator=generator) - self.size // 2
+        left = torch.randint(width, (n, 1), generator=generator) - self.size // 2
+        rows, cols = torch.arange(height), torch.arange(width)
+        in_rows = (rows >= top) & (rows < top + self.size)
+        in_cols = (cols >= left) & (cols < left + self.size)
+        square = in_rows.view(n, 1, height, 1) & in_cols.view(n, 1, 1, width)
+        return batch.masked_fill(square.to(batch.device, non_blocking=True), 0)
+
+
 class _Deterministic:
     """A torchvision step that is elementwise and works on a batch as on one image."""
 
@@ -166,6 +188,8 @@ def plan(transform: Callable) -> tuple[list[Callable], list[Callable]]:
             per_batch.append(_Crop(tuple(step.size), padding, step.padding_mode, step.fill))
         elif type(step) is v2.RandomHorizontalFlip:
             per_batch.append(_Flip(step.p))
+        elif type(step) is Cutout:
+            per_batch.append(_Cutout(step.size))
         elif isinstance(step, (v2.ToDtype, v2.Normalize)):
             per_batch.append(_Deterministic(step))
         else:

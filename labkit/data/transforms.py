@@ -1,8 +1,10 @@
 """Image transforms: resize, augmentation presets and per-channel normalisation.
 
 Every pipeline ends in a float32 tensor of shape ``(C, resolution, resolution)``.
-Order: resize -> augmentation -> to float in [0, 1] -> normalise, so that crop
-padding is measured in output pixels and normalisation sees the final image.
+Order: resize -> augmentation -> to float in [0, 1] -> normalise (-> cutout), so
+that crop padding and translations are measured in output pixels, the zero fill of a
+translation is black before normalisation, and the cutout square is exactly 0 in the
+model's input.
 """
 from collections.abc import Callable, Sequence
 
@@ -16,7 +18,45 @@ AUGMENT_PRESETS: dict[str, str] = {
     "crop": "random crop with reflect padding of resolution // 8 pixels",
     "flip_crop": "random crop (as 'crop') plus random horizontal flip; the CIFAR standard",
     "imagenet": "RandomResizedCrop to resolution plus random horizontal flip",
+    "flip_translate": "random horizontal flip plus a random translation by up to "
+                      "max(1, resolution // 16) pixels in x and y (2 at 32 px) with zero "
+                      "(black) fill",
+    "flip_crop_cutout": "'flip_crop' plus cutout: one square of side resolution // 2 at a "
+                        "uniformly random centre pixel, clipped at the borders, set to 0 "
+                        "after normalisation",
 }
+
+
+def translate_pixels(resolution: int) -> int:
+    """Largest shift, in pixels, of the ``flip_translate`` preset: 1/16 of the side
+    (2 at 32 px), at least 1."""
+    return max(1, resolution // 16)
+
+
+class Cutout:
+    """Set one ``size`` x ``size`` square of a ``(..., H, W)`` tensor to 0.
+
+    The square's centre is a uniformly random pixel; its rows are
+    ``[cy - size // 2, cy - size // 2 + size)`` clipped to the image (likewise the
+    columns), so near a border a smaller rectangle is zeroed. Draws from torch's
+    global generator, like torchvision's random transforms; returns a new tensor.
+    """
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise UserError(f"Cutout needs a square side of at least 1 pixel, got {size}.")
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        top = int(torch.randint(height, ())) - self.size // 2
+        left = int(torch.randint(width, ())) - self.size // 2
+        out = image.clone()
+        out[..., max(top, 0):max(top + self.size, 0), max(left, 0):max(left + self.size, 0)] = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"Cutout(size={self.size})"
 
 
 def check_augment(augment: str) -> None:
@@ -62,11 +102,15 @@ def build_transform(
         # Shorter side to ``resolution`` then a centre crop: square outputs without
         # distorting non-square photos (a no-op crop for square images).
         steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
-    if augment in ("crop", "flip_crop"):
+    if augment in ("crop", "flip_crop", "flip_crop_cutout"):
         steps.append(v2.RandomCrop(resolution, padding=resolution // 8, padding_mode="reflect"))
+    if augment == "flip_translate":
+        # a crop of the zero-padded image: a shift by -pad..pad pixels in x and y
+        steps.append(v2.RandomCrop(resolution, padding=translate_pixels(resolution),
+                                   padding_mode="constant", fill=0))
     if augment == "imagenet":
         steps.append(v2.RandomResizedCrop(resolution, antialias=True))
-    if augment in ("flip_crop", "imagenet"):
+    if augment in ("flip_crop", "imagenet", "flip_translate", "flip_crop_cutout"):
         steps.append(v2.RandomHorizontalFlip())
     if pil_input:
         steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
@@ -75,4 +119,6 @@ def build_transform(
     if pil_input:
         # tv_tensors.Image would otherwise leak into user code and collate.
         steps.append(v2.ToPureTensor())
+    if augment == "flip_crop_cutout":
+        steps.append(Cutout(resolution // 2))
     return v2.Compose(steps) if steps else v2.Identity()
