@@ -158,3 +158,126 @@ def test_on_cuda_the_batches_live_there_and_match_the_cpu_ones():
         assert a.device.type == "cuda" and la.device.type == "cuda"
         assert torch.equal(la.cpu(), lb)
         assert torch.allclose(a.cpu(), b, atol=1e-6)
+
+
+def normaliser(data):
+    """The Normalize step of the split's transform (its fill is black before it)."""
+    from torchvision.transforms import v2
+    return next(step for step in data.train.transform.transforms if isinstance(step, v2.Normalize))
+
+
+def translations(source, shift, black):
+    """Every shift by -shift..shift pixels in x and y of ``source``, zero (black) filled,
+    flipped or not: ``{(dy, dx, flip): image}``."""
+    channels, height, width = source.shape
+    padded = black.view(-1, 1, 1).expand(channels, height + 2 * shift, width + 2 * shift).clone()
+    padded[:, shift:shift + height, shift:shift + width] = source
+    return {(top - shift, left - shift, flip): (lambda c: c.flip(-1) if flip else c)(
+                padded[:, top:top + height, left:left + width])
+            for top in range(2 * shift + 1) for left in range(2 * shift + 1)
+            for flip in (False, True)}
+
+
+def cutout_squares(height, width, side):
+    """Every zeroed region cutout can make: a side x side square at each centre pixel,
+    clipped at the borders; ``(H * W, H, W)`` booleans."""
+    rows, cols = torch.arange(height), torch.arange(width)
+    masks = []
+    for cy in range(height):
+        for cx in range(width):
+            top, left = cy - side // 2, cx - side // 2
+            masks.append(((rows >= top) & (rows < top + side))[:, None]
+                         & ((cols >= left) & (cols < left + side))[None, :])
+    return torch.stack(masks)
+
+
+def flip_crops(source, pad):
+    """Every flip_crop of ``source`` (reflect padding ``pad``): ``{(top, left, flip): image}``."""
+    size = source.shape[-1]
+    padded = F.pad(source[None], (pad,) * 4, mode="reflect")[0]
+    return {(top, left, flip): (lambda c: c.flip(-1) if flip else c)(
+                padded[:, top:top + size, left:left + size])
+            for top in range(2 * pad + 1) for left in range(2 * pad + 1) for flip in (False, True)}
+
+
+def cutout_match(image, candidates, squares):
+    """``(key, square index)`` of the first candidate that ``image`` equals outside one
+    cutout square, with that square exactly 0 in every channel; ``None`` if none."""
+    for key, candidate in candidates.items():
+        differs = ~torch.isclose(image, candidate, atol=1e-6).all(0)
+        hit = (squares == differs).all((1, 2)).nonzero()
+        if len(hit) and bool((image[:, differs] == 0).all()):
+            return key, int(hit[0])
+    return None
+
+
+@pytest.mark.parametrize("name", ["digits", "folder"])
+def test_every_flip_translate_image_is_a_zero_filled_shift_of_its_source(tmp_path, name):
+    data = bundles(tmp_path, "flip_translate")[name]
+    size = data.resolution
+    shift = max(1, size // 16)  # the documented largest shift
+    normalize = normaliser(data)
+    black = -torch.tensor(normalize.mean) / torch.tensor(normalize.std)
+    loader = device_loader(data.train, 4, torch.Generator().manual_seed(3), "cpu")
+    positions = source_positions(data.train, 3)
+    shifts, flips = set(), set()
+    for b, (images, labels) in enumerate(loader):
+        for k, image in enumerate(images):
+            source, label = data.train_plain[positions[4 * b + k]]
+            assert int(labels[k]) == label
+            matches = [key for key, shifted in translations(source, shift, black).items()
+                       if torch.allclose(image, shifted, atol=1e-5)]
+            assert matches, f"batch {b} image {k} is no (flipped) translation of its source"
+            shifts.update(key[:2] for key in matches)
+            flips.update(flip for *_, flip in matches)
+    # with many images every shift in range is drawn (a narrower range would fail here, a
+    # wider one above); the 17 photos show several
+    every = {(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)}
+    assert shifts == every if len(data.train) > 100 else len(shifts) > 3
+    assert flips == {False, True}
+
+
+@pytest.mark.parametrize("name", ["digits", "folder"])
+def test_every_flip_crop_cutout_image_has_one_zeroed_square_over_a_flip_crop(tmp_path, name):
+    data = bundles(tmp_path, "flip_crop_cutout")[name]
+    size, pad = data.resolution, data.resolution // 8
+    squares = cutout_squares(size, size, size // 2)
+    loader = device_loader(data.train, 4, torch.Generator().manual_seed(3), "cpu")
+    positions = source_positions(data.train, 3)
+    used, flips = set(), set()
+    for b, (images, labels) in enumerate(loader):
+        for k, image in enumerate(images):
+            source, label = data.train_plain[positions[4 * b + k]]
+            assert int(labels[k]) == label
+            match = cutout_match(image, flip_crops(source, pad), squares)
+            assert match, f"batch {b} image {k}: no cutout square over a flip_crop of its source"
+            used.add(match[1])
+            flips.add(match[0][2])
+    areas = {int(squares[i].sum()) for i in used}
+    # many centres, whole squares and squares clipped at a border, flipped and not
+    assert len(used) > 10 and (size // 2) ** 2 in areas and min(areas) < (size // 2) ** 2
+    assert flips == {False, True}
+
+
+@pytest.mark.parametrize("augment", ["flip_translate", "flip_crop_cutout"])
+def test_new_presets_are_reproducible_per_seed_on_the_device_loader(augment):
+    data = DATASETS["digits"](augment=augment, resolution=16)
+
+    def epoch(seed):
+        return list(device_loader(data.train, 64, torch.Generator().manual_seed(seed), "cpu"))
+
+    first, again, other = epoch(1), epoch(1), epoch(2)
+    for (a, la), (b, lb) in zip(first, again):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not torch.equal(first[0][0], other[0][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("augment", ["flip_translate", "flip_crop_cutout"])
+def test_on_cuda_the_new_presets_match_the_cpu_batches(augment):
+    data = DATASETS["digits"](augment=augment, resolution=16)
+    on_gpu = list(device_loader(data.train, 64, torch.Generator().manual_seed(4), "cuda"))
+    on_cpu = list(device_loader(data.train, 64, torch.Generator().manual_seed(4), "cpu"))
+    for (a, la), (b, lb) in zip(on_gpu, on_cpu):
+        assert a.device.type == "cuda"
+        assert torch.equal(la.cpu(), lb) and torch.allclose(a.cpu(), b, atol=1e-6)
