@@ -407,3 +407,61 @@ def test_bad_option_fails_before_reading_files(tmp_path):
     with pytest.raises(UserError, match="Unknown augmentation") as error:
         DATASETS["imagenet"](root=str(tmp_path), augment="autoaugment")
     assert not isinstance(error.value, DatasetNotFound)
+
+
+# ---------------------------------------------------------------- per-image presets
+
+
+def _cutout_regions(size, side):
+    """Every region cutout can zero: a side x side square at each centre pixel, clipped."""
+    idx = torch.arange(size)
+    spans = [(idx >= c - side // 2) & (idx < c - side // 2 + side) for c in range(size)]
+    return torch.stack([r[:, None] & c[None, :] for r in spans for c in spans])
+
+
+@pytest.mark.parametrize("augment", ["flip_translate", "flip_crop_cutout"])
+def test_per_image_flip_translate_and_flip_crop_cutout_are_valid_and_seeded(augment):
+    b = DATASETS["digits"](augment=augment, resolution=16)
+    size = b.resolution
+    black = ((0 - torch.tensor(DIGITS_MEAN)) / torch.tensor(DIGITS_STD)).view(-1, 1, 1)
+    if augment == "flip_translate":  # zero (black) fill, shifts up to max(1, size // 16)
+        pad = max(1, size // 16)
+        regions = torch.zeros(1, size, size, dtype=torch.bool)  # nothing cut out
+    else:  # flip_crop's reflect padding, then one square of side size // 2
+        pad = size // 8
+        regions = _cutout_regions(size, size // 2)
+    seen_shifts, seen_regions, seen_flips = set(), set(), set()
+    for i in range(0, 400, 4):
+        torch.manual_seed(i)
+        image = b.train[i][0]
+        torch.manual_seed(i)
+        assert torch.equal(b.train[i][0], image)  # a fixed seed redraws the same image
+        plain = b.train_plain[i][0]
+        if augment == "flip_translate":
+            padded = black.expand(1, size + 2 * pad, size + 2 * pad).clone()
+            padded[:, pad:pad + size, pad:pad + size] = plain
+        else:
+            padded = torch.nn.functional.pad(plain[None], (pad,) * 4, mode="reflect")[0]
+        found = False
+        for top in range(2 * pad + 1):
+            for left in range(2 * pad + 1):
+                for flip in (False, True):
+                    crop = padded[:, top:top + size, left:left + size]
+                    crop = crop.flip(-1) if flip else crop
+                    differs = ~torch.isclose(image, crop, atol=1e-5).all(0)
+                    hit = (regions == differs).all((1, 2)).nonzero()
+                    if len(hit) and bool((image[:, differs] == 0).all()):
+                        found = True
+                        seen_shifts.add((top, left))
+                        seen_flips.add(flip)
+                        seen_regions.add(int(hit[0]))
+        assert found, f"train[{i}] is no valid {augment} of train_plain[{i}]"
+    assert len(seen_shifts) == (2 * pad + 1) ** 2 and seen_flips == {False, True}
+    if augment == "flip_crop_cutout":
+        areas = {int(regions[r].sum()) for r in seen_regions}
+        assert len(seen_regions) > 10 and (size // 2) ** 2 in areas and min(areas) < (size // 2) ** 2
+
+
+def test_new_presets_are_listed_in_the_unknown_preset_message():
+    with pytest.raises(UserError, match="flip_translate.*flip_crop_cutout"):
+        DATASETS["digits"](augment="cutout")
