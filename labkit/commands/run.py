@@ -72,9 +72,33 @@ def _cut(text: str, width: int = WIDTH) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def plan_notes(runs: list[RunConfig]) -> list[tuple[int, str]]:
+    """``(position, note)`` for the runs whose model reports something before training.
+
+    A model factory may carry ``plan_notes(runs) -> [str | None, …]`` (one per run of
+    that model in the grid; built on the architecture, never trained): the stitch plugin
+    names the cells whose cut shapes cannot stitch. Shown by ``plan`` and ``run``.
+    """
+    registries = plugins.registries()
+    by_model: dict[str, list[tuple[int, RunConfig]]] = {}
+    for i, run in enumerate(runs, 1):
+        by_model.setdefault(run.config["model"]["name"], []).append((i, run))
+    notes = []
+    for name, items in by_model.items():
+        entry, _ = registries.models.resolve(name)
+        check = getattr(entry.obj, "plan_notes", None)
+        if check is not None:
+            reported = check([run for _, run in items])
+            notes += [(i, note) for (i, _), note in zip(items, reported) if note]
+    return sorted(notes)
+
+
 def print_plan(runs: list[RunConfig]) -> None:
-    """The plan table, fitted to :data:`WIDTH`, and the keys that vary along with it."""
+    """The plan table, fitted to :data:`WIDTH`, the models' notes on their runs, and the
+    keys that vary along with it."""
     click.echo(fitted(plan_table(runs)))
+    for i, note in plan_notes(runs):
+        click.echo(_cut(f"#{i}: {note}"))
     _, shown = display_labels([r.config for r in runs])
     others = [k for k in varying_keys([r.config for r in runs]) if k not in shown]
     if shown:

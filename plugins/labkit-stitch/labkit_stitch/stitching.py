@@ -368,3 +368,14 @@ class AutoencoderStitch(Method):
             logits = model.receiver(stitched_activation)
         loss = F.mse_loss(stitched_activation, target)
         return StepResult(loss=loss, batch_size=len(labels), logits=logits, targets=labels)
+
+
+def plan_notes(runs: list[RunConfig]) -> list[str | None]:
+    """What ``labkit plan`` and ``labkit run`` say about stitch runs before training: the
+    cells whose cut shapes cannot stitch, checked on the networks' architectures."""
+    checker = CellChecker()
+    return [None if (problem := checker(run).problem) is None
+            else f"unstitchable: {problem}" for run in runs]
+
+
+stitched.plan_notes = plan_notes  # type: ignore[attr-defined]  # read by labkit plan
