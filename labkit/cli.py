@@ -111,8 +111,8 @@ class LabkitGroup(click.Group):
         declared = declared_commands()
         if name in declared:
             return declared[name].load()
-        taken = {*self.commands, *COMMANDS, *declared}
-        hooked = load("labkit.commands.plugin_commands:hook_commands")(taken)
+        taken = {*self.commands, *COMMANDS}
+        hooked = load("labkit.commands.plugin_commands:hook_commands")(taken, declared)
         return hooked.get(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

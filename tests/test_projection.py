@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from labkit import engine, runinfo
-from labkit.analyses.projection import RESULTS_CSV, RESULTS_PNG, principal_axes, project
+from labkit.analyses.projection import RESULTS_CSV, principal_axes, project
 from labkit.saturation import intrinsic_dimensionality, spectrum
 from labkit.cli import cli
 from labkit.identity import RunConfig
@@ -30,9 +30,10 @@ def test_projection_keeps_the_directions_that_reach_delta_and_is_exact_at_delta_
     run = RunConfig(config, "P")
     assert engine.train(run, registries, progress=False) == "finished"  # runs the analysis
 
-    table = pd.read_csv(run.directory / RESULTS_CSV)
+    (csv,) = run.directory.glob("projected_results*.csv")  # named by its params' digest
+    table = pd.read_csv(csv)
     assert list(table["delta"]) == DELTAS and set(table["split"]) == {"eval"}
-    assert (run.directory / RESULTS_PNG).read_bytes()[:4] == b"\x89PNG"
+    assert csv.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     final = pd.read_csv(run.directory / runinfo.LOG_CSV).iloc[-1]
     by_delta = table.set_index("delta")
     assert (table["unprojected_accuracy"] == final["eval-accuracy"]).all()

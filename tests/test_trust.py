@@ -158,7 +158,8 @@ def test_analyses_read_the_network_the_eval_splits_scored(tmp_path):
         model = FinishedRun(run, registries).model.state_dict()
         assert_same_weights(model, state["modules"]["ema"])
         assert not torch.equal(model["fc.weight"], state["modules"]["model"]["fc.weight"])
-        projected = pd.read_csv(run.directory / "projected_results.csv")
+        (csv,) = run.directory.glob("projected_results*.csv")  # named by its params' digest
+        projected = pd.read_csv(csv)
         log = pd.read_csv(run.directory / runinfo.LOG_CSV)
         assert projected["unprojected_accuracy"].iloc[0] == log["eval-accuracy"].iloc[-1]
     finally:
