@@ -6,10 +6,11 @@ from pathlib import Path
 from labkit.testing import run_cli
 
 SPEC = Path(__file__).resolve().parents[3] / "specs" / "stitch_unstitchable.json"
+ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch"}  # this plugin only
 
 
 def test_plan_names_the_unstitchable_cells_and_trains_nothing(tmp_path):
-    result = run_cli("plan", str(SPEC), cwd=tmp_path)
+    result = run_cli("plan", str(SPEC), cwd=tmp_path, env=ENV)
     assert result.returncode == 0, result.stderr
     rows = {int(m.group(1)): m.group(2) for m in
             re.finditer(r"^\s*(\d+) [0-9a-f]{10}\s+\S+\s+(\S+)", result.stdout, re.M)}
