@@ -768,10 +768,10 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             # and its best checkpoint
             if saturation.passes:
                 save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
+            state = snapshot(epoch, rngs)
             if improved:
-                checkpoint.save_best(ckpt_dir, snapshot(epoch, rngs))
-            saved = checkpoint.save(ckpt_dir, epoch, snapshot(epoch, rngs),
-                                    keep=config["keep_checkpoints"])
+                checkpoint.save_best(ckpt_dir, state)
+            saved = checkpoint.save(ckpt_dir, epoch, state, keep=config["keep_checkpoints"])
             if epoch == last_epoch and config["steps"] is not None:
                 runinfo.mark_final(run, saved)
             write_log(run, history)

@@ -29,7 +29,6 @@ Module names (used as CSV column names by the layer-wise analyses), as in
     block{s}.pool                       its 2x2 max-pool
     avgpool, flatten, fc1, relu_fc1, fc plain CNN head (``fc1`` only where TAKD has it)
 """
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,7 +37,7 @@ from torch import nn
 
 from labkit.errors import UserError
 from labkit.models.resnet import BasicBlock, _conv_bn
-from labkit.models.vgg import _stage
+from labkit.models.vgg import conv_stages
 
 CIFAR_RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 CIFAR_RESNET_WIDTHS = (16, 32, 64)
@@ -135,13 +134,7 @@ class TakdPlainCNN(nn.Sequential):
 
     def __init__(self, depth: int, num_classes: int, in_channels: int, resolution: int) -> None:
         stages, hidden = PLAIN_CNNS[depth]
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        size = resolution
-        for index, (width, num_convs) in enumerate(stages, start=1):
-            pool = size >= 2
-            layers[f"block{index}"] = _stage(in_channels, width, num_convs, pool)
-            size = size // 2 if pool else size
-            in_channels = width
+        layers, in_channels = conv_stages(stages, in_channels, resolution)
         side = REFERENCE_RESOLUTION // 2 ** len(stages)
         layers["avgpool"] = nn.AdaptiveAvgPool2d(side)
         layers["flatten"] = nn.Flatten()

@@ -40,6 +40,20 @@ def _stage(in_channels: int, width: int, num_convs: int, pool: bool) -> nn.Seque
     return nn.Sequential(layers)
 
 
+def conv_stages(stages: Sequence[tuple[int, int]], in_channels: int,
+                resolution: int) -> tuple[OrderedDict[str, nn.Module], int]:
+    """The ``block1``, ``block2``, … stages of ``(width, number of convs)`` each, a stage's
+    max-pool left out once the map is smaller than 2x2; returns them and the last width."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    size = resolution
+    for index, (width, num_convs) in enumerate(stages, start=1):
+        pool = size >= 2
+        layers[f"block{index}"] = _stage(in_channels, width, num_convs, pool)
+        size = size // 2 if pool else size
+        in_channels = width
+    return layers, in_channels
+
+
 class PlainConvNet(nn.Sequential):
     """Stages of 3x3 conv-BN-ReLU, each closed by a 2x2 max-pool, then pool-to-1x1 and ``fc``.
 
@@ -58,13 +72,7 @@ class PlainConvNet(nn.Sequential):
         resolution: int,
     ) -> None:
         """``stages``: one ``(width, number of convs)`` pair per stage; ``resolution`` in pixels per side."""
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        size = resolution
-        for index, (width, num_convs) in enumerate(stages, start=1):
-            pool = size >= 2
-            layers[f"block{index}"] = _stage(in_channels, width, num_convs, pool)
-            size = size // 2 if pool else size
-            in_channels = width
+        layers, in_channels = conv_stages(stages, in_channels, resolution)
         layers["avgpool"] = nn.AdaptiveAvgPool2d(1)
         layers["flatten"] = nn.Flatten()
         layers["fc"] = nn.Linear(in_channels, num_classes)
