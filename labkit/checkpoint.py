@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,16 @@ import numpy as np
 import torch
 
 from labkit.atomic import atomic_open, write_text
+from labkit.checkpoint_files import (BEST, checkpoint_path, digest, digest_path, epoch_of,
+                                     epochs_on_disk, is_intact, partial_path,
+                                     partials_on_disk)
+
+# the torch-free part, kept importable from here: names, digests, what is on disk
+__all__ = ["BEST", "KEEP", "checkpoint_path", "digest", "digest_path", "epoch_of",
+           "epochs_on_disk", "is_intact", "partial_path", "partials_on_disk", "save",
+           "save_partial", "save_best", "read", "load_latest", "rng_state", "set_rng_state"]
 
 KEEP = 2
-_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
-_PARTIAL = re.compile(r"^partial_(\d{8,})\.pt$")
-
-
-def checkpoint_path(directory: Path, epoch: int) -> Path:
-    """Where the checkpoint after ``epoch`` epochs lives."""
-    return Path(directory) / f"epoch_{epoch:04d}.pt"
 
 
 def _write(path: Path, state: dict[str, Any]) -> Path:
@@ -51,7 +51,7 @@ def _write(path: Path, state: dict[str, Any]) -> Path:
     data = buffer.getvalue()
     with atomic_open(path, "wb") as handle:
         handle.write(data)
-    write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
+    write_text(digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
     return path
 
 
@@ -67,22 +67,9 @@ def save(directory: Path, epoch: int, state: dict[str, Any], keep: int = KEEP) -
             kept += 1
             continue
         stale.unlink(missing_ok=True)
-        _digest_path(stale).unlink(missing_ok=True)
+        digest_path(stale).unlink(missing_ok=True)
     _remove_partials(directory, below=None)
     return path
-
-
-def partial_path(directory: Path, step: int) -> Path:
-    """Where the mid-epoch checkpoint after ``step`` optimizer steps lives."""
-    return Path(directory) / f"partial_{step:08d}.pt"
-
-
-def partials_on_disk(directory: Path) -> list[int]:
-    """Steps of the mid-epoch checkpoints in ``directory``, ascending."""
-    if not Path(directory).is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in Path(directory).iterdir()
-                  if (m := _PARTIAL.match(p.name)))
 
 
 def save_partial(directory: Path, step: int, state: dict[str, Any]) -> Path:
@@ -99,48 +86,12 @@ def _remove_partials(directory: Path, below: int | None) -> None:
         if below is None or step < below:
             stale = partial_path(directory, step)
             stale.unlink(missing_ok=True)
-            _digest_path(stale).unlink(missing_ok=True)
-
-
-def _digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def digest(path: Path) -> str | None:
-    """The recorded sha256 of checkpoint ``path`` (cheap: the sidecar file), ``None``
-    when the checkpoint or its digest file is missing. Not a verification."""
-    sidecar = _digest_path(Path(path))
-    if not (Path(path).exists() and sidecar.exists()):
-        return None
-    return sidecar.read_text().strip() or None
-
-
-def is_intact(path: Path) -> bool:
-    """Whether ``path`` exists and matches its recorded digest (hashes the file)."""
-    recorded = digest(path)
-    return recorded is not None and hashlib.sha256(Path(path).read_bytes()).hexdigest() == recorded
-
-
-BEST = "best.pt"
+            digest_path(stale).unlink(missing_ok=True)
 
 
 def save_best(directory: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` as ``best.pt`` (atomic, with its digest); never pruned."""
     return _write(Path(directory) / BEST, state)
-
-
-def epoch_of(name: str) -> int | None:
-    """The epoch of a checkpoint file name (``epoch_0003.pt`` → 3); ``None`` otherwise."""
-    match = _NAME.match(name)
-    return int(match.group(1)) if match else None
-
-
-def epochs_on_disk(directory: Path) -> list[int]:
-    """Epoch numbers of the checkpoint files in ``directory``, ascending."""
-    if not Path(directory).is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in Path(directory).iterdir()
-                  if (m := _NAME.match(p.name)))
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -153,7 +104,7 @@ def read(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"{path.name} does not exist")
     data = path.read_bytes()
-    digest_file = _digest_path(path)
+    digest_file = digest_path(path)
     if not digest_file.exists():
         raise ValueError(f"{path.name} has no digest file (interrupted while saving)")
     if hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():

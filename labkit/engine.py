@@ -22,10 +22,11 @@ import pandas as pd
 import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from labkit import checkpoint, distributed, runinfo
-from labkit.atomic import write_text
+from labkit.atomic import write_json, write_text
 from labkit.errors import UserError
 from labkit.build import build_component, build_scheduler, make_metrics, seed_everything
 from labkit.data.device_loader import device_loader
@@ -41,6 +42,39 @@ from labkit.registry import Registries
 from labkit.schedules import value_at
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, load_spectra,
                                plot_saturation, save_spectra, spectra_path, view_columns)
+
+
+def flops_per_image(model: torch.nn.Module, in_channels: int, resolution: int,
+                    device: torch.device) -> int:
+    """Forward FLOPs of one image, counted by torch's own FLOP counter (eval mode)."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, in_channels, resolution, resolution, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def write_computational_info(run_dir: Path, model: torch.nn.Module, data: Any,
+                             config: dict[str, Any], device: torch.device) -> None:
+    """Write ``computational_info.json`` once per run.
+
+    Training FLOPs use the usual convention backward ≈ 2 × forward, so one training
+    step costs 3 × forward FLOPs per image.
+    """
+    path = Path(run_dir) / runinfo.COMPUTE_JSON
+    if path.exists():
+        return
+    per_image = flops_per_image(model, data.in_channels, data.resolution, device)
+    write_json(path, {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "flops_per_image": per_image,
+        "train_samples": len(data.train),
+        "epochs": config["epochs"],
+        "training_flops": 3 * per_image * len(data.train) * config["epochs"],
+    })
 
 
 class RunFailed(Exception):
@@ -630,7 +664,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
                                       **loader_options(device, config["num_workers"]))
                     for split, ds in data.evals.items()}
     if main:
-        runinfo.write_computational_info(run_dir, model, data, config, device)
+        write_computational_info(run_dir, model, data, config, device)
     # covariances live for one pass only; a mid-epoch checkpoint keeps the training pass's
     saturation = SaturationTracker(config["saturation"], model, [TRAIN_PASS, *eval_loaders])
     midway = MidEpochCheckpoints(config)
@@ -669,7 +703,8 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     elif world > 1:  # the same weights everywhere, other dropout masks per process
         torch.manual_seed(config["seed"] * 7919 + rank)
     if main:
-        runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions)
+        runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions,
+                                 torch.__version__)
     evaluated = eval_module_name(method)
 
     def snapshot(epoch_done: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:

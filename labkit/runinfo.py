@@ -11,7 +11,8 @@
 * ``analyses.json`` — per analysis, its own state (finished / failed), reason and time,
   apart from the training state: a failed analysis leaves a trained run trained;
 * ``log.csv`` — one row per epoch (columns in the README);
-* ``computational_info.json`` — parameters, FLOPs per image, training FLOPs;
+* ``computational_info.json`` — parameters, FLOPs per image, training FLOPs (written
+  by :func:`labkit.engine.write_computational_info`);
 * ``.lock`` — held while a process trains the run (see :func:`exclusive`).
 """
 from __future__ import annotations
@@ -26,13 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
-from torch.utils.flop_counter import FlopCounterMode
 
 import labkit
-from labkit import checkpoint
 from labkit.atomic import read_json, remove_leftovers, write_json, write_text
+from labkit.checkpoint_files import BEST, checkpoint_path, digest, epoch_of
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
 
@@ -98,9 +97,9 @@ def final_checkpoint(run: RunConfig) -> Path:
             name = (directory / FINAL_POINTER).read_text().strip()
         except OSError:
             name = ""
-        if checkpoint.epoch_of(name) is not None:
+        if epoch_of(name) is not None:
             return directory / name
-    return checkpoint.checkpoint_path(directory, run.config["epochs"])
+    return checkpoint_path(directory, run.config["epochs"])
 
 
 def mark_final(run: RunConfig, path: Path) -> None:
@@ -112,7 +111,7 @@ def analysed_checkpoint(run: RunConfig) -> Path:
     """The checkpoint analyses read: the final one, or ``best.pt`` when the config's
     ``analysis_checkpoint`` says ``best``."""
     if run.config.get("analysis_checkpoint") == "best":
-        return Path(run.directory) / "checkpoints" / checkpoint.BEST
+        return Path(run.directory) / "checkpoints" / BEST
     return final_checkpoint(run)
 
 
@@ -124,7 +123,7 @@ def training_state(run: RunConfig) -> dict[str, Any]:
     without them reports ``incomplete``.
     """
     status = read_status(run.directory)
-    if checkpoint.digest(final_checkpoint(run)) is not None:
+    if digest(final_checkpoint(run)) is not None:
         return {**status, "state": "finished", "epoch": run.config["epochs"]}
     if status.get("state") == "finished":
         return {**status, "state": "incomplete",
@@ -189,7 +188,7 @@ def run_fingerprint(run: RunConfig) -> RunFingerprint | None:
     """The :class:`RunFingerprint` of a trained ``run``; ``None`` when not trained."""
     if not is_trained(run):
         return None
-    return RunFingerprint(hash=run.hash, checkpoint=checkpoint.digest(final_checkpoint(run)))
+    return RunFingerprint(hash=run.hash, checkpoint=digest(final_checkpoint(run)))
 
 
 def read_analyses(run_dir: Path) -> dict[str, Any]:
@@ -210,10 +209,11 @@ def write_analysis_state(run_dir: Path, label: str, state: str,
 
 
 def append_provenance(run_dir: Path, first_epoch: int, device: str,
-                      plugin_versions: dict[str, str]) -> None:
-    """Append one training segment's line to ``provenance.jsonl``."""
+                      plugin_versions: dict[str, str], torch_version: str) -> None:
+    """Append one training segment's line to ``provenance.jsonl`` (``torch_version``:
+    the ``torch.__version__`` that trains it)."""
     line = {"first_epoch": first_epoch, "labkit_version": labkit.__version__,
-            "plugins": plugin_versions, "torch_version": torch.__version__,
+            "plugins": plugin_versions, "torch_version": torch_version,
             "host": socket.gethostname(), "device": device, "time": _now()}
     path = Path(run_dir) / PROVENANCE_JSONL
     with open(path, "a") as handle:  # a torn last line is skipped by read_provenance
@@ -292,36 +292,3 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise DamagedFile(f"{Path(run_dir) / CONFIG_JSON} holds no run config; restore it, or "
                           f"delete the run directory and train the run again")
     return info
-
-
-def flops_per_image(model: torch.nn.Module, in_channels: int, resolution: int,
-                    device: torch.device) -> int:
-    """Forward FLOPs of one image, counted by torch's own FLOP counter (eval mode)."""
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, in_channels, resolution, resolution, device=device))
-    model.train(was_training)
-    return int(counter.get_total_flops())
-
-
-def write_computational_info(run_dir: Path, model: torch.nn.Module, data: Any,
-                             config: dict[str, Any], device: torch.device) -> None:
-    """Write ``computational_info.json`` once per run.
-
-    Training FLOPs use the usual convention backward ≈ 2 × forward, so one training
-    step costs 3 × forward FLOPs per image.
-    """
-    path = Path(run_dir) / COMPUTE_JSON
-    if path.exists():
-        return
-    per_image = flops_per_image(model, data.in_channels, data.resolution, device)
-    write_json(path, {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "flops_per_image": per_image,
-        "train_samples": len(data.train),
-        "epochs": config["epochs"],
-        "training_flops": 3 * per_image * len(data.train) * config["epochs"],
-    })

@@ -58,74 +58,24 @@ import itertools
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from labkit.atomic import write_bytes, write_figure
 from labkit.errors import UserError
 from labkit.layers import MEASURED_TYPES, measured_layers
+from labkit.saturation_config import IdimRule, SaturationConfig
 
 TRACKED_TYPES: tuple[type[nn.Module], ...] = (*MEASURED_TYPES, nn.LSTM)
 TRAIN_PASS = "train"
-IdimRule = Literal["delve", "reach"]
 # statistics that depend on delta and the rule: recomputed from the stored spectra
 VIEW_STATS = ("lsat", "idim")
 SPECTRA_DIR = "spectra"
-
-
-class SaturationConfig(BaseModel):
-    """The ``saturation`` section of a spec; every field is part of the run's identity."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    stats: list[Literal["lsat", "idim", "det", "trc", "dtrc"]] = Field(
-        ["lsat", "idim"], min_length=1,
-        description="statistics logged per layer and pass: lsat (saturation), idim "
-                    "(intrinsic dimensionality), det / trc (determinant / trace of the "
-                    "covariance), dtrc (sum of its non-negative eigenvalues)")
-    delta: float = Field(
-        0.99, gt=0.0, le=1.0,
-        description="share of the variance the intrinsic dimensionality explains; not "
-                    "part of run identity (recomputed from the stored eigenvalues); a list "
-                    "is a grid axis")
-    idim_rule: IdimRule = Field(
-        "delve",
-        description="how the intrinsic dimensionality is counted: delve = leading "
-                    "eigenvalues whose cumulative share stays below delta (delve / "
-                    "PHD-LAB, one less than reach); reach = smallest number of leading "
-                    "directions whose share reaches delta; not part of run identity")
-    conv_method: Literal["channelwise", "mean", "max", "flatten"] = Field(
-        "channelwise",
-        description="how a conv output (N, C, H, W) becomes data points: channelwise = "
-                    "every pixel's C-vector (N*H*W rows of width C); mean / max = global "
-                    "pooling (N rows of width C); flatten = N rows of width C*H*W")
-    downsampling: int | None = Field(
-        None, ge=1,
-        description="resize conv outputs larger than this to downsampling x downsampling "
-                    "(nearest neighbour, as PHD-LAB) before the reduction; null: full size")
-    timeseries_method: Literal["last_timestep", "timestepwise"] = Field(
-        "last_timestep",
-        description="how an LSTM output (N, T, U) becomes data points: the last step's "
-                    "U-vector, or all steps concatenated (width T*U)")
-    layers: list[str] | None = Field(
-        None,
-        description="layer names to track, shell wildcards allowed (\"layer1-*\"); "
-                    "null: every Conv2d, Linear and LSTM")
-    splits: list[str] | None = Field(
-        None,
-        description="passes to track: \"train\" (the training pass) and eval split "
-                    "names; null: all of them")
-    max_samples: int | None = Field(
-        None, ge=1,
-        description="use only the first max_samples samples (images) of each pass per "
-                    "layer; null: every sample")
-
 
 # rows of one float32 product: its rounding error stays near 1e-7 of the layer's variance
 BLOCK_ROWS = 4096

@@ -23,11 +23,10 @@ from typing import Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from labkit.data.mixing import CutMix, Mixup
-from labkit.data.mixing import check_soft_targets
+from labkit.batch_augment import CutMix, Mixup, check_soft_targets
 from labkit.errors import UserError
 from labkit.registry import UNTYPED, Registries
-from labkit.saturation import SaturationConfig
+from labkit.saturation_config import SaturationConfig
 from labkit.schedules import Scheduled
 
 

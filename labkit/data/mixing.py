@@ -23,32 +23,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
+from labkit.batch_augment import CutMix, Mixup, check_soft_targets
 from labkit.errors import UserError
-
-
-class Mixup(BaseModel):
-    """``{"name": "mixup", "alpha": 0.2, "prob": 1.0}``."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: Literal["mixup"] = "mixup"
-    alpha: float = Field(0.2, gt=0, description="λ ~ Beta(alpha, alpha)")
-    prob: float = Field(1.0, ge=0, le=1, description="share of batches that are mixed")
-
-
-class CutMix(BaseModel):
-    """``{"name": "cutmix", "alpha": 1.0, "prob": 1.0}``."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: Literal["cutmix"] = "cutmix"
-    alpha: float = Field(1.0, gt=0, description="λ ~ Beta(alpha, alpha), then the box's "
-                                                "exact share")
-    prob: float = Field(1.0, ge=0, le=1, description="share of batches that are mixed")
-
-
-BatchAugment = Mixup | CutMix
-KINDS = ("mixup", "cutmix")
 
 
 def mix_images(images: torch.Tensor, kind: Literal["mixup", "cutmix"],
@@ -142,16 +119,3 @@ def batch_mixer(spec: Any, num_classes: int, method: Any,
         return None
     check_soft_targets(method, method_name)
     return BatchMixer(spec, num_classes)
-
-
-def check_soft_targets(method: Any, method_name: str) -> None:
-    """Refuse ``batch_augment`` for a method (class or instance) that cannot take soft
-    targets; the spec checks it when a grid is validated, the engine when a run starts.
-
-    Raises:
-        UserError: its ``accepts_soft_targets`` is false or missing.
-    """
-    if not getattr(method, "accepts_soft_targets", False):
-        raise UserError(f"method {method_name!r} does not accept the soft targets that "
-                        f"batch_augment produces; set batch_augment to null (or use a method "
-                        f"whose accepts_soft_targets is true, such as supervised)")
