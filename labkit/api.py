@@ -15,7 +15,8 @@ from labkit.analyses.layerwise import Latents
 from labkit.atomic import atomic_open, write_csv, write_figure, write_json, write_text
 from labkit.build import build_component, make_metrics, seed_everything
 from labkit.cli import LabkitGroup, summarize
-from labkit.commands.common import check_device, finished_run, load_runs
+from labkit.commands.analysis_common import finished_run
+from labkit.commands.common import check_device, load_runs
 from labkit.data.bundle import DataBundle
 from labkit.data.digits import TensorImages
 from labkit.data.mixing import BatchMixer, hard_labels, mix_images, mix_targets

@@ -36,9 +36,9 @@ from labkit.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("labkit.commands.run:run",
             "Train every run of SPEC; finished runs are skipped, unfinished ones resumed."),
-    "status": ("labkit.commands.run:status",
+    "status": ("labkit.commands.status:status",
                "Per run of SPEC: training state, epoch, analyses, failure reasons."),
-    "plan": ("labkit.commands.run:plan",
+    "plan": ("labkit.commands.status:plan",
              "Print the runs of SPEC (hash, status, the values that vary) without running."),
     "schema": ("labkit.commands.info:schema", "Print the JSON schema of a spec."),
     "list": ("labkit.commands.info:list_", "List registered names of KIND matching PATTERN."),
@@ -65,7 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 ENTRY_POINT_GROUP = "labkit.commands"
 # names kept importable from here (labkit.api and older code import them)
 MOVED = {"summarize": "labkit.commands.run:summarize",
-         "plan_table": "labkit.commands.run:plan_table",
+         "plan_table": "labkit.commands.status:plan_table",
          "SET_OPTION": "labkit.commands.common:SET_OPTION"}
 
 

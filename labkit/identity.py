@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 HASH_LEN = 10
 
@@ -34,6 +36,37 @@ NOT_IDENTITY = ("name", "logs_dir", "device", "eval_batch_size", "num_workers",
 # their hash (and directory). Any other value enters the identity as usual.
 ADDED_LATER = {"steps": None, "weight_decay_schedule": None, "channels_last": False,
                "compile": False, "data_loader": "torch", "nproc": 1, "batch_augment": None}
+
+
+# what the identities being derived read besides the spec and the code (see note_outside)
+_OUTSIDE: ContextVar[list[str] | None] = ContextVar("labkit_outside_inputs", default=None)
+
+
+def note_outside(what: str) -> None:
+    """Note that the config being resolved depends on ``what``, something outside the
+    spec and the installed code: a folder's files (a listing digest), a weights file,
+    another run's checkpoint (a :class:`~labkit.runinfo.PinnedRef`), another spec file.
+
+    Such a config may differ tomorrow for the same spec, so the command line never
+    serves it from its cache of validated grids (:mod:`labkit.spec_cache`). labkit notes
+    its own (``data_identity``, ``weights_identity``, ``run_fingerprint``,
+    ``load_spec_file``); a plugin whose validation reads anything else calls this.
+    Outside :func:`outside_inputs` it does nothing.
+    """
+    noted = _OUTSIDE.get()
+    if noted is not None:
+        noted.append(what)
+
+
+@contextmanager
+def outside_inputs() -> Iterator[list[str]]:
+    """Collect, in the list it yields, what :func:`note_outside` is told in the block."""
+    noted: list[str] = []
+    token = _OUTSIDE.set(noted)
+    try:
+        yield noted
+    finally:
+        _OUTSIDE.reset(token)
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -128,12 +128,22 @@ def plugin_manager() -> pluggy.PluginManager:
     return _STATE["pm"]  # type: ignore[return-value]
 
 
+def from_installation() -> bool:
+    """Whether the process-wide registries are those of the installation alone: built
+    by :func:`registries` from the built-ins and entry points, never replaced by
+    :func:`use` (which tests call, and whose registries they may add to). Only then may
+    a command rely on the cache of what they hold (:mod:`labkit.spec_cache`)."""
+    return "used" not in _STATE
+
+
 def use(*extra: object) -> Registries:
     """Rebuild the process-wide registries with ``extra`` plugin objects registered.
 
     ``use()`` with no arguments resets to built-ins and entry points. Tests register a
-    plugin around a test with ``use(plugin)`` … ``use()``.
+    plugin around a test with ``use(plugin)`` … ``use()``. Either way the process no
+    longer uses labkit's cache of validated grids (:func:`from_installation`).
     """
+    _STATE["used"] = True
     pm = make_plugin_manager(extra)
     _STATE["pm"] = pm
     _STATE["registries"] = fill_registries(pm)

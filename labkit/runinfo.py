@@ -33,7 +33,7 @@ import labkit
 from labkit.atomic import read_json, remove_leftovers, write_json, write_text
 from labkit.checkpoint_files import BEST, checkpoint_path, digest, epoch_of
 from labkit.errors import DamagedFile, UserError
-from labkit.identity import RunConfig
+from labkit.identity import RunConfig, note_outside
 
 CONFIG_JSON = "config.json"
 PROVENANCE_JSONL = "provenance.jsonl"
@@ -120,8 +120,10 @@ def training_state(run: RunConfig) -> dict[str, Any]:
 
     ``finished`` only when the final checkpoint and its digest are present (the digest
     is checked where the weights are used); a status file that says ``finished``
-    without them reports ``incomplete``.
+    without them reports ``incomplete``. A config that depends on it depends on
+    something outside its spec (:func:`labkit.identity.note_outside`).
     """
+    note_outside(f"run {run.directory}")
     status = read_status(run.directory)
     if digest(final_checkpoint(run)) is not None:
         return {**status, "state": "finished", "epoch": run.config["epochs"]}
@@ -287,6 +289,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     Raises:
         DamagedFile: the file is not a JSON object with a ``config`` object in it.
     """
+    note_outside(f"run {run_dir}")
     info = read_json(Path(run_dir) / CONFIG_JSON)
     if info and not isinstance(info.get("config"), dict):
         raise DamagedFile(f"{Path(run_dir) / CONFIG_JSON} holds no run config; restore it, or "

@@ -25,6 +25,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from labkit.batch_augment import CutMix, Mixup, check_soft_targets
 from labkit.errors import UserError
+from labkit.identity import note_outside
 from labkit.registry import UNTYPED, Registries
 from labkit.saturation_config import SaturationConfig
 from labkit.schedules import Scheduled
@@ -440,7 +441,10 @@ def weights_identity(model: dict[str, Any], registries: Registries) -> dict[str,
     identify = getattr(entry.obj, "weights_identity", None)
     if identify is None:
         return {}
-    return identify(rest, {k: v for k, v in model.items() if k != "name"})
+    found = identify(rest, {k: v for k, v in model.items() if k != "name"})
+    if found:
+        note_outside(f"the weights of model {model['name']!r}")
+    return found
 
 
 def _check_finite(value: Any, path: str) -> None:
@@ -469,7 +473,10 @@ def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, 
     identify = getattr(entry.obj, "data_identity", None)
     if identify is None:
         return {}
-    return identify({k: v for k, v in dataset.items() if k != "name"})
+    found = identify({k: v for k, v in dataset.items() if k != "name"})
+    if found:
+        note_outside(f"the files of dataset {dataset['name']!r}")
+    return found
 
 
 # beyond this a grid is almost surely a mistake (and takes long to even list)
@@ -519,6 +526,7 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
         UserError: missing file, or invalid JSON with line and column.
     """
     p = Path(path)
+    note_outside(f"spec file {p}")
     if not p.is_file():
         raise UserError(f"spec file {str(p)!r} not found; check the path "
                         f"(example specs are in specs/)")

@@ -1,9 +1,17 @@
-"""Test-suite setup: no entry-point plugins unless a test asks for one."""
+"""Test-suite setup: no entry-point plugins unless a test asks for one; a cache of
+validated grids of the session's own (labkit.spec_cache), removed at the end."""
+import atexit
 import os
+import shutil
+import tempfile
 
 from labkit.testing import isolate_plugins
 
 isolate_plugins()
+# this process and every labkit it starts cache into a folder of this session's
+_CACHE = tempfile.mkdtemp(prefix="labkit-test-cache-")
+os.environ["LABKIT_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 # tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
 # threads competing with another process slow every step by orders of magnitude
 os.environ["OMP_NUM_THREADS"] = "1"

@@ -1,5 +1,8 @@
-"""The command line's lean start, readable run labels, the plan's width and the closing
+"""The command line's lean start (no torch for status, plan, schema and list once a grid
+is validated: labkit.spec_cache), readable run labels, the plan's width and the closing
 summary of ``labkit run``."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +11,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from labkit import hookimpl, plugins, runinfo
+from labkit import hookimpl, plugins, runinfo, spec_cache
 from labkit.cli import COMMANDS, cli
 from labkit.commands.common import load_runs
+from labkit.errors import UserError
 from labkit.commands.run import NextSteps, summarize
 from labkit.identity import display_labels
 from labkit.testing import run_cli
@@ -28,6 +32,131 @@ def test_help_imports_neither_torch_nor_pandas_nor_plugins():
     assert "HEAVY []" in out
     for name in COMMANDS:  # every built-in is listed with its help, none imported
         assert f"  {name} " in out
+
+
+# runs `labkit ARGS` in a fresh process, then names the heavy modules it imported
+PROBE = ("import sys\nfrom labkit.cli import main\nsys.argv = ['labkit', *sys.argv[1:]]\n"
+         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+         "heavy = sorted(m for m in ('torch', 'torchvision', 'labkit.builtins', 'lkplug_mod') "
+         "if m in sys.modules)\nprint('HEAVY', heavy)\n")
+
+
+def labkit_probe(*args: str, env: dict[str, str]) -> tuple[str, str, list[str]]:
+    """``(stdout without the probe's line, stderr, heavy modules imported)`` of ``labkit
+    ARGS`` run in a fresh process with ``env`` added."""
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=300)
+    out, _, last = done.stdout.rstrip("\n").rpartition("\n")
+    assert last.startswith("HEAVY "), done.stdout + done.stderr
+    return out, done.stderr, eval(last.removeprefix("HEAVY "))
+
+
+def test_status_and_plan_of_a_validated_grid_import_no_torch(write_spec, tmp_path):
+    spec = write_spec({"model": "cnn_xs", "dataset": "digits", "epochs": 1,
+                       "optimizer": {"name": "sgd", "lr": [0.05, 0.1]}, "seed": [0, 1]})
+    env = {"LABKIT_CACHE_DIR": str(tmp_path / "cache")}
+    first, _, heavy = labkit_probe("status", str(spec), "--run-id", "C", env=env)
+    assert "torch" in heavy  # validated with the registries, then cached
+    assert "4 not started" in first
+    second, _, heavy = labkit_probe("status", str(spec), "--run-id", "C", env=env)
+    assert heavy == [] and second == first
+    plan, _, heavy = labkit_probe("plan", str(spec), "--run-id", "C", env=env)
+    assert heavy == [] and "varies: optimizer.lr, seed" in plan and "4 run(s) under" in plan
+    # what the cache gave is what validation gives
+    assert [r.hash for r in load_runs(str(spec), "C")] == [
+        line.split()[1] for line in first.splitlines()[1:5]]
+
+
+def test_schema_and_a_cached_list_import_no_torch(tmp_path):
+    env = {"LABKIT_CACHE_DIR": str(tmp_path / "cache")}
+    schema, _, heavy = labkit_probe("schema", env=env)
+    assert heavy == [] and "batch_augment" in json.loads(schema)["properties"]
+    first, _, heavy = labkit_probe("list", "models", "resnet1*", env=env)
+    assert "torch" in heavy and "resnet18_xxs  [labkit]  noskip=false" in first
+    second, _, heavy = labkit_probe("list", "models", "resnet1*", env=env)
+    assert heavy == [] and second == first
+
+
+PLUGIN = """from labkit.api import hookimpl
+
+
+def tiny_net(num_classes, in_channels, resolution, width: int = {width}):
+    raise NotImplementedError  # status and plan never build it
+
+
+@hookimpl
+def labkit_register(registries):
+    registries.models.register("tiny_net", tiny_net)
+"""
+
+
+def test_an_edited_plugin_module_is_validated_again(write_spec, tmp_path):
+    # a plugin installed as a distribution with an entry point, its module beside it
+    site = tmp_path / "site"
+    (site / "lkplug-0.1.dist-info").mkdir(parents=True)
+    (site / "lkplug-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: lkplug\nVersion: 0.1\n")
+    (site / "lkplug-0.1.dist-info" / "entry_points.txt").write_text("[labkit]\nlkplug = lkplug_mod\n")
+    module = site / "lkplug_mod.py"
+    module.write_text(PLUGIN.format(width=4))
+    spec = write_spec({"model": "tiny_net", "dataset": "digits", "epochs": 1})
+    env = {"LABKIT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(site),
+           "LABKIT_PLUGINS": "lkplug"}
+
+    def run_hash() -> tuple[str, list[str]]:
+        out, err, heavy = labkit_probe("plan", str(spec), "--run-id", "P", env=env)
+        assert "1 run(s) under" in out, err
+        return out.splitlines()[1].split()[1], heavy
+
+    first, heavy = run_hash()
+    assert "lkplug_mod" in heavy
+    assert run_hash() == (first, [])  # cached: neither torch nor the plugin imported
+    module.write_text(PLUGIN.format(width=16))  # another default: another identity
+    changed, heavy = run_hash()
+    assert "lkplug_mod" in heavy and changed != first
+    assert run_hash() == (changed, [])
+
+
+def test_a_damaged_cache_is_ignored_and_rewritten(write_spec, tmp_path, monkeypatch):
+    spec = write_spec({"model": "cnn_xs", "dataset": "digits", "epochs": 1, "seed": [0, 1]})
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(cache))
+    grid = cache / spec_cache.GRIDS / f"{spec_cache.grid_key(json.loads(spec.read_text()))}.json"
+    grid.parent.mkdir(parents=True)
+    grid.write_text('{"environment": {"format": 1}, "configs": [{"trunc')
+    (cache / spec_cache.SUMMARY).write_bytes(b"\x00\xff")
+    env = {"LABKIT_CACHE_DIR": str(cache)}
+    first, err, heavy = labkit_probe("status", str(spec), "--run-id", "D", env=env)
+    assert "torch" in heavy and "2 not started" in first, err
+    assert json.loads(grid.read_text())["configs"]  # rewritten whole
+    second, _, heavy = labkit_probe("status", str(spec), "--run-id", "D", env=env)
+    assert heavy == [] and second == first
+
+
+def test_invalid_specs_and_in_process_plugins_are_never_cached(write_spec, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(cache))
+    spec = write_spec({"model": "tiny_inproc", "dataset": "digits", "epochs": 1})
+
+    class InProcess:
+        @hookimpl
+        def labkit_register(self, registries):
+            registries.models.register("tiny_inproc", lambda num_classes, in_channels,
+                                       resolution, width=4: None)
+
+    try:
+        plugins.use(InProcess())
+        assert len(load_runs(str(spec), "I")) == 1
+    finally:
+        plugins.use()
+    assert not (cache / spec_cache.GRIDS).exists()  # nothing kept while plugins.use() is in force
+    env = {"LABKIT_CACHE_DIR": str(cache)}
+    errors = [labkit_probe("status", str(spec), "--run-id", "I", env=env)[1] for _ in range(2)]
+    assert "unknown model 'tiny_inproc'" in errors[0] and errors[1] == errors[0]
+    with pytest.raises(UserError) as exc:  # the same message as in process
+        load_runs(str(spec), "I")
+    assert str(exc.value) in errors[0]
+    assert not (cache / spec_cache.GRIDS).exists()
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

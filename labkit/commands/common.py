@@ -1,4 +1,11 @@
-"""Helpers shared by every command: reading specs into runs, checking devices."""
+"""Helpers shared by every command: reading specs into runs, checking devices.
+
+Torch-free at import, like the commands that need no training (``status``, ``plan``):
+a spec already validated in this environment is read from :mod:`labkit.spec_cache`;
+only a new or changed one builds the registries and its models (torch, the plugins).
+The helpers of the commands that analyse trained runs are
+:mod:`labkit.commands.analysis_common`.
+"""
 from __future__ import annotations
 
 import json
@@ -6,13 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import BaseModel, ValidationError
 
-from labkit import plugins, runinfo
-from labkit.analyses import Analysis, FinishedRun
-from labkit.build import check_buildable
+from labkit import plugins, spec_cache
 from labkit.errors import UserError
-from labkit.identity import RunConfig
+from labkit.identity import RunConfig, outside_inputs
 from labkit.spec import expand, load_spec_file
 
 SET_OPTION = click.option(
@@ -30,25 +34,57 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None,
     ``--set`` overrides applied, see :func:`apply_overrides`).
 
     Grid points with the same identity (e.g. ``"seed": [0, 0]``) are one run: training
-    it twice would only race on one directory.
+    it twice would only race on one directory. A spec validated before in this
+    environment is read from :mod:`labkit.spec_cache` (no registries, no torch); others
+    are validated by :func:`validated_runs`.
     """
     raw = apply_overrides(load_spec_file(spec_path), overrides)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
     check_run_id(run_id)
+    cached = spec_cache.cached_grid(raw)
+    if cached is not None:
+        runs = [RunConfig(config, run_id) for config in cached]
+        for i, run in enumerate(runs):
+            _at_point(i, runs, check_path, run.directory)
+        return runs
+    return validated_runs(raw, run_id)
+
+
+def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
+    """The runs of ``raw`` (a spec, overrides applied), expanded with the process-wide
+    registries and each checked as buildable (:func:`labkit.build.check_buildable`);
+    kept in :mod:`labkit.spec_cache` when nothing outside the spec and the code went
+    into them.
+
+    Raises:
+        UserError: an invalid grid point, with its position.
+    """
+    # imported here, not at the top: building torch models on the meta device is what
+    # a command reading a cached grid never does, and torch is what it never imports
+    from labkit.build import check_buildable
+
     registries = plugins.registries()
-    points: dict[str, list[dict[str, Any]]] = {}
-    for config in expand(raw, registries):
-        points.setdefault(RunConfig(config, run_id).hash, []).append(config)
-    runs = [RunConfig(merge_points(configs), run_id) for configs in points.values()]
-    for i, run in enumerate(runs):
-        try:
-            check_path(run.directory)
-            check_buildable(run.config, registries)
-        except UserError as exc:
-            where = f"grid point {i + 1} of {len(runs)}: " if len(runs) > 1 else ""
-            raise UserError(f"{where}{exc}") from None
+    with outside_inputs() as outside:
+        points: dict[str, list[dict[str, Any]]] = {}
+        for config in expand(raw, registries):
+            points.setdefault(RunConfig(config, run_id).hash, []).append(config)
+        runs = [RunConfig(merge_points(configs), run_id) for configs in points.values()]
+        for i, run in enumerate(runs):
+            _at_point(i, runs, check_path, run.directory)
+            _at_point(i, runs, check_buildable, run.config, registries)
+    if not outside:
+        spec_cache.store_grid(raw, [run.config for run in runs], registries)
     return runs
+
+
+def _at_point(i: int, runs: list[RunConfig], check: Any, *args: Any) -> None:
+    """``check(*args)`` for the ``i``-th run, a failure named by its grid point."""
+    try:
+        check(*args)
+    except UserError as exc:
+        where = f"grid point {i + 1} of {len(runs)}: " if len(runs) > 1 else ""
+        raise UserError(f"{where}{exc}") from None
 
 
 def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
@@ -144,47 +180,3 @@ def check_device(device: str) -> None:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"device {device!r} does not exist: this machine has "
                         f"{torch.cuda.device_count()} GPU(s)")
-
-
-def finished_run(run: RunConfig, spec: str) -> FinishedRun:
-    """The trained run, ready for an analysis.
-
-    Raises:
-        UserError: the run is not finished (says how to train it).
-    """
-    state = runinfo.training_state(run).get("state")
-    if state != "finished":
-        raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; train "
-                        f"it first with `labkit run {spec} --run-id {run.run_id}`")
-    return FinishedRun(run, plugins.registries(), run.config["device"])
-
-
-def produce(analysis: Analysis, progress: bool = True, *, unless_complete: bool = False) -> bool:
-    """Run ``analysis`` holding its run's lock, so that it never races training or
-    another command on the same run; returns whether it ran.
-
-    Args:
-        unless_complete: skip it when its outputs are complete (checked under the lock).
-    """
-    with runinfo.exclusive(analysis.run.directory):
-        if unless_complete and analysis.is_complete():
-            return False
-        analysis.produce(progress)
-        return True
-
-
-def analysis_params(run: RunConfig, name: str, analysis: type, **given: Any) -> BaseModel:
-    """Parameters of ``analysis``: the spec's entry ``name``, overridden by the ``given``
-    command-line values that are not ``None``.
-
-    Raises:
-        UserError: a value the analysis does not accept.
-    """
-    params = next((dict(a) for a in run.config["analyses"] if a["name"] == name), {})
-    params.pop("name", None)
-    params.update({key: value for key, value in given.items() if value is not None})
-    try:
-        return analysis.Params.model_validate(params)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"{name} parameters: {problems}") from None

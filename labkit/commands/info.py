@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from labkit import plugins
+from labkit import plugins, spec_cache
 from labkit.atomic import write_csv
 from labkit.errors import UserError
+from labkit.registry import KINDS, Registries
 from labkit.results import collect
 from labkit.spec import json_schema
 
@@ -26,23 +27,14 @@ def schema() -> None:
 def list_(kind: str, pattern: str) -> None:
     """List registered names of KIND (models, datasets, optimizers, schedulers,
     metrics, methods, analyses) matching a wildcard PATTERN."""
-    registry = plugins.registries()[kind]
-    entries = [e for e in registry.entries() if e.name in registry.names(pattern)]
+    if kind not in KINDS:
+        Registries()[kind]  # raises the error naming the kinds, with "did you mean"
+    entries = spec_cache.matching(spec_cache.summary()[kind], pattern)
     for e in entries:
-        params = ", ".join(f"{n}={_default_text(f)}" for n, f in e.params.model_fields.items())
-        suffix = "<torchvision model name>" if e.prefix else ""
-        click.echo(f"{e.name}{suffix}  [{e.plugin}]  {params}")
+        suffix = "<torchvision model name>" if e["prefix"] else ""
+        click.echo(f"{e['name']}{suffix}  [{e['plugin']}]  {e['params']}")
     if not entries:
         raise UserError(f"no {kind} match {pattern!r}; run `labkit list {kind}` for all names")
-
-
-def _default_text(field) -> str:
-    """A parameter's default as a user would write it in a spec (JSON)."""
-    if field.is_required():
-        return "<required>"
-    value = field.default.model_dump(mode="json") if hasattr(field.default, "model_dump") \
-        else field.default
-    return json.dumps(value, default=str)
 
 
 @click.command("plugins")

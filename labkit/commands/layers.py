@@ -16,8 +16,8 @@ import pandas as pd
 from labkit import engine, latents, plugins
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
-from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, analysis_params, check_device,
-                                    finished_run, load_runs, produce)
+from labkit.commands.analysis_common import analysis_params, finished_run, produce
+from labkit.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.errors import UserError
 from labkit.probes import parse_size
 from labkit.receptive_field import border_layer

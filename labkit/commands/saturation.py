@@ -6,8 +6,8 @@ import re
 import click
 
 from labkit.analyses import Analysis
-from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, analysis_params, check_device,
-                                    finished_run, load_runs, produce)
+from labkit.commands.analysis_common import analysis_params, finished_run, produce
+from labkit.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.errors import UserError
 
 
