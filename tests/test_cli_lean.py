@@ -117,6 +117,24 @@ def test_an_edited_plugin_module_is_validated_again(write_spec, tmp_path):
     assert run_hash() == (changed, [])
 
 
+def test_a_grid_on_a_folder_of_files_is_never_served_from_the_cache(write_spec, tmp_path):
+    # its identity holds the folder's listing digest: a file added must give a new run
+    images = tmp_path / "data" / "shapes" / "train" / "a"
+    images.mkdir(parents=True)
+    (images / "0.png").write_bytes(b"0" * 10)
+    spec = write_spec({"model": "cnn_xs", "epochs": 1, "dataset": {
+        "name": "imagefolder", "root": str(tmp_path / "data"), "folder": "shapes",
+        "resolution": 8}})
+    env = {"LABKIT_CACHE_DIR": str(tmp_path / "cache")}
+    first, err, heavy = labkit_probe("status", str(spec), "--run-id", "F", env=env)
+    assert "1 not started" in first, err
+    (images / "1.png").write_bytes(b"1" * 10)
+    second, err, heavy = labkit_probe("status", str(spec), "--run-id", "F", env=env)
+    assert "torch" in heavy and "1 not started" in second, err
+    assert second.splitlines()[1].split()[1] != first.splitlines()[1].split()[1]
+    assert not (tmp_path / "cache" / spec_cache.GRIDS).exists()
+
+
 def test_a_damaged_cache_is_ignored_and_rewritten(write_spec, tmp_path, monkeypatch):
     spec = write_spec({"model": "cnn_xs", "dataset": "digits", "epochs": 1, "seed": [0, 1]})
     cache = tmp_path / "cache"
