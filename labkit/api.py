@@ -25,7 +25,8 @@ from labkit.data.transforms import build_transform, check_augment
 from labkit.engine import RunFailed, train
 from labkit.errors import UserError
 from labkit.evaluation import evaluate, to_device
-from labkit.identity import NOT_IDENTITY, RunConfig, flatten, identity_config, run_hash, varying_keys
+from labkit.identity import (NOT_IDENTITY, RunConfig, flatten, identity_config, note_outside,
+                             run_hash, varying_keys)
 from labkit.launch import INVALID
 from labkit.layers import layer_name, measured_layers
 from labkit.methods import Method, RunContext, StepResult, Supervised
@@ -44,6 +45,7 @@ __all__ = [
     "UserError", "Registries", "params_model",
     # store: run identity, run files, checkpoints, atomic writes
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
+    "note_outside",
     "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
     # components: specs, data, models, methods, layers
     "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
