@@ -48,8 +48,17 @@ CHUNK_BYTES = 8 << 20
 """Most bytes (float32) of a chunk: wide layers read fewer rows at a time."""
 SAMPLE_ROWS = 1 << 17
 """Most rows of the in-memory sample (the whole layer when it has no more)."""
-SAMPLE_BYTES = 64 << 20
-"""Most bytes (float32) of the in-memory sample: wide layers keep fewer rows."""
+SAMPLE_SHARE = 8
+SAMPLE_MIN_ROWS = 1 << 15
+"""A sample holds an eighth of the rows, at least :data:`SAMPLE_MIN_ROWS` and at most
+:data:`SAMPLE_ROWS`: where a pass over all rows is cheap (640 k rows × 32 features), a
+smaller sample makes its fits cheaper at no more passes (docs/probes.md)."""
+SAMPLE_BYTES = 256 << 20
+"""Most bytes (float32) of the in-memory sample: wide layers keep fewer rows. A pooled
+layer of 50,000 images × 1,024 features (205 MB) is then fitted whole in memory: with a
+sample of a third of its rows (64 MiB), the sample-preconditioned passes did not
+contract for its 10,250 parameters and streamed L-BFGS took 588 passes (115 CPU s, where
+the whole layer in memory takes 631 iterations, 42 CPU s; docs/probes.md)."""
 MAX_PASSES = 10
 """Sample-preconditioned passes before streamed L-BFGS takes over."""
 SEED = 0
@@ -64,8 +73,17 @@ def _chunk_rows(width: int) -> int:
 
 
 def _sample_rows(rows: int, width: int) -> int:
-    """Rows of the in-memory sample of a layer of ``rows`` rows and ``width`` features."""
-    return min(rows, SAMPLE_ROWS, max(1, SAMPLE_BYTES // (4 * width)))
+    """Rows of the in-memory sample of a layer of ``rows`` rows and ``width`` features.
+
+    All of them (the layer is fitted whole, in memory) when it has at most twice
+    :data:`SAMPLE_ROWS` rows and :data:`SAMPLE_BYTES` as float32: the sample-preconditioned
+    passes fit the sample about twice over (a start, then a DANE step), so below about
+    twice the sample's rows one full-batch fit costs less (160 k rows × 64 features:
+    3.4 CPU s where the passes took 6.5)."""
+    if rows <= 2 * SAMPLE_ROWS and rows * width * 4 <= SAMPLE_BYTES:
+        return rows
+    keep = min(SAMPLE_ROWS, max(SAMPLE_MIN_ROWS, rows // SAMPLE_SHARE))
+    return min(rows, keep, max(1, SAMPLE_BYTES // (4 * width)))
 
 
 def peak_bytes(rows: int, width: int, classes: int) -> int:

@@ -108,9 +108,10 @@ print(json.dumps({"peak": max(peak), "passes": passes}))
 
 
 def test_a_worker_fitting_layers_stays_within_the_estimate(tmp_path):
-    # 192,000 rows of 64 features: more rows than the in-memory sample, a chunk of the
-    # most bytes; fitted twice, as a worker fits one layer after another
-    images, positions, width = 12_000, 16, 64
+    # 320,000 rows of 64 features: more rows than are fitted whole (twice the largest
+    # sample), a chunk of the most bytes; fitted twice, as a worker fits one layer after
+    # another
+    images, positions, width = 20_000, 16, 64
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, images)
     centres = rng.normal(size=(10, width)).astype(np.float32)
