@@ -13,9 +13,11 @@ when the largest absolute entry of the gradient of ``f`` is at most ``tol``.
 The rows are never all in memory (a pixelwise layer of 50 M rows included). A fit is:
 
 1. **Survey**, one pass over the rows: per-feature mean and variance and per-class sums
-   (float64), and a seeded uniform sample of at most :data:`SAMPLE_ROWS` rows
-   (:data:`SAMPLE_BYTES`) kept in memory, standardised. When the sample is every row,
-   the fit is plain full-batch L-BFGS in memory, and step 2 is skipped.
+   (float64), and a seeded uniform sample of the rows kept in memory, standardised (an
+   eighth of them, between :data:`SAMPLE_MIN_ROWS` and :data:`SAMPLE_ROWS` rows and at
+   most :data:`SAMPLE_BYTES`). A layer of at most twice :data:`SAMPLE_ROWS` rows that
+   fits in :data:`SAMPLE_BYTES` is kept whole: the fit is then plain full-batch L-BFGS
+   in memory, scikit-learn's procedure, and step 2 is skipped.
 2. **Sample-preconditioned passes.** L-BFGS to convergence on the sample's objective
    (its mean loss plus the full penalty) gives a starting point; then each pass over all
    rows computes the exact loss, gradient and train accuracy, stops when the gradient
