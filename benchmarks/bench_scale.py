@@ -219,7 +219,10 @@ def main() -> None:
     marker = work / "data" / "generated.json"
     wanted = {"train": max(sizes), "test": args.eval_images}
     if not marker.exists() or json.loads(marker.read_text()) != wanted:
-        shutil.rmtree(work / "data", ignore_errors=True)
+        # other sizes give other images: runs trained (and latents extracted) on the old
+        # files would keep their identity, which names the data set, not its bytes
+        for folder in ("data", "logs", "latent_datasets"):
+            shutil.rmtree(work / folder, ignore_errors=True)
         generate_cifar(base, max(sizes), args.eval_images)
         marker.write_text(json.dumps(wanted))
     log = work / "labkit.log"

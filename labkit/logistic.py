@@ -36,7 +36,6 @@ from the survey. Everything runs on the given device (a GPU when the run has one
 """
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,6 +60,12 @@ layer of 50,000 images × 1,024 features (205 MB) is then fitted whole in memory
 sample of a third of its rows (64 MiB), the sample-preconditioned passes did not
 contract for its 10,250 parameters and streamed L-BFGS took 588 passes (115 CPU s, where
 the whole layer in memory takes 631 iterations, 42 CPU s; docs/probes.md)."""
+FLOAT32_WHOLE_BYTES = 64 << 20
+"""A layer kept whole whose rows take more than this as float32, and are float16 as
+stored (labkit's latents), is kept as stored and standardised a chunk at a time: half
+the memory (a pooled layer of 50,000 × 1,024: 102 MB instead of 205), each evaluation
+about 1.6× the time (the cast from float16). Smaller layers are kept standardised in
+float32."""
 MAX_PASSES = 10
 """Sample-preconditioned passes before streamed L-BFGS takes over."""
 SEED = 0
@@ -193,7 +198,8 @@ def _objective(terms: _Terms, data: _Data, weight: torch.Tensor, bias: torch.Ten
 @dataclass
 class _Survey:
     """Result of the survey pass: standardisation, the full data's class sums, and the
-    in-memory sample (standardised rows, row labels, its own class sums)."""
+    in-memory sample (its rows, standardised unless ``standardized`` is false, then as
+    stored; row labels; its own class sums)."""
 
     mean: torch.Tensor
     scale: torch.Tensor
@@ -201,6 +207,22 @@ class _Survey:
     sample_x: torch.Tensor
     sample_y: torch.Tensor
     sample: _Data
+    standardized: bool = True
+
+    def sample_chunks(self, labels: bool = False
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The sample's standardised float32 rows (and labels when ``labels``), a chunk at
+        a time. Rows kept as stored are standardised into one buffer, overwritten by the
+        next chunk (a fresh tensor per chunk let the heap grow by about 80 MB over an
+        L-BFGS fit): use each chunk before asking for the next."""
+        step = _chunk_rows(self.sample_x.shape[1])
+        buffer = None if self.standardized else torch.empty(
+            min(step, len(self.sample_x)), self.sample_x.shape[1], device=self.sample_x.device)
+        for first in range(0, len(self.sample_x), step):
+            x = self.sample_x[first:first + step]
+            if buffer is not None:  # float16 - float32: float32
+                x = torch.sub(x, self.mean, out=buffer[:len(x)]).div_(self.scale)
+            yield x, self.sample_y[first:first + step] if labels else None
 
 
 def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: int,
@@ -218,8 +240,12 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
     total = torch.zeros(width, dtype=torch.float64, device=device)
     squares = torch.zeros(width, dtype=torch.float64, device=device)
     class_sums = torch.zeros(classes, width, dtype=torch.float64, device=device)
-    # filled as the chunks pass: the sample is in memory once
-    sample_x = torch.empty(keep, width, device=device)
+    # filled as the chunks pass: the sample is in memory once (a large whole layer of
+    # float16 as stored, FLOAT32_WHOLE_BYTES)
+    as_stored = (keep == n and features.dtype == np.float16
+                 and n * width * 4 > FLOAT32_WHOLE_BYTES)
+    sample_x = torch.empty(keep, width, device=device,
+                           dtype=torch.float16 if as_stored else torch.float32)
     sample_y = torch.empty(keep, dtype=torch.int64, device=device)
     filled = 0
     for first, x, image_labels in _chunks(features, labels, device, positions):
@@ -252,18 +278,12 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
     # Σ over each class's rows of (x - mean) / scale
     full = _Data(n, (class_sums + counts[:, None] * (shift.double() - mean)) / scale, counts)
     mean32, scale32 = mean.float(), scale.float()
+    if as_stored:  # the sample is every row: its sums are the full data's
+        return _Survey(mean32, scale32, full, sample_x, sample_y, full, standardized=False)
     x, y = sample_x.sub_(mean32).div_(scale32), sample_y
     sample = _Data(len(x), torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
                    torch.bincount(y, minlength=classes).double())
     return _Survey(mean32, scale32, full, x, y, sample)
-
-
-def _in_memory(x: torch.Tensor, y: torch.Tensor | None
-               ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """The in-memory rows ``x`` (and labels ``y``) a chunk at a time."""
-    step = _chunk_rows(x.shape[1])
-    for first in range(0, len(x), step):
-        yield x[first:first + step], None if y is None else y[first:first + step]
 
 
 def _lbfgs(evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor,
@@ -353,12 +373,11 @@ def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: in
     survey = _survey(features, labels, classes, positions, standardize, device)
     sample = survey.sample
 
-    def on_rows(x: torch.Tensor, data: _Data,
-                correction: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable:
-        """The objective on the in-memory rows ``x`` (plus the DANE term)."""
+    def on_sample(correction: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable:
+        """The objective on the in-memory sample (plus the DANE term)."""
         def evaluate(weight, bias):
-            terms = _terms(_in_memory(x, None), weight, bias)
-            value, grad_w, grad_b = _objective(terms, data, weight, bias, C, n)
+            terms = _terms(survey.sample_chunks(), weight, bias)
+            value, grad_w, grad_b = _objective(terms, sample, weight, bias, C, n)
             if correction is not None:  # <correction, (W, b)>
                 value += float((correction[0] * weight.double()).sum()
                                + (correction[1] * bias.double()).sum())
@@ -368,10 +387,9 @@ def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: in
 
     weight = torch.zeros(classes, width, device=device)
     bias = torch.zeros(classes, device=device)
-    on_sample = functools.partial(on_rows, survey.sample_x, sample)
     if sample.rows == n:  # the whole layer is in memory: plain L-BFGS
         weight, bias, n_iter = _lbfgs(on_sample(), weight, bias, tol, max_iter)
-        terms = _terms(_in_memory(survey.sample_x, survey.sample_y), weight, bias)
+        terms = _terms(survey.sample_chunks(labels=True), weight, bias)
         _, grad_w, grad_b = _objective(terms, survey.full, weight, bias, C, n)
         converged = max(float(grad_w.abs().max()), float(grad_b.abs().max())) <= tol
         return StreamedLogistic(weight, bias, survey.mean, survey.scale, n_iter, 0,

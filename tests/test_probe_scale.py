@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -180,3 +181,27 @@ def test_streamed_lbfgs_takes_over_when_the_passes_do_not_converge(tmp_path, mon
                          positions=positions)
     assert probe.converged and probe.passes > 2  # the one DANE pass, then L-BFGS's
     assert abs(probe.train_accuracy - reference.score(x.astype(np.float32), rows)) <= 0.003
+
+
+def test_a_large_whole_layer_kept_as_float16_fits_what_the_float32_copy_fits(
+        tmp_path, monkeypatch):
+    # a whole layer kept as stored (float16, standardised a chunk at a time) minimises the
+    # same objective as the standardised float32 copy: same point, same accuracy, and
+    # scikit-learn's on the same rows
+    rng = np.random.default_rng(2)
+    images, width = 3_000, 48
+    labels = rng.integers(0, 10, images)
+    centres = rng.normal(size=(10, width))
+    x = (centres[labels] + 4 * rng.normal(size=(images, width)) + 5).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    rows = np.load(tmp_path / "x.npy", mmap_mode="r")
+    monkeypatch.setattr(logistic, "CHUNK_BYTES", 64 << 10)  # several chunks per evaluation
+    reference = logistic.fit(rows, labels, 10)
+    monkeypatch.setattr(logistic, "FLOAT32_WHOLE_BYTES", 0)
+    kept = logistic.fit(rows, labels, 10)
+    assert kept.passes == 0 and reference.passes == 0 and kept.converged
+    assert torch.allclose(kept.weight, reference.weight, atol=2e-3)
+    assert kept.train_accuracy == pytest.approx(reference.train_accuracy, abs=1 / images)
+    sklearn = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    sklearn.fit(x.astype(np.float32), labels)
+    assert abs(kept.train_accuracy - sklearn.score(x.astype(np.float32), labels)) <= 0.003
