@@ -7,10 +7,11 @@ eval split, and prints the layer's shape, CPU seconds (fit and scoring), L-BFGS
 iterations, passes over all rows after the survey, whether the gradient test passed, and
 the train and eval accuracy; with ``--sklearn`` also scikit-learn's ``LogisticRegression``
 (lbfgs) behind a ``StandardScaler`` on the layer loaded as float32, its CPU seconds and
-iterations. Used to choose the sample sizes of the solver (docs/probes.md).
+iterations (``--sklearn-tol``: its stopping tolerance, default scikit-learn's 1e-4; a
+smaller one shows where its default fit stopped short of the optimum). Used to choose the sample sizes of the solver (docs/probes.md).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_probe_layers.py LATENTS_DIR \\
-        [--layers conv1 layer4-1-conv2] [--sklearn]
+        [--layers conv1 layer4-1-conv2] [--sklearn [--sklearn-tol 1e-6]]
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--layers", nargs="*", help="only these layers (default: all)")
     parser.add_argument("--sklearn", action="store_true")
+    parser.add_argument("--sklearn-tol", type=float, default=1e-4)
     args = parser.parse_args()
     torch.set_num_threads(1)
     manifest = read_manifest(args.directory)
@@ -50,12 +52,12 @@ def main() -> None:
                 f"passes {probe.passes:2d} converged {probe.converged!s:5s} "
                 f"train {probe.train_accuracy:.5f} eval {eval_accuracy:.5f}")
         if args.sklearn:
-            line += "  |  sklearn " + _sklearn(x, ex, labels)
+            line += "  |  sklearn " + _sklearn(x, ex, labels, args.sklearn_tol)
         print(line, flush=True)
     print(f"total CPU s (torch): {total:.1f}")
 
 
-def _sklearn(x: np.ndarray, ex: np.ndarray, labels: dict[str, np.ndarray]) -> str:
+def _sklearn(x: np.ndarray, ex: np.ndarray, labels: dict[str, np.ndarray], tol: float) -> str:
     """scikit-learn's fit of the same layer: CPU seconds, iterations, accuracies."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -64,7 +66,7 @@ def _sklearn(x: np.ndarray, ex: np.ndarray, labels: dict[str, np.ndarray]) -> st
     y = np.repeat(labels["train"], len(x) // len(labels["train"]))
     ey = np.repeat(labels["eval"], len(ex) // len(labels["eval"]))
     start = time.process_time()
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, tol=tol))
     model.fit(np.asarray(x, dtype=np.float32), y)
     train, evaluated = model.score(np.asarray(x, dtype=np.float32), y), model.score(
         np.asarray(ex, dtype=np.float32), ey)
