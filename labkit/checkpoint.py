@@ -32,13 +32,14 @@ import torch
 
 from labkit.atomic import atomic_open, write_text
 from labkit.checkpoint_files import (BEST, checkpoint_path, digest, digest_path, epoch_of,
-                                     epochs_on_disk, is_intact, partial_path,
+                                     epochs_on_disk, is_intact, partial_path, saved_epochs,
                                      partials_on_disk)
 
 # the torch-free part, kept importable from here: names, digests, what is on disk
 __all__ = ["BEST", "KEEP", "checkpoint_path", "digest", "digest_path", "epoch_of",
-           "epochs_on_disk", "is_intact", "partial_path", "partials_on_disk", "save",
-           "save_partial", "save_best", "read", "load_latest", "rng_state", "set_rng_state"]
+           "epochs_on_disk", "is_intact", "partial_path", "partials_on_disk", "saved_epochs",
+           "save", "save_partial", "save_best", "read", "load_latest", "rng_state",
+           "set_rng_state"]
 
 KEEP = 2
 

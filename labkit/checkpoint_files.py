@@ -66,3 +66,10 @@ def epochs_on_disk(directory: Path) -> list[int]:
         return []
     return sorted(int(m.group(1)) for p in Path(directory).iterdir()
                   if (m := _NAME.match(p.name)))
+
+
+def saved_epochs(directory: Path) -> list[int]:
+    """Epochs of :func:`epochs_on_disk` whose checkpoint was saved to the end: the file
+    and, written after it, its digest (cheap: not a verification, see :func:`is_intact`)."""
+    return [epoch for epoch in epochs_on_disk(directory)
+            if digest(checkpoint_path(directory, epoch)) is not None]

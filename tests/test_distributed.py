@@ -84,7 +84,9 @@ def test_two_process_run_killed_with_sigkill_resumes_bit_identical(registries, t
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240
-    while not checkpoint.epochs_on_disk(ckpt_dir) and proc.poll() is None and time.time() < deadline:
+    # a complete checkpoint: killed between the file and its digest, it would rightly
+    # start over, and "resuming after epoch" below would not be printed
+    while not checkpoint.saved_epochs(ckpt_dir) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)  # into the next epoch
     assert proc.poll() is None, "the run finished before it could be killed"

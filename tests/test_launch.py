@@ -83,16 +83,11 @@ def test_submitit_task_interrupted_and_requeued_resumes_to_identical_weights(tmp
                           submitit_folder(run.config["logs_dir"], "S"))
     ckpts = run.directory / "checkpoints"
     deadline = time.time() + 600  # generous: a loaded machine starts the task slowly
-
-    def saved() -> list[int]:
-        """Epochs whose checkpoint is complete: its digest written after the file (a
-        signal between the two leaves nothing to resume from, rightly)."""
-        return [epoch for epoch in checkpoint.epochs_on_disk(ckpts)
-                if checkpoint.digest(checkpoint.checkpoint_path(ckpts, epoch)) is not None]
-
-    while not saved() and time.time() < deadline:
+    # a complete checkpoint (a signal between the file and its digest leaves nothing to
+    # resume from, rightly)
+    while not checkpoint.saved_epochs(ckpts) and time.time() < deadline:
         time.sleep(0.05)
-    assert saved(), "the task wrote no checkpoint in time"
+    assert checkpoint.saved_epochs(ckpts), "the task wrote no checkpoint in time"
     assert checkpoint.epochs_on_disk(ckpts)[-1] < 6 and job.state == "RUNNING"
     # what SLURM does before a time limit: submitit's signal to the task process itself;
     # submitit's handler requeues the task and its controller starts it again
