@@ -47,9 +47,11 @@ CHUNK_ROWS = 1 << 16
 """Most rows read and computed at a time."""
 CHUNK_BYTES = 4 << 20
 """Most bytes (float32) of a chunk: wide layers read fewer rows at a time. 4 MiB rather
-than 8: a worker's peak on a pooled layer of 50,000 × 1,024 is 17 MB lower (the heap
+than 8: a worker's peak on a pooled layer of 50,000 × 1,024 was 17 MB lower (the heap
 keeps what a chunk's temporaries needed) and its fit no slower (0.77× the CPU time
-there; pixelwise layers within noise)."""
+there; pixelwise layers within noise). One-off measurement: 100 L-BFGS iterations on
+three layers, peak RssAnon sampled in the process; the benchmark that keeps the effect
+in view is ``benchmarks/bench_scale.py`` (docs/probes.md)."""
 SAMPLE_ROWS = 1 << 17
 """Most rows of the in-memory sample (the whole layer when it has no more)."""
 SAMPLE_SHARE = 8

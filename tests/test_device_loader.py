@@ -76,33 +76,38 @@ def test_a_resumed_epoch_matches_the_resumed_dataloader():
     assert torch.equal(mine.get_state(), theirs.get_state())
 
 
-def source_positions(dataset, seed):
-    """Positions in the split of one epoch's samples, as SeededSampler orders them."""
-    return [index for index, _ in SeededSampler(len(dataset), torch.Generator().manual_seed(seed))]
+def with_sources(data, seed=3, batch=4):
+    """One epoch of the device loader on ``data.train`` (seeded with ``seed``), image by
+    image: ``(batch number, position in the batch, augmented image, its source as the
+    plain split gives it (normalised, not augmented), its position in the split)``, each
+    label checked against the source's."""
+    loader = device_loader(data.train, batch, torch.Generator().manual_seed(seed), "cpu")
+    # positions of the epoch's samples, as SeededSampler orders them
+    positions = [index for index, _ in
+                 SeededSampler(len(data.train), torch.Generator().manual_seed(seed))]
+    for b, (images, labels) in enumerate(loader):
+        for k, image in enumerate(images):
+            position = positions[batch * b + k]
+            source, label = data.train_plain[position]
+            assert int(labels[k]) == label
+            yield b, k, image, source, position
 
 
 @pytest.mark.parametrize("name", ["digits", "folder"])
 def test_every_augmented_image_is_a_crop_or_flipped_crop_of_its_source(tmp_path, name):
     data = bundles(tmp_path, "flip_crop")[name]
-    pad = data.resolution // 8
-    loader = device_loader(data.train, 4, torch.Generator().manual_seed(3), "cpu")
-    positions = source_positions(data.train, 3)
+    pad, size = data.resolution // 8, data.resolution
     offsets, flips = set(), set()
-    for b, (images, labels) in enumerate(loader):
-        for k, image in enumerate(images):
-            position = positions[4 * b + k]
-            source, label = data.train_plain[position]  # normalised, not augmented
-            assert int(labels[k]) == label
-            padded = F.pad(source[None], (pad,) * 4, mode="reflect")[0]
-            size = data.resolution
-            matches = [(top, left, flip)
-                       for top in range(2 * pad + 1) for left in range(2 * pad + 1)
-                       for flip in (False, True)
-                       if torch.allclose(image, (lambda c: c.flip(-1) if flip else c)(
-                           padded[:, top:top + size, left:left + size]), atol=1e-6)]
-            assert matches, f"batch {b} image {k} is no crop of sample {position}"
-            offsets.add(matches[0][:2])
-            flips.update(flip for *_, flip in matches)
+    for b, k, image, source, position in with_sources(data):
+        padded = F.pad(source[None], (pad,) * 4, mode="reflect")[0]
+        matches = [(top, left, flip)
+                   for top in range(2 * pad + 1) for left in range(2 * pad + 1)
+                   for flip in (False, True)
+                   if torch.allclose(image, (lambda c: c.flip(-1) if flip else c)(
+                       padded[:, top:top + size, left:left + size]), atol=1e-6)]
+        assert matches, f"batch {b} image {k} is no crop of sample {position}"
+        offsets.add(matches[0][:2])
+        flips.update(flip for *_, flip in matches)
     # the augmentation does something: several offsets, both flipped and not
     assert len(offsets) > 3 and flips == {False, True}
 
@@ -218,18 +223,13 @@ def test_every_flip_translate_image_is_a_zero_filled_shift_of_its_source(tmp_pat
     shift = max(1, size // 16)  # the documented largest shift
     normalize = normaliser(data)
     black = -torch.tensor(normalize.mean) / torch.tensor(normalize.std)
-    loader = device_loader(data.train, 4, torch.Generator().manual_seed(3), "cpu")
-    positions = source_positions(data.train, 3)
     shifts, flips = set(), set()
-    for b, (images, labels) in enumerate(loader):
-        for k, image in enumerate(images):
-            source, label = data.train_plain[positions[4 * b + k]]
-            assert int(labels[k]) == label
-            matches = [key for key, shifted in translations(source, shift, black).items()
-                       if torch.allclose(image, shifted, atol=1e-5)]
-            assert matches, f"batch {b} image {k} is no (flipped) translation of its source"
-            shifts.update(key[:2] for key in matches)
-            flips.update(flip for *_, flip in matches)
+    for b, k, image, source, _ in with_sources(data):
+        matches = [key for key, shifted in translations(source, shift, black).items()
+                   if torch.allclose(image, shifted, atol=1e-5)]
+        assert matches, f"batch {b} image {k} is no (flipped) translation of its source"
+        shifts.update(key[:2] for key in matches)
+        flips.update(flip for *_, flip in matches)
     # with many images every shift in range is drawn (a narrower range would fail here, a
     # wider one above); the 17 photos show several
     every = {(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)}
@@ -242,17 +242,12 @@ def test_every_flip_crop_cutout_image_has_one_zeroed_square_over_a_flip_crop(tmp
     data = bundles(tmp_path, "flip_crop_cutout")[name]
     size, pad = data.resolution, data.resolution // 8
     squares = cutout_squares(size, size, size // 2)
-    loader = device_loader(data.train, 4, torch.Generator().manual_seed(3), "cpu")
-    positions = source_positions(data.train, 3)
     used, flips = set(), set()
-    for b, (images, labels) in enumerate(loader):
-        for k, image in enumerate(images):
-            source, label = data.train_plain[positions[4 * b + k]]
-            assert int(labels[k]) == label
-            match = cutout_match(image, flip_crops(source, pad), squares)
-            assert match, f"batch {b} image {k}: no cutout square over a flip_crop of its source"
-            used.add(match[1])
-            flips.add(match[0][2])
+    for b, k, image, source, _ in with_sources(data):
+        match = cutout_match(image, flip_crops(source, pad), squares)
+        assert match, f"batch {b} image {k}: no cutout square over a flip_crop of its source"
+        used.add(match[1])
+        flips.add(match[0][2])
     areas = {int(squares[i].sum()) for i in used}
     # many centres, whole squares and squares clipped at a border, flipped and not
     assert len(used) > 10 and (size // 2) ** 2 in areas and min(areas) < (size // 2) ** 2

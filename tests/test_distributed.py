@@ -17,7 +17,7 @@ from labkit.identity import RunConfig
 from labkit.spec import expand
 from labkit.testing import run_cli
 
-from test_engine import assert_states_identical
+from test_engine import assert_states_identical, final
 
 BASE = {"dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}
@@ -33,10 +33,6 @@ def write_spec(tmp_path, name, **fields):
 def run_of(registries, spec, run_id):
     (config,) = expand(spec, registries)
     return RunConfig(config, run_id)
-
-
-def final(run):
-    return checkpoint.read(runinfo.final_checkpoint(run))
 
 
 def test_two_processes_without_batch_statistics_compute_what_one_process_computes(

@@ -25,10 +25,16 @@ TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}
 
 
-def make_run(registries, tmp_path, run_id="A", **overrides):
-    spec = {**TINY, "logs_dir": str(tmp_path / "logs"), **overrides}
+def make_run(registries, tmp_path, run_id="A", base=TINY, **overrides):
+    """The one run of ``base`` with ``overrides``, logged under ``tmp_path``."""
+    spec = {**base, "logs_dir": str(tmp_path / "logs"), **overrides}
     (config,) = expand(spec, registries)
     return RunConfig(config, run_id)
+
+
+def final(run):
+    """The checkpoint the run finished with (``runinfo.final_checkpoint``)."""
+    return checkpoint.read(runinfo.final_checkpoint(run))
 
 
 def final_state(run):

@@ -1,6 +1,7 @@
 """Mixup / cutmix for every method (the spec's ``batch_augment``): the mixed batch and its
 soft targets, the supervised loss on them, run identity, a refusing method, and a
 supervised run with mixup killed mid-epoch and resumed bit for bit."""
+import functools
 import json
 import os
 import signal
@@ -23,20 +24,15 @@ from labkit.methods.supervised import Supervised
 from labkit.spec import expand
 from labkit.testing import run_cli
 
-from test_engine import TINY, assert_states_identical
+import test_engine as engine_tests
+from test_engine import TINY, assert_states_identical, final
 
 MIXED = {**TINY, "batch_size": 32, "epochs": 1, "method": {"name": "supervised",
                                                               "label_smoothing": 0.1},
          "batch_augment": {"name": "mixup", "alpha": 0.4}}
 
 
-def make_run(registries, folder, run_id="A", **overrides):
-    (config,) = expand({**MIXED, "logs_dir": str(folder / "logs"), **overrides}, registries)
-    return RunConfig(config, run_id)
-
-
-def final(run):
-    return checkpoint.read(runinfo.final_checkpoint(run))
+make_run = functools.partial(engine_tests.make_run, base=MIXED)
 
 
 def test_mixup_is_the_convex_combination_of_each_image_and_its_partner_drawn_from_torch():

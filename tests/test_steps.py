@@ -1,6 +1,7 @@
 """The engine's step clock: mid-epoch checkpoints resumed exactly, the step budget,
 per-step warm-up and weight decay, checkpoint retention, channels_last — real runs on
 the embedded digits data, killed with SIGKILL where a crash is the point."""
+import functools
 import json
 import math
 import os
@@ -17,27 +18,22 @@ import torch
 
 from labkit import checkpoint, engine, optim, runinfo
 from labkit.build import build_component
-from labkit.identity import ADDED_LATER, RunConfig, run_hash
+from labkit.identity import ADDED_LATER, run_hash
 from labkit.methods import Method, RunContext
 from labkit.metrics import METRICS
 from labkit.schedules import Schedule, value_at
 from labkit.spec import expand
 from labkit.testing import run_cli
 
-from test_engine import TINY, assert_states_identical
+import test_engine as engine_tests
+from test_engine import TINY, assert_states_identical, final
 
 STEPPED = {**TINY, "batch_size": 32, "accumulate": 2, "scheduler_interval": "step",
            "scheduler": {"name": "cosine", "warmup_steps": 3}, "saturation": {},
            "method": {"name": "supervised", "label_smoothing": 0.1}}
 
 
-def make_run(registries, folder, run_id="A", **overrides):
-    (config,) = expand({**STEPPED, "logs_dir": str(folder / "logs"), **overrides}, registries)
-    return RunConfig(config, run_id)
-
-
-def final(run):
-    return checkpoint.read(runinfo.final_checkpoint(run))
+make_run = functools.partial(engine_tests.make_run, base=STEPPED)
 
 
 def log_of(run):
