@@ -1,0 +1,99 @@
+"""Content digests (sha256) of input files, cached between commands.
+
+Identity and verification read whole files (every image of a folder data set, a
+pretrained weights file); the cache keeps re-runs cheap. A digest is kept under the
+file's absolute path together with what ``os.stat`` says of the file it leads to: size,
+mtime_ns, ctime_ns, inode and device. While all of them are unchanged the file is not
+read again; any write changes mtime and ctime (an edit in place of the same size
+included, and putting the mtime back with ``touch`` changes ctime), a replacement the
+inode. A digest of a file modified less than :data:`RACY_SECONDS` before it was read is
+not kept, since a write within the same clock tick could leave its stat unchanged
+(git's "racily clean" files).
+
+The digests of one group of files (a data set's folder, the torch hub's checkpoint
+folder) share one cache file, ``<cache dir>/digests/<sha256 of the group's path>.json``
+(:func:`labkit.local_cache.cache_dir`), written atomically. A damaged or foreign
+cache file is ignored and rewritten; an unwritable cache only costs the reading again.
+This guards against damage and ordinary edits, not against a forger who restores a
+file's stat (which takes changing the clock or the device).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from labkit.atomic import file_sha256
+from labkit.local_cache import cache_dir, read_record, write_record
+
+FORMAT = 1
+DIGESTS = "digests"
+RACY_SECONDS = 2.0
+
+
+def _stat_key(path: str) -> list[int]:
+    st = os.stat(path)  # follows symbolic links, as the readers of the file do
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _cache_path(group: Path) -> Path:
+    name = hashlib.sha256(os.fsencode(os.path.abspath(group))).hexdigest()[:32]
+    return cache_dir() / DIGESTS / f"{name}.json"
+
+
+def _valid_entry(entry: Any) -> bool:
+    return (isinstance(entry, list) and len(entry) == 6
+            and all(type(v) is int for v in entry[:5])
+            and isinstance(entry[5], str) and len(entry[5]) == 64)
+
+
+def _read_cache(path: Path) -> dict[str, list[Any]]:
+    record = read_record(path)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        return {}
+    files = record.get("files")
+    if not isinstance(files, dict):
+        return {}
+    return {p: e for p, e in files.items() if _valid_entry(e)}
+
+
+def file_digests(paths: Sequence[str | Path], group: Path, prune: bool) -> list[str]:
+    """sha256 hex digests of the contents of ``paths``, in their order, read only
+    for files whose stat changed since their digest was cached (see the module
+    docstring).
+
+    Args:
+        paths: the files, as the reader of their contents names them (symbolic links
+            are followed).
+        group: the folder whose cache file holds these digests.
+        prune: drop the cached digests of files not in ``paths`` (a data set's whole
+            listing is given), instead of keeping them (one file of many is given).
+
+    Raises:
+        OSError: a file cannot be read (its ``filename`` names it).
+    """
+    cache_file = _cache_path(group)
+    cached = _read_cache(cache_file)
+    kept = {} if prune else dict(cached)
+    digests = []
+    for given in paths:
+        path = os.path.abspath(given)
+        key = _stat_key(path)
+        entry = cached.get(path)
+        if entry is not None and entry[:5] == key:
+            digests.append(entry[5])
+            kept[path] = entry
+            continue
+        digest = file_sha256(Path(path))
+        digests.append(digest)
+        kept.pop(path, None)
+        settled = time.time_ns() - key[1] >= RACY_SECONDS * 1e9
+        if settled and _stat_key(path) == key:  # not written while or just before it was read
+            kept[path] = [*key, digest]
+    if kept != cached:
+        write_record(cache_file, {"format": FORMAT, "group": os.path.abspath(group),
+                                  "files": kept})
+    return digests
