@@ -2,7 +2,7 @@
 
 Identity and verification read whole files (every image of a folder data set, a
 pretrained weights file); the cache keeps re-runs cheap. A digest is kept under the
-file's absolute path together with what ``os.stat`` says of the file it leads to: size,
+file's absolute path (stored relative to its group, below) together with what ``os.stat`` says of the file it leads to: size,
 mtime_ns, ctime_ns, inode and device. While all of them are unchanged the file is not
 read again; any write changes mtime and ctime (an edit in place of the same size
 included, and putting the mtime back with ``touch`` changes ctime), a replacement the
@@ -39,8 +39,8 @@ def _stat_key(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
-def _cache_path(group: Path) -> Path:
-    name = hashlib.sha256(os.fsencode(os.path.abspath(group))).hexdigest()[:32]
+def _cache_path(group: str) -> Path:
+    name = hashlib.sha256(os.fsencode(group)).hexdigest()[:32]
     return cache_dir() / DIGESTS / f"{name}.json"
 
 
@@ -50,12 +50,14 @@ def _valid_entry(entry: Any) -> bool:
             and isinstance(entry[5], str) and len(entry[5]) == 64)
 
 
-def _read_cache(path: Path) -> dict[str, list[Any]]:
+def _read_cache(path: Path, group: str) -> dict[str, list[Any]]:
     record = read_record(path)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         return {}
     files = record.get("files")
     if not isinstance(files, dict):
+        return {}
+    if record.get("group") != group:  # another folder's (a collision of the file name)
         return {}
     return {p: e for p, e in files.items() if _valid_entry(e)}
 
@@ -75,25 +77,26 @@ def file_digests(paths: Sequence[str | Path], group: Path, prune: bool) -> list[
     Raises:
         OSError: a file cannot be read (its ``filename`` names it).
     """
+    group = os.path.abspath(group)
     cache_file = _cache_path(group)
-    cached = _read_cache(cache_file)
+    cached = _read_cache(cache_file, group)
     kept = {} if prune else dict(cached)
     digests = []
     for given in paths:
         path = os.path.abspath(given)
+        name = os.path.relpath(path, group)  # the absolute path, without the group's
         key = _stat_key(path)
-        entry = cached.get(path)
+        entry = cached.get(name)
         if entry is not None and entry[:5] == key:
             digests.append(entry[5])
-            kept[path] = entry
+            kept[name] = entry
             continue
         digest = file_sha256(Path(path))
         digests.append(digest)
-        kept.pop(path, None)
+        kept.pop(name, None)
         settled = time.time_ns() - key[1] >= RACY_SECONDS * 1e9
         if settled and _stat_key(path) == key:  # not written while or just before it was read
-            kept[path] = [*key, digest]
+            kept[name] = [*key, digest]
     if kept != cached:
-        write_record(cache_file, {"format": FORMAT, "group": os.path.abspath(group),
-                                  "files": kept})
+        write_record(cache_file, {"format": FORMAT, "group": group, "files": kept})
     return digests

@@ -79,18 +79,36 @@ def test_an_edit_in_place_is_seen_through_the_digest_cache(registries, tmp_path,
     before = run_of(registries, tmp_path)
     (cache,) = (tmp_path / "cache" / DIGESTS).glob("*.json")
     files = json.loads(cache.read_text())["files"]
-    assert sorted(files) == sorted(str(p) for p in (tmp_path / "imagefolder").rglob("*.bmp"))
-    assert run_of(registries, tmp_path).hash == before.hash  # served from the cache
+    folder = tmp_path / "imagefolder"
+    assert sorted(files) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*.bmp"))
+    assert run_of(registries, tmp_path).hash == before.hash
 
-    image = tmp_path / "imagefolder" / "train" / "b" / "2.bmp"
+    image = folder / "train" / "b" / "2.bmp"
     data = bytearray(image.read_bytes())
-    data[-1] ^= 0xFF  # one pixel value, the size unchanged
-    with open(image, "r+b") as handle:
-        handle.write(data)
-    edited = run_of(registries, tmp_path)
-    assert edited.hash != before.hash
-    os.utime(image, (PAST, PAST))  # the old mtime put back: the ctime still tells
-    assert run_of(registries, tmp_path).hash == edited.hash
+
+    def write(position):
+        data[position] ^= 0xFF  # one pixel value, the size unchanged
+        with open(image, "r+b") as handle:
+            handle.write(data)
+
+    write(-1)
+    assert run_of(registries, tmp_path).hash != before.hash
+    write(-1)  # the old bytes again, and the old mtime: the digest cached again
+    os.utime(image, (PAST, PAST))
+    assert run_of(registries, tmp_path).hash == before.hash
+    time.sleep(0.05)  # a clock tick of the file system
+    write(-2)
+    os.utime(image, (PAST, PAST))  # only the ctime tells the cached digest is stale
+    edited = run_of(registries, tmp_path).hash
+    assert edited != before.hash
+
+    # a digest whose stat still matches is read from the cache, never computed again
+    record = json.loads(cache.read_text())
+    record["files"]["train/a/0.bmp"][5] = "0" * 64
+    cache.write_text(json.dumps(record))
+    assert run_of(registries, tmp_path).hash != edited
+    cache.unlink()
+    assert run_of(registries, tmp_path).hash == edited
 
 
 def test_a_damaged_digest_cache_is_ignored_and_rewritten(registries, tmp_path, monkeypatch):
@@ -100,7 +118,8 @@ def test_a_damaged_digest_cache_is_ignored_and_rewritten(registries, tmp_path, m
     (cache,) = (tmp_path / "cache" / DIGESTS).glob("*.json")
     entry = [0, 0, 0, 0, 0, "0" * 64]
     for damage in (b"\xff\xfe{", b"[" * 100_000, b'{"format": 1, "files": []}',
-                   json.dumps({"format": 1, "files": {str(p): entry for p in
+                   json.dumps({"format": 1, "group": str(tmp_path / "imagefolder"),
+                               "files": {str(p.relative_to(tmp_path / "imagefolder")): entry for p in
                                (tmp_path / "imagefolder").rglob("*.bmp")}}).encode()):
         cache.write_bytes(damage)
         assert run_of(registries, tmp_path).hash == good
