@@ -39,15 +39,25 @@ def _stat_key(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
+def relative(path: str, folder: str) -> str:
+    """``path`` relative to ``folder`` (both absolute) with ``/`` separators; a plain
+    cut for the usual path inside ``folder`` (``os.path.relpath`` costs more than a
+    cached digest)."""
+    inside = folder.rstrip(os.sep) + os.sep
+    name = path[len(inside):] if path.startswith(inside) else os.path.relpath(path, folder)
+    return name.replace(os.sep, "/")
+
+
 def _cache_path(group: str) -> Path:
     name = hashlib.sha256(os.fsencode(group)).hexdigest()[:32]
     return cache_dir() / DIGESTS / f"{name}.json"
 
 
 def _valid_entry(entry: Any) -> bool:
-    return (isinstance(entry, list) and len(entry) == 6
-            and all(type(v) is int for v in entry[:5])
-            and isinstance(entry[5], str) and len(entry[5]) == 64)
+    """An entry ``[size, mtime_ns, ctime_ns, inode, device, sha256 hex]`` (its stat part
+    is only ever compared with a fresh stat)."""
+    return (isinstance(entry, list) and len(entry) == 6 and isinstance(entry[5], str)
+            and len(entry[5]) == 64)
 
 
 def _read_cache(path: Path, group: str) -> dict[str, list[Any]]:
@@ -59,7 +69,7 @@ def _read_cache(path: Path, group: str) -> dict[str, list[Any]]:
         return {}
     if record.get("group") != group:  # another folder's (a collision of the file name)
         return {}
-    return {p: e for p, e in files.items() if _valid_entry(e)}
+    return files  # entries are checked when used (a million of them: only once)
 
 
 def file_digests(paths: Sequence[str | Path], group: Path, prune: bool) -> list[str]:
@@ -80,14 +90,15 @@ def file_digests(paths: Sequence[str | Path], group: Path, prune: bool) -> list[
     group = os.path.abspath(group)
     cache_file = _cache_path(group)
     cached = _read_cache(cache_file, group)
-    kept = {} if prune else dict(cached)
+    kept = {} if prune else {n: e for n, e in cached.items() if _valid_entry(e)}
     digests = []
     for given in paths:
-        path = os.path.abspath(given)
-        name = os.path.relpath(path, group)  # the absolute path, without the group's
+        path = os.fspath(given)
+        path = path if os.path.isabs(path) else os.path.abspath(path)
+        name = relative(path, group)  # the absolute path, without the group's
         key = _stat_key(path)
         entry = cached.get(name)
-        if entry is not None and entry[:5] == key:
+        if _valid_entry(entry) and entry[:5] == key:
             digests.append(entry[5])
             kept[name] = entry
             continue

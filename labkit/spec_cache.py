@@ -21,7 +21,7 @@ configs of its last successful validation (:func:`store_grid`), and reads them b
 
 What is never cached: a spec that fails validation (it is validated again every time,
 with the same message); a grid whose configs depend on something outside the spec and
-the code (a folder's listing digest, a weights file, another run's checkpoint, another
+the code (a folder's content digest, a weights file, another run's checkpoint, another
 spec file: :func:`labkit.identity.note_outside`), which may change without any of the
 above changing; and anything while the process-wide registries are not the
 installation's (:func:`labkit.plugins.from_installation`: a test registered plugins in

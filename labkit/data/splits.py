@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from labkit.data.bundle import DataBundle
 from labkit.data.transforms import AUGMENT_PRESETS, build_transform, check_augment
 from labkit.errors import DatasetNotFound, UserError
-from labkit.file_digests import file_digests
+from labkit.file_digests import file_digests, relative
 
 DATA_ENV_VAR = "LABKIT_DATA"
 
@@ -64,7 +64,8 @@ def content_digest(directory: Path, classes: Sequence[str],
     except OSError as exc:
         raise UserError(f"cannot read {exc.filename} ({exc.strerror}); make it readable or "
                         f"remove it from {directory}") from None
-    listed = [[split, Path(os.path.relpath(path, directory)).as_posix(), label, digest]
+    folder = str(directory)
+    listed = [[split, relative(path, folder), label, digest]
               for (split, path, label), digest in zip(samples, digests)]
     text = json.dumps([list(classes), listed])  # unambiguous whatever the names hold
     return {"root": str(directory), "files": len(samples),
