@@ -2,20 +2,21 @@
 
 Identity and verification read whole files (every image of a folder data set, a
 pretrained weights file); the cache keeps re-runs cheap. A digest is kept under the
-file's absolute path (stored relative to its group, below) together with what ``os.stat`` says of the file it leads to: size,
-mtime_ns, ctime_ns, inode and device. While all of them are unchanged the file is not
-read again; any write changes mtime and ctime (an edit in place of the same size
-included, and putting the mtime back with ``touch`` changes ctime), a replacement the
-inode. A digest of a file modified less than :data:`RACY_SECONDS` before it was read is
-not kept, since a write within the same clock tick could leave its stat unchanged
-(git's "racily clean" files).
+file's absolute path (stored relative to its group, below) together with what
+``os.stat`` says of the file it leads to: size, mtime_ns, ctime_ns, inode and device.
+While all of them are unchanged the file is not read again; any write changes mtime
+and ctime (an edit in place of the same size included, and putting the mtime back
+with ``touch`` changes ctime), a replacement the inode. A digest of a file modified
+less than :data:`RACY_SECONDS` before it was read is not kept, since a write within
+the same clock tick could leave its stat unchanged (git's "racily clean" files).
 
 The digests of one group of files (a data set's folder, the torch hub's checkpoint
 folder) share one cache file, ``<cache dir>/digests/<sha256 of the group's path>.json``
-(:func:`labkit.local_cache.cache_dir`), written atomically. A damaged or foreign
-cache file is ignored and rewritten; an unwritable cache only costs the reading again.
-This guards against damage and ordinary edits, not against a forger who restores a
-file's stat (which takes changing the clock or the device).
+(:func:`labkit.local_cache.cache_dir`), written atomically; those of the
+:data:`MAX_GROUPS` groups used last are kept. A damaged or foreign cache file is
+ignored and rewritten; an unwritable cache only costs the reading again. This guards
+against damage and ordinary edits, not against a forger who restores a file's stat
+(which takes changing the clock or the device).
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from labkit.atomic import file_sha256
-from labkit.local_cache import cache_dir, read_record, write_record
+from labkit.local_cache import cache_dir, keep_newest, read_record, write_record
 
 FORMAT = 1
 DIGESTS = "digests"
 RACY_SECONDS = 2.0
+MAX_GROUPS = 256  # the cache files of the groups used longest ago are removed beyond this
 
 
 def _stat_key(path: str) -> list[int]:
@@ -109,5 +111,16 @@ def file_digests(paths: Sequence[str | Path], group: Path, prune: bool) -> list[
         if settled and _stat_key(path) == key:  # not written while or just before it was read
             kept[name] = [*key, digest]
     if kept != cached:
-        write_record(cache_file, {"format": FORMAT, "group": group, "files": kept})
+        if write_record(cache_file, {"format": FORMAT, "group": group, "files": kept}):
+            keep_newest(cache_file.parent, MAX_GROUPS)
+    else:
+        _touch(cache_file)
     return digests
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache file used, so that :func:`~labkit.local_cache.keep_newest` keeps it."""
+    try:
+        os.utime(path)
+    except OSError:  # absent, or a cache folder that refuses writes
+        pass

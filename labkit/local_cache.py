@@ -44,3 +44,13 @@ def write_record(path: Path, record: Any) -> bool:
     except OSError:
         return False
     return True
+
+
+def keep_newest(folder: Path, count: int) -> None:
+    """Remove the cache files of ``folder`` beyond the ``count`` most recently modified."""
+    try:
+        files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        for old in files[:-count]:
+            old.unlink(missing_ok=True)
+    except OSError:  # another process pruned at the same time
+        pass

@@ -48,7 +48,7 @@ from typing import Any
 
 import labkit
 from labkit import plugins
-from labkit.local_cache import cache_dir, read_record, write_record
+from labkit.local_cache import cache_dir, keep_newest, read_record, write_record
 from labkit.registry import Registries
 
 FORMAT = 1
@@ -207,18 +207,8 @@ def store_grid(raw: Any, configs: list[dict[str, Any]], registries: Registries) 
         return
     path = _grid_path(raw)
     if write_record(path, _record(registries, configs=configs)):
-        _prune(path.parent)
+        keep_newest(path.parent, MAX_GRIDS)
     summary()
-
-
-def _prune(folder: Path) -> None:
-    """Remove the oldest grids beyond :data:`MAX_GRIDS`."""
-    try:
-        grids = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-        for old in grids[:-MAX_GRIDS]:
-            old.unlink(missing_ok=True)
-    except OSError:  # another process pruned at the same time
-        pass
 
 
 # ---------------------------------------------------------------- registry summary

@@ -3,6 +3,7 @@ a folder data set by the bytes of every file torchvision's loader reads, found b
 loader's own walk (symbolic links followed), with digests cached by the files' stat;
 a torch hub weights file by the hash in its name, checked as torch's hub checks a
 download, at plan time."""
+import hashlib
 import json
 import os
 import time
@@ -211,7 +212,6 @@ def test_a_hub_file_that_is_not_what_its_name_says_is_refused_at_plan(damage, tm
 def test_a_hub_file_is_checked_by_the_hash_in_its_name_and_replacements_are_seen(tmp_path,
                                                                                 monkeypatch):
     monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path / "cache"))
-    import hashlib
     source = tmp_path / "state.pt"
     torch.save({"w": torch.arange(6.0)}, source)
     prefix = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
