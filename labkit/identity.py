@@ -44,7 +44,7 @@ _OUTSIDE: ContextVar[list[str] | None] = ContextVar("labkit_outside_inputs", def
 
 def note_outside(what: str) -> None:
     """Note that the config being resolved depends on ``what``, something outside the
-    spec and the installed code: a folder's files (a listing digest), a weights file,
+    spec and the installed code: a folder's files (a content digest), a weights file,
     another run's checkpoint (a :class:`~labkit.runinfo.PinnedRef`), another spec file.
 
     Such a config may differ tomorrow for the same spec, so the command line never

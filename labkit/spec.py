@@ -462,10 +462,11 @@ def _check_finite(value: Any, path: str) -> None:
 
 def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, Any]:
     """What identifies a dataset's files beyond its params: for datasets read from a
-    folder of files, the folder and a digest of its listing (relative paths and sizes;
-    see :func:`labkit.data.splits.listing_digest`), so that two folders with other files
-    never share a run. Built-in sets whose files are fixed (and checksummed by
-    torchvision) are identified by their params alone: ``{}``.
+    folder of files, the folder and a digest of their content (every file the loader
+    reads: relative path, label, sha256; see :func:`labkit.data.splits.content_digest`),
+    so that two folders with other files never share a run. Built-in sets whose files
+    are fixed (and checksummed by torchvision) are identified by their params alone:
+    ``{}``.
 
     A dataset factory opts in with an attribute ``data_identity(params) -> dict``.
     """

@@ -21,16 +21,17 @@ configs of its last successful validation (:func:`store_grid`), and reads them b
 
 What is never cached: a spec that fails validation (it is validated again every time,
 with the same message); a grid whose configs depend on something outside the spec and
-the code (a folder's listing digest, a weights file, another run's checkpoint, another
+the code (a folder's content digest, a weights file, another run's checkpoint, another
 spec file: :func:`labkit.identity.note_outside`), which may change without any of the
 above changing; and anything while the process-wide registries are not the
 installation's (:func:`labkit.plugins.from_installation`: a test registered plugins in
 process). :func:`summary` keeps, under the same fingerprint, what ``labkit list``
 prints and which models have ``plan_notes``.
 
-The cache lives in ``$LABKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/labkit``, else
-``~/.cache/labkit``. Files are written atomically; one that cannot be read, or a folder
-that cannot be written, only means that the registries are built as without a cache.
+The cache lives in :func:`labkit.local_cache.cache_dir` (``$LABKIT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/labkit``, else ``~/.cache/labkit``). Files are written atomically;
+one that cannot be read, or a folder that cannot be written, only means that the
+registries are built as without a cache.
 """
 from __future__ import annotations
 
@@ -47,22 +48,13 @@ from typing import Any
 
 import labkit
 from labkit import plugins
-from labkit.atomic import write_json
+from labkit.local_cache import cache_dir, keep_newest, read_record, write_record
 from labkit.registry import Registries
 
 FORMAT = 1
-CACHE_ENV = "LABKIT_CACHE_DIR"
 GRIDS = "grids"
 SUMMARY = "registries.json"
 MAX_GRIDS = 256  # older grids are removed beyond this many
-
-
-def cache_dir() -> Path:
-    """Where the cache lives (see the module docstring)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "labkit"
 
 
 def usable() -> bool:
@@ -174,21 +166,8 @@ def _is_current(record: Any) -> bool:
 
 def _read(path: Path) -> dict[str, Any] | None:
     """A current cache record, ``None`` when absent, unreadable, damaged or stale."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    record = read_record(path)
     return record if _is_current(record) else None
-
-
-def _write(path: Path, record: dict[str, Any]) -> bool:
-    """Write a cache record atomically; ``False`` when the folder refuses it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, record)
-    except OSError:
-        return False
-    return True
 
 
 def _record(registries: Registries, **content: Any) -> dict[str, Any]:
@@ -227,19 +206,9 @@ def store_grid(raw: Any, configs: list[dict[str, Any]], registries: Registries) 
     if not usable() or json.loads(json.dumps(configs)) != configs:
         return
     path = _grid_path(raw)
-    if _write(path, _record(registries, configs=configs)):
-        _prune(path.parent)
+    if write_record(path, _record(registries, configs=configs)):
+        keep_newest(path.parent, MAX_GRIDS)
     summary()
-
-
-def _prune(folder: Path) -> None:
-    """Remove the oldest grids beyond :data:`MAX_GRIDS`."""
-    try:
-        grids = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-        for old in grids[:-MAX_GRIDS]:
-            old.unlink(missing_ok=True)
-    except OSError:  # another process pruned at the same time
-        pass
 
 
 # ---------------------------------------------------------------- registry summary
@@ -274,7 +243,7 @@ def summary() -> dict[str, list[dict[str, Any]]]:
     registries = plugins.registries()
     kinds = summarize(registries)
     if usable():
-        _write(path, _record(registries, kinds=kinds))
+        write_record(path, _record(registries, kinds=kinds))
     return kinds
 
 

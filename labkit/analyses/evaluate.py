@@ -19,8 +19,9 @@ soft-label file (``dataset`` — the resolved data-set spec as JSON —, ``split
 ``soft_labels`` — the file's absolute path, empty without —, ``soft_labels_sha256``,
 ``images``, ``loss``, the metrics and the soft columns); a new evaluation replaces the
 row of its data set, split and soft-label file. Each is complete only with the record of
-the final checkpoint, of the data set it was computed from (for folder data sets, their
-listing digest) and of the soft-label file's sha256, so an edited file is scored again.
+the final checkpoint, of the data set it was computed from (for folder data sets, the
+digest of their content: :func:`labkit.spec.data_identity`) and of the soft-label
+file's sha256, so an edited or relabelled file is scored again.
 """
 from __future__ import annotations
 

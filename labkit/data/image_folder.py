@@ -23,7 +23,7 @@ from torchvision.datasets import ImageFolder
 
 from labkit.data.bundle import DataBundle
 from labkit.data.splits import (Augment, Fraction, Resolution, Source, Subset, build_bundle,
-                                dataset_factory, dataset_not_found, listing_digest,
+                                content_digest, dataset_factory, dataset_not_found,
                                 resolve_root)
 from labkit.errors import UserError
 
@@ -122,7 +122,9 @@ def _annotated_samples(annotations: Path, class_to_idx: dict[str, int]) -> list[
     return samples
 
 
-def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
+def _folders(spec: _FolderSet, dataset_dir: Path) -> tuple[ImageFolder, _ValFolder | None]:
+    """torchvision's loaders of ``train/`` and of ``val/`` (``None`` without one): they
+    list the files, reading none."""
     fix = f"labkit cannot download {spec.title} (\"download\": true does not help here). {spec.how_to_get}"
     if not (dataset_dir / "train").is_dir():
         raise dataset_not_found(spec.title, dataset_dir, _LAYOUT, fix)
@@ -133,6 +135,11 @@ def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
     test = _ValFolder(dataset_dir / "val", train.classes) if (dataset_dir / "val").is_dir() else None
     if test is not None and len(test) == 0:
         raise UserError(f"{dataset_dir / 'val'} holds no images. Fill it as {_LAYOUT}, or remove it.")
+    return train, test
+
+
+def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
+    train, test = _folders(spec, dataset_dir)
     return Source(
         name=spec.name,
         root=dataset_dir,
@@ -148,11 +155,23 @@ def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
     )
 
 
-def _identified_by_listing(factory: Any, folder: Callable[[dict[str, Any]], str]) -> Any:
+def _content_identity(spec: _FolderSet, dataset_dir: Path) -> dict[str, Any]:
+    """The :func:`~labkit.data.splits.content_digest` of every file the loaders of
+    :func:`_folders` read, found by their own walk (``os.walk`` following symbolic
+    links, torchvision's image extensions; TinyImageNet's annotated ``val/images``)."""
+    train, test = _folders(spec, dataset_dir)
+    samples = [("train", path, label) for path, label in train.samples]
+    if test is not None:
+        samples += [("val", path, label) for path, label in test.samples]
+    return content_digest(dataset_dir, train.classes, samples)
+
+
+def _identified_by_content(factory: Any, folder_set: Callable[[dict[str, Any]], _FolderSet],
+                           folder: Callable[[dict[str, Any]], str]) -> Any:
     """Give ``factory`` the ``data_identity`` hook (:func:`labkit.spec.data_identity`):
-    the listing digest of the folder its params point at."""
-    factory.data_identity = lambda params: listing_digest(
-        resolve_root(params.get("root")) / folder(params))
+    the content digest of the folder its params point at."""
+    factory.data_identity = lambda params: _content_identity(
+        folder_set(params), resolve_root(params.get("root")) / folder(params))
     return factory
 
 
@@ -196,6 +215,17 @@ inaturalist = dataset_factory(
     """)
 
 
+def _imagefolder_set(folder: str) -> _FolderSet:
+    return _FolderSet(
+        name="imagefolder",
+        title=f"Image folder {folder!r}",
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        how_to_get="Put the images there, or set \"folder\" or \"root\" in the spec's dataset object "
+        "to where they are.",
+    )
+
+
 def imagefolder(
     root: str | None = None,
     download: bool = False,
@@ -217,16 +247,8 @@ def imagefolder(
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
     """
-    spec = _FolderSet(
-        name="imagefolder",
-        title=f"Image folder {folder!r}",
-        mean=_IMAGENET_MEAN,
-        std=_IMAGENET_STD,
-        how_to_get="Put the images there, or set \"folder\" or \"root\" in the spec's dataset object "
-        "to where they are.",
-    )
     return build_bundle(
-        lambda: _load(spec, resolve_root(root) / folder),
+        lambda: _load(_imagefolder_set(folder), resolve_root(root) / folder),
         resolution=resolution,
         augment=augment,
         normalize=normalize,
@@ -238,5 +260,7 @@ def imagefolder(
 
 for _factory, _set in ((tinyimagenet, _TINYIMAGENET), (imagenet, _IMAGENET),
                        (inaturalist, _INATURALIST)):
-    _identified_by_listing(_factory, lambda params, name=_set.name: name)
-_identified_by_listing(imagefolder, lambda params: params.get("folder", "imagefolder"))
+    _identified_by_content(_factory, lambda params, folder_set=_set: folder_set,
+                           lambda params, name=_set.name: name)
+_identified_by_content(imagefolder, lambda params: _imagefolder_set(params.get("folder", "imagefolder")),
+                       lambda params: params.get("folder", "imagefolder"))

@@ -6,6 +6,7 @@ out the seeded splits, applies ``subset`` and wraps every split with its
 transform from :mod:`labkit.data.transforms`.
 """
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 from labkit.data.bundle import DataBundle
 from labkit.data.transforms import AUGMENT_PRESETS, build_transform, check_augment
 from labkit.errors import DatasetNotFound, UserError
+from labkit.file_digests import file_digests, relative
 
 DATA_ENV_VAR = "LABKIT_DATA"
 
@@ -39,25 +41,35 @@ def resolve_root(root: str | None) -> Path:
     return Path(os.path.abspath(os.path.expanduser(chosen)))
 
 
-def listing_digest(directory: Path) -> dict[str, Any]:
-    """A cheap fingerprint of the files under ``directory``: sha256 of every file's
-    relative path and size, in sorted order (stat only; contents are not read).
+def content_digest(directory: Path, classes: Sequence[str],
+                   samples: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
+    """A fingerprint of what a loader reads under ``directory``: sha256 of the class
+    names and, per sample, its split, path relative to ``directory``, label and the
+    sha256 of its file's content (:func:`labkit.file_digests.file_digests`, cached by
+    the files' stat, so that only new or changed files are read again).
+
+    Args:
+        directory: the data set's folder.
+        classes: the class names the labels index.
+        samples: ``(split, path, label)`` of every file the loader reads, in its order.
 
     Returns:
-        ``{"root": absolute directory, "files": count, "digest": hex}``; digest
-        ``None`` when the directory does not exist.
+        ``{"root": directory, "files": len(samples), "digest": hex}``.
+
+    Raises:
+        UserError: a file cannot be read.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return {"root": str(directory), "files": 0, "digest": None}
-    entries = []
-    for folder, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(folder) / name
-            entries.append(f"{path.relative_to(directory).as_posix()}\t{path.stat().st_size}")
-    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
-    return {"root": str(directory), "files": len(entries), "digest": digest}
+    try:
+        digests = file_digests([path for _, path, _ in samples], directory, prune=True)
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename} ({exc.strerror}); make it readable or "
+                        f"remove it from {directory}") from None
+    folder = str(directory)
+    listed = [[split, relative(path, folder), label, digest]
+              for (split, path, label), digest in zip(samples, digests)]
+    text = json.dumps([list(classes), listed])  # unambiguous whatever the names hold
+    return {"root": str(directory), "files": len(samples),
+            "digest": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def dataset_not_found(title: str, searched: Path, needed: str, how_to_get: str) -> DatasetNotFound:

@@ -8,7 +8,11 @@ where torchvision keeps them) and downloaded only when the spec says
 a state dict, loaded with ``weights_only=True``). Layers whose shape differs from the
 weights' (the classifier for another number of classes, the stem for other channels)
 keep their fresh initialisation. The weights join the run's identity: an enum by its
-URL (which carries the hash torchvision checks), a file by its sha256.
+URL, a file by its sha256. The URL names the content: a cached enum file is checked, at
+every validation (``labkit plan``, ``--dry-run``, ``run``) and before it is loaded, the
+way torch's hub checks a download (its sha256 must start with the hash in its name,
+:func:`check_hub_file`), so other bytes under that name are refused, never trained from
+under the URL's identity.
 """
 import difflib
 from collections.abc import Callable
@@ -20,8 +24,8 @@ import torchvision
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from labkit.atomic import file_sha256
 from labkit.errors import UserError
+from labkit.file_digests import file_digests
 
 
 class WeightsFile(BaseModel):
@@ -137,16 +141,56 @@ def weights_identity(arch: str, params: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"model.weights.path: no file at {path}; give the path of a saved "
                         f"state dict")
-    return {"file": str(path), "sha256": file_sha256(path)}
+    return {"file": str(path), "sha256": _sha256(path, "model.weights.path:",
+                                                 "make it readable or give another file")}
+
+
+def _sha256(path: Path, what: str, fix: str) -> str:
+    """The cached content digest of the weights file ``path``
+    (:func:`labkit.file_digests.file_digests`); one line naming it and ``fix`` when it
+    cannot be read."""
+    try:
+        (digest,) = file_digests([path], path.parent, prune=False)
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc.strerror}); {fix}") from None
+    return digest
 
 
 def _check_cached(arch: str, name: str, download: bool) -> None:
+    """Refuse enum weights missing from the torch hub cache (unless they may be
+    downloaded) and a cached file that is not the one its name promises."""
     path = enum_weights_path(arch, name)
-    if not path.exists() and not download:
+    if not path.exists():
+        if download:  # torch's hub checks the hash of what it downloads
+            return
         raise UserError(
             f"pretrained weights {arch}.{name} are not in the torch hub cache: looked for "
             f"{path}. Put the file there (set TORCH_HOME to use another cache), or allow "
             f"the download with \"download_weights\": true in the model's spec")
+    check_hub_file(path)
+
+
+def check_hub_file(path: Path) -> None:
+    """Check a file of the torch hub cache as torch's hub checks a download: the sha256
+    of its content must start with the hash in its name (``<name>-<hash>.<ext>``,
+    :data:`torch.hub.HASH_REGEX`); a name without one promises nothing. Digests are
+    cached by the file's stat (:func:`labkit.file_digests.file_digests`), so a large
+    file is read again only when it changed.
+
+    Raises:
+        UserError: the file cannot be read, or its content is not the one its name
+            names (truncated, damaged, other weights).
+    """
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None:
+        return
+    again = ("delete it and download it again (\"download_weights\": true in the model's "
+             "spec), or put the file torchvision publishes there")
+    digest = _sha256(path, "the torch hub file", again)
+    if not digest.startswith(match.group(1)):
+        raise UserError(f"the torch hub file {path} is truncated, damaged or holds other "
+                        f"weights: its sha256 starts {digest[:len(match.group(1))]}, not "
+                        f"{match.group(1)} as its name says; {again}")
 
 
 def _load_weights(model: nn.Module, arch: str, weights: Any, download: bool) -> None:
