@@ -17,6 +17,7 @@ from labkit.engine import train
 from labkit.errors import UserError
 from labkit.identity import RunConfig, run_hash
 from labkit.spec import expand
+from labkit.testing import copy_run
 
 FINAL = Path("checkpoints") / "epoch_0001.pt"
 
@@ -34,17 +35,6 @@ def trained(tmp_path_factory) -> RunConfig:
     return run
 
 
-def copy_with_other_weights(run: RunConfig, folder: Path) -> Path:
-    """A complete copy of ``run`` in ``folder`` whose final checkpoint holds other weights
-    (written by labkit, digest and owner as the run's), so reading the original shows."""
-    shutil.copytree(run.directory, folder)
-    state = checkpoint.read(folder / FINAL)
-    for tensor in state["modules"]["model"].values():
-        tensor.add_(1.0)
-    checkpoint.save(folder / "checkpoints", 1, state)
-    return folder
-
-
 def another_runs_config(folder: Path) -> None:
     """Replace the folder's config.json by a consistent config of another run."""
     info = json.loads((folder / "config.json").read_text())
@@ -59,7 +49,7 @@ def test_a_complete_copy_is_read_where_it_lies(trained, tmp_path, where):
     # rebuilds the location from config.json finds the original run instead of the copy
     folder = (trained.directory.parents[3] / "moved" / tmp_path.name / "c" / "t1"
               if where == "DEEP_IN_LOGS" else tmp_path / where)
-    copy_with_other_weights(trained, folder)
+    copy_run(trained.directory, folder)
     ref = read_run(folder, "RUN")
     assert ref.folder == folder and ref.run.directory == folder
     assert ref.checkpoint == folder / FINAL
