@@ -43,12 +43,15 @@ def another_runs_config(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(info))
 
 
-@pytest.mark.parametrize("where", ["teachers/t1", "archive/a/b/c/t1", "DEEP_IN_LOGS"])
-def test_a_complete_copy_is_read_where_it_lies(trained, tmp_path, where):
+@pytest.mark.parametrize("where", ["teachers/t1", "RELATIVE", "archive/a/b/c/t1",
+                                   "DEEP_IN_LOGS"])
+def test_a_complete_copy_is_read_where_it_lies(trained, tmp_path, monkeypatch, where):
+    # RELATIVE: teachers/t1 from the working directory (fewer than four parents);
     # DEEP_IN_LOGS: four levels under the original's logs_dir, where a reference that
     # rebuilds the location from config.json finds the original run instead of the copy
-    folder = (trained.directory.parents[3] / "moved" / tmp_path.name / "c" / "t1"
-              if where == "DEEP_IN_LOGS" else tmp_path / where)
+    folder = {"DEEP_IN_LOGS": trained.directory.parents[3] / "moved" / tmp_path.name / "c"
+                              / "t1", "RELATIVE": Path("teachers/t1")}.get(where, tmp_path / where)
+    monkeypatch.chdir(tmp_path)
     copy_run(trained.directory, folder)
     ref = read_run(folder, "RUN")
     assert ref.folder == folder and ref.run.directory == folder

@@ -63,9 +63,11 @@ def test_a_copied_network_is_stitched_with_the_weights_in_its_folder(registries,
     assert all(torch.equal(network[k], v) for k, v in weights.items())
 
 
-def test_cka_reads_the_folders_it_is_given_and_records_them(registries, trained, tmp_path):
+def test_cka_reads_the_folders_it_is_given_and_records_them(registries, trained, tmp_path,
+                                                          monkeypatch):
     net = trained("cnn_xs")
-    shallow, deep = tmp_path / "teachers" / "t1", place(net.directory, tmp_path, "IN_LOGS")
+    monkeypatch.chdir(tmp_path)  # a relative folder with fewer than four parents
+    shallow, deep = Path("teachers") / "t1", place(net.directory, tmp_path, "IN_LOGS")
     finals = [copy_run(net.directory, folder) for folder in (shallow, deep)]
     out = tmp_path / "cka"
     result = cka(str(shallow), str(deep), "--layers-a", "block2", "--layers-b", "block2",
