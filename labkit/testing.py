@@ -83,3 +83,26 @@ def copy_run(run_dir: Path, folder: Path, other_weights: bool = True) -> Path:
                     tensor.add_(1.0)
         checkpoint.save(final.parent, state["epoch"], state)
     return final
+
+
+# what a folder made by broken_copy is refused for, by how it was made
+BROKEN_COPIES = {"config only": "is not trained", "damaged checkpoint": "damaged final checkpoint"}
+
+
+def broken_copy(run_dir: Path, folder: Path, how: str) -> None:
+    """A folder that holds no trained run, made from the trained run in ``run_dir``:
+    ``how`` is ``"config only"`` (its ``config.json`` copied alone) or ``"damaged
+    checkpoint"`` (a complete copy whose final checkpoint is cut short)."""
+    if how == "config only":
+        Path(folder).mkdir(parents=True)
+        shutil.copy(Path(run_dir) / "config.json", folder)
+    else:
+        final = copy_run(run_dir, folder, other_weights=False)
+        final.write_bytes(final.read_bytes()[:-10])
+
+
+def under_logs(run_dir: Path, name: str) -> Path:
+    """``<logs_dir>/moved/<name>/c/t1`` of the run in ``run_dir``: a folder four levels
+    under its ``logs_dir``, where a reader that rebuilds a run's location from its
+    ``config.json`` and the folder's fourth parent finds the original run, not the copy."""
+    return Path(run_dir).parents[3] / "moved" / name / "c" / "t1"

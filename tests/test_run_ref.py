@@ -17,7 +17,7 @@ from labkit.engine import train
 from labkit.errors import UserError
 from labkit.identity import RunConfig, run_hash
 from labkit.spec import expand
-from labkit.testing import copy_run
+from labkit.testing import broken_copy, copy_run, under_logs
 
 FINAL = Path("checkpoints") / "epoch_0001.pt"
 
@@ -49,8 +49,8 @@ def test_a_complete_copy_is_read_where_it_lies(trained, tmp_path, monkeypatch, w
     # RELATIVE: teachers/t1 from the working directory (fewer than four parents);
     # DEEP_IN_LOGS: four levels under the original's logs_dir, where a reference that
     # rebuilds the location from config.json finds the original run instead of the copy
-    folder = {"DEEP_IN_LOGS": trained.directory.parents[3] / "moved" / tmp_path.name / "c"
-                              / "t1", "RELATIVE": Path("teachers/t1")}.get(where, tmp_path / where)
+    folder = {"DEEP_IN_LOGS": under_logs(trained.directory, tmp_path.name),
+              "RELATIVE": Path("teachers/t1")}.get(where, tmp_path / where)
     monkeypatch.chdir(tmp_path)
     copy_run(trained.directory, folder)
     ref = read_run(folder, "RUN")
@@ -64,11 +64,6 @@ def test_a_complete_copy_is_read_where_it_lies(trained, tmp_path, monkeypatch, w
     copied = checkpoint.read(folder / FINAL)["modules"]["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in copied.items())
     assert FinishedRun.from_directory(folder, registries).directory == folder
-
-
-def _config_only(trained: RunConfig, folder: Path) -> None:
-    folder.mkdir(parents=True)
-    shutil.copy(trained.directory / "config.json", folder)
 
 
 def _damage(name: str, edit: Callable[[Path], object]) -> Callable[[RunConfig, Path], None]:
@@ -97,7 +92,8 @@ def _edit_lr(path: Path) -> None:
 
 REFUSED = {
     # config.json without the checkpoints, four levels under the original's logs_dir
-    "config only": (_config_only, "is not trained .*train it first"),
+    "config only": (lambda run, folder: broken_copy(run.directory, folder, "config only"),
+                    "is not trained .*train it first"),
     "missing": (lambda trained, folder: None, "does not exist"),
     "a file": (lambda trained, folder: folder.write_text("{}"), "is a file, not a run folder"),
     "empty folder": (lambda trained, folder: folder.mkdir(), "holds no config.json"),
@@ -127,8 +123,9 @@ REFUSED = {
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_a_folder_that_holds_no_trained_run_is_refused_in_one_line(trained, tmp_path, case):
     make, why = REFUSED[case]
-    name = trained.directory.name if case == "named for another run" else "t1"
-    folder = trained.directory.parents[3] / "refused" / tmp_path.name / "c" / name
+    folder = under_logs(trained.directory, tmp_path.name)  # where the original is found
+    if case == "named for another run":
+        folder = folder.with_name(trained.directory.name)
     folder.parent.mkdir(parents=True)
     make(trained, folder)
     with pytest.raises(UserError, match=why) as caught:

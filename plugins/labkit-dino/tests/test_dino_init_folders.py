@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 import labkit_dino
 from labkit.api import RunConfig, UserError, checkpoint, expand, runinfo, train, use
-from labkit.testing import copy_run
+from labkit.testing import BROKEN_COPIES, broken_copy, copy_run, under_logs
 from labkit_dino.method import INIT_RECORD
 
 
@@ -37,11 +36,8 @@ def source(tmp_path_factory) -> Path:
 
 
 def place(source: Path, tmp_path: Path, where: str) -> Path:
-    """``where`` under ``tmp_path``; IN_LOGS: four levels under the source's logs_dir,
-    where a reference that rebuilds the location from config.json finds the original."""
-    if where == "IN_LOGS":
-        return source.parents[3] / "moved" / tmp_path.name / "c" / "t1"
-    return tmp_path / where
+    """``where`` under ``tmp_path``; IN_LOGS: :func:`labkit.testing.under_logs`."""
+    return under_logs(source, tmp_path.name) if where == "IN_LOGS" else tmp_path / where
 
 
 def sha256(path: Path) -> str:
@@ -74,23 +70,11 @@ def test_the_init_record_names_the_copy_it_read(source, dino_registries, dino_ru
     assert record["run"]["checkpoint"] == sha256(final)
 
 
-def _config_only(source: Path, folder: Path) -> None:
-    folder.mkdir(parents=True)
-    shutil.copy(source / runinfo.CONFIG_JSON, folder)
-
-
-def _damaged_checkpoint(source: Path, folder: Path) -> None:
-    final = copy_run(source, folder, other_weights=False)
-    final.write_bytes(final.read_bytes()[:-10])
-
-
-@pytest.mark.parametrize("make, why", [(_config_only, "is not trained"),
-                                       (_damaged_checkpoint, "damaged final checkpoint")])
-def test_a_folder_without_a_trained_run_is_refused_in_one_line(source, dino_run, tmp_path,
-                                                              make, why):
-    folder = place(source, tmp_path, "IN_LOGS")  # the original lies where it points
-    make(source, folder)
-    with pytest.raises(UserError, match=why) as caught:
+@pytest.mark.parametrize("how", list(BROKEN_COPIES))
+def test_a_folder_without_a_trained_run_is_refused_in_one_line(source, dino_run, tmp_path, how):
+    folder = under_logs(source, tmp_path.name)  # the original lies where it points
+    broken_copy(source, folder, how)
+    with pytest.raises(UserError, match=BROKEN_COPIES[how]) as caught:
         dino_run(student_init="s_ckpt", teacher_mode="no_update", init_run={"dir": str(folder)})
     assert str(caught.value).startswith(f"method.init_run.dir {folder} ")
     assert "\n" not in str(caught.value)

@@ -5,7 +5,6 @@ refused in one line."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,13 @@ import torch
 
 from distill_helpers import revalidate, student_config
 from labkit.api import RunConfig, RunContext, UserError, checkpoint, runinfo, train
-from labkit.testing import copy_run
+from labkit.testing import BROKEN_COPIES, broken_copy, copy_run, under_logs
 from labkit_distill.teacher import teacher_run
 
 
 def place(teacher_dir: Path, tmp_path: Path, where: str) -> Path:
-    """``where`` under ``tmp_path``; IN_LOGS: four levels under the teacher's logs_dir,
-    where a reference that rebuilds the location from config.json finds the original."""
-    if where == "IN_LOGS":
-        return teacher_dir.parents[3] / "moved" / tmp_path.name / "c" / "t1"
-    return tmp_path / where
+    """``where`` under ``tmp_path``; IN_LOGS: :func:`labkit.testing.under_logs`."""
+    return under_logs(teacher_dir, tmp_path.name) if where == "IN_LOGS" else tmp_path / where
 
 
 def sha256(path: Path) -> str:
@@ -57,23 +53,12 @@ def test_the_students_record_names_the_copy_it_learnt_from(registries, teacher_d
     assert recorded["run"]["checkpoint"] == sha256(final)
 
 
-def _config_only(teacher_dir: Path, folder: Path) -> None:
-    folder.mkdir(parents=True)
-    shutil.copy(teacher_dir / runinfo.CONFIG_JSON, folder)
-
-
-def _damaged_checkpoint(teacher_dir: Path, folder: Path) -> None:
-    final = copy_run(teacher_dir, folder, other_weights=False)
-    final.write_bytes(final.read_bytes()[:-10])
-
-
-@pytest.mark.parametrize("make, why", [(_config_only, "is not trained"),
-                                       (_damaged_checkpoint, "damaged final checkpoint")])
+@pytest.mark.parametrize("how", list(BROKEN_COPIES))
 def test_a_folder_without_a_trained_teacher_is_refused_in_one_line(registries, teacher_dir,
-                                                                  tmp_path, make, why):
-    folder = place(teacher_dir, tmp_path, "IN_LOGS")  # the original lies where it points
-    make(teacher_dir, folder)
-    with pytest.raises(UserError, match=why) as caught:
+                                                                  tmp_path, how):
+    folder = under_logs(teacher_dir, tmp_path.name)  # the original lies where it points
+    broken_copy(teacher_dir, folder, how)
+    with pytest.raises(UserError, match=BROKEN_COPIES[how]) as caught:
         student_config({"dir": str(folder)}, tmp_path / "logs", registries)
     assert str(caught.value).startswith(f"method.teacher.dir {folder} ")
     assert "\n" not in str(caught.value)

@@ -80,7 +80,8 @@ class RunRef(PinnedRef):
             derived = read_run(self.dir, RUN_FOLDER).fingerprint
         except UserError as exc:
             raise ValueError(str(exc)) from None
-        stale = self.stale(derived, self.dir, '"run"', "run the stitch spec again (new stitch runs)")
+        stale = self.stale(derived, self.dir, '"run"',
+                           "run the stitch spec again (new stitch runs)")
         if stale:
             raise ValueError(stale)
         self.run = derived

@@ -2,9 +2,9 @@
 
 Activations come from labkit's stored latents (:mod:`labkit.latents`) when a run has a
 complete extraction in the requested reduction that holds every chosen layer, for the
-same eval images, made from the final checkpoint the run holds now; otherwise they are computed from the run's final network in eval
-mode, cut with torch.fx at the chosen layers (:mod:`labkit_stitch.cut`), and reduced
-exactly as the latents would be. Either way the values agree, except that latents
+same eval images, made from the final checkpoint the run holds now; otherwise they are
+computed from the run's final network in eval mode, cut with torch.fx at the chosen
+layers (:mod:`labkit_stitch.cut`), and reduced exactly as the latents would be. Either way the values agree, except that latents
 stored as float16 round the activations.
 
 Linear and RBF CKA, biased and debiased, use the first ``max_samples`` images (they

@@ -5,7 +5,6 @@ table name the copy and the sha256 of its checkpoint; a folder that holds no tra
 is refused in one line (exit 2 from the command line)."""
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -13,8 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from labkit.api import LabkitGroup, RunConfig, UserError, checkpoint, expand, runinfo
-from labkit.testing import copy_run
+from labkit.api import LabkitGroup, RunConfig, UserError, checkpoint, expand
+from labkit.testing import BROKEN_COPIES, broken_copy, copy_run, under_logs
 from labkit_stitch import provenance
 from labkit_stitch.commands import cka_command
 from labkit_stitch.refs import trained_network
@@ -22,11 +21,8 @@ from labkit_stitch.tables import stitched_params
 
 
 def place(net: Path, tmp_path: Path, where: str) -> Path:
-    """``where`` under ``tmp_path``; IN_LOGS: four levels under the network's logs_dir,
-    where a reference that rebuilds the location from config.json finds the original."""
-    if where == "IN_LOGS":
-        return net.parents[3] / "moved" / tmp_path.name / "c" / "t1"
-    return tmp_path / where
+    """``where`` under ``tmp_path``; IN_LOGS: :func:`labkit.testing.under_logs`."""
+    return under_logs(net, tmp_path.name) if where == "IN_LOGS" else tmp_path / where
 
 
 def sha256(path: Path) -> str:
@@ -83,23 +79,13 @@ def test_cka_reads_the_folders_it_is_given_and_records_them(registries, trained,
     assert (table["source_a"] == "network").all()  # the copies' weights, not the latents
 
 
-def _config_only(net: Path, folder: Path) -> None:
-    folder.mkdir(parents=True)
-    shutil.copy(net / runinfo.CONFIG_JSON, folder)
-
-
-def _damaged_checkpoint(net: Path, folder: Path) -> None:
-    final = copy_run(net, folder, other_weights=False)
-    final.write_bytes(final.read_bytes()[:-10])
-
-
-@pytest.mark.parametrize("make, why", [(_config_only, "is not trained"),
-                                       (_damaged_checkpoint, "damaged final checkpoint")])
+@pytest.mark.parametrize("how", list(BROKEN_COPIES))
 def test_a_folder_without_a_trained_run_is_refused_in_one_line(registries, trained, tmp_path,
-                                                              make, why):
+                                                              how):
     net = trained("cnn_xs")
-    folder = place(net.directory, tmp_path, "IN_LOGS")  # the original lies where it points
-    make(net.directory, folder)
+    folder = under_logs(net.directory, tmp_path.name)  # the original lies where it points
+    broken_copy(net.directory, folder, how)
+    why = BROKEN_COPIES[how]
     with pytest.raises(UserError, match=f"model.sender: .*run folder {folder} .*{why}"):
         stitch_config(folder, tmp_path / "logs", registries)
     result = cka(str(folder), str(net.directory))
