@@ -34,6 +34,7 @@ from labkit.models import MODELS
 from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries,
                             use)
 from labkit.registry import Registries, params_model
+from labkit.run_ref import RunInFolder, RunReference, read_run, run_in_folder
 from labkit.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
 from labkit.schedules import Schedule, Scheduled, value_at
 from labkit.spec import expand, load_spec_file, resolve
@@ -47,6 +48,7 @@ __all__ = [
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
     "note_outside",
     "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
+    "read_run", "run_in_folder", "RunReference", "RunInFolder",
     # components: specs, data, models, methods, layers
     "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
     "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,50 @@ def forget_last_epoch(run_dir: Path) -> int:
     last.with_name(last.name + ".sha256").unlink()
     (Path(run_dir) / runinfo.STATUS_JSON).unlink()
     return epoch
+
+
+def copy_run(run_dir: Path, folder: Path, other_weights: bool = True) -> Path:
+    """Copy the trained run in ``run_dir`` to ``folder`` (made with its parents), as a
+    user copies a run to use it elsewhere; returns the copy's newest epoch checkpoint
+    (the final one of a run trained to its last epoch).
+
+    With ``other_weights`` every floating-point tensor of that checkpoint is shifted by 1,
+    and the checkpoint written again by labkit (digest and owner as the run's): a complete
+    copy that a reader of the original instead of the copy tells apart.
+    """
+    from labkit import checkpoint
+
+    shutil.copytree(run_dir, folder)
+    directory = Path(folder) / "checkpoints"
+    final = checkpoint.checkpoint_path(directory, checkpoint.epochs_on_disk(directory)[-1])
+    if other_weights:
+        state = checkpoint.read(final)
+        for module in state["modules"].values():
+            for tensor in module.values():
+                if tensor.is_floating_point():
+                    tensor.add_(1.0)
+        checkpoint.save(final.parent, state["epoch"], state)
+    return final
+
+
+# what a folder made by broken_copy is refused for, by how it was made
+BROKEN_COPIES = {"config only": "is not trained", "damaged checkpoint": "damaged final checkpoint"}
+
+
+def broken_copy(run_dir: Path, folder: Path, how: str) -> None:
+    """A folder that holds no trained run, made from the trained run in ``run_dir``:
+    ``how`` is ``"config only"`` (its ``config.json`` copied alone) or ``"damaged
+    checkpoint"`` (a complete copy whose final checkpoint is cut short)."""
+    if how == "config only":
+        Path(folder).mkdir(parents=True)
+        shutil.copy(Path(run_dir) / "config.json", folder)
+    else:
+        final = copy_run(run_dir, folder, other_weights=False)
+        final.write_bytes(final.read_bytes()[:-10])
+
+
+def under_logs(run_dir: Path, name: str) -> Path:
+    """``<logs_dir>/moved/<name>/c/t1`` of the run in ``run_dir``: a folder four levels
+    under its ``logs_dir``, where a reader that rebuilds a run's location from its
+    ``config.json`` and the folder's fourth parent finds the original run, not the copy."""
+    return Path(run_dir).parents[3] / "moved" / name / "c" / "t1"

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from labkit import checkpoint, runinfo
+from labkit import checkpoint, run_ref, runinfo
 from labkit.atomic import read_json, write_json
 from labkit.build import build_component
 from labkit.data.bundle import DataBundle
@@ -40,28 +40,34 @@ class FinishedRun:
         run: the run's config and run-id.
         registries: registries to build the components from.
         device: where to put the model.
+        checkpoint_file: the checkpoint to read; default: the one analyses read
+            (:func:`labkit.runinfo.analysed_checkpoint`).
     """
 
-    def __init__(self, run: RunConfig, registries: Any, device: str = "cpu"):
+    def __init__(self, run: RunConfig, registries: Any, device: str = "cpu",
+                 checkpoint_file: Path | None = None):
         self.run = run
         self.registries = registries
         self.device = torch.device(device)
+        self._checkpoint = checkpoint_file
 
     @classmethod
     def from_directory(cls, directory: str | Path, registries: Any,
                        device: str = "cpu") -> "FinishedRun":
-        """The run stored in ``directory`` (read from its ``config.json``).
+        """The run stored in ``directory``, wherever it lies (its ``config.json`` read
+        and checked by :func:`labkit.run_ref.run_in_folder`).
 
         Raises:
             UserError: the directory holds no labkit run.
         """
-        info = runinfo.read_config(Path(directory))
-        if not info:
-            raise UserError(f"{directory} is not a labkit run directory (no "
-                            f"{runinfo.CONFIG_JSON}); give the directory that holds it")
-        run = RunConfig({**info["config"], "logs_dir": str(Path(directory).parents[3])},
-                        info["run_id"])
-        return cls(run, registries, device)
+        return cls(run_ref.run_in_folder(directory), registries, device)
+
+    @classmethod
+    def from_reference(cls, reference: run_ref.RunReference, registries: Any,
+                       device: str = "cpu") -> "FinishedRun":
+        """The trained run ``reference`` read (:func:`labkit.run_ref.read_run`): its
+        folder, and the final checkpoint the reference verified."""
+        return cls(reference.run, registries, device, reference.checkpoint)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -78,8 +84,8 @@ class FinishedRun:
     @cached_property
     def checkpoint_path(self) -> Path:
         """What every analysis reads: the checkpoint after the run's last epoch, or its
-        best epoch's (``analysis_checkpoint: "best"``)."""
-        return runinfo.analysed_checkpoint(self.run)
+        best epoch's (``analysis_checkpoint: "best"``); or the one given."""
+        return self._checkpoint or runinfo.analysed_checkpoint(self.run)
 
     @property
     def checkpoint_digest(self) -> str | None:

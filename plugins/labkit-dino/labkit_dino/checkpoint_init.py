@@ -2,10 +2,12 @@
 
 ``method.init_run`` names the run, as a directory or as a spec:
 
-* ``{"dir": "<run directory>"}``: a trained labkit run. Validation adds its fingerprint,
-  ``run: {"hash": …, "checkpoint": …}`` (:func:`labkit.api.run_fingerprint`: identity
-  hash and the recorded sha256 of its final checkpoint), so the DINO run's identity
-  follows those weights; a run that is not trained is an error at validation;
+* ``{"dir": "<run directory>"}``: the folder of a trained labkit run, wherever it lies
+  (any complete copy; :func:`labkit.api.read_run` reads that folder and nothing else).
+  Validation adds its fingerprint, ``run: {"hash": …, "checkpoint": …}`` (identity hash
+  and the verified sha256 of the final checkpoint in that folder), so the DINO run's
+  identity follows those weights; a folder that holds no trained run is an error at
+  validation;
 * ``{"spec": {...}, "run_id": "A"}``: the run's own spec (one grid point), resolved into
   the DINO run's identity and trained first (in the DINO run's ``logs_dir``, under
   ``run_id``, default the DINO run's run-id) when it is not finished.
@@ -30,14 +32,15 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunConfig, RunContext, RunFailed,
-                        UserError, checkpoint, expand, is_trained, registries, resolve,
-                        run_fingerprint, runinfo, train)
+                        UserError, checkpoint, expand, is_trained, read_run, registries,
+                        resolve, run_fingerprint, runinfo, train)
 from labkit_dino.networks import DinoNet, probe_of
 
 CHECKPOINT_INITS = ("t_ckpt", "s_ckpt")
 
 # where and how a run executes (logs_dir, device, …): not what the run is
 _LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
+INIT_DIR = "method.init_run.dir"
 
 
 class InitRun(PinnedRef):
@@ -45,7 +48,8 @@ class InitRun(PinnedRef):
 
     model_config = ConfigDict(extra="forbid")
 
-    dir: str | None = Field(None, description="directory of a trained labkit run")
+    dir: str | None = Field(None, description="folder of a trained labkit run (any complete "
+                                              "copy, wherever it lies)")
     spec: dict[str, Any] | None = Field(
         None, description="the run's spec (one grid point), trained first when not finished; "
                           "stored resolved, so it is part of the DINO run's identity")
@@ -75,12 +79,7 @@ class InitRun(PinnedRef):
             return self
         if self.run_id is not None:
             raise ValueError("run_id goes with spec; a run directory already names its run")
-        run = FinishedRun.from_directory(self.dir, registries()).run
-        derived = run_fingerprint(run)
-        if derived is None:
-            raise ValueError(f"run {self.dir} is not trained (no final checkpoint); train it "
-                             f"first with `labkit run SPEC --run-id {run.run_id}`, or name it "
-                             f'by {{"spec": ...}} to have it trained before the DINO run')
+        derived = read_run(self.dir, INIT_DIR).fingerprint
         stale = self.stale(derived, self.dir, "method.init_run.run",
                            "run the DINO spec again (a new run)")
         if stale:
@@ -99,11 +98,13 @@ def finished_init_run(ref: InitRun, context: RunContext) -> dict[str, Any]:
     """
     state = checkpoint.rng_state()  # training another run must not move this run's stream
     try:
-        if ref.dir is not None:
-            run = FinishedRun.from_directory(ref.dir, context.registries).run
-            if run_fingerprint(run) != ref.run:
-                raise UserError(f"method.init_run: run {ref.dir} is not trained or was "
-                                f"retrained since this run was planned; run the spec again")
+        if ref.dir is not None:  # the folder itself, and its verified final checkpoint
+            found = read_run(ref.dir, INIT_DIR)
+            if found.fingerprint != ref.run:
+                raise UserError(f"method.init_run: run {ref.dir} was retrained since this run "
+                                f"was planned; run the spec again")
+            finished = FinishedRun.from_reference(found, context.registries)
+            fingerprint = found.fingerprint
         else:
             spec = {k: v for k, v in ref.spec.items() if k != "data"}
             config = resolve({**spec, "logs_dir": context.config["logs_dir"]}, context.registries)
@@ -113,9 +114,9 @@ def finished_init_run(ref: InitRun, context: RunContext) -> dict[str, Any]:
             if train(run, context.registries, str(context.device), progress=False) == "failed":
                 reason = runinfo.read_status(run.directory).get("reason")
                 raise RunFailed(f"init run {run.directory} failed: {reason}")
-        finished = FinishedRun(run, context.registries)
+            finished, fingerprint = FinishedRun(run, context.registries), run_fingerprint(run)
         return {"config": finished.config, "modules": finished.state()["modules"],
-                "fingerprint": run_fingerprint(run).model_dump(), "directory": str(run.directory)}
+                "fingerprint": fingerprint.model_dump(), "directory": str(finished.directory)}
     finally:
         checkpoint.set_rng_state(state)
 

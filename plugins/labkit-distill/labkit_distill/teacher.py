@@ -2,9 +2,11 @@
 
 ``method.teacher`` names it in one of two ways:
 
-* ``{"dir": "<run directory>"}`` — a directory holding a trained labkit run. Validation
-  adds the teacher's fingerprint, ``run: {"hash": …, "checkpoint": …}`` (its identity
-  hash and the recorded sha256 of its final checkpoint), so the student's identity
+* ``{"dir": "<run directory>"}`` — the folder of a trained labkit run, wherever it lies
+  (any complete copy will do; :func:`labkit.api.read_run` reads that folder and nothing
+  else, and refuses in one line a folder that holds no trained run). Validation adds the
+  teacher's fingerprint, ``run: {"hash": …, "checkpoint": …}`` (its identity hash and
+  the verified sha256 of the final checkpoint in that folder), so the student's identity
   follows the teacher's weights: a retrained teacher gives a new student run, never a
   stale one;
 * ``{"spec": {...}, "run_id": "A"}`` — the teacher's own spec (it must expand to exactly
@@ -22,35 +24,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunConfig, RunContext,
-                        RunFailed, RunFingerprint, UserError, checkpoint, expand,
-                        registries as labkit_registries, resolve, run_fingerprint, runinfo,
-                        train)
+                        RunFailed, UserError, checkpoint, expand, read_run,
+                        registries as labkit_registries, resolve, runinfo, train)
 
 # top-level settings of where and how a run executes (logs_dir, device, …)
 RUN_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
-
-
-def fingerprint(directory: str | Path) -> RunFingerprint:
-    """The fingerprint of the trained run in ``directory`` (cheap: the checkpoint's
-    recorded digest is read, not recomputed).
-
-    Raises:
-        ValueError: the run is not trained (no final checkpoint with its digest).
-    """
-    run = FinishedRun.from_directory(directory, labkit_registries())
-    found = run_fingerprint(run.run)
-    if found is None:
-        raise ValueError(f"teacher run {directory} is not trained (no final checkpoint "
-                         f"{run.checkpoint_path.name}); train it first with `labkit run "
-                         f"SPEC --run-id {run.run.run_id}`, or name the teacher by "
-                         f'{{"spec": ...}} to have it trained with the student')
-    return found
+TEACHER_DIR = "method.teacher.dir"
 
 
 class TeacherRef(PinnedRef):
@@ -58,21 +42,14 @@ class TeacherRef(PinnedRef):
 
     model_config = ConfigDict(extra="forbid")
 
-    dir: str | None = Field(None, description="directory of a trained labkit run")
+    dir: str | None = Field(None, description="folder of a trained labkit run (any complete "
+                                              "copy, wherever it lies)")
     spec: dict[str, Any] | None = Field(
         None, description="the teacher run's spec (one grid point), trained first when "
                           "not finished; stored resolved, so it is part of the student's "
                           "identity")
     run_id: str | None = Field(
         None, description="run-id of the teacher given by spec; null: the student's run-id")
-    @field_validator("dir")
-    @classmethod
-    def _holds_a_run(cls, value: str | None) -> str | None:
-        if value is not None and not (Path(value) / runinfo.CONFIG_JSON).is_file():
-            raise ValueError(f"{value} holds no labkit run (no {runinfo.CONFIG_JSON}); give "
-                             f"the directory of a trained run")
-        return value
-
     @field_validator("spec")
     @classmethod
     def _resolve(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -106,7 +83,7 @@ class TeacherRef(PinnedRef):
                 raise ValueError('"run" is derived from "dir" (the teacher directory\'s '
                                  'fingerprint); leave it out')
             return self
-        derived = fingerprint(self.dir)
+        derived = read_run(self.dir, TEACHER_DIR).fingerprint
         stale = self.stale(derived, self.dir, "method.teacher.run",
                            "run the student's spec again (a new student run)")
         if stale:
@@ -142,16 +119,13 @@ def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
     returns; the global RNG states are left unchanged.
 
     Raises:
-        UserError: a run directory that is not finished.
+        UserError: a run folder that holds no trained run (:func:`labkit.api.read_run`).
         RunFailed: training the teacher failed (its reason is in the message).
     """
     registries, device = context.registries, str(context.device)
     with _isolated_rng():
-        if ref.dir is not None:
-            run = FinishedRun.from_directory(ref.dir, registries, device)
-            if not _finished(run.run):
-                raise UserError(f"teacher run {ref.dir} is not trained; train it first with "
-                                f"`labkit run SPEC --run-id {run.run.run_id}`")
+        if ref.dir is not None:  # the folder validation read, and its final checkpoint
+            run = FinishedRun.from_reference(read_run(ref.dir, TEACHER_DIR), registries, device)
         else:
             # the resolved spec's derived "data" is no spec key: resolve derives it again
             spec = {k: v for k, v in ref.spec.items() if k != "data"}

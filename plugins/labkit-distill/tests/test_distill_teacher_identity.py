@@ -8,24 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill_helpers import TEACHER_SPEC, train_runs
+from distill_helpers import STUDENT, TEACHER_SPEC, revalidate, student_config, train_runs
 from labkit.api import RunConfig, UserError, checkpoint, expand, runinfo, train
-from labkit_distill.method import Distill
-
-STUDENT = {"model": "mlp_s", "dataset": "digits", "epochs": 1, "batch_size": 64,
-           "optimizer": {"name": "sgd", "lr": 0.05}, "metrics": ["accuracy"]}
-
-
-def student_config(teacher: dict, logs, registries) -> dict:
-    (config,) = expand({**STUDENT, "logs_dir": str(logs),
-                        "method": {"name": "distill", "teacher": teacher}}, registries)
-    return config
-
-
-def revalidate(config: dict) -> Distill.Params:
-    """What the engine does with a resolved student config before it trains."""
-    return Distill.Params.model_validate(
-        {k: v for k, v in config["method"].items() if k != "name"})
 
 
 def forget_final_checkpoint(run: RunConfig) -> None:
@@ -49,7 +33,7 @@ def test_a_retrained_teacher_directory_gives_the_student_a_new_identity(registri
 
     # interrupted in its last epoch (no final checkpoint): not trained, so refused
     forget_final_checkpoint(teacher)
-    with pytest.raises(UserError, match=r"method\.teacher: .*is not trained .*train it first"):
+    with pytest.raises(UserError, match=r"method\.teacher\.dir .*is not trained .*train it first"):
         student_config(ref, tmp_path / "logs", registries)
 
     # trained again (from its previous checkpoint): other weights file, so another student

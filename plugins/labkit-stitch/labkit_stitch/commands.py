@@ -9,9 +9,8 @@ import click
 import pandas as pd
 from pydantic import ValidationError
 
-from labkit.api import (INVALID, FinishedRun, RunConfig, UserError, check_device, latents,
-                        load_runs, registries as labkit_registries, summarize, train,
-                        write_csv)
+from labkit.api import (INVALID, RunConfig, UserError, check_device, latents, load_runs,
+                        read_run, registries as labkit_registries, summarize, train, write_csv)
 from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
 from labkit_stitch.similarity import CKAOptions, layer_cka
@@ -311,11 +310,12 @@ def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: P
 @click.option("--device", default="cpu", show_default=True, help="torch device")
 def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | None, split: str,
                 reduction: int | str, max_samples: int, output: str | None, device: str) -> None:
-    """Linear, RBF and minibatch CKA between the layers of two trained runs (directories):
-    cka_table.csv, cka.png and their provenance record cka_table.provenance.json."""
+    """Linear, RBF and minibatch CKA between the layers of two trained runs (their folders,
+    wherever they lie): cka_table.csv, cka.png and their provenance record
+    cka_table.provenance.json."""
     check_device(device)
-    registries = labkit_registries()
-    a, b = (FinishedRun.from_directory(d, registries).run for d in (run_a, run_b))
+    # each folder itself, checked to hold a trained run (its final checkpoint verified)
+    a, b = (read_run(folder, name).run for folder, name in ((run_a, "RUN_A"), (run_b, "RUN_B")))
 
     def layers(text: str | None, run: RunConfig) -> list[str]:
         if text:

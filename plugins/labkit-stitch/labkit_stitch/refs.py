@@ -2,7 +2,9 @@
 
 A :class:`RunRef` names one run in one of two ways:
 
-* ``{"dir": "logs/cnn_s/digits_16/A/cnn_s-…-3f2a9c01de"}``: a trained run directory;
+* ``{"dir": "logs/cnn_s/digits_16/A/cnn_s-…-3f2a9c01de"}``: the folder of a trained run,
+  wherever it lies (any complete copy; :func:`labkit.api.read_run` reads that folder and
+  nothing else, and refuses one that holds no trained run);
 * ``{"spec": "specs/quickstart.json", "run_id": "demo", "where": {"model.name": "cnn_s"}}``:
   a grid point of a spec. The spec is a file or an inline spec object, and ``where``
   picks one run by dotted config keys (as ``labkit plan`` shows them); it is not needed
@@ -12,9 +14,10 @@ A spec file is read when the referencing spec is validated, and its content is r
 in place of the path. The stitch run's identity (a hash of its config) therefore follows
 the content of the referenced run's spec: editing that spec gives new stitch runs,
 never stale ones. A run directory is recorded with its fingerprint, ``run: {"hash": …,
-"checkpoint": …}`` (the run's identity hash and the recorded sha256 of its final
-checkpoint), derived at validation: retraining that run gives new stitch runs too. So a
-run directory must be trained when the stitch spec is validated.
+"checkpoint": …}`` (the run's identity hash and the verified sha256 of the final
+checkpoint in that folder), derived at validation: retraining that run gives new stitch
+runs too. So a run directory must be trained when the stitch spec is validated. Every
+network is read from its run's final checkpoint, the one the fingerprints name.
 
 A run given by spec that has not finished is trained by the engine, with its own spec's
 settings, the first time a trained network is asked of it.
@@ -27,10 +30,12 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from labkit.api import (FinishedRun, PinnedRef, RunConfig, RunFailed, RunFingerprint, UserError,
+from labkit.api import (FinishedRun, PinnedRef, RunConfig, RunFailed, UserError,
                         build_component, checkpoint, expand, flatten, is_trained,
-                        load_spec_file, registries as labkit_registries, run_fingerprint,
-                        runinfo, train, varying_keys)
+                        load_spec_file, read_run, registries as labkit_registries,
+                        run_in_folder, runinfo, train, varying_keys)
+
+RUN_FOLDER = "run folder"  # how messages name a "dir" (their JSON path says which one)
 
 
 class RunRef(PinnedRef):
@@ -38,8 +43,9 @@ class RunRef(PinnedRef):
 
     model_config = ConfigDict(extra="forbid")
 
-    dir: str | None = Field(None, description="directory of a trained run (the folder "
-                                              "holding config.json)")
+    dir: str | None = Field(None, description="folder of a trained run (the folder holding "
+                                              "config.json; any complete copy, wherever "
+                                              "it lies)")
     spec: str | dict[str, Any] | None = Field(
         None, description="spec file or inline spec object describing the run; a file is "
                           "read at validation and its content recorded instead of the path")
@@ -68,28 +74,29 @@ class RunRef(PinnedRef):
             raise ValueError("\"run\" is derived from \"dir\" (the run directory's "
                              "fingerprint); leave it out")
         try:  # a wrong reference fails at validation, with its JSON path
-            run = self.run_config()
+            if self.dir is None:
+                self.run_config()
+                return self
+            derived = read_run(self.dir, RUN_FOLDER).fingerprint
         except UserError as exc:
             raise ValueError(str(exc)) from None
-        if self.dir is not None:
-            derived = _fingerprint(run, self.dir)
-            stale = self.stale(derived, self.dir, '"run"',
-                               "run the stitch spec again (new stitch runs)")
-            if stale:
-                raise ValueError(stale)
-            self.run = derived
+        stale = self.stale(derived, self.dir, '"run"',
+                           "run the stitch spec again (new stitch runs)")
+        if stale:
+            raise ValueError(stale)
+        self.run = derived
         return self
 
     def run_config(self) -> RunConfig:
-        """The referenced run.
+        """The referenced run; one given by ``dir`` is located at that folder.
 
         Raises:
-            UserError: no run directory there, an invalid spec, or ``where`` matching
-                no run or several.
+            UserError: no run config in the folder (its checkpoint was verified at
+                validation), an invalid spec, or ``where`` matching no run or several.
         """
         registries = labkit_registries()
         if self.dir is not None:
-            return FinishedRun.from_directory(self.dir, registries).run
+            return run_in_folder(self.dir, RUN_FOLDER)
         runs = [RunConfig(config, self.run_id) for config in expand(self.spec, registries)]
         flats = [flatten(run.config) for run in runs]
         unknown = [key for key in self.where if not any(key in flat for flat in flats)]
@@ -105,21 +112,6 @@ class RunRef(PinnedRef):
                 f"one; add keys that vary across its runs: "
                 f"{', '.join(varying_keys([r.config for r in runs]))}")
         return chosen[0]
-
-
-def _fingerprint(run: RunConfig, directory: str) -> RunFingerprint:
-    """The fingerprint of the trained run in ``directory`` (``run``: its config).
-
-    Raises:
-        ValueError: the run is not trained.
-    """
-    found = run_fingerprint(run)
-    if found is None:
-        raise ValueError(f"run {directory} is not trained (no final checkpoint "
-                         f"{runinfo.final_checkpoint(run).name}); train it first with `labkit "
-                         f"run SPEC --run-id {run.run_id}`, or reference it by "
-                         f"{{\"spec\": ..., \"run_id\": ...}} to have it trained on demand")
-    return found
 
 
 def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = True) -> None:
@@ -148,9 +140,11 @@ def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = T
 
 
 def trained_network(run: RunConfig) -> nn.Module:
-    """The final network of ``run`` (trained first if needed), on the CPU, in eval mode."""
+    """The final network of ``run`` (trained first if needed; read from the final
+    checkpoint, whose digest the provenance records name), on the CPU, in eval mode."""
     ensure_trained(run)
-    return FinishedRun(run, labkit_registries()).model
+    return FinishedRun(run, labkit_registries(),
+                       checkpoint_file=runinfo.final_checkpoint(run)).model
 
 
 def random_network(run: RunConfig) -> nn.Module:

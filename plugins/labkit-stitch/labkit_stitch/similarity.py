@@ -2,9 +2,9 @@
 
 Activations come from labkit's stored latents (:mod:`labkit.latents`) when a run has a
 complete extraction in the requested reduction that holds every chosen layer, for the
-same eval images; otherwise they are computed from the run's final network in eval
-mode, cut with torch.fx at the chosen layers (:mod:`labkit_stitch.cut`), and reduced
-exactly as the latents would be. Either way the values agree, except that latents
+same eval images, made from the final checkpoint the run holds now; otherwise they are
+computed from the run's final network in eval mode, cut with torch.fx at the chosen
+layers (:mod:`labkit_stitch.cut`), and reduced exactly as the latents would be. Either way the values agree, except that latents
 stored as float16 round the activations.
 
 Linear and RBF CKA, biased and debiased, use the first ``max_samples`` images (they
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
 from labkit.api import (RunConfig, UserError, build_component, latents,
-                        registries as labkit_registries)
+                        registries as labkit_registries, run_fingerprint)
 from labkit_stitch import cka, cut
 from labkit_stitch.refs import trained_network
 
@@ -57,7 +57,9 @@ def stored_latents(run: RunConfig, layers: Sequence[str], dataset: dict[str, Any
     network, else ``None``.
 
     It can when the extraction in ``options.reduction`` is complete, holds every layer
-    and the split, and was made on the same eval images as ``dataset``.
+    and the split, and was made on the same eval images as ``dataset`` from the final
+    checkpoint that the run's folder holds now (a copied run may point at the latents
+    of its original, which count only when made from the same weights).
     """
     if _eval_images(run.config["dataset"]) != _eval_images(dataset):
         return None
@@ -65,6 +67,10 @@ def stored_latents(run: RunConfig, layers: Sequence[str], dataset: dict[str, Any
     manifest = latents.read_manifest(directory)
     if (manifest is None or options.split not in manifest["plan"]["splits"]
             or not set(layers) <= set(manifest["plan"]["layers"])):
+        return None
+    source, trained = manifest["plan"].get("source"), run_fingerprint(run)
+    made_from = source.get("checkpoint") if isinstance(source, dict) else None
+    if trained is None or made_from != trained.checkpoint:
         return None
     return directory, manifest["digest"]
 

@@ -41,7 +41,7 @@ def test_a_spec_file_is_recorded_by_content_so_editing_it_gives_new_stitch_runs(
     ({"spec": "SPEC", "run_id": "A", "where": {"sed": 1}}, r"sed is not a config key"),
     ({"spec": "SPEC"}, r"model.sender: .*needs \"run_id\""),
     ({"spec": "SPEC", "run_id": "A", "dir": "x"}, r"either \"dir\""),
-    ({"dir": "DIR"}, r"model.sender: .*is not a labkit run directory"),
+    ({"dir": "DIR"}, r"model.sender: .*holds no config\.json"),
     ({"spec": "missing.json", "run_id": "A"}, r"model.sender.spec: .*spec file .missing.json. not found"),
 ])
 def test_a_wrong_reference_is_an_error_at_validation(registries, tmp_path, ref, message):
