@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -606,18 +606,107 @@ def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
 
 
 def _train(run: RunConfig, registries: Registries, device: torch.device, progress: bool) -> None:
-    config, run_dir = run.config, run.directory
-    ckpt_dir = run_dir / "checkpoints"
+    """Train one run, in the order it happens: build everything from the config, resume
+    from the newest intact checkpoint, then per epoch train, evaluate and end the epoch
+    (log, best, checkpoint); finally wait until every process is done."""
+    job = build(run, registries, device, progress)
+    resume(job)
+    with job.trackers:
+        for epoch in job.epochs():
+            row = train_epoch(job, epoch)
+            evaluate_epoch(job, row)
+            end_epoch(job, epoch, row)
+    distributed.barrier()  # the last checkpoint exists before any process reports done
 
-    # --- build everything from the config, seeded
+
+@dataclass
+class Job:
+    """Everything one run's training holds, built by :func:`build` and advanced by the
+    phase functions of :func:`_train`."""
+
+    run: RunConfig
+    registries: Registries
+    device: torch.device
+    progress: bool  # this process shows progress (rank 0 of a run on several)
+    data: Any
+    model: torch.nn.Module
+    context: RunContext
+    method: Method
+    optimizer: torch.optim.Optimizer
+    stepper: Stepper
+    mixer: Any
+    order: torch.Generator  # the data order's generator (checkpointed)
+    sampler: Any  # whose ``start`` a mid-epoch resume sets
+    train_loader: Any
+    eval_loaders: dict[str, DataLoader]
+    scheduler: Any = None
+    per_step: bool = False  # the schedule steps after every optimizer step
+    batches: int = 0  # training batches of a whole epoch
+    last_epoch: int = 0
+    saturation: Any = None
+    midway: Any = None
+    trackers: Any = None
+    evaluated: str = ""  # the name of the evaluated network among the method's modules
+    start: int = 0  # epochs done before this process took over
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    resumed: dict[str, Any] | None = None  # the mid-epoch position a resume continues
+    resumed_rng: dict[str, Any] | None = None
+    bar: Any = None  # the epochs' progress bar
+    epoch_started: float = 0.0  # perf_counter at this process's start of the epoch
+    epoch_seconds: float = 0.0  # the epoch's training time before this process took over
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.run.config
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run.directory / "checkpoints"
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.context.rank == 0
+
+    def epochs(self) -> Iterator[int]:
+        """The epochs still to train, with a progress bar over them."""
+        return iter(self.bar)
+
+    def snapshot(self, epoch_done: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint state after ``epoch_done`` epochs (``rngs``: every process's)."""
+        return {
+            "run_hash": self.run.hash,
+            "eval_module": self.evaluated,
+            "epoch": epoch_done,
+            "step": self.context.step,
+            "history": self.history,
+            "modules": {name: m.state_dict() for name, m in self.method.modules().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "method": self.method.state_dict(),
+            "scaler": self.stepper.scaler.state_dict(),
+            "data_order": self.order.get_state(),
+            "rng": rngs[0],
+            **({"rng_ranks": rngs} if distributed.world_size() > 1 else {}),
+            "best": self.best,
+        }
+
+
+# --- phase 1: build everything from the config, seeded
+
+def build(run: RunConfig, registries: Registries, device: torch.device, progress: bool) -> Job:
+    """Data, network, method, optimizer, loaders, schedule, trackers of ``run``, built in
+    a fixed order from its seed (the order is part of what makes runs reproducible)."""
+    config = run.config
     seed_everything(config["seed"])
     data = build_component(registries, "datasets", config["dataset"])
     model = build_component(registries, "models", config["model"], num_classes=data.num_classes,
                             in_channels=data.in_channels, resolution=data.resolution).to(device)
     if config["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    context = RunContext(config, model, data, device, run_dir, registries, run.run_id, progress,
-                         rank=distributed.rank())
+    context = RunContext(config, model, data, device, run.directory, registries, run.run_id,
+                         progress, rank=distributed.rank())
     method: Method = build_component(registries, "methods", config["method"], context=context)
     mixer = batch_mixer(config["batch_augment"], data.num_classes, method,
                         config["method"]["name"])
@@ -628,193 +717,227 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
     stepper = Stepper(optimizer, parameters, config["accumulate"], config["clip_grad_norm"],
                       config["precision"], device, method, config["weight_decay_schedule"])
     order = torch.Generator().manual_seed(config["seed"])
-    train_set = method.train_dataset(data.train)
-    sampler = SeededSampler(len(train_set), order)
+    sampler, train_loader = training_loader(method.train_dataset(data.train), config, order,
+                                            device)
+    job = Job(run, registries, device, progress and context.rank == 0, data, model, context,
+              method, optimizer, stepper, mixer, order, sampler, train_loader,
+              {split: DataLoader(ds, batch_size=config["eval_batch_size"],
+                                 **loader_options(device, config["num_workers"]))
+               for split, ds in data.evals.items()})
+    build_clock(job)
+    if job.main:
+        write_computational_info(run.directory, model, data, config, device)
+    # covariances live for one pass only; a mid-epoch checkpoint keeps the training pass's
+    job.saturation = SaturationTracker(config["saturation"], model,
+                                       [TRAIN_PASS, *job.eval_loaders])
+    job.midway = MidEpochCheckpoints(config)
+    if job.midway.enabled:
+        check_checkpointable(make_metrics(registries, config["metrics"], data.num_classes))
+    if config["compile"]:
+        model.compile()
+    return job
+
+
+def training_loader(train_set: Any, config: dict[str, Any], order: torch.Generator,
+                    device: torch.device) -> tuple[Any, Any]:
+    """The training loader and the sampler whose ``start`` a mid-epoch resume sets: the
+    device-resident loader, a DataLoader over seeded samples, or this process's shard of
+    every batch (``nproc`` > 1; the spec checks that ``batch_size`` divides).
+
+    Raises:
+        UserError: the training set holds fewer samples than one batch.
+    """
     rank, world = distributed.rank(), distributed.world_size()
-    main = rank == 0  # the process that writes the run's files
+    batch_size = config["batch_size"]
+    sampler = SeededSampler(len(train_set), order)
+    # a last batch of one sample breaks BatchNorm in training mode
+    drop_last = len(train_set) % batch_size == 1
     if config["data_loader"] == "device":  # one process (the spec checks)
-        train_loader = device_loader(train_set, config["batch_size"], order, device,
-                                     drop_last=len(train_set) % config["batch_size"] == 1)
-        sampler = train_loader.sampler  # a resume sets sampler.start as for the DataLoader
+        loader = device_loader(train_set, batch_size, order, device, drop_last=drop_last)
+        sampler = loader.sampler
     elif world == 1:
-        train_loader = DataLoader(
-            SeededSamples(train_set), batch_size=config["batch_size"], sampler=sampler,
-            # a last batch of one sample breaks BatchNorm in training mode
-            drop_last=len(train_set) % config["batch_size"] == 1,
-            **loader_options(device, config["num_workers"]))
-    else:  # batch_size divides by world, no mid-epoch checkpoints (the spec checks)
-        train_loader = DataLoader(
-            SeededSamples(train_set),
-            batch_sampler=ShardedBatches(sampler, config["batch_size"], rank, world),
-            **loader_options(device, config["num_workers"]))
-    batches = len(train_loader)
-    if batches == 0:
+        loader = DataLoader(SeededSamples(train_set), batch_size=batch_size, sampler=sampler,
+                            drop_last=drop_last, **loader_options(device, config["num_workers"]))
+    else:
+        loader = DataLoader(SeededSamples(train_set),
+                            batch_sampler=ShardedBatches(sampler, batch_size, rank, world),
+                            **loader_options(device, config["num_workers"]))
+    if len(loader) == 0:
         raise UserError(f"the training set has {len(train_set)} sample(s), fewer than one "
-                        f"batch; lower batch_size below {config['batch_size']}")
-    context.steps_per_epoch = math.ceil(batches / config["accumulate"])
+                        f"batch; lower batch_size below {batch_size}")
+    return sampler, loader
+
+
+def build_clock(job: Job) -> None:
+    """The run's step clock (steps per epoch, the step budget, the last epoch) and the
+    learning-rate schedule spanning it."""
+    config, context = job.config, job.context
+    job.batches = len(job.train_loader)  # fixed now: a resumed epoch's loader skips some
+    context.steps_per_epoch = math.ceil(job.batches / config["accumulate"])
     context.total_steps = config["epochs"] * context.steps_per_epoch
     if config["steps"] is not None:
         context.total_steps = min(context.total_steps, config["steps"])
-    last_epoch = math.ceil(context.total_steps / context.steps_per_epoch)
-    per_step = config["scheduler_interval"] == "step"
-    scheduler = build_scheduler(registries, config, optimizer, context.steps_per_epoch,
-                                context.total_steps)
-    stepper.scheduler = scheduler if per_step else None
-    eval_loaders = {split: DataLoader(ds, batch_size=config["eval_batch_size"],
-                                      **loader_options(device, config["num_workers"]))
-                    for split, ds in data.evals.items()}
-    if main:
-        write_computational_info(run_dir, model, data, config, device)
-    # covariances live for one pass only; a mid-epoch checkpoint keeps the training pass's
-    saturation = SaturationTracker(config["saturation"], model, [TRAIN_PASS, *eval_loaders])
-    midway = MidEpochCheckpoints(config)
-    if midway.enabled:
-        check_checkpointable(make_metrics(registries, config["metrics"], data.num_classes))
-    training_model = model
-    if config["compile"]:
-        training_model.compile()
+    job.last_epoch = math.ceil(context.total_steps / context.steps_per_epoch)
+    job.per_step = config["scheduler_interval"] == "step"
+    job.scheduler = build_scheduler(job.registries, config, job.optimizer,
+                                    context.steps_per_epoch, context.total_steps)
+    job.stepper.scheduler = job.scheduler if job.per_step else None
 
-    # --- resume from the newest intact checkpoint (an epoch's end or mid-epoch)
-    start, history, best, resumed = 0, [], None, None
-    state = checkpoint.load_latest(ckpt_dir)
+
+# --- phase 2: resume from the newest intact checkpoint (an epoch's end or mid-epoch)
+
+def resume(job: Job) -> None:
+    """Restore the newest intact checkpoint, if any, into ``job``; then record this
+    segment's provenance and start the epochs' progress bar and trackers."""
+    run, config = job.run, job.config
+    state = checkpoint.load_latest(job.checkpoints)
     if state is not None:
-        _check_owner(run, state, ckpt_dir)
-        for name, module in method.modules().items():
+        _check_owner(run, state, job.checkpoints)
+        for name, module in job.method.modules().items():
             module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        stepper.scaler.load_state_dict(state.get("scaler", {}))
-        order.set_state(state["data_order"])
-        start, best = state["epoch"], state.get("best")
+        job.optimizer.load_state_dict(state["optimizer"])
+        if job.scheduler is not None:
+            job.scheduler.load_state_dict(state["scheduler"])
+        job.method.load_state_dict(state["method"])
+        job.stepper.scaler.load_state_dict(state.get("scaler", {}))
+        job.order.set_state(state["data_order"])
+        job.start, job.best = state["epoch"], state.get("best")
         # checkpoints before 0.3 carry no step count: every epoch then was whole
-        context.step = int(state.get("step", start * context.steps_per_epoch))
-        history = saturation_view(run_dir, state["history"], config["saturation"])
-        resumed = state.get("partial")
-        if world > 1:  # every process continues its own random streams
-            state["rng"] = state["rng_ranks"][rank]
-        if resumed is None:
-            checkpoint.set_rng_state(state["rng"])
-        if main:
-            print(f"{run.name}: resuming " + (f"after epoch {start}" if resumed is None else
-                  f"epoch {start + 1} after {resumed['batches']} of {batches} batches"),
-                  file=sys.stderr, flush=True)
-    elif world > 1:  # the same weights everywhere, other dropout masks per process
-        torch.manual_seed(config["seed"] * 7919 + rank)
-    if main:
-        runinfo.append_provenance(run_dir, start + 1, str(device), registries.plugin_versions,
-                                 torch.__version__)
-    evaluated = eval_module_name(method)
+        job.context.step = int(state.get("step", job.start * job.context.steps_per_epoch))
+        job.history = saturation_view(run.directory, state["history"], config["saturation"])
+        job.resumed = state.get("partial")
+        # every process continues its own random streams
+        rng = state["rng_ranks"][job.context.rank] if distributed.world_size() > 1 \
+            else state["rng"]
+        if job.resumed is None:
+            checkpoint.set_rng_state(rng)
+        else:  # restored once the epoch's loader iterator exists (creating it draws)
+            job.resumed_rng = rng
+        if job.main:
+            print(f"{run.name}: resuming " + (
+                f"after epoch {job.start}" if job.resumed is None else
+                f"epoch {job.start + 1} after {job.resumed['batches']} of "
+                f"{job.batches} batches"), file=sys.stderr, flush=True)
+    elif distributed.world_size() > 1:  # the same weights everywhere, other dropout masks
+        torch.manual_seed(config["seed"] * 7919 + job.context.rank)
+    if job.main:
+        runinfo.append_provenance(run.directory, job.start + 1, str(job.device),
+                                  job.registries.plugin_versions, torch.__version__)
+    job.evaluated = eval_module_name(job.method)
+    # mirrored to the spec's experiment trackers by the writing process only
+    job.trackers = Trackers({spec["name"]: build_component(job.registries, "loggers", spec,
+                                                           run=run)
+                             for spec in (config["loggers"] if job.main else [])})
+    job.bar = tqdm(range(job.start + 1, job.last_epoch + 1), desc=run.name,
+                   disable=quiet_bars(job.progress))
 
-    def snapshot(epoch_done: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "run_hash": run.hash,
-            "eval_module": evaluated,
-            "epoch": epoch_done,
-            "step": context.step,
-            "history": history,
-            "modules": {name: m.state_dict() for name, m in method.modules().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "method": method.state_dict(),
-            "scaler": stepper.scaler.state_dict(),
-            "data_order": order.get_state(),
-            "rng": rngs[0],
-            **({"rng_ranks": rngs} if world > 1 else {}),
-            "best": best,
-        }
 
-    # --- the epoch loop (mirrored to the spec's experiment trackers by the writing process)
-    trackers = Trackers({spec["name"]: build_component(registries, "loggers", spec, run=run)
-                         for spec in (config["loggers"] if main else [])})
-    try:
-        bar = tqdm(range(start + 1, last_epoch + 1), desc=run.name,
-                   disable=quiet_bars(progress and main))
-        for epoch in bar:
-            started = time.perf_counter()
-            metrics = make_metrics(registries, config["metrics"], data.num_classes)
-            position, on_start = EpochPosition(), None
-            epoch_order = order.get_state()  # the state the epoch's order is drawn from
-            lr = optimizer.param_groups[0]["lr"]
-            if resumed is not None:  # continue the epoch a mid-epoch checkpoint stopped in
-                position = EpochPosition(resumed["batches"], float(resumed["loss_sum"]),
-                                         int(resumed["seen"]), float(resumed["seconds"]))
-                for name, metric in metrics.items():
-                    metric.load_state_dict(resumed["metrics"][name])
-                epoch_order, lr = resumed["data_order"], float(resumed["lr"])
-                order.set_state(epoch_order)
-                sampler.start = position.batches * config["batch_size"]
-                # restored once the loader's iterator exists: creating it draws from the RNG
-                on_start = functools.partial(checkpoint.set_rng_state, state["rng"])
+# --- phase 3: one epoch of training (continuing a mid-epoch checkpoint's)
 
-            def save_midway(at: EpochPosition) -> None:
-                if not midway.due():
-                    return
-                partial = {"batches": at.batches, "loss_sum": at.loss_sum, "seen": at.seen,
-                           "seconds": at.seconds + time.perf_counter() - started,
-                           "metrics": {name: m.state_dict() for name, m in metrics.items()},
-                           "saturation": saturation.pass_state(), "data_order": epoch_order,
-                           "lr": lr}
-                checkpoint.save_partial(ckpt_dir, context.step,
-                                        {**snapshot(epoch - 1, [checkpoint.rng_state()]),
-                                         "partial": partial})
-                midway.saved()
+def train_epoch(job: Job, epoch: int) -> dict[str, Any]:
+    """Train epoch ``epoch``; returns its log row so far (epoch, lr, train columns,
+    training-pass saturation). Writes mid-epoch checkpoints when they are due."""
+    config, started = job.config, time.perf_counter()
+    metrics = make_metrics(job.registries, config["metrics"], job.data.num_classes)
+    position, on_start = EpochPosition(), None
+    epoch_order = job.order.get_state()  # the state the epoch's order is drawn from
+    lr = job.optimizer.param_groups[0]["lr"]
+    resumed = job.resumed
+    if resumed is not None:  # continue the epoch a mid-epoch checkpoint stopped in
+        position = EpochPosition(resumed["batches"], float(resumed["loss_sum"]),
+                                 int(resumed["seen"]), float(resumed["seconds"]))
+        for name, metric in metrics.items():
+            metric.load_state_dict(resumed["metrics"][name])
+        epoch_order, lr = resumed["data_order"], float(resumed["lr"])
+        job.order.set_state(epoch_order)
+        job.sampler.start = position.batches * config["batch_size"]
+        on_start = functools.partial(checkpoint.set_rng_state, job.resumed_rng)
 
-            with saturation.track(TRAIN_PASS, model):
-                if resumed is not None:
-                    saturation.load_pass_state(resumed["saturation"])
-                    resumed = None
-                train_stats = train_one_epoch(
-                    method, train_loader, stepper, metrics, device, epoch, progress and main,
-                    position, batches, save_midway if midway.enabled else None,
-                    channels_last if config["channels_last"] else None, on_start, mixer)
-                saturation.all_reduce()  # the covariances of every process's shards
-            distributed.broadcast_buffers(list(method.modules().values()))
-            extra = method.end_epoch(epoch)
-            method.train(False)
-            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
-            row.update({f"train-{k}": v for k, v in train_stats.items()})
-            row.update(saturation.columns(TRAIN_PASS))
-            for split, loader in eval_loaders.items():
-                with saturation.track(split, method.eval_model()):
-                    stats = evaluate(method.eval_model(), loader,
-                                     make_metrics(registries, config["metrics"], data.num_classes),
-                                     device)
-                row.update({f"{split}-{k}": v for k, v in stats.items()})
-                row.update(saturation.columns(split))
-            row.update(extra)
-            row["epoch_seconds"] = position.seconds + time.perf_counter() - started
-            if progress and main:
-                bar.write(epoch_line(run.name, epoch, last_epoch, row, [TRAIN_PASS, *eval_loaders],
-                                     config["metrics"][:1]), file=sys.stderr)
-            if scheduler is not None and not per_step:
-                scheduler.step()
-            history.append(row)
-            rngs = distributed.gather(checkpoint.rng_state())
-            improved = is_better(row, best, config["best_metric"], config["best_mode"])
-            if improved:
-                best = {"epoch": epoch, "metric": config["best_metric"],
-                        "value": float(row[config["best_metric"]])}
-            midway.saved()
-            if not main:
-                continue
-            # before the checkpoint: a run killed in between redoes the epoch, its spectra
-            # and its best checkpoint
-            if saturation.passes:
-                save_spectra(spectra_path(run_dir, epoch), saturation.epoch_spectra())
-            state = snapshot(epoch, rngs)
-            if improved:
-                checkpoint.save_best(ckpt_dir, state)
-            saved = checkpoint.save(ckpt_dir, epoch, state, keep=config["keep_checkpoints"])
-            if epoch == last_epoch and config["steps"] is not None:
-                runinfo.mark_final(run, saved)
-            write_log(run, history)
-            runinfo.write_status(run_dir, "running", epoch=epoch, best=best)
-            trackers.log_epoch(epoch, history[-1])
-    finally:
-        trackers.close()
-    distributed.barrier()  # the last checkpoint exists before any process reports done
+    def save_midway(at: EpochPosition) -> None:
+        if not job.midway.due():
+            return
+        partial = {"batches": at.batches, "loss_sum": at.loss_sum, "seen": at.seen,
+                   "seconds": at.seconds + time.perf_counter() - started,
+                   "metrics": {name: m.state_dict() for name, m in metrics.items()},
+                   "saturation": job.saturation.pass_state(), "data_order": epoch_order,
+                   "lr": lr}
+        checkpoint.save_partial(job.checkpoints, job.context.step,
+                                {**job.snapshot(epoch - 1, [checkpoint.rng_state()]),
+                                 "partial": partial})
+        job.midway.saved()
+
+    with job.saturation.track(TRAIN_PASS, job.model):
+        if resumed is not None:
+            job.saturation.load_pass_state(resumed["saturation"])
+            job.resumed = None
+        stats = train_one_epoch(
+            job.method, job.train_loader, job.stepper, metrics, job.device, epoch,
+            job.progress, position, job.batches,
+            save_midway if job.midway.enabled else None,
+            channels_last if config["channels_last"] else None, on_start, job.mixer)
+        job.saturation.all_reduce()  # the covariances of every process's shards
+    distributed.broadcast_buffers(list(job.method.modules().values()))
+    job.epoch_started, job.epoch_seconds = started, position.seconds
+    row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    row.update({f"train-{k}": v for k, v in stats.items()})
+    row.update(job.saturation.columns(TRAIN_PASS))
+    return row
+
+
+# --- phase 4: evaluate every eval split
+
+def evaluate_epoch(job: Job, row: dict[str, Any]) -> None:
+    """Close the epoch in the method (its extra columns), then score the evaluated
+    network on every eval split; adds the columns and the epoch's time to ``row``."""
+    extra = job.method.end_epoch(row["epoch"])
+    job.method.train(False)
+    for split, loader in job.eval_loaders.items():
+        with job.saturation.track(split, job.method.eval_model()):
+            stats = evaluate(job.method.eval_model(), loader,
+                             make_metrics(job.registries, job.config["metrics"],
+                                          job.data.num_classes), job.device)
+        row.update({f"{split}-{k}": v for k, v in stats.items()})
+        row.update(job.saturation.columns(split))
+    row.update(extra)
+    row["epoch_seconds"] = job.epoch_seconds + time.perf_counter() - job.epoch_started
+
+
+# --- phase 5: end of the epoch: schedule, best epoch, spectra, checkpoint, log
+
+def end_epoch(job: Job, epoch: int, row: dict[str, Any]) -> None:
+    """Step an epoch schedule, keep the row, track the best epoch; the writing process
+    then saves the spectra, the best and the epoch checkpoint, log.csv, the status and
+    the trackers' row."""
+    config = job.config
+    if job.progress:
+        job.bar.write(epoch_line(job.run.name, epoch, job.last_epoch, row,
+                                 [TRAIN_PASS, *job.eval_loaders], config["metrics"][:1]),
+                      file=sys.stderr)
+    if job.scheduler is not None and not job.per_step:
+        job.scheduler.step()
+    job.history.append(row)
+    rngs = distributed.gather(checkpoint.rng_state())
+    improved = is_better(row, job.best, config["best_metric"], config["best_mode"])
+    if improved:
+        job.best = {"epoch": epoch, "metric": config["best_metric"],
+                    "value": float(row[config["best_metric"]])}
+    job.midway.saved()
+    if not job.main:
+        return
+    run_dir = job.run.directory
+    # before the checkpoint: a run killed in between redoes the epoch, its spectra and
+    # its best checkpoint
+    if job.saturation.passes:
+        save_spectra(spectra_path(run_dir, epoch), job.saturation.epoch_spectra())
+    state = job.snapshot(epoch, rngs)
+    if improved:
+        checkpoint.save_best(job.checkpoints, state)
+    saved = checkpoint.save(job.checkpoints, epoch, state, keep=config["keep_checkpoints"])
+    if epoch == job.last_epoch and config["steps"] is not None:
+        runinfo.mark_final(job.run, saved)
+    write_log(job.run, job.history)
+    runinfo.write_status(run_dir, "running", epoch=epoch, best=job.best)
+    job.trackers.log_epoch(epoch, row)
 
 
 def epoch_line(name: str, epoch: int, last: int, row: dict[str, Any], splits: list[str],

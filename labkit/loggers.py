@@ -88,6 +88,12 @@ class Trackers:
                               stacklevel=2)
                 del self.trackers[name]
 
+    def __enter__(self) -> "Trackers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def close(self) -> None:
         for name, tracker in self.trackers.items():
             try:
