@@ -17,14 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from labkit_stitch.catalogue import Choice
+from labkit_stitch.measures import Activations, Representation
 
 STATISTICS = ("null_mean", "null_sd", "z", "p")
 
 
-def calibrated_table(choice: Choice, xs: Sequence[ArrayLike], ys: Sequence[ArrayLike],
+def calibrated_table(choice: Choice, xs: Sequence[Activations],
+                     ys: Sequence[Activations],
                      permutations: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A measure between every pair of ``xs`` and ``ys``, with its permutation null.
 
@@ -39,10 +40,10 @@ def calibrated_table(choice: Choice, xs: Sequence[ArrayLike], ys: Sequence[Array
     """
     if permutations < 2:
         raise ValueError(f"a permutation null needs at least 2 permutations, got {permutations}")
-    ys = [np.asarray(y) for y in ys]
+    xs, ys = choice.prepare(xs), choice.prepare(ys)
     value = choice.table(xs, ys)
     rng = np.random.default_rng(seed)
-    null = np.stack([choice.table(xs, [y[order] for y in ys])
+    null = np.stack([choice.table(xs, [_rows(y, order) for y in ys])
                      for order in (rng.permutation(len(ys[0])) for _ in range(permutations))])
     mean, sd = null.mean(axis=0), null.std(axis=0, ddof=1)
     as_extreme = null <= value if choice.measure.kind == "distance" else null >= value
@@ -52,7 +53,12 @@ def calibrated_table(choice: Choice, xs: Sequence[ArrayLike], ys: Sequence[Array
             "p": (1 + as_extreme.sum(axis=0)) / (permutations + 1)}
 
 
-def calibrated(choice: Choice, x: ArrayLike, y: ArrayLike, permutations: int,
+def _rows(y: Activations, order: np.ndarray) -> Activations:
+    """``y`` with its examples (rows) in ``order``."""
+    return y.rows(order) if isinstance(y, Representation) else y[order]
+
+
+def calibrated(choice: Choice, x: Activations, y: Activations, permutations: int,
                seed: int = 0) -> dict[str, float]:
     """One pair's value and its permutation null (see :func:`calibrated_table`):
     ``{"value", "null_mean", "null_sd", "z", "p"}``."""

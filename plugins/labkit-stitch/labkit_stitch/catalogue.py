@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from labkit_stitch import cka, measures
+from labkit_stitch.measures import Activations
 
 ORTHOGONAL, SCALING, TRANSLATION, LINEAR, PERMUTATION = (
     "orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation")
@@ -85,14 +86,14 @@ def _cka_table(kernel: str, debiased: bool) -> Table:
     return table
 
 
-def _r2_y_to_x(x: ArrayLike, y: ArrayLike) -> float:
+def _r2_y_to_x(x: Activations, y: Activations) -> float:
     """R² of the least-squares linear prediction of ``x`` from ``y``:
     :func:`~labkit_stitch.measures.linear_r2` with the arguments swapped."""
     return measures.linear_r2(y, x)
 
 
-def _rsa(rdm_kind: str, method: str) -> Callable[[ArrayLike, ArrayLike], float]:
-    def rsa(x: ArrayLike, y: ArrayLike) -> float:
+def _rsa(rdm_kind: str, method: str) -> Callable[[Activations, Activations], float]:
+    def rsa(x: Activations, y: Activations) -> float:
         return measures.rsa(x, y, rdm_kind, method)
     rsa.__doc__ = (f"RSA: {rdm_kind} RDMs compared by {method} "
                    f"(:func:`labkit_stitch.measures.rsa`).")
@@ -161,11 +162,21 @@ class Choice:
         changed = [f"{k}={v}" for k, v in self.params.items() if v != self.measure.defaults[k]]
         return self.measure.name + (":" + ",".join(changed) if changed else "")
 
-    def __call__(self, x: ArrayLike, y: ArrayLike) -> float:
+    def __call__(self, x: Activations, y: Activations) -> float:
         return self.measure.function(x, y, **self.params)
 
-    def table(self, xs: Sequence[ArrayLike], ys: Sequence[ArrayLike]) -> np.ndarray:
+    def prepare(self, xs: Sequence[Activations]) -> list[Activations]:
+        """``xs`` ready to be compared many times: each a
+        :class:`~labkit_stitch.measures.Representation` (what the measure derives from a
+        layer is derived once, and follows a permutation of the rows), or a float64
+        matrix for a measure with its own ``table`` (CKA: Gram matrices)."""
+        if self.measure.table is not None:
+            return [measures.as_matrix(x) for x in xs]
+        return [measures.representation(x) for x in xs]
+
+    def table(self, xs: Sequence[Activations], ys: Sequence[Activations]) -> np.ndarray:
         """``(len(xs), len(ys))`` values of every pair."""
+        xs, ys = self.prepare(xs), self.prepare(ys)
         if self.measure.table is not None:
             return self.measure.table(xs, ys, **self.params)
         return np.array([[self(x, y) for y in ys] for x in xs], dtype=np.float64)

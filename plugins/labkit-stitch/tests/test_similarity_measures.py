@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from labkit.api import UserError, build_component, train
 from labkit_stitch import cut, measures
+from labkit_stitch.measures import Representation
 from labkit_stitch.calibration import calibrated, calibrated_table
 from labkit_stitch.catalogue import (LINEAR, MEASURES, ORTHOGONAL, PERMUTATION, SCALING,
                                      TRANSFORMS, TRANSLATION, choose)
@@ -293,15 +294,16 @@ def test_metric_axioms(name):
 
 # ---- calibrated scores
 
-def test_permutation_null_is_the_documented_one():
+@pytest.mark.parametrize("name", ["linear_cka", "svcca", "rsa_euclidean_spearman", "pwcca"])
+def test_permutation_null_is_the_documented_one(name):
     x, y = sample(14, n=40)
-    choice, permutations, seed = choose("linear_cka"), 30, 5
+    choice, permutations, seed, reference = choose(name), 30, 5, REFERENCES[name]
     result = calibrated(choice, x, y, permutations, seed)
     rng = np.random.default_rng(seed)
-    null = np.array([ref_linear_cka(x, y[rng.permutation(40)]) for _ in range(permutations)])
-    assert result["value"] == pytest.approx(ref_linear_cka(x, y))
-    assert result["null_mean"] == pytest.approx(null.mean())
-    assert result["null_sd"] == pytest.approx(null.std(ddof=1))
+    null = np.array([reference(x, y[rng.permutation(40)]) for _ in range(permutations)])
+    assert result["value"] == pytest.approx(reference(x, y))
+    assert result["null_mean"] == pytest.approx(null.mean(), rel=1e-8)
+    assert result["null_sd"] == pytest.approx(null.std(ddof=1), rel=1e-6)
     assert result["z"] == pytest.approx((result["value"] - null.mean()) / null.std(ddof=1))
     assert result["p"] == pytest.approx((1 + np.sum(null >= result["value"])) / 31)
     assert result["p"] == pytest.approx(1 / 31)  # related: no shuffle does as well
@@ -332,6 +334,18 @@ def test_tables_equal_the_pairwise_values():
         choice = choose(name)
         expected = [[choice(a, b) for b in ys] for a in xs]
         np.testing.assert_allclose(choice.table(xs, ys), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_reordered_representations_equal_reordered_activations():
+    # what a layer's Representation has derived follows a permutation of its rows
+    x, y = sample(18, n=30)
+    order = np.random.default_rng(18).permutation(30)
+    for name in MEASURES:
+        choice = choose(name)
+        px, py = choice.prepare([x, y])
+        choice(px, py)  # derive everything once
+        moved = py.rows(order) if isinstance(py, Representation) else py[order]
+        assert choice(px, moved) == pytest.approx(choice(x, y[order]), rel=1e-9, abs=1e-12)
 
 
 def test_choosing_measures_by_name():
