@@ -25,9 +25,11 @@ similarities: 1 for identical representations.
   (features ≫ samples); HSIC₁'s expectation is the population HSIC, so debiased CKA of
   independent representations stays near 0. It may be slightly negative.
 
-All of them are invariant to orthogonal transforms and isotropic scaling of either
-representation. Functions named ``*_matrix`` compare every layer of one list with every
-layer of another at once, from stacked Gram matrices ``(layers, n, n)``.
+All of them are invariant to orthogonal transforms, isotropic scaling, translation and
+permutation of the features of either representation (declared in
+:mod:`labkit_stitch.catalogue`, tested with every other measure). Functions named
+``*_matrix`` compare every layer of one list with every layer of another at once, from
+stacked Gram matrices ``(layers, n, n)``; ``*_table`` do the same from activations.
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from labkit.api import (INVALID, FinishedRun, RunConfig, UserError, check_device, latents,
                         load_runs, registries as labkit_registries, summarize, train,
                         write_csv)
+from labkit_stitch.catalogue import CKA_MEASURES, MEASURES, choose
 from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
-from labkit_stitch.catalogue import CKA_MEASURES, MEASURES, choose
 from labkit_stitch.similarity import SimilarityOptions, layer_similarity, measure_columns
 from labkit_stitch.stitching import Cell, CellChecker
 from labkit_stitch.tables import (check_axes, group_of, latest_table, matrix, mean_table,

@@ -36,7 +36,7 @@ def test_layer_cka_reads_stored_latents_and_agrees_with_the_networks(registries,
 
     # latents of another reduction are not used, and the reduction matters
     pooled = layer_similarity(a, layers_a, b, layers_b, a.config["dataset"],
-                       SimilarityOptions(batch_size=100, reduction=1))
+                              SimilarityOptions(batch_size=100, reduction=1))
     assert set(pooled["source_a"]) == {"network"}
     assert not np.allclose(pooled["linear_cka"], direct["linear_cka"])
 
@@ -44,10 +44,12 @@ def test_layer_cka_reads_stored_latents_and_agrees_with_the_networks(registries,
 def test_a_network_is_its_own_best_match(registries, trained):
     a = trained("cnn_xs")
     layers = ["block1", "block2", "flatten"]
-    table = layer_similarity(a, layers, a, layers, a.config["dataset"], SimilarityOptions(batch_size=100))
+    table = layer_similarity(a, layers, a, layers, a.config["dataset"],
+                             SimilarityOptions(batch_size=100))
     for measure in MEASURES:
         values = table.pivot(index="layer_a", columns="layer_b", values=measure)
         np.testing.assert_allclose(np.diag(values.loc[layers, layers]), 1.0, atol=1e-9)
         assert (values.to_numpy() <= 1 + 1e-9).all()
     with pytest.raises(UserError, match="no eval split 'val'"):
-        layer_similarity(a, layers, a, layers, a.config["dataset"], SimilarityOptions(split="val"))
+        layer_similarity(a, layers, a, layers, a.config["dataset"],
+                         SimilarityOptions(split="val"))
