@@ -209,25 +209,29 @@ def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
 
 def rbf_cka(x: ArrayLike, y: ArrayLike, threshold: float = 1.0) -> float:
     """RBF CKA (similarity in [0, 1]) of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the
-    same examples (bandwidth rule in the module doc)."""
+    same examples; Gram matrices of Euclidean distances (bandwidth rule in the module
+    doc), centred through ``H``; no other scaling."""
     return float(cka_table([x], [y], "rbf", threshold=threshold)[0, 0])
 
 
 def debiased_linear_cka(x: ArrayLike, y: ArrayLike) -> float:
-    """Debiased linear CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, n ≥ 4: the unbiased
-    HSIC₁ of Song et al. (2012) with linear kernels, normalised (see the module doc); a
-    similarity, 1 for identical inputs, possibly slightly negative."""
+    """Debiased linear CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the same
+    examples, n ≥ 4: the unbiased HSIC₁ of Song et al. (2012) with linear kernels (it
+    centres implicitly), normalised (see the module doc); a similarity, 1 for identical
+    inputs, possibly slightly negative."""
     return float(cka_table([x], [y], debiased=True)[0, 0])
 
 
 def debiased_rbf_cka(x: ArrayLike, y: ArrayLike, threshold: float = 1.0) -> float:
-    """Debiased RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, n ≥ 4: the unbiased HSIC₁
-    with RBF kernels (bandwidth rule in the module doc), normalised."""
+    """Debiased RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the same examples,
+    n ≥ 4: the unbiased HSIC₁ with RBF kernels (bandwidth rule in the module doc),
+    normalised; a similarity, 1 for identical inputs, possibly slightly negative."""
     return float(cka_table([x], [y], "rbf", debiased=True, threshold=threshold)[0, 0])
 
 
 def minibatch_cka(x: ArrayLike, y: ArrayLike, batch_size: int = 256) -> float:
-    """Minibatch CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)`` over consecutive batches of
-    ``batch_size`` rows (in the given order); a last batch of fewer than 4 rows is left
-    out. A similarity, 1 for identical inputs."""
+    """Minibatch CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the same examples, over
+    consecutive batches of ``batch_size`` rows (in the given order); a last batch of
+    fewer than 4 rows is left out. Linear kernels, the unbiased HSIC₁ per batch (it
+    centres implicitly). A similarity, 1 for identical inputs."""
     return float(minibatch_cka_table([x], [y], batch_size)[0, 0])

@@ -1,4 +1,4 @@
-"""`labkit stitch-table` and `labkit cka` from the command line, with the plugin loaded
+"""`labkit stitch-table` and `labkit similarity` from the command line, with the plugin loaded
 through its entry point; the grouping of a grid into tables."""
 import json
 
@@ -63,21 +63,19 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
     np.testing.assert_allclose(same["procrustes_angular_p"], 1 / 4)  # nothing is closer
     assert len(list(out.glob("cka_cnn_xs-*-to-cnn_xs-*.png"))) == 1
 
-    # the same network through `labkit cka` and `labkit similarity`, by run directory
+    # the same network through `labkit similarity`, by run directory (`labkit cka`, its
+    # alias, runs in test_stitch_provenance.py)
     run_dir = str(next((tmp_path / "logs" / "cnn_xs").rglob("log.csv")).parent)
-    cells = [("block1", "block2"), ("block2", "block2")]
-    for command, measures in (("cka", ("linear_cka", "rbf_cka", "minibatch_cka")),
-                              ("similarity", ("svcca:keep=3",))):
-        result = run_cli(command, run_dir, run_dir, "--layers-a", "block1,block2",
-                         "--layers-b", "block2", "-o", str(tmp_path / command),
-                         *(f"--measure={m}" for m in measures if command == "similarity"),
-                         env=ENV)
-        assert result.returncode == 0, result.stderr
-        pair = pd.read_csv(tmp_path / command / f"{command}_table.csv")
-        for measure in measures:
-            expected = cka.set_index(["layer_a", "layer_b"]).loc[cells, measure]
-            np.testing.assert_allclose(pair[measure], expected, rtol=1e-9)
-
+    measures = ("linear_cka", "rbf_cka", "minibatch_cka", "svcca:keep=3")
+    result = run_cli("similarity", run_dir, run_dir, "--layers-a", "block1,block2",
+                     "--layers-b", "block2", "-o", str(tmp_path / "similarity"),
+                     *(f"--measure={m}" for m in measures), env=ENV)
+    assert result.returncode == 0, result.stderr
+    pair = pd.read_csv(tmp_path / "similarity" / "similarity_table.csv")
+    expected = cka.set_index(["layer_a", "layer_b"]).loc[[("block1", "block2"),
+                                                          ("block2", "block2")]]
+    for measure in measures:
+        np.testing.assert_allclose(pair[measure], expected[measure], rtol=1e-9)
 
 
 def test_a_grid_of_network_pairs_gives_one_table_per_pair(registries, tmp_path):
