@@ -1,13 +1,16 @@
-"""labkit-stitch: model stitching tables and representation similarity (CKA) for labkit.
+"""labkit-stitch: model stitching tables and representational similarity for labkit.
 
 Registers the model ``stitched`` (A's bottom up to layer i, a trainable stitch, B's top
 from layer j; A and B are labkit runs), the method ``autoencoder_stitch`` (fit the
 stitch to B's own activations), and the commands ``labkit stitch-table`` (i × j tables
-of stitched accuracy, random-sender baseline, debiased difference, and CKA) and
-``labkit cka`` (CKA between the layers of two runs). Layer names are checked when a spec
-is validated; ``stitch-table`` checks every cell before training, records unstitchable
-ones and goes on, averages over seed axes and summarises the latest layer that can
-stitch. Debiased linear and RBF CKA are public in :mod:`labkit_stitch.cka`. See README.md.
+of stitched accuracy, random-sender baseline, debiased difference, CKA and companion
+similarity columns), ``labkit similarity`` (chosen measures between the layers of two
+runs, with an optional permutation null) and its alias ``labkit cka``. Layer names are
+checked when a spec is validated; ``stitch-table`` checks every cell before training,
+records unstitchable ones and goes on, averages over seed axes and summarises the latest
+layer that can stitch. The measures are public: :mod:`labkit_stitch.cka`,
+:mod:`labkit_stitch.measures`, chosen by name in :mod:`labkit_stitch.catalogue`,
+calibrated in :mod:`labkit_stitch.calibration`. See README.md and docs/measures.md.
 """
 from labkit.api import hookimpl
 from labkit_stitch.stitching import AutoencoderStitch, StitchedParams, stitched

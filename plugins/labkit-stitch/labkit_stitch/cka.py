@@ -1,7 +1,9 @@
 """Centered kernel alignment (CKA) between layer representations.
 
-Every function takes activations as float64 matrices ``(n, p)``: n samples (the same
-samples, in the same order, for both representations), each flattened to p features.
+Every function takes activations as matrices ``(n, p)`` (torch tensors or anything numpy
+reads), computed in float64: n samples (the same samples, in the same order, for both
+representations; rows are examples), each flattened to p features. All of them are
+similarities: 1 for identical representations.
 
 * Linear CKA (Kornblith et al. 2019): with centred Gram matrices ``Kc = H X Xᵀ H`` and
   ``Lc = H Y Yᵀ H`` (``H = I - 11ᵀ/n``),
@@ -23,14 +25,19 @@ samples, in the same order, for both representations), each flattened to p featu
   (features ≫ samples); HSIC₁'s expectation is the population HSIC, so debiased CKA of
   independent representations stays near 0. It may be slightly negative.
 
-All of them are invariant to orthogonal transforms and isotropic scaling of either
-representation. Functions named ``*_matrix`` compare every layer of one list with every
-layer of another at once, from stacked Gram matrices ``(layers, n, n)``.
+All of them are invariant to orthogonal transforms, isotropic scaling, translation and
+permutation of the features of either representation (declared in
+:mod:`labkit_stitch.catalogue`, tested with every other measure). Functions named
+``*_matrix`` compare every layer of one list with every layer of another at once, from
+stacked Gram matrices ``(layers, n, n)``; ``*_table`` do the same from activations.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 
 def gram_linear(x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +85,9 @@ def cka_matrix(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.Tensor:
 def unbiased_hsic_matrix(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.Tensor:
     """Unbiased HSIC₁ (Song et al. 2012) between every pair of Gram matrices.
 
+    Written for any square matrices, symmetric or not (CKNNA's masked kernels):
+    ``tr(K̃L̃)`` and ``1ᵀK̃L̃1`` as they stand, not as their symmetric shortcuts.
+
     Args:
         grams_a: ``(A, n, n)``; grams_b: ``(B, n, n)``; n ≥ 4 samples.
 
@@ -89,9 +99,9 @@ def unbiased_hsic_matrix(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.
         raise ValueError(f"the unbiased HSIC needs at least 4 samples, got {n}")
     off = 1 - torch.eye(n, dtype=grams_a.dtype, device=grams_a.device)
     k, l = grams_a * off, grams_b * off  # noqa: E741 (the paper's name)
-    trace = torch.einsum("ixy,jxy->ij", k, l)  # tr(K̃ L̃) of symmetric matrices
+    trace = torch.einsum("ixy,jyx->ij", k, l)  # tr(K̃ L̃)
     sum_k, sum_l = k.sum((1, 2)), l.sum((1, 2))
-    ones_k_l_ones = k.sum(2) @ l.sum(2).T  # 1ᵀ K̃ L̃ 1 = (K̃1)·(L̃1)
+    ones_k_l_ones = k.sum(1) @ l.sum(2).T  # 1ᵀ K̃ L̃ 1 = (1ᵀK̃)·(L̃1)
     return (trace + sum_k[:, None] * sum_l[None, :] / ((n - 1) * (n - 2))
             - 2 * ones_k_l_ones / (n - 2)) / (n * (n - 3))
 
@@ -138,34 +148,90 @@ class MinibatchCKA:
         return _normalise(self.cross, self.self_a, self.self_b)
 
 
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of activations ``x`` ``(n, p)`` and ``y`` ``(n, q)``."""
-    return float(cka_matrix(gram_linear(x)[None], gram_linear(y)[None])[0, 0])
+def as_activations(x: ArrayLike) -> torch.Tensor:
+    """Activations ``(n, p)`` (a tensor or anything numpy reads) as a float64 tensor."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.ndim != 2:
+        raise ValueError(f"activations must be a matrix (examples, features), got shape "
+                         f"{tuple(x.shape)}")
+    return x
 
 
-def rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0) -> float:
-    """RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)`` (bandwidth rule in the module doc)."""
-    return float(cka_matrix(gram_rbf(x, threshold)[None], gram_rbf(y, threshold)[None])[0, 0])
+def grams(xs: Sequence[ArrayLike], kernel: str = "linear", threshold: float = 1.0
+          ) -> torch.Tensor:
+    """Stacked Gram matrices ``(len(xs), n, n)`` of activations ``(n, p_i)``.
+
+    Args:
+        kernel: ``"linear"`` (``X Xᵀ``) or ``"rbf"`` (:func:`gram_rbf` with ``threshold``).
+    """
+    if kernel == "linear":
+        return torch.stack([gram_linear(as_activations(x)) for x in xs])
+    if kernel == "rbf":
+        return torch.stack([gram_rbf(as_activations(x), threshold) for x in xs])
+    raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
 
 
-def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Debiased linear CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, n ≥ 4: the unbiased
-    HSIC₁ of Song et al. (2012) with linear kernels, normalised (see the module doc)."""
-    return float(debiased_cka_matrix(gram_linear(x)[None], gram_linear(y)[None])[0, 0])
+def cka_table(xs: Sequence[ArrayLike], ys: Sequence[ArrayLike], kernel: str = "linear",
+              debiased: bool = False, threshold: float = 1.0) -> np.ndarray:
+    """CKA between every representation of ``xs`` and every one of ``ys``.
+
+    Args:
+        xs: activations ``(n, p_i)``; ys: activations ``(n, q_j)`` of the same n examples.
+        kernel: ``"linear"`` or ``"rbf"`` (median-heuristic bandwidth times ``threshold``).
+        debiased: the unbiased HSIC₁ (n ≥ 4) instead of the biased HSIC.
+
+    Returns:
+        ``(len(xs), len(ys))`` float64 array.
+    """
+    table = debiased_cka_matrix if debiased else cka_matrix
+    return table(grams(xs, kernel, threshold), grams(ys, kernel, threshold)).numpy()
 
 
-def debiased_rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0) -> float:
-    """Debiased RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, n ≥ 4: the unbiased HSIC₁
-    with RBF kernels (bandwidth rule in the module doc), normalised."""
-    return float(debiased_cka_matrix(gram_rbf(x, threshold)[None],
-                                     gram_rbf(y, threshold)[None])[0, 0])
+def minibatch_cka_table(xs: Sequence[ArrayLike], ys: Sequence[ArrayLike],
+                        batch_size: int = 256) -> np.ndarray:
+    """Minibatch CKA between every representation of ``xs`` and every one of ``ys``, over
+    consecutive batches of ``batch_size`` rows; a last batch of fewer than 4 rows is left
+    out. Returns a ``(len(xs), len(ys))`` float64 array."""
+    xs, ys = [as_activations(x) for x in xs], [as_activations(y) for y in ys]
+    accumulator = MinibatchCKA(len(xs), len(ys))
+    for start in range(0, len(xs[0]), batch_size):
+        if len(xs[0]) - start >= 4:
+            accumulator.update(grams([x[start:start + batch_size] for x in xs]),
+                               grams([y[start:start + batch_size] for y in ys]))
+    return accumulator.compute().numpy()
 
 
-def minibatch_cka(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """Minibatch CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)`` over consecutive batches of
-    ``batch_size`` rows; a last batch of fewer than 4 rows is left out."""
-    accumulator = MinibatchCKA(1, 1)
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        if len(xb) >= 4:
-            accumulator.update(gram_linear(xb)[None], gram_linear(yb)[None])
-    return float(accumulator.compute()[0, 0])
+def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+    """Linear CKA (similarity in [0, 1]) of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the
+    same examples; features centred over the examples (through ``H``), no other scaling."""
+    return float(cka_table([x], [y])[0, 0])
+
+
+def rbf_cka(x: ArrayLike, y: ArrayLike, threshold: float = 1.0) -> float:
+    """RBF CKA (similarity in [0, 1]) of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the
+    same examples; Gram matrices of Euclidean distances (bandwidth rule in the module
+    doc), centred through ``H``; no other scaling."""
+    return float(cka_table([x], [y], "rbf", threshold=threshold)[0, 0])
+
+
+def debiased_linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+    """Debiased linear CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the same
+    examples, n ≥ 4: the unbiased HSIC₁ of Song et al. (2012) with linear kernels (it
+    centres implicitly), normalised (see the module doc); a similarity, 1 for identical
+    inputs, possibly slightly negative."""
+    return float(cka_table([x], [y], debiased=True)[0, 0])
+
+
+def debiased_rbf_cka(x: ArrayLike, y: ArrayLike, threshold: float = 1.0) -> float:
+    """Debiased RBF CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the same examples,
+    n ≥ 4: the unbiased HSIC₁ with RBF kernels (bandwidth rule in the module doc),
+    normalised; a similarity, 1 for identical inputs, possibly slightly negative."""
+    return float(cka_table([x], [y], "rbf", debiased=True, threshold=threshold)[0, 0])
+
+
+def minibatch_cka(x: ArrayLike, y: ArrayLike, batch_size: int = 256) -> float:
+    """Minibatch CKA of ``x`` ``(n, p)`` and ``y`` ``(n, q)``, rows the same examples, over
+    consecutive batches of ``batch_size`` rows (in the given order); a last batch of
+    fewer than 4 rows is left out. Linear kernels, the unbiased HSIC₁ per batch (it
+    centres implicitly). A similarity, 1 for identical inputs."""
+    return float(minibatch_cka_table([x], [y], batch_size)[0, 0])

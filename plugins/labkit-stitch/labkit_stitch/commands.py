@@ -1,7 +1,8 @@
-"""CLI commands of the plugin: ``labkit stitch-table`` and ``labkit cka``."""
+"""CLI commands of the plugin: ``labkit stitch-table``, ``labkit similarity`` and its alias
+``labkit cka``."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,14 @@ from pydantic import ValidationError
 
 from labkit.api import (INVALID, RunConfig, UserError, check_device, latents, load_runs,
                         read_run, registries as labkit_registries, summarize, train, write_csv)
+from labkit_stitch.catalogue import CKA_MEASURES, MEASURES, choose
 from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
-from labkit_stitch.similarity import CKAOptions, layer_cka
+from labkit_stitch.similarity import SimilarityOptions, layer_similarity, measure_columns
 from labkit_stitch.stitching import Cell, CellChecker
-from labkit_stitch.tables import (CKA_MEASURES, check_axes, group_of, latest_table, matrix,
-                                  mean_table, plot_cka, plot_stitch_group, seed_keys,
-                                  stitch_table, stitched_params)
+from labkit_stitch.tables import (check_axes, group_of, latest_table, matrix, mean_table,
+                                  plot_similarity, plot_stitch_group, seed_keys, stitch_table,
+                                  stitched_params, with_companions)
 
 
 def parse_reduction(ctx: click.Context, param: click.Parameter, text: str) -> int | str:
@@ -25,25 +27,36 @@ def parse_reduction(ctx: click.Context, param: click.Parameter, text: str) -> in
     mode = latents.parse_mode(text)
     if mode == "pixelwise":
         raise UserError("--reduction pixelwise makes a row per position, not per image; "
-                        "CKA compares images: use 'none' or an integer d")
+                        "the similarity measures compare images: use 'none' or an integer d")
     return mode
 
 
-def cka_options(**values: object) -> CKAOptions:
-    """:class:`CKAOptions` from command-line values, a bad value as a one-line error."""
+def similarity_options(**values: object) -> SimilarityOptions:
+    """:class:`SimilarityOptions` from command-line values, a bad value as a one-line
+    error naming the option."""
     try:
-        return CKAOptions(**values)
+        return SimilarityOptions(**values)
     except ValidationError as exc:
-        raise UserError("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: "
-                                  f"{e['msg']}" for e in exc.errors())) from None
+        option = {"measures": "measure"}
+        raise UserError("; ".join(
+            f"--{option.get(str(e['loc'][0]), str(e['loc'][0])).replace('_', '-')}: "
+            f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors())) from None
 
 
 _REDUCTION = click.option(
     "--reduction", default="none", show_default=True, callback=parse_reduction,
-    help="CKA on conv maps: 'none' flattens the whole map, d average-pools it to d×d first "
-         "(stored latents of that downsampling are used when present)")
+    help="similarity of conv maps: 'none' flattens the whole map, d average-pools it to d×d "
+         "first (stored latents of that downsampling are used when present)")
 _MAX_SAMPLES = click.option("--max-samples", default=2048, show_default=True, type=int,
-                            help="images for linear and RBF CKA (minibatch CKA uses the split)")
+                            help="images every similarity measure sees (the first of the split)")
+_PERMUTATIONS = click.option(
+    "--permutations", default=0, show_default=True, type=int,
+    help="permutation null per measure: shuffle B's images this many times (at least 2; 0: "
+         "no null) and report null mean, sd, z and p")
+_SEED = click.option("--seed", default=0, show_default=True, type=int,
+                     help="seed of the permutations")
+_MEASURE_HELP = (f"measure, repeatable, 'name' or 'name:key=value,...' (svcca:keep=20, "
+                 f"mutual_knn:k=5); names: {', '.join(MEASURES)}")
 
 
 def echo_matrices(rows: pd.DataFrame, values: list[str], row: str, column: str) -> None:
@@ -68,6 +81,9 @@ def run_label(run: RunConfig) -> str:
               help="folder of the tables [default: <logs_dir>/stitch_tables/<spec name>/<run-id>]")
 @click.option("--cka/--no-cka", default=True, show_default=True,
               help="also CKA between the chosen layers of each pair of networks")
+@click.option("--measure", "measures", multiple=True, metavar="NAME",
+              help=f"companion column of the stitching table (and of cka_table.csv): "
+                   f"{_MEASURE_HELP}")
 @click.option("--average-over", "average_over", multiple=True, metavar="KEY",
               help="dotted config key (or prefix) to average the tables over, repeatable "
                    "[default: every varying seed key: seed, model.sender.where.seed, ...]; "
@@ -79,16 +95,20 @@ def run_label(run: RunConfig) -> str:
               help="validate the spec and check every cell's cut and shapes; train nothing")
 @_REDUCTION
 @_MAX_SAMPLES
+@_PERMUTATIONS
+@_SEED
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 def stitch_table_command(spec: str, run_id: str, device: str | None, split: str, metric: str,
-                         output: str | None, cka: bool, average_over: tuple[str, ...],
-                         tolerance: float, dry_run: bool, reduction: int | str,
-                         max_samples: int, quiet: bool) -> None:
+                         output: str | None, cka: bool, measures: tuple[str, ...],
+                         average_over: tuple[str, ...], tolerance: float, dry_run: bool,
+                         reduction: int | str, max_samples: int, permutations: int, seed: int,
+                         quiet: bool) -> None:
     """Train every stitch of SPEC (and the networks A and B first, where unfinished), then
     write the i × j tables of stitched accuracy, random-sender accuracy and their
-    difference (stitch_table.csv, one PNG per group), the latest layer of A that can
-    stitch (stitch_latest.csv), the tables averaged over seeds (stitch_mean.csv), and CKA
-    tables (cka_table.csv), each with a provenance record (<table>.provenance.json).
+    difference (stitch_table.csv, one PNG per group; a column per --measure between A's
+    and B's layers of the cell), the latest layer of A that can stitch
+    (stitch_latest.csv), the tables averaged over seeds (stitch_mean.csv), and CKA tables
+    (cka_table.csv), each with a provenance record (<table>.provenance.json).
 
     Every cell is checked on the networks' architectures before anything trains: an
     unstitchable cell (a vector into a map, a cut across a skip connection) is not
@@ -100,6 +120,11 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
                         f"also trains {', '.join(others)} (train those with `labkit run`)")
     over = [] if list(average_over) == ["none"] else list(average_over) or seed_keys(runs)
     check_axes(runs, over)
+    chosen = list(CKA_MEASURES) if cka else []
+    chosen += [m for m in measures if m not in chosen]
+    options = similarity_options(split=split, reduction=reduction, max_samples=max_samples,
+                                 measures=chosen, permutations=permutations,
+                                 seed=seed) if chosen else None
     checker = CellChecker()
     cells = {str(run.directory): checker(run) for run in runs}
     problems = {directory: cell.problem for directory, cell in cells.items()}
@@ -130,11 +155,29 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
     out = Path(output or Path(runs[0].config["logs_dir"]) / "stitch_tables"
                / runs[0].config["name"] / run_id)
     given = {"spec": str(Path(spec).resolve()), "run_id": run_id}
-    write_stitch_tables(runs, split, metric, out, given, cells, over, tolerance)
+    similarities: list[pd.DataFrame] = []
     if cka:
-        options = cka_options(split=split, reduction=reduction, max_samples=max_samples)
-        write_cka_tables(pairs, options, device, out, given)
+        similarities = write_cka_tables(pairs, options, device, out, given)
+    elif measures:
+        similarities = [pair_similarity(pair, options, device) for pair in pairs]
+    companions, stitch_given = None, given
+    if measures:
+        columns = [column for m in measures for column in measure_columns(choose(m), permutations)]
+        companions = pd.concat(similarities, ignore_index=True)[COMPANION_KEYS + columns]
+        stitch_given = {**given, "measures": list(measures), "permutations": permutations,
+                        "seed": seed}
+    write_stitch_tables(runs, split, metric, out, stitch_given, cells, over, tolerance,
+                        companions)
     summarize(states)
+
+
+COMPANION_KEYS = ["run_a", "run_b", "layer_a", "layer_b"]
+
+
+def pair_similarity(pair: dict, options: SimilarityOptions, device: str) -> pd.DataFrame:
+    """:func:`~labkit_stitch.similarity.layer_similarity` of one pair of networks."""
+    return layer_similarity(pair["a"], pair["layers_a"], pair["b"], pair["layers_b"],
+                            pair["dataset"], options, device)
 
 
 # labkit's state of a run that hit a mistake in the input (summarize's exit code 2)
@@ -169,7 +212,8 @@ def network_pairs(runs: list[RunConfig]) -> list[dict]:
 def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Path,
                         parameters: dict[str, Any] | None = None,
                         cells: dict[str, Cell] | None = None, over: Sequence[str] = (),
-                        tolerance: float = 0.01) -> None:
+                        tolerance: float = 0.01, companions: pd.DataFrame | None = None
+                        ) -> None:
     """The stitching tables into ``out``, then their provenance record
     stitch_table.provenance.json (see :mod:`labkit_stitch.provenance`: the stitch runs
     and their networks A and B); the tables on stdout.
@@ -185,6 +229,10 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
             (checked here when not given).
         over: dotted config keys to average over.
         tolerance: of the latest-layer summary.
+        companions: similarity columns to add to stitch_table.csv, one row per pair of
+            networks and layers: ``run_a``, ``run_b``, ``layer_a``, ``layer_b`` (A's and
+            B's run directories and layers), then the columns to add
+            (:func:`~labkit_stitch.tables.with_companions`).
     """
     networks = [network.run_config() for params in map(stitched_params, runs)
                 for network in (params.sender, params.receiver)]
@@ -197,6 +245,8 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
         cells = {str(run.directory): checker(run) for run in runs}
     table = stitch_table(runs, split, metric,
                          {directory: cell.problem for directory, cell in cells.items()})
+    if companions is not None:
+        table = with_companions(table, companions)
     depths: dict[tuple[str, str], int] = {}
     for run in runs:
         params = stitched_params(run)
@@ -253,9 +303,9 @@ def echo_latest(latest: pd.DataFrame, title: str) -> None:
     click.echo(latest[columns].round(3).to_string(index=False))
 
 
-def cka_pair_record(pair: dict, rows: pd.DataFrame) -> dict[str, Any]:
-    """What one pair's CKA rows were computed from, for the provenance record: the runs,
-    layers and data set, and per side the source and the latents manifest digest."""
+def pair_record(pair: dict, rows: pd.DataFrame) -> dict[str, Any]:
+    """What one pair's similarity rows were computed from, for the provenance record: the
+    runs, layers and data set, and per side the source and the latents manifest digest."""
     first = rows.iloc[0]
     return {"run_a": str(pair["a"].directory), "run_b": str(pair["b"].directory),
             "layers_a": list(rows["layer_a"].unique()),
@@ -265,8 +315,22 @@ def cka_pair_record(pair: dict, rows: pd.DataFrame) -> dict[str, Any]:
                for side in ("a", "b") for key in ("source", "latents")}}
 
 
-def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: Path,
-                     parameters: dict[str, Any] | None = None) -> None:
+def measure_parameters(options: SimilarityOptions) -> dict[str, Any]:
+    """The options as recorded in provenance, each measure with all its parameters."""
+    return {**options.model_dump(exclude={"measures"}),
+            "measures": {c.column: c.params for c in options.choices()}}
+
+
+def echo_similarities(rows: pd.DataFrame, options: SimilarityOptions) -> None:
+    """Print each measure's layer × layer matrix (and its z-scores with a null)."""
+    columns = [c.column for c in options.choices()]
+    if options.permutations:
+        columns = [name for column in columns for name in (column, f"{column}_z")]
+    echo_matrices(rows, columns, "layer_a", "layer_b")
+
+
+def write_cka_tables(pairs: list[dict], options: SimilarityOptions, device: str, out: Path,
+                     parameters: dict[str, Any] | None = None) -> list[pd.DataFrame]:
     """cka_table.csv and one heatmap per pair of networks into ``out``, then their
     provenance record cka_table.provenance.json (see :mod:`labkit_stitch.provenance`);
     tables on stdout.
@@ -274,45 +338,60 @@ def write_cka_tables(pairs: list[dict], options: CKAOptions, device: str, out: P
     Args:
         pairs: ``{"a", "b", "layers_a", "layers_b", "dataset"}`` per pair of networks.
         parameters: further parameters to record (the command's spec and run-id).
+
+    Returns:
+        Each pair's rows (:func:`~labkit_stitch.similarity.layer_similarity`).
     """
     record = TableRecord(out / "cka_table.csv", "stitch-table",
-                         {**(parameters or {}), **options.model_dump(), "device": device},
+                         {**(parameters or {}), **measure_parameters(options),
+                          "device": device},
                          [run for pair in pairs for run in (pair["a"], pair["b"])])
     tables, files, computed = [], [out / "cka_table.csv"], []
     for pair in pairs:
-        rows = layer_cka(pair["a"], pair["layers_a"], pair["b"], pair["layers_b"],
-                         pair["dataset"], options, device)
+        rows = pair_similarity(pair, options, device)
         title = f"{run_label(pair['a'])}-to-{run_label(pair['b'])}"
         files.append(out / f"cka_{title}.png")
-        plot_cka(rows, f"CKA {title}", files[-1])
+        plot_similarity(rows, options.choices(), f"CKA {title}", files[-1])
         click.echo(f"\n== CKA {title} ({options.split}, {rows['samples'].iloc[0]} images)")
-        echo_matrices(rows, list(CKA_MEASURES), "layer_a", "layer_b")
+        echo_similarities(rows, options)
         tables.append(rows)
-        computed.append(cka_pair_record(pair, rows))
+        computed.append(pair_record(pair, rows))
     write_csv(files[0], pd.concat(tables, ignore_index=True))
     record.write(files, pairs=computed)
     click.echo(f"\nCKA tables -> {files[0]}")
+    return tables
 
 
-@click.command("cka")
-@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
-@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
-@click.option("--layers-a", default=None,
-              help="comma-separated layers of A [default: its top-level modules]")
-@click.option("--layers-b", default=None,
-              help="comma-separated layers of B [default: its top-level modules]")
-@click.option("--split", default="eval", show_default=True,
-              help="eval split of A's data set; both networks see its images")
-@_REDUCTION
-@_MAX_SAMPLES
-@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
-              help="folder of cka_table.csv and cka.png [default: RUN_A/cka/<B model>-<B hash>]")
-@click.option("--device", default="cpu", show_default=True, help="torch device")
-def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | None, split: str,
-                reduction: int | str, max_samples: int, output: str | None, device: str) -> None:
-    """Linear, RBF and minibatch CKA between the layers of two trained runs (their folders,
-    wherever they lie): cka_table.csv, cka.png and their provenance record
-    cka_table.provenance.json."""
+def pair_options(command: Callable) -> Callable:
+    """The options of ``labkit similarity`` and ``labkit cka``."""
+    options = [
+        click.argument("run_a", type=click.Path(exists=True, file_okay=False)),
+        click.argument("run_b", type=click.Path(exists=True, file_okay=False)),
+        click.option("--layers-a", default=None,
+                     help="comma-separated layers of A [default: its top-level modules]"),
+        click.option("--layers-b", default=None,
+                     help="comma-separated layers of B [default: its top-level modules]"),
+        click.option("--split", default="eval", show_default=True,
+                     help="eval split of A's data set; both networks see its images"),
+        click.option("--measure", "measures", multiple=True, metavar="NAME",
+                     help=f"{_MEASURE_HELP} [default: the five CKAs]"),
+        _PERMUTATIONS, _SEED, _REDUCTION, _MAX_SAMPLES,
+        click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+                     help=f"folder of the table and its heatmaps [default: "
+                          f"RUN_A/{command.__name__.removesuffix('_command')}/<B model>-<B hash>]"),
+        click.option("--device", default="cpu", show_default=True, help="torch device"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def compare_runs(command: str, run_a: str, run_b: str, layers_a: str | None,
+                 layers_b: str | None, output: str | None, device: str,
+                 **values: Any) -> None:
+    """``labkit similarity`` (files similarity_table.csv, similarity.png) and ``labkit
+    cka`` (cka_table.csv, cka.png), each with its provenance record, in
+    ``RUN_A/<command>/<B label>`` unless ``output``."""
     check_device(device)
     # each folder itself, checked to hold a trained run (its final checkpoint verified)
     a, b = (read_run(folder, name).run for folder, name in ((run_a, "RUN_A"), (run_b, "RUN_B")))
@@ -322,20 +401,42 @@ def cka_command(run_a: str, run_b: str, layers_a: str | None, layers_b: str | No
             return [part.strip() for part in text.split(",") if part.strip()]
         return [name for name, _ in trained_network(run).named_children()]
 
-    options = cka_options(split=split, reduction=reduction, max_samples=max_samples)
+    options = similarity_options(**{**values, "measures": list(values["measures"])
+                                    or list(CKA_MEASURES)})
     pair = {"a": a, "b": b, "layers_a": layers(layers_a, a), "layers_b": layers(layers_b, b),
             "dataset": a.config["dataset"]}
-    out = Path(output or a.directory / "cka" / run_label(b))
-    record = TableRecord(out / "cka_table.csv", "cka",
+    out = Path(output or a.directory / command / run_label(b))
+    stem = "cka" if command == "cka" else "similarity"
+    table, figure = out / f"{stem}_table.csv", out / f"{stem}.png"
+    record = TableRecord(table, command,
                          {"run_a": str(a.directory), "run_b": str(b.directory),
                           "layers_a": pair["layers_a"], "layers_b": pair["layers_b"],
-                          **options.model_dump(), "device": device}, [a, b])
-    rows = layer_cka(a, pair["layers_a"], b, pair["layers_b"], pair["dataset"], options, device)
-    write_csv(out / "cka_table.csv", rows)
-    plot_cka(rows, f"CKA {run_label(a)} vs {run_label(b)}", out / "cka.png")
-    record.write([out / "cka_table.csv", out / "cka.png"], pairs=[cka_pair_record(pair, rows)])
-    echo_matrices(rows, list(CKA_MEASURES), "layer_a", "layer_b")
-    click.echo(f"-> {out / 'cka_table.csv'}")
+                          **measure_parameters(options), "device": device}, [a, b])
+    rows = pair_similarity(pair, options, device)
+    write_csv(table, rows)
+    plot_similarity(rows, options.choices(), f"{run_label(a)} vs {run_label(b)}", figure)
+    record.write([table, figure], pairs=[pair_record(pair, rows)])
+    echo_similarities(rows, options)
+    click.echo(f"-> {table}")
 
 
-COMMANDS: list[click.Command] = [stitch_table_command, cka_command]
+@click.command("similarity")
+@pair_options
+def similarity_command(**values: Any) -> None:
+    """Similarity measures between the layers of two trained runs (directories), one
+    layer × layer table per measure: similarity_table.csv (a column per measure, and its
+    permutation null with --permutations), similarity.png and their provenance record
+    similarity_table.provenance.json. Measures and their invariances: the plugin's
+    README."""
+    compare_runs("similarity", **values)
+
+
+@click.command("cka")
+@pair_options
+def cka_command(**values: Any) -> None:
+    """`labkit similarity` under its former name, the five CKAs by default: cka_table.csv,
+    cka.png and their provenance record cka_table.provenance.json."""
+    compare_runs("cka", **values)
+
+
+COMMANDS: list[click.Command] = [stitch_table_command, similarity_command, cka_command]

@@ -20,7 +20,9 @@ Columns of the stitching table (one row per group and layer pair):
   into B's, or B cannot start at that layer), empty for a cell that can; such a cell's
   values are empty and its runs are never trained;
 * ``stitch_run``, ``random_stitch_run``: the two stitch runs' directories;
-* ``config.<key>``: every other setting that varies across the spec's runs.
+* ``config.<key>``: every other setting that varies across the spec's runs;
+* companion columns (:func:`with_companions`, ``labkit stitch-table --measure``): a
+  similarity measure between A's ``sender_layer`` and B's ``receiver_layer``.
 
 A value whose run is missing or failed is empty (NaN).
 
@@ -42,6 +44,7 @@ import pandas as pd
 from labkit.api import (RunConfig, UserError, flatten, identity_config, is_trained, runinfo,
                         varying_keys, write_figure)
 
+from labkit_stitch.catalogue import Choice
 from labkit_stitch.stitching import StitchedParams
 
 AXES = ("sender_layer", "receiver_layer", "sender_weights")
@@ -309,13 +312,40 @@ def plot_stitch_group(rows: pd.DataFrame, path: Path, mean: bool = False) -> Non
               for _, column, _ in panels] if mean else None)
 
 
-CKA_MEASURES = ("linear_cka", "rbf_cka", "debiased_linear_cka", "debiased_rbf_cka",
-                "minibatch_cka")
+def with_companions(table: pd.DataFrame, companions: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (of :func:`stitch_table`) with similarity columns beside each cell.
+
+    Args:
+        companions: ``run_a``, ``run_b``, ``layer_a``, ``layer_b`` (A's and B's run
+            directories and layers), then the columns to add, one row per pair of layers
+            (:func:`~labkit_stitch.similarity.layer_similarity`'s rows).
+
+    Returns:
+        ``table`` with those columns appended, the value between the *trained* A's
+        ``sender_layer`` and B's ``receiver_layer`` (also in an unstitchable cell).
+    """
+    keys = {"run_a": "sender_run", "run_b": "receiver_run", "layer_a": "sender_layer",
+            "layer_b": "receiver_layer"}
+    companions = companions.rename(columns=keys).drop_duplicates(list(keys.values()))
+    return table.merge(companions, how="left", on=list(keys.values()), validate="many_to_one")
 
 
-def plot_cka(rows: pd.DataFrame, title: str, path: Path) -> None:
-    """Linear, RBF, debiased linear and RBF, and minibatch CKA of one pair of runs as one
-    PNG."""
-    style = {"vmin": 0.0, "vmax": 1.0, "cmap": "magma"}
-    heatmaps([(name.replace("_", " "), matrix(rows, name, "layer_a", "layer_b"), style)
-              for name in CKA_MEASURES], title, path)
+def plot_similarity(rows: pd.DataFrame, choices: Sequence[Choice], title: str,
+                    path: Path) -> None:
+    """One heatmap per measure (A's layers × B's layers) of one pair of runs, as one PNG.
+
+    Similarities are drawn from min(0, lowest) to max(1, highest), distances from 0 to
+    their highest value with the colour scale reversed, so that bright is similar for
+    both.
+    """
+    panels = []
+    for choice in choices:
+        values = matrix(rows, choice.column, "layer_a", "layer_b")
+        finite = values.to_numpy(dtype=float)
+        finite = finite[np.isfinite(finite)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+        style = ({"vmin": 0.0, "vmax": max(high, 1e-12), "cmap": "magma_r"}
+                 if choice.measure.kind == "distance"
+                 else {"vmin": min(0.0, low), "vmax": max(1.0, high), "cmap": "magma"})
+        panels.append((choice.column.replace("_", " "), values, style))
+    heatmaps(panels, title, path)

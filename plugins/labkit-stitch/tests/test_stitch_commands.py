@@ -1,4 +1,4 @@
-"""`labkit stitch-table` and `labkit cka` from the command line, with the plugin loaded
+"""`labkit stitch-table` and `labkit similarity` from the command line, with the plugin loaded
 through its entry point; the grouping of a grid into tables."""
 import json
 
@@ -24,13 +24,17 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
         "receiver_layer": ["block1", "block2"], "sender_weights": ["trained", "random"]},
         "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 1, "batch_size": 64})
     out = tmp_path / "tables"
-    result = run_cli("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q", env=ENV)
+    result = run_cli("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q",
+                     "--measure", "procrustes_angular", "--measure", "svcca:keep=3",
+                     "--permutations", "3", env=ENV)
     assert result.returncode == 0, result.stderr
     assert "8 run(s): 8 finished" in result.stdout
     assert "debiased (rows: sender_layer, columns: receiver_layer)" in result.stdout
 
     table = pd.read_csv(out / "stitch_table.csv")
-    assert list(table.columns) == COLUMNS
+    companions = [f"{m}{s}" for m in ("procrustes_angular", "svcca:keep=3")
+                  for s in ("", "_null_mean", "_null_sd", "_z", "_p")]
+    assert list(table.columns) == COLUMNS + companions
     assert list(zip(table["sender_layer"], table["receiver_layer"])) == [
         ("block1", "block1"), ("block1", "block2"), ("block2", "block1"), ("block2", "block2")]
     np.testing.assert_allclose(table["debiased"], table["stitched"] - table["random_sender"])
@@ -50,19 +54,28 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
     assert len(cka) == 4 and (cka["source_a"] == "network").all()
     same = cka[cka["layer_a"] == cka["layer_b"]]
     np.testing.assert_allclose(same[["linear_cka", "rbf_cka", "minibatch_cka"]], 1.0, atol=1e-9)
+    # the companion columns are the pair table's values of each cell's layers
+    merged = table.merge(cka, left_on=["sender_layer", "receiver_layer"],
+                         right_on=["layer_a", "layer_b"], suffixes=("", "_pair"))
+    for column in companions:
+        np.testing.assert_allclose(merged[column], merged[f"{column}_pair"])
+    np.testing.assert_allclose(same["procrustes_angular"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(same["procrustes_angular_p"], 1 / 4)  # nothing is closer
     assert len(list(out.glob("cka_cnn_xs-*-to-cnn_xs-*.png"))) == 1
 
-    # the same network through `labkit cka`, by run directory
+    # the same network through `labkit similarity`, by run directory (`labkit cka`, its
+    # alias, runs in test_stitch_provenance.py)
     run_dir = str(next((tmp_path / "logs" / "cnn_xs").rglob("log.csv")).parent)
-    result = run_cli("cka", run_dir, run_dir, "--layers-a", "block1,block2",
-                     "--layers-b", "block2", "-o", str(tmp_path / "cka"), env=ENV)
+    measures = ("linear_cka", "rbf_cka", "minibatch_cka", "svcca:keep=3")
+    result = run_cli("similarity", run_dir, run_dir, "--layers-a", "block1,block2",
+                     "--layers-b", "block2", "-o", str(tmp_path / "similarity"),
+                     *(f"--measure={m}" for m in measures), env=ENV)
     assert result.returncode == 0, result.stderr
-    pair = pd.read_csv(tmp_path / "cka" / "cka_table.csv")
-    for measure in ("linear_cka", "rbf_cka", "minibatch_cka"):
-        expected = cka.set_index(["layer_a", "layer_b"]).loc[[("block1", "block2"),
-                                                              ("block2", "block2")], measure]
-        np.testing.assert_allclose(pair[measure], expected, rtol=1e-9)
-
+    pair = pd.read_csv(tmp_path / "similarity" / "similarity_table.csv")
+    expected = cka.set_index(["layer_a", "layer_b"]).loc[[("block1", "block2"),
+                                                          ("block2", "block2")]]
+    for measure in measures:
+        np.testing.assert_allclose(pair[measure], expected[measure], rtol=1e-9)
 
 
 def test_a_grid_of_network_pairs_gives_one_table_per_pair(registries, tmp_path):

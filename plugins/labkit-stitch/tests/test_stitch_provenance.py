@@ -16,6 +16,9 @@ from stitch_helpers import net_spec
 
 ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
        "OMP_NUM_THREADS": "1"}
+# every measure recorded with all its parameters
+CKA_PARAMETERS = {"linear_cka": {}, "rbf_cka": {"threshold": 1.0}, "debiased_linear_cka": {},
+                  "debiased_rbf_cka": {"threshold": 1.0}, "minibatch_cka": {"batch_size": 256}}
 
 
 def read_record(table) -> dict:
@@ -73,7 +76,8 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
     assert cka["command"] == "stitch-table"
     assert cka["parameters"] == {"spec": str(spec.resolve()), "run_id": "P", "split": "eval",
                                  "reduction": "none", "max_samples": 300, "batch_size": 256,
-                                 "threshold": 1.0, "device": "cpu"}
+                                 "permutations": 0, "seed": 0, "measures": CKA_PARAMETERS,
+                                 "device": "cpu"}
     assert_fingerprints(cka, [net])
     (pair,) = cka["pairs"]
     assert pair == {"run_a": str(net.directory), "run_b": str(net.directory),
@@ -96,8 +100,8 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
     assert record["parameters"] == {
         "run_a": str(net.directory), "run_b": str(net.directory),
         "layers_a": ["block1-conv1", "fc"], "layers_b": ["fc"], "split": "eval",
-        "reduction": "none", "max_samples": 2048, "batch_size": 256, "threshold": 1.0,
-        "device": "cpu"}
+        "reduction": "none", "max_samples": 2048, "batch_size": 256, "permutations": 0,
+        "seed": 0, "measures": CKA_PARAMETERS, "device": "cpu"}
     assert_fingerprints(record, [net])
     (pair,) = record["pairs"]
     assert pair["source_a"] == pair["source_b"] == "latents"

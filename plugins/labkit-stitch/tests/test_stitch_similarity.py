@@ -1,10 +1,10 @@
-"""CKA tables between the layers of two trained runs: from the networks, and from
+"""Similarity (CKA) tables between the layers of two trained runs: from the networks, and from
 labkit's stored latents when they exist, with the same values."""
 import numpy as np
 import pytest
 
 from labkit.api import FinishedRun, Latents, UserError, latents
-from labkit_stitch.similarity import CKAOptions, layer_cka
+from labkit_stitch.similarity import SimilarityOptions, layer_similarity
 
 MEASURES = ["linear_cka", "rbf_cka", "minibatch_cka"]
 
@@ -14,8 +14,8 @@ def test_layer_cka_reads_stored_latents_and_agrees_with_the_networks(registries,
     a, b = trained("cnn_xs"), trained("resnet18_xxs")
     layers_a = ["block1-conv1", "block2.conv1", "fc"]
     layers_b = ["layer1-0-conv1", "layer3-1-conv2", "fc"]
-    options = CKAOptions(batch_size=100)
-    direct = layer_cka(a, layers_a, b, layers_b, a.config["dataset"], options)
+    options = SimilarityOptions(batch_size=100)
+    direct = layer_similarity(a, layers_a, b, layers_b, a.config["dataset"], options)
     assert list(direct["layer_a"].unique()) == ["block1-conv1", "block2-conv1", "fc"]
     assert set(direct["source_a"]) == set(direct["source_b"]) == {"network"}
     eval_images = len(FinishedRun(a, registries).data.evals["eval"])
@@ -27,7 +27,7 @@ def test_layer_cka_reads_stored_latents_and_agrees_with_the_networks(registries,
     try:
         for run in (a, b):
             Latents(FinishedRun(run, registries), params).compute(progress=False)
-        stored = layer_cka(a, layers_a, b, layers_b, a.config["dataset"], options)
+        stored = layer_similarity(a, layers_a, b, layers_b, a.config["dataset"], options)
     finally:  # the networks are shared with other tests: forget their latents
         for run in (a, b):
             latents.pointer_path(run.directory, "none").unlink(missing_ok=True)
@@ -35,8 +35,8 @@ def test_layer_cka_reads_stored_latents_and_agrees_with_the_networks(registries,
     np.testing.assert_allclose(stored[MEASURES], direct[MEASURES], atol=1e-6)
 
     # latents of another reduction are not used, and the reduction matters
-    pooled = layer_cka(a, layers_a, b, layers_b, a.config["dataset"],
-                       CKAOptions(batch_size=100, reduction=1))
+    pooled = layer_similarity(a, layers_a, b, layers_b, a.config["dataset"],
+                              SimilarityOptions(batch_size=100, reduction=1))
     assert set(pooled["source_a"]) == {"network"}
     assert not np.allclose(pooled["linear_cka"], direct["linear_cka"])
 
@@ -44,10 +44,12 @@ def test_layer_cka_reads_stored_latents_and_agrees_with_the_networks(registries,
 def test_a_network_is_its_own_best_match(registries, trained):
     a = trained("cnn_xs")
     layers = ["block1", "block2", "flatten"]
-    table = layer_cka(a, layers, a, layers, a.config["dataset"], CKAOptions(batch_size=100))
+    table = layer_similarity(a, layers, a, layers, a.config["dataset"],
+                             SimilarityOptions(batch_size=100))
     for measure in MEASURES:
         values = table.pivot(index="layer_a", columns="layer_b", values=measure)
         np.testing.assert_allclose(np.diag(values.loc[layers, layers]), 1.0, atol=1e-9)
         assert (values.to_numpy() <= 1 + 1e-9).all()
     with pytest.raises(UserError, match="no eval split 'val'"):
-        layer_cka(a, layers, a, layers, a.config["dataset"], CKAOptions(split="val"))
+        layer_similarity(a, layers, a, layers, a.config["dataset"],
+                         SimilarityOptions(split="val"))
