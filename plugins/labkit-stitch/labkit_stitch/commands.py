@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +264,7 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
     record = TableRecord(out / "stitch_table.csv", "stitch-table",
                          {**(parameters or {}), "split": split, "metric": metric,
                           "average_over": list(over), "tolerance": tolerance,
-                          "direct_match": None if direct is None else {"ridge": direct.ridge},
+                          "direct_match": None if direct is None else asdict(direct),
                           "diagonal_tolerance": diagonal_tolerance},
                          [*runs, *networks])
     if cells is None:

@@ -1,15 +1,15 @@
 """Direct matching: a stitch fitted in closed form, without training on the task.
 
-A stitch trained on the task (:class:`~labkit_stitch.stitching.Stitch`) may feed B
-activations unlike any B produces itself, and B's top may still score well on them: a
-trained stitch can rate a distant layer more similar than the matching one (Balogh and
-Jelasity, "On the Functional Similarity of Robust and Non-Robust Neural
-Representations", AAAI 2025). The *direct-matching* stitch (the least-squares matching
-of Csiszárik et al., "Similarity and Matching of Neural Network Representations",
-NeurIPS 2021, used by Balogh and Jelasity) instead maps A's activation at layer i to the
-affine map that best reproduces B's own activation at layer j, in the least-squares
-sense, on the training images; the stitched network (A's frozen bottom, the fitted
-stitch, B's frozen top) is then scored like a trained stitch.
+A stitch trained on the task (:class:`~labkit_stitch.stitching.Stitch`, *task loss
+matching*) may feed B activations unlike any B produces itself, on which B's top still
+scores well: it can rate a distant layer more similar than the matching one, even a
+layer more similar to another than to itself (Balogh and Jelasity, "How not to Stitch
+Representations to Measure Similarity: Task Loss Matching versus Direct Matching", AAAI
+2025, arXiv:2412.11299). Their *direct matching* stitch, the least-squares matching of
+Csiszárik et al. ("Similarity and Matching of Neural Network Representations", NeurIPS
+2021), is the affine map that best reproduces B's own activation at layer j from A's
+at layer i, in the least-squares sense, on training images; the stitched network (A's
+frozen bottom, the fitted stitch, B's frozen top) is then scored like a trained stitch.
 
 The fit, per cell (A's layer i → B's layer j):
 
@@ -29,6 +29,13 @@ The fit, per cell (A's layer i → B's layer j):
 * computed in float64 from running sums over batches (``XᵀX``, ``XᵀY``, column sums,
   count; shifted by the first batch's means against cancellation): memory ``O(p² + pq)``,
   never the activations of the whole split.
+
+The authors' code (szegedai/stitching-ood, ``ps_inv`` from Csiszárik et al.) fits the
+same affine map as ``pinv([X, 1]) Y`` in float32 on one random batch of training images,
+without a ridge. With full column rank the two fits are equal; where ``X`` is rank
+deficient (dead units) both reproduce the training activations equally well, but theirs
+is the minimum norm of weight and bias together, which depends on where the origin of
+``X`` lies, while this one leaves the intercept free (translation-invariant).
 """
 from __future__ import annotations
 
@@ -63,8 +70,7 @@ class DirectMatch:
         ridge: relative ridge term (see the module docstring), ≥ 0; 0 gives the
             minimum-norm least-squares fit.
         batch_size: images per forward pass.
-        device: torch device of the forward passes (the sums are float64, on the CPU
-            for ``mps``).
+        device: torch device of the forward passes and of the float64 sums.
     """
 
     ridge: float = 1e-6
@@ -90,8 +96,7 @@ class LeastSquares:
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows: ``x`` ``(rows, p)``, ``y`` ``(rows, q)``, the same rows in order."""
-        device = "cpu" if x.device.type == "mps" else x.device  # mps has no float64
-        x, y = x.to(device, torch.float64), y.to(device, torch.float64)
+        x, y = x.to(torch.float64), y.to(torch.float64)
         if self.count == 0:  # sums of shifted values: no cancellation for large means
             self.shift_x, self.shift_y = x.mean(0), y.mean(0)
             self.sum_x, self.sum_y = torch.zeros_like(self.shift_x), torch.zeros_like(self.shift_y)

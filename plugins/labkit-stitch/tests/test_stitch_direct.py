@@ -1,6 +1,8 @@
 """Stitching sanity: the direct-matching stitch (a closed-form least-squares fit) and the
 flag on cells rated more similar than a matching-layer cell of the diagonal."""
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ from labkit_stitch import cut
 from labkit_stitch.commands import write_stitch_tables
 from labkit_stitch.direct import DirectMatch, DirectStitch, LeastSquares, as_rows
 from labkit_stitch.refs import trained_network
+from labkit_stitch.stitching import CellChecker
 from labkit_stitch.tables import COLUMNS, beats_diagonal, stitched_params
 
 
@@ -188,3 +191,17 @@ def test_two_copies_of_one_run_never_beat_the_diagonal_without_a_flag(registries
     cell = valued[(valued["sender_layer"] == "block1") & (valued["receiver_layer"] == "block2")]
     # float32 logits: at most one image may fall the other way
     assert cell["direct_match"].item() == pytest.approx(accuracy, abs=1 / len(labels) + 1e-12)
+
+
+def test_the_example_spec_stitches_a_network_into_itself_at_three_layers(registries, tmp_path,
+                                                                         monkeypatch):
+    spec = Path(__file__).parents[3] / "specs" / "stitch_diagonal.json"
+    monkeypatch.chdir(tmp_path)  # its logs would go to ./logs
+    runs = [RunConfig(c, "T") for c in expand(json.loads(spec.read_text()), registries)]
+    checker = CellChecker()
+    problems = [checker(run).problem for run in runs]
+    assert len(runs) == 9 and sum(p is not None for p in problems) == 2  # flatten into maps
+    a, b = (ref.run_config() for ref in (stitched_params(runs[0]).sender,
+                                         stitched_params(runs[0]).receiver))
+    assert a.directory == b.directory  # one run: every layer has its matching layer
+    assert not (tmp_path / "logs").exists()
