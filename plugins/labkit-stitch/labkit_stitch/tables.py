@@ -38,8 +38,9 @@ A value whose run is missing or failed is empty (NaN).
 standard deviation and count per cell); :func:`latest_table` gives, per group, the
 latest layer of A that can stitch into B (defined there).
 
-Every value is read as "larger is more similar" except for the metrics in
-:data:`LOWER_IS_BETTER` (the losses), where smaller is.
+:func:`beats_diagonal` flags the cells rated more similar than the matching-layer cells
+on the diagonal (a larger value is more similar, a smaller one for the metrics of
+:data:`LOWER_IS_BETTER`).
 """
 from __future__ import annotations
 
