@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,15 @@ from pydantic import ValidationError
 from labkit.api import (INVALID, RunConfig, UserError, check_device, latents, load_runs,
                         read_run, registries as labkit_registries, summarize, train, write_csv)
 from labkit_stitch.catalogue import CKA_MEASURES, MEASURES, choose
+from labkit_stitch.direct import DirectMatch, direct_match_values
 from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
 from labkit_stitch.similarity import SimilarityOptions, layer_similarity, measure_columns
 from labkit_stitch.stitching import Cell, CellChecker
-from labkit_stitch.tables import (check_axes, group_of, latest_table, matrix, mean_table,
-                                  plot_similarity, plot_stitch_group, seed_keys, stitch_table,
-                                  stitched_params, with_companions)
+from labkit_stitch.tables import (DIAGONAL_CHECKED, check_axes, diagonal_values, group_of,
+                                  latest_table, matrix, mean_table, plot_similarity,
+                                  plot_stitch_group, seed_keys, stitch_table, stitched_params,
+                                  with_companions)
 
 
 def parse_reduction(ctx: click.Context, param: click.Parameter, text: str) -> int | str:
@@ -91,6 +94,17 @@ def run_label(run: RunConfig) -> str:
 @click.option("--tolerance", default=0.01, show_default=True, type=click.FloatRange(min=0),
               help="a cell stitches when its stitched value is at least B's own value less "
                    "this (the latest-layer summary)")
+@click.option("--direct-match/--no-direct-match", default=True, show_default=True,
+              help="also the direct-matching stitch of every cell: fitted by least squares "
+                   "on A's and B's activations (training split), not trained")
+@click.option("--direct-ridge", default=DirectMatch.ridge, show_default=True,
+              type=click.FloatRange(min=0),
+              help="ridge of the direct-matching fit, relative to the mean variance of A's "
+                   "features (0: the minimum-norm least-squares fit)")
+@click.option("--diagonal-tolerance", default=0.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="a cell beats the diagonal when its value exceeds that of a matching-layer "
+                   "cell of its row or column by more than this")
 @click.option("--dry-run", is_flag=True,
               help="validate the spec and check every cell's cut and shapes; train nothing")
 @_REDUCTION
@@ -100,13 +114,16 @@ def run_label(run: RunConfig) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 def stitch_table_command(spec: str, run_id: str, device: str | None, split: str, metric: str,
                          output: str | None, cka: bool, measures: tuple[str, ...],
-                         average_over: tuple[str, ...], tolerance: float, dry_run: bool,
+                         average_over: tuple[str, ...], tolerance: float, direct_match: bool,
+                         direct_ridge: float, diagonal_tolerance: float, dry_run: bool,
                          reduction: int | str, max_samples: int, permutations: int, seed: int,
                          quiet: bool) -> None:
     """Train every stitch of SPEC (and the networks A and B first, where unfinished), then
-    write the i × j tables of stitched accuracy, random-sender accuracy and their
-    difference (stitch_table.csv, one PNG per group; a column per --measure between A's
-    and B's layers of the cell), the latest layer of A that can stitch
+    write the i × j tables of stitched accuracy, random-sender accuracy, their
+    difference and the direct-matching stitch's accuracy (stitch_table.csv, one PNG per
+    group; a column per --measure between A's and B's layers of the cell; between
+    networks of one architecture, a flag on each cell rated more similar than a
+    matching-layer cell of the diagonal), the latest layer of A that can stitch
     (stitch_latest.csv), the tables averaged over seeds (stitch_mean.csv), and CKA tables
     (cka_table.csv), each with a provenance record (<table>.provenance.json).
 
@@ -167,7 +184,9 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
         stitch_given = {**given, "measures": list(measures), "permutations": permutations,
                         "seed": seed}
     write_stitch_tables(runs, split, metric, out, stitch_given, cells, over, tolerance,
-                        companions)
+                        companions,
+                        DirectMatch(direct_ridge, device=device) if direct_match else None,
+                        diagonal_tolerance)
     summarize(states)
 
 
@@ -212,7 +231,8 @@ def network_pairs(runs: list[RunConfig]) -> list[dict]:
 def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Path,
                         parameters: dict[str, Any] | None = None,
                         cells: dict[str, Cell] | None = None, over: Sequence[str] = (),
-                        tolerance: float = 0.01, companions: pd.DataFrame | None = None
+                        tolerance: float = 0.01, companions: pd.DataFrame | None = None,
+                        direct: DirectMatch | None = None, diagonal_tolerance: float = 0.0
                         ) -> None:
     """The stitching tables into ``out``, then their provenance record
     stitch_table.provenance.json (see :mod:`labkit_stitch.provenance`: the stitch runs
@@ -233,18 +253,27 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
             networks and layers: ``run_a``, ``run_b``, ``layer_a``, ``layer_b`` (A's and
             B's run directories and layers), then the columns to add
             (:func:`~labkit_stitch.tables.with_companions`).
+        direct: how to fit and score the direct-matching stitches
+            (:mod:`labkit_stitch.direct`; needs A and B trained); ``None``: the column
+            ``direct_match`` stays empty.
+        diagonal_tolerance: of the flags on cells that beat the diagonal
+            (:func:`~labkit_stitch.tables.beats_diagonal`).
     """
     networks = [network.run_config() for params in map(stitched_params, runs)
                 for network in (params.sender, params.receiver)]
     record = TableRecord(out / "stitch_table.csv", "stitch-table",
                          {**(parameters or {}), "split": split, "metric": metric,
-                          "average_over": list(over), "tolerance": tolerance},
+                          "average_over": list(over), "tolerance": tolerance,
+                          "direct_match": None if direct is None else asdict(direct),
+                          "diagonal_tolerance": diagonal_tolerance},
                          [*runs, *networks])
     if cells is None:
         checker = CellChecker()
         cells = {str(run.directory): checker(run) for run in runs}
-    table = stitch_table(runs, split, metric,
-                         {directory: cell.problem for directory, cell in cells.items()})
+    problems = {directory: cell.problem for directory, cell in cells.items()}
+    values = (None if direct is None
+              else direct_match_values(runs, problems, split, metric, direct))
+    table = stitch_table(runs, split, metric, problems, values, diagonal_tolerance)
     if companions is not None:
         table = with_companions(table, companions)
     depths: dict[tuple[str, str], int] = {}
@@ -262,12 +291,13 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
         click.echo(f"\n== {group}: {split} {metric}; A {rows['sender_run'].iloc[0]} "
                    f"({rows['sender'].iloc[0]:.3f}), B {rows['receiver_run'].iloc[0]} "
                    f"({rows['receiver'].iloc[0]:.3f})")
-        echo_matrices(rows, ["stitched", "random_sender", "debiased", "penalty"],
-                      "sender_layer", "receiver_layer")
+        echo_matrices(rows, ["stitched", "random_sender", "debiased", "penalty",
+                             "direct_match"], "sender_layer", "receiver_layer")
+        echo_beaten_diagonal(rows, DIAGONAL_CHECKED)
     echo_unstitchable(table)
     echo_latest(latest, "latest layer of A that can stitch")
     if over:
-        means = mean_table(runs, table, over)
+        means = mean_table(runs, table, over, diagonal_tolerance)
         files += [out / "stitch_mean.csv", out / "stitch_mean_latest.csv"]
         write_csv(out / "stitch_mean.csv", means)
         mean_latest = latest_table(means, depths, tolerance, mean=True)
@@ -277,12 +307,34 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
             plot_stitch_group(rows, files[-1], mean=True)
             click.echo(f"\n== {group}: {split} {metric}, mean over {', '.join(over)} "
                        f"(n = {rows['stitched_n'].max()})")
-            echo_matrices(rows, ["stitched_mean", "stitched_std", "debiased_mean"],
-                          "sender_layer", "receiver_layer")
+            echo_matrices(rows, ["stitched_mean", "stitched_std", "debiased_mean",
+                                 "direct_match_mean"], "sender_layer", "receiver_layer")
+            echo_beaten_diagonal(rows, [f"{value}_mean" for value in DIAGONAL_CHECKED])
         echo_latest(mean_latest, f"latest layer of A that can stitch, mean over "
                                  f"{', '.join(over)}")
     record.write(files)
     click.echo(f"\nstitching tables -> {files[0]}")
+
+
+def echo_beaten_diagonal(rows: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Print, for one group whose A and B have matching layers, every cell flagged in
+    ``<column>_beats_diagonal`` with the diagonal values it beats."""
+    if not rows["matching_layers"].any():
+        return
+    lines = []
+    for column in columns:
+        diagonal = diagonal_values(rows, column)
+        for index, row in rows[rows[f"{column}_beats_diagonal"]].iterrows():
+            beaten = [f"{value:.3f} at ({layer}, {layer})"
+                      for value, layer in ((diagonal.at[index, "row"], row["sender_layer"]),
+                                           (diagonal.at[index, "column"], row["receiver_layer"]))
+                      if pd.notna(value)]
+            lines.append(f"  {column}: {row['sender_layer']} -> {row['receiver_layer']} "
+                         f"{row[column]:.3f}; diagonal {', '.join(beaten)}")
+    click.echo(f"beats the diagonal (a matching-layer cell of its row or column): "
+               f"{len(lines)} cell(s)")
+    for line in lines:
+        click.echo(line)
 
 
 def echo_unstitchable(table: pd.DataFrame) -> None:

@@ -98,12 +98,19 @@ class Stitch(nn.Module):
 
     def forward(self, activation: torch.Tensor) -> torch.Tensor:
         """A's activation ``(N, C, H, W)`` or ``(N, F)`` → B's shape ``(N, …)``."""
-        if self.size is None:
-            activation = activation.flatten(1)
-        elif tuple(activation.shape[2:]) != self.size:
-            activation = F.interpolate(activation, size=self.size, mode="bilinear",
-                                       antialias=True, align_corners=False)
-        return self.layers(activation)
+        return self.layers(to_receiver_grid(activation, self.size))
+
+
+def to_receiver_grid(activation: torch.Tensor, size: tuple[int, ...] | None) -> torch.Tensor:
+    """What a stitch's first layer reads: A's map ``(N, C, H, W)`` resampled to B's
+    height × width ``size`` where they differ (bilinear, antialiased when shrinking), or,
+    for ``size=None`` (B takes a vector), A's activation flattened to ``(N, F)``."""
+    if size is None:
+        return activation.flatten(1)
+    if tuple(activation.shape[2:]) != size:
+        return F.interpolate(activation, size=size, mode="bilinear", antialias=True,
+                             align_corners=False)
+    return activation
 
 
 class StitchedNetwork(nn.Module):

@@ -14,12 +14,20 @@ Columns of the stitching table (one row per group and layer pair):
 * ``stitched``: the stitched network with A's trained weights;
 * ``random_sender``: the same stitch trained on a randomly initialised A;
 * ``debiased``: ``stitched - random_sender``;
+* ``direct_match``: the direct-matching stitch, fitted in closed form (least squares) on
+  A's and B's activations instead of trained on the task (:mod:`labkit_stitch.direct`);
+  empty unless computed (``labkit stitch-table`` does by default);
 * ``sender``, ``receiver``: A's and B's own final value;
 * ``penalty``: the stitching penalty, ``receiver - stitched``;
 * ``unstitchable``: why the cell cannot be stitched (A's activation cannot be mapped
   into B's, or B cannot start at that layer), empty for a cell that can; such a cell's
   values are empty and its runs are never trained;
 * ``stitch_run``, ``random_stitch_run``: the two stitch runs' directories;
+* ``matching_layers``: A and B have the same architecture (:func:`matching_layers`), so
+  each layer of A has a *matching layer* of B, the one of the same name;
+* ``stitched_beats_diagonal``, ``direct_match_beats_diagonal``, ``beats_diagonal``: the
+  cell is rated more similar than a matching-layer cell on the diagonal
+  (:func:`beats_diagonal`), by the trained stitch, by the direct match, by either;
 * ``config.<key>``: every other setting that varies across the spec's runs;
 * companion columns (:func:`with_companions`, ``labkit stitch-table --measure``): a
   similarity measure between A's ``sender_layer`` and B's ``receiver_layer``.
@@ -29,6 +37,10 @@ A value whose run is missing or failed is empty (NaN).
 :func:`mean_table` averages the table over grid axes such as seeds (mean, sample
 standard deviation and count per cell); :func:`latest_table` gives, per group, the
 latest layer of A that can stitch into B (defined there).
+
+:func:`beats_diagonal` flags the cells rated more similar than the matching-layer cells
+on the diagonal (a larger value is more similar, a smaller one for the metrics of
+:data:`LOWER_IS_BETTER`).
 """
 from __future__ import annotations
 
@@ -49,9 +61,16 @@ from labkit_stitch.stitching import StitchedParams
 
 AXES = ("sender_layer", "receiver_layer", "sender_weights")
 COLUMNS = ["group", "sender_run", "receiver_run", "sender_layer", "receiver_layer", "split",
-           "metric", "stitched", "random_sender", "debiased", "sender", "receiver", "penalty",
-           "unstitchable", "stitch_run", "random_stitch_run"]
-MEASURES = ("stitched", "random_sender", "debiased", "sender", "receiver", "penalty")
+           "metric", "stitched", "random_sender", "debiased", "direct_match", "sender",
+           "receiver", "penalty", "unstitchable", "stitch_run", "random_stitch_run",
+           "matching_layers", "stitched_beats_diagonal", "direct_match_beats_diagonal",
+           "beats_diagonal"]
+MEASURES = ("stitched", "random_sender", "debiased", "direct_match", "sender", "receiver",
+            "penalty")
+DIAGONAL_CHECKED = ("stitched", "direct_match")
+"""The values whose cells are compared with the diagonal (:func:`beats_diagonal`)."""
+LOWER_IS_BETTER = ("loss", "soft-cross-entropy")
+"""Metrics of labkit's evaluation where a smaller value is better."""
 
 
 def final_value(run: RunConfig, column: str) -> float:
@@ -97,8 +116,20 @@ def stitched_params(run: RunConfig) -> StitchedParams:
         {k: v for k, v in run.config["model"].items() if k != "name"})
 
 
+def matching_layers(a: RunConfig, b: RunConfig) -> bool:
+    """Whether the layers of networks A and B match by name: A and B have the same
+    architecture, i.e. equal ``model`` settings apart from initial ``weights`` (two
+    copies of one run, two seeds of one network). The matching layer of A's layer i is
+    then B's layer of the same name (labkit's dash form)."""
+    def architecture(run: RunConfig) -> dict[str, Any]:
+        return {k: v for k, v in run.config["model"].items() if k != "weights"}
+    return architecture(a) == architecture(b)
+
+
 def stitch_table(runs: list[RunConfig], split: str = "eval", metric: str = "accuracy",
-                 problems: Mapping[str, str | None] | None = None) -> pd.DataFrame:
+                 problems: Mapping[str, str | None] | None = None,
+                 direct: Mapping[tuple[str, str, str], float] | None = None,
+                 diagonal_tolerance: float = 0.0) -> pd.DataFrame:
     """The stitching table of a spec's stitch runs (columns in the module docstring).
 
     Rows keep the order of the grid (the spec's order of layers).
@@ -106,6 +137,10 @@ def stitch_table(runs: list[RunConfig], split: str = "eval", metric: str = "accu
     Args:
         problems: per stitch run directory, why its cell is unstitchable (``None`` for
             one that is not), as :class:`~labkit_stitch.stitching.CellChecker` found.
+        direct: ``{(group, sender_layer, receiver_layer): value}`` of the direct-matching
+            stitch (:func:`labkit_stitch.direct.direct_match_values`); empty cells where
+            absent.
+        diagonal_tolerance: of :func:`beats_diagonal`.
     """
     column = f"{split}-{metric}"
     varying = [k for k in varying_keys([r.config for r in runs])
@@ -121,9 +156,11 @@ def stitch_table(runs: list[RunConfig], split: str = "eval", metric: str = "accu
             "receiver_run": str(receiver.directory), "sender_layer": key[1],
             "receiver_layer": key[2], "split": split, "metric": metric,
             "stitched": np.nan, "random_sender": np.nan,
+            "direct_match": (direct or {}).get(key, np.nan),
             "sender": final_value(sender, column),
             "receiver": final_value(receiver, column),
             "unstitchable": None, "stitch_run": None, "random_stitch_run": None,
+            "matching_layers": matching_layers(sender, receiver),
             **{f"config.{k}": flat.get(k) for k in varying}})
         cell["unstitchable"] = cell["unstitchable"] or (problems or {}).get(str(run.directory))
         trained = params.sender_weights == "trained"
@@ -132,7 +169,69 @@ def stitch_table(runs: list[RunConfig], split: str = "eval", metric: str = "accu
     table = pd.DataFrame(list(cells.values()))
     table["debiased"] = table["stitched"] - table["random_sender"]
     table["penalty"] = table["receiver"] - table["stitched"]
+    table = with_diagonal_flags(table, DIAGONAL_CHECKED, diagonal_tolerance)
     return table[COLUMNS + [f"config.{k}" for k in varying]]
+
+
+def diagonal_values(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per cell (i, j) of ``table``, ``column``'s value at the matching-layer cells of its
+    group: ``row``, the cell (i, i) (A's layer i into its matching layer of B), and
+    ``column``, the cell (j, j) (B's layer j fed by its matching layer of A); NaN where
+    that cell is not in the table, has no value, or the group's layers do not match
+    (``matching_layers`` false)."""
+    diagonal = table[(table["sender_layer"] == table["receiver_layer"])
+                     & table["matching_layers"].astype(bool)]
+    values = dict(zip(zip(diagonal["group"], diagonal["sender_layer"]), diagonal[column]))
+    return pd.DataFrame(
+        {side: [values.get(key, np.nan) for key in zip(table["group"], table[layer])]
+         for side, layer in (("row", "sender_layer"), ("column", "receiver_layer"))},
+        index=table.index, dtype=float)
+
+
+def beats_diagonal(table: pd.DataFrame, column: str, tolerance: float = 0.0,
+                   lower_is_better: bool = False) -> pd.Series:
+    """Whether each cell is rated more similar than a matching-layer cell of the diagonal.
+
+    In a group whose A and B have matching layers (column ``matching_layers``), cell
+    (i, j) with i ≠ j is flagged when its value beats the diagonal cell of its row or of
+    its column by more than ``tolerance``::
+
+        value(i, j) > value(i, i) + tolerance   (A's layer i is rated closer to B's
+                                                 layer j than to its own match)
+     or value(i, j) > value(j, j) + tolerance   (B's layer j is rated closer to A's
+                                                 layer i than to its own match)
+
+    (``<`` and ``−`` for ``lower_is_better``). Diagonal cells, empty cells and cells
+    whose diagonal cells are absent or empty are not flagged; nor is any cell of a group
+    whose layers do not match.
+
+    Args:
+        table: ``group``, ``sender_layer``, ``receiver_layer``, ``matching_layers`` and
+            ``column``.
+        tolerance: an absolute difference in the value, ≥ 0.
+
+    Returns:
+        Booleans, indexed like ``table``.
+    """
+    sign = -1.0 if lower_is_better else 1.0
+    excess = sign * (table[[column]].to_numpy(dtype=float)
+                     - diagonal_values(table, column).to_numpy())
+    with np.errstate(invalid="ignore"):  # NaN: no comparison, no flag
+        beaten = (excess > tolerance).any(axis=1)
+    return pd.Series(beaten & (table["sender_layer"] != table["receiver_layer"]).to_numpy(),
+                     index=table.index)
+
+
+def with_diagonal_flags(table: pd.DataFrame, columns: Sequence[str],
+                        tolerance: float) -> pd.DataFrame:
+    """``table`` with ``<column>_beats_diagonal`` for each of ``columns`` and
+    ``beats_diagonal`` (any of them), by :func:`beats_diagonal` (smaller is better for
+    the metrics of :data:`LOWER_IS_BETTER`, read from the ``metric`` column)."""
+    lower = bool(len(table)) and table["metric"].iloc[0] in LOWER_IS_BETTER
+    flags = {f"{column}_beats_diagonal": beats_diagonal(table, column, tolerance, lower)
+             for column in columns}
+    return table.assign(**flags, beats_diagonal=pd.DataFrame(flags, index=table.index)
+                        .any(axis=1))
 
 
 def seed_keys(runs: list[RunConfig]) -> list[str]:
@@ -153,7 +252,8 @@ def check_axes(runs: list[RunConfig], over: Sequence[str]) -> None:
                             f"spec's runs; keys that vary: {', '.join(varying) or '(none)'}")
 
 
-def mean_table(runs: list[RunConfig], table: pd.DataFrame, over: Sequence[str]) -> pd.DataFrame:
+def mean_table(runs: list[RunConfig], table: pd.DataFrame, over: Sequence[str],
+               diagonal_tolerance: float = 0.0) -> pd.DataFrame:
     """``table`` (of :func:`stitch_table`) averaged over the grid axes ``over``.
 
     Cells of groups that differ only in the keys ``over`` (dotted config keys, or
@@ -164,9 +264,12 @@ def mean_table(runs: list[RunConfig], table: pd.DataFrame, over: Sequence[str]) 
 
     Columns: ``group`` (named as in :func:`group_of` with ``over`` left out),
     ``sender_layer``, ``receiver_layer``, ``split``, ``metric``, the three columns per
-    measure, ``unstitchable``, ``averaged_over`` (``over``, joined by ``;``), ``groups``
-    (the per-seed groups pooled, joined by ``;``), then the ``config.<key>`` columns of
-    ``table`` that are not averaged over.
+    measure, ``unstitchable``, ``matching_layers`` (of every pooled group),
+    ``averaged_over`` (``over``, joined by ``;``), ``groups`` (the per-seed groups
+    pooled, joined by ``;``), the ``config.<key>`` columns of ``table`` that are not
+    averaged over, then ``stitched_mean_beats_diagonal``,
+    ``direct_match_mean_beats_diagonal`` and ``beats_diagonal``
+    (:func:`beats_diagonal` of the means, with ``diagonal_tolerance``).
     """
     renamed = {}
     for run in runs:
@@ -187,11 +290,14 @@ def mean_table(runs: list[RunConfig], table: pd.DataFrame, over: Sequence[str]) 
             row[f"{measure}_n"] = len(values)
         reasons = cell["unstitchable"].dropna()
         row["unstitchable"] = reasons.iloc[0] if len(reasons) else None
+        row["matching_layers"] = bool(cell["matching_layers"].all())
         row["averaged_over"] = ";".join(over)
         row["groups"] = ";".join(cell["source"].unique())
         row.update({c: cell[c].iloc[0] for c in keep})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return with_diagonal_flags(pd.DataFrame(rows),
+                               [f"{value}_mean" for value in DIAGONAL_CHECKED],
+                               diagonal_tolerance)
 
 
 def latest_table(table: pd.DataFrame, depths: Mapping[tuple[str, str], int], tolerance: float,
@@ -248,7 +354,8 @@ def matrix(rows: pd.DataFrame, value: str, row: str, column: str) -> pd.DataFram
 
 
 def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
-             path: Path, spreads: list[pd.DataFrame] | None = None) -> None:
+             path: Path, spreads: list[pd.DataFrame] | None = None,
+             marks: list[pd.DataFrame | None] | None = None) -> None:
     """One annotated heatmap per panel, side by side, written atomically as PNG. An
     empty (NaN) cell, such as an unstitchable one, is left blank.
 
@@ -259,8 +366,11 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
         path: the PNG file.
         spreads: per panel, a matrix of the same shape annotated under each value as
             ``±spread`` (the standard deviation of a mean table).
+        marks: per panel, ``None`` or a boolean matrix of the same shape: a true cell is
+            outlined in red (a cell that beats the diagonal).
     """
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     first = panels[0][1]
     width = 1.2 + 0.8 * len(first.columns)
@@ -269,6 +379,8 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
     for k, (axes, (name, values, style)) in enumerate(
             zip(figure.subplots(1, len(panels), squeeze=False)[0], panels)):
         spread = None if spreads is None else spreads[k].to_numpy(dtype=float)
+        # eq(True): a cell missing from the grid (NaN) is not marked
+        marked = None if marks is None or marks[k] is None else marks[k].eq(True).to_numpy()
         image = axes.imshow(values.to_numpy(dtype=float), **style)
         axes.set_xticks(range(len(values.columns)), values.columns, rotation=45, ha="right")
         axes.set_yticks(range(len(values.index)), values.index)
@@ -284,14 +396,18 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame, dict[str, Any]]], title: str,
                     text += f"\n±{spread[i, j]:.2f}"
                 axes.text(j, i, text, ha="center", va="center", fontsize=8,
                           color="white" if dark else "black")
+            if marked is not None and marked[i, j]:
+                axes.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False,
+                                         edgecolor="red", linewidth=2))
         figure.colorbar(image, ax=axes, shrink=0.8)
     figure.suptitle(title)
     write_figure(path, figure)
 
 
 def plot_stitch_group(rows: pd.DataFrame, path: Path, mean: bool = False) -> None:
-    """Stitched, random-sender and debiased tables of one group as one PNG; unstitchable
-    cells blank.
+    """Stitched, random-sender, debiased and direct-match tables of one group as one PNG;
+    unstitchable cells blank; in the stitched and direct-match panels, the cells that
+    beat the diagonal (:func:`beats_diagonal`) outlined in red.
 
     Args:
         mean: ``rows`` are of a :func:`mean_table`: the means, each annotated with its
@@ -303,13 +419,20 @@ def plot_stitch_group(rows: pd.DataFrame, path: Path, mean: bool = False) -> Non
     largest = np.abs(rows[f"debiased{suffix}"]).max()  # NaN when every cell is empty
     spread = max(0.1, float(largest)) if pd.notna(largest) else 0.1
     panels = [("stitched", "stitched", unit), ("random sender", "random_sender", unit),
-              ("debiased", "debiased", {"vmin": -spread, "vmax": spread, "cmap": "RdBu_r"})]
+              ("debiased", "debiased", {"vmin": -spread, "vmax": spread, "cmap": "RdBu_r"}),
+              ("direct match", "direct_match", unit)]
     metric = f"{rows['split'].iloc[0]} {rows['metric'].iloc[0]}" + (" mean ± std" if mean else "")
+    title = rows["group"].iloc[0]
+    if rows["matching_layers"].any():
+        title += "\nred box: rated more similar than a matching-layer cell of the diagonal"
     heatmaps([(f"{name}\n({metric})",
                matrix(rows, column + suffix, "sender_layer", "receiver_layer"), style)
-              for name, column, style in panels], rows["group"].iloc[0], path,
+              for name, column, style in panels], title, path,
              [matrix(rows, f"{column}_std", "sender_layer", "receiver_layer")
-              for _, column, _ in panels] if mean else None)
+              for _, column, _ in panels] if mean else None,
+             [matrix(rows, f"{column}{suffix}_beats_diagonal", "sender_layer",
+                     "receiver_layer") if column in DIAGONAL_CHECKED else None
+              for _, column, _ in panels])
 
 
 def with_companions(table: pd.DataFrame, companions: pd.DataFrame) -> pd.DataFrame:

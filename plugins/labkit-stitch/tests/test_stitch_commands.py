@@ -46,6 +46,13 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
         stitch_log = pd.read_csv(f"{table[column].iloc[3]}/log.csv")
         value = table["stitched" if column == "stitch_run" else "random_sender"].iloc[3]
         assert stitch_log["eval-accuracy"].iloc[-1] == value
+    # the direct-matching stitch of a network with itself at one layer: the identity map
+    same_layer = table["sender_layer"] == table["receiver_layer"]
+    np.testing.assert_allclose(table.loc[same_layer, "direct_match"], table["receiver"][0],
+                               atol=0.01)
+    assert table["direct_match"].notna().all() and table["matching_layers"].all()
+    assert not table.loc[same_layer, "beats_diagonal"].any()
+    assert "direct_match (rows: sender_layer, columns: receiver_layer)" in result.stdout
     (group,) = table["group"].unique()
     assert group.startswith("cnn_xs-to-cnn_xs-")
     assert (out / f"stitch_{group}.png").stat().st_size > 0

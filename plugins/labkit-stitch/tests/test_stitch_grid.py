@@ -95,6 +95,13 @@ def test_stitch_table_records_unstitchable_cells_averages_seeds_and_finds_the_la
             assert row["stitched_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
         else:
             assert "shape (32,)" in row["unstitchable"] and np.isnan(row["stitched_mean"])
+        # the direct-matching stitch does not depend on the stitch's seed: one value, twice
+        direct = table.loc[table["sender_layer"] == row["sender_layer"], "direct_match"]
+        assert row["direct_match_n"] == direct.notna().sum() == (2 if len(values) else 0)
+        if len(values):
+            assert direct.nunique() == 1 and row["direct_match_std"] == 0
+            assert row["direct_match_mean"] == direct.iloc[0]
+    assert means["matching_layers"].all() and not means["beats_diagonal"].any()
     assert (out / f"stitch_mean_{means['group'].iloc[0]}.png").stat().st_size > 0
 
     # the latest layer of A that stitches: recomputed from the table, depth block1 < block2

@@ -49,7 +49,8 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
         "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 1, "batch_size": 64})
     out = tmp_path / "tables"
     result = run_cli("stitch-table", str(spec), "--run-id", "P", "-o", str(out), "-q",
-                     "--max-samples", "300", env=ENV)
+                     "--max-samples", "300", "--direct-ridge", "0.001",
+                     "--diagonal-tolerance", "0.02", env=ENV)
     assert result.returncode == 0, result.stderr
 
     # (not load_runs: its dry build of the stitched model would read the networks' weights)
@@ -62,7 +63,10 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
     assert stitch["command"] == "stitch-table" and stitch["table"] == "stitch_table.csv"
     assert stitch["parameters"] == {"spec": str(spec.resolve()), "run_id": "P",
                                     "split": "eval", "metric": "accuracy",
-                                    "average_over": [], "tolerance": 0.01}
+                                    "average_over": [], "tolerance": 0.01,
+                                    "direct_match": {"ridge": 0.001, "batch_size": 256,
+                                                     "device": "cpu"},
+                                    "diagonal_tolerance": 0.02}
     assert_fingerprints(stitch, [*runs, net])
     table = pd.read_csv(out / "stitch_table.csv")
     named = {table[c].iloc[0] for c in ("sender_run", "receiver_run", "stitch_run",
@@ -130,7 +134,8 @@ def test_an_untrained_run_is_recorded_without_a_checkpoint(registries, tmp_path)
     assert record["runs"] == {str(r.directory): {"hash": r.hash, "checkpoint": None}
                               for r in [*runs, net]}
     assert record["parameters"] == {"run_id": "T", "split": "eval", "metric": "accuracy",
-                                    "average_over": [], "tolerance": 0.01}
+                                    "average_over": [], "tolerance": 0.01,
+                                    "direct_match": None, "diagonal_tolerance": 0.0}
 
 
 def test_a_run_that_changes_while_the_table_is_made_leaves_no_record(registries, tmp_path,
