@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from labkit import checkpoint, engine, runinfo
 from labkit.data import DATASETS
-from labkit.data.device_loader import device_loader
+from labkit.data.device_loader import device_loader, sample_words
 from labkit.data.seeded import SeededSampler, SeededSamples, ShardedBatches
 from labkit.errors import UserError
 from labkit.identity import RunConfig
@@ -47,6 +47,24 @@ def test_every_image_is_augmented_alike_in_batches_of_any_size(augment, loader):
     # the augmentation does draw: another seed gives other images
     other, _ = next(iter(batches(augment, loader, 64, seed=4)))
     assert not torch.equal(large[:64], other)
+
+
+def splitmix64(seed, k):
+    """Output ``k`` (from 1) of SplitMix64 seeded with ``seed``, top 53 bits, in Python."""
+    z = (seed + k * 0x9E3779B97F4A7C15) % 2**64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 % 2**64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB % 2**64
+    return (z ^ (z >> 31)) >> 11
+
+
+def test_the_device_loaders_draws_are_splitmix64_of_each_seed():
+    # int64 arithmetic must wrap like unsigned 64-bit words (seeds up to 2**62 - 1)
+    seeds = torch.cat([torch.randint(2**62, (200,), generator=torch.Generator().manual_seed(0)),
+                       torch.tensor([0, 1, 2**62 - 1])])
+    words = sample_words(seeds, 3)
+    assert words.shape == (203, 3)
+    assert words.tolist() == [[splitmix64(int(s), k) for k in (1, 2, 3)] for s in seeds]
+    assert splitmix64(0, 1) == 0xE220A8397B1DCDAF >> 11  # SplitMix64's published first output
 
 
 def test_a_process_shard_is_augmented_as_its_part_of_the_global_batch():

@@ -24,10 +24,10 @@ Contract of ``device_loader(dataset, batch_size, generator, device, drop_last)``
   torch's global generator (the DataLoader's worker base seed), so with deterministic
   transforms (normalisation only) a run trains the same weights with either loader.
 * Augmentation: every image's random parameters are drawn from its own seed alone
-  (:class:`SampleDraws`, counter-based, computed for the whole batch on the device), so
-  they depend on neither the batch size nor the image's place in its batch, the device
-  or any other state: a run with ``accumulate`` k draws what one with a k times larger
-  batch draws.
+  (:class:`SampleDraws`: SplitMix64 per seed, computed for the whole epoch on the
+  device when it starts), so they depend on neither the batch size nor the image's
+  place in its batch, the device or any other state: a run with ``accumulate`` k
+  draws what one with a k times larger batch draws.
 * Resuming mid-epoch: as with :class:`SeededSampler`, setting ``loader.sampler.start``
   (or ``loader.start``) to ``k`` before ``iter()`` skips the epoch's first ``k`` samples
   (``len()`` counts the rest; the next epoch starts at 0 again), and with the generator
@@ -88,43 +88,63 @@ _GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (unsigned)
 _MIX1, _MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
 
 
+def sample_words(seeds: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` outputs of SplitMix64 seeded with each of ``seeds``, top 53
+    bits: output ``k`` of seed ``s`` is SplitMix64's finaliser of ``s + k·γ``, computed in
+    int64 arithmetic (which wraps like the unsigned words) on the seeds' device.
+
+    Args:
+        seeds: ``(N,)`` int64 (in ``[0, 2**62)``).
+
+    Returns:
+        ``(N, count)`` int64 in ``[0, 2**53)``; row ``i`` depends on ``seeds[i]`` alone.
+    """
+    offsets = torch.tensor([_signed(k * _GAMMA % 2**64) for k in range(1, count + 1)],
+                           dtype=torch.int64, device=seeds.device)
+    z = seeds.view(-1, 1) + offsets
+    z ^= _shift_right(z, 30)
+    z *= _MIX1
+    z ^= _shift_right(z, 27)
+    z *= _MIX2
+    z ^= _shift_right(z, 31)
+    return _shift_right(z, 11)
+
+
 class SampleDraws:
     """Random numbers for every image of a batch, each image's from its own seed alone.
 
-    Draw ``k`` (counted from 1) of an image with seed ``s`` is SplitMix64's ``k``-th
-    output for ``s`` — ``s + k·γ`` through its finaliser — computed for the whole batch
-    at once in int64 arithmetic (which wraps like the unsigned words) on the seeds'
-    device. An image's draws therefore depend on its seed and on how many draws the
-    steps before took, never on the batch it sits in or the device.
+    Hands out the columns of :func:`sample_words` in turn: the ``k``-th draw of every
+    image is its seed's ``k``-th SplitMix64 output. An image's draws therefore depend on
+    its seed and on how many draws the steps before took, never on the batch it sits
+    in or on the device.
 
     Args:
-        seeds: ``(N,)`` int64, one per image (in ``[0, 2**62)``).
+        words: ``(N, steps' draws)`` from :func:`sample_words`, one row per image.
     """
 
-    def __init__(self, seeds: torch.Tensor):
-        self.seeds = seeds
-        self.count = 0
+    def __init__(self, words: torch.Tensor):
+        self.words = words
+        self.used = 0
 
-    def _words(self) -> torch.Tensor:
-        """The next draw of every image: ``(N,)`` int64 in ``[0, 2**53)``."""
-        self.count += 1
-        z = self.seeds + _signed(self.count * _GAMMA % 2**64)
-        z = (z ^ _shift_right(z, 30)) * _MIX1
-        z = (z ^ _shift_right(z, 27)) * _MIX2
-        return _shift_right(z ^ _shift_right(z, 31), 11)
+    def _next(self) -> torch.Tensor:
+        column = self.words[:, self.used]
+        self.used += 1
+        return column
 
     def integers(self, high: int) -> torch.Tensor:
         """``(N,)`` int64, uniform in ``[0, high)`` (bias below ``high / 2**53``)."""
-        return self._words() % high
+        return self._next() % high
 
     def uniform(self) -> torch.Tensor:
         """``(N,)`` float64, uniform in ``[0, 1)`` on a grid of ``2**-53``."""
-        return self._words().double() * 2.0**-53
+        return self._next().double() * 2.0**-53
 
 
 class _Crop:
     """Random crop of ``size`` out of the image padded by ``padding`` (left, top, right,
     bottom), done as two gathers with padded coordinates mapped back into the image."""
+
+    draws = 2  # per image: top, left
 
     def __init__(self, size: tuple[int, int], padding: list[int], mode: str, fill: Any):
         if mode not in ("reflect", "edge", "symmetric", "constant"):
@@ -172,6 +192,8 @@ class _Crop:
 class _Flip:
     """Horizontal flip of each image with probability ``p``."""
 
+    draws = 1
+
     def __init__(self, p: float):
         self.p = p
 
@@ -184,6 +206,8 @@ class _Cutout:
     """:class:`~labkit.data.transforms.Cutout` of every image of a batch: one
     ``size`` x ``size`` square per image, its centre pixel drawn uniformly per image,
     clipped at the borders, set to 0."""
+
+    draws = 2  # per image: the centre's row and column
 
     def __init__(self, size: int):
         self.size = size
@@ -202,6 +226,8 @@ class _Cutout:
 
 class _Deterministic:
     """A torchvision step that is elementwise and works on a batch as on one image."""
+
+    draws = 0
 
     def __init__(self, step: Callable):
         self.step = step
@@ -332,13 +358,15 @@ class DeviceLoader:
     def _batches(self, order: torch.Tensor, seeds: torch.Tensor,
                  batches: int) -> Iterator[list[torch.Tensor]]:
         order = order.to(self.device, non_blocking=True)
-        seeds = seeds.to(self.device, non_blocking=True)
+        # every draw of the epoch at once: a few vectorised operations instead of per batch
+        words = sample_words(seeds.to(self.device, non_blocking=True),
+                             sum(step.draws for step in self.steps))
         for b in range(batches):
             first = b * self.batch_size
             index = order[first:first + self.batch_size]
             images = self.images.index_select(0, index)
             labels = self.labels.index_select(0, index)
-            draws = SampleDraws(seeds[first:first + self.batch_size])
+            draws = SampleDraws(words[first:first + self.batch_size])
             for step in self.steps:
                 images = step(images, draws)
             yield [images, labels]
