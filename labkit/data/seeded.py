@@ -107,8 +107,8 @@ def check_draws(state: dict[str, Any], directory: Any) -> None:
                    else "by an earlier labkit, whose augmentation draws were seeded per batch")
         raise UserError(f"{directory} holds checkpoints written {written}, not "
                         f"{AUGMENT_DRAWS} as this labkit draws them; "
-                        f"the run cannot resume exactly: move its directory away (its "
-                        f"files are kept) and run again to train it from the start")
+                        f"the run cannot resume exactly: move the run's directory away "
+                        f"and run again to train it from the start")
 
 
 class ShardedBatches(Sampler):
