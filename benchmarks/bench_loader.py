@@ -20,6 +20,11 @@ Results (2-core CPU shared with other jobs, 1 torch thread, DataLoader without w
   images/s, **30x** (the per-image path's PIL conversion, ToImage and normalisation
   alone).
 * ``--images 5000 --reps 1``, load average 1.9: 2,313 vs 40,837 images/s, 18x.
+* Per-image draws (each image's from its own seed; before: one generator per batch),
+  ``--images 10000 --reps 3``: before 386 vs 20,339 images/s (52.6x, load 4.39), after
+  467 vs 21,838 (46.8x, load 6.02); the device loader alone, old and new interleaved in
+  one process, 11 epochs each, CPU time: 1.01x the old speed (``flip_crop``), 1.02x
+  (``flip_crop_cutout``); wall time on the loaded machine 0.88-0.96x.
 
 The DataLoader figures move with the machine's load far more than the device loader's;
 on a GPU (``--device cuda``) the comparison was not run (no device lent to this task).

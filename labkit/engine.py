@@ -31,7 +31,8 @@ from labkit.errors import UserError
 from labkit.build import build_component, build_scheduler, make_metrics, seed_everything
 from labkit.data.device_loader import device_loader
 from labkit.data.mixing import batch_mixer, hard_labels
-from labkit.data.seeded import SeededSampler, SeededSamples, ShardedBatches
+from labkit.data.seeded import (AUGMENT_DRAWS, SeededSampler, SeededSamples, ShardedBatches,
+                                 check_draws)
 from labkit.evaluation import evaluate, to_device
 from labkit.figures import run_figures
 from labkit.identity import RunConfig
@@ -687,6 +688,7 @@ class Job:
             "method": self.method.state_dict(),
             "scaler": self.stepper.scaler.state_dict(),
             "data_order": self.order.get_state(),
+            "augment_draws": AUGMENT_DRAWS,
             "rng": rngs[0],
             **({"rng_ranks": rngs} if distributed.world_size() > 1 else {}),
             "best": self.best,
@@ -730,7 +732,7 @@ def build(run: RunConfig, registries: Registries, device: torch.device, progress
     # covariances live for one pass only; a mid-epoch checkpoint keeps the training pass's
     job.saturation = SaturationTracker(config["saturation"], model,
                                        [TRAIN_PASS, *job.eval_loaders])
-    job.midway = MidEpochCheckpoints(config)
+    job.midway = MidEpochCheckpoints(config, context)
     if job.midway.enabled:
         check_checkpointable(make_metrics(registries, config["metrics"], data.num_classes))
     if config["compile"]:
@@ -793,6 +795,7 @@ def resume(job: Job) -> None:
     state = checkpoint.load_latest(job.checkpoints)
     if state is not None:
         _check_owner(run, state, job.checkpoints)
+        check_draws(state, job.checkpoints)
         for name, module in job.method.modules().items():
             module.load_state_dict(state["modules"][name])
         job.optimizer.load_state_dict(state["optimizer"])
@@ -964,25 +967,26 @@ def loader_options(device: torch.device, workers: int) -> dict[str, Any]:
 
 
 class MidEpochCheckpoints:
-    """When to write a mid-epoch checkpoint: every ``checkpoint_steps`` optimizer steps
-    and/or when ``checkpoint_minutes`` passed since the last checkpoint of any kind."""
+    """When to write a mid-epoch checkpoint: after every ``checkpoint_steps``-th optimizer
+    step of the run (its step count a multiple of N, on ``clock``, so a resume keeps the
+    schedule) and/or when ``checkpoint_minutes`` passed since the last checkpoint of any
+    kind. A step that ends an epoch gets the epoch's checkpoint instead."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], clock: RunContext):
         self.every, self.minutes = config["checkpoint_steps"], config["checkpoint_minutes"]
         self.enabled = self.every is not None or self.minutes is not None
-        self.steps = 0
+        self.clock = clock
         self.last = time.monotonic()
 
     def due(self) -> bool:
-        """Count one optimizer step; whether a checkpoint is due after it."""
-        self.steps += 1
-        if self.every is not None and self.steps >= self.every:
+        """Whether a checkpoint is due after the optimizer step just taken."""
+        if self.every is not None and self.clock.step % self.every == 0:
             return True
         return self.minutes is not None and time.monotonic() - self.last >= 60 * self.minutes
 
     def saved(self) -> None:
-        """A checkpoint was just written: start counting anew."""
-        self.steps, self.last = 0, time.monotonic()
+        """A checkpoint was just written: the minutes count from now."""
+        self.last = time.monotonic()
 
 
 def check_checkpointable(metrics: dict[str, Any]) -> None:

@@ -153,9 +153,10 @@ class Spec(BaseModel):
                           "\"end\": 0.4} (see labkit.schedules); null: the optimizer's "
                           "own weight_decay; part of identity")
     checkpoint_steps: int | None = Field(
-        None, ge=1, description="also checkpoint mid-epoch every this many optimizer steps "
-                                "(checkpoints/partial.pt; a resume continues from it exactly); "
-                                "null: epoch ends only; not part of identity")
+        None, ge=1, description="also checkpoint mid-epoch after every this many optimizer "
+                                "steps of the run (global steps N, 2N, …, across epochs and "
+                                "resumes; checkpoints/partial_<step>.pt; a resume continues "
+                                "from it exactly); null: epoch ends only; not part of identity")
     checkpoint_minutes: float | None = Field(
         None, gt=0, description="also checkpoint mid-epoch when this many minutes passed since "
                                 "the last checkpoint; null: off; not part of identity")

@@ -37,7 +37,10 @@ def run_of(registries, spec, run_id):
 
 def test_two_processes_without_batch_statistics_compute_what_one_process_computes(
         registries, tmp_path):
-    fields = {"model": "mlp_s", "epochs": 2, "saturation": {}}
+    # random crops too: each sample is augmented as in the one-process run, wherever
+    # its shard is loaded
+    fields = {"model": "mlp_s", "epochs": 2, "saturation": {},
+              "dataset": {"name": "digits", "augment": "crop"}}
     one_path, one_spec = write_spec(tmp_path, "one", **fields)
     two_path, two_spec = write_spec(tmp_path, "two", **fields)
     assert run_cli("run", str(one_path), "--run-id", "A", "--quiet").returncode == 0

@@ -97,6 +97,38 @@ def test_a_damaged_mid_epoch_checkpoint_falls_back_to_the_epoch_checkpoint(regis
     assert_states_identical(final(reference), final(run))
 
 
+class Stopped(Exception):
+    """Raised in place of a kill, right after a mid-epoch checkpoint is written whole."""
+
+
+@pytest.mark.parametrize("every, stop_after, expected", [
+    (25, 50, [25, 50, 75, 100, 125]),  # and a resume keeps the schedule
+    (60, None, [60, 120]),  # more steps than an epoch has
+])
+def test_checkpoint_steps_counts_the_runs_optimizer_steps(
+        registries, tmp_path, monkeypatch, every, stop_after, expected):
+    # 1437 digits in batches of 32: 45 optimizer steps an epoch, 135 in 3 epochs; a step
+    # that ends an epoch (45, 90, 135) gets the epoch's checkpoint, no partial
+    run = engine_tests.make_run(registries, tmp_path, model="mlp_s", batch_size=32, epochs=3,
+                                checkpoint_steps=every)
+    written, save_partial = [], checkpoint.save_partial
+
+    def recording(directory, step, state):
+        path = save_partial(directory, step, state)
+        written.append(step)
+        if step == stop_after:
+            raise Stopped
+        return path
+
+    monkeypatch.setattr(checkpoint, "save_partial", recording)
+    if stop_after is not None:
+        assert engine.train(run, registries, progress=False) == "failed"
+        assert checkpoint.partials_on_disk(run.directory / "checkpoints")
+    assert engine.train(run, registries, progress=False) == "finished"
+    assert final(run)["step"] == 135
+    assert written == expected  # resumed from the partial of step 50, not the epoch's start
+
+
 def steps_per_epoch(registries):
     (config,) = expand(STEPPED, registries)
     train = build_component(registries, "datasets", config["dataset"]).train

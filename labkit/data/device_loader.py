@@ -23,17 +23,19 @@ Contract of ``device_loader(dataset, batch_size, generator, device, drop_last)``
   state resumes both. Like the DataLoader, each ``iter()`` also takes one draw from
   torch's global generator (the DataLoader's worker base seed), so with deterministic
   transforms (normalisation only) a run trains the same weights with either loader.
-* Augmentation: batch ``b`` is augmented with random parameters drawn from a CPU
-  generator seeded with the seed of its first sample (as :class:`SeededSamples` seeds
-  a batch), then moved to the device; the draws therefore do not depend on the device
-  or on any other state.
+* Augmentation: every image's random parameters are drawn from its own seed alone
+  (:class:`SampleDraws`: SplitMix64 per seed, computed for the whole epoch on the
+  device when it starts), so they depend on neither the batch size nor the image's
+  place in its batch, the device or any other state: a run with ``accumulate`` k
+  draws what one with a k times larger batch draws.
 * Resuming mid-epoch: as with :class:`SeededSampler`, setting ``loader.sampler.start``
   (or ``loader.start``) to ``k`` before ``iter()`` skips the epoch's first ``k`` samples
   (``len()`` counts the rest; the next epoch starts at 0 again), and with the generator
   state of the epoch's start the remaining batches are the uninterrupted epoch's when
   ``k`` is a multiple of ``batch_size``.
-* The random draws differ from torchvision's per-image ones: a run using this loader
-  trains other weights than the DataLoader path whenever the data set augments.
+* The random draws differ from torchvision's per-image ones (which :class:`SeededSamples`
+  seeds per sample): a run using this loader trains other weights than the DataLoader
+  path whenever the data set augments.
 * Steps applied once, at load: resize and centre crop (they must come before any
   random step), conversion of PIL images to tensors. Steps applied per batch, in the
   data set's order: random crop with padding (``reflect``, ``edge``, ``symmetric`` or
@@ -72,9 +74,77 @@ def _refuse(problem: str) -> UserError:
     return UserError(f"data_loader \"device\": {problem}; it supports {SUPPORTED}; {_FIX}")
 
 
+def _shift_right(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 ``values`` read as unsigned 64-bit words."""
+    return (values >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _signed(word: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return word - 2**64 if word >= 2**63 else word
+
+
+_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (unsigned)
+_MIX1, _MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def sample_words(seeds: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` outputs of SplitMix64 seeded with each of ``seeds``, top 53
+    bits: output ``k`` of seed ``s`` is SplitMix64's finaliser of ``s + k·γ``, computed in
+    int64 arithmetic (which wraps like the unsigned words) on the seeds' device.
+
+    Args:
+        seeds: ``(N,)`` int64 (in ``[0, 2**62)``).
+
+    Returns:
+        ``(N, count)`` int64 in ``[0, 2**53)``; row ``i`` depends on ``seeds[i]`` alone.
+    """
+    offsets = torch.tensor([_signed(k * _GAMMA % 2**64) for k in range(1, count + 1)],
+                           dtype=torch.int64, device=seeds.device)
+    z = seeds.view(-1, 1) + offsets
+    z ^= _shift_right(z, 30)
+    z *= _MIX1
+    z ^= _shift_right(z, 27)
+    z *= _MIX2
+    z ^= _shift_right(z, 31)
+    return _shift_right(z, 11)
+
+
+class SampleDraws:
+    """Random numbers for every image of a batch, each image's from its own seed alone.
+
+    Hands out the columns of :func:`sample_words` in turn: the ``k``-th draw of every
+    image is its seed's ``k``-th SplitMix64 output. An image's draws therefore depend on
+    its seed and on how many draws the steps before took, never on the batch it sits
+    in or on the device.
+
+    Args:
+        words: ``(N, steps' draws)`` from :func:`sample_words`, one row per image.
+    """
+
+    def __init__(self, words: torch.Tensor):
+        self.words = words
+        self.used = 0
+
+    def _next(self) -> torch.Tensor:
+        column = self.words[:, self.used]
+        self.used += 1
+        return column
+
+    def integers(self, high: int) -> torch.Tensor:
+        """``(N,)`` int64, uniform in ``[0, high)`` (bias below ``high / 2**53``)."""
+        return self._next() % high
+
+    def uniform(self) -> torch.Tensor:
+        """``(N,)`` float64, uniform in ``[0, 1)`` on a grid of ``2**-53``."""
+        return self._next().double() * 2.0**-53
+
+
 class _Crop:
     """Random crop of ``size`` out of the image padded by ``padding`` (left, top, right,
     bottom), done as two gathers with padded coordinates mapped back into the image."""
+
+    draws = 2  # per image: top, left
 
     def __init__(self, size: tuple[int, int], padding: list[int], mode: str, fill: Any):
         if mode not in ("reflect", "edge", "symmetric", "constant"):
@@ -96,7 +166,7 @@ class _Crop:
             return torch.where(index >= length, 2 * length - 1 - index, index)
         return index.clamp(0, length - 1)
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
         n, channels, height, width = batch.shape
         out_h, out_w = self.size
         spare_h = height + self.top + self.bottom - out_h
@@ -104,30 +174,31 @@ class _Crop:
         if spare_h < 0 or spare_w < 0:
             raise _refuse(f"random crop of {out_h}x{out_w} from {height}x{width} images padded "
                           f"by {self.left, self.top, self.right, self.bottom}")
-        top = torch.randint(spare_h + 1, (n, 1), generator=generator)
-        left = torch.randint(spare_w + 1, (n, 1), generator=generator)
-        rows = top - self.top + torch.arange(out_h)
-        cols = left - self.left + torch.arange(out_w)
-        rows_in = self._map(rows, height, self.mode).to(batch.device, non_blocking=True)
-        cols_in = self._map(cols, width, self.mode).to(batch.device, non_blocking=True)
+        top = draws.integers(spare_h + 1).view(n, 1)
+        left = draws.integers(spare_w + 1).view(n, 1)
+        rows = top - self.top + torch.arange(out_h, device=batch.device)
+        cols = left - self.left + torch.arange(out_w, device=batch.device)
+        rows_in = self._map(rows, height, self.mode)
+        cols_in = self._map(cols, width, self.mode)
         batch = batch.gather(2, rows_in.view(n, 1, out_h, 1).expand(n, channels, out_h, width))
         batch = batch.gather(3, cols_in.view(n, 1, 1, out_w).expand(n, channels, out_h, out_w))
         if self.mode == "constant" and (self.top or self.bottom or self.left or self.right):
             inside = (((rows >= 0) & (rows < height)).view(n, 1, out_h, 1)
                       & ((cols >= 0) & (cols < width)).view(n, 1, 1, out_w))
-            batch = batch.masked_fill(~inside.to(batch.device, non_blocking=True), self.fill)
+            batch = batch.masked_fill(~inside, self.fill)
         return batch
 
 
 class _Flip:
     """Horizontal flip of each image with probability ``p``."""
 
+    draws = 1
+
     def __init__(self, p: float):
         self.p = p
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        flip = torch.rand(len(batch), generator=generator) < self.p
-        flip = flip.to(batch.device, non_blocking=True).view(-1, 1, 1, 1)
+    def __call__(self, batch: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
+        flip = (draws.uniform() < self.p).view(-1, 1, 1, 1)
         return torch.where(flip, batch.flip(-1), batch)
 
 
@@ -136,27 +207,32 @@ class _Cutout:
     ``size`` x ``size`` square per image, its centre pixel drawn uniformly per image,
     clipped at the borders, set to 0."""
 
+    draws = 2  # per image: the centre's row and column
+
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
         n, _, height, width = batch.shape
-        top = torch.randint(height, (n, 1), generator=generator) - self.size // 2
-        left = torch.randint(width, (n, 1), generator=generator) - self.size // 2
-        rows, cols = torch.arange(height), torch.arange(width)
+        top = draws.integers(height).view(n, 1) - self.size // 2
+        left = draws.integers(width).view(n, 1) - self.size // 2
+        rows = torch.arange(height, device=batch.device)
+        cols = torch.arange(width, device=batch.device)
         in_rows = (rows >= top) & (rows < top + self.size)
         in_cols = (cols >= left) & (cols < left + self.size)
         square = in_rows.view(n, 1, height, 1) & in_cols.view(n, 1, 1, width)
-        return batch.masked_fill(square.to(batch.device, non_blocking=True), 0)
+        return batch.masked_fill(square, 0)
 
 
 class _Deterministic:
     """A torchvision step that is elementwise and works on a batch as on one image."""
 
+    draws = 0
+
     def __init__(self, step: Callable):
         self.step = step
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
         return self.step(batch)
 
 
@@ -282,14 +358,17 @@ class DeviceLoader:
     def _batches(self, order: torch.Tensor, seeds: torch.Tensor,
                  batches: int) -> Iterator[list[torch.Tensor]]:
         order = order.to(self.device, non_blocking=True)
+        # every draw of the epoch at once: a few vectorised operations instead of per batch
+        words = sample_words(seeds.to(self.device, non_blocking=True),
+                             sum(step.draws for step in self.steps))
         for b in range(batches):
             first = b * self.batch_size
             index = order[first:first + self.batch_size]
             images = self.images.index_select(0, index)
             labels = self.labels.index_select(0, index)
-            generator = torch.Generator().manual_seed(int(seeds[first]))
+            draws = SampleDraws(words[first:first + self.batch_size])
             for step in self.steps:
-                images = step(images, generator)
+                images = step(images, draws)
             yield [images, labels]
 
 

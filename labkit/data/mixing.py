@@ -15,7 +15,9 @@ Every draw (the choice of augmentation, whether to mix, λ, π, the box) comes f
 torch's global CPU generator, in that order, whose state every checkpoint holds
 (mid-epoch ones too), so a resumed run mixes exactly as an uninterrupted one, and the
 draws do not depend on the device. Further batch items (a sample index) pass unchanged:
-they belong to the sample weighted λ.
+they belong to the sample weighted λ. Mixing is per batch by nature: a micro-batch
+(``accumulate``) or a process's shard (``nproc``) is mixed within itself, so such runs
+differ from one large batch, unlike the per-sample augmentation before it.
 """
 from __future__ import annotations
 

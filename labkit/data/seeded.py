@@ -1,16 +1,22 @@
-"""Training batches whose augmentation does not depend on the DataLoader's workers.
+"""Training batches whose augmentation depends on neither the DataLoader's workers nor
+the batch layout.
 
 torchvision's random transforms draw from torch's global generator, which a DataLoader
 worker seeds from its own base seed: the same run with 0 or 2 workers would see other
 crops and flips, and train other weights. Here the sampler, in the main process, draws
 each epoch's order and one seed per sample from the run's data-order generator (which
-the checkpoint stores), and the dataset applies each batch's transforms under its first
-sample's seed, in whatever process it runs. Any worker count then gives the same
-batches, bit for bit, and the main process's generator (dropout, mixing) is never
-touched by loading.
+the checkpoint stores), and the dataset applies each sample's transforms under that
+sample's own seed, in whatever process it runs. A sample's augmentation is then a
+function of the run's seed, the epoch and the sample alone — not of the worker count,
+nor of where the sample sits in a batch, a micro-batch (``accumulate``) or a process's
+shard (``nproc``) — and the main process's generator (dropout, mixing) is never touched
+by loading.
 
 Only torch's generator is seeded: a transform drawing from Python's ``random`` or
 NumPy's global state would still depend on the worker.
+
+:data:`AUGMENT_DRAWS` names this scheme; checkpoints record it, and a run whose
+checkpoints were written under another scheme is not resumed (:func:`check_draws`).
 """
 from __future__ import annotations
 
@@ -19,7 +25,12 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from labkit.errors import UserError
+
 SEED_RANGE = 2**62
+# the augmentation draw scheme that checkpoints record: every sample seeded on its own
+# (earlier labkits recorded none: they seeded a batch by its first sample's seed)
+AUGMENT_DRAWS = "per-sample"
 
 
 class SeededSampler(Sampler):
@@ -53,10 +64,8 @@ class SeededSamples(Dataset):
     """``dataset[index]`` computed with torch's generator seeded by the sample's seed.
 
     Indexed by what :class:`SeededSampler` yields; the caller's generator state is
-    restored afterwards. A DataLoader fetches a whole batch in one process (the main
-    one or a worker), through :meth:`__getitems__`: the batch is seeded once, by its
-    first sample's seed, which keeps the cost of seeding off every sample while the
-    batches stay the same for any number of workers.
+    restored afterwards. Every sample is seeded on its own (about 2 µs: the CPU
+    generator alone), so its draws do not depend on the batch that fetches it.
     """
 
     def __init__(self, dataset: Dataset):
@@ -73,11 +82,33 @@ class SeededSamples(Dataset):
         # costs about a millisecond; transforms draw from the CPU one
         generator = torch.default_generator
         state = generator.get_state()
-        generator.manual_seed(keys[0][1])
         try:
-            return [self.dataset[index] for index, _ in keys]
+            samples = []
+            for index, seed in keys:
+                generator.manual_seed(seed)
+                samples.append(self.dataset[index])
+            return samples
         finally:
             generator.set_state(state)
+
+
+def check_draws(state: dict[str, Any], directory: Any) -> None:
+    """Refuse to resume from a checkpoint written under another augmentation draw scheme
+    (:data:`AUGMENT_DRAWS`; an earlier labkit's checkpoints record none): the rest of the
+    run would be augmented otherwise than its start, which no single labkit can
+    reproduce.
+
+    Raises:
+        UserError: naming ``directory`` (the run's checkpoints) and the fix.
+    """
+    draws = state.get("augment_draws")
+    if draws != AUGMENT_DRAWS:
+        written = (f"under augmentation draws {draws!r}" if draws is not None
+                   else "by an earlier labkit, whose augmentation draws were seeded per batch")
+        raise UserError(f"{directory} holds checkpoints written {written}, not "
+                        f"{AUGMENT_DRAWS} as this labkit draws them; "
+                        f"the run cannot resume exactly: move the run's directory away "
+                        f"and run again to train it from the start")
 
 
 class ShardedBatches(Sampler):
