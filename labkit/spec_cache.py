@@ -201,7 +201,8 @@ def grid_key(raw: Any) -> str:
     """The cache key of a spec: its exact JSON (key order kept) and the working
     directory (relative paths in it)."""
     text = json.dumps({"spec": raw, "cwd": os.getcwd()}, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    # a lone surrogate (no spec holds one: labkit.spec.check_raw) must not crash a key
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _grid_path(raw: Any) -> Path:

@@ -23,6 +23,7 @@ from labkit.analyses.base import Analysis, FinishedRun
 from labkit.atomic import read_json, write_csv, write_json
 from labkit.build import build_component
 from labkit.errors import DamagedFile, UserError
+from labkit.identity import folder_name_problem
 from labkit.probes import ProbeParams, parse_size, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
 from labkit.tail_plot import FIGURE, draw_tail_pattern
@@ -141,6 +142,15 @@ class Probes(Analysis):
         memory: str | None = Field(
             None, description="memory budget of the fitting workers together, e.g. '8G' or "
                               "'500M'; null: half the memory available when they start")
+
+        @field_validator("prefix")
+        @classmethod
+        def _one_file_name(cls, value: str | None) -> str | None:
+            problem = None if value is None else folder_name_problem(value)
+            if problem:
+                raise ValueError(f"the prefix starts the names of files in the run "
+                                 f"directory, but {problem}; give a short label")
+            return value
 
         @field_validator("memory")
         @classmethod

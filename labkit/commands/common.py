@@ -16,8 +16,8 @@ import click
 
 from labkit import plugins, spec_cache
 from labkit.errors import UserError
-from labkit.identity import RunConfig, outside_inputs
-from labkit.spec import expand, load_spec_file
+from labkit.identity import RunConfig, folder_name_problem, outside_inputs
+from labkit.spec import check_raw, expand, load_spec_file
 
 SET_OPTION = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -41,6 +41,7 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None,
     raw = apply_overrides(load_spec_file(spec_path), overrides)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
+    check_raw(raw)  # before the cache keys it
     check_run_id(run_id)
     cached = spec_cache.cached_grid(raw)
     if cached is not None:
@@ -100,6 +101,7 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
         return raw
     if not isinstance(raw, dict):
         raise UserError("a spec must be a JSON object ({...}) at the top level")
+    check_raw(raw)
     raw = json.loads(json.dumps(raw))
     for override in overrides:
         key, sep, text = override.partition("=")
@@ -110,6 +112,9 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
             value = json.loads(text)
         except ValueError:
             value = text
+        except RecursionError:
+            raise UserError("--set: a value is nested too deeply to be part of a spec; a "
+                            "spec is a few levels of objects and lists") from None
         *parents, last = key.strip().split(".")
         node = raw
         for i, part in enumerate(parents):
@@ -128,10 +133,16 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
 
 
 def check_run_id(run_id: str) -> None:
-    """A run-id is one folder name: not empty, no path separator, no ``..``."""
-    if not run_id or "/" in run_id or "\0" in run_id or run_id in (".", ".."):
-        raise UserError(f"--run-id {run_id!r}: give a label usable as one folder name "
-                        f"(letters, digits, '-', '_', '.'), e.g. --run-id A")
+    """A run-id is one folder name (:func:`labkit.identity.folder_name_problem`)."""
+    problem = folder_name_problem(run_id)
+    if problem:
+        raise UserError(f"--run-id {_shown(run_id)}: {problem}; give a label usable as one "
+                        f"folder name (letters, digits, '-', '_', '.'), e.g. --run-id A")
+
+
+def _shown(text: str, width: int = 60) -> str:
+    """``text`` quoted for a message, cut to ``width``."""
+    return repr(text) if len(text) <= width else repr(text[:width]) + "…"
 
 
 def check_path(directory: Path) -> None:
