@@ -33,22 +33,22 @@ from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
 from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries,
                             use)
-from labkit.registry import Registries, params_model
+from labkit.registry import Registries, Seed, params_model
 from labkit.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
 from labkit.schedules import Schedule, Scheduled, value_at
-from labkit.spec import expand, load_spec_file, resolve
+from labkit.spec import expand, load_spec_file, resolve, validate_json_types
 
 __all__ = [
     # hooks and version
     "hookimpl", "__version__",
     # core
-    "UserError", "Registries", "params_model",
+    "UserError", "Registries", "params_model", "Seed",
     # store: run identity, run files, checkpoints, atomic writes
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
     "note_outside",
     "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
     # components: specs, data, models, methods, layers
-    "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
+    "expand", "resolve", "load_spec_file", "validate_json_types", "build_component", "make_metrics",
     "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",
     "TensorImages", "build_transform", "check_augment", "mix_images", "mix_targets",
     "hard_labels", "BatchMixer", "MODELS", "Method", "RunContext",

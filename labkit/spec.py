@@ -26,7 +26,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from labkit.batch_augment import CutMix, Mixup, check_soft_targets
 from labkit.errors import UserError
 from labkit.identity import folder_name_problem, note_outside
-from labkit.registry import UNTYPED, Registries
+from labkit.registry import UNTYPED, Registries, Seed
 from labkit.saturation_config import SaturationConfig
 from labkit.schedules import Scheduled
 
@@ -105,7 +105,8 @@ class Spec(BaseModel):
         "32", description="32: float32; bf16: bfloat16 autocast of the forward pass; "
                           "16-mixed: float16 autocast with a dynamic loss scaler "
                           "(checkpointed); part of identity: the numbers change")
-    seed: int = Field(0, description="seed of weights init, data order and augmentation")
+    seed: Seed = Field(0, description="seed of weights init, data order and augmentation "
+                                      "(0 ≤ seed < 2³²)")
     metrics: list[str] = Field(
         ["accuracy", "top5_accuracy", "mcc", "balanced_accuracy"],
         description="metrics logged per epoch for train and every eval split",

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from labkit.data.bundle import DataBundle
 from labkit.data.transforms import AUGMENT_PRESETS, build_transform, check_augment
 from labkit.errors import DatasetNotFound, UserError
+from labkit.registry import Seed
 
 DATA_ENV_VAR = "LABKIT_DATA"
 
@@ -268,7 +269,7 @@ def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resoluti
 
     def factory(root: str | None = None, download: bool = False, resolution: Resolution = native,
                 augment: Augment = "none", normalize: bool = True,
-                eval_fraction: Fraction = default_fraction, split_seed: int = 0,
+                eval_fraction: Fraction = default_fraction, split_seed: Seed = 0,
                 subset: Subset = None) -> DataBundle:
         return build_bundle(lambda: load(root, download, resolution), resolution=resolution,
                             augment=augment, normalize=normalize, eval_fraction=eval_fraction,

@@ -40,7 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.api import (Method, RunContext, Schedule, Scheduled, StepResult, UserError,
+from labkit.api import (Method, RunContext, Schedule, Scheduled, Seed, StepResult, UserError,
                         build_component, value_at, write_csv, write_json)
 from labkit_dino.checkpoint_init import (CHECKPOINT_INITS, InitRun, finished_init_run,
                                          load_network, source_model)
@@ -92,7 +92,7 @@ class DinoParams(BaseModel):
                           "input is the embedding (e.g. 'fc', 'heads.head' of torchvision's "
                           "ViTs, 'classifier.6' of its VGGs); null: the first of fc, "
                           "heads.head, head, classifier that is an nn.Linear")
-    teacher_seed: int | None = Field(
+    teacher_seed: Seed | None = Field(
         None, description="seed of the teacher's random init; null: the spec's seed")
     teacher_init: Literal["random", "t_ckpt", "s_ckpt"] = Field(
         "random", description="random: drawn from teacher_seed; t_ckpt / s_ckpt: the "
@@ -108,7 +108,7 @@ class DinoParams(BaseModel):
         description='the finished run that t_ckpt / s_ckpt read: {"dir": "<run '
                     'directory>"} (its fingerprint is added to the identity) or {"spec": '
                     '{...}, "run_id": …} (trained first when not finished)')
-    student_seed: int | None = Field(
+    student_seed: Seed | None = Field(
         None, description="seed of the fresh init used by random/interpolated/neighborhood; "
                           "null: drawn right after the teacher from the teacher's seed")
     init_alpha: float = Field(0.0, ge=0.0, le=1.0, description="α of student_init interpolated")
@@ -187,7 +187,7 @@ class DinoParams(BaseModel):
         None, gt=0.0, description="supervised: targets are Gaussian logits of norm ≈ 1/τ "
                                   "instead of labels; null: labels")
     resample_noise: bool = Field(False, description="draw label/logit noise at every access")
-    noise_seed: int | None = Field(None, description="seed of fixed noise; null: the spec's seed")
+    noise_seed: Seed | None = Field(None, description="seed of fixed noise; null: the spec's seed")
     # --- probing
     probe_every: int = Field(1, ge=0, description="probe every so many epochs (and after the "
                                                   "last); 0: only after the last")
