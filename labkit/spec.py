@@ -25,7 +25,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from labkit.batch_augment import CutMix, Mixup, check_soft_targets
 from labkit.errors import UserError
-from labkit.identity import folder_name_problem, note_outside
+from labkit.identity import RunConfig, folder_name_problem, note_outside
 from labkit.registry import UNTYPED, Registries, Seed
 from labkit.saturation_config import SaturationConfig
 from labkit.schedules import Scheduled
@@ -236,6 +236,14 @@ class Spec(BaseModel):
                              "\"data_loader\": \"torch\" or nproc to 1")
         return self
 
+    @model_validator(mode="after")
+    def _best_needs_a_metric(self) -> "Spec":
+        if self.analysis_checkpoint == "best" and self.best_metric is None:
+            raise ValueError("analysis_checkpoint \"best\" reads the best_metric's best epoch, "
+                             "but best_metric is null; name a log column in best_metric "
+                             "(e.g. \"eval-accuracy\") or set analysis_checkpoint to \"final\"")
+        return self
+
     @field_validator("analyses", "loggers", mode="before")
     @classmethod
     def _names_only(cls, value: Any) -> Any:
@@ -382,6 +390,8 @@ def _format_validation_error(exc: ValidationError, model: type[BaseModel] | None
                     f"{', '.join(valid) or '(none)'}.")
         elif err["type"] == "missing":
             line = f"{loc}: required value missing; add it to the spec."
+        elif err["type"] == "value_error" and not path:  # about the whole object
+            line = f"{loc}: {err['ctx']['error']}"
         elif err["type"] == "value_error":  # a validator's own message says the fix
             line = f"{loc}: {err['ctx']['error']} (got {_as_json(err.get('input'))})"
         else:
@@ -553,6 +563,21 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     if weights:
         resolved["weights"] = weights
     return resolved
+
+
+def inline_run(spec: dict[str, Any], naming: dict[str, Any], run_id: str,
+               registries: Registries) -> RunConfig:
+    """A run another run names by its spec (a distillation teacher, an init run), as
+    that run trains it: resolved again with the ``logs_dir`` and ``name`` of the naming
+    run's config ``naming``, under ``run_id``. ``spec`` may be a resolved config (its
+    derived ``data`` is derived anew).
+
+    Raises:
+        UserError: the spec does not validate.
+    """
+    spec = {k: v for k, v in spec.items() if k != "data"}
+    where = {"logs_dir": naming["logs_dir"], "name": naming["name"]}
+    return RunConfig(resolve({**spec, **where}, registries), run_id)
 
 
 def weights_identity(model: dict[str, Any], registries: Registries) -> dict[str, Any]:

@@ -26,7 +26,7 @@ spec file: :func:`labkit.identity.note_outside`), which may change without any o
 above changing; and anything while the process-wide registries are not the
 installation's (:func:`labkit.plugins.from_installation`: a test registered plugins in
 process). :func:`summary` keeps, under the same fingerprint, what ``labkit list``
-prints and which models have ``plan_notes``.
+prints and which components have ``plan_notes`` or ``linked_runs``.
 
 The cache lives in ``$LABKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/labkit``, else
 ``~/.cache/labkit``. Files are written atomically; one that cannot be read, or a folder
@@ -50,7 +50,7 @@ from labkit import plugins
 from labkit.atomic import write_json
 from labkit.registry import Registries
 
-FORMAT = 1
+FORMAT = 2
 CACHE_ENV = "LABKIT_CACHE_DIR"
 GRIDS = "grids"
 SUMMARY = "registries.json"
@@ -256,11 +256,13 @@ def _default_text(field: Any) -> str:
 
 def summarize(registries: Registries) -> dict[str, list[dict[str, Any]]]:
     """Per kind, each entry's name, plugin, whether it is a prefix, its parameters with
-    defaults (as ``labkit list`` shows them) and whether it has ``plan_notes``."""
+    defaults (as ``labkit list`` shows them) and whether it has ``plan_notes`` and
+    ``linked_runs`` (``labkit plan`` builds the registries only for those)."""
     return {registry.kind: [
         {"name": e.name, "plugin": e.plugin, "prefix": e.prefix,
          "params": ", ".join(f"{n}={_default_text(f)}" for n, f in e.params.model_fields.items()),
-         "plan_notes": getattr(e.obj, "plan_notes", None) is not None}
+         "plan_notes": getattr(e.obj, "plan_notes", None) is not None,
+         "linked_runs": getattr(e.obj, "linked_runs", None) is not None}
         for e in registry.entries()] for registry in registries}
 
 

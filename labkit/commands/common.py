@@ -17,6 +17,7 @@ import click
 from labkit import plugins, spec_cache
 from labkit.errors import UserError
 from labkit.identity import RunConfig, folder_name_problem, outside_inputs
+from labkit.registry import Registries
 from labkit.spec import check_raw, expand, load_spec_file
 
 SET_OPTION = click.option(
@@ -54,9 +55,10 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None,
 
 def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
     """The runs of ``raw`` (a spec, overrides applied), expanded with the process-wide
-    registries and each checked as buildable (:func:`labkit.build.check_buildable`);
-    kept in :mod:`labkit.spec_cache` when nothing outside the spec and the code went
-    into them.
+    registries, each checked as buildable (:func:`labkit.build.check_buildable`) and
+    by every plugin's ``labkit_check_run`` (:func:`check_run`), with the runs each
+    trains first; kept in :mod:`labkit.spec_cache` when nothing outside the spec and
+    the code went into them.
 
     Raises:
         UserError: an invalid grid point, with its position.
@@ -74,9 +76,56 @@ def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
         for i, run in enumerate(runs):
             _at_point(i, runs, check_path, run.directory)
             _at_point(i, runs, check_buildable, run.config, registries)
+            _at_point(i, runs, check_run, run, registries)
     if not outside:
         spec_cache.store_grid(raw, [run.config for run in runs], registries)
     return runs
+
+
+def linked_runs(run: RunConfig, registries: Registries, deep: bool = True) -> list[RunConfig]:
+    """The runs ``run`` trains first when they are not finished (a teacher, an init
+    run or a stitched network given by its spec, and, when ``deep``, the runs those
+    train first), in training order, each once.
+
+    A component's factory declares the runs it trains first with an attribute
+    ``linked_runs(params, run, registries) -> [RunConfig, …]`` (``params``: its
+    resolved spec parameters); the model's, the dataset's and the method's are asked.
+    """
+    found: list[RunConfig] = []
+    for kind, key in LINKING:
+        spec = run.config[key]
+        declare = getattr(registries[kind].get(spec["name"]).obj, "linked_runs", None)
+        if declare is None:
+            continue
+        for link in declare({k: v for k, v in spec.items() if k != "name"}, run, registries):
+            for needed in [*(linked_runs(link, registries) if deep else []), link]:
+                if needed.directory not in {r.directory for r in found}:
+                    found.append(needed)
+    return found
+
+
+# the components whose factories may declare linked runs: (registry kind, config key)
+LINKING = (("models", "model"), ("datasets", "dataset"), ("methods", "method"))
+
+
+def check_run(run: RunConfig, registries: Registries) -> None:
+    """Ask every plugin what is wrong with ``run`` and the runs it trains first
+    (:func:`linked_runs`) before anything trains (:func:`labkit.plugins.run_problems`;
+    a linked run is also checked as buildable).
+
+    Raises:
+        UserError: one line per mistake; a linked run's named by its directory.
+    """
+    from labkit.build import check_buildable  # torch: see validated_runs
+
+    lines = []
+    for link in linked_runs(run, registries):
+        check_buildable(link.config, registries)
+        lines += [f"linked run {link.directory} (trained first): {problem}"
+                  for problem in plugins.run_problems(link.config, registries)]
+    lines += plugins.run_problems(run.config, registries)
+    if lines:
+        raise UserError("\n".join(lines))
 
 
 def _at_point(i: int, runs: list[RunConfig], check: Any, *args: Any) -> None:
@@ -177,14 +226,26 @@ def merge_points(configs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "analyses": analyses}
 
 
+def check_devices(runs: list[RunConfig]) -> None:
+    """:func:`check_device` for every device the runs name."""
+    for device in dict.fromkeys(run.config["device"] for run in runs):
+        check_device(device)
+
+
 def check_device(device: str) -> None:
-    """Fail with a clear message when ``device`` cannot be used here."""
+    """Fail with a clear message when ``device`` cannot be used here (``cpu`` always
+    can: answered without importing torch)."""
+    if device == "cpu":
+        return
     import torch
 
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise UserError(f"invalid device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} requested but MPS (Apple's GPUs) is not available "
+                        f"on this machine; use --device cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but CUDA is not available on this "
                         f"machine; use --device cpu")

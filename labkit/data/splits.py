@@ -252,7 +252,8 @@ def build_bundle(
 
 
 def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resolution: int,
-                    eval_fraction: float = 0.0, doc: str) -> Callable[..., DataBundle]:
+                    eval_fraction: float = 0.0, test: bool = True,
+                    doc: str) -> Callable[..., DataBundle]:
     """A registry factory taking the shared dataset parameters, with per-dataset defaults.
 
     Args:
@@ -260,6 +261,7 @@ def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resoluti
         resolution: the dataset's native resolution (default of ``resolution``), pixels.
         eval_fraction: default share of train held out (``evals["eval"]`` when the
             dataset has no test set, else ``evals["val"]``).
+        test: whether the dataset may have an official test set (``load`` gives one).
         doc: the factory's docstring (what the data is, where its files live).
 
     The returned function's signature spells out every parameter with its type and
@@ -276,4 +278,8 @@ def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resoluti
                             split_seed=split_seed, subset=subset)
 
     factory.__doc__ = doc
+    # the eval splits build_bundle makes, known before loading (labkit plan checks a
+    # best_metric against them): "eval", and "val" held out beside a test set
+    factory.eval_splits = lambda params: ["eval", *(["val"] if test and params.get(
+        "eval_fraction", default_fraction) > 0 else [])]
     return factory

@@ -40,7 +40,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.api import (Method, RunContext, Schedule, Scheduled, Seed, StepResult, UserError,
+from labkit.api import (Method, Registries, RunConfig, RunContext, Schedule, Scheduled, Seed,
+                        StepResult, UserError, inline_run,
                         build_component, value_at, write_csv, write_json)
 from labkit_dino.checkpoint_init import (CHECKPOINT_INITS, InitRun, finished_init_run,
                                          load_network, source_model)
@@ -302,6 +303,24 @@ class Dino(Method):
     """
 
     Params = DinoParams
+
+    @classmethod
+    def log_columns(cls, params: dict[str, Any], splits: list[str]) -> list[str]:
+        """:meth:`end_epoch`'s columns: the loss terms, the temperatures and momentum,
+        the probes' accuracies per eval split."""
+        return ["dino-*", "teacher-temp", "student-temp", "teacher-momentum",
+                *(f"probe-{split}-{network}-{kind}" for split in splits
+                  for network in ("student", "teacher") for kind in ("knn", "linear"))]
+
+    @classmethod
+    def linked_runs(cls, params: dict[str, Any], run: RunConfig,
+                    registries: Registries) -> list[RunConfig]:
+        """The ``init_run`` given by spec: trained first when not finished."""
+        init = params.get("init_run") or {}
+        if init.get("spec") is None:
+            return []
+        return [inline_run(init["spec"], run.config, init.get("run_id") or run.run_id,
+                           registries)]
 
     def __init__(self, context: RunContext, params: DinoParams):
         super().__init__(context, params)

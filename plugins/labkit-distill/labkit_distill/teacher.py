@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunConfig, RunContext,
                         RunFailed, RunFingerprint, UserError, checkpoint, expand,
-                        registries as labkit_registries, resolve, run_fingerprint, runinfo,
+                        inline_run, registries as labkit_registries, run_fingerprint, runinfo,
                         train)
 
 # top-level settings of where and how a run executes (logs_dir, device, …)
@@ -153,10 +153,7 @@ def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
                 raise UserError(f"teacher run {ref.dir} is not trained; train it first with "
                                 f"`labkit run SPEC --run-id {run.run.run_id}`")
         else:
-            # the resolved spec's derived "data" is no spec key: resolve derives it again
-            spec = {k: v for k, v in ref.spec.items() if k != "data"}
-            config = resolve({**spec, "logs_dir": context.config["logs_dir"]}, registries)
-            link = RunConfig(config, ref.run_id or context.run_id)
+            link = inline_run(ref.spec, context.config, ref.run_id or context.run_id, registries)
             if not _finished(link):
                 print(f"distill: training the teacher first: {link.directory}", file=sys.stderr)
             # the engine's run lock makes students trained in parallel wait for one teacher
