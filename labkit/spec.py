@@ -426,34 +426,40 @@ def _is_model(annotation: Any) -> bool:
 def _member_of_tag(members: list[Any], tag: str) -> Any:
     """The union member that pydantic names ``tag`` in an error location: a
     discriminated union's tag (a ``name``), a model's class name (possibly inside a
-    validator's label), ``list[…]``, a type's name; ``None`` when none fits."""
+    validator's label), ``list[…]``, ``literal[…]``, a type's name (``int``,
+    ``constrained-int``); ``None`` when none fits."""
     for member in members:
+        origin = typing.get_origin(member)
         if _is_model(member):
             names = member.model_fields.get("name")
             allowed = (typing.get_args(names.annotation) if names is not None and
                        typing.get_origin(names.annotation) is typing.Literal else ())
             if tag == member.__name__ or tag.endswith(f"{member.__name__}]") or tag in allowed:
                 return member
-        elif typing.get_origin(member) in (list, tuple) and tag.startswith(
-                typing.get_origin(member).__name__ + "["):
+        elif origin is typing.Literal and tag.startswith("literal["):
             return member
-        elif tag == getattr(member, "__name__", None):
+        elif origin is not None and tag.startswith(f"{getattr(origin, '__name__', '')}["):
+            return member
+        elif tag.removeprefix("constrained-") == getattr(member, "__name__", None):
             return member
     return None
 
 
 def _meant(members: list[Any], value: Any) -> Any:
     """The member of a union that ``value`` was written for: for an object, the model
-    whose keys and name fit it; for a list, the list type; else a plain type."""
+    whose keys and name fit it; for a list, the list type; for text, a string or
+    literal type; for a number, a number type; ``None`` when no member is of the
+    value's kind (then every member's complaint counts)."""
     models = [m for m in members if _is_model(m)]
     if isinstance(value, dict) and models:
         named = [m for m in models if _admits_name(m, value.get("name"))] or models
         return next((m for m in named if set(value) <= set(m.model_fields)), named[0])
     lists = [m for m in members if typing.get_origin(m) in (list, tuple)]
-    if isinstance(value, list) and lists:
-        return lists[0]
-    plain = [m for m in members if not _is_model(m) and m not in lists]
-    return plain[0] if plain else None
+    if isinstance(value, list):
+        return lists[0] if lists else None
+    kinds = (str,) if isinstance(value, str) else (int, float, bool)
+    return next((m for m in members if m in kinds or (typing.get_origin(m) is typing.Literal
+                 and all(isinstance(a, kinds) for a in typing.get_args(m)))), None)
 
 
 def _walk(model: type[BaseModel] | None, loc: tuple, value: Any
@@ -469,10 +475,11 @@ def _walk(model: type[BaseModel] | None, loc: tuple, value: Any
         members = _members(annotation)
         if isinstance(part, str) and len(members) > 1:  # pydantic names the member tried
             member = _member_of_tag(members, part)
-            if member is not None:
-                meant = meant and member is _meant(members, value)
-                annotation = member
-                continue
+            chosen = _meant(members, value)
+            if member is not None and chosen is not None:
+                meant = meant and member is chosen
+            annotation = member
+            continue
         members = _members(annotation)
         models = [m for m in members if _is_model(m)]
         if isinstance(part, int):
