@@ -94,9 +94,16 @@ def locate(run: RunConfig, mode: Mode, root: str | None = None) -> Path:
 
 def source_run_dir(directory: Path, manifest: dict[str, Any]) -> Path:
     """The run directory the latents in ``directory`` were extracted from, where it is
-    now (the manifest records it relative to ``directory`` when both lie in one project:
-    :func:`labkit.latent_layout.portable`)."""
-    return located(manifest["plan"]["source"]["run_dir"], directory)
+    now: found from ``directory`` (the manifest records the way when both lie in one
+    project, :func:`labkit.latent_layout.portable`), so a moved project uses its own run;
+    else where it was (latents copied elsewhere still name their run)."""
+    source = manifest["plan"]["source"]
+    way = source.get("run_dir_in_project")
+    if isinstance(way, str):
+        here = located(way, directory)
+        if here.is_dir() and here.name.endswith(str(source.get("run_hash"))):
+            return here
+    return Path(source["run_dir"])
 
 
 def _pooled(output: torch.Tensor, mode: Mode) -> torch.Tensor:

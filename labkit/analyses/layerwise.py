@@ -118,7 +118,9 @@ class Latents(Analysis):
         manifest = latents.extract(
             run.model, {"train": data.train_plain, **data.evals}, directory,
             self.params.downsampling,
-            source={"run_dir": portable(run.directory, directory, project), "run_id": run.run.run_id,
+            source={"run_dir": str(run.directory.absolute()),
+                    "run_dir_in_project": portable(run.directory, directory, project),
+                    "run_id": run.run.run_id,
                     "run_hash": run.run.hash, "epoch": run.config["epochs"],
                     "checkpoint": run.checkpoint_digest},
             layers=self.params.layers, batch_size=run.config["eval_batch_size"],
