@@ -5,8 +5,9 @@
 Each check reads the resolved config, the registries and, where layer names matter,
 the model built on the ``meta`` device (:func:`labkit.build.meta_model`): nothing is
 trained, no data set is loaded. What a check reads from outside the spec (a folder's
-files, a soft-label file) is noted (:func:`labkit.identity.note_outside`), so that a
-grid depending on it is validated again by every command.
+files, a soft-label file) is noted (:func:`labkit.identity.note_outside`, as
+:func:`labkit.spec.data_identity` does), so that a grid depending on it is validated
+again by every command.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from labkit.layers import MEASURED_TYPES, measured_layers
 from labkit.registry import Registries
 from labkit.saturation import TRACKED_TYPES, TRAIN_PASS, column_name
 from labkit.saturation_config import SaturationConfig
-from labkit.spec import Component, resolve_component
+from labkit.spec import Component, data_identity, resolve_component
 
 # log.csv columns of every run besides the passes' own
 RUN_COLUMNS = ("epoch", "lr", "epoch_seconds")
@@ -31,11 +32,11 @@ RUN_COLUMNS = ("epoch", "lr", "epoch_seconds")
 
 def run_problems(config: dict[str, Any], registries: Registries) -> list[str]:
     """Every mistake in one resolved config that shows before training, one line each
-    (JSON path first, then the fix): the device, missing data set folders, layer
-    patterns that match no layer, a ``best_metric`` that names no log column, the data
-    sets and files of ``evaluate`` analyses."""
+    (JSON path first, then the fix): the device, layer patterns that match no layer, a
+    ``best_metric`` that names no log column, the data sets and files of ``evaluate``
+    analyses. (The run's own data set is read where its identity is: a folder data set
+    without its folder fails validation.)"""
     problems = device_problems(config["device"])
-    problems += dataset_problems(config["dataset"], "dataset", registries)
     model = meta_model(config, registries)
     if model is not None:
         problems += layer_problems(config, registries, model)
@@ -67,15 +68,11 @@ def device_problems(device: str) -> list[str]:
 
 
 def dataset_problems(dataset: dict[str, Any], path: str, registries: Registries) -> list[str]:
-    """A data set whose files are missing, when its factory can tell cheaply (an
-    attribute ``check_files(params)`` raising :class:`UserError`, as the folder data
-    sets have)."""
-    check = getattr(registries.datasets.get(dataset["name"]).obj, "check_files", None)
-    if check is None:
-        return []
-    note_outside(f"the files of dataset {dataset['name']!r}")
+    """A data set whose files are missing, for the data sets identified by their files
+    (:func:`labkit.spec.data_identity`, which reads them as their loader does: a
+    folder data set without its folder is an error there)."""
     try:
-        check({k: v for k, v in dataset.items() if k != "name"})
+        data_identity(dataset, registries)
     except UserError as exc:
         return [f"{path}: {exc}"]
     return []

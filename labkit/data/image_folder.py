@@ -123,20 +123,10 @@ def _annotated_samples(annotations: Path, class_to_idx: dict[str, int]) -> list[
     return samples
 
 
-def _fix(spec: _FolderSet) -> str:
-    return f"labkit cannot download {spec.title} (\"download\": true does not help here). {spec.how_to_get}"
-
-
-def _check_layout(spec: _FolderSet, dataset_dir: Path) -> None:
-    """Raise :class:`DatasetNotFound` when ``dataset_dir`` has no ``train/`` folder (cheap:
-    ``labkit plan`` asks it of every folder data set, :func:`_with_checks`)."""
-    if not (dataset_dir / "train").is_dir():
-        raise dataset_not_found(spec.title, dataset_dir, _LAYOUT, _fix(spec))
-
-
 def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
-    fix = _fix(spec)
-    _check_layout(spec, dataset_dir)
+    fix = f"labkit cannot download {spec.title} (\"download\": true does not help here). {spec.how_to_get}"
+    if not (dataset_dir / "train").is_dir():
+        raise dataset_not_found(spec.title, dataset_dir, _LAYOUT, fix)
     try:
         train = ImageFolder(str(dataset_dir / "train"))
     except FileNotFoundError as error:  # no class folder, or a class folder without images
@@ -207,17 +197,6 @@ inaturalist = dataset_factory(
     """)
 
 
-def _folder_set(folder: str) -> _FolderSet:
-    return _FolderSet(
-        name="imagefolder",
-        title=f"Image folder {folder!r}",
-        mean=_IMAGENET_MEAN,
-        std=_IMAGENET_STD,
-        how_to_get="Put the images there, or set \"folder\" or \"root\" in the spec's dataset object "
-        "to where they are.",
-    )
-
-
 def imagefolder(
     root: str | None = None,
     download: bool = False,
@@ -239,7 +218,14 @@ def imagefolder(
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
     """
-    spec = _folder_set(folder)
+    spec = _FolderSet(
+        name="imagefolder",
+        title=f"Image folder {folder!r}",
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        how_to_get="Put the images there, or set \"folder\" or \"root\" in the spec's dataset object "
+        "to where they are.",
+    )
     return build_bundle(
         lambda: _load(spec, resolve_root(root) / folder),
         resolution=resolution,
@@ -255,18 +241,3 @@ for _factory, _set in ((tinyimagenet, _TINYIMAGENET), (imagenet, _IMAGENET),
                        (inaturalist, _INATURALIST)):
     _identified_by_listing(_factory, lambda params, name=_set.name: name)
 _identified_by_listing(imagefolder, lambda params: params.get("folder", "imagefolder"))
-
-
-def _with_checks(factory: Any, spec: Callable[[dict[str, Any]], _FolderSet],
-                 folder: Callable[[dict[str, Any]], str]) -> None:
-    """Give ``factory`` the ``check_files`` hook that ``labkit plan`` calls: a missing
-    folder is reported before anything trains."""
-    factory.check_files = lambda params: _check_layout(
-        spec(params), resolve_root(params.get("root")) / folder(params))
-
-
-for _factory, _set in ((tinyimagenet, _TINYIMAGENET), (imagenet, _IMAGENET),
-                       (inaturalist, _INATURALIST)):
-    _with_checks(_factory, lambda params, s=_set: s, lambda params, s=_set: s.name)
-_with_checks(imagefolder, lambda params: _folder_set(params.get("folder", "imagefolder")),
-             lambda params: params.get("folder", "imagefolder"))
