@@ -115,6 +115,17 @@ def training_order(runs: list[RunConfig]) -> list[tuple[RunConfig, list[int]]]:
             for directory, run in order.items()]
 
 
+def _positions(numbers: list[int]) -> str:
+    """``[2, 3, 4, 7]`` → ``#2-#4, #7``; ``[]`` → ``-``."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][-1] + 1:
+            spans[-1].append(n)
+        else:
+            spans.append([n])
+    return ", ".join(f"#{s[0]}" if len(s) == 1 else f"#{s[0]}-#{s[-1]}" for s in spans) or "-"
+
+
 def print_plan(runs: list[RunConfig]) -> int:
     """Print the plan table of every run the grid trains (:func:`training_order`),
     fitted to :data:`WIDTH`, the models' notes on their runs, and the keys that vary
@@ -123,8 +134,7 @@ def print_plan(runs: list[RunConfig]) -> int:
     grid, runs = runs, [run for run, _ in order]
     table = plan_table(runs)
     if any(needed for _, needed in order):
-        table.insert(3, "trained first for", [
-            ", ".join(f"#{i}" for i in needed) or "-" for _, needed in order])
+        table.insert(3, "trained first for", [_positions(needed) for _, needed in order])
     click.echo(fitted(table))
     for i, note in plan_notes(runs):
         click.echo(_cut(f"#{i}: {note}"))
