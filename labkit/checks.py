@@ -12,6 +12,7 @@ again by every command.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,14 @@ RUN_COLUMNS = ("epoch", "lr", "epoch_seconds")
 
 def run_problems(config: dict[str, Any], registries: Registries) -> list[str]:
     """Every mistake in one resolved config that shows before training, one line each
-    (JSON path first, then the fix): the device, layer patterns that match no layer, a
-    ``best_metric`` that names no log column, the data sets and files of ``evaluate``
-    analyses. (The run's own data set is read where its identity is: a folder data set
+    (JSON path first, then the fix): the device, ``saturation.splits`` naming no pass,
+    a logger whose package is missing, layer patterns that match no layer, a
+    ``best_metric`` that names no log column, the data sets, splits and files of
+    ``evaluate`` analyses. (The run's own data set is read where its identity is: a folder data set
     without its folder fails validation.)"""
     problems = device_problems(config["device"])
+    problems += split_problems(config, registries)
+    problems += logger_problems(config, registries)
     model = meta_model(config, registries)
     if model is not None:
         problems += layer_problems(config, registries, model)
@@ -65,6 +69,38 @@ def device_problems(device: str) -> list[str]:
     if kind not in DEVICE_TYPES:
         return [f"device: labkit trains on {', '.join(DEVICE_TYPES)} devices, not {kind}; {fix}"]
     return []
+
+
+def eval_splits(dataset: dict[str, Any], registries: Registries) -> list[str] | None:
+    """The eval split names of a resolved data set, as its factory declares them
+    (``eval_splits(params)``); ``None`` when it does not (they are known once built)."""
+    declare = getattr(registries.datasets.get(dataset["name"]).obj, "eval_splits", None)
+    return declare({k: v for k, v in dataset.items() if k != "name"}) if declare else None
+
+
+def split_problems(config: dict[str, Any], registries: Registries) -> list[str]:
+    """``saturation.splits`` naming a pass the run does not have."""
+    wanted = (config.get("saturation") or {}).get("splits")
+    evals = eval_splits(config["dataset"], registries)
+    if not wanted or evals is None:
+        return []
+    passes = [TRAIN_PASS, *evals]
+    unknown = [split for split in wanted if split not in passes]
+    return [f"saturation.splits: unknown pass(es) {unknown}; this run has "
+            f"{', '.join(passes)}"] if unknown else []
+
+
+def logger_problems(config: dict[str, Any], registries: Registries) -> list[str]:
+    """labkit's ``tensorboard`` logger without the package it writes with."""
+    problems = []
+    for i, logger in enumerate(config["loggers"]):
+        ours = registries.loggers.get(logger["name"]).plugin == "labkit"
+        if ours and logger["name"] == "tensorboard" and importlib.util.find_spec(
+                "tensorboard") is None:
+            problems.append(f"loggers.{i}: the tensorboard logger needs the tensorboard "
+                            f"package; install it with `pip install \"labkit[tensorboard]\"` "
+                            f"or drop it from the spec's loggers")
+    return problems
 
 
 def dataset_problems(dataset: dict[str, Any], path: str, registries: Registries) -> list[str]:
@@ -113,9 +149,7 @@ def log_columns(config: dict[str, Any], registries: Registries,
     declare = getattr(method, "log_columns", None)
     if declare is None:
         return None
-    dataset = config["dataset"]
-    splits = getattr(registries.datasets.get(dataset["name"]).obj, "eval_splits", None)
-    evals = splits({k: v for k, v in dataset.items() if k != "name"}) if splits else ["*"]
+    evals = eval_splits(config["dataset"], registries) or ["*"]
     extra = declare({k: v for k, v in config["method"].items() if k != "name"}, evals)
     if extra is None:
         return None
@@ -163,6 +197,11 @@ def evaluate_problems(analysis: dict[str, Any], path: str, config: dict[str, Any
     except UserError as exc:
         return [str(exc)]
     problems = dataset_problems(dataset, f"{path}.dataset", registries)
+    splits = eval_splits(dataset, registries)
+    split = analysis.get("split", "eval")
+    if splits is not None and split not in [TRAIN_PASS, *splits]:
+        problems.append(f"{path}.split: {name} has no split {split!r}; it has "
+                        f"{', '.join([TRAIN_PASS, *splits])}")
     soft = analysis.get("soft_labels")
     if soft is not None:
         note_outside(f"soft-label file {soft}")
