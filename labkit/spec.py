@@ -563,7 +563,10 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
             check_soft_targets(registries.methods.get(method).obj, method)
         except UserError as exc:
             raise UserError(f"batch_augment: {exc}") from None
-    data = data_identity(resolved["dataset"], registries)
+    try:
+        data = data_identity(resolved["dataset"], registries)
+    except UserError as exc:  # a data set read from files that are not there
+        raise UserError(f"dataset: {exc}") from None
     if data:
         resolved["data"] = data
     weights = weights_identity(resolved["model"], registries)
