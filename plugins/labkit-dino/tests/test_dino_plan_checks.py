@@ -54,5 +54,5 @@ def test_the_plan_shows_the_init_run_first(dino_registries, tmp_path):
     assert code == 0, output
     rows = [line.split() for line in output.splitlines()
             if re.fullmatch(r"\s*\d+ [0-9a-f]{10} .*", line)]
-    assert [row[3] for row in rows] == ["#2,", "-", "-"]  # "#2, #3": trained for both
+    assert [row[3] for row in rows] == ["#2-#3", "-", "-"]  # trained for both dino runs
     assert "2 run(s) and 1 linked run(s) they train first" in output
