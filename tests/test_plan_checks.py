@@ -298,3 +298,9 @@ def test_an_existing_soft_label_file_passes_plan(tmp_path, write_spec):
     spec = write_spec({**TINY, "analyses": [{"name": "evaluate", "dataset": "digits",
                                              "soft_labels": str(tmp_path / "soft.npy")}]})
     assert invoke("plan", spec).exit_code == 0
+
+
+def test_a_grouping_key_never_makes_a_figure_leave_its_folder():
+    from labkit.figures import grid_stem
+
+    assert "/" not in grid_stem(["model.sender.where.a/../../x"]) and "\\" not in grid_stem(["a\\b"])
