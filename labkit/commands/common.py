@@ -9,6 +9,7 @@ The helpers of the commands that analyse trained runs are
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,11 @@ def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
         for config in expand(raw, registries):
             points.setdefault(RunConfig(config, run_id).hash, []).append(config)
         runs = [RunConfig(merge_points(configs), run_id) for configs in points.values()]
+        checked: set[Path] = set()  # linked runs, shared by many runs, are checked once
         for i, run in enumerate(runs):
             _at_point(i, runs, check_path, run.directory)
             _at_point(i, runs, check_buildable, run.config, registries)
-            _at_point(i, runs, check_run, run, registries)
+            _at_point(i, runs, check_run, run, registries, checked)
     if not outside:
         spec_cache.store_grid(raw, [run.config for run in runs], registries)
     return runs
@@ -93,11 +95,7 @@ def linked_runs(run: RunConfig, registries: Registries, deep: bool = True) -> li
     """
     found: list[RunConfig] = []
     for kind, key in LINKING:
-        spec = run.config[key]
-        declare = getattr(registries[kind].get(spec["name"]).obj, "linked_runs", None)
-        if declare is None:
-            continue
-        for link in declare({k: v for k, v in spec.items() if k != "name"}, run, registries):
+        for link in _declared_links(kind, run.config[key], run, registries):
             for needed in [*(linked_runs(link, registries) if deep else []), link]:
                 if needed.directory not in {r.directory for r in found}:
                     found.append(needed)
@@ -106,12 +104,31 @@ def linked_runs(run: RunConfig, registries: Registries, deep: bool = True) -> li
 
 # the components whose factories may declare linked runs: (registry kind, config key)
 LINKING = (("models", "model"), ("datasets", "dataset"), ("methods", "method"))
+# what a component declared, by its params and where the naming run lies: a grid's runs
+# mostly share their links (one teacher, one pair of stitched networks), which would
+# otherwise be resolved again for every run
+_LINKS: weakref.WeakKeyDictionary[Registries, dict[tuple, list[RunConfig]]] = \
+    weakref.WeakKeyDictionary()
 
 
-def check_run(run: RunConfig, registries: Registries) -> None:
+def _declared_links(kind: str, spec: dict[str, Any], run: RunConfig,
+                    registries: Registries) -> list[RunConfig]:
+    declare = getattr(registries[kind].get(spec["name"]).obj, "linked_runs", None)
+    if declare is None:
+        return []
+    known = _LINKS.setdefault(registries, {})
+    key = (kind, json.dumps(spec, sort_keys=True), run.config["logs_dir"], run.config["name"],
+           run.run_id)
+    if key not in known:
+        known[key] = declare({k: v for k, v in spec.items() if k != "name"}, run, registries)
+    return known[key]
+
+
+def check_run(run: RunConfig, registries: Registries, checked: set[Path]) -> None:
     """Ask every plugin what is wrong with ``run`` and the runs it trains first
-    (:func:`linked_runs`) before anything trains (:func:`labkit.plugins.run_problems`;
-    a linked run is also checked as buildable).
+    (:func:`linked_runs`; those not in ``checked`` yet, then added to it) before
+    anything trains (:func:`labkit.plugins.run_problems`; a linked run is also checked
+    as buildable).
 
     Raises:
         UserError: one line per mistake; a linked run's named by its directory.
@@ -120,6 +137,9 @@ def check_run(run: RunConfig, registries: Registries) -> None:
 
     lines = []
     for link in linked_runs(run, registries):
+        if link.directory in checked:
+            continue
+        checked.add(link.directory)
         check_buildable(link.config, registries)
         lines += [f"linked run {link.directory} (trained first): {problem}"
                   for problem in plugins.run_problems(link.config, registries)]
