@@ -230,6 +230,7 @@ def test_a_moved_project_keeps_its_latents_inside(tmp_path, monkeypatch):
      "analyses.0.dataset.resolutoin"),
     ({"analyses": [{"name": "evaluate", "dataset": "digits", "soft_labels": "nowhere.npy"}]},
      "analyses.0.soft_labels"),
+    # a folder data set's identity reads its folder (content identity, issue 23 item 8)
     ({"dataset": {"name": "imagefolder", "root": "/nonexistent-labkit"}}, "dataset: Image folder"),
     ({"analyses": [{"name": "evaluate", "dataset": {"name": "tinyimagenet",
                                                     "root": "/nonexistent-labkit"}}]},
