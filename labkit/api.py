@@ -48,7 +48,8 @@ __all__ = [
     "note_outside",
     "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
     # components: specs, data, models, methods, layers
-    "expand", "resolve", "inline_run", "load_spec_file", "validate_json_types", "build_component", "make_metrics",
+    "expand", "resolve", "inline_run", "load_spec_file", "validate_json_types",
+    "build_component", "make_metrics",
     "seed_everything", "meta_model", "evaluate", "to_device", "DataBundle", "SplitDataset",
     "TensorImages", "build_transform", "check_augment", "mix_images", "mix_targets",
     "hard_labels", "BatchMixer", "MODELS", "Method", "RunContext",

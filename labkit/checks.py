@@ -46,7 +46,8 @@ def run_problems(config: dict[str, Any], registries: Registries) -> list[str]:
         problems += layer_problems(config, registries, model)
     problems += best_metric_problems(config, registries, model)
     for i, analysis in enumerate(config["analyses"]):
-        if analysis["name"] == "evaluate" and registries.analyses.get("evaluate").plugin == "labkit":
+        ours = registries.analyses.get(analysis["name"]).plugin == "labkit"
+        if analysis["name"] == "evaluate" and ours:
             problems += evaluate_problems(analysis, f"analyses.{i}", config, registries)
     return problems
 

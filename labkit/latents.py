@@ -57,7 +57,6 @@ from labkit.latent_layout import (
     located,
     parse_mode,
     pointer_path,
-    portable,
     read_manifest,
 )
 from labkit.layers import measured_layers

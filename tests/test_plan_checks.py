@@ -304,4 +304,5 @@ def test_an_existing_soft_label_file_passes_plan(tmp_path, write_spec):
 def test_a_grouping_key_never_makes_a_figure_leave_its_folder():
     from labkit.figures import grid_stem
 
-    assert "/" not in grid_stem(["model.sender.where.a/../../x"]) and "\\" not in grid_stem(["a\\b"])
+    assert "/" not in grid_stem(["model.sender.where.a/../../x"])
+    assert "\\" not in grid_stem(["a\\b"])
