@@ -140,9 +140,13 @@ def check_run(run: RunConfig, registries: Registries, checked: set[Path]) -> Non
         if link.directory in checked:
             continue
         checked.add(link.directory)
-        check_buildable(link.config, registries)
+        try:
+            check_buildable(link.config, registries)
+            problems = plugins.run_problems(link.config, registries)
+        except UserError as exc:
+            problems = [str(exc)]
         lines += [f"linked run {link.directory} (trained first): {problem}"
-                  for problem in plugins.run_problems(link.config, registries)]
+                  for problem in problems]
     lines += plugins.run_problems(run.config, registries)
     if lines:
         raise UserError("\n".join(lines))
