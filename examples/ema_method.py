@@ -51,6 +51,10 @@ class EmaSupervised(Supervised):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return {"ema-updates": float(self.updates)}
 
+    @classmethod
+    def log_columns(cls, params: dict, splits: list[str]) -> list[str]:
+        return ["ema-updates"]  # end_epoch's column: `labkit plan` checks best_metric by it
+
     def eval_model(self):
         return self.ema
 

@@ -13,7 +13,7 @@ from labkit import __version__, checkpoint, hookimpl, latents, runinfo
 from labkit.analyses.base import Analysis, FinishedRun
 from labkit.analyses.layerwise import Latents
 from labkit.atomic import atomic_open, write_csv, write_figure, write_json, write_text
-from labkit.build import build_component, make_metrics, seed_everything
+from labkit.build import build_component, make_metrics, meta_model, seed_everything
 from labkit.cli import LabkitGroup, summarize
 from labkit.commands.analysis_common import finished_run
 from labkit.commands.common import check_device, load_runs
@@ -33,25 +33,26 @@ from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
 from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries,
                             use)
-from labkit.registry import Registries, params_model
+from labkit.registry import Registries, Seed, params_model
 from labkit.run_ref import RunInFolder, RunReference, read_run, run_in_folder
 from labkit.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
 from labkit.schedules import Schedule, Scheduled, value_at
-from labkit.spec import expand, load_spec_file, resolve
+from labkit.spec import expand, inline_run, load_spec_file, resolve, validate_json_types
 
 __all__ = [
     # hooks and version
     "hookimpl", "__version__",
     # core
-    "UserError", "Registries", "params_model",
+    "UserError", "Registries", "params_model", "Seed",
     # store: run identity, run files, checkpoints, atomic writes
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
     "note_outside",
     "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
     "read_run", "run_in_folder", "RunReference", "RunInFolder",
     # components: specs, data, models, methods, layers
-    "expand", "resolve", "load_spec_file", "build_component", "make_metrics",
-    "seed_everything", "evaluate", "to_device", "DataBundle", "SplitDataset",
+    "expand", "resolve", "inline_run", "load_spec_file", "validate_json_types",
+    "build_component", "make_metrics",
+    "seed_everything", "meta_model", "evaluate", "to_device", "DataBundle", "SplitDataset",
     "TensorImages", "build_transform", "check_augment", "mix_images", "mix_targets",
     "hard_labels", "BatchMixer", "MODELS", "Method", "RunContext",
     "StepResult", "Supervised", "layer_name", "measured_layers", "Schedule", "Scheduled",

@@ -46,20 +46,7 @@ def check_buildable(config: dict[str, Any], registries: Registries) -> None:
     def ours(kind: str, key: str) -> bool:
         return registries[kind].get(config[key]["name"]).plugin == "labkit"
 
-    resolution = config["dataset"].get("resolution")
-    if not isinstance(resolution, int):  # a plugin's dataset without the parameter
-        resolution = 32
-    if ours("models", "model"):
-        try:
-            with torch.device("meta"):
-                # pretrained weights are checked when the spec is resolved, not loaded here
-                model = {k: v for k, v in config["model"].items() if k != "weights"}
-                build_component(registries, "models", model, num_classes=10, in_channels=3,
-                                resolution=resolution)
-        except UserError as exc:
-            raise UserError(f"model: {exc}") from None
-        except Exception:  # a shape this check guessed; the real build reports real problems
-            pass
+    meta_model(config, registries)
     if not ours("optimizers", "optimizer"):
         return
     try:
@@ -72,6 +59,36 @@ def check_buildable(config: dict[str, Any], registries: Registries) -> None:
             build_scheduler(registries, config, optimizer, steps_per_epoch=1)
         except (UserError, ValueError) as exc:
             raise UserError(f"scheduler: {exc}") from None
+
+
+def meta_model(config: dict[str, Any], registries: Registries) -> torch.nn.Module | None:
+    """A resolved config's model built on the ``meta`` device (no memory, no weights
+    loaded) for the dataset's ``resolution`` (32 for a dataset without one), 3 channels
+    and 10 classes: its module names and parameter shapes, before any data is read.
+
+    Returns:
+        the model; ``None`` for a plugin's model (its factory may do real work: the
+        stitched model loads, even trains, the networks it joins) or one that needs the
+        real data shape (the real build reports real problems).
+
+    Raises:
+        UserError: the constructor's complaint, naming the model.
+    """
+    if registries.models.get(config["model"]["name"]).plugin != "labkit":
+        return None
+    resolution = config["dataset"].get("resolution")
+    if not isinstance(resolution, int):  # a plugin's dataset without the parameter
+        resolution = 32
+    try:
+        with torch.device("meta"):
+            # pretrained weights are checked when the spec is resolved, not loaded here
+            model = {k: v for k, v in config["model"].items() if k != "weights"}
+            return build_component(registries, "models", model, num_classes=10,
+                                   in_channels=3, resolution=resolution)
+    except UserError as exc:
+        raise UserError(f"model: {exc}") from None
+    except Exception:  # a shape this check guessed; the real build reports real problems
+        return None
 
 
 def build_scheduler(registries: Registries, config: dict[str, Any],

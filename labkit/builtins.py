@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from labkit import hookimpl
 from labkit.analyses import ANALYSES
+from labkit.checks import run_problems
 from labkit.data import DATASETS
 from labkit.loggers import LOGGERS
 from labkit.methods import METHODS
@@ -24,3 +25,9 @@ def labkit_register(registries) -> None:
     # any torchvision classification model, untrained: "tv:resnet18", "tv:vit_b_16", …
     registries.models.register("tv:", create_torchvision_model, prefix=True,
                                params=TorchvisionParams)
+
+
+@hookimpl
+def labkit_check_run(config, registries) -> list[str]:
+    """labkit's own checks of a run before it trains (:mod:`labkit.checks`)."""
+    return run_problems(config, registries)

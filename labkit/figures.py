@@ -332,8 +332,10 @@ def grid_tail_pattern(runs: Sequence[RunConfig], keys: Sequence[str],
 
 
 def grid_stem(keys: Sequence[str]) -> str:
-    """File stem of the grid's tail pattern: ``tail_pattern_by_<key>[_and_<key>…]``."""
-    return "tail_pattern_by_" + ("_and_".join(map(key_label, keys)) or "nothing")
+    """File stem of the grid's tail pattern: ``tail_pattern_by_<key>[_and_<key>…]``, one
+    file name whatever the keys hold (a path separator becomes ``-``)."""
+    stem = "tail_pattern_by_" + ("_and_".join(map(key_label, keys)) or "nothing")
+    return stem.replace("/", "-").replace("\\", "-")
 
 
 def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], out_dir: Path,

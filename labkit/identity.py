@@ -91,6 +91,30 @@ def run_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LEN]
 
 
+# characters of a name that becomes one folder or file name (a spec's name, a run-id,
+# a probe prefix): with labkit's own parts around it, a path part stays far below the
+# 255 bytes file systems allow
+MAX_NAME = 100
+
+
+def folder_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be one folder or file name inside an output folder, ``None``
+    when it can: it must be text, not empty, at most :data:`MAX_NAME` characters, hold
+    no path separator (``/``, ``\\``) and no control character, and be neither ``.``
+    nor ``..`` (which name no folder of its own, but the one above)."""
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    if name in (".", ".."):
+        return f"{name!r} names a folder that already exists (here or above), not a new one"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        return "it holds a control character"
+    if len(name) > MAX_NAME:
+        return f"it is {len(name)} characters long, more than {MAX_NAME}"
+    return None
+
+
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(text))
 

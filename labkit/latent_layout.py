@@ -5,6 +5,7 @@ neither torch nor the engine.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,23 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     if not all(isinstance(manifest.get(k), t) for k, t in required.items()):
         return None
     return manifest
+
+
+def portable(target: Path, base: Path, project: Path) -> str:
+    """``target`` as a file in folder ``base`` records it: relative to ``base`` when both
+    lie inside ``project`` (the folder holding ``logs_dir``), so that a project moved
+    or copied elsewhere finds its own files, never the old ones; absolute otherwise (a
+    ``latents_dir`` on another disk stays where it is)."""
+    target, base, project = (Path(os.path.abspath(p)) for p in (target, base, project))
+    if target.is_relative_to(project) and base.is_relative_to(project):
+        return os.path.relpath(target, base)
+    return str(target)
+
+
+def located(recorded: str, base: Path) -> Path:
+    """A path :func:`portable` recorded in a file in folder ``base``, where it is now
+    (absolute)."""
+    return Path(os.path.abspath(Path(base) / recorded))
 
 
 def pointer_path(run_dir: Path, mode: Mode) -> Path:

@@ -54,6 +54,7 @@ from labkit.latent_layout import (
     PROGRESS,
     Mode,
     array_path,
+    located,
     parse_mode,
     pointer_path,
     read_manifest,
@@ -62,7 +63,7 @@ from labkit.layers import measured_layers
 from labkit.progress import quiet_bars
 
 __all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "parse_mode",
-           "pointer_path", "read_manifest", "reduce"]
+           "pointer_path", "read_manifest", "reduce", "source_run_dir"]
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -71,19 +72,37 @@ def locate(run: RunConfig, mode: Mode, root: str | None = None) -> Path:
     """Where the latents of ``run`` in ``mode`` live: under ``root`` when given, else
     where the run's pointer says, else under ``latent_datasets/`` next to ``logs_dir``.
 
-    A pointer is followed only to a folder named ``<run-id>/<hash>/<mode>`` of this run:
-    an edited or foreign pointer never makes labkit write into (or clear) another folder.
+    A pointer is followed only to an existing folder named ``<run-id>/<hash>/<mode>`` of
+    this run: an edited or foreign pointer never makes labkit write into (or clear)
+    another folder, nor one left behind where a moved project used to be (a pointer
+    records a folder inside the project relative to the run directory, see
+    :func:`labkit.latent_layout.portable`).
     """
     own = (run.run_id, run.hash, str(mode))
     if root is None:
         try:
-            directory = read_json(pointer_path(run.directory, mode)).get("directory")
+            recorded = read_json(pointer_path(run.directory, mode)).get("directory")
         except DamagedFile:
-            directory = None
-        if isinstance(directory, str) and Path(directory).parts[-3:] == own:
-            return Path(directory)
+            recorded = None
+        directory = located(recorded, run.directory) if isinstance(recorded, str) else None
+        if directory is not None and directory.parts[-3:] == own and directory.is_dir():
+            return directory
         root = Path(run.config["logs_dir"]).absolute().parent / DEFAULT_ROOT
     return Path(root).absolute().joinpath(*own)
+
+
+def source_run_dir(directory: Path, manifest: dict[str, Any]) -> Path:
+    """The run directory the latents in ``directory`` were extracted from, where it is
+    now: found from ``directory`` (the manifest records the way when both lie in one
+    project, :func:`labkit.latent_layout.portable`), so a moved project uses its own run;
+    else where it was (latents copied elsewhere still name their run)."""
+    source = manifest["plan"]["source"]
+    way = source.get("run_dir_in_project")
+    if isinstance(way, str):
+        here = located(way, directory)
+        if here.is_dir() and here.name.endswith(str(source.get("run_hash"))):
+            return here
+    return Path(source["run_dir"])
 
 
 def _pooled(output: torch.Tensor, mode: Mode) -> torch.Tensor:

@@ -109,6 +109,14 @@ def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:
     return infos
 
 
+def run_problems(config: dict, registries: Registries) -> list[str]:
+    """What every plugin, labkit's built-ins first, finds wrong with one resolved
+    config before it trains (the ``labkit_check_run`` hook), one line each."""
+    answers = plugin_manager().hook.labkit_check_run(config=config, registries=registries)
+    # pluggy asks the plugin registered last first: the built-ins answer last
+    return [line for answer in reversed(answers) for line in answer or []]
+
+
 _STATE: dict[str, object] = {}
 
 

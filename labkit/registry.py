@@ -16,11 +16,15 @@ import fnmatch
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from labkit.errors import UserError
+
+# the type of every seed parameter: numpy's legacy seeding (which labkit seeds at every
+# run start) takes 0 <= seed < 2**32, and refuses anything else only once a run starts
+Seed = Annotated[int, Field(ge=0, lt=2 ** 32)]
 
 # marks a parameter without a type annotation (see params_model): a list given for it
 # could be one value or a grid axis, so the spec expansion refuses to guess

@@ -18,17 +18,19 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
 from labkit.batch_augment import CutMix, Mixup, check_soft_targets
 from labkit.errors import UserError
-from labkit.identity import note_outside
-from labkit.registry import UNTYPED, Registries
+from labkit.identity import RunConfig, folder_name_problem, note_outside
+from labkit.registry import UNTYPED, Registries, Seed
 from labkit.saturation_config import SaturationConfig
 from labkit.schedules import Scheduled
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class LauncherConfig(BaseModel):
@@ -77,7 +79,10 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("experiment", description="label of the spec; not part of run identity")
+    name: str = Field("experiment", description="label of the spec, one folder name (plot "
+                                                "and report name their outputs by it; no "
+                                                "path separator, at most 100 characters); "
+                                                "not part of run identity")
     model: Component = _component_field("models", description="network to train")
     dataset: Component = _component_field(
         "datasets", Component(name="digits"), "data set with its params (resolution, augment, …)")
@@ -100,7 +105,8 @@ class Spec(BaseModel):
         "32", description="32: float32; bf16: bfloat16 autocast of the forward pass; "
                           "16-mixed: float16 autocast with a dynamic loss scaler "
                           "(checkpointed); part of identity: the numbers change")
-    seed: int = Field(0, description="seed of weights init, data order and augmentation")
+    seed: Seed = Field(0, description="seed of weights init, data order and augmentation "
+                                      "(0 ≤ seed < 2³²)")
     metrics: list[str] = Field(
         ["accuracy", "top5_accuracy", "mcc", "balanced_accuracy"],
         description="metrics logged per epoch for train and every eval split",
@@ -198,6 +204,15 @@ class Spec(BaseModel):
     def _name_only(cls, value: Any) -> Any:
         return _as_component(value)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        problem = folder_name_problem(value)
+        if problem:  # plot, report and the stitch tables name files and folders by it
+            raise ValueError(f"the spec's name becomes a folder and file name, but {problem}; "
+                             f"give a short label (letters, digits, '-', '_', '.')")
+        return value
+
     @field_validator("logs_dir")
     @classmethod
     def _a_usable_folder(cls, value: str) -> str:
@@ -220,6 +235,14 @@ class Spec(BaseModel):
         if self.data_loader == "device":
             raise ValueError("data_loader \"device\" does not shard across processes yet; set "
                              "\"data_loader\": \"torch\" or nproc to 1")
+        return self
+
+    @model_validator(mode="after")
+    def _best_needs_a_metric(self) -> "Spec":
+        if self.analysis_checkpoint == "best" and self.best_metric is None:
+            raise ValueError("analysis_checkpoint \"best\" reads the best_metric's best epoch, "
+                             "but best_metric is null; name a log column in best_metric "
+                             "(e.g. \"eval-accuracy\") or set analysis_checkpoint to \"final\"")
         return self
 
     @field_validator("analyses", "loggers", mode="before")
@@ -347,31 +370,147 @@ def _join(path: str, key: Any) -> str:
 # ---------------------------------------------------------------- validation
 
 def _format_validation_error(exc: ValidationError, model: type[BaseModel] | None,
-                             prefix: str) -> str:
-    lines = []
+                             prefix: str, value: Any = None) -> str:
+    """One line per problem of ``value`` (validated against ``model``): its JSON path
+    under ``prefix`` and the fix. pydantic's names of union members in a location (a
+    discriminated union's tag, a member class) are no part of the spec's path: they are
+    dropped, the member the value was meant for gives the valid keys and "did you mean",
+    and the complaints of the other members are left out."""
+    lines: list[str] = []
     for err in exc.errors():
-        loc = _join(prefix, ".".join(str(p) for p in err["loc"])) if err["loc"] else prefix or "spec"
+        path, holder, meant = _walk(model, err["loc"], value)
+        if not meant:
+            continue
+        loc = _join(prefix, ".".join(map(str, path))) if path else prefix or "spec"
         if err["type"] == "extra_forbidden":
-            key = str(err["loc"][-1])
-            valid = _valid_keys(model, err["loc"][:-1])
+            key = str(path[-1])
+            valid = list(holder.model_fields) if holder else []
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            lines.append(f"{loc}: unknown key {key!r}.{hint} Valid keys here: "
-                         f"{', '.join(valid) or '(none)'}.")
+            line = (f"{loc}: unknown key {key!r}.{hint} Valid keys here: "
+                    f"{', '.join(valid) or '(none)'}.")
         elif err["type"] == "missing":
-            lines.append(f"{loc}: required value missing; add it to the spec.")
+            line = f"{loc}: required value missing; add it to the spec."
+        elif err["type"] == "value_error" and not path:  # about the whole object
+            line = f"{loc}: {err['ctx']['error']}"
+        elif err["type"] == "value_error":  # a validator's own message says the fix
+            line = f"{loc}: {err['ctx']['error']} (got {_as_json(err.get('input'))})"
         else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r}); fix the value.")
-    return "\n".join(lines)
+            line = f"{loc}: {err['msg']} (got {_as_json(err.get('input'))}); fix the value."
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines) or str(exc)
 
 
-def _valid_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+def _as_json(value: Any, width: int = 80) -> str:
+    """``value`` as the spec writes it (``true``, ``null``, ``"text"``), cut to ``width``."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of ``annotation`` other than ``None``, ``Annotated`` unwrapped."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    members = [a for a in _unwrap(annotation) if a is not type(None)]
+    return [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+            for a in members]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _member_of_tag(members: list[Any], tag: str) -> Any:
+    """The union member that pydantic names ``tag`` in an error location: a
+    discriminated union's tag (a ``name``), a model's class name (possibly inside a
+    validator's label), ``list[…]``, ``literal[…]``, a type's name (``int``,
+    ``constrained-int``); ``None`` when none fits."""
+    for member in members:
+        origin = typing.get_origin(member)
+        if _is_model(member):
+            names = member.model_fields.get("name")
+            allowed = (typing.get_args(names.annotation) if names is not None and
+                       typing.get_origin(names.annotation) is typing.Literal else ())
+            if tag == member.__name__ or tag.endswith(f"{member.__name__}]") or tag in allowed:
+                return member
+        elif origin is typing.Literal and tag.startswith("literal["):
+            return member
+        elif origin is not None and tag.startswith(f"{getattr(origin, '__name__', '')}["):
+            return member
+        elif tag.removeprefix("constrained-") == getattr(member, "__name__", None):
+            return member
+    return None
+
+
+def _meant(members: list[Any], value: Any) -> Any:
+    """The member of a union that ``value`` was written for: for an object, the model
+    whose keys and name fit it; for a list, the list type; for text, a string or
+    literal type; for a number, a number type; ``None`` when no member is of the
+    value's kind (then every member's complaint counts)."""
+    models = [m for m in members if _is_model(m)]
+    if isinstance(value, dict) and models:
+        named = [m for m in models if _admits_name(m, value.get("name"))] or models
+        return next((m for m in named if set(value) <= set(m.model_fields)), named[0])
+    lists = [m for m in members if typing.get_origin(m) in (list, tuple)]
+    if isinstance(value, list):
+        return lists[0] if lists else None
+    kinds = (str,) if isinstance(value, str) else (int, float, bool)
+    return next((m for m in members if m in kinds or (typing.get_origin(m) is typing.Literal
+                 and all(isinstance(a, kinds) for a in typing.get_args(m)))), None)
+
+
+def _walk(model: type[BaseModel] | None, loc: tuple, value: Any
+          ) -> tuple[list[Any], type[BaseModel] | None, bool]:
+    """The spec path of an error location, the model holding its last key, and whether
+    the error belongs to the union member the value was meant for (see
+    :func:`_format_validation_error`)."""
+    path: list[Any] = []
+    annotation: Any = model
+    holder: type[BaseModel] | None = model
+    meant = True
     for part in loc:
-        if model is None or isinstance(part, int):
+        members = _members(annotation)
+        if isinstance(part, str) and len(members) > 1:  # pydantic names the member tried
+            member = _member_of_tag(members, part)
+            chosen = _meant(members, value)
+            if member is not None and chosen is not None:
+                meant = meant and member is chosen
+            annotation = member
             continue
-        field = model.model_fields.get(str(part))
-        model = _model_type(field.annotation) if field else None
-    return list(model.model_fields) if model else []
+        members = _members(annotation)
+        models = [m for m in members if _is_model(m)]
+        if isinstance(part, int):
+            items = [typing.get_args(m)[0] for m in members
+                     if typing.get_origin(m) in (list, tuple) and typing.get_args(m)]
+            annotation = items[0] if items else None
+            value = value[part] if isinstance(value, list) and part < len(value) else None
+        elif models:
+            holder = models[0]
+            field = holder.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+            value = value.get(part) if isinstance(value, dict) else None
+        else:
+            annotation, holder = None, None
+            value = value.get(part) if isinstance(value, dict) else None
+        path.append(part)
+    return path, holder, meant
+
+
+def validate_json_types(model: type[ModelT], value: Any) -> ModelT:
+    """``model`` validated from ``value`` (JSON data: dicts, lists, strings, numbers,
+    booleans, null) with JSON's types kept apart: a boolean is never taken as a number
+    nor a number as a boolean, a float (``1.0``, ``-0.0``) never as an integer; an
+    integer is a float where a float is asked for. This is pydantic's strict mode for
+    JSON input, so strings still become paths and lists tuples where a model asks.
+
+    Raises:
+        pydantic.ValidationError: as :meth:`BaseModel.model_validate` does.
+    """
+    return model.model_validate_json(json.dumps(value), strict=True)
 
 
 def resolve_component(value: Component, kind: str, path: str,
@@ -387,9 +526,9 @@ def resolve_component(value: Component, kind: str, path: str,
     except UserError as exc:
         raise UserError(f"{path}.name: {exc}") from None
     try:
-        params = entry.params.model_validate(value.params)
+        params = validate_json_types(entry.params, value.params)
     except ValidationError as exc:
-        raise UserError(_format_validation_error(exc, entry.params, path)) from None
+        raise UserError(_format_validation_error(exc, entry.params, path, value.params)) from None
     return {"name": value.name, **params.model_dump(mode="json")}
 
 
@@ -401,9 +540,9 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     """
     _check_finite(raw, "")
     try:
-        spec = Spec.model_validate(raw)
+        spec = validate_json_types(Spec, raw)
     except ValidationError as exc:
-        raise UserError(_format_validation_error(exc, Spec, "")) from None
+        raise UserError(_format_validation_error(exc, Spec, "", raw)) from None
     resolved = spec.model_dump(mode="json")
     for key, field in Spec.model_fields.items():
         kind = _registry_kind(field)
@@ -425,13 +564,31 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
             check_soft_targets(registries.methods.get(method).obj, method)
         except UserError as exc:
             raise UserError(f"batch_augment: {exc}") from None
-    data = data_identity(resolved["dataset"], registries)
+    try:
+        data = data_identity(resolved["dataset"], registries)
+    except UserError as exc:  # a data set read from files that are not there
+        raise UserError(f"dataset: {exc}") from None
     if data:
         resolved["data"] = data
     weights = weights_identity(resolved["model"], registries)
     if weights:
         resolved["weights"] = weights
     return resolved
+
+
+def inline_run(spec: dict[str, Any], naming: dict[str, Any], run_id: str,
+               registries: Registries) -> RunConfig:
+    """A run another run names by its spec (a distillation teacher, an init run), as
+    that run trains it: resolved again with the ``logs_dir`` and ``name`` of the naming
+    run's config ``naming``, under ``run_id``. ``spec`` may be a resolved config (its
+    derived ``data`` is derived anew).
+
+    Raises:
+        UserError: the spec does not validate.
+    """
+    spec = {k: v for k, v in spec.items() if k != "data"}
+    where = {"logs_dir": naming["logs_dir"], "name": naming["name"]}
+    return RunConfig(resolve({**spec, **where}, registries), run_id)
 
 
 def weights_identity(model: dict[str, Any], registries: Registries) -> dict[str, Any]:
@@ -487,8 +644,15 @@ MAX_GRID_POINTS = 10_000
 MAX_DEPTH = 32
 
 
-def _check_depth(raw: Any) -> None:
-    """Refuse specs nested deeper than :data:`MAX_DEPTH` (iteratively: no recursion)."""
+def check_raw(raw: Any) -> None:
+    """Refuse what no spec holds, before anything reads it (iteratively: no recursion):
+    nesting deeper than :data:`MAX_DEPTH`, and text that is no Unicode text (a lone
+    surrogate such as ``"\\ud800"``, which JSON can escape but no file name, no UTF-8
+    file and no cache key can hold).
+
+    Raises:
+        UserError: naming the JSON path.
+    """
     stack = [(raw, "", 0)]
     while stack:
         value, path, depth = stack.pop()
@@ -496,9 +660,25 @@ def _check_depth(raw: Any) -> None:
             raise UserError(f"{path}: the spec is nested more than {MAX_DEPTH} levels deep "
                             f"here; a spec is a few levels of objects and lists")
         if isinstance(value, dict):
-            stack += [(v, _join(path, k), depth + 1) for k, v in value.items()]
+            for key, item in value.items():
+                _check_text(key, path or "spec")
+                stack.append((item, _join(path, key), depth + 1))
         elif isinstance(value, list):
             stack += [(v, _join(path, i), depth + 1) for i, v in enumerate(value)]
+        else:
+            _check_text(value, path or "spec")
+
+
+def _check_text(value: Any, path: str) -> None:
+    if not isinstance(value, str):
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise UserError(f"{path.encode('utf-8', 'backslashreplace').decode()}: the text "
+                        f"holds {bad!r}, half of a UTF-16 surrogate pair, which is no "
+                        f"character; write the character itself (or its pair of escapes)") from None
 
 
 def expand(raw: dict[str, Any], registries: Registries) -> list[dict[str, Any]]:
@@ -509,7 +689,7 @@ def expand(raw: dict[str, Any], registries: Registries) -> list[dict[str, Any]]:
     """
     if not isinstance(raw, dict):
         raise UserError("a spec must be a JSON object ({...}) at the top level")
-    _check_depth(raw)
+    check_raw(raw)
     points = _object_alternatives(raw, Spec, "", registries)
     resolved = []
     for i, point in enumerate(points):

@@ -26,7 +26,7 @@ spec file: :func:`labkit.identity.note_outside`), which may change without any o
 above changing; and anything while the process-wide registries are not the
 installation's (:func:`labkit.plugins.from_installation`: a test registered plugins in
 process). :func:`summary` keeps, under the same fingerprint, what ``labkit list``
-prints and which models have ``plan_notes``.
+prints and which components have ``plan_notes`` or ``linked_runs``.
 
 The cache lives in :func:`labkit.local_cache.cache_dir` (``$LABKIT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/labkit``, else ``~/.cache/labkit``). Files are written atomically;
@@ -51,7 +51,7 @@ from labkit import plugins
 from labkit.local_cache import cache_dir, keep_newest, read_record, write_record
 from labkit.registry import Registries
 
-FORMAT = 1
+FORMAT = 2
 GRIDS = "grids"
 SUMMARY = "registries.json"
 MAX_GRIDS = 256  # older grids are removed beyond this many
@@ -180,7 +180,8 @@ def grid_key(raw: Any) -> str:
     """The cache key of a spec: its exact JSON (key order kept) and the working
     directory (relative paths in it)."""
     text = json.dumps({"spec": raw, "cwd": os.getcwd()}, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    # a lone surrogate (no spec holds one: labkit.spec.check_raw) must not crash a key
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _grid_path(raw: Any) -> Path:
@@ -224,11 +225,13 @@ def _default_text(field: Any) -> str:
 
 def summarize(registries: Registries) -> dict[str, list[dict[str, Any]]]:
     """Per kind, each entry's name, plugin, whether it is a prefix, its parameters with
-    defaults (as ``labkit list`` shows them) and whether it has ``plan_notes``."""
+    defaults (as ``labkit list`` shows them) and whether it has ``plan_notes`` and
+    ``linked_runs`` (``labkit plan`` builds the registries only for those)."""
     return {registry.kind: [
         {"name": e.name, "plugin": e.plugin, "prefix": e.prefix,
          "params": ", ".join(f"{n}={_default_text(f)}" for n, f in e.params.model_fields.items()),
-         "plan_notes": getattr(e.obj, "plan_notes", None) is not None}
+         "plan_notes": getattr(e.obj, "plan_notes", None) is not None,
+         "linked_runs": getattr(e.obj, "linked_runs", None) is not None}
         for e in registry.entries()] for registry in registries}
 
 

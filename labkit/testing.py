@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from click.testing import CliRunner, Result
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
@@ -18,6 +20,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+def invoke(*args: str) -> Result:
+    """Run ``labkit ARGS…`` in this process (click's test runner), with the registries
+    of this process (plugins registered by ``labkit.api.use`` included): fast, for
+    commands that train nothing (``plan``, ``run --dry-run``). Output is in
+    ``result.output`` (stdout and stderr), the exit code in ``result.exit_code``; an
+    exception that escaped the command (a traceback a user would see) is
+    ``result.exception``, anything but :class:`SystemExit`."""
+    from labkit.cli import cli  # the command line's modules load when a command runs
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def isolate_plugins(*allowed: str) -> None:

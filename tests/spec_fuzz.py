@@ -25,6 +25,7 @@ ODD_VALUES: list[Any] = [
     None, True, -1, 0, -8, 1, 10**11, 10**30, 1e308, -1e-9, 0.5, "", "x", "flipcrop",
     "tv:not_a_model", "../../x", "a" * 300, [], [[]], {}, {"name": []}, {"name": None},
     [1, "two", None], {"name": "sgd", "lr": -1}, "NaN", [0.1] * 40,
+    -0.0, 2.0, 2 ** 64, "\ud800", "a\\b", "..", [[]],
 ]
 
 RAW_TEXT: list[str | bytes] = [
@@ -90,6 +91,30 @@ def _mutate(spec: dict[str, Any], rng: random.Random) -> dict[str, Any] | list |
             deep = [deep] if rng.random() < 0.5 else {"a": deep}
         return _set(spec, path, deep)
     return _set(spec, path, {"name": rng.choice(["sgd", "cosine", "digits", "nope", 3])})
+
+
+def type_swaps(bases: list[dict[str, Any]], rng: random.Random) -> list[tuple[Any, str]]:
+    """Each boolean and number of ``bases`` replaced, one at a time, by a value of
+    another JSON type that a careless hand or script writes (``true`` or ``2.0`` for an
+    integer, ``true`` for a float, ``1`` or ``0.0`` for a boolean; drawn from ``rng``):
+    ``(spec, dotted path)`` pairs, every one of which a strict spec refuses."""
+    swaps = []
+    for base in bases:
+        for path in _paths(base)[1:]:
+            node = base
+            for step in path:
+                node = node[step]
+            if isinstance(node, bool):
+                other = rng.choice([1, 0, 0.0, 1.0])
+            elif isinstance(node, int):
+                other = rng.choice([True, False, float(node), -0.0 if node == 0 else node + 0.0])
+            elif isinstance(node, float):
+                other = rng.choice([True, False])
+            else:
+                continue
+            spec = _set(json.loads(json.dumps(base)), path, other)
+            swaps.append((spec, ".".join(map(str, path))))
+    return swaps
 
 
 def corpus(count: int, seed: int = 0) -> list[bytes]:

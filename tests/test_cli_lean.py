@@ -234,7 +234,9 @@ def test_plan_of_distill_cues_fits_100_columns_and_tells_runs_apart():
     lines = result.stdout.splitlines()
     assert max(map(len, lines)) <= 100
     assert "supervised" in result.stdout and "jacobian" in result.stdout
-    assert "varies: method.name, method.loss.name" in result.stdout
+    # the inline teacher (cnn_s) is a row of its own, trained before the students
+    assert "varies: model.name, method.name, method.loss.name" in result.stdout
+    assert "1 linked run(s) they train first" in result.stdout
 
 
 def test_closing_summary_shows_metrics_reasons_directories_and_next_commands(

@@ -18,6 +18,7 @@ from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents
 from labkit.cli import cli
 from labkit.identity import RunConfig
+from labkit.latent_layout import located
 from labkit.layers import measured_layers
 from labkit.spec import expand
 
@@ -66,12 +67,14 @@ def test_latents_are_eval_mode_activations_of_unaugmented_images(trained, mode):
     directory = analysis.directory()
     root = run.directory.parents[3].parent / "latent_datasets"  # next to logs_dir
     assert directory == root / "A" / run.run.hash / str(mode)
-    assert json.loads(analysis.outputs()[0].read_text())["directory"] == str(directory)
+    pointer = json.loads(analysis.outputs()[0].read_text())["directory"]
+    assert located(pointer, run.directory) == directory  # recorded relative: in the project
 
     manifest = latents.read_manifest(directory)
     layers = [name for name, _ in measured_layers(run.model)]
     assert manifest["plan"]["layers"] == layers  # network order
     assert manifest["plan"]["source"]["run_dir"] == str(run.directory)
+    assert latents.source_run_dir(directory, manifest) == run.directory.absolute()
     assert manifest["plan"]["splits"] == {"train": len(run.data.train_plain),
                                           "eval": len(run.data.evals["eval"])}
     data = {"train": run.data.train_plain, "eval": run.data.evals["eval"]}

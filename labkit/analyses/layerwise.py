@@ -23,6 +23,8 @@ from labkit.analyses.base import Analysis, FinishedRun
 from labkit.atomic import read_json, write_csv, write_json
 from labkit.build import build_component
 from labkit.errors import DamagedFile, UserError
+from labkit.identity import folder_name_problem
+from labkit.latent_layout import portable
 from labkit.probes import ProbeParams, parse_size, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
 from labkit.tail_plot import FIGURE, draw_tail_pattern
@@ -112,15 +114,19 @@ class Latents(Analysis):
         run = self.run
         data = run.data
         directory = self.directory()
+        project = Path(run.config["logs_dir"]).absolute().parent  # latent_datasets/ lie there
         manifest = latents.extract(
             run.model, {"train": data.train_plain, **data.evals}, directory,
             self.params.downsampling,
-            source={"run_dir": str(run.directory.absolute()), "run_id": run.run.run_id,
+            source={"run_dir": str(run.directory.absolute()),
+                    "run_dir_in_project": portable(run.directory, directory, project),
+                    "run_id": run.run.run_id,
                     "run_hash": run.run.hash, "epoch": run.config["epochs"],
                     "checkpoint": run.checkpoint_digest},
             layers=self.params.layers, batch_size=run.config["eval_batch_size"],
             dtype=self.params.dtype, progress=progress)
-        write_json(self.outputs()[0], {"directory": str(directory), "digest": manifest["digest"],
+        write_json(self.outputs()[0], {"directory": portable(directory, run.directory, project),
+                                       "digest": manifest["digest"],
                                        "params": self.params.model_dump(mode="json")})
 
 
@@ -141,6 +147,15 @@ class Probes(Analysis):
         memory: str | None = Field(
             None, description="memory budget of the fitting workers together, e.g. '8G' or "
                               "'500M'; null: half the memory available when they start")
+
+        @field_validator("prefix")
+        @classmethod
+        def _one_file_name(cls, value: str | None) -> str | None:
+            problem = None if value is None else folder_name_problem(value)
+            if problem:
+                raise ValueError(f"the prefix starts the names of files in the run "
+                                 f"directory, but {problem}; give a short label")
+            return value
 
         @field_validator("memory")
         @classmethod

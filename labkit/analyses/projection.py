@@ -50,6 +50,7 @@ from labkit.atomic import write_csv, write_figure
 from labkit.build import make_metrics
 from labkit.evaluation import evaluate
 from labkit.layers import measured_layers
+from labkit.registry import Seed
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker,
                                intrinsic_dimensionality, spectrum)
 
@@ -114,7 +115,7 @@ class Projection(Analysis):
         max_samples: int | None = Field(
             None, ge=1, description="training images the covariances are estimated on; "
                                     "null: the whole training split")
-        seed: int = Field(0, description="seed of the random control bases")
+        seed: Seed = Field(0, description="seed of the random control bases")
 
     def outputs(self) -> list[Path]:
         """``projected_results.csv`` / ``.png`` at the default params; other params

@@ -9,6 +9,7 @@ The helpers of the commands that analyse trained runs are
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ import click
 
 from labkit import plugins, spec_cache
 from labkit.errors import UserError
-from labkit.identity import RunConfig, outside_inputs
-from labkit.spec import expand, load_spec_file
+from labkit.identity import RunConfig, folder_name_problem, outside_inputs
+from labkit.registry import Registries
+from labkit.spec import check_raw, expand, load_spec_file
 
 SET_OPTION = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -41,6 +43,7 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None,
     raw = apply_overrides(load_spec_file(spec_path), overrides)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
+    check_raw(raw)  # before the cache keys it
     check_run_id(run_id)
     cached = spec_cache.cached_grid(raw)
     if cached is not None:
@@ -53,9 +56,10 @@ def load_runs(spec_path: str, run_id: str, device: str | None = None,
 
 def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
     """The runs of ``raw`` (a spec, overrides applied), expanded with the process-wide
-    registries and each checked as buildable (:func:`labkit.build.check_buildable`);
-    kept in :mod:`labkit.spec_cache` when nothing outside the spec and the code went
-    into them.
+    registries, each checked as buildable (:func:`labkit.build.check_buildable`) and
+    by every plugin's ``labkit_check_run`` (:func:`check_run`), with the runs each
+    trains first; kept in :mod:`labkit.spec_cache` when nothing outside the spec and
+    the code went into them.
 
     Raises:
         UserError: an invalid grid point, with its position.
@@ -70,12 +74,82 @@ def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
         for config in expand(raw, registries):
             points.setdefault(RunConfig(config, run_id).hash, []).append(config)
         runs = [RunConfig(merge_points(configs), run_id) for configs in points.values()]
+        checked: set[Path] = set()  # linked runs, shared by many runs, are checked once
         for i, run in enumerate(runs):
             _at_point(i, runs, check_path, run.directory)
             _at_point(i, runs, check_buildable, run.config, registries)
+            _at_point(i, runs, check_run, run, registries, checked)
     if not outside:
         spec_cache.store_grid(raw, [run.config for run in runs], registries)
     return runs
+
+
+def linked_runs(run: RunConfig, registries: Registries, deep: bool = True) -> list[RunConfig]:
+    """The runs ``run`` trains first when they are not finished (a teacher, an init
+    run or a stitched network given by its spec, and, when ``deep``, the runs those
+    train first), in training order, each once.
+
+    A component's factory declares the runs it trains first with an attribute
+    ``linked_runs(params, run, registries) -> [RunConfig, …]`` (``params``: its
+    resolved spec parameters); the model's, the dataset's and the method's are asked.
+    """
+    found: list[RunConfig] = []
+    for kind, key in LINKING:
+        for link in _declared_links(kind, run.config[key], run, registries):
+            for needed in [*(linked_runs(link, registries) if deep else []), link]:
+                if needed.directory not in {r.directory for r in found}:
+                    found.append(needed)
+    return found
+
+
+# the components whose factories may declare linked runs: (registry kind, config key)
+LINKING = (("models", "model"), ("datasets", "dataset"), ("methods", "method"))
+# what a component declared, by its params and where the naming run lies: a grid's runs
+# mostly share their links (one teacher, one pair of stitched networks), which would
+# otherwise be resolved again for every run
+_LINKS: weakref.WeakKeyDictionary[Registries, dict[tuple, list[RunConfig]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _declared_links(kind: str, spec: dict[str, Any], run: RunConfig,
+                    registries: Registries) -> list[RunConfig]:
+    declare = getattr(registries[kind].get(spec["name"]).obj, "linked_runs", None)
+    if declare is None:
+        return []
+    known = _LINKS.setdefault(registries, {})
+    key = (kind, json.dumps(spec, sort_keys=True), run.config["logs_dir"], run.config["name"],
+           run.run_id)
+    if key not in known:
+        known[key] = declare({k: v for k, v in spec.items() if k != "name"}, run, registries)
+    return known[key]
+
+
+def check_run(run: RunConfig, registries: Registries, checked: set[Path]) -> None:
+    """Ask every plugin what is wrong with ``run`` and the runs it trains first
+    (:func:`linked_runs`; those not in ``checked`` yet, then added to it) before
+    anything trains (:func:`labkit.plugins.run_problems`; a linked run is also checked
+    as buildable).
+
+    Raises:
+        UserError: one line per mistake; a linked run's named by its directory.
+    """
+    from labkit.build import check_buildable  # torch: see validated_runs
+
+    lines = []
+    for link in linked_runs(run, registries):
+        if link.directory in checked:
+            continue
+        checked.add(link.directory)
+        try:
+            check_buildable(link.config, registries)
+            problems = plugins.run_problems(link.config, registries)
+        except UserError as exc:
+            problems = [str(exc)]
+        lines += [f"linked run {link.directory} (trained first): {problem}"
+                  for problem in problems]
+    lines += plugins.run_problems(run.config, registries)
+    if lines:
+        raise UserError("\n".join(lines))
 
 
 def _at_point(i: int, runs: list[RunConfig], check: Any, *args: Any) -> None:
@@ -100,6 +174,7 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
         return raw
     if not isinstance(raw, dict):
         raise UserError("a spec must be a JSON object ({...}) at the top level")
+    check_raw(raw)
     raw = json.loads(json.dumps(raw))
     for override in overrides:
         key, sep, text = override.partition("=")
@@ -110,6 +185,9 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
             value = json.loads(text)
         except ValueError:
             value = text
+        except RecursionError:
+            raise UserError("--set: a value is nested too deeply to be part of a spec; a "
+                            "spec is a few levels of objects and lists") from None
         *parents, last = key.strip().split(".")
         node = raw
         for i, part in enumerate(parents):
@@ -128,10 +206,16 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
 
 
 def check_run_id(run_id: str) -> None:
-    """A run-id is one folder name: not empty, no path separator, no ``..``."""
-    if not run_id or "/" in run_id or "\0" in run_id or run_id in (".", ".."):
-        raise UserError(f"--run-id {run_id!r}: give a label usable as one folder name "
-                        f"(letters, digits, '-', '_', '.'), e.g. --run-id A")
+    """A run-id is one folder name (:func:`labkit.identity.folder_name_problem`)."""
+    problem = folder_name_problem(run_id)
+    if problem:
+        raise UserError(f"--run-id {_shown(run_id)}: {problem}; give a label usable as one "
+                        f"folder name (letters, digits, '-', '_', '.'), e.g. --run-id A")
+
+
+def _shown(text: str, width: int = 60) -> str:
+    """``text`` quoted for a message, cut to ``width``."""
+    return repr(text) if len(text) <= width else repr(text[:width]) + "…"
 
 
 def check_path(directory: Path) -> None:
@@ -166,14 +250,26 @@ def merge_points(configs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "analyses": analyses}
 
 
+def check_devices(runs: list[RunConfig]) -> None:
+    """:func:`check_device` for every device the runs name."""
+    for device in dict.fromkeys(run.config["device"] for run in runs):
+        check_device(device)
+
+
 def check_device(device: str) -> None:
-    """Fail with a clear message when ``device`` cannot be used here."""
+    """Fail with a clear message when ``device`` cannot be used here (``cpu`` always
+    can: answered without importing torch)."""
+    if device == "cpu":
+        return
     import torch
 
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise UserError(f"invalid device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} requested but MPS (Apple's GPUs) is not available "
+                        f"on this machine; use --device cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but CUDA is not available on this "
                         f"machine; use --device cpu")

@@ -143,7 +143,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
         raise UserError(f"no complete latents (manifest.json) under {', '.join(targets)}")
     for directory in found:
         manifest = latents.read_manifest(directory)
-        run = FinishedRun.from_directory(manifest["plan"]["source"]["run_dir"],
+        run = FinishedRun.from_directory(latents.source_run_dir(directory, manifest),
                                          plugins.registries())
         analysis = Probes(run, analysis_params(run.run, "probes", Probes,
                                                downsampling=manifest["plan"]["mode"],

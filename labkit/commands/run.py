@@ -18,7 +18,7 @@ import pandas as pd
 from labkit import plugins, runinfo
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents
-from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, SET_OPTION, check_device,
+from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, SET_OPTION, check_devices,
                                     load_runs)
 from labkit.commands.status import labels, print_plan
 from labkit.identity import RunConfig
@@ -61,6 +61,13 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
         if value is not None:
             overrides = (*overrides, f"{key}={value}")
     runs = load_runs(spec, run_id, device, overrides)
+    launch = {"name": launcher, "jobs": jobs, "partition": partition,
+              "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task,
+              "time": time_min, "array_parallelism": array_parallelism}
+    settings = LauncherConfig.model_validate(
+        {**runs[0].config["launcher"], **{k: v for k, v in launch.items() if v is not None}})
+    if settings.name == "local":  # on a cluster the nodes' devices count, checked there
+        check_devices(runs)
     print_plan(runs)
     if dry_run:
         for run in runs:
@@ -68,11 +75,6 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
                 click.echo(f"{run.name}-{run.hash}: {what} will write {size / 1e6:,.1f} MB")
         click.echo(f"dry run: {len(runs)} run(s) validated, nothing trained")
         return
-    launch = {"name": launcher, "jobs": jobs, "partition": partition,
-              "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task,
-              "time": time_min, "array_parallelism": array_parallelism}
-    settings = LauncherConfig.model_validate(
-        {**runs[0].config["launcher"], **{k: v for k, v in launch.items() if v is not None}})
     tasks = [RunTask(r.config, r.run_id, r.config["device"], progress=not quiet) for r in runs]
     names = labels(runs)
 
@@ -81,7 +83,6 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
 
     next_steps = NextSteps(spec, run_id, overrides)
     if settings.name == "local":
-        check_device(runs[0].config["device"])
         summarize(run_local(tasks, settings.jobs, report), runs, next_steps)
         return
     folder = submitit_folder(runs[0].config["logs_dir"], run_id)

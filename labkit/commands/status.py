@@ -13,7 +13,7 @@ import click
 import pandas as pd
 
 from labkit import plugins, runinfo, spec_cache
-from labkit.commands.common import SET_OPTION, load_runs
+from labkit.commands.common import LINKING, SET_OPTION, check_devices, linked_runs, load_runs
 from labkit.identity import (RunConfig, display_labels, flatten, short_keys, short_value,
                              varying_keys)
 
@@ -88,10 +88,54 @@ def plan_notes(runs: list[RunConfig]) -> list[tuple[int, str]]:
     return sorted(notes)
 
 
-def print_plan(runs: list[RunConfig]) -> None:
-    """The plan table, fitted to :data:`WIDTH`, the models' notes on their runs, and the
-    keys that vary along with it."""
-    click.echo(fitted(plan_table(runs)))
+def training_order(runs: list[RunConfig]) -> list[tuple[RunConfig, list[int]]]:
+    """Every run the grid trains, in training order: each run of ``runs`` after the
+    runs it trains first (:func:`labkit.commands.common.linked_runs`: teachers, init
+    runs, stitched networks given by spec, chain links), each once. A linked run comes
+    with the positions (1-based, in this order) of the runs that train it; a run of
+    the grid with ``[]``. The registries are built only when a component of the grid
+    declares linked runs (known from the cached summary)."""
+    summary = spec_cache.summary()
+    linking = any((spec_cache.lookup(summary[kind], run.config[key]["name"]) or {}).get(
+        "linked_runs") for run in runs for kind, key in LINKING)
+    if not linking:
+        return [(run, []) for run in runs]
+    registries = plugins.registries()
+    order: dict[Path, RunConfig] = {}
+    for run in runs:
+        for needed in [*linked_runs(run, registries), run]:
+            order.setdefault(needed.directory, needed)
+    position = {directory: i for i, directory in enumerate(order, 1)}
+    needs: dict[Path, set[int]] = {}
+    for directory, run in order.items():  # who trains each link: the runs naming it
+        for link in linked_runs(run, registries, deep=False):
+            needs.setdefault(link.directory, set()).add(position[directory])
+    grid = {run.directory for run in runs}
+    return [(run, [] if directory in grid else sorted(needs[directory]))
+            for directory, run in order.items()]
+
+
+def _positions(numbers: list[int]) -> str:
+    """``[2, 3, 4, 7]`` → ``#2-#4, #7``; ``[]`` → ``-``."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][-1] + 1:
+            spans[-1].append(n)
+        else:
+            spans.append([n])
+    return ", ".join(f"#{s[0]}" if len(s) == 1 else f"#{s[0]}-#{s[-1]}" for s in spans) or "-"
+
+
+def print_plan(runs: list[RunConfig]) -> int:
+    """Print the plan table of every run the grid trains (:func:`training_order`),
+    fitted to :data:`WIDTH`, the models' notes on their runs, and the keys that vary
+    along with it; returns the number of linked runs shown."""
+    order = training_order(runs)
+    grid, runs = runs, [run for run, _ in order]
+    table = plan_table(runs)
+    if any(needed for _, needed in order):
+        table.insert(3, "trained first for", [_positions(needed) for _, needed in order])
+    click.echo(fitted(table))
     for i, note in plan_notes(runs):
         click.echo(_cut(f"#{i}: {note}"))
     _, shown = display_labels([r.config for r in runs])
@@ -100,6 +144,7 @@ def print_plan(runs: list[RunConfig]) -> None:
         click.echo(_cut(f"varies: {', '.join(shown)}"))
     if others:
         click.echo(_cut(f"{len(others)} other value(s) vary with these: {', '.join(others)}"))
+    return len(order) - len(grid)
 
 
 @click.command()
@@ -144,8 +189,11 @@ def status(spec: str, run_id: str, quiet: bool, overrides: tuple[str, ...]) -> N
 def plan(spec: str, run_id: str, overrides: tuple[str, ...]) -> None:
     """Print the runs of SPEC (hash, status, the values that vary) without running."""
     runs = load_runs(spec, run_id, overrides=overrides)
-    print_plan(runs)
-    click.echo(_cut(f"{len(runs)} run(s) under {Path(runs[0].config['logs_dir'])}"))
+    if runs[0].config["launcher"]["name"] == "local":  # elsewhere, the nodes' devices count
+        check_devices(runs)
+    linked = print_plan(runs)
+    first = f" and {linked} linked run(s) they train first" if linked else ""
+    click.echo(_cut(f"{len(runs)} run(s){first} under {Path(runs[0].config['logs_dir'])}"))
 
 
 COMMANDS: list[click.Command] = [status, plan]

@@ -55,7 +55,7 @@ def _load(root: str | None, download: bool, resolution: int) -> Source:
     )
 
 
-digits = dataset_factory(_load, resolution=8, eval_fraction=0.2, doc="""
+digits = dataset_factory(_load, resolution=8, eval_fraction=0.2, test=False, doc="""
     scikit-learn ``load_digits()``: 1797 grayscale 8x8 digits, 10 classes.
 
     Ships with scikit-learn, so ``root`` and ``download`` are accepted for a uniform

@@ -26,6 +26,7 @@ from labkit.data.splits import (Augment, Fraction, Resolution, Source, Subset, b
                                 content_digest, dataset_factory, dataset_not_found,
                                 resolve_root)
 from labkit.errors import UserError
+from labkit.registry import Seed
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -233,7 +234,7 @@ def imagefolder(
     augment: Augment = "none",
     normalize: bool = True,
     eval_fraction: Fraction = 0.0,
-    split_seed: int = 0,
+    split_seed: Seed = 0,
     subset: Subset = None,
     folder: str = "imagefolder",
 ) -> DataBundle:

@@ -21,6 +21,7 @@ from labkit.data.bundle import DataBundle
 from labkit.data.transforms import AUGMENT_PRESETS, build_transform, check_augment
 from labkit.errors import DatasetNotFound, UserError
 from labkit.file_digests import file_digests, relative
+from labkit.registry import Seed
 
 DATA_ENV_VAR = "LABKIT_DATA"
 
@@ -263,7 +264,8 @@ def build_bundle(
 
 
 def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resolution: int,
-                    eval_fraction: float = 0.0, doc: str) -> Callable[..., DataBundle]:
+                    eval_fraction: float = 0.0, test: bool = True,
+                    doc: str) -> Callable[..., DataBundle]:
     """A registry factory taking the shared dataset parameters, with per-dataset defaults.
 
     Args:
@@ -271,6 +273,7 @@ def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resoluti
         resolution: the dataset's native resolution (default of ``resolution``), pixels.
         eval_fraction: default share of train held out (``evals["eval"]`` when the
             dataset has no test set, else ``evals["val"]``).
+        test: whether the dataset may have an official test set (``load`` gives one).
         doc: the factory's docstring (what the data is, where its files live).
 
     The returned function's signature spells out every parameter with its type and
@@ -280,11 +283,15 @@ def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resoluti
 
     def factory(root: str | None = None, download: bool = False, resolution: Resolution = native,
                 augment: Augment = "none", normalize: bool = True,
-                eval_fraction: Fraction = default_fraction, split_seed: int = 0,
+                eval_fraction: Fraction = default_fraction, split_seed: Seed = 0,
                 subset: Subset = None) -> DataBundle:
         return build_bundle(lambda: load(root, download, resolution), resolution=resolution,
                             augment=augment, normalize=normalize, eval_fraction=eval_fraction,
                             split_seed=split_seed, subset=subset)
 
     factory.__doc__ = doc
+    # the eval splits build_bundle makes, known before loading (labkit plan checks a
+    # best_metric against them): "eval", and "val" held out beside a test set
+    factory.eval_splits = lambda params: ["eval", *(["val"] if test and params.get(
+        "eval_fraction", default_fraction) > 0 else [])]
     return factory

@@ -150,8 +150,26 @@ class Method:
         right after this call."""
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
-        """Called after each epoch's training pass; returns extra log columns."""
+        """Called after each epoch's training pass; returns extra log columns (declare
+        them in :meth:`log_columns`)."""
         return {}
+
+    @classmethod
+    def log_columns(cls, params: dict[str, Any], splits: list[str]) -> list[str] | None:
+        """The log.csv columns :meth:`end_epoch` adds, as shell-style patterns, known
+        before training (``labkit plan`` checks a ``best_metric`` against them).
+
+        Args:
+            params: the method's resolved spec parameters.
+            splits: the run's eval split names (``"*"`` where the data set does not
+                tell them before it is built).
+
+        Returns:
+            the patterns; ``None``: the method cannot tell (any column name is then
+            taken as a ``best_metric``). Default: none when :meth:`end_epoch` is not
+            overridden, ``None`` when it is.
+        """
+        return [] if cls.end_epoch is Method.end_epoch else None
 
     def eval_model(self) -> nn.Module:
         """The network whose logits the eval splits are scored on."""

@@ -31,9 +31,9 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunConfig, RunContext, RunFailed,
-                        UserError, checkpoint, expand, is_trained, read_run, registries,
-                        resolve, run_fingerprint, runinfo, train)
+from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunContext, RunFailed,
+                        UserError, checkpoint, expand, inline_run, is_trained, read_run,
+                        registries, run_fingerprint, runinfo, train)
 from labkit_dino.networks import DinoNet, probe_of
 
 CHECKPOINT_INITS = ("t_ckpt", "s_ckpt")
@@ -106,9 +106,8 @@ def finished_init_run(ref: InitRun, context: RunContext) -> dict[str, Any]:
             finished = FinishedRun.from_reference(found, context.registries)
             fingerprint = found.fingerprint
         else:
-            spec = {k: v for k, v in ref.spec.items() if k != "data"}
-            config = resolve({**spec, "logs_dir": context.config["logs_dir"]}, context.registries)
-            run = RunConfig(config, ref.run_id or context.run_id)
+            run = inline_run(ref.spec, context.config, ref.run_id or context.run_id,
+                             context.registries)
             if not is_trained(run):
                 print(f"dino: training the init run first: {run.directory}", file=sys.stderr)
             if train(run, context.registries, str(context.device), progress=False) == "failed":

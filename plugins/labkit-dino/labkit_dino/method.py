@@ -40,7 +40,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.api import (Method, RunContext, Schedule, Scheduled, StepResult, UserError,
+from labkit.api import (Method, Registries, RunConfig, RunContext, Schedule, Scheduled, Seed,
+                        StepResult, UserError, inline_run,
                         build_component, value_at, write_csv, write_json)
 from labkit_dino.checkpoint_init import (CHECKPOINT_INITS, InitRun, finished_init_run,
                                          load_network, source_model)
@@ -92,7 +93,7 @@ class DinoParams(BaseModel):
                           "input is the embedding (e.g. 'fc', 'heads.head' of torchvision's "
                           "ViTs, 'classifier.6' of its VGGs); null: the first of fc, "
                           "heads.head, head, classifier that is an nn.Linear")
-    teacher_seed: int | None = Field(
+    teacher_seed: Seed | None = Field(
         None, description="seed of the teacher's random init; null: the spec's seed")
     teacher_init: Literal["random", "t_ckpt", "s_ckpt"] = Field(
         "random", description="random: drawn from teacher_seed; t_ckpt / s_ckpt: the "
@@ -108,7 +109,7 @@ class DinoParams(BaseModel):
         description='the finished run that t_ckpt / s_ckpt read: {"dir": "<run '
                     'directory>"} (its fingerprint is added to the identity) or {"spec": '
                     '{...}, "run_id": …} (trained first when not finished)')
-    student_seed: int | None = Field(
+    student_seed: Seed | None = Field(
         None, description="seed of the fresh init used by random/interpolated/neighborhood; "
                           "null: drawn right after the teacher from the teacher's seed")
     init_alpha: float = Field(0.0, ge=0.0, le=1.0, description="α of student_init interpolated")
@@ -187,7 +188,7 @@ class DinoParams(BaseModel):
         None, gt=0.0, description="supervised: targets are Gaussian logits of norm ≈ 1/τ "
                                   "instead of labels; null: labels")
     resample_noise: bool = Field(False, description="draw label/logit noise at every access")
-    noise_seed: int | None = Field(None, description="seed of fixed noise; null: the spec's seed")
+    noise_seed: Seed | None = Field(None, description="seed of fixed noise; null: the spec's seed")
     # --- probing
     probe_every: int = Field(1, ge=0, description="probe every so many epochs (and after the "
                                                   "last); 0: only after the last")
@@ -302,6 +303,24 @@ class Dino(Method):
     """
 
     Params = DinoParams
+
+    @classmethod
+    def log_columns(cls, params: dict[str, Any], splits: list[str]) -> list[str]:
+        """:meth:`end_epoch`'s columns: the loss terms, the temperatures and momentum,
+        the probes' accuracies per eval split."""
+        return ["dino-*", "teacher-temp", "student-temp", "teacher-momentum",
+                *(f"probe-{split}-{network}-{kind}" for split in splits
+                  for network in ("student", "teacher") for kind in ("knn", "linear"))]
+
+    @classmethod
+    def linked_runs(cls, params: dict[str, Any], run: RunConfig,
+                    registries: Registries) -> list[RunConfig]:
+        """The ``init_run`` given by spec: trained first when not finished."""
+        init = params.get("init_run") or {}
+        if init.get("spec") is None:
+            return []
+        return [inline_run(init["spec"], run.config, init.get("run_id") or run.run_id,
+                           registries)]
 
     def __init__(self, context: RunContext, params: DinoParams):
         super().__init__(context, params)

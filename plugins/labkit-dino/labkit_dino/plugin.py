@@ -1,6 +1,8 @@
 """labkit's entry point into labkit-dino: registers the ``dino`` method and the
-random-teacher paper's encoders (:mod:`labkit_dino.encoders`)."""
+random-teacher paper's encoders (:mod:`labkit_dino.encoders`), and checks dino runs
+before they train (:mod:`labkit_dino.checks`)."""
 from labkit.api import hookimpl
+from labkit_dino.checks import dino_problems
 from labkit_dino.encoders import ENCODERS
 from labkit_dino.method import Dino
 
@@ -11,3 +13,9 @@ def labkit_register(registries) -> None:
     registries.methods.register("dino", Dino)
     for name, factory in ENCODERS.items():
         registries.models.register(name, factory)
+
+
+@hookimpl
+def labkit_check_run(config, registries) -> list[str]:
+    """The mistakes of a ``dino`` run found before it trains (:mod:`labkit_dino.checks`)."""
+    return dino_problems(config, registries)

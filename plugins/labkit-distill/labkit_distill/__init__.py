@@ -3,9 +3,11 @@
 Registers the method ``distill`` (:mod:`labkit_distill.method`) and the datasets
 ``box_cue``, ``dominoes``, ``colour_cue`` (:mod:`labkit_distill.cues`), ``shapes``
 (:mod:`labkit_distill.shapes`) and ``train_on_eval`` (:mod:`labkit_distill.sources`).
-Loaded by labkit through the entry point ``distill`` in the group ``labkit``.
+Checks distillation runs before they train (:mod:`labkit_distill.checks`). Loaded by
+labkit through the entry point ``distill`` in the group ``labkit``.
 """
 from labkit.api import hookimpl
+from labkit_distill.checks import distill_problems
 from labkit_distill.cues import box_cue, colour_cue, dominoes
 from labkit_distill.method import Distill
 from labkit_distill.shapes import shapes
@@ -26,3 +28,9 @@ def labkit_register(registries) -> None:
     registries.datasets.register("shapes", shapes)
     for name, (factory, sources) in _WRAPPERS.items():
         registries.datasets.register(name, factory, params=source_params(name, factory, sources))
+
+
+@hookimpl
+def labkit_check_run(config, registries) -> list[str]:
+    """The mistakes of a ``distill`` run found before it trains (:mod:`labkit_distill.checks`)."""
+    return distill_problems(config, registries)

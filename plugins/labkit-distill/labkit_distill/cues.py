@@ -46,7 +46,7 @@ from matplotlib.colors import hsv_to_rgb
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from labkit.api import DataBundle, UserError, check_augment
+from labkit.api import DataBundle, Seed, UserError, check_augment
 from labkit_distill.sources import (augmenter, build_source, labels_of, pixel_range,
                                     resolve_source)
 
@@ -268,7 +268,7 @@ class Box:
 
 
 def box_cue(base: str | dict[str, Any] = "digits", resolution: int = 16,
-            cue_fraction: float = 1.0, box_size: int | None = None, cue_seed: int = 0,
+            cue_fraction: float = 1.0, box_size: int | None = None, cue_seed: Seed = 0,
             augment: str = "none") -> DataBundle:
     """A base dataset with a box whose position encodes the label.
 
@@ -338,7 +338,7 @@ def class_matched(cue: np.ndarray, labels: np.ndarray, rng: np.random.Generator)
 
 
 def dominoes(base: str | dict[str, Any] = "digits", second: str | dict[str, Any] = "shapes",
-             resolution: int = 16, cue_fraction: float = 1.0, cue_seed: int = 0,
+             resolution: int = 16, cue_fraction: float = 1.0, cue_seed: Seed = 0,
              augment: str = "none") -> DataBundle:
     """Two datasets stacked: the base image on top, a class-matched ``second`` image below.
 
@@ -417,7 +417,7 @@ class Tint:
 
 
 def colour_cue(base: str | dict[str, Any] = "digits", resolution: int = 16,
-               cue_fraction: float = 1.0, strength: float = 0.5, cue_seed: int = 0,
+               cue_fraction: float = 1.0, strength: float = 0.5, cue_seed: Seed = 0,
                augment: str = "none") -> DataBundle:
     """Any base dataset tinted with a colour that encodes the label (a coloured-MNIST cue).
 

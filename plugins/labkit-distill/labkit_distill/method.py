@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from labkit.api import DataBundle, Method, RunContext, StepResult, UserError, mix_images
+from labkit.api import (DataBundle, Method, Registries, RunConfig, RunContext, StepResult,
+                        UserError, inline_run, mix_images)
 from labkit_distill.crd import ContrastMemory
 from labkit_distill.losses import (attention_loss, contrastive_loss, input_gradients,
                                    jacobian_loss, pkt_loss, rkd_loss, similarity_loss,
@@ -248,15 +249,31 @@ class Distill(Method):
 
     params: Params
 
+    @classmethod
+    def log_columns(cls, params: dict[str, Any], splits: list[str]) -> list[str]:
+        """:meth:`end_epoch`'s columns, per eval split."""
+        return [f"{split}-{column}" for split in splits
+                for column in ("agreement", "teacher_kl", "teacher_accuracy")]
+
+    @classmethod
+    def linked_runs(cls, params: dict[str, Any], run: RunConfig,
+                    registries: Registries) -> list[RunConfig]:
+        """The teacher given by spec: trained first when not finished."""
+        teacher = params["teacher"]
+        if teacher.get("spec") is None:
+            return []
+        return [inline_run(teacher["spec"], run.config, teacher.get("run_id") or run.run_id,
+                           registries)]
+
     def __init__(self, context: RunContext, params: Params):
         super().__init__(context, params)
-        teacher = teacher_run(params.teacher, context)
-        _check_compatible(teacher.data, context.data)
-        self.teacher = teacher.model.requires_grad_(False)
-        self.soft_labels = None
+        self.soft_labels = None  # read first: a mistake there is found before a teacher trains
         if params.soft_labels is not None:
             self.soft_labels = load_soft_labels(params.soft_labels, context.data.train,
                                                 context.data.num_classes).to(context.device)
+        teacher = teacher_run(params.teacher, context)
+        _check_compatible(teacher.data, context.data)
+        self.teacher = teacher.model.requires_grad_(False)
         # trained parts besides the student (FitNets regressor, contrastive heads, CRD)
         self.heads = nn.ModuleDict()
         if isinstance(params.loss, FEATURE_LOSSES):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from matplotlib.colors import hsv_to_rgb
 
-from labkit.api import DataBundle, SplitDataset, TensorImages, UserError
+from labkit.api import DataBundle, Seed, SplitDataset, TensorImages, UserError
 from labkit_distill.cues import EVAL_SPLITS, PLAN_STREAMS, check_cue_options, cue_plan
 from labkit_distill.sources import augmenter
 
@@ -115,7 +115,7 @@ def _factors(labels: np.ndarray, split: str, cues: tuple[str, ...], cue_fraction
 
 def shapes(resolution: int = 16, classes: int = 10, cues: tuple[str, ...] = (),
            cue_fraction: float = 1.0, train_size: int = 2000, eval_size: int = 500,
-           seed: int = 0, augment: str = "none") -> DataBundle:
+           seed: Seed = 0, augment: str = "none") -> DataBundle:
     """Procedural shapes, labelled by shape, with chosen factors made label-predictive.
 
     Args:

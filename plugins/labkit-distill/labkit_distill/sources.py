@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch.utils.data import Dataset
 
 from labkit.api import (DataBundle, SplitDataset, UserError, build_component, build_transform,
-                        params_model, registries as labkit_registries)
+                        params_model, registries as labkit_registries, validate_json_types)
 
 # set by the dataset built on a source, never by the source's own spec
 SET_BY_WRAPPER = ("resolution", "augment")
@@ -40,7 +40,7 @@ def resolve_source(value: str | dict[str, Any]) -> dict[str, Any]:
     registry = labkit_registries().datasets
     if name not in registry:
         raise ValueError(registry.unknown_message(name))
-    resolved = registry.get(name).params.model_validate(component).model_dump(mode="json")
+    resolved = validate_json_types(registry.get(name).params, component).model_dump(mode="json")
     return {"name": name, **{k: v for k, v in resolved.items() if k not in SET_BY_WRAPPER}}
 
 

@@ -29,8 +29,8 @@ from typing import Any
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunConfig, RunContext,
-                        RunFailed, UserError, checkpoint, expand, read_run,
-                        registries as labkit_registries, resolve, runinfo, train)
+                        RunFailed, UserError, checkpoint, expand, inline_run, read_run,
+                        registries as labkit_registries, runinfo, train)
 
 # top-level settings of where and how a run executes (logs_dir, device, …)
 RUN_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
@@ -127,10 +127,7 @@ def teacher_run(ref: TeacherRef, context: RunContext) -> FinishedRun:
         if ref.dir is not None:  # the folder validation read, and its final checkpoint
             run = FinishedRun.from_reference(read_run(ref.dir, TEACHER_DIR), registries, device)
         else:
-            # the resolved spec's derived "data" is no spec key: resolve derives it again
-            spec = {k: v for k, v in ref.spec.items() if k != "data"}
-            config = resolve({**spec, "logs_dir": context.config["logs_dir"]}, registries)
-            link = RunConfig(config, ref.run_id or context.run_id)
+            link = inline_run(ref.spec, context.config, ref.run_id or context.run_id, registries)
             if not _finished(link):
                 print(f"distill: training the teacher first: {link.directory}", file=sys.stderr)
             # the engine's run lock makes students trained in parallel wait for one teacher

@@ -386,3 +386,13 @@ def plan_notes(runs: list[RunConfig]) -> list[str | None]:
 
 
 stitched.plan_notes = plan_notes  # type: ignore[attr-defined]  # read by labkit plan
+
+
+def linked_runs(params: dict[str, Any], run: RunConfig, registries: Any) -> list[RunConfig]:
+    """The networks A and B given by spec: trained first when not finished (a run
+    directory names a trained run)."""
+    p = StitchedParams.model_validate(params)
+    return [ref.run_config() for ref in (p.sender, p.receiver) if ref.spec is not None]
+
+
+stitched.linked_runs = linked_runs  # type: ignore[attr-defined]  # read by labkit plan

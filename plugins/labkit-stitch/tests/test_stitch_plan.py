@@ -12,8 +12,11 @@ ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch"}  # thi
 def test_plan_names_the_unstitchable_cells_and_trains_nothing(tmp_path):
     result = run_cli("plan", str(SPEC), cwd=tmp_path, env=ENV)
     assert result.returncode == 0, result.stderr
+    # the stitch runs, after the one network given by spec that they train first (#1)
+    assert re.search(r"^\s*1 [0-9a-f]{10}\s+\S+\s+#2-#13 ", result.stdout, re.M)
     rows = {int(m.group(1)): m.group(2) for m in
-            re.finditer(r"^\s*(\d+) [0-9a-f]{10}\s+\S+\s+(\S+)", result.stdout, re.M)}
+            re.finditer(r"^\s*(\d+) [0-9a-f]{10}\s+\S+\s+-\s+\S+\s+\S+\s+(\S+)",
+                        result.stdout, re.M)}
     notes = {int(m.group(1)) for m in re.finditer(r"^#(\d+): unstitchable: cannot stitch an "
                                                   r"activation of shape \(32,\)", result.stdout,
                                                   re.M)}
