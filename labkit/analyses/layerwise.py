@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,12 +39,15 @@ _LATENTS_DIR = Field(None, description="root of the latent datasets; null: where
 
 
 class ReceptiveField(Analysis):
-    """Receptive field of every layer and the border layer: ``receptive_field.csv``."""
+    """Receptive field of every layer and the border layer: ``receptive_field.csv``,
+    with each row's ``rf_status`` and, with ``check``, the gradient check ``rf_check``."""
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         layers: list[str] | None = _LAYERS
+        check: bool = Field(False, description="compare each box with the support of an "
+                                               "input gradient (column rf_check)")
 
     def outputs(self) -> list[Path]:
         return [self.run.directory / RF_CSV]
@@ -53,12 +57,17 @@ class ReceptiveField(Analysis):
 
     def compute(self, progress: bool = True) -> None:
         data = self.run.data
-        # the architecture is all that matters: build it without allocating weights
-        with torch.device("meta"):
+        # the architecture is all that matters: without the check, build it without
+        # allocating weights; the check runs on seeded fresh weights (it needs some, and
+        # any will do: it makes its own positive copy), so it needs no training either
+        with torch.random.fork_rng(devices=[]), (
+                nullcontext() if self.params.check else torch.device("meta")):
+            torch.manual_seed(0)
             model = build_component(self.run.registries, "models", self.run.config["model"],
                                     num_classes=data.num_classes, in_channels=data.in_channels,
                                     resolution=data.resolution)
-        table = receptive_fields(model, data.in_channels, data.resolution, self.params.layers)
+        table = receptive_fields(model, data.in_channels, data.resolution, self.params.layers,
+                                 check=self.params.check)
         write_csv(self.outputs()[0], table)
 
 

@@ -56,19 +56,29 @@ def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", required=True, help="run-id of the runs")
 @click.option("--layers", multiple=True, help="wildcard on layer names (repeatable) [default: all]")
+@click.option("--check", is_flag=True, default=None,
+              help="check each box against the support of an input gradient (column "
+                   "rf_check) [default: the spec's, else off]")
 @DEVICE_OPTION
 @QUIET_OPTION
-def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], device: str | None,
-                    quiet: bool) -> None:
-    """Write receptive_field.csv (size, jump, start, map size per layer; border layer)
-    into every run directory of SPEC. Needs only the architecture, not training."""
+def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], check: bool | None,
+                    device: str | None, quiet: bool) -> None:
+    """Write receptive_field.csv (size, jump, start, map size per layer; border layer;
+    how sure each row is: rf_status) into every run directory of SPEC. Needs only the
+    architecture, not training."""
     for run in load_runs(spec, run_id, device):
         analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
                                   analysis_params(run, "receptive_field", ReceptiveField,
-                                          layers=list(layers) or None))
+                                                  layers=list(layers) or None, check=check))
         produce(analysis, progress=not quiet)
-        border = border_layer(pd.read_csv(analysis.outputs()[0]))
-        click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'})")
+        table = pd.read_csv(analysis.outputs()[0])
+        border = border_layer(table)
+        counts = [f"{n} {status}" for status, n in table["rf_status"].value_counts().items()]
+        if "rf_check" in table:
+            counts += [f"check {n} {outcome}"
+                       for outcome, n in table["rf_check"].value_counts().items()]
+        click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'}; "
+                   f"{', '.join(counts)})")
 
 
 @click.command("extract")
