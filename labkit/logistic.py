@@ -317,8 +317,9 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
     if as_stored:  # the sample is every row: its sums are the full data's
         return _Survey(mean32, scale32, full, sample_x, sample_y, full, standardized=False)
     x, y = sample_x.sub_(mean32).div_(scale32), sample_y
-    sample = RowData(len(x), torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
-                   torch.bincount(y, minlength=classes).double())
+    sample = RowData(len(x),
+                     torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
+                     torch.bincount(y, minlength=classes).double())
     return _Survey(mean32, scale32, full, x, y, sample)
 
 

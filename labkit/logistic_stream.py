@@ -197,8 +197,7 @@ def _rows(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 def fit(passes: Pass, splits: list[str], classes: int, Cs: list[float], *,
         max_iter: int = 1000, tol: float = 1e-4, standardize: bool = True,
-        device: str | torch.device = "cpu",
-        report: Callable[[int, int], None] | None = None) -> StreamResult:
+        device: str | torch.device = "cpu") -> StreamResult:
     """Fit every feature set of ``passes`` for every ``C`` (module docstring).
 
     Args:
@@ -210,8 +209,6 @@ def fit(passes: Pass, splits: list[str], classes: int, Cs: list[float], *,
         tol: converged when the largest absolute gradient entry is at most ``tol``.
         standardize: scale features to mean 0, variance 1 (train statistics) first.
         device: where the arithmetic runs (the batches' device).
-        report: called after each pass with the passes done and the problems still
-            running.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -242,8 +239,6 @@ def fit(passes: Pass, splits: list[str], classes: int, Cs: list[float], *,
         for key, problem in running.items():
             problem.update(terms[key])
         done += 1
-        if report is not None:
-            report(done, sum(p.point is not None for p in problems.values()))
     fits = {}
     for (name, C), problem in problems.items():
         weight, bias = problem.split(problem.best.point)

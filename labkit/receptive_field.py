@@ -684,7 +684,8 @@ def receptive_fields(model: nn.Module, in_channels: int, resolution: int,
                      "start_h": (lo_h + hi_h) / 2, "start_w": (lo_w + hi_w) / 2,
                      "map_h": field.map[0], "map_w": field.map[1]})
     if not fields:
-        rows = [{"layer": name, "module": type(module).__name__} for name, module in modules.items()]
+        rows = [{"layer": name, "module": type(module).__name__}
+                for name, module in modules.items()]
     table = pd.DataFrame(rows).reindex(columns=[
         "layer", "module", "size_h", "size_w", "jump_h", "jump_w", "start_h", "start_w",
         "map_h", "map_w"])
