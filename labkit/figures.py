@@ -363,7 +363,7 @@ class TailData:
     layers: list[str]
     saturation: dict[str, float] = field(default_factory=dict)
     saturation_pass: str = "eval"
-    # downsampling -> layer -> probe eval accuracy
+    # downsampling (and mode, C where a run has several) -> layer -> probe eval accuracy
     probes: dict[str, dict[str, float]] = field(default_factory=dict)
     border: str | None = None
 
@@ -393,8 +393,13 @@ def tail_data(run_dir: Path, prefix: str | None = None) -> TailData:
     path = run_dir / (f"{prefix}_{PROBES_CSV}" if prefix else PROBES_CSV)
     if path.exists():
         table = pd.read_csv(path, dtype={"downsampling": str})
-        for mode, rows in table.groupby("downsampling", sort=False):
-            probes[str(mode)] = dict(zip(rows["layer"], rows["eval_accuracy"].astype(float)))
+        # a curve per downsampling, and per mode and C where the table holds several
+        keys = ["downsampling"] + [c for c in ("probe_mode", "probe_C")
+                                   if c in table and table[c].nunique() > 1]
+        for values, rows in table.groupby(keys, sort=False):
+            label = " ".join(f"C={value:g}" if key == "probe_C" else str(value)
+                             for key, value in zip(keys, values))
+            probes[label] = dict(zip(rows["layer"], rows["eval_accuracy"].astype(float)))
     order: list[str] = []
     border = None
     if (run_dir / RF_CSV).exists():

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ from labkit.layers import measured_layers
 from labkit.progress import quiet_bars
 
 __all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "parse_mode",
-           "pointer_path", "read_manifest", "reduce", "source_run_dir"]
+           "pointer_path", "read_manifest", "reduce", "source_run_dir", "stream"]
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -138,6 +138,38 @@ class _Recorder:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _reduced_batches(model: torch.nn.Module, recorder: _Recorder, loader: Iterable[Any],
+                     mode: Mode) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Per ``(images, labels)`` batch of ``loader``: layer → its output reduced by
+    ``mode`` (on the model's device), and the batch's labels."""
+    device = next(model.parameters()).device
+    for batch, labels in loader:
+        model(batch.to(device))
+        yield {name: reduce(output, mode) for name, output in recorder.outputs.items()}, labels
+
+
+def stream(model: torch.nn.Module, batches: Iterable[Any], mode: Mode,
+           layers: Sequence[str] | None = None
+           ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """The latents of ``(images, labels)`` batches (a ``DataLoader`` of an un-augmented
+    split) as :func:`extract` would store them (eval mode, no gradients, ``mode``'s
+    reduction), computed batch by batch and never stored: layer → float32 rows
+    ``(images · positions, features)`` on the model's device, and the images' int64
+    labels there. The model is put in eval mode."""
+    model.eval()
+    recorder = _Recorder(measured_layers(model, layers))
+    device = next(model.parameters()).device
+    try:
+        # no_grad rather than inference_mode: the mode holds while the caller computes
+        # between batches, and inference tensors would refuse its in-place updates
+        with torch.no_grad():
+            for rows, labels in _reduced_batches(model, recorder, batches, mode):
+                yield ({name: x.float() for name, x in rows.items()},
+                       torch.as_tensor(labels, dtype=torch.int64, device=device))
+    finally:
+        recorder.close()
 
 
 def planned_bytes(shapes: dict[str, tuple[int, int]], split_sizes: dict[str, int],
@@ -294,15 +326,13 @@ def _extract_split(model: torch.nn.Module, recorder: _Recorder, split: str, data
     if not done:
         for part in parts.values():
             _reserve(part)
-    device = next(model.parameters()).device
     loader = DataLoader(Subset(dataset, range(done, images)), batch_size=state["batch_size"])
     recorded = time.monotonic()
-    for batch, labels in tqdm(loader, desc=f"latents {split}", leave=False,
-                              disable=quiet_bars(progress)):
-        model(batch.to(device))
+    for reduced, labels in _reduced_batches(model, recorder, tqdm(
+            loader, desc=f"latents {split}", leave=False, disable=quiet_bars(progress)), mode):
         count = len(labels)
-        for name, output in recorder.outputs.items():
-            rows = reduce(output, mode).cpu().numpy()
+        for name, output in reduced.items():
+            rows = output.cpu().numpy()
             stored = rows.astype(dtype)
             if not np.isfinite(stored).all():
                 raise UserError(

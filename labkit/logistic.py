@@ -129,7 +129,7 @@ def _chunks(features: np.ndarray, labels: np.ndarray, device: torch.device,
         yield first * positions, x.to(device).float(), y.to(device)
 
 
-def _correct(logits: torch.Tensor, top: torch.Tensor, y: torch.Tensor) -> int:
+def count_correct(logits: torch.Tensor, top: torch.Tensor, y: torch.Tensor) -> int:
     """Columns of ``(classes, rows)`` logits whose first largest entry (``argmax(0)``) is
     ``y``; ``top`` is their maximum. Compares the label's logit with the maximum, and
     settles the (rare) tied columns with ``argmax``, which torch computes slowly along a
@@ -143,7 +143,7 @@ def _correct(logits: torch.Tensor, top: torch.Tensor, y: torch.Tensor) -> int:
 
 
 @dataclass
-class _Terms:
+class Terms:
     """Sums over rows at one point: ``Σ logsumexp(W x + b)``, ``P X`` (``(classes,
     features)``), ``Σ P`` (``(classes,)``), all float64, and the correctly predicted rows
     (when counted)."""
@@ -154,20 +154,22 @@ class _Terms:
     correct: int = 0
 
 
-def _terms(chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]], weight: torch.Tensor,
-           bias: torch.Tensor) -> _Terms:
-    """:class:`_Terms` of standardised ``(x, row labels or None)`` chunks; rows are
-    counted as correct only when their labels are given."""
+def logit_terms(chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+                weight: torch.Tensor, bias: torch.Tensor, into: Terms | None = None) -> Terms:
+    """:class:`Terms` of standardised ``(x, row labels or None)`` chunks, added to
+    ``into`` when given (a pass delivered a chunk at a time); rows are counted as correct
+    only when their labels are given."""
     classes, width = weight.shape
     device = weight.device
-    total = _Terms(torch.zeros((), dtype=torch.float64, device=device),
-                   torch.zeros(classes, width, dtype=torch.float64, device=device),
-                   torch.zeros(classes, dtype=torch.float64, device=device))
+    total = into if into is not None else Terms(
+        torch.zeros((), dtype=torch.float64, device=device),
+        torch.zeros(classes, width, dtype=torch.float64, device=device),
+        torch.zeros(classes, dtype=torch.float64, device=device))
     for x, y in chunks:
         logits = torch.addmm(bias[:, None], weight, x.T)  # (classes, rows)
         top = logits.amax(0)
         if y is not None:
-            total.correct += _correct(logits, top, y)
+            total.correct += count_correct(logits, top, y)
         logits -= top
         logits.exp_()
         norm = logits.sum(0)
@@ -179,7 +181,7 @@ def _terms(chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]], weight: t
 
 
 @dataclass
-class _Data:
+class RowData:
     """What the objective needs of a set of rows besides the rows: their count, the
     per-class sums of the standardised rows and the per-class counts (float64)."""
 
@@ -188,8 +190,8 @@ class _Data:
     counts: torch.Tensor
 
 
-def _objective(terms: _Terms, data: _Data, weight: torch.Tensor, bias: torch.Tensor,
-               C: float, n: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+def objective(terms: Terms, data: RowData, weight: torch.Tensor, bias: torch.Tensor,
+              C: float, n: int) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Mean loss over ``data``'s rows plus ``||W||² / (2 C n)``: value, and the gradient
     with respect to ``weight`` and ``bias`` (float64)."""
     w, b = weight.double(), bias.double()
@@ -208,10 +210,10 @@ class _Survey:
 
     mean: torch.Tensor
     scale: torch.Tensor
-    full: _Data
+    full: RowData
     sample_x: torch.Tensor
     sample_y: torch.Tensor
-    sample: _Data
+    sample: RowData
     standardized: bool = True
 
     def sample_chunks(self, labels: bool = False
@@ -230,21 +232,67 @@ class _Survey:
             yield x, self.sample_y[first:first + step] if labels else None
 
 
-def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: int,
-            standardize: bool, device: torch.device) -> _Survey:
-    """One pass: statistics of every row and the seeded sample (see the module docstring).
+class RowStats:
+    """Statistics of rows streamed a chunk at a time (float64): per-feature sums and sums
+    of squares, per-class sums and counts; what the standardisation and the objective's
+    linear term need.
 
     Sums are of the rows minus the first chunk's mean (float32 within a chunk, float64
     across chunks), so that the variance does not come from the difference of two large
-    numbers."""
+    numbers.
+    """
+
+    def __init__(self, width: int, classes: int, device: torch.device):
+        self.rows = 0
+        self.shift: torch.Tensor | None = None
+        self.total = torch.zeros(width, dtype=torch.float64, device=device)
+        self.squares = torch.zeros(width, dtype=torch.float64, device=device)
+        self.class_sums = torch.zeros(classes, width, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(classes, dtype=torch.float64, device=device)
+
+    def add(self, x: torch.Tensor, image_labels: torch.Tensor, positions: int = 1) -> None:
+        """Count float32 rows ``x`` ``(images · positions, features)`` (each image's
+        ``positions`` rows consecutive) of images labelled ``image_labels``."""
+        # one chunk-sized temporary besides x (the heap keeps what the peak needed)
+        if self.shift is None:
+            self.shift = x.mean(0)
+        centred = x - self.shift
+        self.total += centred.sum(0).double()
+        per_image = (centred if positions == 1
+                     else centred.reshape(len(image_labels), positions, x.shape[1]).sum(1))
+        self.class_sums += torch.zeros_like(self.class_sums, dtype=x.dtype).index_add_(
+            0, image_labels, per_image).double()
+        self.squares += centred.square_().sum(0).double()
+        self.counts += torch.bincount(image_labels, minlength=len(self.counts)).double() * positions
+        self.rows += len(x)
+
+    def finish(self, standardize: bool) -> tuple[torch.Tensor, torch.Tensor, RowData]:
+        """``(mean, scale, data)``: the standardisation (float64; as ``StandardScaler``:
+        population variance, a constant feature scaled by 1; zeros and ones without
+        ``standardize``) and the rows' :class:`RowData` once standardised."""
+        offset = self.total / self.rows  # the mean minus the shift
+        width = len(self.total)
+        if standardize:
+            mean = self.shift.double() + offset
+            scale = (self.squares / self.rows - offset * offset).clamp_min(0).sqrt()
+            scale[scale == 0] = 1.0  # a constant feature, as StandardScaler
+        else:
+            mean = torch.zeros(width, dtype=torch.float64, device=self.total.device)
+            scale = torch.ones(width, dtype=torch.float64, device=self.total.device)
+        # Σ over each class's rows of (x - mean) / scale
+        sums = (self.class_sums + self.counts[:, None] * (self.shift.double() - mean)) / scale
+        return mean, scale, RowData(self.rows, sums, self.counts)
+
+
+def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: int,
+            standardize: bool, device: torch.device) -> _Survey:
+    """One pass: statistics of every row (:class:`RowStats`) and the seeded sample (see
+    the module docstring)."""
     n, width = features.shape
     keep = _sample_rows(n, width)
     rng = np.random.default_rng(SEED)
     chosen = np.sort(rng.choice(n, keep, replace=False)) if keep < n else None
-    shift = None
-    total = torch.zeros(width, dtype=torch.float64, device=device)
-    squares = torch.zeros(width, dtype=torch.float64, device=device)
-    class_sums = torch.zeros(classes, width, dtype=torch.float64, device=device)
+    stats = RowStats(width, classes, device)
     # filled as the chunks pass: the sample is in memory once (a large whole layer of
     # float16 as stored, FLOAT32_WHOLE_BYTES)
     as_stored = (keep == n and features.dtype == np.float16
@@ -254,16 +302,7 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
     sample_y = torch.empty(keep, dtype=torch.int64, device=device)
     filled = 0
     for first, x, image_labels in _chunks(features, labels, device, positions):
-        # one chunk-sized temporary besides x (the heap keeps what the peak needed)
-        if shift is None:
-            shift = x.mean(0)
-        centred = x - shift
-        total += centred.sum(0).double()
-        per_image = (centred if positions == 1
-                     else centred.reshape(len(image_labels), positions, width).sum(1))
-        class_sums += torch.zeros(classes, width, device=device).index_add_(
-            0, image_labels, per_image).double()
-        squares += centred.square_().sum(0).double()
+        stats.add(x, image_labels, positions)
         if chosen is None:
             sample_x[first:first + len(x)] = x
             sample_y[first:first + len(x)] = torch.repeat_interleave(image_labels, positions)
@@ -273,24 +312,14 @@ def _survey(features: np.ndarray, labels: np.ndarray, classes: int, positions: i
             torch.index_select(x, 0, index, out=sample_x[filled:filled + len(index)])
             sample_y[filled:filled + len(index)] = image_labels[index // positions]
             filled += len(index)
-    counts = torch.bincount(torch.from_numpy(np.asarray(labels, dtype=np.int64)),
-                            minlength=classes).double().to(device) * positions
-    offset = total / n  # the mean minus the shift
-    if standardize:
-        mean = shift.double() + offset
-        scale = (squares / n - offset * offset).clamp_min(0).sqrt()
-        scale[scale == 0] = 1.0  # a constant feature, as StandardScaler
-    else:
-        mean = torch.zeros(width, dtype=torch.float64, device=device)
-        scale = torch.ones(width, dtype=torch.float64, device=device)
-    # Σ over each class's rows of (x - mean) / scale
-    full = _Data(n, (class_sums + counts[:, None] * (shift.double() - mean)) / scale, counts)
+    mean, scale, full = stats.finish(standardize)
     mean32, scale32 = mean.float(), scale.float()
     if as_stored:  # the sample is every row: its sums are the full data's
         return _Survey(mean32, scale32, full, sample_x, sample_y, full, standardized=False)
     x, y = sample_x.sub_(mean32).div_(scale32), sample_y
-    sample = _Data(len(x), torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
-                   torch.bincount(y, minlength=classes).double())
+    sample = RowData(len(x),
+                     torch.zeros(classes, width, device=device).index_add_(0, y, x).double(),
+                     torch.bincount(y, minlength=classes).double())
     return _Survey(mean32, scale32, full, x, y, sample)
 
 
@@ -346,7 +375,7 @@ class StreamedLogistic:
                 logits = torch.addmm(self.bias[:, None], self.weight,
                                      torch.sub(x, self.mean).div_(self.scale).T)
                 rows = torch.repeat_interleave(image_labels, positions)
-                correct += _correct(logits, logits.amax(0), rows)
+                correct += count_correct(logits, logits.amax(0), rows)
         return correct / max(len(features), 1)
 
 
@@ -384,8 +413,8 @@ def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: in
     def on_sample(correction: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable:
         """The objective on the in-memory sample (plus the DANE term)."""
         def evaluate(weight, bias):
-            terms = _terms(survey.sample_chunks(), weight, bias)
-            value, grad_w, grad_b = _objective(terms, sample, weight, bias, C, n)
+            terms = logit_terms(survey.sample_chunks(), weight, bias)
+            value, grad_w, grad_b = objective(terms, sample, weight, bias, C, n)
             if correction is not None:  # <correction, (W, b)>
                 value += float((correction[0] * weight.double()).sum()
                                + (correction[1] * bias.double()).sum())
@@ -397,8 +426,8 @@ def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: in
     bias = torch.zeros(classes, device=device)
     if sample.rows == n:  # the whole layer is in memory: plain L-BFGS
         weight, bias, n_iter = _lbfgs(on_sample(), weight, bias, tol, max_iter)
-        terms = _terms(survey.sample_chunks(labels=True), weight, bias)
-        _, grad_w, grad_b = _objective(terms, survey.full, weight, bias, C, n)
+        terms = logit_terms(survey.sample_chunks(labels=True), weight, bias)
+        _, grad_w, grad_b = objective(terms, survey.full, weight, bias, C, n)
         converged = max(float(grad_w.abs().max()), float(grad_b.abs().max())) <= tol
         return StreamedLogistic(weight, bias, survey.mean, survey.scale, n_iter, 0,
                                 converged, terms.correct / n)
@@ -409,8 +438,8 @@ def fit(features: np.ndarray, labels: np.ndarray, classes: int, *, positions: in
         def evaluate(weight, bias):
             nonlocal passes
             passes += 1
-            terms = _terms(_streamed(features, labels, positions, survey, count), weight, bias)
-            return (*_objective(terms, survey.full, weight, bias, C, n), terms.correct)
+            terms = logit_terms(_streamed(features, labels, positions, survey, count), weight, bias)
+            return (*objective(terms, survey.full, weight, bias, C, n), terms.correct)
         return evaluate
 
     n_iter, correction, best = 0, None, None

@@ -340,11 +340,16 @@ def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None =
 
 def save_results(run_dir: Path, table: pd.DataFrame, prefix: str | None = None) -> Path:
     """Write ``table`` into the run's probe CSV, replacing the rows of its downsampling
-    and keeping those of others; returns the CSV's path."""
+    and ``probe_mode`` (``latents`` or ``stream``; ``latents`` for rows written before
+    the column) and keeping the others; returns the CSV's path."""
     path = results_path(run_dir, prefix)
     if path.exists():
         previous = pd.read_csv(path, dtype={"downsampling": str})
-        kept = previous[~previous["downsampling"].isin(table["downsampling"].unique())]
+        previous, table = (t if "probe_mode" in t else t.assign(probe_mode="latents")
+                           for t in (previous, table))
+        blocks = set(zip(table["downsampling"], table["probe_mode"]))
+        kept = previous[[block not in blocks for block in
+                         zip(previous["downsampling"], previous["probe_mode"])]]
         table = pd.concat([kept, table], ignore_index=True)
     write_csv(path, table)
     return path

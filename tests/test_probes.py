@@ -36,7 +36,7 @@ def labkit(*args: str):
 
 COLUMNS = ["layer", "downsampling", "features", "train_accuracy", "eval_accuracy",
            "converged", "fit_seconds", "latents_digest", "probe_C", "probe_max_iter",
-           "probe_tol", "probe_standardize", "probe_solver"]
+           "probe_tol", "probe_standardize", "probe_solver", "probe_mode"]
 
 
 @pytest.fixture(scope="module")

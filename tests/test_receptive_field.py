@@ -1,6 +1,5 @@
 """Receptive fields: analytic (fx graph) against empirical (back-propagation), published
 sizes of classic architectures, the border layer, the command."""
-import copy
 import re
 
 import pandas as pd
@@ -14,7 +13,8 @@ from labkit.cli import cli
 from labkit.errors import UserError
 from labkit.layers import measured_layers
 from labkit.models import MODELS, create_torchvision_model
-from labkit.receptive_field import border_layer, layer_fields, receptive_fields
+from labkit.receptive_field import (Untraceable, border_layer, geometric_copy, layer_fields,
+                                    receptive_fields)
 
 RESOLUTION = 24  # odd intermediate sizes (24 → 12 → 6 → 3 → 2) exercise the edges
 NARROW = "_xxs"
@@ -24,30 +24,11 @@ WIDER = re.compile(r"((?:resnet|vgg)\d+)(_s|_xs)?")
 CHECKED = [name for name in MODELS if not WIDER.fullmatch(name)]
 
 
-def positive_copy(model: nn.Module) -> nn.Module:
-    """``model`` in float64, eval mode, with positive weights and max-pools as average
-    pools: every input pixel inside a unit's field then gets a non-zero gradient (a
-    max-pool would pass the gradient to one pixel of its window only)."""
-    model = copy.deepcopy(model).double().eval()
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.MaxPool2d):
-            parent, _, attribute = name.rpartition(".")
-            average = nn.AvgPool2d(module.kernel_size, module.stride, module.padding,
-                                   module.ceil_mode)
-            setattr(model.get_submodule(parent), attribute, average)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.uniform_(0.5, 1.5)
-            if p.dim() > 1:
-                p /= p[0].numel()  # keeps activations of deep nets in range
-    return model
-
-
 def assert_empirical_fields_match(model: nn.Module, in_channels: int, resolution: int) -> None:
     """For the first, centre and last unit of every layer: the input pixels with a
     non-zero gradient span exactly the analytic field, clipped to the image."""
     fields = layer_fields(model, in_channels, resolution)
-    probe = positive_copy(model)
+    probe, runner = geometric_copy(model)  # every pixel of a field then gets gradient
     modules = dict(measured_layers(probe))
     targets = [(layer, unit) for layer, f in fields.items()
                for unit in sorted({(0, 0), (f.map[0] // 2, f.map[1] // 2),
@@ -58,9 +39,8 @@ def assert_empirical_fields_match(model: nn.Module, in_channels: int, resolution
             lambda m, i, out, layer=layer: outputs.__setitem__(layer, out))
     # one sample per (layer, unit): eval mode keeps the samples independent, so a single
     # backward pass gives every sample's gradient
-    image = (torch.rand(len(targets), in_channels, resolution, resolution,
-                        dtype=torch.float64) + 0.5).requires_grad_()
-    probe(image)
+    image = (torch.rand(len(targets), in_channels, resolution, resolution) + 0.5).requires_grad_()
+    runner(image)
     total = sum(outputs[layer][b, :, y, x].sum() if outputs[layer].dim() == 4
                 else outputs[layer][b].sum() for b, (layer, (y, x)) in enumerate(targets))
     (grad,) = torch.autograd.grad(total, image)
@@ -168,7 +148,7 @@ def test_border_is_the_first_covering_layer_and_tail_follows():
     assert table["tail"].tolist() == [i > first for i in range(len(table))]
 
 
-def test_untraceable_model_is_a_clear_error():
+def test_untraceable_model_is_a_clear_error_or_unsupported_rows():
     class DataDependent(nn.Module):
         def __init__(self):
             super().__init__()
@@ -177,8 +157,13 @@ def test_untraceable_model_is_a_clear_error():
         def forward(self, x):
             return self.conv(x) if x.sum() > 0 else x
 
-    with pytest.raises(UserError, match="cannot trace"):
-        receptive_fields(DataDependent(), 1, 8)
+    with pytest.raises(Untraceable, match="cannot trace"):
+        layer_fields(DataDependent(), 1, 8)
+    # the table still has its rows, marked unsupported, without numbers
+    table = receptive_fields(DataDependent(), 1, 8, check=True)
+    assert table[["layer", "rf_status", "rf_check"]].values.tolist() == [
+        ["conv", "unsupported", "skipped"]]
+    assert table["size_h"].isna().all() and not table["border"].any()
 
 
 def test_command_writes_the_csv_without_training(tmp_path, write_spec):
@@ -188,7 +173,8 @@ def test_command_writes_the_csv_without_training(tmp_path, write_spec):
     (path,) = (tmp_path / "logs").rglob("receptive_field.csv")
     table = pd.read_csv(path)
     assert list(table.columns) == ["layer", "module", "size_h", "size_w", "jump_h", "jump_w",
-                                   "start_h", "start_w", "map_h", "map_w", "border", "tail"]
+                                   "start_h", "start_w", "map_h", "map_w", "border", "tail",
+                                   "rf_status"]
     assert table["layer"].tolist() == ["conv1", "conv2", "fc1", "fc2", "fc"]
     assert "border layer: fc1" in result.stdout  # conv2 sees 14 of the 16 pixels
 

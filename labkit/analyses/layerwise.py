@@ -4,13 +4,15 @@
 * ``latents`` extracts layer activations under ``latent_datasets/`` and leaves a
   pointer ``latents_<mode>.json`` in the run directory (:mod:`labkit.latents`);
 * ``probes`` fits a logistic probe per layer (extracting the latents first when
-  missing) into ``[<prefix>_]probe_performances.csv`` and draws
-  ``[<prefix>_]tail_pattern.png`` (:mod:`labkit.probes`, :mod:`labkit.tail_plot`).
+  missing; or, with ``stream``, from forward passes, no latents written) into
+  ``[<prefix>_]probe_performances.csv`` and draws ``[<prefix>_]tail_pattern.png``
+  (:mod:`labkit.probes`, :mod:`labkit.probe_stream`, :mod:`labkit.tail_plot`).
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +27,7 @@ from labkit.build import build_component
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import folder_name_problem
 from labkit.latent_layout import portable
+from labkit.probe_stream import stream_probes
 from labkit.probes import ProbeParams, parse_size, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
 from labkit.tail_plot import FIGURE, draw_tail_pattern
@@ -40,12 +43,15 @@ _LATENTS_DIR = Field(None, description="root of the latent datasets; null: where
 
 
 class ReceptiveField(Analysis):
-    """Receptive field of every layer and the border layer: ``receptive_field.csv``."""
+    """Receptive field of every layer and the border layer: ``receptive_field.csv``,
+    with each row's ``rf_status`` and, with ``check``, the gradient check ``rf_check``."""
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         layers: list[str] | None = _LAYERS
+        check: bool = Field(False, description="compare each box with the support of an "
+                                               "input gradient (column rf_check)")
 
     def outputs(self) -> list[Path]:
         return [self.run.directory / RF_CSV]
@@ -55,12 +61,17 @@ class ReceptiveField(Analysis):
 
     def compute(self, progress: bool = True) -> None:
         data = self.run.data
-        # the architecture is all that matters: build it without allocating weights
-        with torch.device("meta"):
+        # the architecture is all that matters: without the check, build it without
+        # allocating weights; the check runs on seeded fresh weights (it needs some, and
+        # any will do: it makes its own positive copy), so it needs no training either
+        with torch.random.fork_rng(devices=[]), (
+                nullcontext() if self.params.check else torch.device("meta")):
+            torch.manual_seed(0)
             model = build_component(self.run.registries, "models", self.run.config["model"],
                                     num_classes=data.num_classes, in_channels=data.in_channels,
                                     resolution=data.resolution)
-        table = receptive_fields(model, data.in_channels, data.resolution, self.params.layers)
+        table = receptive_fields(model, data.in_channels, data.resolution, self.params.layers,
+                                 check=self.params.check)
         write_csv(self.outputs()[0], table)
 
 
@@ -140,6 +151,13 @@ class Probes(Analysis):
     """
 
     class Params(ProbeParams):
+        C: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] = Field(
+            1.0, description="inverse L2 regularisation strength (scikit-learn's C), or a "
+                             "list of them: a probe per layer and C")
+        stream: bool = Field(
+            False, description="fit every layer and C from forward passes of the network, "
+                               "writing no latents (full-batch L-BFGS, one pass per "
+                               "evaluation, shared; docs/probes.md)")
         downsampling: Downsampling = _DOWNSAMPLING
         latents_dir: str | None = _LATENTS_DIR
         prefix: str | None = Field(None, description="output files are named <prefix>_…")
@@ -178,11 +196,24 @@ class Probes(Analysis):
         return [results_path(self.run.directory, prefix),
                 self.run.directory / (f"{prefix}_{FIGURE}" if prefix else FIGURE)]
 
+    @property
+    def mode(self) -> str:
+        """``probe_mode`` of this call's rows: ``stream`` or ``latents``."""
+        return "stream" if self.params.stream else "latents"
+
+    @property
+    def Cs(self) -> list[float]:
+        """The values of ``C`` asked for."""
+        return self.params.C if isinstance(self.params.C, list) else [self.params.C]
+
     def record_name(self) -> str:
-        # the CSV holds one block of rows per downsampling: one record each
-        return f"{self.outputs()[0].name}-{self.params.downsampling}"
+        # the CSV holds one block of rows per downsampling and mode: one record each
+        stream = "-stream" if self.params.stream else ""
+        return f"{self.outputs()[0].name}-{self.params.downsampling}{stream}"
 
     def inputs(self) -> dict[str, Any]:
+        if self.params.stream:  # the network itself: the checkpoint's digest
+            return super().inputs()
         manifest = latents.read_manifest(self._source())
         return {"latents": manifest["digest"] if manifest is not None else None}
 
@@ -193,11 +224,14 @@ class Probes(Analysis):
         return fingerprint
 
     def is_complete(self) -> bool:
-        """The record matches, and the CSV still holds this downsampling's rows."""
+        """The record matches, and the CSV still holds this downsampling's rows of this
+        mode."""
         if not super().is_complete():
             return False
         table = pd.read_csv(self.outputs()[0], dtype={"downsampling": str})
-        return (table["downsampling"] == str(self.params.downsampling)).any()
+        modes = table["probe_mode"] if "probe_mode" in table else "latents"
+        return ((table["downsampling"] == str(self.params.downsampling))
+                & (modes == self.mode)).any()
 
     def _latents(self) -> Latents:
         return Latents(self.run, Latents.Params(downsampling=self.params.downsampling,
@@ -207,8 +241,9 @@ class Probes(Analysis):
         return self.source if self.source is not None else self._latents().directory()
 
     def compute(self, progress: bool = True) -> None:
-        """Extract the latents when missing, then probe them (cached per layer)."""
-        if self.source is None:
+        """Probe every layer for every ``C``: from forward passes with ``stream``, else
+        on the latents (extracted first when missing; fits cached per layer)."""
+        if self.source is None and not self.params.stream:
             extraction = self._latents()
             # any complete extraction of this downsampling will do (a `latents` entry of
             # the spec may have chosen its layers or dtype)
@@ -218,13 +253,25 @@ class Probes(Analysis):
         try:
             if not fields.is_complete():
                 fields.produce()
-        except UserError as exc:  # an untraceable model still gets its probes
+        except UserError as exc:  # a model too small for its input still gets its probes
             warnings.warn(f"tail-pattern figure without the receptive-field border: {exc}",
                           stacklevel=2)
-        probe = ProbeParams(**self.params.model_dump(include=set(ProbeParams.model_fields)))
-        memory = parse_size(self.params.memory) if self.params.memory is not None else None
-        table = run_probes(self._source(), self.params.processes, probe, str(self.run.device),
-                           memory, self.report)
+        settings = self.params.model_dump(include=set(ProbeParams.model_fields) - {"C"})
+        if self.params.stream:
+            data = self.run.data
+            table = stream_probes(self.run.model, {"train": data.train_plain, **data.evals},
+                                  self.params.downsampling, data.num_classes, self.Cs,
+                                  max_iter=settings["max_iter"], tol=settings["tol"],
+                                  standardize=settings["standardize"],
+                                  batch_size=self.run.config["eval_batch_size"],
+                                  report=self.report)
+        else:
+            memory = parse_size(self.params.memory) if self.params.memory is not None else None
+            table = pd.concat([run_probes(self._source(), self.params.processes,
+                                          ProbeParams(**settings, C=C), str(self.run.device),
+                                          memory, self.report) for C in self.Cs],
+                              ignore_index=True)
+            table["probe_mode"] = self.mode
         save_results(self.run.directory, table, self.params.prefix)
         draw_tail_pattern(self.run.directory, self.params.prefix)
 

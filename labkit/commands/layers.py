@@ -48,27 +48,41 @@ def _probe(run: FinishedRun, modes: list[latents.Mode | None], progress: bool,
     for mode in modes:
         analysis = Probes(run, analysis_params(run.run, "probes", Probes, downsampling=mode,
                                                **given), report=click.echo)
-        produce(analysis, progress)
-        click.echo(f"probes (downsampling {analysis.params.downsampling}): {analysis.outputs()[0]}")
+        # streamed fits have no cache: a complete record (same checkpoint and parameters)
+        # is what keeps a rerun from fitting again
+        ran = produce(analysis, progress, unless_complete=analysis.params.stream)
+        streamed = ", streamed" + ("" if ran else ", already complete")
+        click.echo(f"probes (downsampling {analysis.params.downsampling}"
+                   f"{streamed if analysis.params.stream else ''}): {analysis.outputs()[0]}")
 
 
 @click.command("receptive-field")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", required=True, help="run-id of the runs")
 @click.option("--layers", multiple=True, help="wildcard on layer names (repeatable) [default: all]")
+@click.option("--check", is_flag=True, default=None,
+              help="check each box against the support of an input gradient (column "
+                   "rf_check) [default: the spec's, else off]")
 @DEVICE_OPTION
 @QUIET_OPTION
-def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], device: str | None,
-                    quiet: bool) -> None:
-    """Write receptive_field.csv (size, jump, start, map size per layer; border layer)
-    into every run directory of SPEC. Needs only the architecture, not training."""
+def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], check: bool | None,
+                    device: str | None, quiet: bool) -> None:
+    """Write receptive_field.csv (size, jump, start, map size per layer; border layer;
+    how sure each row is: rf_status) into every run directory of SPEC. Needs only the
+    architecture, not training."""
     for run in load_runs(spec, run_id, device):
         analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
                                   analysis_params(run, "receptive_field", ReceptiveField,
-                                          layers=list(layers) or None))
+                                                  layers=list(layers) or None, check=check))
         produce(analysis, progress=not quiet)
-        border = border_layer(pd.read_csv(analysis.outputs()[0]))
-        click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'})")
+        table = pd.read_csv(analysis.outputs()[0])
+        border = border_layer(table)
+        counts = [f"{n} {status}" for status, n in table["rf_status"].value_counts().items()]
+        if "rf_check" in table:
+            counts += [f"check {n} {outcome}"
+                       for outcome, n in table["rf_check"].value_counts().items()]
+        click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'}; "
+                   f"{', '.join(counts)})")
 
 
 @click.command("extract")
@@ -110,29 +124,39 @@ def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, .
 @click.option("--prefix", default=None, help="name outputs <prefix>_probe_performances.csv, …")
 @click.option("--latents-dir", default=None,
               help="root of the latent datasets [default: where the run's pointer says]")
+@click.option("--stream/--no-stream", default=None,
+              help="with SPEC --run-id: fit from forward passes, writing no latents "
+                   "[default: the spec's, else off]")
+@click.option("-C", "Cs", type=click.FloatRange(min=0, min_open=True), multiple=True,
+              help="inverse regularisation strength; repeatable: a probe per layer and C "
+                   "[default: the spec's, else 1]")
 @DEVICE_OPTION
 @QUIET_OPTION
 def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
            processes: int | None, memory: str | None, solver: str | None, prefix: str | None,
-           latents_dir: str | None, device: str | None, quiet: bool) -> None:
+           latents_dir: str | None, stream: bool | None, Cs: tuple[float, ...],
+           device: str | None, quiet: bool) -> None:
     """Fit a logistic probe per layer: `labkit probes SPEC --run-id ID` (extracting
-    latents when missing) or `labkit probes PATHS…` (latent directories, or folders
-    holding them). Results go to the source run's probe_performances.csv, in network
-    order; fits are cached, so a rerun costs next to nothing. At most -mp fits run at
-    once, and only as many as fit in --memory together (the command says how many)."""
+    latents when missing; with --stream from forward passes, no latents written) or
+    `labkit probes PATHS…` (latent directories, or folders holding them). Results go to
+    the source run's probe_performances.csv, in network order; fits on latents are
+    cached, so a rerun costs next to nothing. At most -mp fits run at once, and only as
+    many as fit in --memory together (the command says how many)."""
     _check_memory(memory)
+    C = list(Cs) or None
     if run_id is not None:
         if len(targets) != 1:
             raise UserError("with --run-id give exactly one SPEC file")
         for run in load_runs(targets[0], run_id, device):
             _probe(finished_run(run, targets[0]), _modes(modes), not quiet, processes=processes,
-                   memory=memory, solver=solver, prefix=prefix, latents_dir=latents_dir)
+                   memory=memory, solver=solver, prefix=prefix, latents_dir=latents_dir,
+                   stream=stream, C=C)
         return
     if not targets:
         raise UserError("give SPEC --run-id ID, or latent directories (e.g. latent_datasets/)")
-    if modes or latents_dir:
-        raise UserError("-d and --latents-dir go with SPEC --run-id; latent directories "
-                        "carry their own downsampling")
+    if modes or latents_dir or stream:
+        raise UserError("-d, --latents-dir and --stream go with SPEC --run-id; latent "
+                        "directories carry their own downsampling")
     found = [m.parent for t in targets for m in sorted(Path(t).rglob(latents.MANIFEST))]
     damaged = [d for d in found if latents.read_manifest(d) is None]
     for directory in damaged:
@@ -148,7 +172,8 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
         analysis = Probes(run, analysis_params(run.run, "probes", Probes,
                                                downsampling=manifest["plan"]["mode"],
                                                processes=processes, memory=memory,
-                                               solver=solver, prefix=prefix),
+                                               solver=solver, prefix=prefix, C=C,
+                                               stream=False),
                           source=directory, report=click.echo)
         produce(analysis, progress=not quiet)
         click.echo(f"probes ({directory}): {analysis.outputs()[0]}")

@@ -104,8 +104,8 @@ def latent_plan(run: RunConfig) -> list[tuple[str, int]]:
     finished = FinishedRun(run, plugins.registries())
     plans = []
     for spec in run.config["analyses"]:
-        if spec["name"] not in ("latents", "probes"):
-            continue
+        if spec["name"] not in ("latents", "probes") or spec.get("stream"):
+            continue  # streamed probes write no latents
         params = {k: spec[k] for k in ("downsampling", "layers", "dtype", "latents_dir")
                   if k in spec}
         extraction = Latents(finished, Latents.Params(**params))
