@@ -45,8 +45,9 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from labkit.atomic import file_sha256, read_json, write_json
+from labkit.atomic import file_sha256, write_json
 from labkit.errors import DamagedFile, UserError
+from labkit.readers import read_json, readable_size
 from labkit.identity import RunConfig
 from labkit.latent_layout import (
     DEFAULT_ROOT,
@@ -158,8 +159,8 @@ def check_free_space(directory: Path, needed: int) -> None:
     """
     free = shutil.disk_usage(directory).free
     if needed > free:
-        raise UserError(f"the latents need {needed / 1e9:.2f} GB but {directory} has "
-                        f"{free / 1e9:.2f} GB free; free space, choose another latents_dir, "
+        raise UserError(f"the latents need {readable_size(needed)} but {directory} has "
+                        f"{readable_size(free)} free; free space, choose another latents_dir, "
                         f"or a smaller downsampling / fewer layers / float16")
 
 

@@ -48,6 +48,8 @@ from typing import Any
 import labkit
 from labkit import plugins
 from labkit.atomic import write_json
+from labkit.errors import DamagedFile
+from labkit.readers import read_json_file
 from labkit.registry import Registries
 
 FORMAT = 1
@@ -175,8 +177,8 @@ def _is_current(record: Any) -> bool:
 def _read(path: Path) -> dict[str, Any] | None:
     """A current cache record, ``None`` when absent, unreadable, damaged or stale."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = read_json_file(path)
+    except DamagedFile:  # any bytes: rewritten when the spec is next validated
         return None
     return record if _is_current(record) else None
 
@@ -201,7 +203,7 @@ def grid_key(raw: Any) -> str:
     """The cache key of a spec: its exact JSON (key order kept) and the working
     directory (relative paths in it)."""
     text = json.dumps({"spec": raw, "cwd": os.getcwd()}, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _grid_path(raw: Any) -> Path:

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labkit import latents
 from labkit.analyses.base import Analysis, FinishedRun
-from labkit.atomic import read_json, write_csv, write_json
+from labkit.atomic import write_csv, write_json
 from labkit.build import build_component
 from labkit.errors import DamagedFile, UserError
+from labkit.readers import read_json
 from labkit.probes import ProbeParams, parse_size, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
 from labkit.tail_plot import FIGURE, draw_tail_pattern
@@ -167,6 +167,9 @@ class Probes(Analysis):
         # the CSV holds one block of rows per downsampling: one record each
         return f"{self.outputs()[0].name}-{self.params.downsampling}"
 
+    def shared_outputs(self) -> dict[Path, dict[str, str]]:
+        return {self.outputs()[0]: {"downsampling": str(self.params.downsampling)}}
+
     def inputs(self) -> dict[str, Any]:
         manifest = latents.read_manifest(self._source())
         return {"latents": manifest["digest"] if manifest is not None else None}
@@ -176,13 +179,6 @@ class Probes(Analysis):
         for how in ("processes", "memory"):  # how fast, not what
             fingerprint["params"].pop(how)
         return fingerprint
-
-    def is_complete(self) -> bool:
-        """The record matches, and the CSV still holds this downsampling's rows."""
-        if not super().is_complete():
-            return False
-        table = pd.read_csv(self.outputs()[0], dtype={"downsampling": str})
-        return (table["downsampling"] == str(self.params.downsampling)).any()
 
     def _latents(self) -> Latents:
         return Latents(self.run, Latents.Params(downsampling=self.params.downsampling,

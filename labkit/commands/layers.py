@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pandas as pd
 
 from labkit import engine, latents, plugins
 from labkit.analyses import FinishedRun
@@ -20,6 +19,7 @@ from labkit.commands.analysis_common import analysis_params, finished_run, produ
 from labkit.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.errors import UserError
 from labkit.probes import parse_size
+from labkit.readers import FLAG, TEXT, read_csv_file
 from labkit.receptive_field import border_layer
 
 _DOWNSAMPLING_HELP = ("downsampling: d (conv maps average-pooled to d×d), 'pixelwise' or 'none'; "
@@ -67,7 +67,7 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], device: str
                                   analysis_params(run, "receptive_field", ReceptiveField,
                                           layers=list(layers) or None))
         produce(analysis, progress=not quiet)
-        border = border_layer(pd.read_csv(analysis.outputs()[0]))
+        border = border_layer(read_csv_file(analysis.outputs()[0], {"layer": TEXT, "border": FLAG}))
         click.echo(f"{analysis.outputs()[0]} (border layer: {border or 'none covers the input'})")
 
 
