@@ -113,11 +113,14 @@ def read(path: Path) -> dict[str, Any]:
     if hashlib.sha256(data).hexdigest() != recorded:
         raise ValueError(f"{path.name} does not match its digest (damaged)")
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # a file that matches its digest but is no checkpoint
-        raise ValueError(f"{path.name} is not a readable checkpoint (it holds something "
-                         f"other than tensors and plain values, which labkit never "
-                         f"loads)") from None
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("modules"), dict):
+        raise ValueError(f"{path.name} is not a labkit checkpoint (it holds something other "
+                         f"than a state of tensors and plain values, which labkit never "
+                         f"loads)")
+    return state
 
 
 def load_latest(directory: Path) -> dict[str, Any] | None:

@@ -36,18 +36,19 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.lib.format import open_memmap
+from pydantic import BaseModel, Field
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from labkit.atomic import file_sha256, write_json
 from labkit.errors import DamagedFile, UserError
-from labkit.readers import read_json, readable_size
+from labkit.readers import read_json, read_json_file, readable_size
 from labkit.identity import RunConfig
 from labkit.latent_layout import (
     DEFAULT_ROOT,
@@ -66,6 +67,14 @@ __all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "p
            "pointer_path", "read_manifest", "reduce"]
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class _Progress(BaseModel):
+    """What ``progress.json`` of an unfinished extraction holds."""
+
+    plan: dict[str, Any]
+    batch_size: int = Field(ge=1)
+    done: dict[str, Annotated[int, Field(ge=0)]]
 
 
 def locate(run: RunConfig, mode: Mode, root: str | None = None) -> Path:
@@ -216,9 +225,10 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
                     (directory / PROGRESS).unlink(missing_ok=True)
                 return manifest
             try:
-                state = read_json(directory / PROGRESS)
+                progress_file = read_json_file(directory / PROGRESS, _Progress)
             except DamagedFile:
-                state = {}
+                progress_file = None
+            state = progress_file.model_dump() if progress_file is not None else {}
             if state.get("plan") != plan:
                 # another plan's files (or a crash before the first record): start clean
                 shutil.rmtree(directory, ignore_errors=True)

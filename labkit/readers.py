@@ -159,9 +159,9 @@ def read_json_file(path: str | Path, shape: Any = dict[str, Any], fix: str = _FI
     return _validated(path, parse_json(path, text, fix), shape, fix)
 
 
-def read_json(path: str | Path, shape: Any = dict[str, Any], fix: str = _FIX) -> dict[str, Any]:
-    """A JSON object file as :func:`read_json_file` reads it; ``{}`` when it does not
-    exist."""
+def read_json(path: str | Path, shape: Any = dict[str, Any], fix: str = _FIX) -> Any:
+    """A JSON object file as :func:`read_json_file` reads it (``shape``: a ``dict[…]``
+    type); ``{}`` when it does not exist."""
     value = read_json_file(path, shape, fix)
     return {} if value is None else value
 
@@ -214,7 +214,7 @@ def _column_problem(column: pd.Series, kind: str) -> str | None:
 def read_csv_file(path: str | Path, columns: Mapping[str, str] | None = None,
                   fix: str = _FIX, text_columns: tuple[str, ...] = (),
                   others: str | None = None) -> pd.DataFrame:
-    """The table in the CSV file ``path`` (floats read back exactly as written).
+    """The table in the CSV file ``path`` (pandas reads floats back exactly as written).
 
     Args:
         columns: ``{name: kind}`` of the columns the table must have (kinds:
@@ -237,8 +237,7 @@ def read_csv_file(path: str | Path, columns: Mapping[str, str] | None = None,
     as_text = {name: str for name, kind in columns.items() if kind == TEXT}
     as_text.update({name: str for name in text_columns})
     try:
-        table = pd.read_csv(io.StringIO(text), dtype=as_text or None,
-                            float_precision="round_trip")
+        table = pd.read_csv(io.StringIO(text), dtype=as_text or None)
     except (ValueError, TypeError, OverflowError) as exc:  # pandas' ParserError is one
         raise damaged(path, f"is not a readable CSV table ({type(exc).__name__})", fix) \
             from None

@@ -164,9 +164,15 @@ def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
 
     Raises:
         UserError: ``table`` is held by no run while there are runs (names the tables
-            that exist).
+            that exist), or every one was left out as damaged.
     """
-    report = on_damaged or (lambda message: warnings.warn(message, stacklevel=3))
+    warn = on_damaged or (lambda message: warnings.warn(message, stacklevel=3))
+    left_out = []
+
+    def report(message: str) -> None:
+        left_out.append(message)
+        warn(message)
+
     tables = []
     runs = find_runs(paths)
     for run_dir in runs:
@@ -177,8 +183,12 @@ def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
     tables = [t for t in tables if not t.empty]
     if not tables:
         if runs and table != LOG_TABLE:
-            raise UserError(f"no run under {', '.join(map(str, paths))} has a {table!r} "
-                            f"table; tables found: {', '.join(available_tables(paths))}")
+            where = ", ".join(map(str, paths))
+            if left_out:
+                raise UserError(f"every {table!r} table under {where} was left out as "
+                                f"damaged (see the warnings); `labkit run` recomputes them")
+            raise UserError(f"no run under {where} has a {table!r} table; tables found: "
+                            f"{', '.join(available_tables(paths))}")
         return pd.DataFrame()
     result = pd.concat(tables, ignore_index=True)
     if run_ids:
