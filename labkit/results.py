@@ -182,11 +182,11 @@ def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
             report(f"skipped {run_dir}: {exc}")
     tables = [t for t in tables if not t.empty]
     if not tables:
+        where = ", ".join(map(str, paths))
+        if left_out:
+            raise UserError(f"every {table!r} table under {where} was left out as damaged "
+                            f"(see the warnings); `labkit run` rewrites or recomputes them")
         if runs and table != LOG_TABLE:
-            where = ", ".join(map(str, paths))
-            if left_out:
-                raise UserError(f"every {table!r} table under {where} was left out as "
-                                f"damaged (see the warnings); `labkit run` recomputes them")
             raise UserError(f"no run under {where} has a {table!r} table; tables found: "
                             f"{', '.join(available_tables(paths))}")
         return pd.DataFrame()
