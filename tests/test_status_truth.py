@@ -139,11 +139,15 @@ def test_best_pt_chosen_under_another_best_metric_is_never_read_as_the_best(grid
                                                                            monkeypatch):
     root, runs = grid
     monkeypatch.chdir(root)
-    best = ("--set", "analysis_checkpoint=best")
-    assert invoke("extract", "spec.json", "--run-id", "T", "-q", *best).exit_code == 0
-    for other in (("--set", "best_metric=eval-loss", "--set", "best_mode=min"),
-                  ("--set", "best_mode=min")):
-        refused = invoke("extract", "spec.json", "--run-id", "T", "-q", *best, *other)
+
+    def extract(**changes):  # the same runs (these are no identity), read as the config says
+        Path("other.json").write_text(json.dumps({**SPEC, "analysis_checkpoint": "best",
+                                                  **changes}))
+        return invoke("extract", "other.json", "--run-id", "T", "-q")
+
+    assert extract().exit_code == 0
+    for other in ({"best_metric": "eval-loss", "best_mode": "min"}, {"best_mode": "min"}):
+        refused = extract(**other)
         assert refused.exit_code == 2, refused.output
         assert "best.pt holds epoch" in refused.output and "eval-accuracy (max)" in \
             refused.output and len(refused.output.strip().splitlines()) == 1
@@ -157,19 +161,21 @@ def test_a_config_json_that_is_not_the_runs_own_is_flagged_and_rewritten(grid, m
     saved = path.read_bytes()
     edited = json.loads(saved)
     edited["config"]["optimizer"]["lr"] = 0.999  # its hash field left as it was
-    for planted in (json.dumps(edited), (other.directory / runinfo.CONFIG_JSON).read_text()):
-        path.write_text(planted)
-        line = status_of(root, run)
-        assert " damaged " in line and "no longer matches the run's identity hash" in line
-        result = invoke("results", root / "logs", "-o", root / "all.csv")
-        assert f"skipped {run.directory}" in result.output
-        assert "0.999" not in (root / "all.csv").read_text()
-        assert run.hash not in (root / "all.csv").read_text()
-        page = report_text(root)
-        assert "no longer matches the run&#x27;s identity hash" in page
-        assert invoke("run", "spec.json", "--run-id", "T", "-q").exit_code == 0
-        assert json.loads(path.read_text())["config"] == json.loads(saved)["config"]
-        assert " finished " in status_of(root, run)
+    try:
+        for planted in (json.dumps(edited), (other.directory / runinfo.CONFIG_JSON).read_text()):
+            path.write_text(planted)
+            line = status_of(root, run)
+            assert " damaged " in line and "no longer matches the run's identity hash" in line
+            result = invoke("results", root / "logs", "-o", root / "all.csv")
+            assert f"skipped {root / run.directory}" in result.output
+            table = (root / "all.csv").read_text()
+            assert "0.999" not in table and run.hash not in table
+            assert "no longer matches the run&#x27;s identity hash" in report_text(root)
+            assert invoke("run", "spec.json", "--run-id", "T", "-q").exit_code == 0
+            assert json.loads(path.read_text())["config"] == json.loads(saved)["config"]
+            assert " finished " in status_of(root, run)
+    finally:
+        path.write_bytes(saved)
 
 
 def test_a_saturation_table_never_silently_lacks_an_epoch(grid, monkeypatch):
