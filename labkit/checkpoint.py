@@ -116,7 +116,7 @@ def read(path: Path) -> dict[str, Any]:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # a file that matches its digest but is no checkpoint
         state = None
-    if not isinstance(state, dict) or not isinstance(state.get("modules"), dict):
+    if not isinstance(state, dict):
         raise ValueError(f"{path.name} is not a labkit checkpoint (it holds something other "
                          f"than a state of tensors and plain values, which labkit never "
                          f"loads)")

@@ -578,9 +578,15 @@ def best_so_far(best: dict[str, Any] | None, history: list[dict[str, Any]],
         best = None
         for row in history:
             if is_better(row, best, config["best_metric"], config["best_mode"]):
-                best = {"epoch": row["epoch"], "metric": config["best_metric"],
-                        "value": float(row[config["best_metric"]]), "mode": config["best_mode"]}
+                best = best_record(row, config)
     return best
+
+
+def best_record(row: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The ``best`` record of the epoch of log ``row`` (checkpoints, ``status.json``):
+    its epoch, the value of ``best_metric``, and the metric and mode it was chosen by."""
+    return {"epoch": row["epoch"], "metric": config["best_metric"],
+            "value": float(row[config["best_metric"]]), "mode": config["best_mode"]}
 
 
 def eval_module_name(method: Method) -> str:
@@ -840,8 +846,7 @@ def _train(run: RunConfig, registries: Registries, device: torch.device, progres
             rngs = distributed.gather(checkpoint.rng_state())
             improved = is_better(row, best, config["best_metric"], config["best_mode"])
             if improved:
-                best = {"epoch": epoch, "metric": config["best_metric"],
-                        "value": float(row[config["best_metric"]]), "mode": config["best_mode"]}
+                best = best_record(row, config)
             midway.saved()
             if not main:
                 continue

@@ -48,7 +48,6 @@ from tqdm import tqdm
 
 from labkit.atomic import file_sha256, write_json
 from labkit.errors import DamagedFile, UserError
-from labkit.readers import read_json, read_json_file, readable_size
 from labkit.identity import RunConfig
 from labkit.latent_layout import (
     DEFAULT_ROOT,
@@ -62,6 +61,7 @@ from labkit.latent_layout import (
 )
 from labkit.layers import measured_layers
 from labkit.progress import quiet_bars
+from labkit.readers import read_json, read_json_file, readable_size
 
 __all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "parse_mode",
            "pointer_path", "read_manifest", "reduce"]
