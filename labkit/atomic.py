@@ -1,5 +1,5 @@
-"""Atomic file writes (:mod:`labkit.readers` reads them back): a reader, or a resumed run, sees the old
-file or the new one whole.
+"""Atomic file writes (:mod:`labkit.readers` reads them back): a reader, or a resumed
+run, sees the old file or the new one whole.
 
 Write to a temporary file in the same folder, flush, fsync, ``os.replace`` over the
 target, fsync the folder. A crash at any moment (even ``kill -9``) leaves at most a
