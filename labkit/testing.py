@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -17,6 +18,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+def invoke_cli(*args: Any) -> Any:
+    """Run ``labkit ARGS…`` in this process (click's ``CliRunner``: no new interpreter,
+    so a test can call many commands cheaply); returns click's ``Result``
+    (``exit_code``, ``output`` with stderr in it).
+
+    Raises:
+        AssertionError: the command ended in an exception other than ``SystemExit``, or
+            printed a traceback.
+    """
+    from click.testing import CliRunner  # test-only: kept out of importing labkit.testing
+
+    from labkit.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        args, repr(result.exception))
+    assert "Traceback" not in result.output, (args, result.output)
+    return result
 
 
 def isolate_plugins(*allowed: str) -> None:

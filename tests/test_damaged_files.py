@@ -3,10 +3,10 @@
 One tiny run (cnn_s on 256 digits at 8 px, one epoch, saturation, the receptive_field,
 latents, probes, saturation and evaluate analyses) is trained once; each case restores
 a copy of it at the same path (files hold absolute paths), damages files, and calls the
-verbs in this process through the real command line. No verb may end in a traceback,
-relay a library's advice to load a file unsafely, or exit with another code than 0 (it
-coped), 1 (a run failed) or 2 (one line naming the problem); ``labkit run`` must leave
-every derived file it owns whole again.
+verbs in this process through the real command line (``labkit.testing.invoke_cli``). No
+verb may end in a traceback, relay a library's advice to load a file unsafely, or exit
+with another code than 0 (it coped), 1 (a run failed) or 2 (one line naming the
+problem); ``labkit run`` must leave every derived file it owns whole again.
 
 What runs where (the whole matrix of every verb after every damage of every file takes
 minutes; this keeps the file well under a minute on an idle 2-core machine):
@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from labkit import latents, runinfo
-from labkit.cli import cli
 from labkit.commands.common import load_runs
 from labkit.output_digests import damaged_outputs
 from labkit.readers import read_json
+from labkit.testing import invoke_cli
 
 SPEC = {"model": "cnn_s", "dataset": {"name": "digits", "resolution": 8, "subset": 256},
         "batch_size": 64, "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05},
@@ -49,9 +48,7 @@ UNSAFE = ("allow_pickle", "weights_only", "Traceback", "0.00 GB")
 def invoke(*args: str):
     """The real command line in this process: no exception but SystemExit, no
     traceback or unsafe advice in what it prints, exit code 0, 1 or 2."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        args, repr(result.exception))
+    result = invoke_cli(*args)
     for text in UNSAFE:
         assert text not in result.output, (args, result.output)
     assert result.exit_code in (0, 1, 2), (args, result.exit_code, result.output)
