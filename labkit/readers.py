@@ -16,6 +16,7 @@ files that are recorded elsewhere.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import zipfile
@@ -127,14 +128,25 @@ def parse_json(path: Path, text: str, fix: str = _FIX) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _adapter(shape: Any) -> TypeAdapter:
+    return TypeAdapter(shape)
+
+
+def _printable(text: str, width: int = 60) -> str:
+    """``text`` on one line: control characters escaped, cut to ``width``."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _validated(path: Path, value: Any, shape: Any, fix: str) -> Any:
     """``value`` validated strictly (a boolean is no integer, a string no number) as
     ``shape``, a type for pydantic's :class:`~pydantic.TypeAdapter`."""
     try:
-        return TypeAdapter(shape).validate_python(value, strict=True)
+        return _adapter(shape).validate_python(value, strict=True)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(map(str, error["loc"])) or "its top level"
+        where = _printable(".".join(map(str, error["loc"]))) or "its top level"
         raise damaged(path, f"holds no valid content ({where}: {error['msg']})", fix) from None
 
 
@@ -248,7 +260,7 @@ def read_csv_file(path: str | Path, columns: Mapping[str, str] | None = None,
     for name, kind in kinds.items():
         problem = _column_problem(table[name], kind)
         if problem is not None:
-            raise damaged(path, f"column {name} {problem}", fix)
+            raise damaged(path, f"column {_printable(str(name))} {problem}", fix)
     return table
 
 
@@ -319,7 +331,8 @@ def read_npz_file(path: str | Path, kinds: str = "biuf",
                     dtype = _array_header(path, member, fix)
                 if dtype.hasobject or dtype.kind not in kinds:
                     raise damaged(path, f"holds {'Python objects' if dtype.hasobject else dtype}"
-                                        f" in {name}, not the numbers labkit stores", fix)
+                                        f" in {_printable(name)}, not the numbers labkit "
+                                        f"stores", fix)
                 arrays[name] = archive[name]
     except DamagedFile:
         raise

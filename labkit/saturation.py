@@ -662,7 +662,7 @@ def load_spectra(path: Path) -> dict[str, dict[str, np.ndarray]]:
     for key, values in read_npz_file(path, "f", fix=SPECTRA_LOST).items():
         split, slash, layer = key.partition("/")
         if not slash or values.ndim != 1 or not len(values) or not np.isfinite(values).all():
-            raise DamagedFile(f"{path} holds {key!r}, not the spectrum of a layer; "
+            raise DamagedFile(f"{path} holds {key[:60]!r}, not the spectrum of a layer; "
                               f"{SPECTRA_LOST}")
         out.setdefault(split, {})[layer] = values
     return out
