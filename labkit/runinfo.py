@@ -459,8 +459,8 @@ class ConfigFile(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     hash: str
-    run_id: str
-    name: str
+    run_id: str | None = None
+    name: str | None = None
     config: dict[str, Any]
 
 
