@@ -147,12 +147,15 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str) -> 
                f"{labkit.__version__}.</p>",
              "<h2>Runs</h2>", table_html(table, "grid")]
     started = [r for r in runs if r.directory.is_dir()]
-    # files left out are named in each run's reason (status_row)
-    tail = figures.grid_tail_pattern(started, keys, title, on_damaged=lambda _: None)
+    left_out: list[str] = []
+    tail = figures.grid_tail_pattern(started, keys, title, on_damaged=left_out.append)
     if tail is not None:
         by = ", ".join(map(figures.key_label, keys)) or "nothing"
         parts += ["<h2>Tail pattern</h2>",
                   figure_html(tail, f"Tail pattern of the grid, grouped by {by}")]
+    if left_out:
+        parts.append('<ul class="reason">' + "".join(f"<li>{html.escape(line)}</li>"
+                                                    for line in left_out) + "</ul>")
     for i, run in enumerate(runs, 1):
         status = status_row(run)
         parts.append(f'<h2 id="run-{run.hash}">{i}. {html.escape(run.directory.name)}</h2>')
