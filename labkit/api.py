@@ -23,7 +23,7 @@ from labkit.data.mixing import BatchMixer, hard_labels, mix_images, mix_targets
 from labkit.data.splits import SplitDataset
 from labkit.data.transforms import build_transform, check_augment
 from labkit.engine import RunFailed, train
-from labkit.errors import UserError
+from labkit.errors import DamagedFile, UserError
 from labkit.evaluation import evaluate, to_device
 from labkit.identity import (NOT_IDENTITY, RunConfig, flatten, identity_config, note_outside,
                              run_hash, varying_keys)
@@ -33,6 +33,7 @@ from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
 from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries,
                             use)
+from labkit.readers import read_csv_file, read_json_file, read_npy_file
 from labkit.registry import Registries, Seed, params_model
 from labkit.run_ref import RunInFolder, RunReference, read_run, run_in_folder
 from labkit.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
@@ -43,12 +44,14 @@ __all__ = [
     # hooks and version
     "hookimpl", "__version__",
     # core
-    "UserError", "Registries", "params_model", "Seed",
+    "UserError", "DamagedFile", "Registries", "params_model", "Seed",
     # store: run identity, run files, checkpoints, atomic writes
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
     "note_outside",
     "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
     "read_run", "run_in_folder", "RunReference", "RunInFolder",
+    # store: reading any file back safely (one DamagedFile line for any bytes)
+    "read_json_file", "read_csv_file", "read_npy_file",
     # components: specs, data, models, methods, layers
     "expand", "resolve", "inline_run", "load_spec_file", "validate_json_types",
     "build_component", "make_metrics",

@@ -1,5 +1,5 @@
-"""Atomic file writes (and reading them back): a reader, or a resumed run, sees the old
-file or the new one whole.
+"""Atomic file writes (:mod:`labkit.readers` reads them back): a reader, or a resumed
+run, sees the old file or the new one whole.
 
 Write to a temporary file in the same folder, flush, fsync, ``os.replace`` over the
 target, fsync the folder. A crash at any moment (even ``kill -9``) leaves at most a
@@ -17,8 +17,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
-
-from labkit.errors import DamagedFile
 
 
 TMP_PREFIX = ".tmp-"
@@ -96,31 +94,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """A JSON object file written by :func:`write_json`; ``{}`` when it does not exist.
-
-    Raises:
-        DamagedFile: the file is not a JSON object (truncated, edited, foreign).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DamagedFile(f"{path} cannot be read ({exc}); delete it to let labkit "
-                          f"rebuild it, or restore it") from None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, and Python's limit on long integers
-        raise DamagedFile(f"{path} is not valid JSON ({exc}); delete it to let labkit "
-                          f"rebuild it, or restore it") from None
-    if not isinstance(value, dict):
-        raise DamagedFile(f"{path} holds a JSON {type(value).__name__}, not an object; "
-                          f"delete it to let labkit rebuild it, or restore it")
-    return value
 
 
 def write_json(path: str | Path, obj: Any) -> None:

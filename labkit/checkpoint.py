@@ -99,21 +99,28 @@ def read(path: Path) -> dict[str, Any]:
     """Load one checkpoint after verifying its digest.
 
     Raises:
-        ValueError: missing digest, digest mismatch, or unreadable file.
+        ValueError: missing digest, digest mismatch, or unreadable file (the message
+            is labkit's own: it never relays the loader's advice to load unsafely).
     """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path.name} does not exist")
     data = path.read_bytes()
-    digest_file = digest_path(path)
-    if not digest_file.exists():
-        raise ValueError(f"{path.name} has no digest file (interrupted while saving)")
-    if hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():
+    recorded = digest(path)
+    if recorded is None:
+        raise ValueError(f"{path.name} has no valid digest file (interrupted while saving, "
+                         f"or damaged)")
+    if hashlib.sha256(data).hexdigest() != recorded:
         raise ValueError(f"{path.name} does not match its digest (damaged)")
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a file that matches its digest but is no checkpoint
-        raise ValueError(f"{path.name} is not a readable checkpoint ({exc})") from None
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # a file that matches its digest but is no checkpoint
+        state = None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path.name} is not a labkit checkpoint (it holds something other "
+                         f"than a state of tensors and plain values, which labkit never "
+                         f"loads)")
+    return state
 
 
 def load_latest(directory: Path) -> dict[str, Any] | None:

@@ -5,9 +5,13 @@ checkpoints is :mod:`labkit.checkpoint`.
 """
 from __future__ import annotations
 
-import hashlib
+import os
 import re
 from pathlib import Path
+
+from labkit.atomic import file_sha256
+from labkit.errors import DamagedFile
+from labkit.readers import read_text_file
 
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
 _PARTIAL = re.compile(r"^partial_(\d{8,})\.pt$")
@@ -36,19 +40,44 @@ def digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def digest(path: Path) -> str | None:
     """The recorded sha256 of checkpoint ``path`` (cheap: the sidecar file), ``None``
-    when the checkpoint or its digest file is missing. Not a verification."""
-    sidecar = digest_path(Path(path))
-    if not (Path(path).exists() and sidecar.exists()):
+    when the checkpoint or its digest file is missing, or the digest file holds no
+    sha256 (damaged: any bytes). Not a verification."""
+    if not Path(path).exists():
         return None
-    return sidecar.read_text().strip() or None
+    try:
+        text = (read_text_file(digest_path(Path(path))) or "").strip()
+    except DamagedFile:
+        return None
+    return text if _SHA256.fullmatch(text) else None
+
+
+# (path, size, mtime, inode, recorded digest) -> whether the file matched: a checkpoint
+# is hashed once per process unless it changes (status, report, results ask repeatedly)
+_VERIFIED: dict[tuple[str, int, int, int, str], bool] = {}
 
 
 def is_intact(path: Path) -> bool:
-    """Whether ``path`` exists and matches its recorded digest (hashes the file)."""
+    """Whether ``path`` exists and matches its recorded digest (hashes the file, once
+    per process while its size, modification time and inode stay)."""
     recorded = digest(path)
-    return recorded is not None and hashlib.sha256(Path(path).read_bytes()).hexdigest() == recorded
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    if recorded is None:
+        return False
+    key = (str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns, stat.st_ino, recorded)
+    if key not in _VERIFIED:
+        try:
+            _VERIFIED[key] = file_sha256(Path(path)) == recorded
+        except OSError:
+            return False
+    return _VERIFIED[key]
 
 
 BEST = "best.pt"

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from labkit import checkpoint, distributed, runinfo
 from labkit.atomic import write_json, write_text
-from labkit.errors import UserError
+from labkit.errors import DamagedFile, UserError
 from labkit.build import build_component, build_scheduler, make_metrics, seed_everything
 from labkit.data.device_loader import device_loader
 from labkit.data.mixing import batch_mixer, hard_labels
@@ -39,6 +40,7 @@ from labkit.identity import RunConfig
 from labkit.loggers import Trackers
 from labkit.methods.base import Method, RunContext
 from labkit.progress import quiet_bars
+from labkit.readers import read_json
 from labkit.registry import Registries
 from labkit.schedules import value_at
 from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker, load_spectra,
@@ -57,25 +59,44 @@ def flops_per_image(model: torch.nn.Module, in_channels: int, resolution: int,
     return int(counter.get_total_flops())
 
 
-def write_computational_info(run_dir: Path, model: torch.nn.Module, data: Any,
-                             config: dict[str, Any], device: torch.device) -> None:
-    """Write ``computational_info.json`` once per run.
+def trained_samples(samples: int, batches: int, batch_size: int, steps_per_epoch: int,
+                    total_steps: int, accumulate: int) -> int:
+    """Samples the run's ``total_steps`` optimizer steps see: whole epochs of
+    ``samples`` (less those a dropped last batch leaves out), then the first batches
+    of the epoch the step budget ends in."""
+    per_epoch = min(samples, batches * batch_size)
+    epochs, steps = divmod(total_steps, steps_per_epoch)
+    return epochs * per_epoch + min(per_epoch, steps * accumulate * batch_size)
 
-    Training FLOPs use the usual convention backward ≈ 2 × forward, so one training
-    step costs 3 × forward FLOPs per image.
+
+def write_computational_info(run_dir: Path, model: torch.nn.Module, data: Any,
+                             device: torch.device, epochs: int, steps: int,
+                             samples: int) -> None:
+    """Write ``computational_info.json`` unless it holds exactly this already.
+
+    ``epochs``, ``steps``, ``samples``: the epochs, optimizer steps and training
+    samples the run trains (under a ``steps`` budget, fewer than the config's epochs
+    give). Training FLOPs use the usual convention backward ≈ 2 × forward, so one
+    training sample costs 3 × forward FLOPs.
     """
-    path = Path(run_dir) / runinfo.COMPUTE_JSON
-    if path.exists():
-        return
     per_image = flops_per_image(model, data.in_channels, data.resolution, device)
-    write_json(path, {
+    info = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "flops_per_image": per_image,
         "train_samples": len(data.train),
-        "epochs": config["epochs"],
-        "training_flops": 3 * per_image * len(data.train) * config["epochs"],
-    })
+        "epochs": epochs,
+        "steps": steps,
+        "trained_samples": samples,
+        "training_flops": 3 * per_image * samples,
+    }
+    path = Path(run_dir) / runinfo.COMPUTE_JSON
+    try:
+        if read_json(path) == info:
+            return
+    except DamagedFile:  # replaced
+        pass
+    write_json(path, info)
 
 
 class RunFailed(Exception):
@@ -301,13 +322,19 @@ def saturation_view(run_dir: Path, history: list[dict[str, Any]],
                     config: dict[str, Any] | None) -> list[dict[str, Any]]:
     """``history`` with its delta-dependent saturation columns recomputed from the stored
     spectra at the requested ``delta`` and ``idim_rule`` (a run trained under other
-    values shares the directory: they are not identity). Rows without spectra are kept."""
+    values shares the directory: they are not identity). Rows without spectra, or with
+    damaged ones (a warning says so), keep the values computed while training."""
     if config is None:
         return history
     sat = SaturationConfig.model_validate(config)
     rows = []
     for row in history:
-        view = view_columns(load_spectra(spectra_path(run_dir, int(row["epoch"]))), sat)
+        try:
+            view = view_columns(load_spectra(spectra_path(run_dir, int(row["epoch"]))), sat)
+        except DamagedFile as exc:
+            warnings.warn(f"{exc}; log.csv keeps the saturation values of epoch "
+                          f"{row['epoch']} computed while training", stacklevel=2)
+            view = {}
         rows.append({**row, **{k: v for k, v in view.items() if k in row}})
     return rows
 
@@ -370,8 +397,8 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
                        progress: bool) -> str:
     run_dir = run.directory
     final = _final_state(run)
+    runinfo.write_config(run_dir, run, registries.plugin_versions)  # or repair it
     if final is None:
-        runinfo.write_config(run_dir, run, registries.plugin_versions)
         runinfo.write_status(run_dir, "running")
         try:
             if run.config["nproc"] > 1 and not distributed.active():
@@ -510,13 +537,13 @@ def draw_plots(run: RunConfig, redraw: bool = False) -> None:
     the per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``). Only missing
     ones are drawn unless ``redraw``."""
     config = run.config["saturation"]
-    log = run.directory / runinfo.LOG_CSV
     plots = run.directory / "plots"
     if redraw or not (plots / "learning_curves.png").exists():
         run_figures(run.directory, plots, f"run {run.name}")
     if config is None or "lsat" not in SaturationConfig.model_validate(config).stats:
         return
-    for _, row in pd.read_csv(log).iterrows():
+    log = runinfo.read_log(run.directory)  # just synced with the final checkpoint's history
+    for _, row in log.iterrows() if log is not None else ():
         path = run.directory / "plots" / f"saturation_epoch_{int(row['epoch']):04d}.png"
         if redraw or not path.exists():
             plot_saturation(row, path)
@@ -540,6 +567,27 @@ def is_better(row: dict[str, Any], best: dict[str, Any] | None, metric: str | No
     if best is None:
         return True
     return value > best["value"] if mode == "max" else value < best["value"]
+
+
+def best_so_far(best: dict[str, Any] | None, history: list[dict[str, Any]],
+                config: dict[str, Any]) -> dict[str, Any] | None:
+    """The best epoch a resumed run goes on from: the checkpoint's ``best`` when it was
+    chosen by the config's ``best_metric`` and ``best_mode``, else the best of
+    ``history`` by them (``best.pt`` then stays the old choice, which analyses refuse,
+    until a later epoch beats it)."""
+    if best is None or runinfo.best_mismatch(best, config) is not None:
+        best = None
+        for row in history:
+            if is_better(row, best, config["best_metric"], config["best_mode"]):
+                best = best_record(row, config)
+    return best
+
+
+def best_record(row: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The ``best`` record of the epoch of log ``row`` (checkpoints, ``status.json``):
+    its epoch, the value of ``best_metric``, and the metric and mode it was chosen by."""
+    return {"epoch": row["epoch"], "metric": config["best_metric"],
+            "value": float(row[config["best_metric"]]), "mode": config["best_mode"]}
 
 
 def eval_module_name(method: Method) -> str:
@@ -587,6 +635,7 @@ def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
             label += " " + json.dumps({k: v for k, v in spec.items() if k != "name"},
                                       sort_keys=True)
         if analysis.is_complete():
+            runinfo.confirm_analysis(run.directory, label)  # a damaged analyses.json is rebuilt
             continue
         try:
             analysis.produce(progress)
@@ -719,8 +768,8 @@ def build(run: RunConfig, registries: Registries, device: torch.device, progress
     stepper = Stepper(optimizer, parameters, config["accumulate"], config["clip_grad_norm"],
                       config["precision"], device, method, config["weight_decay_schedule"])
     order = torch.Generator().manual_seed(config["seed"])
-    sampler, train_loader = training_loader(method.train_dataset(data.train), config, order,
-                                            device)
+    train_set = method.train_dataset(data.train)
+    sampler, train_loader = training_loader(train_set, config, order, device)
     job = Job(run, registries, device, progress and context.rank == 0, data, model, context,
               method, optimizer, stepper, mixer, order, sampler, train_loader,
               {split: DataLoader(ds, batch_size=config["eval_batch_size"],
@@ -728,7 +777,11 @@ def build(run: RunConfig, registries: Registries, device: torch.device, progress
                for split, ds in data.evals.items()})
     build_clock(job)
     if job.main:
-        write_computational_info(run.directory, model, data, config, device)
+        context = job.context
+        write_computational_info(
+            run.directory, model, data, device, job.last_epoch, context.total_steps,
+            trained_samples(len(train_set), job.batches, config["batch_size"],
+                            context.steps_per_epoch, context.total_steps, config["accumulate"]))
     # covariances live for one pass only; a mid-epoch checkpoint keeps the training pass's
     job.saturation = SaturationTracker(config["saturation"], model,
                                        [TRAIN_PASS, *job.eval_loaders])
@@ -804,7 +857,7 @@ def resume(job: Job) -> None:
         job.method.load_state_dict(state["method"])
         job.stepper.scaler.load_state_dict(state.get("scaler", {}))
         job.order.set_state(state["data_order"])
-        job.start, job.best = state["epoch"], state.get("best")
+        job.start, job.best = state["epoch"], best_so_far(state.get("best"), state["history"], config)
         # checkpoints before 0.3 carry no step count: every epoch then was whole
         job.context.step = int(state.get("step", job.start * job.context.steps_per_epoch))
         job.history = saturation_view(run.directory, state["history"], config["saturation"])
@@ -922,8 +975,7 @@ def end_epoch(job: Job, epoch: int, row: dict[str, Any]) -> None:
     rngs = distributed.gather(checkpoint.rng_state())
     improved = is_better(row, job.best, config["best_metric"], config["best_mode"])
     if improved:
-        job.best = {"epoch": epoch, "metric": config["best_metric"],
-                    "value": float(row[config["best_metric"]])}
+        job.best = best_record(row, config)
     job.midway.saved()
     if not job.main:
         return
@@ -939,7 +991,8 @@ def end_epoch(job: Job, epoch: int, row: dict[str, Any]) -> None:
     if epoch == job.last_epoch and config["steps"] is not None:
         runinfo.mark_final(job.run, saved)
     write_log(job.run, job.history)
-    runinfo.write_status(run_dir, "running", epoch=epoch, best=job.best)
+    runinfo.write_status(run_dir, "running", epoch=epoch, best=job.best,
+                        epochs=job.last_epoch)
     job.trackers.log_epoch(epoch, row)
 
 

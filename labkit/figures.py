@@ -13,12 +13,17 @@ Every figure is titled with what it shows and the run or grid it shows it for; l
 outside the axes; accuracy and saturation axes span the data (with a margin), not [0, 1].
 Figures are bare matplotlib ``Figure`` objects (no pyplot: no display and no global
 backend switched under the caller); :func:`save` writes each as PNG and SVG.
+
+Files that cannot be read (:mod:`labkit.readers`), and analysis outputs that no longer
+match the digests their analysis recorded (:mod:`labkit.output_digests`), are never
+drawn from: the grid functions report each in one line through ``on_damaged``.
 """
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +32,13 @@ import numpy as np
 import pandas as pd
 
 from labkit.atomic import atomic_open
-from labkit.errors import UserError
+from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig, flatten, varying_keys
+from labkit.output_digests import damaged_outputs
 from labkit.probes import RESULTS_CSV as PROBES_CSV
+from labkit.readers import FINITE, FLAG, TEXT, read_csv_file
 from labkit.receptive_field import RF_CSV
-from labkit.runinfo import LOG_CSV
+from labkit.runinfo import read_log
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -101,15 +108,6 @@ def titled(figure: Figure, what: str, name: str) -> Figure:
 
 
 # ---------------------------------------------------------------- per run, from log.csv
-
-def read_log(run_dir: Path) -> pd.DataFrame | None:
-    """The run's ``log.csv``; ``None`` when there is none or it has no rows."""
-    path = Path(run_dir) / LOG_CSV
-    if not path.exists():
-        return None
-    log = pd.read_csv(path)
-    return log if len(log) else None
-
 
 def splits(log: pd.DataFrame) -> list[str]:
     """Passes with a loss in the log: ``train`` and every eval split with an accuracy
@@ -321,12 +319,24 @@ def group_runs(runs: Sequence[RunConfig], keys: Sequence[str]) -> dict[str, list
     return groups
 
 
-def grid_tail_pattern(runs: Sequence[RunConfig], keys: Sequence[str],
-                      name: str) -> Figure | None:
+Report = Callable[[str], None]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def grid_tail_pattern(runs: Sequence[RunConfig], keys: Sequence[str], name: str,
+                      on_damaged: Report = _warn) -> Figure | None:
     """The tail pattern of ``runs`` grouped by the values of ``keys`` (see
-    :func:`tail_pattern`); ``None`` when no run has saturation or probe results."""
-    groups = {label: [tail_data(r.directory) for r in members if r.directory.is_dir()]
-              for label, members in group_runs(runs, keys).items()}
+    :func:`tail_pattern`); ``None`` when no run has saturation or probe results. Each
+    file left out as damaged is reported to ``on_damaged``."""
+    groups = {}
+    for label, members in group_runs(runs, keys).items():
+        groups[label] = [tail_data(r.directory) for r in members if r.directory.is_dir()]
+        for data in groups[label]:
+            for problem in data.problems:
+                on_damaged(f"left out of the tail pattern: {problem}")
     by = ", ".join(map(key_label, keys)) or "nothing (all runs together)"
     return tail_pattern(groups, f"{name}, grouped by {by}")
 
@@ -339,15 +349,19 @@ def grid_stem(keys: Sequence[str]) -> str:
 
 
 def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], out_dir: Path,
-                 name: str) -> list[Path]:
+                 name: str, on_damaged: Report = _warn) -> list[Path]:
     """Every figure of a grid into ``out_dir``: the per-run figures of each run with a
     log in ``<out_dir>/<run name>-<hash>/``, and the grouped tail pattern; the paths
-    written."""
+    written. A run whose log is damaged, and each file left out of the tail pattern,
+    is reported to ``on_damaged``."""
     written = []
     for run in runs:
-        written += run_figures(run.directory, Path(out_dir) / run.directory.name,
-                               f"run {run.directory.name}")
-    figure = grid_tail_pattern(runs, keys, name)
+        try:
+            written += run_figures(run.directory, Path(out_dir) / run.directory.name,
+                                   f"run {run.directory.name}")
+        except DamagedFile as exc:
+            on_damaged(f"no figures of run {run.directory.name}: {exc}")
+    figure = grid_tail_pattern(runs, keys, name, on_damaged)
     if figure is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         written += save(figure, Path(out_dir) / grid_stem(keys))
@@ -358,7 +372,8 @@ def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], out_dir: Path,
 
 @dataclass
 class TailData:
-    """What a tail pattern shows of one run, layers in network order."""
+    """What a tail pattern shows of one run, layers in network order; ``problems``: a
+    line for each file left out as damaged."""
 
     layers: list[str]
     saturation: dict[str, float] = field(default_factory=dict)
@@ -366,6 +381,7 @@ class TailData:
     # downsampling (and mode, C where a run has several) -> layer -> probe eval accuracy
     probes: dict[str, dict[str, float]] = field(default_factory=dict)
     border: str | None = None
+    problems: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -381,29 +397,60 @@ def final_saturation(log: pd.DataFrame | None, pass_: str = "eval") -> dict[str,
     return {c[len(prefix):]: float(last[c]) for c in log.columns if c.startswith(prefix)}
 
 
+def _table(run_dir: Path, name: str, read: Callable[[Path], pd.DataFrame],
+           flagged: dict[str, str], problems: list[str]) -> pd.DataFrame | None:
+    """The table ``name`` of ``run_dir`` read by ``read``; ``None`` when absent, or
+    damaged or ``flagged`` (its line then added to ``problems``)."""
+    path = Path(run_dir) / name
+    if name in flagged:
+        problems.append(flagged[name])
+        return None
+    if not path.exists():
+        return None
+    try:
+        return read(path)
+    except DamagedFile as exc:
+        problems.append(str(exc))
+        return None
+
+
 def tail_data(run_dir: Path, prefix: str | None = None) -> TailData:
     """The run's final saturation (eval pass, else train), probe accuracies
-    (``[<prefix>_]probe_performances.csv``) and border layer (``receptive_field.csv``)."""
+    (``[<prefix>_]probe_performances.csv``) and border layer (``receptive_field.csv``).
+    A file that is damaged, or that no longer matches its analysis's digest, is left
+    out and named in ``problems``."""
     run_dir = Path(run_dir)
-    log = read_log(run_dir)
+    problems: list[str] = []
+    flagged = damaged_outputs(run_dir)
+    try:
+        log = read_log(run_dir)
+    except DamagedFile as exc:
+        log = None
+        problems.append(str(exc))
     pass_, saturation = "eval", final_saturation(log, "eval")
     if not saturation:
         pass_, saturation = "train", final_saturation(log, "train")
     probes: dict[str, dict[str, float]] = {}
-    path = run_dir / (f"{prefix}_{PROBES_CSV}" if prefix else PROBES_CSV)
-    if path.exists():
-        table = pd.read_csv(path, dtype={"downsampling": str})
+    table = _table(run_dir, f"{prefix}_{PROBES_CSV}" if prefix else PROBES_CSV,
+                   lambda path: read_csv_file(path, {"layer": TEXT, "downsampling": TEXT,
+                                                     "eval_accuracy": FINITE},
+                                              text_columns=("probe_mode",)),
+                   flagged, problems)
+    if table is not None:
         # a curve per downsampling, and per mode and C where the table holds several
         keys = ["downsampling"] + [c for c in ("probe_mode", "probe_C")
                                    if c in table and table[c].nunique() > 1]
         for values, rows in table.groupby(keys, sort=False):
+            values = values if isinstance(values, tuple) else (values,)
             label = " ".join(f"C={value:g}" if key == "probe_C" else str(value)
                              for key, value in zip(keys, values))
             probes[label] = dict(zip(rows["layer"], rows["eval_accuracy"].astype(float)))
     order: list[str] = []
     border = None
-    if (run_dir / RF_CSV).exists():
-        fields = pd.read_csv(run_dir / RF_CSV)
+    fields = _table(run_dir, RF_CSV,
+                    lambda path: read_csv_file(path, {"layer": TEXT, "border": FLAG}),
+                    flagged, problems)
+    if fields is not None:
         order = list(fields["layer"])
         if fields["border"].any():
             border = str(fields.loc[fields["border"], "layer"].iloc[0])
@@ -412,7 +459,7 @@ def tail_data(run_dir: Path, prefix: str | None = None) -> TailData:
             order.append(layer)
     layers = [n for n in order if n in saturation or any(n in r for r in probes.values())]
     return TailData(layers, saturation, pass_, probes,
-                    border if border in layers else None)
+                    border if border in layers else None, problems)
 
 
 def _aligned(runs: list[TailData], values: list[dict[str, float]],

@@ -9,8 +9,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from labkit.atomic import file_sha256, read_json
+from pydantic import BaseModel, ConfigDict, Field
+
+from labkit.atomic import file_sha256
 from labkit.errors import DamagedFile, UserError
+from labkit.readers import npy_dtype, read_json_file
 
 Mode = int | Literal["pixelwise", "none"]
 MANIFEST = "manifest.json"
@@ -51,17 +54,65 @@ def verify_files(directory: Path, manifest: dict[str, Any], names: list[str]) ->
                             f"and extract again (`labkit extract SPEC --run-id ID`)")
 
 
+class _Source(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    run_dir: str
+
+
+class _Plan(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    mode: int | Literal["pixelwise", "none"]
+    dtype: Literal["float16", "float32"]
+    layers: list[str]
+    splits: dict[str, int]
+    source: _Source
+
+
+class _Layer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    positions: int = Field(ge=1)
+    features: int = Field(ge=1)
+
+
+class _Manifest(BaseModel):
+    """What ``manifest.json`` holds (further keys are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    plan: _Plan
+    layers: list[_Layer]
+    files: dict[str, str]
+    digest: str
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     """The manifest of a complete extraction in ``directory``, else ``None`` (also for
-    a damaged manifest: the extraction then counts as incomplete and is redone)."""
+    a damaged manifest, or one whose arrays are not numbers of its layers and splits:
+    the extraction then counts as incomplete and is redone). Cheap: array headers are
+    read, the arrays are checked against their sha256 where they are read
+    (:func:`verify_files`)."""
     try:
-        manifest = read_json(Path(directory) / MANIFEST)
+        manifest = read_json_file(Path(directory) / MANIFEST, _Manifest)
     except DamagedFile:
         return None
-    required = {"plan": dict, "layers": list, "files": dict, "digest": str}
-    if not all(isinstance(manifest.get(k), t) for k, t in required.items()):
+    if manifest is None or {e.name for e in manifest.layers} != set(manifest.plan.layers):
         return None
-    return manifest
+    names = [array_path(directory, split, name).name for split in manifest.plan.splits
+             for name in ["labels", *manifest.plan.layers]]
+    if sorted(names) != sorted(manifest.files):
+        return None
+    try:
+        kinds = [npy_dtype(Path(directory) / name).kind for name in names]
+    except DamagedFile:
+        return None
+    wanted = ["iu" if name.endswith("-labels.npy") else "f" for name in names]
+    if not all(kind in allowed for kind, allowed in zip(kinds, wanted)):
+        return None
+    return manifest.model_dump()
 
 
 def portable(target: Path, base: Path, project: Path) -> str:

@@ -36,16 +36,17 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.lib.format import open_memmap
+from pydantic import BaseModel, Field
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from labkit.atomic import file_sha256, read_json, write_json
+from labkit.atomic import file_sha256, write_json
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
 from labkit.latent_layout import (
@@ -61,11 +62,20 @@ from labkit.latent_layout import (
 )
 from labkit.layers import measured_layers
 from labkit.progress import quiet_bars
+from labkit.readers import read_json, read_json_file, readable_size
 
 __all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "parse_mode",
            "pointer_path", "read_manifest", "reduce", "source_run_dir", "stream"]
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class _Progress(BaseModel):
+    """What ``progress.json`` of an unfinished extraction holds."""
+
+    plan: dict[str, Any]
+    batch_size: int = Field(ge=1)
+    done: dict[str, Annotated[int, Field(ge=0)]]
 
 
 def locate(run: RunConfig, mode: Mode, root: str | None = None) -> Path:
@@ -209,8 +219,8 @@ def check_free_space(directory: Path, needed: int) -> None:
     """
     free = shutil.disk_usage(directory).free
     if needed > free:
-        raise UserError(f"the latents need {needed / 1e9:.2f} GB but {directory} has "
-                        f"{free / 1e9:.2f} GB free; free space, choose another latents_dir, "
+        raise UserError(f"the latents need {readable_size(needed)} but {directory} has "
+                        f"{readable_size(free)} free; free space, choose another latents_dir, "
                         f"or a smaller downsampling / fewer layers / float16")
 
 
@@ -266,9 +276,10 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
                     (directory / PROGRESS).unlink(missing_ok=True)
                 return manifest
             try:
-                state = read_json(directory / PROGRESS)
+                progress_file = read_json_file(directory / PROGRESS, _Progress)
             except DamagedFile:
-                state = {}
+                progress_file = None
+            state = progress_file.model_dump() if progress_file is not None else {}
             if state.get("plan") != plan:
                 # another plan's files (or a crash before the first record): start clean
                 shutil.rmtree(directory, ignore_errors=True)

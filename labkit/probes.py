@@ -15,9 +15,10 @@ Layers are fitted in parallel worker processes (joblib, loky backend), no more a
 than fit in a memory budget (:func:`fit_bytes`, :func:`plan_workers`). Every fit is
 cached in ``<latent directory>/probe_cache/<key>.json``, plain JSON keyed by the
 manifest digest, the layer name and the probe parameters (never by hashing the arrays).
-Plain data, not pickles: a cache in a folder someone else produced cannot run code
-(the key stored inside each entry is checked, and an entry that does not hold a
-well-formed result is fitted again). Results come back in network order.
+Plain data, not pickles: a cache in a folder someone else produced cannot run code.
+Each entry stores its key and the sha256 of its key and result; an entry whose key or
+digest does not match, or that does not hold a well-formed result (an edited value, a
+damaged file), is fitted again. Results come back in network order.
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ from joblib import Parallel, delayed
 from joblib.externals.loky import get_reusable_executor
 from pydantic import BaseModel, ConfigDict, Field
 
-from labkit.atomic import read_json, write_csv, write_json
+from labkit.atomic import write_csv, write_json
 from labkit.errors import DamagedFile, UserError
 from labkit.latent_layout import array_path, read_manifest, verify_files
+from labkit.readers import TEXT, read_csv_file, read_json, read_npy_file, readable_size
 
 RESULTS_CSV = "probe_performances.csv"
 CACHE_DIR = "probe_cache"
@@ -85,11 +87,6 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
-def format_size(size: int) -> str:
-    """``size`` bytes in GiB or MiB, for messages: ``1.5G``, ``500M``."""
-    return f"{size / (1 << 30):.1f}G" if size >= 1 << 30 else f"{size / (1 << 20):.0f}M"
-
-
 def default_memory() -> int:
     """:data:`DEFAULT_MEMORY_SHARE` of ``MemAvailable`` in /proc/meminfo, else of the
     physical memory."""
@@ -133,14 +130,14 @@ def plan_workers(needs: dict[str, int], processes: int, budget: int) -> tuple[in
     largest = max(needs, key=needs.get)
     need = needs[largest]
     if need > budget:
-        raise UserError(f"probing layer {largest} needs about {format_size(need)}, more than "
-                        f"the memory budget of {format_size(budget)}; raise --memory, or use "
+        raise UserError(f"probing layer {largest} needs about {readable_size(need)}, more than "
+                        f"the memory budget of {readable_size(budget)}; raise --memory, or use "
                         f"the streaming solver (solver: torch) whose memory does not grow "
                         f"with the layer")
     fit = budget // need
     workers = max(1, min(processes, len(needs), fit))
     why = (f"{len(needs)} layer(s) to fit, {workers} at a time: -mp {processes}, memory "
-           f"budget {format_size(budget)}, each fit up to {format_size(need)} ({largest})")
+           f"budget {readable_size(budget)}, each fit up to {readable_size(need)} ({largest})")
     if fit < min(processes, len(needs)):
         why += f", so the budget holds {fit} at once (raise --memory for more)"
     return workers, why
@@ -153,10 +150,8 @@ def results_path(run_dir: Path, prefix: str | None = None) -> Path:
 
 def _rows(directory: Path, split: str, layer: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """A split's latents of ``layer`` as float32 ``(rows, features)`` and a label per row."""
-    features = np.asarray(np.load(array_path(directory, split, layer["name"]), mmap_mode="r"),
-                          dtype=np.float32)
-    labels = np.load(array_path(directory, split, "labels"))
-    return features, np.repeat(labels, layer["positions"])
+    features, labels = _arrays(directory, split, layer["name"])
+    return np.asarray(features, dtype=np.float32), np.repeat(labels, layer["positions"])
 
 
 def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str,
@@ -187,10 +182,18 @@ def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str,
             "converged": converged, "fit_seconds": seconds}
 
 
+_EXTRACT_AGAIN = "delete the manifest.json beside it and extract again"
+
+
 def _arrays(directory: Path, split: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split's latents of ``layer`` (read-only memory map) and its labels, one per image."""
-    return (np.load(array_path(directory, split, layer), mmap_mode="r"),
-            np.load(array_path(directory, split, "labels")))
+    """A split's latents of ``layer`` (read-only memory map) and its labels, one per image.
+
+    Raises:
+        DamagedFile: a file is no array of numbers (:func:`labkit.readers.read_npy_file`).
+    """
+    return (read_npy_file(array_path(directory, split, layer), "f", mmap=True,
+                          fix=_EXTRACT_AGAIN),
+            read_npy_file(array_path(directory, split, "labels"), "iu", fix=_EXTRACT_AGAIN))
 
 
 def _fit_torch(directory: Path, entry: dict[str, Any], splits: list[str],
@@ -242,9 +245,14 @@ def cache_path(directory: Path, key: list[Any]) -> Path:
     return Path(directory) / CACHE_DIR / f"{name}.json"
 
 
+def _entry_digest(key: list[Any], result: dict[str, Any]) -> str:
+    """sha256 of a cache entry's key and result (canonical JSON)."""
+    return hashlib.sha256(json.dumps([key, result], sort_keys=True).encode()).hexdigest()
+
+
 def read_cached(directory: Path, key: list[Any], splits: list[str]) -> dict[str, Any] | None:
-    """The cached result of ``key``, or ``None`` when absent or not a well-formed entry
-    for exactly this key."""
+    """The cached result of ``key``, or ``None`` when absent, damaged, edited (its
+    stored sha256 does not match) or not a well-formed entry for exactly this key."""
     try:
         entry = read_json(cache_path(directory, key))
     except DamagedFile:
@@ -256,13 +264,18 @@ def read_cached(directory: Path, key: list[Any], splits: list[str]) -> dict[str,
         return None
     if not all(isinstance(result[k], t) for k, t in columns.items()):
         return None
+    if entry.get("sha256") != _entry_digest(key, result):
+        return None
     return result
 
 
 def write_cached(directory: Path, key: list[Any], result: dict[str, Any]) -> None:
-    """Store ``result`` (JSON-ready) under ``key``."""
+    """Store ``result`` (JSON-ready) under ``key``, with the sha256 of both."""
     plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in result.items()}
-    write_json(cache_path(directory, key), {"key": key, "result": plain})
+    # the digest of what JSON gives back (a float written and read is the same float)
+    plain = json.loads(json.dumps(plain))
+    write_json(cache_path(directory, key),
+               {"key": key, "result": plain, "sha256": _entry_digest(key, plain)})
 
 
 def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None = None,
@@ -308,7 +321,7 @@ def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None =
     todo = [layer for layer in layers if layer not in results]
     workers = 1
     if todo:
-        classes = int(np.load(array_path(directory, "train", "labels")).max()) + 1
+        classes = int(_arrays(directory, "train", todo[0])[1].max()) + 1
         needs = {layer: fit_bytes(entries[layer], manifest["plan"]["splits"], classes,
                                   params.solver) for layer in todo}
         workers, why = plan_workers(needs, processes,
@@ -343,8 +356,11 @@ def save_results(run_dir: Path, table: pd.DataFrame, prefix: str | None = None) 
     and ``probe_mode`` (``latents`` or ``stream``; ``latents`` for rows written before
     the column) and keeping the others; returns the CSV's path."""
     path = results_path(run_dir, prefix)
-    if path.exists():
-        previous = pd.read_csv(path, dtype={"downsampling": str})
+    try:  # a damaged file is replaced; the other blocks are then computed again
+        previous = read_results(path) if path.exists() else None
+    except DamagedFile:
+        previous = None
+    if previous is not None:
         previous, table = (t if "probe_mode" in t else t.assign(probe_mode="latents")
                            for t in (previous, table))
         blocks = set(zip(table["downsampling"], table["probe_mode"]))
@@ -353,3 +369,12 @@ def save_results(run_dir: Path, table: pd.DataFrame, prefix: str | None = None) 
         table = pd.concat([kept, table], ignore_index=True)
     write_csv(path, table)
     return path
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A probe table (``[<prefix>_]probe_performances.csv``), ``downsampling`` as text.
+
+    Raises:
+        DamagedFile: unreadable, not a table, ``layer`` or ``downsampling`` missing.
+    """
+    return read_csv_file(path, {"layer": TEXT, "downsampling": TEXT})

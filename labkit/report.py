@@ -6,6 +6,12 @@ own or an analysis's), the grid's tail pattern and every run's figures
 (:mod:`labkit.figures`). Figures are embedded as base64 PNG and the style sheet is
 inline: the page loads nothing from anywhere when viewed, so it can be mailed or archived
 as one file.
+
+The state is the one ``labkit status`` shows (:func:`labkit.runinfo.training_state`:
+a killed run is interrupted, a run whose final checkpoint is damaged is not finished, a
+run whose config.json is not its own is damaged). A damaged log, and analysis outputs
+that no longer match their recorded digests, are named in the run's reason and never
+drawn from or tabled.
 """
 from __future__ import annotations
 
@@ -13,13 +19,16 @@ import base64
 import datetime as dt
 import html
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 import labkit
 from labkit import figures, runinfo
+from labkit.errors import DamagedFile
 from labkit.identity import RunConfig, flatten, varying_keys
+from labkit.output_digests import damaged_outputs
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -38,8 +47,14 @@ FINAL_SKIP = ("-saturation_", "-intrinsic-dimensionality_", "-covariance-", "-di
 
 def final_metrics(run: RunConfig) -> dict[str, float]:
     """The last log row's loss and metrics of every split (``<split>-<metric>``) and DINO
-    probe accuracies, without per-layer columns; ``{}`` without a log."""
-    log = figures.read_log(run.directory)
+    probe accuracies, without per-layer columns; ``{}`` without a log, with a damaged
+    one, or when the run's config.json is not its own (its values are not the run's)."""
+    if runinfo.training_state(run).get("state") == "damaged":
+        return {}
+    try:
+        log = runinfo.read_log(run.directory)
+    except DamagedFile:
+        return {}
     if log is None:
         return {}
     passes = figures.splits(log)
@@ -49,17 +64,32 @@ def final_metrics(run: RunConfig) -> dict[str, float]:
             and not any(s in c for s in FINAL_SKIP) and pd.api.types.is_number(last[c])}
 
 
+def damaged_files(run_dir: Path) -> list[str]:
+    """A line for each file of the run that is damaged and so left out: its log, and
+    analysis outputs that no longer match their recorded digests."""
+    problems = list(damaged_outputs(run_dir).values())
+    try:
+        runinfo.read_log(run_dir)
+    except DamagedFile as exc:
+        problems.insert(0, str(exc))
+    return problems
+
+
 def status_row(run: RunConfig) -> dict[str, Any]:
-    """State, epoch and the reasons of failures (training and analyses) of ``run``."""
+    """State, epoch (done / last) and the reasons of failures (training and analyses)
+    and damaged files of ``run``."""
     state = runinfo.training_state(run)
-    analyses = runinfo.read_analyses(run.directory) if run.directory.is_dir() else {}
+    started = run.directory.is_dir()
+    analyses = runinfo.read_analyses(run.directory) if started else {}
     failed = [f"{label}: {a.get('reason')}" for label, a in analyses.items()
               if a.get("state") == "failed"]
     return {"state": state.get("state", "not started"),
-            "epoch": f"{state.get('epoch', 0)}/{run.config['epochs']}",
+            "epoch": f"{state.get('epoch', 0)}/{state.get('epochs', run.config['epochs'])}",
             "analyses": ", ".join(f"{label} {a.get('state')}" for label, a in analyses.items())
             or "-",
-            "reason": "; ".join(filter(None, [state.get("reason"), *failed]))}
+            "reason": "; ".join(filter(None, [state.get("reason"), *failed,
+                                              *(damaged_files(run.directory) if started
+                                                else [])]))}
 
 
 def grid_table(runs: Sequence[RunConfig]) -> pd.DataFrame:
@@ -117,11 +147,15 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str) -> 
                f"{labkit.__version__}.</p>",
              "<h2>Runs</h2>", table_html(table, "grid")]
     started = [r for r in runs if r.directory.is_dir()]
-    tail = figures.grid_tail_pattern(started, keys, title)
+    left_out: list[str] = []
+    tail = figures.grid_tail_pattern(started, keys, title, on_damaged=left_out.append)
     if tail is not None:
         by = ", ".join(map(figures.key_label, keys)) or "nothing"
         parts += ["<h2>Tail pattern</h2>",
                   figure_html(tail, f"Tail pattern of the grid, grouped by {by}")]
+    if left_out:
+        parts.append('<ul class="reason">' + "".join(f"<li>{html.escape(line)}</li>"
+                                                    for line in left_out) + "</ul>")
     for i, run in enumerate(runs, 1):
         status = status_row(run)
         parts.append(f'<h2 id="run-{run.hash}">{i}. {html.escape(run.directory.name)}</h2>')
@@ -131,9 +165,12 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str) -> 
                      + (f'; <span class="reason">reason: {html.escape(status["reason"])}'
                         f"</span>" if status["reason"] else "")
                      + f".<br><code>{html.escape(str(run.directory))}</code></p>")
-        drawn = figures.run_figure_set(run.directory, f"run {run.directory.name}")
+        try:
+            drawn = figures.run_figure_set(run.directory, f"run {run.directory.name}")
+        except DamagedFile:  # named in the reason above
+            drawn = {}
         if not drawn:
-            parts.append("<p>No log yet, so no figures.</p>")
+            parts.append("<p>No readable log, so no figures.</p>")
         for stem, figure in drawn.items():
             parts.append(figure_html(figure, f"{stem.replace('_', ' ')}: "
                                              f"{run.directory.name}"))

@@ -10,8 +10,12 @@ a ``config.<dotted key>`` column; rows of tables other than ``log`` also carry
 ``source``, the CSV's path inside the run directory, so files of different analysis
 parameters (probe prefixes, say) stay apart.
 
-A run without a log yet contributes one row of ``log`` with its config and state. A run
-whose files cannot be read (damaged config.json or CSV) is left out and reported.
+A run without a log yet contributes one row of ``log`` with its config and state
+(:func:`labkit.runinfo.directory_state`: the state ``labkit status`` shows). A run whose
+``config.json`` cannot be read, or no longer hashes to its directory's hash (edited, or
+copied from another run), is left out and reported: its values are not the run's. A CSV
+that cannot be read, or no longer matches the digest its analysis recorded
+(:mod:`labkit.output_digests`), is left out and reported; the run's other tables stay.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import pandas as pd
 from labkit import runinfo
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import flatten
+from labkit.output_digests import damaged_outputs
+from labkit.readers import read_csv_file
 
 LOG_TABLE = "log"
 # table name -> how its files end; a file matches the first table whose ending it has
@@ -36,8 +42,6 @@ NAMED_TABLES = {
 }
 # folders of a run directory that hold no tables (and may be large)
 NOT_TABLES = {"checkpoints", "spectra", "plots", "analyses"}
-READ_ERRORS = (DamagedFile, OSError, UnicodeDecodeError, pd.errors.ParserError,
-               pd.errors.EmptyDataError)
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -79,13 +83,23 @@ def table_files(run_dir: Path) -> dict[str, list[Path]]:
 
 def run_meta(run_dir: Path) -> dict[str, object]:
     """The key columns of every row of a run: hash, run-id, name, directory, state and
-    the ``config.<key>`` values."""
+    the ``config.<key>`` values.
+
+    Raises:
+        DamagedFile: config.json cannot be read, or is not the run's (its values would
+            be reported as the run's).
+    """
     info = runinfo.read_config(run_dir)
+    if not info:
+        raise DamagedFile(f"{run_dir / runinfo.CONFIG_JSON} is gone; restore it")
+    problem = runinfo.identity_problem(run_dir, info, None)
+    if problem is not None:
+        raise DamagedFile(problem)
     meta: dict[str, object] = {
-        "run_hash": info.get("hash"), "run_id": info.get("run_id"),
-        "run_name": info.get("name"), "run_dir": str(run_dir),
-        "state": runinfo.read_status(run_dir).get("state")}
-    meta.update({f"config.{k}": v for k, v in flatten(info.get("config", {})).items()})
+        "run_hash": info["hash"], "run_id": info["run_id"],
+        "run_name": info["name"], "run_dir": str(run_dir),
+        "state": runinfo.directory_state(run_dir, info["config"]).get("state")}
+    meta.update({f"config.{k}": v for k, v in flatten(info["config"]).items()})
     return meta
 
 
@@ -94,18 +108,33 @@ def _keyed(meta: dict[str, object], rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([pd.DataFrame([meta] * len(rows), index=rows.index), rows], axis=1)
 
 
-def run_table(run_dir: Path, table: str = LOG_TABLE) -> pd.DataFrame:
+def run_table(run_dir: Path, table: str, on_damaged: Callable[[str], None]) -> pd.DataFrame:
     """The rows of one run's ``table`` (see module docstring); empty when it has none
-    (``log``: one row of config and state when there is no log.csv yet)."""
+    (``log``: one row of config and state when there is no log.csv yet). Each CSV left
+    out as damaged is reported to ``on_damaged``.
+
+    Raises:
+        DamagedFile: the run's config.json cannot be used (:func:`run_meta`).
+    """
     run_dir = Path(run_dir)
     meta = run_meta(run_dir)
     if table == LOG_TABLE:
-        path = run_dir / runinfo.LOG_CSV
-        log = pd.read_csv(path) if path.exists() else pd.DataFrame([{}])
-        return _keyed(meta, log)
+        try:
+            log = runinfo.read_log(run_dir)
+        except DamagedFile as exc:
+            on_damaged(f"left out the log of {run_dir}: {exc}")
+            log = None
+        return _keyed(meta, pd.DataFrame([{}]) if log is None else log)
+    flagged = damaged_outputs(run_dir)
     parts = []
     for relative in table_files(run_dir).get(table, []):
-        rows = pd.read_csv(run_dir / relative, dtype={"downsampling": str})
+        try:
+            if str(relative) in flagged:
+                raise DamagedFile(flagged[str(relative)])
+            rows = read_csv_file(run_dir / relative, text_columns=("downsampling",))
+        except DamagedFile as exc:
+            on_damaged(f"left out {run_dir / relative}: {exc}")
+            continue
         rows.insert(0, "source", str(relative))
         parts.append(rows)
     if not parts:
@@ -129,26 +158,37 @@ def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
 
     Args:
         table: ``log`` or another table name (see module docstring).
-        on_damaged: called with a message for each run left out because its files
-            cannot be read; default: :func:`warnings.warn`.
+        on_damaged: called with a message for each run, or CSV of a run, left out
+            because it cannot be read or is not what it claims; default:
+            :func:`warnings.warn`.
 
     Raises:
         UserError: ``table`` is held by no run while there are runs (names the tables
-            that exist).
+            that exist), or every one was left out as damaged.
     """
-    report = on_damaged or (lambda message: warnings.warn(message, stacklevel=3))
+    warn = on_damaged or (lambda message: warnings.warn(message, stacklevel=3))
+    left_out = []
+
+    def report(message: str) -> None:
+        left_out.append(message)
+        warn(message)
+
     tables = []
     runs = find_runs(paths)
     for run_dir in runs:
         try:
-            tables.append(run_table(run_dir, table))
-        except READ_ERRORS as exc:
+            tables.append(run_table(run_dir, table, report))
+        except DamagedFile as exc:
             report(f"skipped {run_dir}: {exc}")
     tables = [t for t in tables if not t.empty]
     if not tables:
+        where = ", ".join(map(str, paths))
+        if left_out:
+            raise UserError(f"every {table!r} table under {where} was left out as damaged "
+                            f"(see the warnings); `labkit run` rewrites or recomputes them")
         if runs and table != LOG_TABLE:
-            raise UserError(f"no run under {', '.join(map(str, paths))} has a {table!r} "
-                            f"table; tables found: {', '.join(available_tables(paths))}")
+            raise UserError(f"no run under {where} has a {table!r} table; tables found: "
+                            f"{', '.join(available_tables(paths))}")
         return pd.DataFrame()
     result = pd.concat(tables, ignore_index=True)
     if run_ids:

@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from labkit import checkpoint, runinfo
-from labkit.atomic import read_json
+from labkit.readers import read_json
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import HASH_LEN, RunConfig, note_outside, run_hash
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 import functools
 import io
 import itertools
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -67,8 +66,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.atomic import write_bytes, write_figure
-from labkit.errors import UserError
+from labkit.errors import DamagedFile, UserError
 from labkit.layers import MEASURED_TYPES, measured_layers
+from labkit.readers import read_npz_file
 from labkit.saturation_config import IdimRule, SaturationConfig
 
 TRACKED_TYPES: tuple[type[nn.Module], ...] = (*MEASURED_TYPES, nn.LSTM)
@@ -645,24 +645,27 @@ def save_spectra(path: Path, spectra: Mapping[str, Mapping[str, np.ndarray]]) ->
     write_bytes(path, buffer.getvalue())
 
 
+SPECTRA_LOST = ("restore it: spectra are measured while training, so nothing rebuilds them "
+                "but training the run again (under a new run-id)")
+
+
 def load_spectra(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """What :func:`save_spectra` wrote; ``{}`` when the file does not exist.
 
     Raises:
-        UserError: the file is damaged.
+        DamagedFile: the file is damaged (any bytes that are not such an archive of
+            float64 spectra).
     """
     if not Path(path).exists():
         return {}
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            out: dict[str, dict[str, np.ndarray]] = {}
-            for key in archive.files:
-                split, layer = key.split("/", 1)
-                out.setdefault(split, {})[layer] = archive[key]
-            return out
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{path} is damaged ({exc}); delete it and retrain the run's last "
-                        f"epochs to rebuild it") from None
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, values in read_npz_file(path, "f", fix=SPECTRA_LOST).items():
+        split, slash, layer = key.partition("/")
+        if not slash or values.ndim != 1 or not len(values) or not np.isfinite(values).all():
+            raise DamagedFile(f"{path} holds {key[:60]!r}, not the spectrum of a layer; "
+                              f"{SPECTRA_LOST}")
+        out.setdefault(split, {})[layer] = values
+    return out
 
 
 def view_columns(spectra: Mapping[str, Mapping[str, np.ndarray]], config: SaturationConfig,

@@ -6,25 +6,32 @@ outside the axes; titled with the run), written as PNG and SVG into the run dire
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from labkit import figures
+from labkit import figures, runinfo
 
 FIGURE = "tail_pattern.png"
 
 
 def final_saturation(run_dir: Path) -> dict[str, float]:
     """Layer → saturation (fraction) on the eval pass in the last row of the run's
-    log.csv; ``{}`` if none."""
-    return figures.final_saturation(figures.read_log(run_dir), "eval")
+    log.csv; ``{}`` if none.
+
+    Raises:
+        DamagedFile: log.csv cannot be read.
+    """
+    return figures.final_saturation(runinfo.read_log(run_dir), "eval")
 
 
 def draw_tail_pattern(run_dir: Path, prefix: str | None = None) -> Path:
     """Draw ``[<prefix>_]tail_pattern.png`` (and ``.svg``) in ``run_dir`` from the files
     there: the probe CSV, ``receptive_field.csv`` and ``log.csv`` when present. Returns
-    the PNG's path."""
+    the PNG's path. A damaged file is left out, with a warning."""
     run_dir = Path(run_dir)
     data = figures.tail_data(run_dir, prefix)
+    for problem in data.problems:
+        warnings.warn(f"left out of the tail pattern: {problem}", stacklevel=2)
     name = f"run {run_dir.name}" + (f", probes {prefix!r}" if prefix else "")
     # the title names the run: the legend stays short, so it never crowds the axes
     figure = figures.tail_pattern({"this run": [data]}, name)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner, Result
 
@@ -32,6 +33,20 @@ def invoke(*args: str) -> Result:
     from labkit.cli import cli  # the command line's modules load when a command runs
 
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def invoke_cli(*args: Any) -> Result:
+    """:func:`invoke`, asserting that no traceback escaped: the command ended normally
+    or by ``SystemExit`` and printed no ``Traceback``.
+
+    Raises:
+        AssertionError: an exception other than ``SystemExit``, or a printed traceback.
+    """
+    result = invoke(*args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        args, repr(result.exception))
+    assert "Traceback" not in result.output, (args, result.output)
+    return result
 
 
 def isolate_plugins(*allowed: str) -> None:

@@ -8,11 +8,13 @@ analyses listed in a spec after training, skipping each one whose outputs are co
 Outputs must be written atomically (:mod:`labkit.atomic`), so "the file exists" means
 "the file is whole".
 
-Complete means present *and computed from what the current request computes it from*:
-:meth:`Analysis.produce` writes, after the outputs, a record
+Complete means present, *intact and computed from what the current request computes
+it from*: :meth:`Analysis.produce` writes, after the outputs, a record
 ``analyses/<record name>.json`` holding :meth:`Analysis.fingerprint` (the analysis, its
-parameters and the digests of its inputs: by default the final checkpoint's); outputs
-whose record is missing or differs are computed again.
+parameters and the digests of its inputs: by default the final checkpoint's) and the
+sha256 of each output it wrote (:mod:`labkit.output_digests`); outputs whose record is
+missing or differs, or that no longer match their digests (edited, cut short, damaged),
+are computed again.
 """
 from __future__ import annotations
 
@@ -23,14 +25,14 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from labkit import checkpoint, run_ref, runinfo
-from labkit.atomic import read_json, write_json
+from labkit import checkpoint, output_digests, run_ref, runinfo
+from labkit.atomic import write_json
 from labkit.build import build_component
 from labkit.data.bundle import DataBundle
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import RunConfig
-
-RECORDS_DIR = "analyses"
+from labkit.output_digests import RECORDS_DIR
+from labkit.readers import read_json
 
 
 class FinishedRun:
@@ -93,19 +95,29 @@ class FinishedRun:
         return checkpoint.digest(self.checkpoint_path)
 
     def state(self) -> dict[str, Any]:
-        """The final checkpoint (``weights_only`` loaded, digest verified).
+        """The final checkpoint (``weights_only`` loaded, digest verified), or ``best.pt``
+        when the config asks for it and it was chosen by the config's ``best_metric``
+        and ``best_mode``.
 
         Raises:
             UserError: it is missing or damaged (``labkit run`` retrains the last epoch
-                from the previous checkpoint; analyses never fall back to an older epoch).
+                from the previous checkpoint; analyses never fall back to an older epoch),
+                or ``best.pt`` was chosen under another ``best_metric``/``best_mode``.
         """
         try:
-            return checkpoint.read(self.checkpoint_path)
+            state = checkpoint.read(self.checkpoint_path)
         except ValueError as exc:
             raise UserError(
                 f"run {self.directory} has no usable {self.checkpoint_path.name} ({exc}); "
                 f"`labkit run SPEC --run-id {self.run.run_id}` trains it (or retrains its "
                 f"last epoch from the previous checkpoint)") from None
+        if self.checkpoint_path.name == checkpoint.BEST:
+            mismatch = runinfo.best_mismatch(state.get("best"), self.config)
+            if mismatch is not None:
+                raise UserError(f"run {self.directory}: {mismatch}; analyse the final "
+                                f"checkpoint (analysis_checkpoint: final), or train the run "
+                                f"under a new run-id with this best_metric")
+        return state
 
     @cached_property
     def model(self) -> torch.nn.Module:
@@ -159,21 +171,35 @@ class Analysis:
         """Where :meth:`produce` records the fingerprint of the outputs."""
         return self.run.directory / RECORDS_DIR / f"{self.record_name()}.json"
 
+    def shared_outputs(self) -> dict[Path, dict[str, str]]:
+        """Outputs this analysis shares with others of its kind (one CSV holding a block
+        of rows each): path → the column values (as written) that select its rows, so
+        that it verifies its own block only. Default: none."""
+        return {}
+
+    def output_digests(self) -> dict[str, Any]:
+        """The sha256 of each output (of its block of a shared CSV) as it is now,
+        figures excluded (:func:`labkit.output_digests.describe`)."""
+        return output_digests.describe(self.run.directory, self.outputs(),
+                                       self.shared_outputs())
+
     def is_complete(self) -> bool:
-        """Every output exists and the record says they were computed from exactly
-        :meth:`fingerprint`."""
+        """Every output exists and still matches the digest recorded when it was written,
+        and the record says they were computed from exactly :meth:`fingerprint`."""
         if not all(p.exists() for p in self.outputs()):
             return False
         try:
-            return read_json(self.record_path()) == self.fingerprint()
+            record = read_json(self.record_path())
         except DamagedFile:  # compute again
             return False
+        recorded = record.pop("outputs", None)
+        return record == self.fingerprint() and recorded == self.output_digests()
 
     def produce(self, progress: bool = True) -> None:
         """:meth:`compute`, then the record (last: it is what makes outputs complete)."""
         self.record_path().unlink(missing_ok=True)
         self.compute(progress)
-        write_json(self.record_path(), self.fingerprint())
+        write_json(self.record_path(), {**self.fingerprint(), "outputs": self.output_digests()})
 
     def compute(self, progress: bool = True) -> None:
         """Do the work and write :meth:`outputs`; ``progress``: show progress bars."""

@@ -40,8 +40,9 @@ from torch.utils.data import DataLoader
 from labkit.analyses.base import Analysis
 from labkit.atomic import write_csv
 from labkit.build import build_component, make_metrics
-from labkit.errors import UserError
+from labkit.errors import DamagedFile, UserError
 from labkit.evaluation import evaluate
+from labkit.readers import read_csv_file, read_npy_file
 from labkit.spec import Component, data_identity, resolve_component
 
 RESULTS_CSV = "evaluations.csv"
@@ -61,14 +62,7 @@ def read_soft_labels(path: Path, images: int, classes: list[str], where: str) ->
            f"order {', '.join(classes)}")
     if not path.is_file():
         raise UserError(f"evaluate.soft_labels: {path} does not exist; {fix}")
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"evaluate.soft_labels: {path} is not a NumPy .npy file ({exc}); "
-                        f"write it with numpy.save; {fix}") from None
-    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
-        raise UserError(f"evaluate.soft_labels: {path} holds {values.dtype} values, not "
-                        f"numbers; {fix}")
+    values = read_npy_file(path, kinds="iuf", fix=f"write it with numpy.save; {fix}")
     if values.shape != (images, len(classes)):
         raise UserError(f"evaluate.soft_labels: {path} has shape {values.shape}; {fix}")
     values = values.astype(np.float64)
@@ -189,17 +183,31 @@ class Evaluate(Analysis):
             mine &= keys[column] == value
         return mine
 
+    def shared_outputs(self) -> dict[Path, dict[str, str]]:
+        return {self.outputs()[0]: self.key()}
+
+    def _table(self) -> pd.DataFrame:
+        """``evaluations.csv`` (key columns as text).
+
+        Raises:
+            DamagedFile: it cannot be read as a table.
+        """
+        return read_csv_file(self.outputs()[0], text_columns=KEY)
+
     def result(self) -> dict[str, Any]:
         """This evaluation's row of ``evaluations.csv`` (columns other evaluations fill
-        and this one does not are left out)."""
-        table = pd.read_csv(self.outputs()[0])
-        row = table[self._mine(table)].iloc[-1]
-        return {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
+        and this one does not are left out).
 
-    def is_complete(self) -> bool:
-        if not super().is_complete():
-            return False
-        return bool(self._mine(pd.read_csv(self.outputs()[0])).any())
+        Raises:
+            DamagedFile: the file cannot be read, or holds no row of this evaluation.
+        """
+        table = self._table()
+        mine = table[self._mine(table)]
+        if mine.empty:
+            raise DamagedFile(f"{self.outputs()[0]} holds no row of this evaluation; "
+                              f"evaluate again")
+        row = mine.iloc[-1]
+        return {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
 
     def compute(self, progress: bool = True) -> None:
         run, spec = self.run, self.dataset_spec
@@ -234,7 +242,10 @@ class Evaluate(Analysis):
         row = {**self.key(), "soft_labels_sha256": self.soft_labels_digest or "",
                "images": len(split), **scores}
         path = self.outputs()[0]
-        table = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        try:  # the other evaluations' rows are kept; a damaged file is replaced
+            table = self._table() if path.exists() else pd.DataFrame()
+        except DamagedFile:
+            table = pd.DataFrame()
         if len(table):
             table = table[~self._mine(table)]
         write_csv(path, pd.concat([table, pd.DataFrame([row])], ignore_index=True))

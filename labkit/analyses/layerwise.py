@@ -22,12 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labkit import latents
 from labkit.analyses.base import Analysis, FinishedRun
-from labkit.atomic import read_json, write_csv, write_json
+from labkit.atomic import write_csv, write_json
 from labkit.build import build_component
 from labkit.errors import DamagedFile, UserError
 from labkit.identity import folder_name_problem
 from labkit.latent_layout import portable
 from labkit.probe_stream import stream_probes
+from labkit.readers import read_json
 from labkit.probes import ProbeParams, parse_size, results_path, run_probes, save_results
 from labkit.receptive_field import RF_CSV, receptive_fields
 from labkit.tail_plot import FIGURE, draw_tail_pattern
@@ -211,6 +212,10 @@ class Probes(Analysis):
         stream = "-stream" if self.params.stream else ""
         return f"{self.outputs()[0].name}-{self.params.downsampling}{stream}"
 
+    def shared_outputs(self) -> dict[Path, dict[str, str]]:
+        return {self.outputs()[0]: {"downsampling": str(self.params.downsampling),
+                                    "probe_mode": self.mode}}
+
     def inputs(self) -> dict[str, Any]:
         if self.params.stream:  # the network itself: the checkpoint's digest
             return super().inputs()
@@ -222,16 +227,6 @@ class Probes(Analysis):
         for how in ("processes", "memory"):  # how fast, not what
             fingerprint["params"].pop(how)
         return fingerprint
-
-    def is_complete(self) -> bool:
-        """The record matches, and the CSV still holds this downsampling's rows of this
-        mode."""
-        if not super().is_complete():
-            return False
-        table = pd.read_csv(self.outputs()[0], dtype={"downsampling": str})
-        modes = table["probe_mode"] if "probe_mode" in table else "latents"
-        return ((table["downsampling"] == str(self.params.downsampling))
-                & (modes == self.mode)).any()
 
     def _latents(self) -> Latents:
         return Latents(self.run, Latents.Params(downsampling=self.params.downsampling,

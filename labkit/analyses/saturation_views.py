@@ -9,7 +9,9 @@ without touching the network: a grid over delta trains one network, not one per 
 Outputs in the run directory: ``saturation.csv``, one row per epoch, pass, layer, delta
 and rule with columns ``epoch, pass, layer, width, delta, rule,
 intrinsic_dimensionality, saturation``; complete only with the record of the
-parameters and final checkpoint it was computed from.
+parameters and final checkpoint it was computed from. A table lacking an epoch is never
+written: a run whose spectra of some epoch are missing or damaged is refused, naming
+them (spectra are measured while training; nothing else rebuilds them).
 """
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ from typing import Annotated
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from labkit import runinfo
 from labkit.analyses.base import Analysis
 from labkit.atomic import write_csv
+from labkit.checkpoint_files import epoch_of
 from labkit.errors import UserError
-from labkit.saturation import (SPECTRA_DIR, IdimRule, intrinsic_dimensionality, load_spectra)
+from labkit.saturation import (SPECTRA_DIR, SPECTRA_LOST, IdimRule, intrinsic_dimensionality,
+                               load_spectra, spectra_path)
 
 RESULTS_CSV = "saturation.csv"
 
@@ -45,15 +50,20 @@ class SaturationViews(Analysis):
 
     def compute(self, progress: bool = True) -> None:
         directory = self.run.directory
-        files = sorted((directory / SPECTRA_DIR).glob("epoch_*.npz"))
-        if not files:
+        if not any((directory / SPECTRA_DIR).glob("epoch_*.npz")):
             raise UserError(f"{directory} holds no saturation spectra ({SPECTRA_DIR}/): the "
                             f"run was trained without a `saturation` section, or by a labkit "
                             f"before 0.2; add the section and train it under a new run-id")
+        last = epoch_of(runinfo.final_checkpoint(self.run.run).name) or 0
+        epochs = range(1, last + 1)
+        missing = [epoch for epoch in epochs if not spectra_path(directory, epoch).is_file()]
+        if missing:
+            raise UserError(f"{directory / SPECTRA_DIR} lacks the spectra of epoch(s) "
+                            f"{', '.join(map(str, missing))} of {last}, so a table would lack "
+                            f"them; {SPECTRA_LOST}")
         rows = []
-        for path in files:
-            epoch = int(path.stem.split("_")[1])
-            for split, layers in load_spectra(path).items():
+        for epoch in epochs:
+            for split, layers in load_spectra(spectra_path(directory, epoch)).items():
                 for layer, eigenvalues in layers.items():
                     for delta in self.params.deltas:
                         for rule in self.params.rules:

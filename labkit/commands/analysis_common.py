@@ -20,10 +20,12 @@ def finished_run(run: RunConfig, spec: str) -> FinishedRun:
     Raises:
         UserError: the run is not finished (says how to train it).
     """
-    state = runinfo.training_state(run).get("state")
+    status = runinfo.training_state(run)
+    state = status.get("state")
     if state != "finished":
-        raise UserError(f"run {run.directory} is {state or 'not started'}, not finished; train "
-                        f"it first with `labkit run {spec} --run-id {run.run_id}`")
+        why = f" ({status['reason']})" if status.get("reason") else ""
+        raise UserError(f"run {run.directory} is {state or 'not started'}, not finished{why}; "
+                        f"train it first with `labkit run {spec} --run-id {run.run_id}`")
     return FinishedRun(run, plugins.registries(), run.config["device"])
 
 

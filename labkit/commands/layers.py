@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pandas as pd
 
 from labkit import engine, latents, plugins
 from labkit.analyses import FinishedRun
@@ -20,6 +19,7 @@ from labkit.commands.analysis_common import analysis_params, finished_run, produ
 from labkit.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.errors import UserError
 from labkit.probes import parse_size
+from labkit.readers import FLAG, TEXT, read_csv_file
 from labkit.receptive_field import border_layer
 
 _DOWNSAMPLING_HELP = ("downsampling: d (conv maps average-pooled to d×d), 'pixelwise' or 'none'; "
@@ -75,7 +75,9 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], check: bool
                                   analysis_params(run, "receptive_field", ReceptiveField,
                                                   layers=list(layers) or None, check=check))
         produce(analysis, progress=not quiet)
-        table = pd.read_csv(analysis.outputs()[0])
+        table = read_csv_file(analysis.outputs()[0], {"layer": TEXT, "border": FLAG,
+                                                      "rf_status": TEXT},
+                              text_columns=("rf_check",))
         border = border_layer(table)
         counts = [f"{n} {status}" for status, n in table["rf_status"].value_counts().items()]
         if "rf_check" in table:

@@ -55,10 +55,12 @@ def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...], quiet:
     out = Path(output) if output else (Path(runs[0].config["logs_dir"]) / "figures"
                                        / runs[0].config["name"] / run_id)
     written = figures.grid_figures([r for r in runs if r.directory.is_dir()], keys, out,
-                                   grid_name(runs))
+                                   grid_name(runs),
+                                   on_damaged=lambda line: click.echo(f"warning: {line}", err=True))
     if not written:
-        raise UserError(f"the runs of {spec} under run-id {run_id!r} have no log yet; wait "
-                        f"for an epoch to finish (`labkit status {spec} --run-id {run_id}`)")
+        raise UserError(f"the runs of {spec} under run-id {run_id!r} have no readable log "
+                        f"yet; wait for an epoch to finish (`labkit status {spec} --run-id "
+                        f"{run_id}`), or let `labkit run` rewrite a damaged one")
     if not quiet:
         for path in written:
             if path.suffix == ".png":

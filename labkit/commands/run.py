@@ -8,7 +8,6 @@ directory, and the commands to look at the results.
 """
 from __future__ import annotations
 
-import csv
 import shlex
 import sys
 
@@ -21,6 +20,7 @@ from labkit.analyses.layerwise import Latents
 from labkit.commands.common import (DEVICE_OPTION, QUIET_OPTION, SET_OPTION, check_devices,
                                     load_runs)
 from labkit.commands.status import labels, print_plan
+from labkit.errors import DamagedFile
 from labkit.identity import RunConfig
 from labkit.launch import INVALID, RunTask, run_local, submit_array, submitit_folder
 from labkit.spec import LauncherConfig
@@ -136,15 +136,16 @@ class NextSteps:
 
 
 def final_metrics(run: RunConfig) -> str:
-    """Loss and the first metric of every eval split in the last row of log.csv."""
+    """Loss and the first metric of every eval split in the last row of log.csv ("-"
+    without a readable one)."""
     try:
-        with open(run.directory / runinfo.LOG_CSV, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error):
+        log = runinfo.read_log(run.directory)
+    except DamagedFile:
         return "-"
-    if not rows:
+    if log is None:
         return "-"
-    last = rows[-1]
+    last = {column: "" if pd.isna(value) else str(value)
+            for column, value in log.iloc[-1].items()}
     metrics = run.config.get("metrics") or []
     first = metrics[0] if metrics else None
     metric = first.get("name") if isinstance(first, dict) else first

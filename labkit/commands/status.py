@@ -16,6 +16,7 @@ from labkit import plugins, runinfo, spec_cache
 from labkit.commands.common import LINKING, SET_OPTION, check_devices, linked_runs, load_runs
 from labkit.identity import (RunConfig, display_labels, flatten, short_keys, short_value,
                              varying_keys)
+from labkit.output_digests import damaged_outputs
 
 WIDTH = 100  # columns the plan table fits in
 
@@ -153,8 +154,9 @@ def print_plan(runs: list[RunConfig]) -> int:
 @click.option("--quiet", "-q", is_flag=True, help="print only the count of each state")
 @SET_OPTION
 def status(spec: str, run_id: str, quiet: bool, overrides: tuple[str, ...]) -> None:
-    """Per run of SPEC: training finished / running / failed (reason) / not started, the
-    epoch, and the state of each analysis that ran."""
+    """Per run of SPEC: training finished / running / interrupted / failed (reason) /
+    not started, the epoch (done / last), the state of each analysis that ran, and any
+    analysis output that no longer matches its recorded digest."""
     runs = load_runs(spec, run_id, overrides=overrides)
     rows = []
     for i, (name, r) in enumerate(zip(labels(runs), runs), 1):
@@ -164,11 +166,12 @@ def status(spec: str, run_id: str, quiet: bool, overrides: tuple[str, ...]) -> N
                   if a["state"] == "failed"]
         rows.append({"#": i, "hash": r.hash, "run": name,
                      "state": st.get("state", "not started"),
-                     "epoch": f"{st.get('epoch', 0)}/{r.config['epochs']}",
+                     "epoch": f"{st.get('epoch', 0)}/{st.get('epochs', r.config['epochs'])}",
                      "analyses": ", ".join(f"{label} {a['state']}"
                                            for label, a in analyses.items()) or "-",
                      "updated": st.get("updated", "-"),
-                     "reason": "; ".join(filter(None, [st.get("reason"), *failed]))})
+                     "reason": "; ".join(filter(None, [st.get("reason"), *failed,
+                                                       *damaged_outputs(r.directory).values()]))})
     table = pd.DataFrame(rows)
     if not quiet:
         click.echo(table.to_string(index=False))

@@ -201,9 +201,11 @@ def _load_weights(model: nn.Module, arch: str, weights: Any, download: bool) -> 
         path = Path(weights["path"]).expanduser()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # not a state dict that loads without running code
-            raise UserError(f"model.weights.path: {path} is not a loadable state dict "
-                            f"({exc})") from None
+        except Exception:  # not a state dict that loads without running code
+            raise UserError(f"model.weights.path: {path} is not a state dict of tensors "
+                            f"that loads without running code (damaged, or another kind "
+                            f"of file); give the weights saved with torch.save(state_dict)") \
+                from None
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:

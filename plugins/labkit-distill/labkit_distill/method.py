@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from labkit.api import (DataBundle, Method, Registries, RunConfig, RunContext, StepResult,
-                        UserError, inline_run, mix_images)
+                        UserError, inline_run, mix_images, read_npy_file)
 from labkit_distill.crd import ContrastMemory
 from labkit_distill.losses import (attention_loss, contrastive_loss, input_gradients,
                                    jacobian_loss, pkt_loss, rkd_loss, similarity_loss,
@@ -204,7 +204,7 @@ def load_soft_labels(params: SoftLabels, train: Dataset, num_classes: int) -> to
     if not path.is_file():
         raise UserError(f"soft_labels.file {params.file!r} not found; give the path of a "
                         f".npy file of shape (rows, {num_classes})")
-    probs = np.load(path)
+    probs = read_npy_file(path, "iuf", fix=f"give a .npy file of shape (rows, {num_classes})")
     if probs.ndim != 2 or probs.shape[1] != num_classes:
         raise UserError(f"{path}: shape {probs.shape}, expected (rows, {num_classes})")
     if (probs < 0).any() or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader
 
-from labkit.api import (RunConfig, UserError, build_component, latents,
+from labkit.api import (RunConfig, UserError, build_component, latents, read_npy_file,
                         registries as labkit_registries, run_fingerprint)
 from labkit_stitch import cut
 from labkit_stitch.calibration import STATISTICS, calibrated_table
@@ -102,7 +102,7 @@ def stored_latents(run: RunConfig, layers: Sequence[str], dataset: dict[str, Any
 
 def _latent_batches(directory: Path, layers: Sequence[str],
                     options: SimilarityOptions) -> Iterator[list[torch.Tensor]]:
-    arrays = [np.load(latents.array_path(directory, options.split, layer), mmap_mode="r")
+    arrays = [read_npy_file(latents.array_path(directory, options.split, layer), "f", mmap=True)
               for layer in layers]
     for start in range(0, len(arrays[0]), options.batch_size):
         yield [torch.from_numpy(np.asarray(a[start:start + options.batch_size], np.float64))
