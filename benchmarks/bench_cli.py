@@ -5,7 +5,7 @@ process, side by side with ``python -c pass`` and ``python -c "import torch"``.
 
 ``status`` and ``plan`` run on a generated 100-run grid (10 learning rates × 10 seeds,
 nothing trained). labkit caches a grid it validated (and the registries' summary that
-``list`` prints: labkit.spec_cache), here in a temporary ``LABKIT_CACHE_DIR``: "cached"
+``list`` prints: labkit.cli.spec_cache), here in a temporary ``LABKIT_CACHE_DIR``: "cached"
 rows run after one unmeasured call of the same command filled it, the "first time" row
 with the cache emptied before every repetition (the registries are built, torch and the
 plugins imported). Prints a Markdown table: median user+sys CPU seconds and peak RSS

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from labkit import engine, plugins
-from labkit.identity import RunConfig
+from labkit import engine
+from labkit.cli import plugins
 from labkit.spec import expand
+from labkit.store.identity import RunConfig
 
 
 def spec(model: str, epochs: int, logs: str) -> dict:

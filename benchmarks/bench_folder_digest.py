@@ -1,5 +1,5 @@
 """Cost of a folder data set's content identity (labkit.data.image_folder: the sha256 of
-every file torchvision's ImageFolder reads, cached by stat in labkit.file_digests).
+every file torchvision's ImageFolder reads, cached by stat in labkit.store.file_digests).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_folder_digest.py [--images 20000]
 
@@ -29,8 +29,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from labkit.data import DATASETS
-from labkit.file_digests import DIGESTS
-from labkit.local_cache import CACHE_ENV, cache_dir
+from labkit.store.file_digests import DIGESTS
+from labkit.store.local_cache import CACHE_ENV, cache_dir
 
 
 def write_folder(root: Path, images: int, classes: int) -> list[Path]:

@@ -2,7 +2,7 @@
 
 For every layer of an extraction (a latents folder with ``manifest.json``, e.g. one that
 ``benchmarks/bench_scale.py`` left in its ``--work`` folder), fits
-:func:`labkit.logistic.fit` on the train split with the default parameters, scores the
+:func:`labkit.measures.logistic.fit` on the train split with the default parameters, scores the
 eval split, and prints the layer's shape, CPU seconds (fit and scoring), L-BFGS
 iterations, passes over all rows after the survey, whether the gradient test passed, and
 the train and eval accuracy; with ``--sklearn`` also scikit-learn's ``LogisticRegression``
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labkit import logistic
-from labkit.latent_layout import array_path, read_manifest
+from labkit.measures import logistic
+from labkit.store.latent_layout import array_path, read_manifest
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ A probe of a pixelwise layer fits on images × positions rows. This generates su
 layer (float16 ``.npy``, as labkit stores latents: a class-dependent mean plus noise,
 ``--features`` wide, 10 classes, rows image-major) at several sizes and fits it with
 
-  torch     labkit.logistic.fit: streams the memory map in chunks (labkit's default)
+  torch     labkit.measures.logistic.fit: streams the memory map in chunks (labkit's default)
   sklearn   scikit-learn's LogisticRegression (lbfgs) on the layer loaded as float32,
             standardised first: what labkit did before (``solver: "sklearn"``)
 

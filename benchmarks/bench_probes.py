@@ -9,7 +9,7 @@ On every layer, with the same worker count over layers:
                float32 features (PHD-LAB's probe_training.py, minus the removed
                ``multi_class`` argument, which was multinomial already; SAGA's sample
                order seeded for repeatable numbers)
-  labkit       labkit.probes.run_probes on the float16 latents (standardised, L-BFGS),
+  labkit       labkit.analyses.probes.run_probes on the float16 latents (standardised, L-BFGS),
                first call with an empty cache, then a second, cached call
   labkit-f32   the same on the float32 latents: what float16 storage costs in accuracy
 
@@ -33,11 +33,12 @@ from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from labkit import engine, latents, plugins
-from labkit.analyses import FinishedRun
-from labkit.identity import RunConfig
-from labkit.probes import run_probes
+from labkit import engine
+from labkit.analyses import FinishedRun, latents
+from labkit.analyses.probes import run_probes
+from labkit.cli import plugins
 from labkit.spec import expand
+from labkit.store.identity import RunConfig
 
 
 def train(model: str, epochs: int, logs: Path) -> FinishedRun:

@@ -57,14 +57,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from labkit import plugins
-from labkit.build import build_component, make_metrics, seed_everything
+from labkit.cli import plugins
 from labkit.data.bundle import DataBundle
-from labkit.engine import Stepper, train_one_epoch
-from labkit.evaluation import evaluate
+from labkit.measures.saturation import TRAIN_PASS, SaturationTracker, plot_saturation
 from labkit.methods.base import RunContext
-from labkit.saturation import TRAIN_PASS, SaturationTracker, plot_saturation
 from labkit.spec import expand
+from labkit.training.build import build_component, make_metrics, seed_everything
+from labkit.training.epoch import train_one_epoch
+from labkit.training.evaluation import evaluate
+from labkit.training.stepper import Stepper
 
 MODELS = ("cnn_s", "resnet18_xxs")
 WIDTH_MODELS = ("resnet18", "resnet18_xxs")

@@ -1,7 +1,7 @@
 """labkit: a declarative lab for studying what image networks learn, layer by layer.
 
 Public surface for plugin authors: :data:`hookimpl` marks hook implementations;
-hook specifications live in :mod:`labkit.hookspecs`.
+hook specifications live in :mod:`labkit.core.hookspecs`.
 """
 import pluggy
 

@@ -5,40 +5,48 @@ labkit's internal modules, which may change between releases. The names below ar
 grouped by the layer they come from (see docs/architecture.md); this module sits above
 all of them and nothing inside labkit imports it.
 
-Hooks: decorate implementations with :data:`hookimpl` (see :mod:`labkit.hookspecs`).
+Hooks: decorate implementations with :data:`hookimpl` (see :mod:`labkit.core.hookspecs`).
 """
 from __future__ import annotations
 
-from labkit import __version__, checkpoint, hookimpl, latents, runinfo
+from labkit import __version__, hookimpl
+from labkit.analyses import latents
 from labkit.analyses.base import Analysis, FinishedRun
 from labkit.analyses.layerwise import Latents
-from labkit.atomic import atomic_open, write_csv, write_figure, write_json, write_text
-from labkit.build import build_component, make_metrics, meta_model, seed_everything
 from labkit.cli import LabkitGroup, summarize
-from labkit.commands.analysis_common import finished_run
-from labkit.commands.common import check_device, load_runs
+from labkit.cli.commands.analysis_common import finished_run
+from labkit.cli.commands.common import check_device, load_runs
+from labkit.cli.launch import INVALID
+from labkit.cli.plugins import ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries, use
+from labkit.core.errors import DamagedFile, RunFailed, UserError
+from labkit.core.registry import Registries, Seed, params_model
 from labkit.data.bundle import DataBundle
 from labkit.data.digits import TensorImages
 from labkit.data.mixing import BatchMixer, hard_labels, mix_images, mix_targets
 from labkit.data.splits import SplitDataset
 from labkit.data.transforms import build_transform, check_augment
-from labkit.engine import RunFailed, train
-from labkit.errors import DamagedFile, UserError
-from labkit.evaluation import evaluate, to_device
-from labkit.identity import (NOT_IDENTITY, RunConfig, flatten, identity_config, note_outside,
-                             run_hash, varying_keys)
-from labkit.launch import INVALID
-from labkit.layers import layer_name, measured_layers
+from labkit.engine import train
+from labkit.measures.layers import layer_name, measured_layers
 from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
-from labkit.plugins import (ALLOW_ENV, DISABLE_ENV, plugin_infos, plugin_manager, registries,
-                            use)
-from labkit.readers import read_csv_file, read_json_file, read_npy_file
-from labkit.registry import Registries, Seed, params_model
-from labkit.run_ref import RunInFolder, RunReference, read_run, run_in_folder
-from labkit.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
-from labkit.schedules import Schedule, Scheduled, value_at
 from labkit.spec import expand, inline_run, load_spec_file, resolve, validate_json_types
+from labkit.store import checkpoint, runinfo
+from labkit.store.atomic import atomic_open, write_csv, write_figure, write_json, write_text
+from labkit.store.identity import (
+                             NOT_IDENTITY,
+                             RunConfig,
+                             flatten,
+                             identity_config,
+                             note_outside,
+                             run_hash,
+                             varying_keys,
+)
+from labkit.store.readers import read_csv_file, read_json_file, read_npy_file
+from labkit.store.run_ref import RunInFolder, RunReference, read_run, run_in_folder
+from labkit.store.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
+from labkit.training.build import build_component, make_metrics, meta_model, seed_everything
+from labkit.training.evaluation import evaluate, to_device
+from labkit.training.schedules import Schedule, Scheduled, value_at
 
 __all__ = [
     # hooks and version

@@ -79,7 +79,7 @@ def forget_last_epoch(run_dir: Path) -> int:
     Deletes the newest checkpoint (and its digest) and the status file; returns the
     epoch of the deleted checkpoint.
     """
-    from labkit import checkpoint, runinfo
+    from labkit.store import checkpoint, runinfo
 
     ckpt_dir = Path(run_dir) / "checkpoints"
     epoch = checkpoint.epochs_on_disk(ckpt_dir)[-1]
@@ -99,7 +99,7 @@ def copy_run(run_dir: Path, folder: Path, other_weights: bool = True) -> Path:
     and the checkpoint written again by labkit (digest and owner as the run's): a complete
     copy that a reader of the original instead of the copy tells apart.
     """
-    from labkit import checkpoint
+    from labkit.store import checkpoint
 
     shutil.copytree(run_dir, folder)
     directory = Path(folder) / "checkpoints"

@@ -1,5 +1,5 @@
 """Test-suite setup: no entry-point plugins unless a test asks for one; a cache of
-validated grids of the session's own (labkit.spec_cache), removed at the end."""
+validated grids of the session's own (labkit.cli.spec_cache), removed at the end."""
 import atexit
 import os
 import shutil
@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from labkit import plugins  # noqa: E402
+from labkit.cli import plugins
 
 torch.set_num_threads(1)
 

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from labkit import checkpoint, engine, runinfo
+from labkit import engine
+from labkit.core.errors import UserError
 from labkit.data import DATASETS
 from labkit.data.device_loader import device_loader, sample_words
 from labkit.data.seeded import SeededSampler, SeededSamples, ShardedBatches
-from labkit.errors import UserError
-from labkit.identity import RunConfig
 from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 from labkit.testing import forget_last_epoch
 
 # no BatchNorm, no dropout: the arithmetic of 2 x 32 and of 64 is the same up to rounding

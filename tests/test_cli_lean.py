@@ -1,5 +1,5 @@
 """The command line's lean start (no torch for status, plan, schema and list once a grid
-is validated: labkit.spec_cache), readable run labels, the plan's width and the closing
+is validated: labkit.cli.spec_cache), readable run labels, the plan's width and the closing
 summary of ``labkit run``."""
 import json
 import os
@@ -11,12 +11,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from labkit import hookimpl, plugins, runinfo, spec_cache
-from labkit.cli import COMMANDS, cli
-from labkit.commands.common import load_runs
-from labkit.errors import UserError
-from labkit.commands.run import NextSteps, summarize
-from labkit.identity import display_labels
+from labkit import hookimpl
+from labkit.cli import COMMANDS, cli, plugins, spec_cache
+from labkit.cli.commands.common import load_runs
+from labkit.cli.commands.run import NextSteps, summarize
+from labkit.core.errors import UserError
+from labkit.store import runinfo
+from labkit.store.identity import display_labels
 from labkit.testing import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_help_imports_neither_torch_nor_pandas_nor_plugins():
     code = ("import sys\nfrom labkit.cli import main\nsys.argv = ['labkit', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in ('torch', 'pandas', 'labkit.plugins', 'labkit.spec') "
+            "heavy = sorted(m for m in ('torch', 'pandas', 'labkit.cli.plugins', 'labkit.spec') "
             "if m in sys.modules)\nprint('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -37,7 +38,7 @@ def test_help_imports_neither_torch_nor_pandas_nor_plugins():
 # runs `labkit ARGS` in a fresh process, then names the heavy modules it imported
 PROBE = ("import sys\nfrom labkit.cli import main\nsys.argv = ['labkit', *sys.argv[1:]]\n"
          "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-         "heavy = sorted(m for m in ('torch', 'torchvision', 'labkit.builtins', 'lkplug_mod') "
+         "heavy = sorted(m for m in ('torch', 'torchvision', 'labkit.cli.builtins', 'lkplug_mod') "
          "if m in sys.modules)\nprint('HEAVY', heavy)\n")
 
 

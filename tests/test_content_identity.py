@@ -16,11 +16,11 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from labkit.cli import cli
-from labkit.errors import UserError
-from labkit.file_digests import DIGESTS
-from labkit.identity import RunConfig
+from labkit.core.errors import UserError
 from labkit.models.torchvision_models import check_hub_file, enum_weights_path
 from labkit.spec import expand
+from labkit.store.file_digests import DIGESTS
+from labkit.store.identity import RunConfig
 
 COLOURS = {"a": (220, 30, 30), "b": (30, 30, 220)}
 TINY = {"model": "cnn_xs", "epochs": 3, "batch_size": 8,

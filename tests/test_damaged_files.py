@@ -13,7 +13,7 @@ minutes; this keeps the file well under a minute on an idle 2-core machine):
 
 * every damage class of every file (:data:`CASES`): ``status`` and ``results`` (the log,
   and the table the file is, or vouches for). Every reader of every file goes through
-  :mod:`labkit.readers`, so this drives each reader through each damage class.
+  :mod:`labkit.store.readers`, so this drives each reader through each damage class.
 * :data:`SCENARIOS`: every file damaged at once in a group, each file in its own way, and
   then every verb that reads the group's files (``plot``, ``report``, ``probes`` on a
   spec and on a folder, ``saturation``, ``receptive-field``, ``evaluate``, ``extract``,
@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit import latents, runinfo
-from labkit.commands.common import load_runs
-from labkit.output_digests import damaged_outputs
-from labkit.readers import read_json
+from labkit.analyses import latents
+from labkit.cli.commands.common import load_runs
+from labkit.store import runinfo
+from labkit.store.output_digests import damaged_outputs
+from labkit.store.readers import read_json
 from labkit.testing import invoke_cli
 
 SPEC = {"model": "cnn_s", "dataset": {"name": "digits", "resolution": 8, "subset": 256},

@@ -12,10 +12,10 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 from torchvision import datasets
 
+from labkit.core.errors import DatasetNotFound, UserError
 from labkit.data import DATASETS, DataBundle
 from labkit.data.digits import DIGITS_MEAN, DIGITS_STD
 from labkit.data.splits import split_indices, stratified_choice
-from labkit.errors import DatasetNotFound, UserError
 
 # ---------------------------------------------------------------- registry
 

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from labkit.core.errors import UserError
 from labkit.data import DATASETS
 from labkit.data.device_loader import device_loader
 from labkit.data.seeded import SeededSampler, SeededSamples
-from labkit.errors import UserError
 
 
 def photo_folder(root, sizes=((10, 13), (12, 9), (11, 11))):

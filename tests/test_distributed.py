@@ -11,13 +11,12 @@ import time
 import pandas as pd
 import pytest
 import torch
-
-from labkit import checkpoint, runinfo
-from labkit.identity import RunConfig
-from labkit.spec import expand
-from labkit.testing import run_cli
-
 from test_engine import assert_states_identical, final
+
+from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
+from labkit.testing import run_cli
 
 BASE = {"dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}

@@ -13,13 +13,13 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
 
-from labkit import checkpoint, engine, runinfo
-from labkit.build import build_component
+from labkit import engine
 from labkit.analyses import FinishedRun
-from labkit.identity import RunConfig
 from labkit.spec import expand
-
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 from labkit.testing import run_cli
+from labkit.training.build import build_component
 
 TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}

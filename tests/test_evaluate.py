@@ -11,8 +11,8 @@ from PIL import Image
 
 from labkit.analyses import FinishedRun
 from labkit.cli import cli
-from labkit.identity import RunConfig
 from labkit.spec import expand
+from labkit.store.identity import RunConfig
 
 COLOURS = {"ant": (220, 30, 30), "bee": (30, 220, 30), "cat": (30, 30, 220)}
 

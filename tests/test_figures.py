@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from labkit import figures
 from labkit.cli import cli
-from labkit.commands.common import load_runs
+from labkit.cli.commands.common import load_runs
+from labkit.outputs import figures
 from labkit.testing import run_cli
 
 # two seeds of one tiny network, with saturation, receptive fields, probes and projection

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from labkit import latents, runinfo
+from labkit.analyses import latents
+from labkit.analyses.probes import ProbeParams, cache_path
 from labkit.cli import cli
-from labkit.commands.common import load_runs
-from labkit.launch import RunTask, run_local
-from labkit.probes import ProbeParams, cache_path
+from labkit.cli.commands.common import load_runs
+from labkit.cli.launch import RunTask, run_local
+from labkit.store import runinfo
 from labkit.testing import run_cli
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -187,8 +188,8 @@ def test_damaged_run_files_never_crash_a_command(tmp_path, write_spec, monkeypat
 
 
 def test_a_foreign_latents_pointer_is_never_followed(registries, tmp_path):
-    from labkit.identity import RunConfig
     from labkit.spec import expand
+    from labkit.store.identity import RunConfig
 
     (config,) = expand({**TINY, "logs_dir": str(tmp_path / "logs")}, registries)
     run = RunConfig(config, "P")

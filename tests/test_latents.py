@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from labkit import engine, latents, plugins
-from labkit.analyses import FinishedRun
+from labkit import engine
+from labkit.analyses import FinishedRun, latents
 from labkit.analyses.layerwise import Latents
-from labkit.cli import cli
-from labkit.identity import RunConfig
-from labkit.latent_layout import located
-from labkit.layers import measured_layers
+from labkit.cli import cli, plugins
+from labkit.measures.layers import measured_layers
 from labkit.spec import expand
+from labkit.store.identity import RunConfig
+from labkit.store.latent_layout import located
 
 # augmented training data and BatchNorm: train-mode or augmented extraction would differ
 SPEC = {"model": "cnn_xs", "dataset": {"name": "digits", "resolution": 12, "augment": "crop"},
@@ -113,7 +113,7 @@ def test_complete_extraction_is_skipped_and_a_changed_one_redone(trained):
         "eval-fc.npy", "eval-labels.npy", "train-fc.npy", "train-labels.npy"]
 
 
-# extraction as labkit.latents.extract runs it, recording progress after every batch
+# extraction as labkit.analyses.latents.extract runs it, recording progress after every batch
 EXTRACT = """
 import sys
 from labkit import latents, plugins

@@ -11,13 +11,12 @@ import pandas as pd
 import torch
 from submitit.local.local import LocalJobEnvironment
 
-from labkit import checkpoint, plugins, runinfo
-from labkit.commands.common import load_runs
-from labkit.identity import RunConfig
-from labkit.launch import RunTask, submit_array, submitit_folder
-from labkit.spec import expand
-from labkit.spec import LauncherConfig
-
+from labkit.cli import plugins
+from labkit.cli.commands.common import load_runs
+from labkit.cli.launch import RunTask, submit_array, submitit_folder
+from labkit.spec import LauncherConfig, expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 from labkit.testing import run_cli
 
 GRID = {"model": "cnn_xs", "dataset": {"name": "digits", "augment": "flip_crop"},

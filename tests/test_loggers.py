@@ -4,9 +4,11 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from labkit import engine, hookimpl, plugins, runinfo
-from labkit.identity import RunConfig
+from labkit import engine, hookimpl
+from labkit.cli import plugins
 from labkit.spec import expand
+from labkit.store import runinfo
+from labkit.store.identity import RunConfig
 
 TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64, "epochs": 2,
         "optimizer": {"name": "sgd", "lr": 0.05}, "saturation": {}}

@@ -5,11 +5,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from labkit import checkpoint, engine, plugins, runinfo
-from labkit.build import build_component
-from labkit.identity import RunConfig
+from labkit import engine
+from labkit.cli import plugins
 from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 from labkit.testing import forget_last_epoch
+from labkit.training.build import build_component
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 import ema_method  # noqa: E402

@@ -11,21 +11,21 @@ import time
 
 import pandas as pd
 import pytest
+import test_engine as engine_tests
 import torch
 import torch.nn.functional as F
+from test_engine import TINY, assert_states_identical, final
 
-from labkit import checkpoint, engine, runinfo
+from labkit import engine
+from labkit.core.errors import UserError
 from labkit.data.mixing import BatchMixer, hard_labels, mix_images, mix_targets
-from labkit.errors import UserError
-from labkit.identity import RunConfig
-from labkit.build import build_component
 from labkit.methods import Method, RunContext, StepResult
 from labkit.methods.supervised import Supervised
 from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 from labkit.testing import run_cli
-
-import test_engine as engine_tests
-from test_engine import TINY, assert_states_identical, final
+from labkit.training.build import build_component
 
 MIXED = {**TINY, "batch_size": 32, "epochs": 1, "method": {"name": "supervised",
                                                               "label_smoothing": 0.1},

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from labkit.errors import UserError
-from labkit.layers import measured_layers
+from labkit.core.errors import UserError
+from labkit.measures.layers import measured_layers
 from labkit.models import MODELS, create_torchvision_model, torchvision_model_names
 
 WIDTH_SUFFIXES = ["", "_s", "_xs", "_xxs"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef, top_k_accuracy_score
 
-from labkit.metrics import METRICS
-from labkit.optim import OPTIMIZERS, SCHEDULERS
+from labkit.training.metrics import METRICS
+from labkit.training.optimizers import OPTIMIZERS, SCHEDULERS
 
 
 def lrs(name, epochs, **params):

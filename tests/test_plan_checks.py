@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from labkit import latents, plugins
-from labkit.cli import cli
-from labkit.commands.common import load_runs
-from labkit.errors import UserError
+from labkit.analyses import latents
+from labkit.cli import cli, plugins
+from labkit.cli.commands.common import load_runs
+from labkit.core.errors import UserError
 from labkit.spec import Component, Spec, expand, resolve_component
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -289,7 +289,7 @@ def test_a_deeply_nested_set_is_one_message(write_spec):
 
 
 def test_the_spec_cache_keys_any_text():
-    from labkit.spec_cache import grid_key
+    from labkit.cli.spec_cache import grid_key
 
     assert grid_key({"name": "\ud800"}) != grid_key({"name": "\ud801"})
 
@@ -302,7 +302,7 @@ def test_an_existing_soft_label_file_passes_plan(tmp_path, write_spec):
 
 
 def test_a_grouping_key_never_makes_a_figure_leave_its_folder():
-    from labkit.figures import grid_stem
+    from labkit.outputs.figures import grid_stem
 
     assert "/" not in grid_stem(["model.sender.where.a/../../x"])
     assert "\\" not in grid_stem(["a\\b"])

@@ -16,12 +16,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from labkit import latents, logistic, plugins
-from labkit.analyses import FinishedRun
-from labkit.cli import cli
-from labkit.identity import RunConfig
-from labkit.probes import fit_bytes, parse_size
+from labkit.analyses import FinishedRun, latents
+from labkit.analyses.probes import fit_bytes, parse_size
+from labkit.cli import cli, plugins
+from labkit.measures import logistic
 from labkit.spec import expand
+from labkit.store.identity import RunConfig
 
 SPEC = {"model": "lenet5", "dataset": {"name": "digits", "resolution": 16}, "epochs": 2,
         "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.05}}

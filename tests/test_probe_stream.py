@@ -11,12 +11,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from labkit import logistic_stream, plugins
 from labkit.analyses import FinishedRun
-from labkit.cli import cli
-from labkit.identity import RunConfig
-from labkit.layers import measured_layers
+from labkit.cli import cli, plugins
+from labkit.measures import logistic_stream
+from labkit.measures.layers import measured_layers
 from labkit.spec import expand
+from labkit.store.identity import RunConfig
 
 CS = [0.5, 2.0]
 SPEC = {"model": "lenet5", "dataset": {"name": "digits", "resolution": 8, "subset": 500},

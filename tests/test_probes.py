@@ -12,14 +12,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from labkit import latents, plugins
-from labkit.analyses import FinishedRun
-from labkit.cli import cli
-from labkit.identity import RunConfig
-from labkit.layers import measured_layers
-from labkit.probes import ProbeParams, read_cached, run_probes
+from labkit.analyses import FinishedRun, latents
+from labkit.analyses.probes import ProbeParams, read_cached, run_probes
+from labkit.cli import cli, plugins
+from labkit.measures.layers import measured_layers
+from labkit.outputs.tail_plot import final_saturation
 from labkit.spec import expand
-from labkit.tail_plot import final_saturation
+from labkit.store.identity import RunConfig
 
 # lenet5's network order (conv1, conv2, fc1, fc2, fc) is not the alphabetical one
 SPEC = {"model": "lenet5", "dataset": {"name": "digits", "resolution": 12}, "epochs": 2,

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-
-from labkit import engine, runinfo
-from labkit.analyses.projection import RESULTS_CSV, principal_axes, project
-from labkit.saturation import intrinsic_dimensionality, spectrum
-from labkit.cli import cli
-from labkit.identity import RunConfig
-from labkit.spec import expand
-
 from test_saturation import capture, final_model, numpy_cov, numpy_idim, numpy_rows
+
+from labkit import engine
+from labkit.analyses.projection import RESULTS_CSV, principal_axes, project
+from labkit.cli import cli
+from labkit.measures.saturation import intrinsic_dimensionality, spectrum
+from labkit.spec import expand
+from labkit.store import runinfo
+from labkit.store.identity import RunConfig
 
 TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64, "epochs": 3,
         "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}

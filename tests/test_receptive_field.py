@@ -10,11 +10,16 @@ from click.testing import CliRunner
 from torch import nn
 
 from labkit.cli import cli
-from labkit.errors import UserError
-from labkit.layers import measured_layers
+from labkit.core.errors import UserError
+from labkit.measures.layers import measured_layers
+from labkit.measures.receptive_field import (
+    Untraceable,
+    border_layer,
+    geometric_copy,
+    layer_fields,
+    receptive_fields,
+)
 from labkit.models import MODELS, create_torchvision_model
-from labkit.receptive_field import (Untraceable, border_layer, geometric_copy, layer_fields,
-                                    receptive_fields)
 
 RESOLUTION = 24  # odd intermediate sizes (24 → 12 → 6 → 3 → 2) exercise the edges
 NARROW = "_xxs"

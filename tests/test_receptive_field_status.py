@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from labkit.cli import cli
+from labkit.measures.receptive_field import STATUSES, gradient_check, layer_fields, receptive_fields
 from labkit.models import MODELS
-from labkit.receptive_field import STATUSES, gradient_check, layer_fields, receptive_fields
 
 RESOLUTION = 8  # the smallest input every built-in model is made for (labkit.models)
 FAMILY = re.compile(r"((?:resnet|vgg)\d+)(_s|_xs)?")

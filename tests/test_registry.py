@@ -2,9 +2,9 @@ import pytest
 from pydantic import ValidationError
 
 import labkit
-from labkit import plugins
-from labkit.errors import UserError
-from labkit.registry import Registry
+from labkit.cli import plugins
+from labkit.core.errors import UserError
+from labkit.core.registry import Registry
 
 
 def factory(num_classes: int, in_channels: int, resolution: int, width: int = 4,

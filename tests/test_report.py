@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_figures import GRID, train_grid
 
 from labkit.cli import cli
-from test_figures import GRID, train_grid
 
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
                 if shutil.which(b)), None)

@@ -5,11 +5,11 @@ import io
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from test_figures import train_grid
 
 from labkit.cli import cli
-from labkit.commands.common import load_runs
-from labkit.results import collect
-from test_figures import train_grid
+from labkit.cli.commands.common import load_runs
+from labkit.outputs.results import collect
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A run named by its folder is read from that folder (labkit.run_ref): any complete copy
+"""A run named by its folder is read from that folder (labkit.store.run_ref): any complete copy
 of a trained run, shallow or deep, is usable and read there; a folder that holds no
 trained run is refused in one line saying why."""
 import json
@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import checkpoint, plugins
 from labkit.analyses import FinishedRun
 from labkit.api import RunFingerprint, read_run
-from labkit.atomic import file_sha256
+from labkit.cli import plugins
+from labkit.core.errors import UserError
 from labkit.engine import train
-from labkit.errors import UserError
-from labkit.identity import RunConfig, run_hash
 from labkit.spec import expand
+from labkit.store import checkpoint
+from labkit.store.atomic import file_sha256
+from labkit.store.identity import RunConfig, run_hash
 from labkit.testing import broken_copy, copy_run, under_logs
 
 FINAL = Path("checkpoints") / "epoch_0001.pt"

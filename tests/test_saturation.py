@@ -5,17 +5,26 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import checkpoint, engine, runinfo, saturation
-from labkit.build import build_component
-from labkit.commands.common import load_runs
-from labkit.errors import UserError
-from labkit.identity import RunConfig
-from labkit.layers import measured_layers
-from labkit.results import collect
-from labkit.saturation import (SaturationTracker, _ieee_float32, intrinsic_dimensionality,
-                               load_spectra, plot_saturation, spectra_path, spectrum)
+from labkit import engine
+from labkit.cli.commands.common import load_runs
+from labkit.core.errors import UserError
+from labkit.measures import saturation
+from labkit.measures.layers import measured_layers
+from labkit.measures.saturation import (
+    SaturationTracker,
+    _ieee_float32,
+    intrinsic_dimensionality,
+    load_spectra,
+    plot_saturation,
+    spectra_path,
+    spectrum,
+)
+from labkit.outputs.results import collect
 from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 from labkit.testing import forget_last_epoch
+from labkit.training.build import build_component
 
 TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}}

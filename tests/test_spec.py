@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from labkit.errors import UserError
-from labkit.identity import RunConfig, varying_keys
+from labkit.core.errors import UserError
 from labkit.spec import expand, load_spec_file
+from labkit.store.identity import RunConfig, varying_keys
 
 BASE = {"model": "cnn_xs", "dataset": {"name": "digits"}, "epochs": 1}
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labkit import runinfo
-from labkit.commands.common import load_runs
+from labkit.cli.commands.common import load_runs
+from labkit.store import runinfo
 from labkit.testing import invoke_cli as invoke
 
 SPEC = {"model": "mlp_s", "dataset": {"name": "digits", "resolution": 8, "subset": 256},

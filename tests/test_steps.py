@@ -14,19 +14,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-
-from labkit import checkpoint, engine, optim, runinfo
-from labkit.build import build_component
-from labkit.identity import ADDED_LATER, run_hash
-from labkit.methods import Method, RunContext
-from labkit.metrics import METRICS
-from labkit.schedules import Schedule, value_at
-from labkit.spec import expand
-from labkit.testing import run_cli
-
 import test_engine as engine_tests
+import torch
 from test_engine import TINY, assert_states_identical, final
+
+from labkit import engine
+from labkit.methods import Method, RunContext
+from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import ADDED_LATER, run_hash
+from labkit.testing import run_cli
+from labkit.training import optimizers as optim
+from labkit.training.build import build_component
+from labkit.training.epoch import channels_last
+from labkit.training.metrics import METRICS
+from labkit.training.schedules import Schedule, value_at
+from labkit.training.stepper import Stepper
 
 STEPPED = {**TINY, "batch_size": 32, "accumulate": 2, "scheduler_interval": "step",
            "scheduler": {"name": "cosine", "warmup_steps": 3}, "saturation": {},
@@ -231,7 +234,7 @@ def test_channels_last_trains_the_same_network_in_another_layout(registries, tmp
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-3), key
-    batch = engine.channels_last([torch.zeros(2, 3, 4, 5), torch.zeros(2)])
+    batch = channels_last([torch.zeros(2, 3, 4, 5), torch.zeros(2)])
     assert batch[0].is_contiguous(memory_format=torch.channels_last)
 
 
@@ -269,7 +272,7 @@ def test_a_weight_decay_schedule_leaves_a_group_built_without_decay_at_zero():
                                  {"params": [model.bias], "weight_decay": 0.0}],
                                 lr=0.1, weight_decay=1e-4)
     schedule = {"shape": "linear", "start": 0.1, "end": 0.5}
-    stepper = engine.Stepper(optimizer, [model.weight, model.bias], 1, None, "32",
+    stepper = Stepper(optimizer, [model.weight, model.bias], 1, None, "32",
                              torch.device("cpu"), method, schedule)
     for _ in range(3):
         stepper.backward(model(torch.ones(2, 3)).sum(), 2)

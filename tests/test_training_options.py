@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit import checkpoint, engine, runinfo
-from labkit.identity import RunConfig
-from labkit.errors import UserError
+from labkit import engine
+from labkit.core.errors import UserError
 from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 from labkit.testing import forget_last_epoch
 
 TINY = {"model": "mlp_s", "dataset": {"name": "digits"}, "epochs": 1,
@@ -24,7 +25,7 @@ def trained(registries, tmp_path, name, **overrides):
 
 def initial_weights(registries, run):
     """The run's weights before training (same seed, same construction)."""
-    from labkit.build import build_component, seed_everything
+    from labkit.training.build import build_component, seed_everything
 
     seed_everything(run.config["seed"])
     data = build_component(registries, "datasets", run.config["dataset"])
@@ -85,7 +86,7 @@ def test_pretrained_torchvision_weights_from_the_hub_cache_and_a_file(registries
                                                                      monkeypatch, write_spec):
     import torchvision
 
-    from labkit.errors import UserError
+    from labkit.core.errors import UserError
     from labkit.models.torchvision_models import enum_weights_path
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -113,7 +114,7 @@ def test_pretrained_torchvision_weights_from_the_hub_cache_and_a_file(registries
                        registries)
     run = RunConfig(config, "W")
     assert engine.train(run, registries, progress=False) == "finished"
-    from labkit.build import build_component
+    from labkit.training.build import build_component
     model = build_component(registries, "models", config["model"], num_classes=10,
                             in_channels=1, resolution=32)
     loaded = model.state_dict()

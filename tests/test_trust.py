@@ -16,15 +16,16 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from labkit import checkpoint, engine, latents, plugins, runinfo
-from labkit.analyses import FinishedRun
+from labkit import engine
+from labkit.analyses import FinishedRun, latents
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
 from labkit.api import hookimpl
-from labkit.cli import cli
-from labkit.commands.common import load_runs
-from labkit.errors import UserError
-from labkit.identity import RunConfig
+from labkit.cli import cli, plugins
+from labkit.cli.commands.common import load_runs
+from labkit.core.errors import UserError
 from labkit.spec import expand
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 import ema_method  # noqa: E402

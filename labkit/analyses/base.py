@@ -5,14 +5,14 @@ the run directory (or, for bulky data, under ``latent_datasets/``). The engine r
 analyses listed in a spec after training, skipping each one whose outputs are complete;
 ``labkit <command>`` runs one by hand. A plugin adds one by subclassing
 :class:`Analysis` and calling ``registries.analyses.register("name", MyAnalysis)``.
-Outputs must be written atomically (:mod:`labkit.atomic`), so "the file exists" means
+Outputs must be written atomically (:mod:`labkit.store.atomic`), so "the file exists" means
 "the file is whole".
 
 Complete means present, *intact and computed from what the current request computes
 it from*: :meth:`Analysis.produce` writes, after the outputs, a record
 ``analyses/<record name>.json`` holding :meth:`Analysis.fingerprint` (the analysis, its
 parameters and the digests of its inputs: by default the final checkpoint's) and the
-sha256 of each output it wrote (:mod:`labkit.output_digests`); outputs whose record is
+sha256 of each output it wrote (:mod:`labkit.store.output_digests`); outputs whose record is
 missing or differs, or that no longer match their digests (edited, cut short, damaged),
 are computed again.
 """
@@ -25,14 +25,14 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from labkit import checkpoint, output_digests, run_ref, runinfo
-from labkit.atomic import write_json
-from labkit.build import build_component
+from labkit.core.errors import DamagedFile, UserError
 from labkit.data.bundle import DataBundle
-from labkit.errors import DamagedFile, UserError
-from labkit.identity import RunConfig
-from labkit.output_digests import RECORDS_DIR
-from labkit.readers import read_json
+from labkit.store import checkpoint, output_digests, run_ref, runinfo
+from labkit.store.atomic import write_json
+from labkit.store.identity import RunConfig
+from labkit.store.output_digests import RECORDS_DIR
+from labkit.store.readers import read_json
+from labkit.training.build import build_component
 
 
 class FinishedRun:
@@ -43,7 +43,7 @@ class FinishedRun:
         registries: registries to build the components from.
         device: where to put the model.
         checkpoint_file: the checkpoint to read; default: the one analyses read
-            (:func:`labkit.runinfo.analysed_checkpoint`).
+            (:func:`labkit.store.runinfo.analysed_checkpoint`).
     """
 
     def __init__(self, run: RunConfig, registries: Any, device: str = "cpu",
@@ -57,7 +57,7 @@ class FinishedRun:
     def from_directory(cls, directory: str | Path, registries: Any,
                        device: str = "cpu") -> "FinishedRun":
         """The run stored in ``directory``, wherever it lies (its ``config.json`` read
-        and checked by :func:`labkit.run_ref.run_in_folder`).
+        and checked by :func:`labkit.store.run_ref.run_in_folder`).
 
         Raises:
             UserError: the directory holds no labkit run.
@@ -67,7 +67,7 @@ class FinishedRun:
     @classmethod
     def from_reference(cls, reference: run_ref.RunReference, registries: Any,
                        device: str = "cpu") -> "FinishedRun":
-        """The trained run ``reference`` read (:func:`labkit.run_ref.read_run`): its
+        """The trained run ``reference`` read (:func:`labkit.store.run_ref.read_run`): its
         folder, and the final checkpoint the reference verified."""
         return cls(reference.run, registries, device, reference.checkpoint)
 
@@ -179,7 +179,7 @@ class Analysis:
 
     def output_digests(self) -> dict[str, Any]:
         """The sha256 of each output (of its block of a shared CSV) as it is now,
-        figures excluded (:func:`labkit.output_digests.describe`)."""
+        figures excluded (:func:`labkit.store.output_digests.describe`)."""
         return output_digests.describe(self.run.directory, self.outputs(),
                                        self.shared_outputs())
 

@@ -12,7 +12,7 @@ evaluated data set's class order; they are mapped onto the run's classes by the 
 matching (a class of the run that the data set lacks gets probability 0). Every value
 must be finite and ≥ 0 and every row sum to 1 within :data:`SUM_TOLERANCE`. They add
 ``soft-cross-entropy``, ``soft-accuracy`` and ``soft-top1-agreement``
-(:func:`labkit.evaluation.evaluate`).
+(:func:`labkit.training.evaluation.evaluate`).
 
 Outputs in the run directory: ``evaluations.csv``, one row per data set, split and
 soft-label file (``dataset`` — the resolved data-set spec as JSON —, ``split``,
@@ -38,12 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
 from labkit.analyses.base import Analysis
-from labkit.atomic import write_csv
-from labkit.build import build_component, make_metrics
-from labkit.errors import DamagedFile, UserError
-from labkit.evaluation import evaluate
-from labkit.readers import read_csv_file, read_npy_file
+from labkit.core.errors import DamagedFile, UserError
 from labkit.spec import Component, data_identity, resolve_component
+from labkit.store.atomic import write_csv
+from labkit.store.readers import read_csv_file, read_npy_file
+from labkit.training.build import build_component, make_metrics
+from labkit.training.evaluation import evaluate
 
 RESULTS_CSV = "evaluations.csv"
 SUM_TOLERANCE = 1e-3

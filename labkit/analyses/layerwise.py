@@ -1,12 +1,12 @@
 """Layer-wise analyses: receptive fields, latents and linear probes (docs/layers.md).
 
-* ``receptive_field`` writes ``receptive_field.csv`` (:mod:`labkit.receptive_field`);
+* ``receptive_field`` writes ``receptive_field.csv`` (:mod:`labkit.measures.receptive_field`);
 * ``latents`` extracts layer activations under ``latent_datasets/`` and leaves a
-  pointer ``latents_<mode>.json`` in the run directory (:mod:`labkit.latents`);
+  pointer ``latents_<mode>.json`` in the run directory (:mod:`labkit.analyses.latents`);
 * ``probes`` fits a logistic probe per layer (extracting the latents first when
   missing; or, with ``stream``, from forward passes, no latents written) into
   ``[<prefix>_]probe_performances.csv`` and draws ``[<prefix>_]tail_pattern.png``
-  (:mod:`labkit.probes`, :mod:`labkit.probe_stream`, :mod:`labkit.tail_plot`).
+  (:mod:`labkit.analyses.probes`, :mod:`labkit.analyses.probe_stream`, :mod:`labkit.outputs.tail_plot`).
 """
 from __future__ import annotations
 
@@ -20,18 +20,18 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from labkit import latents
+from labkit.analyses import latents
 from labkit.analyses.base import Analysis, FinishedRun
-from labkit.atomic import write_csv, write_json
-from labkit.build import build_component
-from labkit.errors import DamagedFile, UserError
-from labkit.identity import folder_name_problem
-from labkit.latent_layout import portable
-from labkit.probe_stream import stream_probes
-from labkit.readers import read_json
-from labkit.probes import ProbeParams, parse_size, results_path, run_probes, save_results
-from labkit.receptive_field import RF_CSV, receptive_fields
-from labkit.tail_plot import FIGURE, draw_tail_pattern
+from labkit.analyses.probe_stream import stream_probes
+from labkit.analyses.probes import ProbeParams, parse_size, results_path, run_probes, save_results
+from labkit.core.errors import DamagedFile, UserError
+from labkit.measures.receptive_field import RF_CSV, receptive_fields
+from labkit.outputs.tail_plot import FIGURE, draw_tail_pattern
+from labkit.store.atomic import write_csv, write_json
+from labkit.store.identity import folder_name_problem
+from labkit.store.latent_layout import portable
+from labkit.store.readers import read_json
+from labkit.training.build import build_component
 
 Downsampling = Annotated[int, Field(ge=1)] | Literal["pixelwise", "none"]
 
@@ -89,7 +89,7 @@ class Latents(Analysis):
             "float16", description="storage type; float16 halves the files")
 
     def planned_bytes(self) -> int:
-        """Bytes the extraction will write (:func:`labkit.latents.planned_bytes`), from
+        """Bytes the extraction will write (:func:`labkit.analyses.latents.planned_bytes`), from
         one forward of an untrained copy of the network: known before training."""
         data = self.run.data
         model = build_component(self.run.registries, "models", self.run.config["model"],

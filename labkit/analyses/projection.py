@@ -8,7 +8,7 @@ covariance that explain that share of the variance:
 
 with ``mu`` the layer's mean. All layers are projected at once. ``V`` holds the smallest
 number of leading eigenvectors whose share of the variance reaches ``delta`` (the
-``reach`` count of :mod:`labkit.saturation`, one more than delve's intrinsic
+``reach`` count of :mod:`labkit.measures.saturation`, one more than delve's intrinsic
 dimensionality, which stops just short of ``delta``), so ``kept / width`` is the layer's
 ``reach`` saturation at that delta. At ``delta = 1`` every eigenvector is kept and the
 layer is left untouched, so the network is exactly the unprojected one. Conv layers are
@@ -33,8 +33,8 @@ computed from (:meth:`labkit.analyses.base.Analysis.produce`).
 """
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Iterator
@@ -46,13 +46,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from labkit.analyses.base import Analysis
-from labkit.atomic import write_csv, write_figure
-from labkit.build import make_metrics
-from labkit.evaluation import evaluate
-from labkit.layers import measured_layers
-from labkit.registry import Seed
-from labkit.saturation import (TRAIN_PASS, SaturationConfig, SaturationTracker,
-                               intrinsic_dimensionality, spectrum)
+from labkit.core.registry import Seed
+from labkit.measures.layers import measured_layers
+from labkit.measures.saturation import (
+    TRAIN_PASS,
+    SaturationConfig,
+    SaturationTracker,
+    intrinsic_dimensionality,
+    spectrum,
+)
+from labkit.store.atomic import write_csv, write_figure
+from labkit.training.build import make_metrics
+from labkit.training.evaluation import evaluate
 
 RESULTS_CSV = "projected_results.csv"
 RESULTS_PNG = "projected_results.png"

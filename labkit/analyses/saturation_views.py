@@ -1,9 +1,9 @@
 """Saturation at other deltas and counting rules, recomputed from the stored spectra.
 
 Training stores every tracked layer's eigenvalue spectrum per pass and epoch
-(``spectra/epoch_NNNN.npz``, :func:`labkit.saturation.save_spectra`). This analysis reads
+(``spectra/epoch_NNNN.npz``, :func:`labkit.measures.saturation.save_spectra`). This analysis reads
 them back and tables the intrinsic dimensionality and saturation of every layer at each
-requested ``delta`` and by each rule (``delve``, ``reach``; see :mod:`labkit.saturation`),
+requested ``delta`` and by each rule (``delve``, ``reach``; see :mod:`labkit.measures.saturation`),
 without touching the network: a grid over delta trains one network, not one per delta.
 
 Outputs in the run directory: ``saturation.csv``, one row per epoch, pass, layer, delta
@@ -21,13 +21,19 @@ from typing import Annotated
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from labkit import runinfo
 from labkit.analyses.base import Analysis
-from labkit.atomic import write_csv
-from labkit.checkpoint_files import epoch_of
-from labkit.errors import UserError
-from labkit.saturation import (SPECTRA_DIR, SPECTRA_LOST, IdimRule, intrinsic_dimensionality,
-                               load_spectra, spectra_path)
+from labkit.core.errors import UserError
+from labkit.measures.saturation import (
+    SPECTRA_DIR,
+    SPECTRA_LOST,
+    IdimRule,
+    intrinsic_dimensionality,
+    load_spectra,
+    spectra_path,
+)
+from labkit.store import runinfo
+from labkit.store.atomic import write_csv
+from labkit.store.checkpoint_files import epoch_of
 
 RESULTS_CSV = "saturation.csv"
 

@@ -10,7 +10,7 @@ Contract of ``device_loader(dataset, batch_size, generator, device, drop_last)``
 
 * ``dataset`` is a training split as built by :func:`labkit.data.splits.build_bundle`
   (a :class:`~labkit.data.splits.SplitDataset`); anything else, or a transform that
-  cannot be applied batchwise, is a :class:`~labkit.errors.UserError` listing
+  cannot be applied batchwise, is a :class:`~labkit.core.errors.UserError` listing
   :data:`SUPPORTED`.
 * Iterating yields ``[images, labels]`` (float tensor ``(B, C, H, W)`` and int64
   ``(B,)``, both already on ``device``), like a ``DataLoader`` over
@@ -56,10 +56,10 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from labkit.core.errors import UserError
 from labkit.data.seeded import SEED_RANGE
 from labkit.data.splits import SplitDataset
 from labkit.data.transforms import Cutout
-from labkit.errors import UserError
 
 SUPPORTED = ("resize and centre crop (done once, at load), random crop with padding "
              "(augment \"crop\" / \"flip_crop\" / \"flip_translate\"), random horizontal "

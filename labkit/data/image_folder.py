@@ -21,12 +21,21 @@ from typing import Any
 import numpy as np
 from torchvision.datasets import ImageFolder
 
+from labkit.core.errors import UserError
+from labkit.core.registry import Seed
 from labkit.data.bundle import DataBundle
-from labkit.data.splits import (Augment, Fraction, Resolution, Source, Subset, build_bundle,
-                                content_digest, dataset_factory, dataset_not_found,
-                                resolve_root)
-from labkit.errors import UserError
-from labkit.registry import Seed
+from labkit.data.splits import (
+    Augment,
+    Fraction,
+    Resolution,
+    Source,
+    Subset,
+    build_bundle,
+    content_digest,
+    dataset_factory,
+    dataset_not_found,
+    resolve_root,
+)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

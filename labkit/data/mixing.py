@@ -26,8 +26,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from labkit.batch_augment import CutMix, Mixup, check_soft_targets
-from labkit.errors import UserError
+from labkit.core.errors import UserError
+from labkit.spec.batch_augment import CutMix, Mixup, check_soft_targets
 
 
 def mix_images(images: torch.Tensor, kind: Literal["mixup", "cutmix"],

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from labkit.errors import UserError
+from labkit.core.errors import UserError
 
 SEED_RANGE = 2**62
 # the augmentation draw scheme that checkpoints record: every sample seeded on its own

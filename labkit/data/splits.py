@@ -17,11 +17,11 @@ import numpy as np
 from pydantic import Field
 from torch.utils.data import Dataset
 
+from labkit.core.errors import DatasetNotFound, UserError
+from labkit.core.registry import Seed
 from labkit.data.bundle import DataBundle
 from labkit.data.transforms import AUGMENT_PRESETS, build_transform, check_augment
-from labkit.errors import DatasetNotFound, UserError
-from labkit.file_digests import file_digests, relative
-from labkit.registry import Seed
+from labkit.store.file_digests import file_digests, relative
 
 DATA_ENV_VAR = "LABKIT_DATA"
 
@@ -46,7 +46,7 @@ def content_digest(directory: Path, classes: Sequence[str],
                    samples: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
     """A fingerprint of what a loader reads under ``directory``: sha256 of the class
     names and, per sample, its split, path relative to ``directory``, label and the
-    sha256 of its file's content (:func:`labkit.file_digests.file_digests`, cached by
+    sha256 of its file's content (:func:`labkit.store.file_digests.file_digests`, cached by
     the files' stat, so that only new or changed files are read again).
 
     Args:

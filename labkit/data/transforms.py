@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.transforms import v2
 
-from labkit.errors import UserError
+from labkit.core.errors import UserError
 
 AUGMENT_PRESETS: dict[str, str] = {
     "none": "no augmentation",

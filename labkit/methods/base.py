@@ -60,7 +60,7 @@ class RunContext:
             the spec's ``steps`` budget when smaller).
         step: optimizer steps taken so far (0 before the first one); the engine counts
             it and restores it on resume, so per-step schedules
-            (:func:`labkit.schedules.value_at`) read it rather than keep their own.
+            (:func:`labkit.training.schedules.value_at`) read it rather than keep their own.
         rank: this process's rank in a run on several processes (``nproc``); only rank 0
             should write files. 0 in a one-process run.
     """

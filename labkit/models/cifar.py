@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.errors import UserError
+from labkit.core.errors import UserError
 from labkit.models.resnet import BasicBlock, _conv_bn
 from labkit.models.vgg import conv_stages
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from labkit.errors import UserError
+from labkit.core.errors import UserError
 from labkit.models.vgg import PlainConvNet, plain_convnet_factory
 
 # name suffix -> (width, number of 3x3 conv-BN-ReLU layers) per stage; each stage ends in a

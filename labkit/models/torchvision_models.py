@@ -24,8 +24,8 @@ import torchvision
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from labkit.errors import UserError
-from labkit.file_digests import file_digests
+from labkit.core.errors import UserError
+from labkit.store.file_digests import file_digests
 
 
 class WeightsFile(BaseModel):
@@ -147,7 +147,7 @@ def weights_identity(arch: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def _sha256(path: Path, what: str, fix: str) -> str:
     """The cached content digest of the weights file ``path``
-    (:func:`labkit.file_digests.file_digests`); one line naming it and ``fix`` when it
+    (:func:`labkit.store.file_digests.file_digests`); one line naming it and ``fix`` when it
     cannot be read."""
     try:
         (digest,) = file_digests([path], path.parent, prune=False)
@@ -174,7 +174,7 @@ def check_hub_file(path: Path) -> None:
     """Check a file of the torch hub cache as torch's hub checks a download: the sha256
     of its content must start with the hash in its name (``<name>-<hash>.<ext>``,
     :data:`torch.hub.HASH_REGEX`); a name without one promises nothing. Digests are
-    cached by the file's stat (:func:`labkit.file_digests.file_digests`), so a large
+    cached by the file's stat (:func:`labkit.store.file_digests.file_digests`), so a large
     file is read again only when it changed.
 
     Raises:

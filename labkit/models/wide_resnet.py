@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.errors import UserError
+from labkit.core.errors import UserError
 
 
 class WideBasicBlock(nn.Module):

@@ -31,9 +31,23 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunContext, RunFailed,
-                        UserError, checkpoint, expand, inline_run, is_trained, read_run,
-                        registries, run_fingerprint, runinfo, train)
+from labkit.api import (
+    NOT_IDENTITY,
+    FinishedRun,
+    PinnedRef,
+    RunContext,
+    RunFailed,
+    UserError,
+    checkpoint,
+    expand,
+    inline_run,
+    is_trained,
+    read_run,
+    registries,
+    run_fingerprint,
+    runinfo,
+    train,
+)
 from labkit_dino.networks import DinoNet, probe_of
 
 CHECKPOINT_INITS = ("t_ckpt", "s_ckpt")

@@ -3,12 +3,19 @@ import json
 
 import pytest
 import torch
-
-from labkit.api import (FinishedRun, RunConfig, UserError, checkpoint, expand, run_fingerprint,
-                        runinfo, train)
-from labkit_dino.method import INIT_RECORD
-
 from conftest import TINY_HEAD
+
+from labkit.api import (
+    FinishedRun,
+    RunConfig,
+    UserError,
+    checkpoint,
+    expand,
+    run_fingerprint,
+    runinfo,
+    train,
+)
+from labkit_dino.method import INIT_RECORD
 
 
 def trained(run: RunConfig, registries) -> RunConfig:

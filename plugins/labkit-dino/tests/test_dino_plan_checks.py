@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY_HEAD
 
 from labkit.testing import invoke
-
-from conftest import TINY_HEAD
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 SUPERVISED = {"model": "mlp_s", "dataset": {"name": "digits", "subset": 100}, "epochs": 1,

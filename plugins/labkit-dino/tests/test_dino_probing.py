@@ -8,7 +8,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from labkit.api import build_component, runinfo, train as labkit_train
+from labkit.api import build_component, runinfo
+from labkit.api import train as labkit_train
 from labkit_dino.probing import fit_probes
 
 

@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_HEAD
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import labkit_dino
 from labkit.api import FinishedRun, RunConfig, checkpoint, expand, runinfo, train, use
 from labkit_dino.networks import DinoHead
 from labkit_dino.tracking import replace_epoch_rows
-
-from conftest import TINY_HEAD
 
 PARAM = "network.block1.conv1.weight"  # a student parameter with a gradient at every step
 

@@ -47,8 +47,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from labkit.api import DataBundle, Seed, UserError, check_augment
-from labkit_distill.sources import (augmenter, build_source, labels_of, pixel_range,
-                                    resolve_source)
+from labkit_distill.sources import augmenter, build_source, labels_of, pixel_range, resolve_source
 
 EVAL_SPLITS = {
     "eval": "cues as trained",

@@ -28,9 +28,22 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from labkit.api import (NOT_IDENTITY, FinishedRun, PinnedRef, RunConfig, RunContext,
-                        RunFailed, UserError, checkpoint, expand, inline_run, read_run,
-                        registries as labkit_registries, runinfo, train)
+from labkit.api import (
+    NOT_IDENTITY,
+    FinishedRun,
+    PinnedRef,
+    RunConfig,
+    RunContext,
+    RunFailed,
+    UserError,
+    checkpoint,
+    expand,
+    inline_run,
+    read_run,
+    runinfo,
+    train,
+)
+from labkit.api import registries as labkit_registries
 
 # top-level settings of where and how a run executes (logs_dir, device, …)
 RUN_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from distill_helpers import TEACHER_SPEC, train_runs
 
 import labkit_distill
-from distill_helpers import TEACHER_SPEC, train_runs
 from labkit.api import use
 
 

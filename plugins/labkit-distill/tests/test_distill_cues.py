@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from distill_helpers import train_runs
 from matplotlib.colors import hsv_to_rgb
 
-from distill_helpers import train_runs
 from labkit.api import UserError, build_component, expand, runinfo
 
 SPLITS = ["eval", "eval_nocue", "eval_randcue", "eval_cueonly"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from distill_helpers import train_runs
+
 from labkit.api import RunConfig, RunContext, UserError, build_component, expand
 from labkit_distill.crd import ContrastMemory
 from labkit_distill.losses import attention_loss, pkt_loss, rkd_loss, similarity_loss

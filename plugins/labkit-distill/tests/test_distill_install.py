@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from distill_helpers import CLI_ENV
+
 from labkit.testing import pip_install_target, run_cli
 
 PLUGIN = Path(__file__).parents[1]

@@ -13,8 +13,13 @@ import torch
 from torch import nn
 
 from labkit.api import RunConfig, RunContext, UserError, build_component, expand, mix_images
-from labkit_distill.losses import (contrastive_loss, input_gradients, jacobian_loss, soft_term,
-                                   tempered)
+from labkit_distill.losses import (
+    contrastive_loss,
+    input_gradients,
+    jacobian_loss,
+    soft_term,
+    tempered,
+)
 from labkit_distill.taps import Hint
 
 RNG = np.random.default_rng(0)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from distill_helpers import CLI_ENV, TEACHER_SPEC, train_runs
+
 from labkit.api import RunConfig, UserError, checkpoint, expand, run_hash, runinfo, train
 from labkit.testing import run_cli
 

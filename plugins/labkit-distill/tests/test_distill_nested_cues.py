@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from distill_helpers import train_runs
 from matplotlib.colors import hsv_to_rgb
 
-from distill_helpers import train_runs
 from labkit.api import UserError, build_component, expand, runinfo
 
 MECHANISM_SPLITS = [f"eval_{kind}_{m}" for m in ("box", "dominoes")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from labkit.testing import invoke
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from distill_helpers import revalidate, student_config
+
 from labkit.api import RunConfig, RunContext, UserError, checkpoint, runinfo, train
 from labkit.testing import BROKEN_COPIES, broken_copy, copy_run, under_logs
 from labkit_distill.teacher import teacher_run

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from distill_helpers import STUDENT, TEACHER_SPEC, revalidate, student_config, train_runs
 from PIL import Image
 
-from distill_helpers import STUDENT, TEACHER_SPEC, revalidate, student_config, train_runs
 from labkit.api import RunConfig, UserError, checkpoint, expand, runinfo, train
 
 

@@ -11,18 +11,40 @@ import click
 import pandas as pd
 from pydantic import ValidationError
 
-from labkit.api import (INVALID, RunConfig, UserError, check_device, latents, load_runs,
-                        read_run, registries as labkit_registries, summarize, train, write_csv)
+from labkit.api import (
+    INVALID,
+    RunConfig,
+    UserError,
+    check_device,
+    latents,
+    load_runs,
+    read_run,
+    summarize,
+    train,
+    write_csv,
+)
+from labkit.api import registries as labkit_registries
 from labkit_stitch.catalogue import CKA_MEASURES, MEASURES, choose
 from labkit_stitch.direct import DirectMatch, direct_match_values
 from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import ensure_trained, trained_network
 from labkit_stitch.similarity import SimilarityOptions, layer_similarity, measure_columns
 from labkit_stitch.stitching import Cell, CellChecker
-from labkit_stitch.tables import (DIAGONAL_CHECKED, check_axes, diagonal_values, group_of,
-                                  latest_table, matrix, mean_table, plot_similarity,
-                                  plot_stitch_group, seed_keys, stitch_table, stitched_params,
-                                  with_companions)
+from labkit_stitch.tables import (
+    DIAGONAL_CHECKED,
+    check_axes,
+    diagonal_values,
+    group_of,
+    latest_table,
+    matrix,
+    mean_table,
+    plot_similarity,
+    plot_stitch_group,
+    seed_keys,
+    stitch_table,
+    stitched_params,
+    with_companions,
+)
 
 
 def parse_reduction(ctx: click.Context, param: click.Parameter, text: str) -> int | str:

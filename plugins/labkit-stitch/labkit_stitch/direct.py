@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from labkit.api import (RunConfig, build_component, evaluate, is_trained, make_metrics,
-                        registries as labkit_registries)
+from labkit.api import RunConfig, build_component, evaluate, is_trained, make_metrics
+from labkit.api import registries as labkit_registries
 from labkit_stitch import cut
 from labkit_stitch.refs import trained_network
 from labkit_stitch.stitching import to_receiver_grid

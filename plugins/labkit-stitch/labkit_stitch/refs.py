@@ -30,10 +30,25 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from labkit.api import (FinishedRun, PinnedRef, RunConfig, RunFailed, UserError,
-                        build_component, checkpoint, expand, flatten, is_trained,
-                        load_spec_file, read_run, registries as labkit_registries,
-                        run_in_folder, runinfo, train, varying_keys)
+from labkit.api import (
+    FinishedRun,
+    PinnedRef,
+    RunConfig,
+    RunFailed,
+    UserError,
+    build_component,
+    checkpoint,
+    expand,
+    flatten,
+    is_trained,
+    load_spec_file,
+    read_run,
+    run_in_folder,
+    runinfo,
+    train,
+    varying_keys,
+)
+from labkit.api import registries as labkit_registries
 
 RUN_FOLDER = "run folder"  # how messages name a "dir" (their JSON path says which one)
 

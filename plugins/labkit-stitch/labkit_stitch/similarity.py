@@ -1,6 +1,6 @@
 """Similarity tables between the layers of two trained runs, on the same images.
 
-Activations come from labkit's stored latents (:mod:`labkit.latents`) when a run has a
+Activations come from labkit's stored latents (:mod:`labkit.analyses.latents`) when a run has a
 complete extraction in the requested reduction that holds every chosen layer, for the
 same eval images, made from the final checkpoint the run holds now; otherwise they are
 computed from the run's final network in eval mode, cut with torch.fx at the chosen
@@ -22,8 +22,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader
 
-from labkit.api import (RunConfig, UserError, build_component, latents, read_npy_file,
-                        registries as labkit_registries, run_fingerprint)
+from labkit.api import (
+    RunConfig,
+    UserError,
+    build_component,
+    latents,
+    read_npy_file,
+    run_fingerprint,
+)
+from labkit.api import registries as labkit_registries
 from labkit_stitch import cut
 from labkit_stitch.calibration import STATISTICS, calibrated_table
 from labkit_stitch.catalogue import CKA_MEASURES, Choice, choose

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.api import (Method, RunConfig, StepResult, UserError, build_component,
-                        registries as labkit_registries)
+from labkit.api import Method, RunConfig, StepResult, UserError, build_component
+from labkit.api import registries as labkit_registries
 from labkit_stitch import cut
 from labkit_stitch.refs import RunRef, random_network, trained_network
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from labkit.api import RunConfig, train as labkit_train, use
 from stitch_helpers import isolated, net_spec, one_run
+
+from labkit.api import RunConfig, use
+from labkit.api import train as labkit_train
 
 
 @pytest.fixture(autouse=True, scope="session")

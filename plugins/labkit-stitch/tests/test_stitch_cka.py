@@ -8,7 +8,6 @@ import torch
 
 from labkit_stitch import cka
 
-
 # ---- reference: the formulas as published, written for clarity, not speed
 
 def ref_linear_cka(x: np.ndarray, y: np.ndarray) -> float:

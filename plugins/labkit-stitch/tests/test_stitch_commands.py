@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pandas as pd
+from stitch_helpers import net_spec
 
 from labkit.api import RunConfig, expand
 from labkit.testing import run_cli
 from labkit_stitch.tables import COLUMNS, stitch_table
-from stitch_helpers import net_spec
 
 ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
        "OMP_NUM_THREADS": "1"}

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import Ridge
 
-from labkit.api import RunConfig, build_component, expand, train as labkit_train
+from labkit.api import RunConfig, build_component, expand
+from labkit.api import train as labkit_train
 from labkit_stitch import cut
 from labkit_stitch.commands import write_stitch_tables
 from labkit_stitch.direct import DirectMatch, DirectStitch, LeastSquares, as_rows

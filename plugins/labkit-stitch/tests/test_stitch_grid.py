@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from stitch_helpers import net_spec
 
 from labkit.api import RunConfig, UserError, expand
 from labkit.testing import run_cli
 from labkit_stitch.stitching import CellChecker
-from stitch_helpers import net_spec
 
 ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
        "OMP_NUM_THREADS": "1"}

@@ -5,14 +5,22 @@ import json
 
 import pandas as pd
 import pytest
+from stitch_helpers import net_spec
 
-from labkit.api import (FinishedRun, Latents, RunConfig, RunFingerprint, UserError, expand,
-                        latents, run_fingerprint)
+from labkit.api import (
+    FinishedRun,
+    Latents,
+    RunConfig,
+    RunFingerprint,
+    UserError,
+    expand,
+    latents,
+    run_fingerprint,
+)
 from labkit.testing import run_cli
 from labkit_stitch import provenance
 from labkit_stitch.commands import write_stitch_tables
 from labkit_stitch.tables import stitched_params
-from stitch_helpers import net_spec
 
 ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
        "OMP_NUM_THREADS": "1"}

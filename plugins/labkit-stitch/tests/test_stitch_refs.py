@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from stitch_helpers import net_spec
 
 from labkit.api import LabkitGroup, RunConfig, UserError, build_component, expand
 from labkit_stitch import cut
 from labkit_stitch.commands import stitch_table_command
 from labkit_stitch.stitching import StitchedParams
-from stitch_helpers import net_spec
 
 
 def stitch(sender: dict, receiver: dict | None = None) -> dict:

@@ -2,12 +2,12 @@
 identity hash and final checkpoint digest are recorded); an untrained directory is
 refused; "trained" is decided by the final checkpoint, never by status.json."""
 import pytest
+from stitch_helpers import net_spec, one_run
 
 from labkit.api import RunConfig, UserError, checkpoint, expand, runinfo, train
 from labkit_stitch.refs import ensure_trained
 from labkit_stitch.stitching import StitchedParams
 from labkit_stitch.tables import final_value
-from stitch_helpers import net_spec, one_run
 
 
 def stitch_config(sender: dict, logs, registries) -> dict:

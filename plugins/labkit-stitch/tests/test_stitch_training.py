@@ -4,11 +4,12 @@ outputs, the autoencoder stitch, exact resume, and runs trained on demand."""
 import pandas as pd
 import pytest
 import torch
+from stitch_helpers import net_spec, one_run
 
-from labkit.api import FinishedRun, UserError, checkpoint, runinfo, train as labkit_train
+from labkit.api import FinishedRun, UserError, checkpoint, runinfo
+from labkit.api import train as labkit_train
 from labkit_stitch.refs import ensure_trained
 from labkit_stitch.stitching import Stitch, StitchedNetwork
-from stitch_helpers import net_spec, one_run
 
 
 def stitch_spec(sender, receiver, sender_layer, receiver_layer, logs, **overrides) -> dict:

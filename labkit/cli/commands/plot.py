@@ -1,0 +1,71 @@
+"""``labkit plot``: the figures of a grid's runs, as PNG and SVG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from labkit.cli.commands.common import SET_OPTION, load_runs
+from labkit.core.errors import UserError
+from labkit.outputs import figures
+from labkit.store.identity import RunConfig
+
+BY_OPTION = click.option(
+    "--by", multiple=True, metavar="KEY",
+    help="config key grouping runs in the grid's tail pattern (dotted: model, "
+         "dataset.resolution, optimizer.lr; repeatable) [default: every value that varies "
+         "but seed, which is averaged as mean ± sd]")
+
+
+def grid_runs(spec: str, run_id: str, overrides: tuple[str, ...] = ()) -> list[RunConfig]:
+    """Every run of SPEC under ``run_id``, when at least one has a run directory.
+
+    Raises:
+        UserError: none has started (says how to train them).
+    """
+    runs = load_runs(spec, run_id, overrides=overrides)
+    started = [r for r in runs if r.directory.is_dir()]
+    if not started:
+        raise UserError(f"no run of {spec} has started under run-id {run_id!r}; train them "
+                        f"with `labkit run {spec} --run-id {run_id}` (or check the run-id "
+                        f"with `labkit status {spec} --run-id {run_id}`)")
+    return runs
+
+
+def grid_name(runs: list[RunConfig]) -> str:
+    """``grid <spec name>, run-id <ID>``."""
+    return f"grid {runs[0].config['name']}, run-id {runs[0].run_id}"
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="folder for the figures [default: <logs_dir>/figures/<spec name>/<run-id>]")
+@BY_OPTION
+@click.option("--quiet", "-q", is_flag=True, help="print only the folder written to")
+@SET_OPTION
+def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...], quiet: bool,
+         overrides: tuple[str, ...]) -> None:
+    """Draw the figures of every started run of SPEC (learning curves, saturation over
+    epochs, distillation and DINO probe curves when the logs have them) and the grid's
+    tail pattern grouped by config values, as PNG and SVG."""
+    runs = grid_runs(spec, run_id, overrides)
+    keys = figures.resolve_keys([r.config for r in runs], by)
+    out = Path(output) if output else (Path(runs[0].config["logs_dir"]) / "figures"
+                                       / runs[0].config["name"] / run_id)
+    written = figures.grid_figures([r for r in runs if r.directory.is_dir()], keys, out,
+                                   grid_name(runs),
+                                   on_damaged=lambda line: click.echo(f"warning: {line}", err=True))
+    if not written:
+        raise UserError(f"the runs of {spec} under run-id {run_id!r} have no readable log "
+                        f"yet; wait for an epoch to finish (`labkit status {spec} --run-id "
+                        f"{run_id}`), or let `labkit run` rewrite a damaged one")
+    if not quiet:
+        for path in written:
+            if path.suffix == ".png":
+                click.echo(f"  {path}")
+    click.echo(f"{len(written)} file(s) (PNG and SVG) in {out}")
+
+
+COMMANDS: list[click.Command] = [plot]

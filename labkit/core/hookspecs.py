@@ -1,0 +1,63 @@
+"""Hook specifications: the whole plugin interface of labkit.
+
+A plugin is a module (or object) with functions marked ``@labkit.hookimpl`` whose names
+match the functions below. Third-party plugins are found through the entry-point group
+``labkit``; labkit's own built-ins register through the very same hooks.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("labkit")
+
+
+@hookspec
+def labkit_register(registries) -> None:
+    """Add named components to labkit's registries.
+
+    Args:
+        registries: a :class:`labkit.core.registry.Registries` with one
+            :class:`~labkit.core.registry.Registry` per kind: ``models``, ``datasets``,
+            ``optimizers``, ``schedulers``, ``metrics``, ``methods``, ``analyses``.
+            Call ``registries.models.register("my_net", factory)``. A name already
+            taken by another plugin is an error that names both plugins.
+    """
+
+
+@hookspec
+def labkit_commands() -> list:
+    """Return click commands to add to the ``labkit`` command line.
+
+    Returns:
+        a list of :class:`click.Command`; a name already taken is an error.
+    """
+
+
+@hookspec
+def labkit_check_run(config, registries) -> list:
+    """Return the mistakes in one run that show before it trains.
+
+    ``labkit plan``, ``labkit run --dry-run`` and every command that reads a spec ask
+    this of every run of the grid, and of every run a run trains first (a teacher
+    given by its spec), once the spec has validated: a mistake found here stops the
+    command with exit code 2 before anything trains, instead of failing a run after
+    minutes of training. Check only what your components own (e.g. when
+    ``config["method"]["name"]`` is your method): files they will read, layer names
+    on the network built on the ``meta`` device (``labkit.api.meta_model``), names
+    of other components. Nothing may train here, and no data set be loaded.
+
+    Call :func:`labkit.api.note_outside` when a check reads anything but the config
+    and the code (a file), so that the grid is checked again by every command rather
+    than served from labkit's cache of validated grids. labkit's own checks (device,
+    folder data sets, layer patterns, ``best_metric``, ``evaluate`` analyses) answer
+    this hook too (:mod:`labkit.training.checks`).
+
+    Args:
+        config: the run's resolved config (JSON-ready, defaults filled in).
+        registries: the :class:`~labkit.core.registry.Registries` it was resolved with.
+
+    Returns:
+        one line per mistake, starting with its JSON path and ending with the fix
+        (``"method.soft_labels.file: … not found; give …"``); an empty list (or
+        ``None``) when there is none.
+    """

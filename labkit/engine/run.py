@@ -1,0 +1,268 @@
+"""One run from config to finished directory: train it (resuming, on one process or
+several) unless its final checkpoint is intact, keep log.csv and the figures in step
+with the checkpoint, then run its analyses."""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+
+from labkit.core.errors import RunFailed, UserError
+from labkit.core.registry import Registries
+from labkit.engine.loop import train_run
+from labkit.measures.saturation import (
+    SaturationConfig,
+    plot_saturation,
+    saturation_view,
+)
+from labkit.outputs.figures import run_figures
+from labkit.store import checkpoint, runinfo
+from labkit.store.identity import RunConfig
+from labkit.training import distributed
+from labkit.training.build import build_component
+
+
+def train(run: RunConfig, registries: Registries, device: str = "cpu",
+          progress: bool = True) -> str:
+    """Train one run to completion (resuming when possible), then run its analyses.
+
+    Returns ``"finished"``, ``"skipped"`` (training was already finished; incomplete
+    analyses still run) or ``"failed"``; a failure is recorded with its reason in
+    ``status.json`` and does not raise, so a grid goes on. User mistakes (missing
+    dataset, …) raise :class:`~labkit.core.errors.UserError`. When another process is
+    working on the run, this waits for it first.
+
+    A run with ``nproc`` above 1 is trained by that many processes: started here like
+    ``torchrun --standalone`` would, or, when this process is already one of them (a
+    submitit job's tasks, torchrun), as that process's share (:func:`train_as_rank`).
+    """
+    if distributed.started_as_rank(run.config["nproc"]):
+        return train_as_rank(run, registries, device, progress)
+    with runinfo.exclusive(run.directory), intra_op_threads(run.config["threads"]):
+        return _train_and_analyse(run, registries, device, progress)
+
+
+def train_as_rank(run: RunConfig, registries: Registries, device: str, progress: bool) -> str:
+    """This process's share of a run whose ``nproc`` processes something else started:
+    rank 0 holds the run's lock, decides whether it needs training, and afterwards runs
+    the analyses alone; the others train and return ``"finished"`` (the run's state is
+    rank 0's to report)."""
+    device = distributed.init(device)
+    try:
+        with intra_op_threads(run.config["threads"]):
+            if distributed.is_main():
+                with runinfo.exclusive(run.directory):
+                    distributed.gather(_final_state(run) is None)
+                    return _train_and_analyse(run, registries, device, progress)
+            if distributed.gather(None)[0]:
+                train_run(run, registries, torch.device(device), progress=False)
+            return "finished"
+    finally:
+        distributed.shutdown()
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` torch intra-op threads, then restore the previous count.
+
+    CPU results depend on the count (it changes the order of floating-point sums), so
+    the run's config fixes it: sequential, ``--jobs`` and resumed runs all agree.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
+                       progress: bool) -> str:
+    run_dir = run.directory
+    final = _final_state(run)
+    runinfo.write_config(run_dir, run, registries.plugin_versions)  # or repair it
+    if final is None:
+        runinfo.write_status(run_dir, "running")
+        try:
+            if run.config["nproc"] > 1 and not distributed.active():
+                train_on_processes(run, registries, device, progress)
+            else:
+                train_run(run, registries, torch.device(device), progress)
+            distributed.shutdown()  # analyses run in this process alone
+        except UserError as exc:  # a mistake found only now (a missing dataset): recorded
+            runinfo.write_status(run_dir, "failed", reason=str(exc))
+            raise
+        except KeyboardInterrupt:
+            runinfo.write_status(run_dir, "interrupted", reason="stopped before finishing")
+            raise
+        except Exception as exc:  # any other failure ends this run only
+            reason = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
+            runinfo.write_status(run_dir, "failed", reason=reason)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            return "failed"
+        draw_plots(run, redraw=True)
+    elif sync_log(run, final["history"]):
+        draw_plots(run, redraw=True)  # the saturation columns were read anew
+    else:
+        draw_plots(run)
+    if runinfo.read_status(run_dir).get("state") != "finished":
+        runinfo.write_status(run_dir, "finished",
+                             epoch=checkpoint.epoch_of(runinfo.final_checkpoint(run).name))
+    failed = run_analyses(run, registries, device, progress=progress).failed
+    if failed:
+        return "failed"
+    return "skipped" if final is not None else "finished"
+
+
+def train_on_processes(run: RunConfig, registries: Registries, device: str,
+                       progress: bool) -> None:
+    """Train ``run`` with ``nproc`` processes (see :mod:`labkit.training.distributed`), started
+    like ``torchrun --standalone``; this process holds the run's lock meanwhile and runs
+    the analyses afterwards.
+
+    Raises:
+        UserError: the registries cannot be rebuilt in another process, or a process
+            met a user mistake (its message).
+        RunFailed: a process failed (the reason the run's status records).
+    """
+    if registries.rebuild is None:
+        raise UserError("these registries hold components registered in this process only, "
+                        "which other processes cannot see; train with nproc 1, or register "
+                        "the plugin through an entry point")
+    try:
+        distributed.launch(_rank_main, run.config["nproc"], run.config, run.run_id, device,
+                           progress, registries.rebuild)
+    except ChildFailedError as exc:
+        status = runinfo.read_status(run.directory)
+        if status.get("state") == "failed" and status.get("reason"):
+            if status.get("mistake"):
+                raise UserError(status["reason"]) from None
+            raise RunFailed(status["reason"]) from None
+        first = next(iter(exc.failures.values()), None)
+        raise RunFailed(f"a training process failed: {first.message if first else exc}") from None
+
+
+@record
+def _rank_main(config: dict[str, Any], run_id: str, device: str, progress: bool,
+               rebuild: Callable[[], Registries]) -> None:
+    """One process of a run on several: join the group, train, leave. Rank 0 records
+    a failure's reason in the run's status (``mistake`` for a user mistake)."""
+    run = RunConfig(config, run_id)
+    try:
+        device = distributed.init(device)
+        with intra_op_threads(config["threads"]):
+            train_run(run, rebuild(), torch.device(device), progress and distributed.is_main())
+    except Exception as exc:  # noqa: BLE001 - recorded; the launcher reports the run failed
+        if distributed.is_main():
+            reason = str(exc) if isinstance(exc, (RunFailed, UserError)) else \
+                f"{type(exc).__name__}: {exc}"
+            runinfo.write_status(run.directory, "failed", reason=reason,
+                                 mistake=isinstance(exc, UserError))
+            if not isinstance(exc, UserError):
+                (run.directory / "error.txt").write_text(traceback.format_exc())
+        raise SystemExit(2 if isinstance(exc, UserError) else 1) from None
+    finally:
+        distributed.shutdown()
+
+
+def _final_state(run: RunConfig) -> dict[str, Any] | None:
+    """The verified final checkpoint of a trained run; ``None`` when the run is not
+    trained (no final checkpoint, or a damaged one: the last epoch is then retrained
+    from the previous checkpoint, which exact resume makes identical).
+
+    Raises:
+        UserError: the final checkpoint belongs to another run (copied files).
+    """
+    path = runinfo.final_checkpoint(run)
+    if not path.exists():
+        return None
+    try:
+        state = checkpoint.read(path)
+    except ValueError as exc:
+        print(f"{run.name}: final checkpoint unusable ({exc}); retraining its last epoch",
+              file=sys.stderr, flush=True)
+        return None
+    checkpoint.check_owner(state, run.hash, path)
+    return state
+
+
+def sync_log(run: RunConfig, history: list[dict[str, Any]]) -> bool:
+    """Rewrite log.csv from the checkpointed ``history`` (saturation columns read at the
+    requested delta and rule) whenever the file on disk differs: missing, truncated, a
+    crash before its last row, edited. Returns whether it was rewritten."""
+    return runinfo.write_log(run, saturation_view(run.directory, history, run.config["saturation"]))
+
+
+def draw_plots(run: RunConfig, redraw: bool = False) -> None:
+    """The run's figures from log.csv, drawn after training rather than inside the epoch
+    loop, so figures never slow training down: the per-run figures of
+    :func:`labkit.outputs.figures.run_figures` (learning curves, saturation over epochs, …) and
+    the per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``). Only missing
+    ones are drawn unless ``redraw``."""
+    config = run.config["saturation"]
+    plots = run.directory / "plots"
+    if redraw or not (plots / "learning_curves.png").exists():
+        run_figures(run.directory, plots, f"run {run.name}")
+    if config is None or "lsat" not in SaturationConfig.model_validate(config).stats:
+        return
+    log = runinfo.read_log(run.directory)  # just synced with the final checkpoint's history
+    for _, row in log.iterrows() if log is not None else ():
+        path = run.directory / "plots" / f"saturation_epoch_{int(row['epoch']):04d}.png"
+        if redraw or not path.exists():
+            plot_saturation(row, path)
+
+
+class AnalysesRun(list):
+    """Names of the analyses that ran; ``failed`` lists ``(label, reason)`` of failures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[tuple[str, str]] = []
+
+
+def run_analyses(run: RunConfig, registries: Registries, device: str = "cpu",
+                 progress: bool = True) -> AnalysesRun:
+    """Run the spec's analyses on a trained run; returns the names of those that ran.
+
+    An analysis whose outputs are complete is skipped. Each records its own state in
+    ``analyses.json``; one that fails (any error but a user mistake, which raises) is
+    recorded there with its reason, the others still run, and the training state stays
+    as it is.
+    """
+    from labkit.analyses import FinishedRun
+
+    finished = FinishedRun(run, registries, device)
+    done = AnalysesRun()
+    names = [spec["name"] for spec in run.config["analyses"]]
+    for spec in run.config["analyses"]:
+        analysis = build_component(registries, "analyses", spec, run=finished)
+        label = spec["name"]
+        if names.count(label) > 1:  # e.g. probes at two downsamplings: tell them apart
+            label += " " + json.dumps({k: v for k, v in spec.items() if k != "name"},
+                                      sort_keys=True)
+        if analysis.is_complete():
+            runinfo.confirm_analysis(run.directory, label)  # a damaged analyses.json is rebuilt
+            continue
+        try:
+            analysis.produce(progress)
+        except UserError as exc:
+            runinfo.write_analysis_state(run.directory, label, "failed", str(exc))
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded, and the next analysis runs
+            reason = f"{type(exc).__name__}: {exc}"
+            print(f"error: {run.directory}: analysis {label} failed: {reason}",
+                  file=sys.stderr, flush=True)
+            runinfo.write_analysis_state(run.directory, label, "failed", reason)
+            (run.directory / "error.txt").write_text(traceback.format_exc())
+            done.failed.append((label, reason))
+            continue
+        runinfo.write_analysis_state(run.directory, label, "finished")
+        done.append(spec["name"])
+    return done
+
+
