@@ -12,13 +12,9 @@ from torch import nn
 from labkit.cli import cli
 from labkit.core.errors import UserError
 from labkit.measures.layers import measured_layers
-from labkit.measures.receptive_field import (
-    Untraceable,
-    border_layer,
-    geometric_copy,
-    layer_fields,
-    receptive_fields,
-)
+from labkit.measures.receptive_field import border_layer, receptive_fields
+from labkit.measures.receptive_field_check import geometric_copy
+from labkit.measures.receptive_field_geometry import Untraceable, layer_fields
 from labkit.models import MODELS, create_torchvision_model
 
 RESOLUTION = 24  # odd intermediate sizes (24 → 12 → 6 → 3 → 2) exercise the edges

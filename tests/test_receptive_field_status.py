@@ -11,7 +11,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from labkit.cli import cli
-from labkit.measures.receptive_field import STATUSES, gradient_check, layer_fields, receptive_fields
+from labkit.measures.receptive_field import receptive_fields
+from labkit.measures.receptive_field_check import gradient_check
+from labkit.measures.receptive_field_geometry import STATUSES, layer_fields
 from labkit.models import MODELS
 
 RESOLUTION = 8  # the smallest input every built-in model is made for (labkit.models)

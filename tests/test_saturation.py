@@ -10,16 +10,11 @@ from labkit.cli.commands.common import load_runs
 from labkit.core.errors import UserError
 from labkit.measures import saturation
 from labkit.measures.layers import measured_layers
-from labkit.measures.saturation import (
-    SaturationTracker,
-    _ieee_float32,
-    intrinsic_dimensionality,
-    load_spectra,
-    plot_saturation,
-    spectra_path,
-    spectrum,
-)
+from labkit.measures.saturation import _ieee_float32, intrinsic_dimensionality, spectrum
+from labkit.measures.saturation_tracker import SaturationTracker
+from labkit.measures.spectra import load_spectra, spectra_path
 from labkit.outputs.results import collect
+from labkit.outputs.saturation_plot import plot_saturation
 from labkit.spec import expand
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from labkit.measures.saturation import SaturationTracker
+from labkit.measures.saturation_tracker import SaturationTracker
 
 WORLD = 2
 STATS = ["lsat", "idim", "det", "trc"]

@@ -51,10 +51,10 @@ from labkit.measures.layers import measured_layers
 from labkit.measures.saturation import (
     TRAIN_PASS,
     SaturationConfig,
-    SaturationTracker,
     intrinsic_dimensionality,
     spectrum,
 )
+from labkit.measures.saturation_tracker import SaturationTracker
 from labkit.store.atomic import write_csv, write_figure
 from labkit.training.build import make_metrics
 from labkit.training.evaluation import evaluate

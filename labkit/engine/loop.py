@@ -25,13 +25,9 @@ from labkit.data.seeded import (
     ShardedBatches,
     check_draws,
 )
-from labkit.measures.saturation import (
-    TRAIN_PASS,
-    SaturationTracker,
-    saturation_view,
-    save_spectra,
-    spectra_path,
-)
+from labkit.measures.saturation import TRAIN_PASS
+from labkit.measures.saturation_tracker import SaturationTracker
+from labkit.measures.spectra import saturation_view, save_spectra, spectra_path
 from labkit.methods.base import Method, RunContext
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig

@@ -15,12 +15,10 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from labkit.core.errors import RunFailed, UserError
 from labkit.core.registry import Registries
 from labkit.engine.loop import train_run
-from labkit.measures.saturation import (
-    SaturationConfig,
-    plot_saturation,
-    saturation_view,
-)
+from labkit.measures.saturation import SaturationConfig
+from labkit.measures.spectra import saturation_view
 from labkit.outputs.figures import run_figures
+from labkit.outputs.saturation_plot import plot_saturation
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
 from labkit.training import distributed
