@@ -87,3 +87,16 @@ def test_plugins_and_examples_use_the_public_api_only():
     private = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in sources
                for line, name in labkit_imports(path) if name not in public]
     assert private == []
+
+
+def test_every_module_lives_in_a_layer_folder():
+    # the folders are the layers: a module's path says its layer, and every folder is
+    # one layer of the contract
+    package = ROOT / "labkit"
+    loose = sorted(p.name for p in package.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "api.py", "testing.py"]
+    contract = (ROOT / ".importlinter").read_text()
+    layers = {name.strip() for line in contract.split("layers =", 1)[1].splitlines()
+              for name in line.split(":") if name.strip()}
+    folders = {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    assert folders <= layers, f"folders outside the contract: {sorted(folders - layers)}"

@@ -275,37 +275,50 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
                 if (directory / PROGRESS).exists():  # a crash's leftover beside a whole set
                     (directory / PROGRESS).unlink(missing_ok=True)
                 return manifest
-            try:
-                progress_file = read_json_file(directory / PROGRESS, _Progress)
-            except DamagedFile:
-                progress_file = None
-            state = progress_file.model_dump() if progress_file is not None else {}
-            if state.get("plan") != plan:
-                # another plan's files (or a crash before the first record): start clean
-                shutil.rmtree(directory, ignore_errors=True)
-                directory.mkdir(parents=True)
-                state = {"plan": plan, "batch_size": batch_size, "done": {}}
-                check_free_space(directory, planned_bytes(
-                    {name: tuple(shape) for name, shape in shapes.items()},
-                    plan["splits"], dtype))
+            state = _resume_state(directory, plan, batch_size, shapes)
             for split, dataset in splits.items():
                 _extract_split(model, recorder, split, dataset, directory, mode, shapes,
                                np.dtype(dtype), state, progress, record_seconds)
     finally:
         recorder.close()
 
+    manifest = _manifest(directory, plan, shapes, first, mode)
+    write_json(directory / MANIFEST, manifest)
+    (directory / PROGRESS).unlink(missing_ok=True)
+    return manifest
+
+
+def _resume_state(directory: Path, plan: dict[str, Any], batch_size: int,
+                  shapes: dict[str, torch.Size]) -> dict[str, Any]:
+    """Where an extraction of ``plan`` stands in ``directory``: its progress record when
+    one of this plan survives, else a clean folder (another plan's files, or a crash
+    before the first record, are removed) with the disk checked for room."""
+    try:
+        progress_file = read_json_file(directory / PROGRESS, _Progress)
+    except DamagedFile:
+        progress_file = None
+    state = progress_file.model_dump() if progress_file is not None else {}
+    if state.get("plan") == plan:
+        return state
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    check_free_space(directory, planned_bytes(
+        {name: tuple(shape) for name, shape in shapes.items()}, plan["splits"], plan["dtype"]))
+    return {"plan": plan, "batch_size": batch_size, "done": {}}
+
+
+def _manifest(directory: Path, plan: dict[str, Any], shapes: dict[str, torch.Size],
+              first: dict[str, torch.Tensor], mode: Mode) -> dict[str, Any]:
+    """The manifest of a finished extraction: the plan, per layer its rows per image and
+    features, the sha256 of every file, and the digest of all of it."""
     entries = [{"name": name, "positions": shapes[name][0], "features": shapes[name][1],
                 "row_shape": [first[name].shape[1]] if mode == "pixelwise"
                 else list(_pooled(first[name], mode).shape[1:])} for name in plan["layers"]]
     files = sorted(array_path(directory, split, name).name
-                   for split in splits for name in ["labels", *plan["layers"]])
+                   for split in plan["splits"] for name in ["labels", *plan["layers"]])
     body = {"plan": plan, "layers": entries,
             "files": {name: file_sha256(directory / name) for name in files}}
-    manifest = {**body, "digest": hashlib.sha256(
-        json.dumps(body, sort_keys=True).encode()).hexdigest()}
-    write_json(directory / MANIFEST, manifest)
-    (directory / PROGRESS).unlink(missing_ok=True)
-    return manifest
+    return {**body, "digest": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()}
 
 
 def _reserve(path: Path) -> None:
