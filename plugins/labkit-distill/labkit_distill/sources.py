@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from torch.utils.data import Dataset
 
 from labkit.api import (
@@ -48,7 +48,13 @@ def resolve_source(value: str | dict[str, Any]) -> dict[str, Any]:
     registry = labkit_registries().datasets
     if name not in registry:
         raise ValueError(registry.unknown_message(name))
-    resolved = validate_json_types(registry.get(name).params, component).model_dump(mode="json")
+    try:
+        params = validate_json_types(registry.get(name).params, component)
+    except ValidationError as exc:  # one line per problem, its key inside the source first
+        raise ValueError("; ".join(
+            f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors())) from None
+    resolved = params.model_dump(mode="json")
     return {"name": name, **{k: v for k, v in resolved.items() if k not in SET_BY_WRAPPER}}
 
 

@@ -122,7 +122,7 @@ def test_grids_over_teachers_students_and_losses(registries):
      "method.teacher.spec: model.name: unknown model 'cnn_xxs'"),
     ({"spec": {**TEACHER_SPEC, "epochs": [1, 2]}}, "expands to 2 runs"),
     ({"spec": TEACHER_SPEC, "dir": "TEACHER_DIR"}, "exactly one of the two"),
-    ({"dir": "no/such/run"}, "holds no labkit run"),
+    ({"dir": "no/such/run"}, "no/such/run does not exist"),
 ])
 def test_teacher_mistakes_are_reported_before_anything_runs(registries, teacher_dir, teacher,
                                                              message):
