@@ -151,7 +151,8 @@ def step(what: str, item: str, *, unit: str = "", progress: bool = True) -> Iter
 
 def step_line(loop: _Loop, seconds: float) -> str:
     """The line of a finished step: ``probes cnn_s lr=0.1: layer 3/12 conv2 (0.4 s)``."""
-    count = "" if loop.total == 1 else f"{loop.n}/{loop.total}" if loop.total else f"{loop.n}"
+    count = "" if loop.total == 1 and loop.item else \
+        f"{loop.n}/{loop.total}" if loop.total else f"{loop.n}"
     return " ".join(part for part in (f"{loop.title}:", loop.unit, count, loop.item) if part) \
         + f" ({seconds:.1f} s)"
 
