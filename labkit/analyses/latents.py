@@ -241,7 +241,8 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
         batch_size: images per forward pass (fixed for the whole extraction, resumes
             included, so a resumed extraction writes the same bits).
         dtype: ``"float16"`` (half the size of float32) or ``"float32"``.
-        progress: show progress bars (on a terminal only).
+        progress: show each split as a step, its batches as a bar on a terminal
+            (:mod:`labkit.training.progress`).
         record_seconds: least time between progress records; each one flushes the
             files to disk first (tens of milliseconds), so recording every batch would
             dominate small batches. A kill loses at most this much work.

@@ -126,7 +126,7 @@ class Latents(Analysis):
     def compute(self, progress: bool = True) -> None:
         """Extract (resuming or skipping as the files say) and point the run at the result.
 
-        ``progress``: show progress bars (only ever on a terminal).
+        ``progress``: show progress (:mod:`labkit.training.progress`).
         """
         run = self.run
         data = run.data

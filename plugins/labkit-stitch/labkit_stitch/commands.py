@@ -134,7 +134,7 @@ def run_label(run: RunConfig) -> str:
 @_MAX_SAMPLES
 @_PERMUTATIONS
 @_SEED
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@click.option("--quiet", "-q", is_flag=True, help="show no progress: no bars, no progress lines")
 def stitch_table_command(spec: str, run_id: str, device: str | None, split: str, metric: str,
                          output: str | None, cka: bool, measures: tuple[str, ...],
                          average_over: tuple[str, ...], tolerance: float, direct_match: bool,

@@ -135,7 +135,7 @@ def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = T
     Args:
         run: the run.
         device: torch device; ``None`` uses the run's own ``device`` setting.
-        progress: show progress bars.
+        progress: show progress (``labkit.api.track``).
 
     Raises:
         RunFailed: the run failed (the reason is in its ``status.json``).
