@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from labkit.core.errors import DamagedFile
-from labkit.measures.saturation import (
+from labkit.measures.pca_dimension import (
     SPECTRA_DIR,
     VIEW_STATS,
     column_name,
