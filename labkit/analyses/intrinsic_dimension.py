@@ -16,7 +16,7 @@ repeated row kept once.
 Output ``intrinsic_dimension.csv``: one row per layer (network order) and split with
 ``layer, layer_index, relative_depth, split, twonn, mle, samples`` (images drawn),
 ``points`` (distinct rows the estimators used), ``features``, the parameters ``k``,
-``discard_fraction``, ``seed``, ``downsampling`` and ``source`` (``latents`` or
+``discard_fraction``, ``seed``, ``downsampling`` and ``read_from`` (``latents`` or
 ``activations``). ``layer_index`` counts every Conv2d and Linear of the network in order
 of first call (:mod:`labkit.measures.layers`), ``relative_depth`` is
 :func:`labkit.measures.depth.relative_depth` of it. An estimate that cannot be made (fewer
@@ -154,7 +154,7 @@ class IntrinsicDimension(Analysis):
                     "samples": len(x), "points": len(np.unique(x, axis=0)),
                     "features": x.shape[1], "k": params.k,
                     "discard_fraction": params.discard_fraction, "seed": params.seed,
-                    "downsampling": str(params.downsampling), "source": source})
+                    "downsampling": str(params.downsampling), "read_from": source})
         write_csv(self.outputs()[0], pd.DataFrame(table))
 
 
