@@ -34,7 +34,6 @@ from labkit.outputs.layers import results_table
 from labkit.outputs.results import LOG_TABLE, available_tables, find_runs
 from labkit.store import run_ref, runinfo
 from labkit.store.checkpoint_files import BEST
-from labkit.store.identity import RunConfig
 
 if TYPE_CHECKING:
     import torch
@@ -45,38 +44,11 @@ __all__ = ["Grid", "Run", "open", "open_logs"]
 
 
 @dataclass(frozen=True)
-class Run:
-    """One run of a grid, read from its files whenever asked (a run that trains
-    meanwhile shows its newest state).
-
-    Attributes:
-        run: the run's config, run-id and identity (:class:`labkit.store.identity.RunConfig`).
-    """
-
-    run: RunConfig
-
-    @property
-    def hash(self) -> str:
-        """The run's identity (the hash ending its directory's name)."""
-        return self.run.hash
-
-    @property
-    def name(self) -> str:
-        """Its readable name (the directory's name without the hash)."""
-        return self.run.name
-
-    @property
-    def run_id(self) -> str:
-        return self.run.run_id
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The resolved config (defaults filled in), as ``config.json`` records it."""
-        return self.run.config
-
-    @property
-    def directory(self) -> Path:
-        return self.run.directory
+class Run(run_ref.RunInFolder):
+    """One run of a grid (a :class:`labkit.store.identity.RunConfig` located at its
+    folder: ``hash``, ``name``, ``run_id``, ``config``, the resolved config as
+    ``config.json`` records it, and ``directory``), read from its files whenever asked:
+    a run that trains meanwhile shows its newest state."""
 
     @property
     def state(self) -> str:
@@ -218,7 +190,7 @@ def open(spec: str | Path, run_id: str, sets: Sequence[str] = (),  # noqa: A001
         UserError: the spec cannot be read or is invalid (one line saying why).
     """
     runs = load_runs(str(spec), run_id, device, tuple(sets))
-    return Grid([Run(run) for run in runs],
+    return Grid([Run(run.config, run.run_id, run.directory) for run in runs],
                 {run.hash: run.config.get("saturation") for run in runs})
 
 
@@ -240,5 +212,5 @@ def open_logs(logs: str | Path = "logs", run_ids: Sequence[str] = ()) -> Grid:
             _warn(f"left out {directory}: {exc}")
             continue
         if not run_ids or run.run_id in run_ids:
-            runs.append(Run(run))
+            runs.append(Run(run.config, run.run_id, run.folder))
     return Grid(runs, {})

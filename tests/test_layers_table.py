@@ -5,6 +5,8 @@ the intrinsic dimension reads) and a run with saturation and intrinsic dimension
 (from forward hooks)."""
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from test_cli_lean import labkit_probe
 
 from labkit import hookimpl
 from labkit.analyses import FinishedRun
@@ -115,8 +116,14 @@ def test_every_per_layer_table_carries_the_layer_keys(grid):
 
 def test_the_layers_table_imports_no_torch(grid):
     logs, _, _ = grid
-    out, _, heavy = labkit_probe("results", str(logs), "--table", "layers", env={})
-    assert heavy == [] and "probe_accuracy_d2" in out
+    code = ("import sys\nfrom labkit.cli import main\n"
+            f"sys.argv = ['labkit', 'results', {str(logs)!r}, '--table', 'layers']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'labkit.cli.builtins') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "probe_accuracy_d2" in out and out.rstrip().endswith("HEAVY []")
 
 
 class Plugin:

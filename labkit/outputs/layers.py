@@ -60,7 +60,7 @@ RF_COLUMNS = {"size_h": "rf_size_h", "size_w": "rf_size_w", "jump_h": "rf_jump_h
               "rf_status": "rf_status", "rf_check": "rf_check"}
 ACCURACY = "_accuracy"
 PROBES_SUFFIX = NAMED_TABLES["probes"]
-# layer, split, *measures -> a plugin's per-layer measures of one run (the hook's answers)
+# (run_dir=…, config=…) -> the plugins' answers to labkit_layer_measures for one run
 PluginMeasures = Callable[..., list[Any]]
 Report = Callable[[str], None]
 

@@ -30,6 +30,7 @@ import pandas as pd
 
 from labkit.core.errors import DamagedFile, UserError
 from labkit.measures.depth import relative_depth
+from labkit.measures.pca_dimension import SPECTRA_DIR
 from labkit.measures.spectra import final_spectra
 from labkit.store import runinfo
 from labkit.store.identity import flatten
@@ -220,12 +221,17 @@ def with_layer_keys(rows: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 
 
 def available_tables(paths: list[Path]) -> list[str]:
-    """Names of every table some run under ``paths`` holds, ``log`` and ``layers`` first."""
+    """Names of every table some run under ``paths`` holds, ``log`` first, then
+    ``layers`` when some run has a per-layer measure (a per-layer table or spectra)."""
     names: set[str] = set()
+    layered = False
     for run_dir in find_runs(paths):
-        names.update(table_files(run_dir))
+        found = set(table_files(run_dir))
+        names |= found
+        layered = layered or bool(found & set(LAYER_TABLES)) or \
+            (Path(run_dir) / SPECTRA_DIR).is_dir()
     names -= {LOG_TABLE, LAYERS_TABLE}
-    return [LOG_TABLE, LAYERS_TABLE, *sorted(names)]
+    return [LOG_TABLE, *([LAYERS_TABLE] if layered else []), *sorted(names)]
 
 
 def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
