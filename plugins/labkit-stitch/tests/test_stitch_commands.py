@@ -1,6 +1,9 @@
 """`labkit stitch-table` and `labkit similarity` from the command line, with the plugin loaded
 through its entry point; the grouping of a grid into tables."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -101,3 +104,18 @@ def test_a_grid_of_network_pairs_gives_one_table_per_pair(registries, tmp_path):
     for _, rows in table.groupby("group"):
         assert list(rows["sender_layer"]) == ["block1", "block2"]
         assert rows["sender_run"].nunique() == rows["config.epochs"].nunique() == 1
+
+
+def test_help_lists_the_declared_commands_without_importing_the_plugin():
+    # the commands are declared in the `labkit.commands` entry-point group: `labkit --help`
+    # names them from the metadata alone, and the plugin's modules stay unimported
+    code = ("import sys\nfrom labkit.cli import main\nsys.argv = ['labkit', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('IMPORTED', sorted(m for m in sys.modules if m.startswith('labkit_stitch')))")
+    env = {**os.environ, "LABKIT_PLUGINS": "stitch"}
+    env.pop("LABKIT_DISABLE_PLUGIN_AUTOLOAD", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    for command in ("stitch-table", "similarity", "cka"):
+        assert f"  {command} " in out and "plugin command of labkit-stitch" in out
+    assert "IMPORTED []" in out
