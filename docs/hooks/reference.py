@@ -99,6 +99,8 @@ def site_path(file: Path) -> str | None:
         return None
     if rel.startswith("docs/") and not rel.startswith("docs/hooks/"):
         return rel.removeprefix("docs/")
+    if rel == "README.md":  # the site's home page says what the README says first
+        return "index.md"
     if rel == "CHANGELOG.md":
         return "changelog.md"
     if rel == "plugins/README.md":
@@ -148,17 +150,20 @@ def relink(text: str, origin: Path, page: str) -> str:
 
 
 def cli_reference() -> str:
-    from labkit.cli import cli
+    from labkit.cli import cli, declared_commands
+    from labkit.cli.commands.plugin_commands import hook_commands
 
     ctx = click.Context(cli, info_name="labkit")
+    listed = cli.list_commands(ctx)
+    hooked = hook_commands(set(listed) - set(declared_commands()), declared_commands())
     lines = ["# Command-line reference", "",
              "Generated from the commands' own definitions (`labkit COMMAND --help` prints "
              "the same). Exit codes: 0 done, 1 some run or analysis failed (the others "
              "still ran), 2 a mistake in the input (one line on stderr, no traceback).", ""]
-    names = cli.list_commands(ctx)
+    names = [*listed, *sorted(set(hooked) - set(listed))]
     lines += [" · ".join(f"[`{name}`](#labkit-{name})" for name in names), ""]
     for name in names:
-        command = cli.get_command(ctx, name)
+        command = hooked.get(name) or cli.get_command(ctx, name)
         if command is None:
             continue
         sub = click.Context(command, info_name=name, parent=ctx)
@@ -178,7 +183,12 @@ def _option_row(option: click.Option, ctx: click.Context) -> str:
     if option.multiple:
         flags += " (repeatable)"
     default = option.get_default(ctx, call=False)
-    shown = "" if default in (None, (), [], False) or callable(default) else f"`{default}`"
+    if option.required:
+        shown = "required"
+    elif default in (None, (), [], False) or callable(default) or type(default).__name__ == "Sentinel":
+        shown = ""  # click ≥ 8.3 marks "no default" with a sentinel
+    else:
+        shown = f"`{default}`"
     return f"| {flags} | {shown} | {_cell(option.help or '')} |"
 
 
@@ -265,7 +275,7 @@ def _type(field: dict[str, Any], defs: dict[str, Any], linked: Any) -> str:
     """A short type text: bounds, enumerations, links to the nested objects in
     ``linked`` and, for components, to their kind in the components reference. A key's
     grid-axis alternative (a list of its values) is left out."""
-    options = field.get("anyOf", [field])
+    options = field.get("anyOf") or field.get("oneOf") or [field]
     if len(options) == 2 and options[1].get("type") == "array" and options[1].get("items") == options[0]:
         options = [options[0]]
     texts = [_one_type(option, defs, linked) for option in options]
@@ -281,7 +291,7 @@ def _one_type(node: dict[str, Any], defs: dict[str, Any], linked: Any) -> str:
             return f"list of {kind}"
         return " \\| ".join(f"component ({kind})" if t == "component" else t
                             for t in _type(inner, defs, linked).split(" \\| "))
-    if "anyOf" in node:
+    if "anyOf" in node or "oneOf" in node:
         return _type(node, defs, linked)
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
@@ -460,7 +470,8 @@ def _cell(text: str) -> str:
     """``text`` on one line, fit for a table cell: pipes and, outside code, asterisks
     escaped, and every ``docs/<page>.md`` it names a link to that page (from a page of
     ``reference/``)."""
-    parts = " ".join(text.split()).replace("|", "\\|").split("`")
-    for i in range(0, len(parts), 2):  # outside code spans
-        parts[i] = re.sub(r"\bdocs/([\w/-]+\.md)\b", r"[\1](../\1)", parts[i].replace("*", "\\*"))
+    parts = " ".join(text.split()).split("`")
+    for i in range(0, len(parts), 2):  # outside code spans (a pipe inside one splits no cell)
+        escaped = parts[i].replace("|", "\\|").replace("*", "\\*")
+        parts[i] = re.sub(r"\bdocs/([\w/-]+\.md)\b", r"[\1](../\1)", escaped)
     return "`".join(parts)
