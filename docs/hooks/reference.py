@@ -252,9 +252,9 @@ def _refs(node: Any) -> list[str]:
 
 
 def _object_table(ref: str, defs: dict[str, Any], homes: dict[str, str],
-                  anchor: str | None = None) -> list[str]:
+                  anchor: str | None = None, level: str = "###") -> list[str]:
     definition = defs[ref]
-    lines = [f"### {ref} {{ #{anchor or _anchor(ref)} }}", "",
+    lines = [f"{level} {ref} {{ #{anchor or _anchor(ref)} }}", "",
              _markdown(definition.get("description", "")), "",
              "| key | type | default | meaning |", "|---|---|---|---|"]
     lines += [f"| `{key}` | {_type(field, defs, homes)} | {_default_json(field)} | "
@@ -354,10 +354,19 @@ def _groups(entries: list[Any]) -> list[list[Any]]:
     """Entries sharing plugin, parameters and docstring (digits aside), in name order."""
     groups: dict[tuple, list[Any]] = {}
     for entry in entries:
-        key = (entry.plugin, json.dumps(entry.params.model_json_schema(), sort_keys=True, default=str),
+        schema = _untitled(entry.params.model_json_schema())  # titles carry the name
+        key = (entry.plugin, json.dumps(schema, sort_keys=True, default=str),
                re.sub(r"\d+", "#", _summary(entry.obj)))
         groups.setdefault(key, []).append(entry)
     return list(groups.values())
+
+
+def _untitled(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _untitled(v) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
 
 
 def _shown_name(entry: Any) -> str:
@@ -370,9 +379,10 @@ def _component_anchor(kind: str, name: str) -> str:
 
 def _component_section(kind: str, group: list[Any]) -> list[str]:
     first = group[0]
-    title = ", ".join(f"`{_shown_name(e)}`" for e in group)
-    lines = [f"### {title} {{ #{_component_anchor(kind, first.name)} }}", "",
-             f"Plugin: {first.plugin}.", ""]
+    names = ", ".join(f"`{_shown_name(e)}`" for e in group)
+    title = names if len(group) <= 3 else f"`{_shown_name(first)}` and {len(group) - 1} more"
+    lines = [f"### {title} {{ #{_component_anchor(kind, first.name)} }}", ""]
+    lines += [f"{names}; plugin: {first.plugin}." if len(group) > 3 else f"Plugin: {first.plugin}.", ""]
     summaries = [_summary(e.obj) for e in group]
     if len(set(summaries)) == 1:
         lines += [summaries[0], ""]
@@ -395,7 +405,7 @@ def _component_section(kind: str, group: list[Any]) -> list[str]:
     lines.append("")
     for name in _refs(schema):
         if "properties" in defs.get(name, {}):
-            lines += _object_table(name, defs, anchors, anchors[name])
+            lines += _object_table(name, defs, anchors, anchors[name], level="####")
     return [_relinked_types(line, anchors) for line in lines]
 
 
