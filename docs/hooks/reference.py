@@ -343,7 +343,7 @@ def components_reference() -> str:
             first = group[0]
             link = f"#{_component_anchor(kind, first.name)}"
             names = ", ".join(f"[`{_shown_name(e)}`]({link})" for e in group)
-            lines.append(f"| {names} | {first.plugin} | {_cell(_summary(first.obj).split(chr(10) * 2)[0])} |")
+            lines.append(f"| {names} | {first.plugin} | {_cell(_group_summary(group))} |")
         lines.append("")
         for group in groups:
             lines += _component_section(kind, group)
@@ -359,6 +359,14 @@ def _groups(entries: list[Any]) -> list[list[Any]]:
                re.sub(r"\d+", "#", _summary(entry.obj)))
         groups.setdefault(key, []).append(entry)
     return list(groups.values())
+
+
+def _group_summary(group: list[Any]) -> str:
+    """The first paragraph of the group's docstrings; where they differ in their numbers
+    only, the numbers shown as N."""
+    summaries = {_summary(e.obj).split("\n\n")[0] for e in group}
+    first = _summary(group[0].obj).split("\n\n")[0]
+    return first if len(summaries) == 1 else re.sub(r"\d+", "N", first)
 
 
 def _untitled(node: Any) -> Any:
