@@ -128,8 +128,9 @@ class Spec(BaseModel):
     analyses: list[Component] = Field(
         [], description="post-training analyses, each a name or `{\"name\": …, params}`, run "
                         "after training in the order given and skipped once complete: "
-                        "`receptive_field`, `latents`, `probes`, `intrinsic_dimension`, `projection`, `saturation`, "
-                        "`evaluate` (another data set), and the plugins'; not part of "
+                        "`receptive_field`, `latents`, `probes`, `intrinsic_dimension`, "
+                        "`projection`, `saturation`, `evaluate` (another data set), and the "
+                        "plugins'; not part of "
                         "identity (their outputs are named by their own params)",
         json_schema_extra={"registry": "analyses"})
     loggers: list[Component] = Field(
