@@ -46,7 +46,7 @@ from labkit.api import (
     RunContext,
     StepResult,
     UserError,
-    inline_run,
+    linked_runs_of,
     mix_images,
     read_npy_file,
 )
@@ -277,11 +277,7 @@ class Distill(Method):
     def linked_runs(cls, params: dict[str, Any], run: RunConfig,
                     registries: Registries) -> list[RunConfig]:
         """The teacher given by spec: trained first when not finished."""
-        teacher = params["teacher"]
-        if teacher.get("spec") is None:
-            return []
-        return [inline_run(teacher["spec"], run.config, teacher.get("run_id") or run.run_id,
-                           registries)]
+        return linked_runs_of(params["teacher"], run, registries)
 
     def __init__(self, context: RunContext, params: Params):
         super().__init__(context, params)
