@@ -48,12 +48,10 @@ from labkit.api import registries as labkit_registries
 
 
 class NetworkRef(RunRef):
-    """One labkit run: a run directory, or a spec (file or object), run-id and grid point.
+    """One labkit run: a run directory, or a spec (file or object), run-id and grid point."""
 
-    Met at two JSON paths (sender, receiver), it leaves ``path`` unset: its mistakes are
-    ``ValueError`` s, which spec validation names by their path.
-    """
-
+    # met at two JSON paths (sender, receiver), it has no ``path``: its mistakes are
+    # ValueErrors, which spec validation names by their path
     noun = "referenced run"
     rerun = "run the stitch spec again (new stitch runs)"
 
