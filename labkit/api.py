@@ -72,7 +72,8 @@ __all__ = [
     "StepResult", "Supervised", "layer_name", "measured_layers", "Schedule", "Scheduled",
     "value_at",
     # workflows: training, analyses, latents
-    "train", "ensure_trained", "finished_link", "RunFailed", "Analysis", "FinishedRun", "Latents", "latents",
+    "train", "ensure_trained", "finished_link", "RunFailed", "Analysis", "FinishedRun",
+    "Latents", "latents",
     # orchestration: plugins, commands
     "registries", "use", "plugin_manager", "plugin_infos", "ALLOW_ENV", "DISABLE_ENV",
     "load_runs", "finished_run", "check_device", "summarize", "LabkitGroup", "INVALID",
