@@ -7,25 +7,18 @@ import sys
 
 import numpy as np
 import pandas as pd
-from stitch_helpers import net_spec
+from stitch_helpers import ENV, nets_file, self_stitch
 
 from labkit.api import RunConfig, expand
 from labkit.testing import run_cli
 from labkit_stitch.tables import COLUMNS, stitch_table
 
-ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
-       "OMP_NUM_THREADS": "1"}
-
 
 def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tmp_path,
                                                                               write_spec):
-    nets = tmp_path / "nets.json"  # network A, referenced by spec file and trained on demand
-    nets.write_text(json.dumps(net_spec("cnn_xs", tmp_path / "logs", epochs=3)))
-    a = {"spec": str(nets), "run_id": "nets"}
-    spec = write_spec({"name": "self", "model": {
-        "name": "stitched", "sender": a, "receiver": a, "sender_layer": ["block1", "block2"],
-        "receiver_layer": ["block1", "block2"], "sender_weights": ["trained", "random"]},
-        "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 1, "batch_size": 64})
+    # network A, referenced by spec file and trained on demand
+    spec = write_spec(self_stitch(nets_file(tmp_path, epochs=3), ["block1", "block2"],
+                                  ["block1", "block2"], ["trained", "random"], name="self"))
     out = tmp_path / "tables"
     result = run_cli("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q",
                      "--measure", "procrustes_angular", "--measure", "svcca:keep=3",
@@ -89,9 +82,8 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
 
 
 def test_a_grid_of_network_pairs_gives_one_table_per_pair(registries, tmp_path):
-    nets = tmp_path / "nets.json"
-    nets.write_text(json.dumps({**net_spec("cnn_xs", tmp_path / "logs"), "seed": [0, 1]}))
-    a, b = ({"spec": str(nets), "run_id": "nets", "where": {"seed": seed}} for seed in (0, 1))
+    nets = nets_file(tmp_path, seed=[0, 1])
+    a, b = ({"spec": nets, "run_id": "nets", "where": {"seed": seed}} for seed in (0, 1))
     spec = {"model": {"name": "stitched", "sender": [a, b], "receiver": b,
                       "sender_layer": ["block1", "block2"], "receiver_layer": "block2",
                       "sender_weights": ["trained", "random"]},
