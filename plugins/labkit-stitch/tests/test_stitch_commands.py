@@ -1,6 +1,5 @@
 """`labkit stitch-table` and `labkit similarity` from the command line, with the plugin loaded
 through its entry point; the grouping of a grid into tables."""
-import json
 import os
 import subprocess
 import sys
