@@ -22,7 +22,8 @@ SPEC = {"model": "mlp_s", "dataset": {"name": "digits", "resolution": 8}, "epoch
         "batch_size": 128, "saturation": {},
         "analyses": ["receptive_field", {"name": "probes", "downsampling": 1},
                      {"name": "projection", "deltas": [0.9, 1.0]}, "saturation",
-                     {"name": "evaluate", "dataset": "digits"}]}
+                     {"name": "evaluate", "dataset": "digits"},
+                     {"name": "intrinsic_dimension", "samples": 60, "k": 5, "downsampling": 1}]}
 STEP = r" \(\d+\.\d s\)$"  # a finished step's time ends its line
 
 
@@ -51,6 +52,8 @@ def trained(tmp_path_factory):
     r"^projection mlp_s: delta 2/2 1" + STEP,
     r"^saturation mlp_s: epoch 1/1" + STEP,
     r"^evaluate mlp_s: digits eval \(359 images\)" + STEP,
+    r"^intrinsic_dimension mlp_s: split 1/2 train" + STEP,
+    *(rf"^intrinsic_dimension eval: layer {i}/3 \S+" + STEP for i in (1, 2, 3)),
 ])
 def test_every_analysis_prints_its_steps_as_lines_when_stderr_is_no_terminal(trained, pattern):
     _, stderr = trained
