@@ -71,7 +71,8 @@ def projection_curves(groups: dict[str, list[pd.DataFrame]], name: str,
     shown = []
     for (pca_axis, control_axis), split in zip(axes, evals):
         for label, tables in groups.items():
-            style, count = styles[label], f" (mean ± sd of {len(tables)})" if len(tables) > 1 else ""
+            style = styles[label]
+            count = f" (mean ± sd of {len(tables)})" if len(tables) > 1 else ""
             for axis, column in ((pca_axis, "accuracy"), (control_axis, "control_accuracy")):
                 stats = _stats(tables, split, column)
                 if stats.empty:

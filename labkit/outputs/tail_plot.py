@@ -5,7 +5,6 @@ the border layer, of one run or of groups of runs.
 ``receptive_field.csv`` and, when the intrinsic-dimension analysis wrote it,
 ``intrinsic_dimension.csv``); :func:`tail_pattern` draws groups of runs on shared axes,
 each group the mean of its runs with ± one standard deviation shaded;
-:func:`grid_tail_pattern` groups a grid's runs by config values;
 :func:`draw_tail_pattern` writes one run's figure into its directory (the probes
 analysis calls it).
 
@@ -19,7 +18,6 @@ carry each border position through the panels above.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,10 +27,9 @@ import pandas as pd
 
 from labkit.core.errors import DamagedFile
 from labkit.outputs import figures
-from labkit.outputs.figures import Report, Style
+from labkit.outputs.figures import Style
 from labkit.outputs.results import NAMED_TABLES
 from labkit.store import runinfo
-from labkit.store.identity import RunConfig
 from labkit.store.output_digests import damaged_outputs
 from labkit.store.readers import FINITE, FLAG, NUMBER, TEXT, read_csv_file
 
@@ -236,7 +233,7 @@ def tail_pattern(groups: dict[str, list[TailData]], name: str,
                          else np.zeros(1)) for r in everyone}
     wanted = _panels(everyone)
     bordered = [label for label, runs in groups.items() if any(r.border for r in runs)]
-    ratios = [3.0] * len(wanted) + ([0.35 * len(bordered) + 0.4] if bordered else [])
+    ratios = [2.6] * len(wanted) + ([0.35 * len(bordered) + 0.4] if bordered else [])
     figure = figures.new_figure(figsize=(figures.PAGE_WIDTH, sum(ratios) + 1.6),
                                 layout="constrained")
     axes = np.atleast_1d(figure.subplots(len(ratios), 1, sharex=True,
@@ -327,24 +324,6 @@ def _border_strip(axis: Any, groups: dict[str, list[TailData]], bordered: list[s
     axis.set_ylim(-0.7, len(bordered) - 0.3)
     axis.set_ylabel("border\nlayer", fontsize=9, rotation=0, ha="right", va="center")
     axis.grid(alpha=0.3, axis="x")
-
-
-def grid_tail_pattern(runs: Sequence[RunConfig], keys: Sequence[str], name: str,
-                      on_damaged: Report = figures.warn) -> Figure | None:
-    """The tail pattern of ``runs`` grouped by the values of ``keys`` (see
-    :func:`tail_pattern`), coloured and styled by :func:`~labkit.outputs.figures.group_styles`;
-    ``None`` when no run has saturation, intrinsic-dimension or probe results. Each
-    file left out as damaged is reported to ``on_damaged``."""
-    grouped = figures.group_runs(runs, keys)
-    groups = {}
-    for label, members in grouped.items():
-        groups[label] = [tail_data(r.directory, config=r.config) for r in members
-                         if r.directory.is_dir()]
-        for data in groups[label]:
-            for problem in data.problems:
-                on_damaged(f"left out of the tail pattern: {problem}")
-    return tail_pattern(groups, f"{name}, {figures.grouping_name(keys)}",
-                        figures.group_styles(grouped, keys))
 
 
 def draw_tail_pattern(run_dir: Path, prefix: str | None = None) -> Path:
