@@ -20,7 +20,7 @@ from PIL import Image
 from labkit.cli import cli
 from labkit.cli.commands.common import load_runs
 from labkit.outputs import figures, projection_plot, tail_plot
-from labkit.outputs.figure_sets import MANIFEST
+from labkit.outputs.figure_sets import MANIFEST, FigureFolder, grid_figures
 from labkit.testing import run_cli
 
 # two seeds of one tiny network, with saturation, receptive fields, probes and projection
@@ -91,11 +91,12 @@ def test_saturation_heat_map_is_layers_by_epochs(grid):
 
 
 def grouped_tail(runs, keys, name="grid figgrid"):
-    """The grid's tail pattern grouped by ``keys``, as `labkit plot` draws it."""
-    groups = figures.group_runs(runs, keys)
-    data = {label: [tail_plot.tail_data(r.directory, config=r.config) for r in members]
-            for label, members in groups.items()}
-    return tail_plot.tail_pattern(data, name, figures.group_styles(groups, keys)), data
+    """The grid's tail pattern grouped by ``keys`` as `labkit plot` draws it, and the
+    data of each group."""
+    (job,) = [j for j in grid_figures(runs, keys, name).grid if "tail_pattern" in j.stem]
+    data = {label: [tail_plot.tail_data(r.directory) for r in members]
+            for label, members in figures.group_runs(runs, keys).items()}
+    return job.draw(figures.warn), data
 
 
 def test_grid_tail_pattern_averages_seeds_and_spans_the_probe_data(grid):
@@ -215,13 +216,18 @@ def settle(runs) -> None:
             os.utime(path, (past, past))
 
 
-def test_plot_command_writes_png_and_svg_of_every_figure(grid, tmp_path):
+def test_plot_writes_png_and_svg_of_every_figure_and_redraws_only_what_changed(grid,
+                                                                              tmp_path):
     spec, runs = grid
     settle(runs)
     out = tmp_path / "figs"
-    result = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "-o", str(out),
-                                      "--by", "seed"])
-    assert result.exit_code == 0, result.output
+
+    def plot():
+        result = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}, result.output
+
+    first, _ = plot()
     projection = next(runs[0].directory.glob("projected_results*.csv")).stem
     for run in runs:
         for stem in ("learning_curves", "saturation_epochs", projection):
@@ -230,30 +236,11 @@ def test_plot_command_writes_png_and_svg_of_every_figure(grid, tmp_path):
                 assert image.size[0] > 300
             assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
         assert not (out / run.directory.name / "distillation.png").exists()  # no such data
-    for stem in ("tail_pattern_by_seed", "learning_curves_by_seed",
-                 f"{projection}_by_seed", "groups/seed=0/tail_pattern",
-                 "groups/seed=1/learning_curves"):
+    for stem in ("tail_pattern_by_nothing", "groups/all_runs/tail_pattern",
+                 "groups/all_runs/learning_curves", f"groups/all_runs/{projection}"):
         assert (out / f"{stem}.png").exists(), stem
-    wrong = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "--by", "modle"])
-    assert wrong.exit_code == 2 and "--by 'modle'" in wrong.output
-    unknown = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "nope"])
-    assert unknown.exit_code == 2 and "labkit run" in unknown.output
-    assert not any(r.directory.parent.name == "nope" for r in runs)
-
-
-def test_plot_redraws_only_the_figures_whose_inputs_changed(grid, tmp_path):
-    spec, runs = grid
-    settle(runs)
-    out = tmp_path / "figs"
-
-    def plot(*more):
-        result = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "-o", str(out),
-                                          *more])
-        assert result.exit_code == 0, result.output
-        return {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}, result.output
-
-    first, _ = plot()
     assert (out / MANIFEST).exists()
+
     again, output = plot()
     assert again == first and "0 figure(s) drawn" in output
     log = runs[1].directory / "log.csv"  # one run's log rewritten (same content, new stat)
@@ -263,13 +250,23 @@ def test_plot_redraws_only_the_figures_whose_inputs_changed(grid, tmp_path):
     redrawn = {p.relative_to(out).as_posix() for p in changed if changed[p] != first[p]}
     other = runs[0].directory.name
     assert f"{runs[1].directory.name}/learning_curves.png" in redrawn
-    assert "tail_pattern_by_nothing.png" in redrawn  # the grid's figure reads every log
+    assert {"tail_pattern_by_nothing.png", "groups/all_runs/tail_pattern.png"} <= redrawn
     assert not any(p.startswith(f"{other}/") for p in redrawn)  # the other run's are kept
-    assert not any("projected_results" in p and "/" in p and not p.startswith("groups")
-                   for p in redrawn)  # its projection figure does not read the log
-    # other parameters (another grouping) are other figures; the kept ones stay
-    by_seed, _ = plot("--by", "seed")
-    assert all(by_seed[p] == changed[p] for p in changed)
+    assert f"{runs[1].directory.name}/{projection}.png" not in redrawn  # reads no log
+    # other parameters are other figures: another title, another grouping
+    folder = FigureFolder(out)
+    assert all(folder.current(j) for j in grid_figures(runs, [], "grid figgrid, run-id G").jobs())
+    renamed = grid_figures(runs, [], "another name").runs[runs[0].hash][0]
+    assert renamed.stem == f"{other}/learning_curves" and not folder.current(renamed)
+    by_seed = {j.stem for j in grid_figures(runs, ["seed"], "x").jobs()}
+    assert {"tail_pattern_by_seed", "groups/seed=0/tail_pattern",
+            "learning_curves_by_seed"} <= by_seed
+
+    wrong = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "--by", "modle"])
+    assert wrong.exit_code == 2 and "--by 'modle'" in wrong.output
+    unknown = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "nope"])
+    assert unknown.exit_code == 2 and "labkit run" in unknown.output
+    assert not any(r.directory.parent.name == "nope" for r in runs)
 
 
 def test_dino_probe_curves_from_a_real_dino_run(tmp_path):

@@ -260,9 +260,10 @@ def config_value(config: dict[str, Any], key: str) -> str:
 
 
 def grid_stem(keys: Sequence[str], kind: str = "tail_pattern") -> str:
-    """File stem of a grid figure: ``<kind>_by_<key>[_and_<key>…]``, one file name
-    whatever the keys hold (a path separator becomes ``-``)."""
-    stem = f"{kind}_by_" + ("_and_".join(map(key_label, keys)) or "nothing")
+    """File stem of a grid figure: ``<kind>_by_<key>[_and_<key>…]`` (keys by their
+    shortest unique suffix: ``tail_pattern_by_model_and_lr``), one file name whatever
+    the keys hold (a path separator becomes ``-``)."""
+    stem = f"{kind}_by_" + ("_and_".join(short_keys(list(keys)).values()) or "nothing")
     return stem.replace("/", "-").replace("\\", "-")
 
 
@@ -368,7 +369,7 @@ def saturation_epochs(log: pd.DataFrame, name: str,
                     axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
                               color="white" if value < 0.6 else "black")
     axes[0].set_ylabel("layer (network order)")
-    figure.colorbar(image, ax=list(axes), label=saturation_label(config))
+    figure.colorbar(image, ax=list(axes), label=saturation_label(config).replace(" (", "\n("))
     return titled(figure, "Saturation per layer over epochs", name)
 
 

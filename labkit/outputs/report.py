@@ -94,7 +94,7 @@ class Spread:
         return cls(float(np.mean(finite)), sd, len(finite))
 
     def __str__(self) -> str:
-        if self.n == 1 or self.sd == 0:  # one run, or runs that agree: no spread to show
+        if self.n == 1:
             return f"{self.mean:.4g}"
         return f"{self.mean:.4g} ± {self.sd:.2g}"
 
@@ -288,6 +288,7 @@ LAYER_COLUMNS = {"saturation": "saturation", "intrinsic_dimensionality": "PCA di
                  "rf_jump": "RF jump", "border": "border", "tail": "tail"}
 """Per-layer columns shown in the report (besides ``probe_accuracy_<downsampling>``),
 with their headers."""
+GEOMETRY = ("rf_size", "rf_jump")  # fixed by the architecture, not measured
 
 
 def _layer_rows(runs: Sequence[RunConfig]) -> tuple[pd.DataFrame, list[str]]:
@@ -371,6 +372,8 @@ def layer_table(rows: pd.DataFrame, members: Sequence[RunConfig]) -> pd.DataFram
                 f"probe acc. (d={column.removeprefix('probe_accuracy_')})"
             if column in ("border", "tail"):
                 row[header] = "yes" if len(values) and values.astype(bool).all() else ""
+            elif column in GEOMETRY and values.nunique() == 1:  # the architecture's: no spread
+                row[header] = float(values.iloc[0])
             else:
                 row[header] = Spread.of(values.astype(float).tolist())
         table.append(row)
@@ -470,7 +473,7 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str,
              '<p class="muted">Final epoch of each run; mean ± sample standard deviation '
              'over the runs of each group (n: runs in the group; hover a cell for how many '
              'have the value).</p>',
-             html_table(summary_table(groups, keys, views), "summary")]
+             html_table(summary_table(groups, keys, views), "summary-table")]
     if len(groups) > 1:
         parts += ['<h2 id="compared">All groups compared</h2>',
                   *filter(None, map(images.html, drawn.grid))]
