@@ -29,14 +29,13 @@ from labkit.engine import train
 from labkit.measures.layers import layer_name, measured_layers
 from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
-from labkit.outputs.report import figure_html, html_table
+from labkit.outputs.report import figure_html, html_table, labelled_runs, readable_log
 from labkit.spec import expand, inline_run, load_spec_file, resolve, validate_json_types
 from labkit.store import checkpoint, runinfo
 from labkit.store.atomic import atomic_open, write_csv, write_figure, write_json, write_text
 from labkit.store.identity import (
                              NOT_IDENTITY,
                              RunConfig,
-                             display_labels,
                              flatten,
                              identity_config,
                              note_outside,
@@ -57,7 +56,7 @@ __all__ = [
     "UserError", "DamagedFile", "Registries", "params_model", "Seed",
     # store: run identity, run files, checkpoints, atomic writes
     "RunConfig", "NOT_IDENTITY", "run_hash", "identity_config", "flatten", "varying_keys",
-    "note_outside", "display_labels",
+    "note_outside",
     "runinfo", "checkpoint", "RunFingerprint", "PinnedRef", "is_trained", "run_fingerprint", "write_csv", "write_figure", "write_json", "write_text", "atomic_open",
     "read_run", "run_in_folder", "RunReference", "RunInFolder",
     # store: reading any file back safely (one DamagedFile line for any bytes)
@@ -72,7 +71,7 @@ __all__ = [
     "value_at",
     # workflows: training, analyses, latents; the report's building blocks (plugin sections)
     "train", "RunFailed", "Analysis", "FinishedRun", "Latents", "latents",
-    "html_table", "figure_html",
+    "html_table", "figure_html", "readable_log", "labelled_runs",
     # orchestration: plugins, commands
     "registries", "use", "plugin_manager", "plugin_infos", "ALLOW_ENV", "DISABLE_ENV",
     "load_runs", "finished_run", "check_device", "summarize", "LabkitGroup", "INVALID",

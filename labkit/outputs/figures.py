@@ -191,11 +191,6 @@ def resolve_keys(configs: list[dict[str, Any]], by: Sequence[str]) -> list[str]:
     return keys
 
 
-def key_label(key: str) -> str:
-    """``model.name`` → ``model``; other keys as they are."""
-    return key[:-len(".name")] if key.endswith(".name") else key
-
-
 def group_label(config: dict[str, Any], keys: Sequence[str]) -> str:
     """``model=cnn_s, lr=0.05``: the run's values of ``keys``, each key by its shortest
     unique suffix (keys a run lacks left out); ``all runs`` without keys."""

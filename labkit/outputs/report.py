@@ -35,7 +35,7 @@ import base64
 import datetime as dt
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1.5em;
        color: #222; max-width: 1400px; line-height: 1.4; }
 h1 { font-size: 1.5em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 h3 { margin-top: 1.5em; } nav { font-size: 0.9em; } nav a { margin-right: 1em; }
-.box { overflow: auto; max-width: 100%; max-height: 32em; margin: 0.5em 0;
+.box { overflow: auto; width: fit-content; max-width: 100%; max-height: 32em; margin: 0.5em 0;
        border: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.85em; }
 thead th { position: sticky; top: 0; z-index: 1; }
@@ -156,6 +156,25 @@ def image_html(png: bytes, caption: str) -> str:
 
 
 # ---------------------------------------------------------------- runs and metrics
+
+def readable_log(run: RunConfig) -> pd.DataFrame | None:
+    """The run's ``log.csv``; ``None`` when it has none yet or it is damaged (the report
+    names a damaged log in the run's reason). Plugins use it too
+    (``labkit.api.readable_log``)."""
+    try:
+        return runinfo.read_log(run.directory) if run.directory.is_dir() else None
+    except DamagedFile:
+        return None
+
+
+def labelled_runs(runs: Sequence[RunConfig], keep: Callable[[RunConfig], bool]
+                  ) -> list[tuple[RunConfig, str]]:
+    """The runs ``keep`` accepts, each with its label in the whole grid
+    (:func:`~labkit.store.identity.display_labels`: ``lr=0.1 seed=1``). Plugins use it to
+    name runs in their sections (``labkit.api.labelled_runs``)."""
+    labels = display_labels([r.config for r in runs])[0]
+    return [(run, label) for run, label in zip(runs, labels) if keep(run)]
+
 
 def final_metrics(run: RunConfig) -> dict[str, float]:
     """The last log row's loss and metrics of every split (``<split>-<metric>``) and DINO

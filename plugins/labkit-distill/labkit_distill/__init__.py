@@ -4,8 +4,9 @@ Registers the method ``distill`` (:mod:`labkit_distill.method`) and the datasets
 ``box_cue``, ``dominoes``, ``colour_cue`` (:mod:`labkit_distill.cues`), ``shapes``
 (:mod:`labkit_distill.shapes`) and ``train_on_eval`` (:mod:`labkit_distill.sources`).
 Checks distillation runs before they train (:mod:`labkit_distill.checks`) and adds the
-students' agreement with their teachers to ``labkit report`` (:mod:`labkit_distill.report`). Loaded by
-labkit through the entry point ``distill`` in the group ``labkit``.
+students' agreement with their teachers to ``labkit report``
+(:mod:`labkit_distill.report`). Loaded by labkit through the entry point ``distill`` in
+the group ``labkit``.
 """
 from labkit.api import hookimpl
 from labkit_distill.checks import distill_problems

@@ -6,19 +6,21 @@ from typing import Any
 
 import pandas as pd
 
-from labkit.api import DamagedFile, RunConfig, display_labels, html_table, runinfo
+from labkit.api import RunConfig, html_table, labelled_runs, readable_log
 
 TITLE = "Distillation: student–teacher agreement"
+
+
+def is_distill(run: RunConfig) -> bool:
+    """Whether the run trains with the ``distill`` method."""
+    return (run.config.get("method") or {}).get("name") == "distill"
 
 
 def agreement_rows(run: RunConfig, label: str) -> list[dict[str, Any]]:
     """Per eval split with an ``<split>-agreement`` column in the run's log: the final
     student accuracy, teacher accuracy, agreement (share of images on which they predict
     the same class) and KL(teacher || student); ``[]`` without a readable log."""
-    try:
-        log = runinfo.read_log(run.directory) if run.directory.is_dir() else None
-    except DamagedFile:  # the report names it in the run's reason
-        return []
+    log = readable_log(run)
     if log is None:
         return []
     last = log.iloc[-1]
@@ -33,9 +35,7 @@ def agreement_rows(run: RunConfig, label: str) -> list[dict[str, Any]]:
 
 def report_sections(runs: list[RunConfig]) -> list[tuple[str, str]]:
     """The agreement table of the grid's ``distill`` runs (none without such runs)."""
-    labels = display_labels([r.config for r in runs])[0]
-    rows = [row for run, label in zip(runs, labels)
-            if (run.config.get("method") or {}).get("name") == "distill"
+    rows = [row for run, label in labelled_runs(runs, is_distill)
             for row in agreement_rows(run, label)]
     if not rows:
         return []
