@@ -15,8 +15,12 @@ from click.testing import CliRunner
 from PIL import Image
 from test_figures import GRID, train_grid
 
+from labkit import hookimpl
 from labkit.cli import cli
 from labkit.cli.commands.common import load_runs
+from labkit.cli.commands.report import plugin_sections
+from labkit.cli.plugins import use
+from labkit.store.identity import RunConfig
 from labkit.outputs import figures
 from labkit.outputs.report import Spread, run_views, summary_table
 
@@ -111,6 +115,31 @@ def test_summary_is_the_mean_and_sd_of_each_group_over_its_seeds(study):
     assert cell.mean == pytest.approx(np.mean(finals))
     assert cell.sd == pytest.approx(np.std(finals, ddof=1))
     assert table.loc[table["lr"] == "1e+30", "states"].iloc[0] == "2 failed"
+
+
+class SectionPlugin:
+    """A plugin with a model of its own and a report section."""
+
+    @hookimpl
+    def labkit_register(self, registries):
+        registries.models.register("section_net", lambda num_classes, in_channels,
+                                   resolution: None)
+
+    @hookimpl
+    def labkit_report_sections(self, runs):
+        return [("Section net", f"<p>{len(runs)} run(s) asked</p>")]
+
+
+def test_plugins_add_sections_only_to_grids_that_use_their_components(study):
+    _, runs = study
+    try:
+        use(SectionPlugin())
+        assert plugin_sections(runs) == []  # labkit's own components only: not asked
+        theirs = [RunConfig({**r.config, "model": {"name": "section_net"}}, r.run_id)
+                  for r in runs]
+        assert plugin_sections(theirs) == [("Section net", f"<p>{len(runs)} run(s) asked</p>")]
+    finally:
+        use()
 
 
 def test_report_is_one_file_that_loads_nothing(report):
