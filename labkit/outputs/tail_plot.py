@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.core.errors import DamagedFile
+from labkit.measures.depth import relative_depth
 from labkit.outputs import figures
 from labkit.outputs.figures import Style
 from labkit.outputs.results import NAMED_TABLES
@@ -219,7 +220,7 @@ def tail_pattern(groups: dict[str, list[TailData]], name: str,
     group's style (``styles``, default: a colour per group).
 
     The x axis is the layer when every run has the same layers, else the relative depth
-    (layer index / last index), so networks of different depth share it.
+    (:func:`labkit.measures.depth.relative_depth`), so networks of different depth share it.
     """
     groups = {label: [r for r in runs if not r.empty] for label, runs in groups.items()}
     groups = {label: runs for label, runs in groups.items() if runs}
@@ -229,8 +230,8 @@ def tail_pattern(groups: dict[str, list[TailData]], name: str,
     everyone = [r for runs in groups.values() for r in runs]
     same_layers = all(r.layers == everyone[0].layers for r in everyone)
     positions = {id(r): (np.arange(len(r.layers), dtype=float) if same_layers else
-                         np.linspace(0.0, 1.0, len(r.layers)) if len(r.layers) > 1
-                         else np.zeros(1)) for r in everyone}
+                         relative_depth(np.arange(len(r.layers)), len(r.layers)))
+                 for r in everyone}
     wanted = _panels(everyone)
     bordered = [label for label, runs in groups.items() if any(r.border for r in runs)]
     ratios = [2.6] * len(wanted) + ([0.35 * len(bordered) + 0.4] if bordered else [])
