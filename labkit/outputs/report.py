@@ -45,13 +45,12 @@ import pandas as pd
 
 import labkit
 from labkit.core.errors import DamagedFile
-from labkit.outputs import figures, tail_plot
+from labkit.outputs import figures
 from labkit.outputs.figure_sets import FigureFolder, FigureJob, grid_figures
-from labkit.outputs.results import NAMED_TABLES
+from labkit.outputs.layers import run_layers
 from labkit.store import runinfo
 from labkit.store.identity import RunConfig, display_labels, short_keys
 from labkit.store.output_digests import damaged_outputs
-from labkit.store.readers import FLAG, NUMBER, TEXT
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1.5em;
@@ -298,77 +297,30 @@ def runs_table(members: Sequence[RunConfig], views: dict[str, RunView]) -> pd.Da
 
 
 # ---------------------------------------------------------------- per-layer rows
-# MERGE: `_layer_rows` stands in for `labkit.outputs.layers.layers_table(run_dirs)`
-# (built on another branch: one row per run × layer × split). Swap it in here, mapping its
-# columns onto LAYER_COLUMNS; nothing else of the report reads the per-layer files.
 
 LAYER_COLUMNS = {"saturation": "saturation", "intrinsic_dimensionality": "PCA dim.",
-                 "twonn": "TwoNN dim.", "mle": "MLE dim.", "rf_size": "RF size",
-                 "rf_jump": "RF jump", "border": "border", "tail": "tail"}
-"""Per-layer columns shown in the report (besides ``probe_accuracy_<downsampling>``),
-with their headers."""
-GEOMETRY = ("rf_size", "rf_jump")  # fixed by the architecture, not measured
+                 "twonn": "TwoNN dim.", "mle": "MLE dim.", "rf_size_h": "RF size",
+                 "rf_jump_h": "RF jump", "border": "border", "tail": "tail"}
+"""Columns of the layers table (:mod:`labkit.outputs.layers`) shown in the report
+(besides its ``probe_accuracy_*`` columns), with their headers."""
+GEOMETRY = ("rf_size_h", "rf_jump_h")  # fixed by the architecture, not measured
 
 
 def _layer_rows(runs: Sequence[RunConfig]) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run × layer × split from the run's files: ``run_hash``, ``layer``,
-    ``layer_index`` (network order), ``relative_depth``, ``split``, final-epoch
-    ``saturation`` and ``intrinsic_dimensionality`` (log.csv), ``probe_accuracy_<d>`` per
-    downsampling d (probe CSV: the split's accuracy), ``rf_size``, ``rf_jump``,
-    ``border``, ``tail`` (receptive_field.csv), ``twonn``, ``mle``
-    (intrinsic_dimension.csv). Also the lines of the files left out as damaged."""
-    rows, problems = [], []
+    """The rows of the layers table (:func:`labkit.outputs.layers.run_layers`: one per
+    run × layer × split, in network order, the saturation counted at each run's own δ
+    and rule) of the runs that started, and the lines naming what was left out."""
+    problems: list[str] = []
+    frames = []
     for run in runs:
         if not run.directory.is_dir():
             continue
-        flagged = damaged_outputs(run.directory)
-        found: dict[tuple[str, str], dict[str, Any]] = {}
-        order: list[str] = []
-
-        def put(layer: str, split: str, **values: Any) -> None:
-            if layer not in order:
-                order.append(layer)
-            found.setdefault((layer, split), {}).update(values)
-
-        fields = tail_plot.measured_table(
-            run.directory, NAMED_TABLES["receptive_field"],
-            {"layer": TEXT, "size_h": NUMBER, "jump_h": NUMBER, "border": FLAG, "tail": FLAG},
-            problems, flagged)
-        geometry = {} if fields is None else {
-            row.layer: {"rf_size": row.size_h, "rf_jump": row.jump_h, "border": row.border,
-                        "tail": row.tail} for row in fields.itertuples()}
-        order += list(geometry)
         try:
-            log = runinfo.read_log(run.directory)
+            frames.append(run_layers(run.directory, problems.append))
         except DamagedFile as exc:
-            problems.append(str(exc))
-            log = None
-        for column, value in ({} if log is None else log.iloc[-1].items()):
-            for stat, name in (("-saturation_", "saturation"),
-                               ("-intrinsic-dimensionality_", "intrinsic_dimensionality")):
-                if stat in column:
-                    split, layer = column.split(stat, 1)
-                    put(layer, split, **{name: float(value)})
-        probes = tail_plot.measured_table(
-            run.directory, NAMED_TABLES["probes"],
-            {"layer": TEXT, "downsampling": TEXT, "train_accuracy": NUMBER,
-             "eval_accuracy": NUMBER}, problems, flagged)
-        for row in [] if probes is None else probes.itertuples():
-            for split in ("train", "eval"):
-                put(row.layer, split, **{f"probe_accuracy_{row.downsampling}":
-                                         getattr(row, f"{split}_accuracy")})
-        intrinsic = tail_plot.measured_table(
-            run.directory, tail_plot.INTRINSIC_CSV,
-            {"layer": TEXT, "split": TEXT, "twonn": NUMBER, "mle": NUMBER}, problems, flagged)
-        for row in [] if intrinsic is None else intrinsic.itertuples():
-            put(row.layer, row.split, twonn=row.twonn, mle=row.mle)
-        last = max(len(order) - 1, 1)
-        for (layer, split), values in found.items():
-            index = order.index(layer)
-            rows.append({"run_hash": run.hash, "layer": layer, "layer_index": index,
-                         "relative_depth": index / last, "split": split,
-                         **geometry.get(layer, {}), **values})
-    return pd.DataFrame(rows), problems
+            problems.append(f"left out the per-layer measures of {run.directory}: {exc}")
+    frames = [frame for frame in frames if not frame.empty]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), problems
 
 
 def layer_table(rows: pd.DataFrame, members: Sequence[RunConfig]) -> pd.DataFrame:
@@ -388,7 +340,7 @@ def layer_table(rows: pd.DataFrame, members: Sequence[RunConfig]) -> pd.DataFram
         for column in measures:
             values = block[column].dropna()
             header = LAYER_COLUMNS.get(column) or \
-                f"probe acc. (d={column.removeprefix('probe_accuracy_')})"
+                f"probe acc. ({column.removeprefix('probe_accuracy_')})"
             if column in ("border", "tail"):
                 row[header] = "yes" if len(values) and values.astype(bool).all() else ""
             elif column in GEOMETRY and values.nunique() == 1:  # the architecture's: no spread
