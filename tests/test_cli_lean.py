@@ -223,6 +223,7 @@ def test_labels_are_short_unique_and_made_of_what_varies():
             for lr in (0.05, 0.1) for s in (0, 1)]
     assert display_labels(grid)[0] == ["lr=0.05 seed=0", "lr=0.05 seed=1", "lr=0.1 seed=0",
                                        "lr=0.1 seed=1"]
+    assert display_labels([{"model": {"name": "cnn_s"}, "seed": 0}])[0] == ["cnn_s"]  # one run
     long = [{"tag": "a" * 30 + "1"}, {"tag": "a" * 30 + "2"}]  # cut alike: told apart by #
     labels = display_labels(long)[0]
     assert len(set(labels)) == 2 and all(len(label) < 25 for label in labels)

@@ -212,7 +212,7 @@ def draw_plots(run: RunConfig, redraw: bool = False) -> None:
     for _, row in log.iterrows() if log is not None else ():
         path = run.directory / "plots" / f"saturation_epoch_{int(row['epoch']):04d}.png"
         if redraw or not path.exists():
-            plot_saturation(row, path)
+            plot_saturation(row, path, f"run {run.name}", run.config)
 
 
 class AnalysesRun(list):

@@ -217,7 +217,8 @@ def display_labels(configs: list[dict[str, Any]]) -> tuple[list[str], list[str]]
     nothing); a key absent from a run is left out of that run's label. Keys are shown
     by their shortest unique suffix, values shortened (``lr=0.05 seed=1``). Labels are
     for display only (run directories keep :attr:`RunConfig.name`); runs the chosen
-    values cannot tell apart get ``#<position>``.
+    values cannot tell apart get ``#<position>``; when nothing varies (one run), the
+    label is the model's name.
 
     Returns:
         the labels, one per config, and the dotted keys they use.
@@ -234,8 +235,9 @@ def display_labels(configs: list[dict[str, Any]]) -> tuple[list[str], list[str]]
         if groups == len(flats):
             break
     short = short_keys(chosen)
-    labels = [" ".join(f"{short[k]}={short_value(f[k])}" for k in chosen if k in f) or "-"
-              for f in flats]
+    # nothing varies (a one-run grid): the run is named by its model
+    labels = [" ".join(f"{short[k]}={short_value(f[k])}" for k in chosen if k in f)
+              or short_value(f.get("model.name", "-")) for f in flats]
     seen: dict[str, int] = {}
     for label in labels:
         seen[label] = seen.get(label, 0) + 1
