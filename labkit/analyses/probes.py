@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from joblib.externals.loky import get_reusable_executor
 from pydantic import BaseModel, ConfigDict, Field
 
 from labkit.core.errors import DamagedFile, UserError
+from labkit.spec.values import parse_size
 from labkit.store.atomic import write_csv, write_json
 from labkit.store.latent_layout import array_path, read_manifest, verify_files
 from labkit.store.readers import TEXT, read_csv_file, read_json, read_npy_file, readable_size
@@ -52,7 +52,6 @@ numpy, pandas and torch take 311 MiB once imported and torch's first computation
 DEFAULT_MEMORY_SHARE = 0.5
 """The default memory budget of the probes: this share of the memory the machine has
 available now."""
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class ProbeParams(BaseModel):
@@ -71,20 +70,6 @@ class ProbeParams(BaseModel):
                              "streamed from the memory map (flat memory, the run's GPU when "
                              "it has one; docs/probes.md); sklearn: scikit-learn's "
                              "LogisticRegression (lbfgs), the whole layer in memory")
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size such as ``8G``, ``500M``, ``1.5G`` or ``1000000`` (units K, M, G,
-    T of 1024; a trailing ``B`` or ``iB`` allowed).
-
-    Raises:
-        UserError: not such a size.
-    """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if match is None or float(match[1]) <= 0:
-        raise UserError(f"memory size {text!r}: give a positive size such as 8G, 500M or "
-                        f"1.5G")
-    return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
 def default_memory() -> int:

@@ -4,8 +4,13 @@ of its inputs (weights files, folder data sets)."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from typing import Any
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,7 +28,62 @@ from labkit.spec.messages import (
     validate_json_types,
 )
 from labkit.spec.schema import Component, Spec, as_component
-from labkit.store.identity import RunConfig, note_outside
+from labkit.store.identity import Outside, RunConfig, note_outside, outside_inputs
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One thing resolution computed from the registries: a component's parameters
+    (``kind`` its registry, ``name`` its entry's name) or the identity of a data set's
+    or model's inputs (``kind`` ``"data"`` or ``"weights"``, ``name`` the spec's name), from
+    ``params`` (the spec's, as given) to ``result``; ``witnesses`` of the files it read
+    (:mod:`labkit.store.witness`; ``[]`` when none), ``None`` when one was read without
+    (:func:`labkit.store.identity.note_outside`)."""
+
+    kind: str
+    name: str
+    params: Any
+    result: Any
+    witnesses: list[dict[str, Any]] | None
+
+    @property
+    def key(self) -> str:
+        """What the result depends on besides the code and the witnessed files
+        (:func:`resolution_key`)."""
+        return resolution_key(self.name, self.params)
+
+
+# environment variables that say where components find their files (labkit's data root,
+# the torch hub's cache, ``~``): part of a resolution's key
+LOCATIONS = ("LABKIT_DATA", "TORCH_HOME", "XDG_CACHE_HOME", "HOME")
+
+
+def resolution_key(name: str, params: Any) -> str:
+    """The key of :attr:`Resolved.key`: ``name``, ``params``, the working directory and
+    the :data:`LOCATIONS` variables."""
+    where = [os.getcwd(), *(os.environ.get(v) for v in LOCATIONS)]
+    return json.dumps([name, params, where], sort_keys=True, ensure_ascii=False)
+
+
+_RECORD: ContextVar[list[Resolved] | None] = ContextVar("labkit_resolutions", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[list[Resolved]]:
+    """Collect, in the list it yields, every :class:`Resolved` of the block, for the
+    command line's cache (:mod:`labkit.cli.spec_cache`)."""
+    record: list[Resolved] = []
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
+
+
+def _record(item: Resolved) -> None:
+    record = _RECORD.get()
+    if record is not None:
+        record.append(item)
 
 
 def _alternatives(value: Any, annotation: Any, kind: str | None, path: str,
@@ -106,10 +166,13 @@ def resolve_component(value: Component, kind: str, path: str,
     except UserError as exc:
         raise UserError(f"{path}.name: {exc}") from None
     try:
-        params = validate_json_types(entry.params, value.params)
+        with outside_inputs() as noted:  # a validator that reads files
+            params = validate_json_types(entry.params, value.params)
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, entry.params, path, value.params)) from None
-    return {"name": value.name, **params.model_dump(mode="json")}
+    resolved = params.model_dump(mode="json")
+    _record(Resolved(kind, entry.name, value.params, resolved, _witnesses(noted)))
+    return {"name": value.name, **resolved}
 
 
 def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
@@ -179,10 +242,28 @@ def weights_identity(model: dict[str, Any], registries: Registries) -> dict[str,
     identify = getattr(entry.obj, "weights_identity", None)
     if identify is None:
         return {}
-    found = identify(rest, {k: v for k, v in model.items() if k != "name"})
-    if found:
-        note_outside(f"the weights of model {model['name']!r}")
+    params = {k: v for k, v in model.items() if k != "name"}
+    return _identity("weights", model["name"], params, lambda: identify(rest, params),
+                     f"the weights of model {model['name']!r}")
+
+
+def _identity(kind: str, name: str, params: dict[str, Any], identify: Any,
+              what: str) -> dict[str, Any]:
+    """``identify()``, the identity of a component's inputs, recorded (:func:`recording`)
+    with the witnesses of the files it noted it read; one that read something without
+    noting its files (:func:`labkit.store.identity.note_outside`) is noted as ``what``."""
+    with outside_inputs() as noted:
+        found = identify()
+    if found and not noted:
+        note_outside(what)
+    _record(Resolved(kind, name, params, found, None if found and not noted else _witnesses(noted)))
     return found
+
+
+def _witnesses(noted: list[Outside]) -> list[dict[str, Any]] | None:
+    """The witnesses of what was noted, ``None`` when one was noted without."""
+    found = [o.witness for o in noted]
+    return None if any(w is None for w in found) else found  # type: ignore[misc]
 
 
 def _check_finite(value: Any, path: str) -> None:
@@ -212,10 +293,9 @@ def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, 
     identify = getattr(entry.obj, "data_identity", None)
     if identify is None:
         return {}
-    found = identify({k: v for k, v in dataset.items() if k != "name"})
-    if found:
-        note_outside(f"the files of dataset {dataset['name']!r}")
-    return found
+    params = {k: v for k, v in dataset.items() if k != "name"}
+    return _identity("data", dataset["name"], params, lambda: identify(params),
+                     f"the files of dataset {dataset['name']!r}")
 
 
 # beyond this a grid is almost surely a mistake (and takes long to even list)

@@ -20,6 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
+from labkit.store import witness
+
 HASH_LEN = 10
 
 # Settings that change where or how fast a run executes, never its trained weights or
@@ -38,35 +40,52 @@ ADDED_LATER = {"steps": None, "weight_decay_schedule": None, "channels_last": Fa
                "compile": False, "data_loader": "torch", "nproc": 1, "batch_augment": None}
 
 
+@dataclass(frozen=True)
+class Outside:
+    """Something outside the spec and the code that a config being resolved read
+    (:func:`note_outside`): ``what`` it is, for messages, and the witness of its files
+    (:func:`labkit.store.witness.take`), ``None`` when it has none."""
+
+    what: str
+    witness: dict[str, Any] | None
+
+
 # what the identities being derived read besides the spec and the code (see note_outside)
-_OUTSIDE: ContextVar[list[str] | None] = ContextVar("labkit_outside_inputs", default=None)
+_OUTSIDE: ContextVar[list[Outside] | None] = ContextVar("labkit_outside_inputs", default=None)
 
 
-def note_outside(what: str) -> None:
+def note_outside(what: str, paths: list[str | Path] | None = None) -> None:
     """Note that the config being resolved depends on ``what``, something outside the
     spec and the installed code: a folder's files (a content digest), a weights file,
     another run's checkpoint (a :class:`~labkit.store.runinfo.PinnedRef`), another spec file.
 
-    Such a config may differ tomorrow for the same spec, so the command line never
-    serves it from its cache of validated grids (:mod:`labkit.cli.spec_cache`). labkit notes
-    its own (``data_identity``, ``weights_identity``, ``run_fingerprint``,
-    ``load_spec_file``); a plugin whose validation reads anything else calls this.
-    Outside :func:`outside_inputs` it does nothing.
+    Such a config may differ tomorrow for the same spec. With ``paths``, the files and
+    folders it is read from, the command line keeps what was derived from it together
+    with their witness (:mod:`labkit.store.witness`) and trusts it while the witness
+    holds (:mod:`labkit.cli.spec_cache`); call it before reading them. Without
+    ``paths`` it is never kept. labkit notes its own (``data_identity``,
+    ``weights_identity``, ``run_fingerprint``, ``load_spec_file``); a plugin whose
+    validation reads anything else calls this. Outside :func:`outside_inputs` it does
+    nothing.
     """
     noted = _OUTSIDE.get()
     if noted is not None:
-        noted.append(what)
+        noted.append(Outside(what, None if paths is None else witness.take(paths)))
 
 
 @contextmanager
-def outside_inputs() -> Iterator[list[str]]:
-    """Collect, in the list it yields, what :func:`note_outside` is told in the block."""
-    noted: list[str] = []
+def outside_inputs() -> Iterator[list[Outside]]:
+    """Collect, in the list it yields, what :func:`note_outside` is told in the block;
+    an enclosing block is told the same when this one ends."""
+    noted: list[Outside] = []
+    outer = _OUTSIDE.get()
     token = _OUTSIDE.set(noted)
     try:
         yield noted
     finally:
         _OUTSIDE.reset(token)
+        if outer is not None:
+            outer.extend(noted)
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:

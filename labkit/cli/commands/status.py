@@ -164,7 +164,7 @@ def status(spec: str, run_id: str, quiet: bool, overrides: tuple[str, ...]) -> N
     """Per run of SPEC: training finished / running / interrupted / failed (reason) /
     not started, the epoch (done / last), the state of each analysis that ran, and any
     analysis output that no longer matches its recorded digest."""
-    runs = load_runs(spec, run_id, overrides=overrides)
+    runs = load_runs(spec, run_id, overrides=overrides, checked=False)
     rows = []
     for i, (name, r) in enumerate(zip(labels(runs), runs), 1):
         st = runinfo.training_state(r)
