@@ -42,8 +42,9 @@ from labkit.spec.values import parse_size
 from labkit.store.atomic import write_csv, write_json
 from labkit.store.latent_layout import array_path, read_manifest, verify_files
 from labkit.store.readers import TEXT, read_csv_file, read_json, read_npy_file, readable_size
+from labkit.store.runinfo import PROBES_CSV
 
-RESULTS_CSV = "probe_performances.csv"
+RESULTS_CSV = PROBES_CSV
 CACHE_DIR = "probe_cache"
 WORKER_BYTES = {"torch": 448 << 20, "sklearn": 192 << 20}
 """Anonymous memory of a probe worker besides the latents it reads, per solver: Python,

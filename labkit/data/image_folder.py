@@ -36,6 +36,7 @@ from labkit.data.splits import (
     dataset_not_found,
     resolve_root,
 )
+from labkit.store.identity import note_outside
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

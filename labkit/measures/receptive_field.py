@@ -16,8 +16,7 @@ from labkit.measures.receptive_field_geometry import (
     Untraceable,
     layer_fields,
 )
-
-RF_CSV = "receptive_field.csv"
+from labkit.store.runinfo import RF_CSV
 
 
 def receptive_fields(model: nn.Module, in_channels: int, resolution: int,

@@ -62,10 +62,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.measures.layers import MEASURED_TYPES
-from labkit.spec.saturation import IdimRule, SaturationConfig
+from labkit.spec.saturation import TRAIN_PASS, IdimRule, SaturationConfig
 
 TRACKED_TYPES: tuple[type[nn.Module], ...] = (*MEASURED_TYPES, nn.LSTM)
-TRAIN_PASS = "train"
 # statistics that depend on delta and the rule: recomputed from the stored spectra
 VIEW_STATS = ("lsat", "idim")
 SPECTRA_DIR = "spectra"

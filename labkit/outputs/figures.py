@@ -31,14 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from labkit.analyses.probes import RESULTS_CSV as PROBES_CSV
 from labkit.core.errors import DamagedFile, UserError
-from labkit.measures.receptive_field import RF_CSV
 from labkit.store.atomic import atomic_open
 from labkit.store.identity import RunConfig, flatten, varying_keys
 from labkit.store.output_digests import damaged_outputs
 from labkit.store.readers import FINITE, FLAG, TEXT, read_csv_file
-from labkit.store.runinfo import read_log
+from labkit.store.runinfo import PROBES_CSV, RF_CSV, read_log
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

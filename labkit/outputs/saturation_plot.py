@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from labkit.measures.saturation import TRAIN_PASS
+from labkit.spec.saturation import TRAIN_PASS
 from labkit.store.atomic import write_figure
 
 

@@ -190,13 +190,32 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
-    """Dotted keys whose values differ between ``configs``, in first-seen order."""
+    """Dotted keys whose values differ between ``configs``, in first-seen order.
+
+    A component's parameter varies only when it differs between configs naming the same
+    component (and the same components above it): ``model.noskip``, which resnets have
+    and cnns lack, or a width whose default differs between two models, does not vary
+    in a grid over the model; ``model.name`` does."""
     flats = [flatten(c) for c in configs]
     keys: list[str] = []
     for flat in flats:
         keys.extend(k for k in flat if k not in keys)
-    return [k for k in keys
-            if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    return [k for k in keys if any(
+        len({json.dumps(f.get(k), sort_keys=True) for f in group}) > 1
+        for group in _same_components(flats, k))]
+
+
+def _same_components(flats: list[dict[str, Any]], key: str) -> list[list[dict[str, Any]]]:
+    """``flats`` grouped by the names of the components ``key`` lies in (the
+    ``<parent>.name`` values of each dotted parent of ``key``, ``key`` itself aside)."""
+    parts = key.split(".")
+    names = [".".join(parts[:i] + ["name"]) for i in range(1, len(parts))]
+    names = [n for n in names if n != key]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for flat in flats:
+        tag = json.dumps([flat.get(n) for n in names], sort_keys=True, default=str)
+        groups.setdefault(tag, []).append(flat)
+    return list(groups.values())
 
 
 def short_value(value: Any, width: int = 14) -> str:
@@ -231,9 +250,10 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 def display_labels(configs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Short readable labels of a grid's runs, made of the values that vary across it.
 
-    Keys are taken in first-seen order, each only when it tells runs apart that the
-    keys before it did not (a teacher's nested values that vary with the method add
-    nothing); a key absent from a run is left out of that run's label. Keys are shown
+    Keys are taken in first-seen order (:func:`varying_keys`), each only when it tells
+    runs apart that the keys before it did not (a teacher's nested values that vary with
+    the method add nothing); a key absent from a run is left out of that run's label, and
+    a run that nothing tells apart (a grid of one) is labelled by its model. Keys are shown
     by their shortest unique suffix, values shortened (``lr=0.05 seed=1``). Labels are
     for display only (run directories keep :attr:`RunConfig.name`); runs the chosen
     values cannot tell apart get ``#<position>``.
@@ -253,8 +273,8 @@ def display_labels(configs: list[dict[str, Any]]) -> tuple[list[str], list[str]]
         if groups == len(flats):
             break
     short = short_keys(chosen)
-    labels = [" ".join(f"{short[k]}={short_value(f[k])}" for k in chosen if k in f) or "-"
-              for f in flats]
+    labels = [" ".join(f"{short[k]}={short_value(f[k])}" for k in chosen if k in f)
+              or short_value(f.get("model.name", "-")) for f in flats]
     seen: dict[str, int] = {}
     for label in labels:
         seen[label] = seen.get(label, 0) + 1

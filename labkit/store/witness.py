@@ -7,9 +7,9 @@ device; a missing path as missing), a folder by the stat of every folder and fil
 under it, found by ``os.walk`` following symbolic links (as torchvision's loaders walk;
 a folder reached twice through links is walked once). Adding, removing or renaming a
 file changes its folder's stat; writing one changes its own. A witness taken while a
-file or folder was modified less than :data:`RACY_SECONDS` before is no witness
-(``None``): a write within the same clock tick could leave the stat unchanged, as in
-:mod:`labkit.store.file_digests`.
+file or folder was modified (its mtime) less than :data:`RACY_SECONDS` before is no
+witness (``None``): a write within the same clock tick could leave the stat unchanged,
+as in :mod:`labkit.store.file_digests`.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _witness(paths: list[str], racy_after: int | None) -> dict[str, Any] | None:
     for path in paths:
         found = _tree(path) if os.path.isdir(path) else [(path, _stat(path))]
         for name, st in found:
-            if st is not None and racy_after is not None and max(st[1], st[2]) > racy_after:
+            if st is not None and racy_after is not None and st[1] > racy_after:
                 return None
             digest.update(f"{name}\0{st}\0".encode("utf-8", "surrogateescape"))
     return {"paths": paths, "digest": digest.hexdigest()}
