@@ -2,8 +2,8 @@
 
 A table is what the run directories hold: ``log`` is ``log.csv`` (one row per epoch);
 ``probes`` every ``[<prefix>_]probe_performances.csv``, ``projection`` every
-``projected_results*.csv``, ``receptive_field``, ``evaluations`` and ``saturation``
-their CSVs; any other CSV in a run directory or below it (a plugin's, such as the CKA
+``projected_results*.csv``, ``saturation`` every ``saturation*.csv`` (named by their
+parameters), ``receptive_field`` and ``evaluations`` their CSVs; any other CSV in a run directory or below it (a plugin's, such as the CKA
 tables under ``cka/``) is the table named by its file stem. Each row carries
 ``run_hash``, ``run_id``, ``run_name``, ``run_dir``, ``state`` and every config value as
 a ``config.<dotted key>`` column; rows of tables other than ``log`` also carry
@@ -38,7 +38,7 @@ NAMED_TABLES = {
     "projection": "projected_results*.csv",
     "receptive_field": "receptive_field.csv",
     "evaluations": "evaluations.csv",
-    "saturation": "saturation.csv",
+    "saturation": "saturation*.csv",
 }
 # folders of a run directory that hold no tables (and may be large)
 NOT_TABLES = {"checkpoints", "spectra", "plots", "analyses"}

@@ -153,12 +153,14 @@ def _component_alternatives(value: Any, kind: str, path: str,
     return out
 
 
-def resolve_component(value: Component, kind: str, path: str,
-                      registries: Registries) -> dict[str, Any]:
+def resolve_component(value: Component, kind: str, path: str, registries: Registries,
+                      spec: Any = None) -> dict[str, Any]:
     """A component's resolved spec ``{"name": …, params with defaults}``.
 
     Raises:
-        UserError: an unknown name or invalid params, named by ``path``.
+        UserError: an unknown name or invalid params, named by ``path``; an unknown key
+            with the keys of the spec ``spec`` (when given) it may have been meant as
+            (:func:`spec_keys`).
     """
     registry = registries[kind]
     try:
@@ -169,7 +171,8 @@ def resolve_component(value: Component, kind: str, path: str,
         with outside_inputs() as noted:  # a validator that reads files
             params = validate_json_types(entry.params, value.params)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, entry.params, path, value.params)) from None
+        raise UserError(format_validation_error(exc, entry.params, path, value.params,
+                                                spec_keys(spec, registries))) from None
     resolved = params.model_dump(mode="json")
     _record(Resolved(kind, entry.name, value.params, resolved, _witnesses(noted)))
     return {"name": value.name, **resolved}
@@ -185,7 +188,8 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     try:
         spec = validate_json_types(Spec, raw)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, Spec, "", raw)) from None
+        raise UserError(format_validation_error(exc, Spec, "", raw,
+                                                spec_keys(raw, registries))) from None
     resolved = spec.model_dump(mode="json")
     for key, field in Spec.model_fields.items():
         kind = registry_kind(field)
@@ -197,10 +201,10 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
                 if name not in registries.metrics:
                     raise UserError(f"metrics.{i}: {registries.metrics.unknown_message(name)}")
         elif isinstance(value, list):
-            resolved[key] = [resolve_component(v, kind, f"{key}.{i}", registries)
+            resolved[key] = [resolve_component(v, kind, f"{key}.{i}", registries, raw)
                              for i, v in enumerate(value)]
         else:
-            resolved[key] = resolve_component(value, kind, key, registries)
+            resolved[key] = resolve_component(value, kind, key, registries, raw)
     if resolved.get("batch_augment"):
         method = resolved["method"]["name"]
         try:
@@ -217,6 +221,28 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     if weights:
         resolved["weights"] = weights
     return resolved
+
+
+def spec_keys(raw: Any, registries: Registries) -> list[str]:
+    """Every dotted key a spec like ``raw`` can hold: its fields, those of its sections
+    (``saturation.delta``, ``launcher.jobs``) and the parameters of the components it
+    names, or of their defaults (``optimizer.lr``); an unknown key is suggested those
+    that end with it. ``[]`` when ``raw`` is ``None``."""
+    if raw is None:
+        return []
+    keys = []
+    for key, field in Spec.model_fields.items():
+        keys.append(key)
+        kind, model = registry_kind(field), model_type(field.annotation)
+        if kind is not None and not is_list_type(field.annotation):
+            given = raw.get(key, field.default) if isinstance(raw, dict) else field.default
+            given = as_component(given.model_dump() if isinstance(given, Component) else given)
+            name = given.get("name") if isinstance(given, dict) else None
+            if isinstance(name, str) and name in registries[kind]:
+                keys += [f"{key}.{p}" for p in registries[kind].get(name).params.model_fields]
+        elif model is not None and kind is None:
+            keys += [f"{key}.{p}" for p in model.model_fields]
+    return keys
 
 
 def inline_run(spec: dict[str, Any], naming: dict[str, Any], run_id: str,
