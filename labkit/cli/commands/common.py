@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from labkit.cli import plugins, spec_cache
 from labkit.cli.cached_registries import NotCached, cached_registries
 from labkit.core.errors import UserError
 from labkit.core.registry import Registries
-from labkit.spec import check_raw, expand, load_spec_file
+from labkit.spec import Spec, check_raw, expand, load_spec_file
 from labkit.spec.grid import recording
 from labkit.store.identity import RunConfig, folder_name_problem, outside_inputs
 
@@ -203,8 +204,9 @@ def _at_point(i: int, runs: list[RunConfig], check: Any, *args: Any) -> None:
 
 def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
     """The spec with every ``KEY=VALUE`` of ``--set`` applied: ``KEY`` a dotted path
-    (``optimizer.lr``), ``VALUE`` JSON (``0.01``, ``[0, 1, 2]``, ``{"name": "adam"}``) or,
-    when it is not JSON, a string. A list is a grid axis as in the file; the result is
+    (``optimizer.lr``; a section the spec leaves out starts as its default,
+    ``{"name": "sgd"}`` for ``optimizer``), ``VALUE`` JSON (``0.01``, ``[0, 1, 2]``,
+    ``{"name": "adam"}``) or, when it is not JSON, a string. A list is a grid axis as in the file; the result is
     validated like the file.
 
     Raises:
@@ -234,8 +236,10 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
             child = node.get(part)
             if isinstance(child, str):  # "model": "cnn_s" is {"name": "cnn_s"}
                 child = {"name": child}
-            if child is None:
-                child = {}
+            if child is None:  # the spec's default object, e.g. {"name": "sgd"}
+                default = Spec.model_fields[part].default if i == 0 and part in \
+                    Spec.model_fields else None
+                child = default.model_dump() if isinstance(default, BaseModel) else {}
             if not isinstance(child, dict):
                 raise UserError(f"--set {override!r}: {'.'.join(parents[:i + 1])} is not an "
                                 f"object in the spec, so it has no key {last!r}")
