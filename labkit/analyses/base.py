@@ -21,19 +21,21 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from labkit.core.errors import DamagedFile, UserError
-from labkit.data.bundle import DataBundle
 from labkit.store import checkpoint, output_digests, run_ref, runinfo
 from labkit.store.atomic import write_json
 from labkit.store.identity import RunConfig
 from labkit.store.output_digests import RECORDS_DIR
 from labkit.store.readers import read_json
 from labkit.training.build import build_component
+
+if TYPE_CHECKING:  # the data sets' modules import torchvision: built runs only
+    from labkit.data.bundle import DataBundle
 
 
 class FinishedRun:

@@ -27,8 +27,8 @@ from labkit.analyses.probes import ProbeParams, results_path, run_probes, save_r
 from labkit.core.errors import DamagedFile, UserError
 from labkit.measures.receptive_field import RF_CSV, receptive_fields
 from labkit.outputs.tail_plot import FIGURE, draw_tail_pattern
-from labkit.store.atomic import write_csv, write_json
 from labkit.spec.values import file_prefix, memory_size, parse_size
+from labkit.store.atomic import write_csv, write_json
 from labkit.store.latent_layout import portable
 from labkit.store.readers import read_json
 from labkit.training.build import build_component

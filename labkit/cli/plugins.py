@@ -130,6 +130,21 @@ def registries() -> Registries:
     return _STATE["registries"]  # type: ignore[return-value]
 
 
+class LazyRegistries:
+    """Stands for the process-wide registries (:func:`registries`) and builds them when
+    first used: what a command gives an analysis that may need none (probes of stored
+    latents, which import neither the models nor the plugins)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(registries(), name)
+
+    def __getitem__(self, kind: str) -> object:
+        return registries()[kind]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(registries())
+
+
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager (see :func:`registries`)."""
     registries()
