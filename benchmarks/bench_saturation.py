@@ -75,6 +75,26 @@ LABKIT = {"labkit": {}, "labkit-eval": {"splits": ["eval"]},
           "labkit-ds4": {"downsampling": 4}, "labkit-ms256": {"max_samples": 256}}
 
 
+def trainer(condition: Any, data: Any, workdir: Path, eval_batch_size: int) -> None:
+    """Give ``condition`` (holding ``config`` and ``registries``) its network, method,
+    optimizer, stepper and loaders for ``data``, on the CPU, seeded as the engine seeds."""
+    config, registries = condition.config, condition.registries
+    condition.model = build_component(registries, "models", config["model"],
+                                      num_classes=data.num_classes,
+                                      in_channels=data.in_channels, resolution=data.resolution)
+    context = RunContext(config, condition.model, data, torch.device("cpu"), workdir,
+                         registries)
+    condition.method = build_component(registries, "methods", config["method"],
+                                       context=context)
+    condition.optimizer = build_component(registries, "optimizers", config["optimizer"],
+                                          params=condition.method.parameters())
+    condition.stepper = Stepper(condition.optimizer, list(condition.method.parameters()), 1,
+                                None, "32", torch.device("cpu"), condition.method)
+    condition.train_loader = DataLoader(data.train, batch_size=config["batch_size"],
+                                        shuffle=True, generator=torch.Generator().manual_seed(0))
+    condition.eval_loader = DataLoader(data.evals["eval"], batch_size=eval_batch_size)
+
+
 class Condition:
     """One network with its optimizer, loaders and RNG state, trained epoch by epoch."""
 
@@ -87,19 +107,7 @@ class Condition:
         self.name, self.registries = name, registries
         seed_everything(0)
         self.data = build_component(registries, "datasets", self.config["dataset"])
-        self.model = build_component(registries, "models", self.config["model"], num_classes=10,
-                                     in_channels=1, resolution=16)
-        context = RunContext(self.config, self.model, self.data, torch.device("cpu"), workdir,
-                             registries)
-        self.method = build_component(registries, "methods", self.config["method"],
-                                      context=context)
-        self.optimizer = build_component(registries, "optimizers", self.config["optimizer"],
-                                         params=self.method.parameters())
-        self.stepper = Stepper(self.optimizer, list(self.method.parameters()), 1, None, "32",
-                               torch.device("cpu"), self.method)
-        self.train_loader = DataLoader(self.data.train, batch_size=64, shuffle=True,
-                                       generator=torch.Generator().manual_seed(0))
-        self.eval_loader = DataLoader(self.data.evals["eval"], batch_size=512)
+        trainer(self, self.data, workdir, eval_batch_size=512)
         self.rng = torch.get_rng_state()  # augmentation draws, swapped in per epoch
         self.tracker = SaturationTracker(LABKIT.get(name), self.model, [TRAIN_PASS, "eval"])
         self.delve = None
@@ -215,19 +223,7 @@ class WidthCondition:
         train = cifar_shaped(images, 0)
         data = DataBundle(train=train, evals={"eval": cifar_shaped(images // 2, 1)},
                           train_plain=train, num_classes=10, in_channels=3, resolution=32)
-        self.model = build_component(registries, "models", self.config["model"], num_classes=10,
-                                     in_channels=3, resolution=32)
-        context = RunContext(self.config, self.model, data, torch.device("cpu"), workdir,
-                             registries)
-        self.method = build_component(registries, "methods", self.config["method"],
-                                      context=context)
-        self.optimizer = build_component(registries, "optimizers", self.config["optimizer"],
-                                         params=self.method.parameters())
-        self.stepper = Stepper(self.optimizer, list(self.method.parameters()), 1, None, "32",
-                               torch.device("cpu"), self.method)
-        self.train_loader = DataLoader(train, batch_size=128, shuffle=True,
-                                       generator=torch.Generator().manual_seed(0))
-        self.eval_loader = DataLoader(data.evals["eval"], batch_size=128)
+        trainer(self, data, workdir, eval_batch_size=128)
         self.tracker = tracker
         self.row: dict[str, float] = {}
 

@@ -26,10 +26,12 @@ from labkit.data.mixing import BatchMixer, hard_labels, mix_images, mix_targets
 from labkit.data.splits import SplitDataset
 from labkit.data.transforms import build_transform, check_augment
 from labkit.engine import train
+from labkit.engine.linked import ensure_trained, finished_link
 from labkit.measures.layers import layer_name, measured_layers
 from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
 from labkit.spec import expand, inline_run, load_spec_file, resolve, validate_json_types
+from labkit.spec.run_ref import RunRef, linked_runs_of
 from labkit.store import checkpoint, runinfo
 from labkit.store.atomic import atomic_open, write_csv, write_figure, write_json, write_text
 from labkit.store.identity import (
@@ -62,6 +64,7 @@ __all__ = [
     "read_json_file", "read_csv_file", "read_npy_file",
     # components: specs, data, models, methods, layers
     "expand", "resolve", "inline_run", "load_spec_file", "validate_json_types",
+    "RunRef", "linked_runs_of",
     "build_component", "make_metrics",
     "seed_everything", "meta_model", "evaluate", "to_device", "DataBundle", "SplitDataset",
     "TensorImages", "build_transform", "check_augment", "mix_images", "mix_targets",
@@ -69,7 +72,8 @@ __all__ = [
     "StepResult", "Supervised", "layer_name", "measured_layers", "Schedule", "Scheduled",
     "value_at",
     # workflows: training, analyses, latents
-    "train", "RunFailed", "Analysis", "FinishedRun", "Latents", "latents",
+    "train", "ensure_trained", "finished_link", "RunFailed", "Analysis", "FinishedRun",
+    "Latents", "latents",
     # orchestration: plugins, commands
     "registries", "use", "plugin_manager", "plugin_infos", "ALLOW_ENV", "DISABLE_ENV",
     "load_runs", "finished_run", "check_device", "summarize", "LabkitGroup", "INVALID",

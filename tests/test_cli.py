@@ -86,7 +86,8 @@ def test_the_schema_accepts_every_shipped_spec_and_readme_example_and_catches_ty
     validator = jsonschema.Draft202012Validator(schema)
     root = Path(__file__).resolve().parents[1]
     specs = {str(p): json.loads(p.read_text()) for p in sorted((root / "specs").glob("*.json"))}
-    readmes = [root / "README.md", *sorted((root / "plugins").glob("*/README.md"))]
+    readmes = [root / "README.md", *sorted((root / "plugins").glob("*/README.md")),
+               *sorted((root / "docs").rglob("*.md"))]  # the documentation site's pages
     for readme in readmes:
         for i, block in enumerate(re.findall(r"```json\n(.*?)```", readme.read_text(), re.S)):
             try:

@@ -116,8 +116,8 @@ def test_complete_extraction_is_skipped_and_a_changed_one_redone(trained):
 # extraction as labkit.analyses.latents.extract runs it, recording progress after every batch
 EXTRACT = """
 import sys
-from labkit import latents, plugins
-from labkit.analyses import FinishedRun
+from labkit.analyses import FinishedRun, latents
+from labkit.cli import plugins
 
 run = FinishedRun.from_directory(sys.argv[1], plugins.registries())
 latents.extract(run.model, {"train": run.data.train_plain, **run.data.evals}, sys.argv[2], 2,

@@ -67,7 +67,7 @@ def test_a_run_whose_process_is_gone_is_interrupted_not_running(grid, monkeypatc
     try:
         runinfo.write_status(run.directory, "running", epoch=1)
         holder = subprocess.Popen(  # a real process holding the run's lock, then killed
-            [sys.executable, "-c", "import sys, time; from labkit import runinfo\n"
+            [sys.executable, "-c", "import sys, time; from labkit.store import runinfo\n"
              "with runinfo.exclusive(sys.argv[1]):\n print('held', flush=True); time.sleep(600)",
              str(run.directory)], stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "held"

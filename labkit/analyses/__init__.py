@@ -17,6 +17,6 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module("labkit.analyses.base"), name)
     if name == "ANALYSES":
         modules = [importlib.import_module(f"labkit.analyses.{m}") for m in (
-            "layerwise", "projection", "saturation_views", "evaluate")]
+            "layerwise", "projection", "saturation_views", "evaluate", "intrinsic_dimension")]
         return {name: cls for module in modules for name, cls in module.ANALYSES.items()}
     raise AttributeError(f"module 'labkit.analyses' has no attribute {name!r}")

@@ -47,10 +47,10 @@ from torch.utils.data import DataLoader
 from labkit.analyses.base import Analysis
 from labkit.core.registry import Seed
 from labkit.measures.layers import measured_layers
+from labkit.measures.pca_dimension import intrinsic_dimensionality
 from labkit.measures.saturation import (
     TRAIN_PASS,
     SaturationConfig,
-    intrinsic_dimensionality,
     spectrum,
 )
 from labkit.measures.saturation_tracker import SaturationTracker

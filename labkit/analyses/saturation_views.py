@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labkit.analyses.base import Analysis
 from labkit.core.errors import UserError
-from labkit.measures.saturation import SPECTRA_DIR, IdimRule, intrinsic_dimensionality
+from labkit.measures.pca_dimension import SPECTRA_DIR, intrinsic_dimensionality
 from labkit.measures.spectra import SPECTRA_LOST, load_spectra, spectra_path
+from labkit.spec.saturation import IdimRule
 from labkit.store import runinfo
 from labkit.store.atomic import write_csv
 from labkit.store.checkpoint_files import epoch_of

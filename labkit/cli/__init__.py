@@ -10,7 +10,7 @@ module and attribute by dotted name, with the one-line help ``--help`` shows; th
 module is imported when the command runs (or its own ``--help`` is asked for).
 Plugins add commands in two ways:
 
-* the ``labkit.cli.commands`` entry-point group (name: the command, value:
+* the ``labkit.commands`` entry-point group (name: the command, value:
   ``module:attribute`` of the click command) — listed by ``labkit --help`` without
   importing the plugin, loaded when used;
 * the ``labkit_commands`` hook (:mod:`labkit.core.hookspecs`) — answering it imports every
@@ -62,7 +62,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("labkit.cli.commands.evaluate:evaluate_command",
                  "Score every finished run of SPEC on a split of another data set."),
 }
-ENTRY_POINT_GROUP = "labkit.cli.commands"
+ENTRY_POINT_GROUP = "labkit.commands"
 # names kept importable from here (labkit.api and older code import them)
 MOVED = {"summarize": "labkit.cli.commands.run:summarize",
          "plan_table": "labkit.cli.commands.status:plan_table",
@@ -83,7 +83,7 @@ def __getattr__(name: str) -> Any:
 
 
 def declared_commands() -> dict[str, md.EntryPoint]:
-    """Commands of the ``labkit.cli.commands`` entry-point group whose distribution's plugin
+    """Commands of the ``labkit.commands`` entry-point group whose distribution's plugin
     is loaded (the rules of :mod:`labkit.cli.plugins`, read without importing it)."""
     allow = {n.strip() for n in os.environ.get("LABKIT_PLUGINS", "").split(",") if n.strip()}
     disabled = os.environ.get("LABKIT_DISABLE_PLUGIN_AUTOLOAD", "").lower() in ("1", "true", "yes")

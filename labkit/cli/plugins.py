@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pluggy
 
@@ -49,17 +50,20 @@ def _entry_points_to_load() -> list[md.EntryPoint]:
     return [] if disabled else list(found)
 
 
-def make_plugin_manager(extra: tuple[object, ...] = ()) -> pluggy.PluginManager:
-    """A plugin manager with built-ins, allowed entry points and ``extra`` registered.
+def make_plugin_manager(extra: tuple[object, ...] = (),
+                        with_builtins: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with built-ins (unless ``with_builtins`` is false), allowed entry
+    points and ``extra`` registered.
 
     Raises:
         UserError: a plugin fails to import, or implements a hook that does not exist.
     """
-    from labkit.cli import builtins
-
     pm = pluggy.PluginManager("labkit")
     pm.add_hookspecs(hookspecs)
-    pm.register(builtins, name="labkit")
+    if with_builtins:
+        from labkit.cli import builtins  # torch and every component: only when asked for
+
+        pm.register(builtins, name="labkit")
     for ep in _entry_points_to_load():
         try:
             pm.load_setuptools_entrypoints(GROUP, name=ep.name)
@@ -118,6 +122,18 @@ def run_problems(config: dict, registries: Registries) -> list[str]:
 
 
 _STATE: dict[str, object] = {}
+
+
+def layer_measures(run_dir: Path, config: dict) -> list:
+    """Every plugin's answer to ``labkit_layer_measures`` for one run (the layers table's
+    plugin columns). Asked of the process-wide plugin manager when it is built (or
+    replaced by :func:`use`), else of one holding the entry points alone, built once:
+    labkit's built-ins measure no layer through this hook, so the layers table imports
+    neither them nor torch unless an installed plugin does."""
+    if "pm" not in _STATE and "entry_points_pm" not in _STATE:
+        _STATE["entry_points_pm"] = make_plugin_manager(with_builtins=False)
+    pm = _STATE.get("pm") or _STATE["entry_points_pm"]
+    return pm.hook.labkit_layer_measures(run_dir=run_dir, config=config)  # type: ignore[attr-defined]
 
 
 def registries() -> Registries:

@@ -61,3 +61,26 @@ def labkit_check_run(config, registries) -> list:
         (``"method.soft_labels.file: … not found; give …"``); an empty list (or
         ``None``) when there is none.
     """
+
+
+@hookspec
+def labkit_layer_measures(run_dir, config):
+    """Return per-layer measures of one run for the layers table
+    (``labkit results --table layers``, :mod:`labkit.outputs.layers`).
+
+    Asked once per run whenever the layers table is built. Read what your plugin wrote
+    into the run directory (a CSV of its analysis, say); compute nothing heavy and
+    train nothing here. Return ``None`` when the run has none of your measures.
+
+    Args:
+        run_dir: the run's directory (:class:`pathlib.Path`).
+        config: the run's resolved config (JSON-ready), from its ``config.json``.
+
+    Returns:
+        a :class:`pandas.DataFrame` with columns ``layer`` (labkit's layer name,
+        ``layer1-0-conv1``), ``split`` (``train`` or an eval split) and one column per
+        measure, named so that it says whose it is (``dino_knn_accuracy``); rows are
+        joined to the table's rows of the same layer and split, and a layer or split
+        the table lacks adds a row. A column labkit's own measures fill is left out,
+        with a warning. ``None``: nothing for this run.
+    """

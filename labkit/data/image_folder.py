@@ -35,6 +35,7 @@ from labkit.data.splits import (
     dataset_factory,
     dataset_not_found,
     resolve_root,
+    with_shared_args,
 )
 from labkit.store.identity import note_outside
 
@@ -259,6 +260,10 @@ def imagefolder(
     set ``eval_fraction`` > 0. Not downloadable: ``download`` is ignored.
     Normalisation: the ImageNet constants, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
 
+    Args:
+        folder: the folder under the data root holding ``train/`` (and ``val/``); an
+            absolute path is used as is.
+
     Returns:
         A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
     """
@@ -271,6 +276,9 @@ def imagefolder(
         split_seed=split_seed,
         subset=subset,
     )
+
+
+imagefolder.__doc__ = with_shared_args(imagefolder.__doc__ or "")
 
 
 for _factory, _set in ((tinyimagenet, _TINYIMAGENET), (imagenet, _IMAGENET),

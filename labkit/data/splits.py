@@ -6,6 +6,7 @@ out the seeded splits, applies ``subset`` and wraps every split with its
 transform from :mod:`labkit.data.transforms`.
 """
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -27,10 +28,39 @@ DATA_ENV_VAR = "LABKIT_DATA"
 
 # the shared dataset parameters' types: the registry turns them into the spec's
 # validation, so a bad value is reported by `labkit plan`, before any file is read
-Resolution = Annotated[int, Field(ge=8, le=4096, description="side of the images, pixels")]
+Resolution = Annotated[int, Field(ge=8, le=4096, description="side of the images in pixels, "
+                                                         "resized to it; default: the "
+                                                         "data set's native side")]
 Augment = Literal[tuple(AUGMENT_PRESETS)]  # type: ignore[valid-type]
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description="share of train held out")]
-Subset = Annotated[int, Field(ge=1, description="training samples kept")] | None
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description=(
+    "share of the training split held out, stratified and seeded by split_seed: as the "
+    "`eval` split when the data set has no test set, else as a `val` split beside the "
+    "test set's `eval` (both are logged)"))]
+Subset = Annotated[int, Field(ge=1, description="training samples kept (stratified, seeded by "
+                                                "split_seed); null: all")] | None
+
+# the parameters every data set shares, as the ``Args:`` section of each factory's
+# docstring (the documentation's components page shows them)
+SHARED_ARGS = "\n".join(["Args:", *(f"    {name}: {text}" for name, text in {
+    "root": f"the data root, the folder holding each data set's folder; null: "
+            f"``${DATA_ENV_VAR}``, else ``./data``. A missing data set is an error naming "
+            f"the path searched and how to fix it.",
+    "download": "let torchvision download missing files (labkit never downloads "
+                "silently); data sets that are folders or ship with a library ignore it.",
+    "augment": "augmentation preset of the training split (eval splits are never "
+               "augmented): " + "; ".join(f"``{name}``: {text}"
+                                         for name, text in AUGMENT_PRESETS.items())
+               + ". ``\"data_loader\": \"device\"`` refuses presets it cannot batch "
+                 "(``imagenet``).",
+    "normalize": "subtract the data set's per-channel mean and divide by its std.",
+    "split_seed": "seed of the held-out split and of ``subset``.",
+    "subset": "training samples kept (stratified, seeded by ``split_seed``); null: all.",
+}.items())])
+
+
+def with_shared_args(doc: str) -> str:
+    """A data set factory's docstring ``doc`` followed by :data:`SHARED_ARGS`."""
+    return f"{inspect.cleandoc(doc)}\n\n{SHARED_ARGS}"
 
 
 def resolve_root(root: str | None) -> Path:
@@ -289,7 +319,7 @@ def dataset_factory(load: Callable[[str | None, bool, int], Source], *, resoluti
                             augment=augment, normalize=normalize, eval_fraction=eval_fraction,
                             split_seed=split_seed, subset=subset)
 
-    factory.__doc__ = doc
+    factory.__doc__ = with_shared_args(doc)
     # the eval splits build_bundle makes, known before loading (labkit plan checks a
     # best_metric against them): "eval", and "val" held out beside a test set
     factory.eval_splits = lambda params: ["eval", *(["val"] if test and params.get(

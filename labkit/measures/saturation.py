@@ -62,12 +62,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.measures.layers import MEASURED_TYPES
+from labkit.measures.pca_dimension import intrinsic_dimensionality
 from labkit.spec.saturation import TRAIN_PASS, IdimRule, SaturationConfig
 
 TRACKED_TYPES: tuple[type[nn.Module], ...] = (*MEASURED_TYPES, nn.LSTM)
 # statistics that depend on delta and the rule: recomputed from the stored spectra
-VIEW_STATS = ("lsat", "idim")
-SPECTRA_DIR = "spectra"
 
 # rows of one float32 product: its rounding error stays near 1e-7 of the layer's variance
 BLOCK_ROWS = 4096
@@ -268,30 +267,6 @@ def spectrum(cov: torch.Tensor) -> np.ndarray:
     return torch.linalg.eigvalsh(cov.to(torch.float64)).flip(0).cpu().numpy()
 
 
-def intrinsic_dimensionality(eigenvalues: np.ndarray, delta: float,
-                             rule: IdimRule = "delve") -> int:
-    """Directions of a layer's output space that explain ``delta`` of its variance.
-
-    Args:
-        eigenvalues: ``(width,)`` covariance eigenvalues in decreasing order
-            (:func:`spectrum`); negatives count as zero.
-        delta: share of the variance, in (0, 1].
-        rule: ``"delve"`` or ``"reach"`` (module docstring).
-
-    Returns:
-        The count, in ``[0, width]``; 0 for a layer without variance.
-    """
-    values = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
-    width = len(values)
-    if rule == "reach" and delta >= 1.0:
-        return width
-    total = values.sum()
-    if not total > 0:
-        return 0
-    below = int((np.cumsum(values) / total < delta).sum())
-    return below if rule == "delve" else min(below + 1, width)
-
-
 def layer_statistics(cov: torch.Tensor, eigenvalues: np.ndarray, stats: Sequence[str],
                      delta: float, rule: IdimRule = "delve") -> dict[str, float]:
     """delve's statistics of one layer's covariance.
@@ -316,12 +291,3 @@ def layer_statistics(cov: torch.Tensor, eigenvalues: np.ndarray, stats: Sequence
         "dtrc": lambda: np.clip(eigenvalues, 0.0, None).sum(),
     }
     return {stat: float(compute[stat]()) for stat in stats}
-
-
-def column_name(split: str, stat: str, layer: str) -> str:
-    """PHD-LAB's log column of one statistic: ``train-saturation_block1-conv1``."""
-    from delve.writers import STATMAP
-
-    return f"{split}-{STATMAP[stat]}_{layer}"
-
-

@@ -18,12 +18,12 @@ from labkit.measures.layers import measured_layers
 from labkit.measures.saturation import (
     TRACKED_TYPES,
     LayerMoments,
-    column_name,
     cpu_copy,
     feature_points,
     layer_statistics,
     spectrum,
 )
+from labkit.measures.pca_dimension import column_name
 from labkit.spec.saturation import SaturationConfig
 
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from labkit.core.errors import DamagedFile
-from labkit.measures.saturation import (
+from labkit.measures.pca_dimension import (
     SPECTRA_DIR,
     VIEW_STATS,
     column_name,
@@ -18,6 +18,7 @@ from labkit.measures.saturation import (
 )
 from labkit.spec.saturation import SaturationConfig
 from labkit.store.atomic import write_bytes
+from labkit.store.runinfo import read_log
 from labkit.store.readers import read_npz_file
 
 
@@ -56,6 +57,21 @@ def load_spectra(path: Path) -> dict[str, dict[str, np.ndarray]]:
                               f"{SPECTRA_LOST}")
         out.setdefault(split, {})[layer] = values
     return out
+
+
+def final_spectra(run_dir: Path) -> tuple[int | None, dict[str, dict[str, np.ndarray]]]:
+    """The epoch of the last row of the run's ``log.csv`` (``None`` without one) and that
+    epoch's spectra (:func:`load_spectra`; ``{}`` when none were stored: a run trained
+    without a ``saturation`` section).
+
+    Raises:
+        DamagedFile: the log or the spectra file cannot be read.
+    """
+    log = read_log(run_dir)
+    if log is None:
+        return None, {}
+    epoch = int(log["epoch"].iloc[-1])
+    return epoch, load_spectra(spectra_path(run_dir, epoch))
 
 
 def view_columns(spectra: Mapping[str, Mapping[str, np.ndarray]], config: SaturationConfig,

@@ -94,7 +94,10 @@ def cifar_resnet_factory(depth: int) -> Callable[..., StageResNet]:
         """Build an untrained CIFAR ResNet (three stages of 16/32/64 channels).
 
         ``resolution`` (pixels per side) is accepted for the common factory signature; the
-        network works at any resolution. ``noskip=True`` removes every residual connection.
+        network works at any resolution.
+
+        Args:
+            noskip: remove every residual connection.
         """
         return StageResNet([per_stage] * 3, CIFAR_RESNET_WIDTHS, num_classes, in_channels,
                            skip=not noskip)

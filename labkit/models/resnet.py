@@ -140,8 +140,11 @@ def resnet_factory(depth: int, width_divisor: int) -> Callable[..., ResNet]:
         """Build an untrained CIFAR-style ResNet.
 
         ``resolution`` (pixels per side) is accepted for the common factory signature; the
-        network works at any resolution. ``noskip=True`` removes every residual connection
-        and projection shortcut (a plain deep CNN with the same residual branches), for ablations.
+        network works at any resolution.
+
+        Args:
+            noskip: remove every residual connection and projection shortcut (a plain deep
+                CNN with the same residual branches), for ablations.
         """
         return ResNet(depth, num_classes, in_channels, width=64 // width_divisor, skip=not noskip)
 

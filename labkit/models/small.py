@@ -96,8 +96,9 @@ def mlp_factory(size: str) -> Callable[..., MLP]:
     ) -> MLP:
         """Build an untrained MLP over flattened ``in_channels * resolution**2`` pixels.
 
-        ``hidden``: units per hidden layer; ``depth``: number of hidden layers (0 gives a
-        linear classifier).
+        Args:
+            hidden: units per hidden layer.
+            depth: number of hidden layers (0 gives a linear classifier).
         """
         return MLP(num_classes, in_channels * resolution * resolution, hidden, depth)
 

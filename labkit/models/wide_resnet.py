@@ -98,8 +98,12 @@ def wide_resnet(
 ) -> WideResNet:
     """Build an untrained WRN-``depth``-``widen_factor``.
 
-    ``depth`` must be 6n+4; ``dropout`` is the drop probability between the two convs of each
-    block. ``resolution`` (pixels per side) is accepted for the common factory signature; the
+    ``resolution`` (pixels per side) is accepted for the common factory signature; the
     network works at any resolution.
+
+    Args:
+        depth: number of layers, 6n+4.
+        widen_factor: width multiplier of the blocks.
+        dropout: drop probability between the two convs of each block.
     """
     return WideResNet(depth, widen_factor, dropout, num_classes, in_channels)

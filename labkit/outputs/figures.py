@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.core.errors import DamagedFile, UserError
+from labkit.measures.depth import relative_depth
 from labkit.store.atomic import atomic_open
 from labkit.store.identity import RunConfig, flatten, varying_keys
 from labkit.store.output_digests import damaged_outputs
@@ -486,7 +487,7 @@ def tail_pattern(groups: dict[str, list[TailData]], name: str) -> Figure | None:
     deviation shaded, and each group's border layer dashed.
 
     The x axis is the layer when every run has the same layers, else the relative depth
-    (layer index / last index), so networks of different depth share it.
+    (:func:`labkit.measures.depth.relative_depth`), so networks of different depth share it.
     """
     groups = {label: [r for r in runs if not r.empty] for label, runs in groups.items()}
     groups = {label: runs for label, runs in groups.items() if runs}
@@ -495,8 +496,8 @@ def tail_pattern(groups: dict[str, list[TailData]], name: str) -> Figure | None:
     everyone = [r for runs in groups.values() for r in runs]
     same_layers = all(r.layers == everyone[0].layers for r in everyone)
     positions = {id(r): (np.arange(len(r.layers), dtype=float) if same_layers else
-                         np.linspace(0.0, 1.0, len(r.layers)) if len(r.layers) > 1
-                         else np.zeros(1)) for r in everyone}
+                         relative_depth(np.arange(len(r.layers)), len(r.layers)))
+                 for r in everyone}
     has_saturation = any(r.saturation for r in everyone)
     has_probes = any(r.probes for r in everyone)
     panels = [p for p, present in (("saturation", has_saturation), ("probes", has_probes))

@@ -3,12 +3,16 @@
 A table is what the run directories hold: ``log`` is ``log.csv`` (one row per epoch);
 ``probes`` every ``[<prefix>_]probe_performances.csv``, ``projection`` every
 ``projected_results*.csv``, ``saturation`` every ``saturation*.csv`` (named by their
-parameters), ``receptive_field`` and ``evaluations`` their CSVs; any other CSV in a run directory or below it (a plugin's, such as the CKA
+parameters), ``receptive_field``, ``evaluations`` and ``intrinsic_dimension`` their CSVs;
+``layers`` is the per-layer table that joins them (:mod:`labkit.outputs.layers`); any
+other CSV in a run directory or below it (a plugin's, such as the CKA
 tables under ``cka/``) is the table named by its file stem. Each row carries
 ``run_hash``, ``run_id``, ``run_name``, ``run_dir``, ``state`` and every config value as
 a ``config.<dotted key>`` column; rows of tables other than ``log`` also carry
 ``source``, the CSV's path inside the run directory, so files of different analysis
-parameters (probe prefixes, say) stay apart.
+parameters (probe prefixes, say) stay apart. Rows of the per-layer tables
+(:data:`LAYER_TABLES`) also carry ``layer_index`` and ``relative_depth``, the layer's place
+in the run's network order (:func:`network_order`), next to ``layer``.
 
 A run without a log yet contributes one row of ``log`` with its config and state
 (:func:`labkit.store.runinfo.directory_state`: the state ``labkit status`` shows). A run whose
@@ -26,6 +30,9 @@ from pathlib import Path
 import pandas as pd
 
 from labkit.core.errors import DamagedFile, UserError
+from labkit.measures.depth import relative_depth
+from labkit.measures.pca_dimension import SPECTRA_DIR
+from labkit.measures.spectra import final_spectra
 from labkit.store import runinfo
 from labkit.store.identity import flatten
 from labkit.store.output_digests import damaged_outputs
@@ -39,7 +46,11 @@ NAMED_TABLES = {
     "receptive_field": "receptive_field.csv",
     "evaluations": "evaluations.csv",
     "saturation": "saturation*.csv",
+    "intrinsic_dimension": "intrinsic_dimension.csv",
 }
+LAYERS_TABLE = "layers"
+# tables with a row per layer (a ``layer`` column): keyed by the layer's place in the network
+LAYER_TABLES = ("probes", "receptive_field", "saturation", "intrinsic_dimension")
 # folders of a run directory that hold no tables (and may be large)
 NOT_TABLES = {"checkpoints", "spectra", "plots", "analyses"}
 
@@ -103,9 +114,43 @@ def run_meta(run_dir: Path) -> dict[str, object]:
     return meta
 
 
-def _keyed(meta: dict[str, object], rows: pd.DataFrame) -> pd.DataFrame:
+def keyed(meta: dict[str, object], rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with the run's key columns in front."""
     return pd.concat([pd.DataFrame([meta] * len(rows), index=rows.index), rows], axis=1)
+
+
+def _read_files(run_dir: Path, table: str,
+                on_damaged: Callable[[str], None]) -> list[pd.DataFrame]:
+    """Every CSV of one run's ``table`` (:func:`table_files`) as it is, each with its
+    ``source``; each one left out as damaged is reported to ``on_damaged``."""
+    flagged = damaged_outputs(run_dir)
+    parts = []
+    for relative in table_files(run_dir).get(table, []):
+        try:
+            if str(relative) in flagged:
+                raise DamagedFile(flagged[str(relative)])
+            rows = read_csv_file(run_dir / relative, text_columns=("downsampling",))
+        except DamagedFile as exc:
+            on_damaged(f"left out {run_dir / relative}: {exc}")
+            continue
+        rows.insert(0, "source", str(relative))
+        parts.append(rows)
+    return parts
+
+
+def table_rows(run_dir: Path, table: str, on_damaged: Callable[[str], None]) -> pd.DataFrame:
+    """The rows of one run's ``table`` (not ``log``) without the run's key columns: every
+    CSV of the table with its ``source``, and for a per-layer table the layer keys
+    (:func:`with_layer_keys`); empty when it has none. Each CSV left out as damaged is
+    reported to ``on_damaged``."""
+    run_dir = Path(run_dir)
+    parts = _read_files(run_dir, table, on_damaged)
+    if not parts:
+        return pd.DataFrame()
+    rows = pd.concat(parts, ignore_index=True)
+    if table in LAYER_TABLES and "layer" in rows:
+        rows = with_layer_keys(rows, network_order(run_dir))
+    return rows
 
 
 def run_table(run_dir: Path, table: str, on_damaged: Callable[[str], None]) -> pd.DataFrame:
@@ -124,40 +169,84 @@ def run_table(run_dir: Path, table: str, on_damaged: Callable[[str], None]) -> p
         except DamagedFile as exc:
             on_damaged(f"left out the log of {run_dir}: {exc}")
             log = None
-        return _keyed(meta, pd.DataFrame([{}]) if log is None else log)
-    flagged = damaged_outputs(run_dir)
-    parts = []
-    for relative in table_files(run_dir).get(table, []):
-        try:
-            if str(relative) in flagged:
-                raise DamagedFile(flagged[str(relative)])
-            rows = read_csv_file(run_dir / relative, text_columns=("downsampling",))
-        except DamagedFile as exc:
-            on_damaged(f"left out {run_dir / relative}: {exc}")
-            continue
-        rows.insert(0, "source", str(relative))
-        parts.append(rows)
-    if not parts:
-        return pd.DataFrame()
-    return _keyed(meta, pd.concat(parts, ignore_index=True))
+        return keyed(meta, pd.DataFrame([{}]) if log is None else log)
+    rows = table_rows(run_dir, table, on_damaged)
+    return rows if rows.empty else keyed(meta, rows)
+
+
+def _ignore(message: str) -> None:
+    """Drops a message: a file left out is reported where its own table is read."""
+
+
+def network_order(run_dir: Path) -> list[str]:
+    """The run's layers in network order (order of first call in the forward pass,
+    :mod:`labkit.measures.layers`), as its files record it: ``receptive_field.csv`` (every
+    Conv2d and Linear), then any layer only the other per-layer files know (the
+    intrinsic-dimension and probe tables, the final epoch's saturation spectra: each in
+    network order), placed after the layer it follows there. Damaged files are passed
+    over; ``[]`` when no file names a layer."""
+    run_dir = Path(run_dir)
+    sequences = []
+    for table in ("receptive_field", "intrinsic_dimension", "probes"):
+        for rows in _read_files(run_dir, table, _ignore):
+            if "layer" in rows:
+                ranked = rows.sort_values("layer_index", kind="stable") \
+                    if "layer_index" in rows else rows
+                sequences.append([str(name) for name in dict.fromkeys(ranked["layer"])])
+    try:
+        sequences += [list(layers) for layers in final_spectra(run_dir)[1].values()]
+    except DamagedFile:
+        pass
+    order: list[str] = []
+    for sequence in sequences:
+        for i, name in enumerate(sequence):
+            if name not in order:
+                before = [order.index(n) for n in sequence[:i] if n in order]
+                order.insert(max(before) + 1 if before else 0, name)
+    return order
+
+
+def with_layer_keys(rows: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """``rows`` (with a ``layer`` column) with ``layer_index`` (place in ``order``, 0 for
+    the first layer; empty for a layer ``order`` lacks) and ``relative_depth``
+    (:func:`labkit.measures.depth.relative_depth`) right after ``layer``, replacing any
+    such columns it had."""
+    rows = rows.drop(columns=["layer_index", "relative_depth"], errors="ignore")
+    place = {name: i for i, name in enumerate(order)}
+    index = rows["layer"].astype(str).map(place).astype("Int64")
+    after = rows.columns.get_loc("layer") + 1
+    rows.insert(after, "layer_index", index)
+    depth = relative_depth(index.astype(float).to_numpy(), len(order))
+    rows.insert(after + 1, "relative_depth", depth)
+    return rows
 
 
 def available_tables(paths: list[Path]) -> list[str]:
-    """Names of every table some run under ``paths`` holds, ``log`` first."""
+    """Names of every table some run under ``paths`` holds, ``log`` first, then
+    ``layers`` when some run has a per-layer measure (a per-layer table or spectra)."""
     names: set[str] = set()
+    layered = False
     for run_dir in find_runs(paths):
-        names.update(table_files(run_dir))
-    names.discard(LOG_TABLE)
-    return [LOG_TABLE, *sorted(names)]
+        found = set(table_files(run_dir))
+        names |= found
+        layered = layered or bool(found & set(LAYER_TABLES)) or \
+            (Path(run_dir) / SPECTRA_DIR).is_dir()
+    names -= {LOG_TABLE, LAYERS_TABLE}
+    return [LOG_TABLE, *([LAYERS_TABLE] if layered else []), *sorted(names)]
 
 
 def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
             on_damaged: Callable[[str], None] | None = None,
-            table: str = LOG_TABLE) -> pd.DataFrame:
+            table: str = LOG_TABLE,
+            build: Callable[[Path, Callable[[str], None]], pd.DataFrame] | None = None
+            ) -> pd.DataFrame:
     """One table across all runs under ``paths``, optionally only the given run-ids.
 
     Args:
         table: ``log`` or another table name (see module docstring).
+        build: the rows of one run's table, given its directory and the report of
+            files left out (raising DamagedFile when the run cannot be used); default
+            :func:`run_table` of ``table`` (:mod:`labkit.outputs.layers` passes its own).
         on_damaged: called with a message for each run, or CSV of a run, left out
             because it cannot be read or is not what it claims; default:
             :func:`warnings.warn`.
@@ -175,9 +264,10 @@ def collect(paths: list[Path], run_ids: tuple[str, ...] = (),
 
     tables = []
     runs = find_runs(paths)
+    build = build or (lambda run_dir, report: run_table(run_dir, table, report))
     for run_dir in runs:
         try:
-            tables.append(run_table(run_dir, table, report))
+            tables.append(build(run_dir, report))
         except DamagedFile as exc:
             report(f"skipped {run_dir}: {exc}")
     tables = [t for t in tables if not t.empty]

@@ -12,7 +12,8 @@ IdimRule = Literal["delve", "reach"]
 
 
 class SaturationConfig(BaseModel):
-    """The ``saturation`` section of a spec; every field is part of the run's identity."""
+    """The ``saturation`` section of a spec; part of the run's identity except ``delta``
+    and ``idim_rule`` (read from the stored spectra)."""
 
     model_config = ConfigDict(extra="forbid")
 

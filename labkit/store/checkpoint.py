@@ -24,6 +24,8 @@ import hashlib
 import io
 import random
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def kept_rng() -> Iterator[None]:
+    """Leave the Python, NumPy, torch and CUDA RNG states as they were (:func:`rng_state`)
+    whatever the block draws: training or building another run (a teacher) must not move
+    this run's random stream, or a run would depend on whether the other was trained."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def check_owner(state: dict[str, Any], run_hash: str, where: Path) -> None:

@@ -12,7 +12,7 @@
   (:func:`final_checkpoint`), whether it is running by its lock (:func:`training_state`);
 * ``analyses.json`` — per analysis, its own state (finished / failed), reason and time,
   apart from the training state: a failed analysis leaves a trained run trained;
-* ``log.csv`` — one row per epoch (columns in the README);
+* ``log.csv`` — one row per epoch (columns in docs/guide/results.md);
 * ``computational_info.json`` — parameters, FLOPs per image, training FLOPs (written
   by :func:`labkit.training.compute.write_computational_info`);
 * ``.lock`` — held while a process trains the run (see :func:`exclusive`).

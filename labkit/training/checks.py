@@ -21,7 +21,8 @@ import torch
 from labkit.core.errors import UserError
 from labkit.core.registry import Registries
 from labkit.measures.layers import MEASURED_TYPES, measured_layers
-from labkit.measures.saturation import TRACKED_TYPES, TRAIN_PASS, column_name
+from labkit.measures.pca_dimension import column_name
+from labkit.measures.saturation import TRACKED_TYPES, TRAIN_PASS
 from labkit.spec import Component, data_identity, resolve_component
 from labkit.spec.saturation import SaturationConfig
 from labkit.store.identity import note_outside

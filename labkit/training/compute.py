@@ -40,11 +40,6 @@ def write_computational_info(run_dir: Path, model: torch.nn.Module, data: Any,
                              device: torch.device, epochs: int, steps: int,
                              samples: int) -> None:
     """Write ``computational_info.json`` unless it holds exactly this already.
-from labkit.core.errors import RunFailed
-from labkit.measures.saturation import saturation_view
-from labkit.training.stepper import scaled_lr, Stepper
-from labkit.training.epoch import EpochPosition, channels_last, train_one_epoch, reduce_pass, loader_options
-from labkit.training.checkpointing import MidEpochCheckpoints, check_checkpointable, is_better, best_so_far, best_record
 
     ``epochs``, ``steps``, ``samples``: the epochs, optimizer steps and training
     samples the run trains (under a ``steps`` budget, fewer than the config's epochs

@@ -35,26 +35,51 @@ def _check_steps(step_size: int, gamma: float) -> None:
 
 def sgd(params: Iterable, lr: float = 0.1, momentum: float = 0.9,
         weight_decay: float = 5e-4, nesterov: bool = False) -> torch.optim.Optimizer:
-    """Stochastic gradient descent with (optionally Nesterov) momentum."""
+    """Stochastic gradient descent with (optionally Nesterov) momentum.
+
+    Args:
+        lr: learning rate (PHD-LAB's default 0.1).
+        momentum: momentum factor.
+        weight_decay: L2 penalty added to the gradient.
+        nesterov: Nesterov momentum.
+    """
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov)
 
 
 def adam(params: Iterable, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
          weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam (L2 penalty added to the gradient)."""
+    """Adam (L2 penalty added to the gradient).
+
+    Args:
+        lr: learning rate.
+        beta1, beta2: decay rates of the first and second moment estimates.
+        weight_decay: L2 penalty added to the gradient.
+    """
     return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
 
 
 def adamw(params: Iterable, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
           weight_decay: float = 0.01) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay)."""
+    """AdamW (decoupled weight decay).
+
+    Args:
+        lr: learning rate.
+        beta1, beta2: decay rates of the first and second moment estimates.
+        weight_decay: decoupled weight decay per step (times ``lr``).
+    """
     return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
 
 
 def radam(params: Iterable, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
           weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Rectified Adam."""
+    """Rectified Adam.
+
+    Args:
+        lr: learning rate.
+        beta1, beta2: decay rates of the first and second moment estimates.
+        weight_decay: L2 penalty added to the gradient.
+    """
     return torch.optim.RAdam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
 
 
@@ -98,7 +123,16 @@ def warmup_length(warmup_epochs: int, warmup_steps: int, steps_per_epoch: int | 
 def step(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 30,
          gamma: float = 0.1, warmup_epochs: int = 0, warmup_start: float = 0.1,
          warmup_steps: int = 0, steps_per_epoch: int | None = None) -> sched.LRScheduler:
-    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs."""
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs.
+
+    Args:
+        step_size: epochs between decays.
+        gamma: factor of each decay.
+        warmup_epochs: epochs of linear warm-up from ``lr * warmup_start`` to ``lr``
+            before the schedule proper starts (added to ``warmup_steps``).
+        warmup_start: share of the learning rate the warm-up starts at, in (0, 1].
+        warmup_steps: optimizer steps of warm-up (needs ``scheduler_interval: "step"``).
+    """
     _check_steps(step_size, gamma)
     per = _per_epoch(steps_per_epoch)
     return _with_warmup(optimizer, sched.StepLR(optimizer, step_size * per, gamma),
@@ -109,7 +143,16 @@ def multistep(optimizer: torch.optim.Optimizer, epochs: int,
               milestones: list[int] = [150, 250], gamma: float = 0.1,  # noqa: B006 (copied by pydantic)
               warmup_epochs: int = 0, warmup_start: float = 0.1, warmup_steps: int = 0,
               steps_per_epoch: int | None = None) -> sched.LRScheduler:
-    """Multiply the learning rate by ``gamma`` at each epoch in ``milestones``."""
+    """Multiply the learning rate by ``gamma`` at each epoch in ``milestones``.
+
+    Args:
+        milestones: epochs after which the rate decays.
+        gamma: factor of each decay.
+        warmup_epochs: epochs of linear warm-up from ``lr * warmup_start`` to ``lr``
+            before the schedule proper starts (added to ``warmup_steps``).
+        warmup_start: share of the learning rate the warm-up starts at, in (0, 1].
+        warmup_steps: optimizer steps of warm-up (needs ``scheduler_interval: "step"``).
+    """
     per = _per_epoch(steps_per_epoch)
     return _with_warmup(optimizer, sched.MultiStepLR(optimizer, [m * per for m in milestones], gamma),
                         warmup_length(warmup_epochs, warmup_steps, steps_per_epoch), warmup_start)
@@ -118,7 +161,15 @@ def multistep(optimizer: torch.optim.Optimizer, epochs: int,
 def cosine(optimizer: torch.optim.Optimizer, epochs: int, eta_min: float = 0.0,
            warmup_epochs: int = 0, warmup_start: float = 0.1, warmup_steps: int = 0,
            steps_per_epoch: int | None = None) -> sched.LRScheduler:
-    """Cosine decay from the base rate to ``eta_min`` over the run after the warm-up."""
+    """Cosine decay from the base rate to ``eta_min`` over the run after the warm-up.
+
+    Args:
+        eta_min: learning rate at the end of the run.
+        warmup_epochs: epochs of linear warm-up from ``lr * warmup_start`` to ``lr``
+            before the schedule proper starts (added to ``warmup_steps``).
+        warmup_start: share of the learning rate the warm-up starts at, in (0, 1].
+        warmup_steps: optimizer steps of warm-up (needs ``scheduler_interval: "step"``).
+    """
     warm = warmup_length(warmup_epochs, warmup_steps, steps_per_epoch)
     main = sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs - warm), eta_min=eta_min)
     return _with_warmup(optimizer, main, warm, warmup_start)
@@ -128,21 +179,38 @@ def warmup(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 5
            warmup_start: float = 0.1, warmup_steps: int = 0,
            steps_per_epoch: int | None = None) -> sched.LRScheduler:
     """Linear warm-up over ``warmup_epochs`` epochs plus ``warmup_steps`` steps, constant
-    afterwards."""
+    afterwards.
+
+    Args:
+        warmup_epochs: epochs of linear warm-up from ``lr * warmup_start`` to ``lr``
+            before the schedule proper starts (added to ``warmup_steps``).
+        warmup_start: share of the learning rate the warm-up starts at, in (0, 1].
+        warmup_steps: optimizer steps of warm-up (needs ``scheduler_interval: "step"``).
+    """
     return _with_warmup(optimizer, None, warmup_length(warmup_epochs, warmup_steps, steps_per_epoch),
                         warmup_start)
 
 
 def lrs(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 10,
         gamma: float = 0.1, steps_per_epoch: int | None = None) -> sched.LRScheduler:
-    """PHD-LAB's ``lrs`` preset: StepLR every 10 epochs."""
+    """PHD-LAB's ``lrs`` preset: StepLR every 10 epochs.
+
+    Args:
+        step_size: epochs between decays.
+        gamma: factor of each decay.
+    """
     _check_steps(step_size, gamma)
     return sched.StepLR(optimizer, step_size * _per_epoch(steps_per_epoch), gamma)
 
 
 def lrs60(optimizer: torch.optim.Optimizer, epochs: int, step_size: int = 20,
           gamma: float = 0.1, steps_per_epoch: int | None = None) -> sched.LRScheduler:
-    """PHD-LAB's ``lrs60`` preset (for 60-epoch runs): StepLR every 20 epochs."""
+    """PHD-LAB's ``lrs60`` preset (for 60-epoch runs): StepLR every 20 epochs.
+
+    Args:
+        step_size: epochs between decays.
+        gamma: factor of each decay.
+    """
     _check_steps(step_size, gamma)
     return sched.StepLR(optimizer, step_size * _per_epoch(steps_per_epoch), gamma)
 

@@ -10,7 +10,8 @@ import click
 from labkit.cli import plugins, spec_cache
 from labkit.core.errors import UserError
 from labkit.core.registry import KINDS, Registries
-from labkit.outputs.results import collect
+from labkit.outputs.layers import results_table
+from labkit.outputs.results import LAYERS_TABLE
 from labkit.spec import json_schema
 from labkit.store.atomic import write_csv
 
@@ -53,15 +54,18 @@ def plugins_() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="CSV file (default: stdout)")
 @click.option("--run-id", "run_ids", multiple=True, help="only these run-ids (repeatable)")
 @click.option("--table", "table_name", default="log", show_default=True,
-              help="which table: log, probes, projection, receptive_field, evaluations, "
-                   "saturation, or a plugin's (the stem of its CSV in the run directories)")
+              help="which table: log, layers (every per-layer measure, a row per run, "
+                   "layer and split), probes, projection, receptive_field, evaluations, "
+                   "saturation, intrinsic_dimension, or a plugin's (the stem of its CSV in "
+                   "the run directories)")
 def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...],
             table_name: str) -> None:
     """Every run under LOGS (default: logs/) as one tidy CSV: a table of each run (default
     its per-epoch log) with the run's hash, run-id and config values on every row."""
-    table = collect([Path(p) for p in (logs or ("logs",))], run_ids,
-                    on_damaged=lambda message: click.echo(f"warning: {message}", err=True),
-                    table=table_name)
+    table = results_table(
+        [Path(p) for p in (logs or ("logs",))], table_name, run_ids,
+        on_damaged=lambda message: click.echo(f"warning: {message}", err=True),
+        plugin_measures=plugins.layer_measures if table_name == LAYERS_TABLE else None)
     if table.empty:
         raise UserError(f"no runs found under {', '.join(logs or ('logs',))}; "
                         f"train with `labkit run SPEC --run-id ID` first")

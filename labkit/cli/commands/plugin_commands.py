@@ -1,7 +1,7 @@
 """The commands plugins add through the ``labkit_commands`` hook.
 
 Loading them means loading every plugin (and torch), so :mod:`labkit.cli` asks for them
-only when a command name is neither built in nor declared in the ``labkit.cli.commands``
+only when a command name is neither built in nor declared in the ``labkit.commands``
 entry-point group.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def hook_commands(taken: Collection[str],
 
     Args:
         taken: names of the built-in commands.
-        declared: the ``labkit.cli.commands`` entry points by name; a plugin that declares
+        declared: the ``labkit.commands`` entry points by name; a plugin that declares
             a command there and also returns it from the hook (as it should, for an
             older labkit) adds it once.
 

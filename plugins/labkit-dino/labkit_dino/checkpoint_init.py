@@ -24,46 +24,25 @@ its random initialisation. Architectures must match (a clear error names the fix
 """
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from labkit.api import (
-    NOT_IDENTITY,
-    FinishedRun,
-    PinnedRef,
-    RunContext,
-    RunFailed,
-    UserError,
-    checkpoint,
-    expand,
-    inline_run,
-    is_trained,
-    read_run,
-    registries,
-    run_fingerprint,
-    runinfo,
-    train,
-)
+from labkit.api import RunContext, RunRef, UserError, finished_link, registries, run_fingerprint
 from labkit_dino.networks import DinoNet, probe_of
 
 CHECKPOINT_INITS = ("t_ckpt", "s_ckpt")
 
-# where and how a run executes (logs_dir, device, …): not what the run is
-_LOCATION = tuple(key for key in NOT_IDENTITY if "." not in key)
-INIT_DIR = "method.init_run.dir"
 
-
-class InitRun(PinnedRef):
+class InitRun(RunRef):
     """The finished run a ``t_ckpt`` / ``s_ckpt`` initialisation reads (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
+    path = "method.init_run"
+    noun = "init run"
+    rerun = "run the DINO spec again (a new run)"
 
-    dir: str | None = Field(None, description="folder of a trained labkit run (any complete "
-                                              "copy, wherever it lies)")
     spec: dict[str, Any] | None = Field(
         None, description="the run's spec (one grid point), trained first when not finished; "
                           "stored resolved, so it is part of the DINO run's identity")
@@ -73,65 +52,22 @@ class InitRun(PinnedRef):
     @field_validator("spec")
     @classmethod
     def _one_resolved_run(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        # a resolved spec holds the derived "data" of its dataset, which a spec may not give
-        configs = expand({k: v for k, v in value.items() if k != "data"}, registries())
-        if len(configs) != 1:
-            raise ValueError(f"init_run.spec expands to {len(configs)} runs; give one run "
-                             f"(a grid over init runs is a list of init_run objects)")
-        return {k: v for k, v in configs[0].items() if k not in _LOCATION}
-
-    @model_validator(mode="after")
-    def _pinned(self) -> "InitRun":
-        if (self.dir is None) == (self.spec is None):
-            raise ValueError('name the run by {"dir": "<run directory>"} or by '
-                             '{"spec": {...}}: exactly one of the two')
-        if self.dir is None:
-            if self.run is not None:
-                raise ValueError('"run" is derived from "dir"; leave it out')
-            return self
-        if self.run_id is not None:
-            raise ValueError("run_id goes with spec; a run directory already names its run")
-        derived = read_run(self.dir, INIT_DIR).fingerprint
-        stale = self.stale(derived, self.dir, "method.init_run.run",
-                           "run the DINO spec again (a new run)")
-        if stale:
-            raise UserError(stale)
-        self.run = derived
-        return self
+        return None if value is None else cls.one_run(value, registries())
 
 
 def finished_init_run(ref: InitRun, context: RunContext) -> dict[str, Any]:
-    """``{"config": …, "modules": …}`` of the run's final checkpoint, trained first when
-    ``ref`` is a spec not yet finished. The global RNG states are left as they were.
+    """``{"config": …, "modules": …, "fingerprint": …, "directory": …}`` of the run's final
+    checkpoint (:func:`labkit.api.finished_link`), trained first when ``ref`` is a spec not
+    yet finished. The global RNG states are left as they were.
 
     Raises:
         UserError: the run is not trained, or was retrained since validation.
         RunFailed: training a run given by spec failed.
     """
-    state = checkpoint.rng_state()  # training another run must not move this run's stream
-    try:
-        if ref.dir is not None:  # the folder itself, and its verified final checkpoint
-            found = read_run(ref.dir, INIT_DIR)
-            if found.fingerprint != ref.run:
-                raise UserError(f"method.init_run: run {ref.dir} was retrained since this run "
-                                f"was planned; run the spec again")
-            finished = FinishedRun.from_reference(found, context.registries)
-            fingerprint = found.fingerprint
-        else:
-            run = inline_run(ref.spec, context.config, ref.run_id or context.run_id,
-                             context.registries)
-            if not is_trained(run):
-                print(f"dino: training the init run first: {run.directory}", file=sys.stderr)
-            if train(run, context.registries, str(context.device), progress=False) == "failed":
-                reason = runinfo.read_status(run.directory).get("reason")
-                raise RunFailed(f"init run {run.directory} failed: {reason}")
-            finished, fingerprint = FinishedRun(run, context.registries), run_fingerprint(run)
-        return {"config": finished.config, "modules": finished.state()["modules"],
-                "fingerprint": fingerprint.model_dump(), "directory": str(finished.directory)}
-    finally:
-        checkpoint.set_rng_state(state)
+    finished = finished_link(ref, context)
+    fingerprint = ref.run or run_fingerprint(finished.run)
+    return {"config": finished.config, "modules": finished.state()["modules"],
+            "fingerprint": fingerprint.model_dump(), "directory": str(finished.directory)}
 
 
 def _load_encoder(network: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

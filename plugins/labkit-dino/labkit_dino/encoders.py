@@ -61,8 +61,8 @@ def convnet_factory(width: int, depth: int) -> Callable[..., nn.Sequential]:
         layers["fc"] = nn.Linear(width * side * side, num_classes)
         return nn.Sequential(layers)
 
-    convnet.__doc__ = (f"The paper's plain ConvNet: {depth} conv blocks of width {width} "
-                       f"(``batch_norm``: BatchNorm after each ReLU).")
+    convnet.__doc__ = (f"The paper's plain ConvNet: {depth} conv blocks of width {width}.\n\n"
+                       f"Args:\n    batch_norm: BatchNorm after each ReLU.")
     return convnet
 
 
@@ -87,8 +87,9 @@ def vit_factory(name: str) -> Callable[..., VisionTransformer]:
             model.conv_proj = conv
         return model
 
-    vit.__doc__ = (f"{name}: torchvision VisionTransformer, width {width}, {heads} heads, "
-                   f"``num_layers`` blocks, ``patch_size`` px patches.")
+    vit.__doc__ = (f"{name}: torchvision VisionTransformer, width {width}, {heads} heads.\n\n"
+                   f"Args:\n    patch_size: side of the patches in pixels (divides the "
+                   f"resolution).\n    num_layers: transformer blocks.")
     return vit
 
 

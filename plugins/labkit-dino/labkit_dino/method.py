@@ -51,7 +51,7 @@ from labkit.api import (
     StepResult,
     UserError,
     build_component,
-    inline_run,
+    linked_runs_of,
     value_at,
     write_csv,
     write_json,
@@ -349,11 +349,7 @@ class Dino(Method):
     def linked_runs(cls, params: dict[str, Any], run: RunConfig,
                     registries: Registries) -> list[RunConfig]:
         """The ``init_run`` given by spec: trained first when not finished."""
-        init = params.get("init_run") or {}
-        if init.get("spec") is None:
-            return []
-        return [inline_run(init["spec"], run.config, init.get("run_id") or run.run_id,
-                           registries)]
+        return linked_runs_of(params.get("init_run"), run, registries)
 
     def __init__(self, context: RunContext, params: DinoParams):
         super().__init__(context, params)

@@ -94,6 +94,18 @@ def test_contradictions_are_spec_errors(source, dino_run):
                  init_run={"dir": str(source.directory)})
 
 
+@pytest.mark.parametrize("init_run, message", [
+    ({"spec": {"model": "cnn_xxs", "dataset": "digits"}},
+     r"method\.init_run\.spec: model\.name: unknown model 'cnn_xxs'"),
+    ({"spec": {"model": "mlp_s", "dataset": "digits", "epochs": [1, 2]}},
+     r"method\.init_run\.spec expands to 2 runs.* give a list: \"init_run\": \["),
+    ({"spec": {"model": "mlp_s", "dataset": "digits"}, "dir": "x"}, "exactly one of the two"),
+])
+def test_init_run_mistakes_name_their_json_path(dino_run, init_run, message):
+    with pytest.raises(UserError, match=message):
+        dino_run(teacher_init="t_ckpt", init_run=init_run)
+
+
 def test_t_ckpt_of_a_supervised_run_names_the_fix(dino_registries, tmp_path, dino_method):
     spec = {"model": "cnn_xs", "dataset": {"name": "digits", "subset": 200}, "epochs": 1,
             "batch_size": 100, "logs_dir": str(tmp_path / "sup")}

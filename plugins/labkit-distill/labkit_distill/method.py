@@ -46,7 +46,7 @@ from labkit.api import (
     RunContext,
     StepResult,
     UserError,
-    inline_run,
+    linked_runs_of,
     mix_images,
     read_npy_file,
 )
@@ -71,6 +71,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _weight(default: float, term: str) -> Any:
+    """The field ``weight``, β of the auxiliary ``term`` (RepDistiller's when it has one)."""
+    return Field(default, ge=0, description=f"β: weight of the {term}")
+
+
+LAST_LINEAR = "the input of its last Linear layer"
+LAST_MAP = "the last spatial map before global pooling"
+
+
+def _layer(role: str, default: str) -> Any:
+    """The field naming the ``role``'s (student, teacher) module a loss reads."""
+    return Field(None, description=f"{role} module name; null: {default}")
+
+
 class KD(_Strict):
     """No auxiliary term: plain knowledge distillation."""
 
@@ -81,31 +95,31 @@ class Jacobian(_Strict):
     """Jacobian matching (Srinivas & Fleuret 2018) of the logits' input-gradients."""
 
     name: Literal["jacobian"]
-    weight: float = Field(1.0, ge=0, description="β: weight of the Jacobian term")
+    weight: float = _weight(1.0, "Jacobian term")
     top_k: int | None = Field(
         None, ge=1, description="match the gradients of the teacher's k most probable "
                                 "classes per sample (k backward passes); null: all classes")
 
 
 class _Layers(_Strict):
-    student_layer: str | None = Field(
-        None, description="student module name; null: the input of its last Linear layer")
-    teacher_layer: str | None = Field(
-        None, description="teacher module name; null: the input of its last Linear layer")
+    """A loss on one student and one teacher layer, by default their last features."""
+
+    student_layer: str | None = _layer("student", LAST_LINEAR)
+    teacher_layer: str | None = _layer("teacher", LAST_LINEAR)
 
 
 class Features(_Layers):
     """FitNets hint: teacher features regressed from the student's by a learned 1×1 map."""
 
     name: Literal["features"]
-    weight: float = Field(1.0, ge=0, description="β: weight of the hint term")
+    weight: float = _weight(1.0, "hint term")
 
 
 class Contrastive(_Layers):
     """Contrastive representation distillation, in-batch negatives, learned linear heads."""
 
     name: Literal["contrastive"]
-    weight: float = Field(1.0, ge=0, description="β: weight of the contrastive term")
+    weight: float = _weight(1.0, "contrastive term")
     tau: float = Field(0.1, gt=0, description="τ: temperature of the similarities")
     dim: int = Field(64, ge=1, description="size of the embeddings both heads map to")
 
@@ -114,44 +128,36 @@ class Attention(_Strict):
     """Attention transfer (Zagoruyko & Komodakis 2017) on one or more pairs of maps."""
 
     name: Literal["attention"]
-    weight: float = Field(1000.0, ge=0, description="β: weight of the summed AT terms "
-                                                    "(RepDistiller: 1000)")
+    weight: float = _weight(1000.0, "summed AT terms (RepDistiller: 1000)")
     p: float = Field(2.0, gt=0, description="power of the attention map Σ_c |A_c|^p")
     student_layers: list[str] | None = Field(
-        None, description="student module names, paired in order with teacher_layers; null: "
-                          "the last spatial map before global pooling")
+        None, description=f"student module names, paired in order with teacher_layers; "
+                          f"null: {LAST_MAP}")
     teacher_layers: list[str] | None = Field(
-        None, description="teacher module names, as many as student_layers; null: the last "
-                          "spatial map before global pooling")
+        None, description=f"teacher module names, as many as student_layers; null: {LAST_MAP}")
 
 
-class Similarity(_Strict):
+class Similarity(_Layers):
     """Similarity-preserving KD (Tung & Mori 2019): batch Gram matrices of one layer."""
 
     name: Literal["similarity"]
-    weight: float = Field(3000.0, ge=0, description="β: weight of the SP term (RepDistiller: "
-                                                    "3000)")
-    student_layer: str | None = Field(
-        None, description="student module name; null: the last spatial map before global "
-                          "pooling")
-    teacher_layer: str | None = Field(
-        None, description="teacher module name; null: the last spatial map before global "
-                          "pooling")
+    weight: float = _weight(3000.0, "SP term (RepDistiller: 3000)")
+    student_layer: str | None = _layer("student", LAST_MAP)
+    teacher_layer: str | None = _layer("teacher", LAST_MAP)
 
 
 class PKT(_Layers):
     """Probabilistic knowledge transfer (Passalis & Tefas 2018), cosine kernel."""
 
     name: Literal["pkt"]
-    weight: float = Field(30000.0, ge=0, description="β: weight of the PKT term "
-                                                     "(RepDistiller: 30000)")
+    weight: float = _weight(30000.0, "PKT term (RepDistiller: 30000)")
 
 
 class RKD(_Layers):
     """Relational KD (Park et al. 2019): distance and angle terms."""
 
     name: Literal["rkd"]
-    weight: float = Field(1.0, ge=0, description="β: weight of the RKD term (RepDistiller: 1)")
+    weight: float = _weight(1.0, "RKD term (RepDistiller: 1)")
     distance_weight: float = Field(25.0, ge=0, description="w_D: weight of the distance term")
     angle_weight: float = Field(50.0, ge=0, description="w_A: weight of the angle term")
 
@@ -160,8 +166,7 @@ class CRD(_Layers):
     """Contrastive representation distillation with a memory bank (Tian et al. 2020)."""
 
     name: Literal["crd"]
-    weight: float = Field(0.8, ge=0, description="β: weight of the CRD term (RepDistiller: "
-                                                  "0.8)")
+    weight: float = _weight(0.8, "CRD term (RepDistiller: 0.8)")
     dim: int = Field(128, ge=1, description="d: size of the embeddings and memory rows")
     negatives: int = Field(4096, ge=1, description="K: negatives per positive, items of other "
                                                    "classes (RepDistiller: 16384 on CIFAR-100)")
@@ -277,11 +282,7 @@ class Distill(Method):
     def linked_runs(cls, params: dict[str, Any], run: RunConfig,
                     registries: Registries) -> list[RunConfig]:
         """The teacher given by spec: trained first when not finished."""
-        teacher = params["teacher"]
-        if teacher.get("spec") is None:
-            return []
-        return [inline_run(teacher["spec"], run.config, teacher.get("run_id") or run.run_id,
-                           registries)]
+        return linked_runs_of(params["teacher"], run, registries)
 
     def __init__(self, context: RunContext, params: Params):
         super().__init__(context, params)

@@ -131,6 +131,11 @@ def train_on_eval(base: str | dict[str, Any] = "cifar10", resolution: int = 32,
     images, so the student trains on those (``soft_labels.file`` rows then follow this
     training split) and is evaluated on the 50 000 training images.
 
+    Args:
+        base: the data set whose splits are swapped (a name or ``{"name": …, params}``).
+        resolution: image side in pixels.
+        augment: augmentation preset of the new training split (the base's ``eval``).
+
     Returns:
         A :class:`DataBundle`: ``train`` = the base's ``eval`` (with ``augment``),
         ``evals["eval"]`` = the base's training split, unaugmented.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from labkit.api import RunConfig, expand, train
+import torch
+
+from labkit.api import RunConfig, RunContext, build_component, expand, train
 from labkit_distill.method import Distill
 
 # for `labkit` subprocesses: only this plugin, and one thread (a shared 2-core machine:
@@ -39,3 +41,26 @@ def train_runs(spec: dict[str, Any], registries, run_id: str = "T") -> list[RunC
     for run in runs:
         assert train(run, registries, progress=False) == "finished", run.directory
     return runs
+
+
+def distill_method(registries, teacher_dir, tmp_path, model: str = "mlp_s",
+                   **params: Any) -> Distill:
+    """A ``distill`` method (its ``params``) for a ``model`` student on digits (8 px) and
+    the teacher run in ``teacher_dir``, built as the engine builds it (seed 0)."""
+    spec = {"model": model, "dataset": "digits", "logs_dir": str(tmp_path / "logs"),
+            "method": {"name": "distill", "teacher": {"dir": str(teacher_dir)}, **params}}
+    (config,) = expand(spec, registries)
+    torch.manual_seed(0)
+    data = build_component(registries, "datasets", config["dataset"])
+    net = build_component(registries, "models", config["model"], num_classes=10,
+                          in_channels=1, resolution=8)
+    context = RunContext(config, net, data, torch.device("cpu"),
+                         RunConfig(config, "T").directory, registries)
+    return build_component(registries, "methods", config["method"], context=context)
+
+
+def batch_of(method: Distill, n: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images, labels, index)`` of the first ``n`` items of the method's training set."""
+    items = [method.train_dataset(method.context.data.train)[i] for i in range(n)]
+    images = torch.stack([x for x, _, _ in items])
+    return images, torch.tensor([y for _, y, _ in items]), torch.tensor([i for _, _, i in items])

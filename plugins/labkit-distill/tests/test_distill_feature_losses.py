@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from distill_helpers import train_runs
+from distill_helpers import batch_of, distill_method, train_runs
 
-from labkit.api import RunConfig, RunContext, UserError, build_component, expand
+from labkit.api import UserError
 from labkit_distill.crd import ContrastMemory
 from labkit_distill.losses import attention_loss, pkt_loss, rkd_loss, similarity_loss
 
@@ -237,25 +237,13 @@ def test_crd_negatives_are_other_classes_drawn_uniformly():
 # ---------------------------------------------------------------- inside the method
 
 def make_method(registries, teacher_dir, tmp_path, model="mlp_s", **loss):
-    spec = {"model": model, "dataset": "digits", "logs_dir": str(tmp_path / "logs"),
-            "method": {"name": "distill", "teacher": {"dir": str(teacher_dir)}, "alpha": 0.0,
-                       "loss": loss}}
-    (config,) = expand(spec, registries)
-    torch.manual_seed(0)
-    data = build_component(registries, "datasets", config["dataset"])
-    net = build_component(registries, "models", config["model"], num_classes=10,
-                          in_channels=1, resolution=8)
-    context = RunContext(config, net, data, torch.device("cpu"),
-                         RunConfig(config, "T").directory, registries)
-    return build_component(registries, "methods", config["method"], context=context)
+    """A ``distill`` method whose loss is CE plus the auxiliary term ``loss`` (alpha 0)."""
+    return distill_method(registries, teacher_dir, tmp_path, model, alpha=0.0, loss=loss)
 
 
 def step(method, n=12):
     """One training step on the first n training items; returns (loss, images, labels, index)."""
-    items = [method.train_dataset(method.context.data.train)[i] for i in range(n)]
-    images = torch.stack([x for x, _, _ in items])
-    labels = torch.tensor([y for _, y, _ in items])
-    index = torch.tensor([i for _, _, i in items])
+    images, labels, index = batch_of(method, n)
     return method.training_step((images, labels, index)).loss.item(), images, labels, index
 
 

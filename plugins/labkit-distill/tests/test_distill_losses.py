@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from distill_helpers import batch_of, distill_method
 from torch import nn
 
-from labkit.api import RunConfig, RunContext, UserError, build_component, expand, mix_images
+from labkit.api import UserError, expand, mix_images
 from labkit_distill.losses import (
     contrastive_loss,
     input_gradients,
@@ -134,26 +135,6 @@ def test_fitnets_hint_with_a_1x1_regressor_and_pooling():
 
 # ---------------------------------------------------------------- the method's whole loss
 
-def make_method(registries, teacher_dir, tmp_path, **params):
-    """A ``distill`` method for an mlp_s student on digits (8 px) and the teacher run."""
-    spec = {"model": "mlp_s", "dataset": "digits", "logs_dir": str(tmp_path / "logs"),
-            "method": {"name": "distill", "teacher": {"dir": str(teacher_dir)}, **params}}
-    (config,) = expand(spec, registries)
-    torch.manual_seed(0)
-    data = build_component(registries, "datasets", config["dataset"])
-    model = build_component(registries, "models", config["model"], num_classes=10,
-                            in_channels=1, resolution=8)
-    context = RunContext(config, model, data, torch.device("cpu"),
-                         RunConfig(config, "T").directory, registries)
-    return build_component(registries, "methods", config["method"], context=context)
-
-
-def batch_of(method, n=16):
-    items = [method.train_dataset(method.context.data.train)[i] for i in range(n)]
-    images = torch.stack([x for x, _, _ in items])
-    return images, torch.tensor([y for _, y, _ in items]), torch.tensor([i for _, _, i in items])
-
-
 def np_loss(s, t, y, *, alpha=0.9, temperature=4.0, divergence="kl", human=None, gamma=0.0,
             human_temperature=1.0, mixed_with=None, m=1.0):
     """(1−λ)·CE + λ·[(1−γ)·T²·D(p_t^T ‖ p_s^T) + γ·T_h²·D(h^{T_h} ‖ p_s^{T_h})], from logits."""
@@ -178,7 +159,7 @@ def logits_of(method, images):
 
 
 def test_kd_loss_of_a_training_step(registries, teacher_dir, tmp_path):
-    method = make_method(registries, teacher_dir, tmp_path, alpha=0.7, temperature=3.0)
+    method = distill_method(registries, teacher_dir, tmp_path, alpha=0.7, temperature=3.0)
     images, y, index = batch_of(method)
     loss = method.training_step((images, y, index)).loss.item()
     s, t = logits_of(method, images)
@@ -198,7 +179,7 @@ def soft_label_file(tmp_path, rows: int) -> tuple[str, np.ndarray]:
 def test_hkd_loss_with_soft_labels_aligned_to_the_source(registries, teacher_dir, tmp_path,
                                                          divergence):
     path, probs = soft_label_file(tmp_path, 1797)  # one row per digit of the whole source
-    method = make_method(registries, teacher_dir, tmp_path, divergence=divergence,
+    method = distill_method(registries, teacher_dir, tmp_path, divergence=divergence,
                          soft_labels={"file": path, "gamma": 0.3, "temperature": 2.0})
     images, y, index = batch_of(method)
     loss = method.training_step((images, y, index)).loss.item()
@@ -212,7 +193,7 @@ def test_hkd_loss_with_soft_labels_aligned_to_the_source(registries, teacher_dir
 @pytest.mark.parametrize("kind", ["mixup", "cutmix"])
 def test_mixed_inputs_mix_labels_and_soft_labels(registries, teacher_dir, tmp_path, kind):
     path, probs = soft_label_file(tmp_path, 1438)  # one row per training item
-    method = make_method(registries, teacher_dir, tmp_path, mix={"kind": kind, "alpha": 0.5},
+    method = distill_method(registries, teacher_dir, tmp_path, mix={"kind": kind, "alpha": 0.5},
                          soft_labels={"file": path, "gamma": 0.5})
     images, y, index = batch_of(method)
     torch.manual_seed(4)
@@ -241,7 +222,7 @@ def test_batch_augment_is_refused_for_distill_which_mixes_itself(registries, tea
 
 @pytest.mark.parametrize("top_k", [None, 3])
 def test_jacobian_loss_of_a_training_step(registries, teacher_dir, tmp_path, top_k):
-    method = make_method(registries, teacher_dir, tmp_path,
+    method = distill_method(registries, teacher_dir, tmp_path,
                          loss={"name": "jacobian", "weight": 0.5, "top_k": top_k})
     images, y, index = batch_of(method, n=6)
     loss = method.training_step((images, y, index)).loss.item()
@@ -269,7 +250,7 @@ def penultimate(net, images):
 
 
 def test_contrastive_loss_of_a_training_step(registries, teacher_dir, tmp_path):
-    method = make_method(registries, teacher_dir, tmp_path,
+    method = distill_method(registries, teacher_dir, tmp_path,
                          loss={"name": "contrastive", "weight": 2.0, "tau": 0.2, "dim": 8})
     images, y, index = batch_of(method)
     loss = method.training_step((images, y, index)).loss.item()
@@ -288,7 +269,7 @@ def test_contrastive_loss_of_a_training_step(registries, teacher_dir, tmp_path):
 
 
 def test_feature_matching_of_named_layers_in_a_training_step(registries, teacher_dir, tmp_path):
-    method = make_method(registries, teacher_dir, tmp_path,
+    method = distill_method(registries, teacher_dir, tmp_path,
                          loss={"name": "features", "student_layer": "fc1",
                                "teacher_layer": "block2"})
     images, y, index = batch_of(method)

@@ -16,6 +16,7 @@ from labkit.api import (
     RunConfig,
     UserError,
     check_device,
+    ensure_trained,
     latents,
     load_runs,
     read_run,
@@ -27,7 +28,7 @@ from labkit.api import registries as labkit_registries
 from labkit_stitch.catalogue import CKA_MEASURES, MEASURES, choose
 from labkit_stitch.direct import DirectMatch, direct_match_values
 from labkit_stitch.provenance import TableRecord
-from labkit_stitch.refs import ensure_trained, trained_network
+from labkit_stitch.refs import NetworkRef, trained_network
 from labkit_stitch.similarity import SimilarityOptions, layer_similarity, measure_columns
 from labkit_stitch.stitching import Cell, CellChecker
 from labkit_stitch.tables import (
@@ -177,7 +178,7 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
     check_device(device)
     pairs = network_pairs(runs)
     for network in {str(r.directory): r for p in pairs for r in (p["a"], p["b"])}.values():
-        ensure_trained(network, device, progress=not quiet)
+        ensure_trained(network, labkit_registries(), device, NetworkRef.noun, not quiet)
     states = []
     for i, run in enumerate(runs, 1):
         if problems[str(run.directory)]:

@@ -1,6 +1,6 @@
 """References to the networks being stitched: labkit runs, trained on demand.
 
-A :class:`RunRef` names one run in one of two ways:
+A :class:`NetworkRef` (a :class:`labkit.api.RunRef`) names one run in one of two ways:
 
 * ``{"dir": "logs/cnn_s/digits_16/A/cnn_s-…-3f2a9c01de"}``: the folder of a trained run,
   wherever it lies (any complete copy; :func:`labkit.api.read_run` reads that folder and
@@ -20,43 +20,40 @@ runs too. So a run directory must be trained when the stitch spec is validated. 
 network is read from its run's final checkpoint, the one the fingerprints name.
 
 A run given by spec that has not finished is trained by the engine, with its own spec's
-settings, the first time a trained network is asked of it.
+settings, the first time a trained network is asked of it (:func:`labkit.api.ensure_trained`).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from labkit.api import (
     FinishedRun,
-    PinnedRef,
     RunConfig,
-    RunFailed,
+    RunRef,
     UserError,
     build_component,
-    checkpoint,
+    ensure_trained,
     expand,
     flatten,
-    is_trained,
     load_spec_file,
-    read_run,
     run_in_folder,
     runinfo,
-    train,
     varying_keys,
 )
 from labkit.api import registries as labkit_registries
 
-RUN_FOLDER = "run folder"  # how messages name a "dir" (their JSON path says which one)
 
-
-class RunRef(PinnedRef):
+class NetworkRef(RunRef):
     """One labkit run: a run directory, or a spec (file or object), run-id and grid point."""
 
-    model_config = ConfigDict(extra="forbid")
+    # met at two JSON paths (sender, receiver), it has no ``path``: its mistakes are
+    # ValueErrors, which spec validation names by their path
+    noun = "referenced run"
+    rerun = "run the stitch spec again (new stitch runs)"
 
     dir: str | None = Field(None, description="folder of a trained run (the folder holding "
                                               "config.json; any complete copy, wherever "
@@ -78,28 +75,17 @@ class RunRef(PinnedRef):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
-    def _resolves(self) -> "RunRef":
-        if (self.dir is None) == (self.spec is None):
-            raise ValueError("give either \"dir\" (a run directory) or \"spec\" with \"run_id\"")
-        if self.spec is not None and self.run_id is None:
+    def _picks_one_run(self) -> "NetworkRef":
+        if self.dir is not None:
+            if self.where:
+                raise ValueError('"where" goes with "spec"; a "dir" names one run')
+            return self
+        if self.run_id is None:
             raise ValueError("\"spec\" needs \"run_id\", the run-id its runs are trained under")
-        if self.dir is not None and (self.run_id is not None or self.where):
-            raise ValueError("\"run_id\" and \"where\" go with \"spec\"; a \"dir\" names one run")
-        if self.dir is None and self.run is not None:
-            raise ValueError("\"run\" is derived from \"dir\" (the run directory's "
-                             "fingerprint); leave it out")
         try:  # a wrong reference fails at validation, with its JSON path
-            if self.dir is None:
-                self.run_config()
-                return self
-            derived = read_run(self.dir, RUN_FOLDER).fingerprint
+            self.run_config()
         except UserError as exc:
             raise ValueError(str(exc)) from None
-        stale = self.stale(derived, self.dir, '"run"',
-                           "run the stitch spec again (new stitch runs)")
-        if stale:
-            raise ValueError(stale)
-        self.run = derived
         return self
 
     def run_config(self) -> RunConfig:
@@ -111,7 +97,7 @@ class RunRef(PinnedRef):
         """
         registries = labkit_registries()
         if self.dir is not None:
-            return run_in_folder(self.dir, RUN_FOLDER)
+            return run_in_folder(self.dir, self.named("dir"))
         runs = [RunConfig(config, self.run_id) for config in expand(self.spec, registries)]
         flats = [flatten(run.config) for run in runs]
         unknown = [key for key in self.where if not any(key in flat for flat in flats)]
@@ -129,35 +115,10 @@ class RunRef(PinnedRef):
         return chosen[0]
 
 
-def ensure_trained(run: RunConfig, device: str | None = None, progress: bool = True) -> None:
-    """Train ``run`` with the engine unless it has finished.
-
-    Args:
-        run: the run.
-        device: torch device; ``None`` uses the run's own ``device`` setting.
-        progress: show progress bars.
-
-    Raises:
-        RunFailed: the run failed (the reason is in its ``status.json``).
-    """
-    if is_trained(run):
-        return
-    # Training draws random numbers; the caller's later draws (a stitch's initial weights)
-    # must not depend on whether the run had to be trained first.
-    rng = checkpoint.rng_state()
-    try:
-        outcome = train(run, labkit_registries(), device or run.config["device"], progress)
-    finally:
-        checkpoint.set_rng_state(rng)
-    if outcome == "failed":
-        reason = runinfo.read_status(run.directory).get("reason")
-        raise RunFailed(f"referenced run {run.directory} failed to train: {reason}")
-
-
 def trained_network(run: RunConfig) -> nn.Module:
     """The final network of ``run`` (trained first if needed; read from the final
     checkpoint, whose digest the provenance records name), on the CPU, in eval mode."""
-    ensure_trained(run)
+    ensure_trained(run, labkit_registries(), what=NetworkRef.noun, progress=True)
     return FinishedRun(run, labkit_registries(),
                        checkpoint_file=runinfo.final_checkpoint(run)).model
 

@@ -30,7 +30,7 @@ from torch import nn
 from labkit.api import Method, RunConfig, StepResult, UserError, build_component
 from labkit.api import registries as labkit_registries
 from labkit_stitch import cut
-from labkit_stitch.refs import RunRef, random_network, trained_network
+from labkit_stitch.refs import NetworkRef, random_network, trained_network
 
 
 class Unstitchable(UserError):
@@ -194,8 +194,8 @@ class StitchedParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sender: RunRef = Field(description="run of network A, whose bottom feeds the stitch")
-    receiver: RunRef = Field(description="run of network B, whose top takes the stitch's output")
+    sender: NetworkRef = Field(description="run of network A, whose bottom feeds the stitch")
+    receiver: NetworkRef = Field(description="run of network B, whose top takes the stitch's output")
     sender_layer: str = Field(description="layer of A whose output the stitch reads "
                                           "(module path, with '-' or '.')")
     receiver_layer: str = Field(description="layer of B whose output the stitch replaces; "

@@ -1,28 +1,23 @@
 """`labkit stitch-table` and `labkit similarity` from the command line, with the plugin loaded
 through its entry point; the grouping of a grid into tables."""
-import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
-from stitch_helpers import net_spec
+from stitch_helpers import ENV, nets_file, self_stitch
 
 from labkit.api import RunConfig, expand
 from labkit.testing import run_cli
 from labkit_stitch.tables import COLUMNS, stitch_table
 
-ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
-       "OMP_NUM_THREADS": "1"}
-
 
 def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tmp_path,
                                                                               write_spec):
-    nets = tmp_path / "nets.json"  # network A, referenced by spec file and trained on demand
-    nets.write_text(json.dumps(net_spec("cnn_xs", tmp_path / "logs", epochs=3)))
-    a = {"spec": str(nets), "run_id": "nets"}
-    spec = write_spec({"name": "self", "model": {
-        "name": "stitched", "sender": a, "receiver": a, "sender_layer": ["block1", "block2"],
-        "receiver_layer": ["block1", "block2"], "sender_weights": ["trained", "random"]},
-        "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 1, "batch_size": 64})
+    # network A, referenced by spec file and trained on demand
+    spec = write_spec(self_stitch(nets_file(tmp_path, epochs=3), ["block1", "block2"],
+                                  ["block1", "block2"], ["trained", "random"], name="self"))
     out = tmp_path / "tables"
     result = run_cli("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q",
                      "--measure", "procrustes_angular", "--measure", "svcca:keep=3",
@@ -86,9 +81,8 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
 
 
 def test_a_grid_of_network_pairs_gives_one_table_per_pair(registries, tmp_path):
-    nets = tmp_path / "nets.json"
-    nets.write_text(json.dumps({**net_spec("cnn_xs", tmp_path / "logs"), "seed": [0, 1]}))
-    a, b = ({"spec": str(nets), "run_id": "nets", "where": {"seed": seed}} for seed in (0, 1))
+    nets = nets_file(tmp_path, seed=[0, 1])
+    a, b = ({"spec": nets, "run_id": "nets", "where": {"seed": seed}} for seed in (0, 1))
     spec = {"model": {"name": "stitched", "sender": [a, b], "receiver": b,
                       "sender_layer": ["block1", "block2"], "receiver_layer": "block2",
                       "sender_weights": ["trained", "random"]},
@@ -101,3 +95,18 @@ def test_a_grid_of_network_pairs_gives_one_table_per_pair(registries, tmp_path):
     for _, rows in table.groupby("group"):
         assert list(rows["sender_layer"]) == ["block1", "block2"]
         assert rows["sender_run"].nunique() == rows["config.epochs"].nunique() == 1
+
+
+def test_help_lists_the_declared_commands_without_importing_the_plugin():
+    # the commands are declared in the `labkit.commands` entry-point group: `labkit --help`
+    # names them from the metadata alone, and the plugin's modules stay unimported
+    code = ("import sys\nfrom labkit.cli import main\nsys.argv = ['labkit', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('IMPORTED', sorted(m for m in sys.modules if m.startswith('labkit_stitch')))")
+    env = {**os.environ, "LABKIT_PLUGINS": "stitch"}
+    env.pop("LABKIT_DISABLE_PLUGIN_AUTOLOAD", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    for command in ("stitch-table", "similarity", "cka"):
+        assert f"  {command} " in out and "plugin command of labkit-stitch" in out
+    assert "IMPORTED []" in out

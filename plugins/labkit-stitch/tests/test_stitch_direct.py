@@ -1,8 +1,6 @@
 """Stitching sanity: the direct-matching stitch (a closed-form least-squares fit) and the
 flag on cells rated more similar than a matching-layer cell of the diagonal."""
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import Ridge
+from stitch_helpers import example_runs
 
 from labkit.api import RunConfig, build_component, expand
 from labkit.api import train as labkit_train
@@ -196,9 +195,7 @@ def test_two_copies_of_one_run_never_beat_the_diagonal_without_a_flag(registries
 
 def test_the_example_spec_stitches_a_network_into_itself_at_three_layers(registries, tmp_path,
                                                                          monkeypatch):
-    spec = Path(__file__).parents[3] / "specs" / "stitch_diagonal.json"
-    monkeypatch.chdir(tmp_path)  # its logs would go to ./logs
-    runs = [RunConfig(c, "T") for c in expand(json.loads(spec.read_text()), registries)]
+    runs = example_runs("stitch_diagonal.json", registries, monkeypatch, tmp_path)
     checker = CellChecker()
     problems = [checker(run).problem for run in runs]
     assert len(runs) == 9 and sum(p is not None for p in problems) == 2  # flatten into maps

@@ -1,33 +1,22 @@
 """A stitching grid with unstitchable cells, seeds and the latest-layer summary: layer
 names checked at validation, cells checked before training, the tables written anyway."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from stitch_helpers import net_spec
+from stitch_helpers import ENV, example_runs, net_spec, self_stitch
 
 from labkit.api import RunConfig, UserError, expand
 from labkit.testing import run_cli
 from labkit_stitch.stitching import CellChecker
-
-ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
-       "OMP_NUM_THREADS": "1"}
-
-
-def stitch_spec(nets: dict, sender_layer, receiver_layer, **extra) -> dict:
-    ref = {"spec": nets, "run_id": "nets"}
-    return {"model": {"name": "stitched", "sender": ref, "receiver": ref,
-                      "sender_layer": sender_layer, "receiver_layer": receiver_layer},
-            "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 1, "batch_size": 64, **extra}
 
 
 @pytest.mark.parametrize("side, wrong, close", [("sender_layer", "blok2", "block2"),
                                                 ("receiver_layer", "flaten", "flatten")])
 def test_a_missing_layer_is_an_error_at_validation_with_close_matches(registries, tmp_path,
                                                                       side, wrong, close):
-    spec = stitch_spec(net_spec("cnn_xs", tmp_path), "block1", "block2")
+    spec = self_stitch(net_spec("cnn_xs", tmp_path), "block1", "block2")
     spec["model"][side] = wrong
     with pytest.raises(UserError, match=rf"model\.{side}: .*layer '{wrong}' is not in "
                                         rf"PlainConvNet; did you mean '{close}'"):
@@ -37,7 +26,7 @@ def test_a_missing_layer_is_an_error_at_validation_with_close_matches(registries
 
 def test_cells_are_checked_on_the_architectures_before_anything_trains(registries, tmp_path):
     nets = net_spec("resnet18_xxs", tmp_path)
-    spec = stitch_spec(nets, ["layer1", "flatten"], ["layer2-0-conv1", "layer2", "fc"])
+    spec = self_stitch(nets, ["layer1", "flatten"], ["layer2-0-conv1", "layer2", "fc"])
     runs = [RunConfig(c, "T") for c in expand(spec, registries)]
     checker = CellChecker()
     cells = {(r.config["model"]["sender_layer"], r.config["model"]["receiver_layer"]): checker(r)
@@ -55,7 +44,7 @@ def test_stitch_table_records_unstitchable_cells_averages_seeds_and_finds_the_la
         tmp_path, write_spec):
     nets = net_spec("cnn_xs", tmp_path / "logs", epochs=2)
     # the spec's order of A's layers is not their depth: the summary must use the depth
-    spec = write_spec({"name": "grid", **stitch_spec(nets, ["block2", "flatten", "block1"],
+    spec = write_spec({"name": "grid", **self_stitch(nets, ["block2", "flatten", "block1"],
                                                      "block2", seed=[0, 1])})
     out = tmp_path / "tables"
     dry = run_cli("stitch-table", str(spec), "--run-id", "T", "--dry-run", env=ENV)
@@ -130,9 +119,7 @@ def test_stitch_table_records_unstitchable_cells_averages_seeds_and_finds_the_la
 
 def test_the_example_spec_has_unstitchable_flatten_cells_only(registries, tmp_path,
                                                               monkeypatch):
-    spec = Path(__file__).parents[3] / "specs" / "stitch_unstitchable.json"
-    monkeypatch.chdir(tmp_path)  # its logs would go to ./logs
-    runs = [RunConfig(c, "T") for c in expand(json.loads(spec.read_text()), registries)]
+    runs = example_runs("stitch_unstitchable.json", registries, monkeypatch, tmp_path)
     checker = CellChecker()
     problems = {r.config["model"]["sender_layer"]: checker(r).problem for r in runs}
     assert len(runs) == 12 and set(problems) == {"block1", "block2", "flatten"}

@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from stitch_helpers import net_spec
+from stitch_helpers import ENV, nets_file, self_stitch
 
 from labkit.api import (
     FinishedRun,
@@ -22,8 +22,6 @@ from labkit_stitch import provenance
 from labkit_stitch.commands import write_stitch_tables
 from labkit_stitch.tables import stitched_params
 
-ENV = {"LABKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "LABKIT_PLUGINS": "stitch",
-       "OMP_NUM_THREADS": "1"}
 # every measure recorded with all its parameters
 CKA_PARAMETERS = {"linear_cka": {}, "rbf_cka": {"threshold": 1.0}, "debiased_linear_cka": {},
                   "debiased_rbf_cka": {"threshold": 1.0}, "minibatch_cka": {"batch_size": 256}}
@@ -48,13 +46,9 @@ def assert_fingerprints(record: dict, runs: list[RunConfig]) -> None:
 
 def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
         registries, tmp_path, write_spec):
-    nets = tmp_path / "nets.json"  # network A (= B), trained on demand from a spec file
-    nets.write_text(json.dumps(net_spec("cnn_xs", tmp_path / "logs", epochs=2)))
-    a = {"spec": str(nets), "run_id": "nets"}
-    spec = write_spec({"name": "prov", "model": {
-        "name": "stitched", "sender": a, "receiver": a, "sender_layer": "block1",
-        "receiver_layer": "block2", "sender_weights": ["trained", "random"]},
-        "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 1, "batch_size": 64})
+    # network A (= B), trained on demand from a spec file
+    spec = write_spec(self_stitch(nets_file(tmp_path, epochs=2), "block1", "block2",
+                                  ["trained", "random"], name="prov"))
     out = tmp_path / "tables"
     result = run_cli("stitch-table", str(spec), "--run-id", "P", "-o", str(out), "-q",
                      "--max-samples", "300", "--direct-ridge", "0.001",
@@ -123,13 +117,8 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
 
 
 def untrained_grid(registries, tmp_path) -> list[RunConfig]:
-    nets = tmp_path / "nets.json"
-    nets.write_text(json.dumps(net_spec("cnn_xs", tmp_path / "logs")))
-    a = {"spec": str(nets), "run_id": "nets"}
-    spec = {"model": {"name": "stitched", "sender": a, "receiver": a,
-                      "sender_layer": ["block1", "block2"], "receiver_layer": "block2",
-                      "sender_weights": ["trained", "random"]},
-            "logs_dir": str(tmp_path / "logs")}
+    spec = self_stitch(nets_file(tmp_path), ["block1", "block2"], "block2",
+                       ["trained", "random"], logs_dir=str(tmp_path / "logs"))
     return [RunConfig(config, "T") for config in expand(spec, registries)]
 
 

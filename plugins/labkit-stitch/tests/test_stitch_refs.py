@@ -1,11 +1,10 @@
 """How a stitch spec names networks A and B (run directories, spec files, inline specs),
 and the example spec specs/stitch_table.json."""
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from stitch_helpers import net_spec
+from stitch_helpers import REPO, example_runs, net_spec
 
 from labkit.api import LabkitGroup, RunConfig, UserError, build_component, expand
 from labkit_stitch import cut
@@ -62,9 +61,9 @@ def test_stitch_table_refuses_a_spec_of_other_models(registries, write_spec):
 
 
 def test_the_example_spec_is_valid_and_its_layers_are_cut_points(registries, monkeypatch):
-    repo = Path(__file__).parents[3]
-    monkeypatch.chdir(repo)  # the spec names specs/quickstart.json relative to the repo
-    configs = expand(json.loads((repo / "specs" / "stitch_table.json").read_text()), registries)
+    # the spec names specs/quickstart.json relative to the repository
+    configs = [run.config for run in example_runs("stitch_table.json", registries,
+                                                  monkeypatch, REPO)]
     assert len(configs) == 3 * 4 * 2
     params = [StitchedParams.model_validate({k: v for k, v in c["model"].items() if k != "name"})
               for c in configs]

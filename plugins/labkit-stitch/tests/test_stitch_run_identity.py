@@ -4,8 +4,7 @@ refused; "trained" is decided by the final checkpoint, never by status.json."""
 import pytest
 from stitch_helpers import net_spec, one_run
 
-from labkit.api import RunConfig, UserError, checkpoint, expand, runinfo, train
-from labkit_stitch.refs import ensure_trained
+from labkit.api import RunConfig, UserError, checkpoint, ensure_trained, expand, runinfo, train
 from labkit_stitch.stitching import StitchedParams
 from labkit_stitch.tables import final_value
 
@@ -63,10 +62,10 @@ def test_a_retrained_network_directory_gives_new_stitch_runs(registries, tmp_pat
 def test_a_status_file_saying_finished_without_the_final_checkpoint_is_not_trained(
         registries, tmp_path):
     net = one_run(net_spec("cnn_xs", tmp_path, epochs=1), registries)
-    ensure_trained(net, progress=False)
+    ensure_trained(net, registries)
     forget_final_checkpoint(net)
     assert runinfo.read_status(net.directory)["state"] == "finished"  # a stale report
-    ensure_trained(net, progress=False)
+    ensure_trained(net, registries)
     assert checkpoint.is_intact(runinfo.final_checkpoint(net))
     assert final_value(net, "eval-accuracy") > 0.5
     forget_final_checkpoint(net)  # and the tables leave it empty

@@ -6,9 +6,8 @@ import pytest
 import torch
 from stitch_helpers import net_spec, one_run
 
-from labkit.api import FinishedRun, UserError, checkpoint, runinfo
+from labkit.api import FinishedRun, UserError, checkpoint, ensure_trained, runinfo
 from labkit.api import train as labkit_train
-from labkit_stitch.refs import ensure_trained
 from labkit_stitch.stitching import Stitch, StitchedNetwork
 
 
@@ -124,7 +123,7 @@ def test_runs_given_by_spec_train_on_demand_without_changing_the_stitch(registri
         sender = {"spec": net_spec("cnn_xs", tmp_path / case, epochs=2), "run_id": "nets"}
         spec = stitch_spec(sender, sender, "block1", "block1", tmp_path / case, epochs=1)
         if case == "beforehand":
-            ensure_trained(one_run(sender["spec"], registries), progress=False)
+            ensure_trained(one_run(sender["spec"], registries), registries)
         run = train(spec, registries)
         assert runinfo.read_status(
             one_run(sender["spec"], registries).directory)["state"] == "finished"
