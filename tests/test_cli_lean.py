@@ -42,7 +42,8 @@ def test_help_imports_neither_torch_nor_pandas_nor_plugins():
 # runs `labkit ARGS` in a fresh process, then names the heavy modules it imported
 PROBE = ("import sys\nfrom labkit.cli import main\nsys.argv = ['labkit', *sys.argv[1:]]\n"
          "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-         "heavy = sorted(m for m in ('torch', 'torchvision', 'labkit.cli.builtins', 'lkplug_mod') "
+         "heavy = sorted(m for m in ('torch', 'torchvision', 'labkit.cli.builtins', 'lkplug_mod', "
+         "'labkit_stitch') "
          "if m in sys.modules)\nprint('HEAVY', heavy)\n")
 
 
@@ -129,6 +130,14 @@ def test_plot_report_and_results_of_an_edited_grid_import_no_torch(installation,
         out, err, heavy = labkit_probe(*command, env=installation)
         assert heavy == [] and said in out, (command, err)
     assert (tmp_path / "r.html").stat().st_size > 0 and any((tmp_path / "f").glob("*.png"))
+    # the layers table asks only plugins that implement labkit_layer_measures: an
+    # installed plugin that measures no layer (stitch) is not even imported
+    with_stitch = {"LABKIT_CACHE_DIR": str(tmp_path / "cache"), "LABKIT_PLUGINS": "stitch"}
+    _, err, heavy = labkit_probe("list", "models", "mlp_*", env=with_stitch)
+    assert "labkit_stitch" in heavy, err
+    out, err, heavy = labkit_probe("results", str(tmp_path / "logs"), "--table", "layers",
+                                   env=with_stitch)
+    assert heavy == [] and "layer_index" in out, err
 
 
 def backdate(*paths: Path) -> None:

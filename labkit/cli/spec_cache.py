@@ -11,8 +11,10 @@ are built, the command line keeps (per installation, below):
   name, plugin, parameters as ``labkit list`` prints them, its parameter model as JSON
   (:func:`labkit.core.params_schema.describe`) with its JSON schema, and what its factory
   declares (``accepts_soft_targets``, ``data_identity``, ``weights_identity``,
-  ``plan_notes``, ``linked_runs``). :mod:`labkit.cli.cached_registries` rebuilds the
-  models from it, so a spec is expanded and resolved with no registries;
+  ``plan_notes``, ``linked_runs``), and which entry points implement the
+  ``labkit_layer_measures`` hook (:func:`layer_measure_plugins`: ``results --table
+  layers`` loads those alone). :mod:`labkit.cli.cached_registries` rebuilds the models
+  from it, so a spec is expanded and resolved with no registries;
 * the **resolutions** seen (``resolutions.json``; :func:`store_resolutions`): a
   component's resolved parameters where its rebuilt model is not exact (its model has
   validators of its own), and the identity of a data set's files or of a model's
@@ -45,6 +47,7 @@ only means that the registries are built as without a cache.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import importlib.metadata as md
 import importlib.util
@@ -52,6 +55,7 @@ import json
 import os
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +67,7 @@ from labkit.spec.grid import Resolved
 from labkit.store import witness
 from labkit.store.local_cache import cache_dir, read_record, write_record
 
-FORMAT = 3
+FORMAT = 4
 INSTALLATIONS = "installations"
 SUMMARY = "registries.json"
 RESOLUTIONS = "resolutions.json"
@@ -240,7 +244,8 @@ def current_summary() -> dict[str, Any] | None:
     if not usable():
         return None
     record = read_record(_summary_path())
-    if not _is_current(record) or not isinstance(record.get("kinds"), dict):
+    if not _is_current(record) or not isinstance(record.get("kinds"), dict) \
+            or not isinstance(record.get("layer_measures"), list):
         return None
     return record
 
@@ -262,9 +267,25 @@ def keep_summary(registries: Registries) -> dict[str, list[dict[str, Any]]]:
         return record["kinds"]
     kinds = summarize(registries)
     if usable():
-        write_record(_summary_path(), {"environment": environment(),
-                                       "sources": sources(registries), "kinds": kinds})
+        measuring = plugins.plugin_manager().hook.labkit_layer_measures.get_hookimpls()
+        write_record(_summary_path(), {
+            "environment": environment(), "sources": sources(registries), "kinds": kinds,
+            "layer_measures": sorted({impl.plugin_name for impl in measuring} - {"labkit"})})
     return kinds
+
+
+def measured_by_plugins() -> Callable[[Path, dict], list]:
+    """The plugins' ``labkit_layer_measures`` for the layers table
+    (:func:`labkit.cli.plugins.layer_measures`), loading only the entry points that
+    implement it (:func:`layer_measure_plugins`)."""
+    return functools.partial(plugins.layer_measures, implementers=layer_measure_plugins())
+
+
+def layer_measure_plugins() -> list[str] | None:
+    """The entry points (by name) whose plugins implement ``labkit_layer_measures``, as
+    the kept summary records them; ``None`` when no summary is current (then any may)."""
+    record = current_summary()
+    return None if record is None else record["layer_measures"]
 
 
 def matching(entries: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
