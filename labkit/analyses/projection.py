@@ -35,7 +35,6 @@ computed from (:meth:`labkit.analyses.base.Analysis.produce`).
 from __future__ import annotations
 
 import functools
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Iterator
@@ -128,11 +127,7 @@ class Projection(Analysis):
         """``projected_results.csv`` / ``.png`` at the default params; other params
         (``labkit project --deltas``, a second projection in the spec) add a suffix of
         their digest, so different projections never overwrite each other."""
-        suffix = "" if self.params == self.Params() else "-" + hashlib.sha256(
-            self.params.model_dump_json().encode()).hexdigest()[:8]
-        directory = self.run.directory
-        return [directory / RESULTS_CSV.replace(".csv", f"{suffix}.csv"),
-                directory / RESULTS_PNG.replace(".png", f"{suffix}.png")]
+        return self.named_by_params(RESULTS_CSV, RESULTS_PNG)
 
     def compute(self, progress: bool = True) -> None:
         run, params, data = self.run, self.params, self.run.data

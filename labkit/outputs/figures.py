@@ -69,12 +69,15 @@ def new_figure(**kwargs: Any) -> Figure:
 
 
 def save(figure: Figure, stem: Path) -> list[Path]:
-    """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically); their paths."""
+    """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically); their paths.
+    The layout is computed once, for the first format (a constrained layout costs about
+    as much as drawing), and kept for the others."""
     paths = []
     for fmt in FORMATS:
         path = Path(f"{stem}.{fmt}")
         with atomic_open(path, "wb") as handle:
             figure.savefig(handle, format=fmt, dpi=DPI)
+        figure.set_layout_engine("none")
         paths.append(path)
     return paths
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from labkit.measures.saturation import TRAIN_PASS
 from labkit.outputs.figures import saturation_label
+from labkit.spec.saturation import TRAIN_PASS
 from labkit.store.atomic import write_figure
 
 

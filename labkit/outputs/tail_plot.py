@@ -29,17 +29,15 @@ from labkit.core.errors import DamagedFile
 from labkit.measures.depth import relative_depth
 from labkit.outputs import figures
 from labkit.outputs.figures import Style
-from labkit.outputs.results import NAMED_TABLES
 from labkit.store import runinfo
 from labkit.store.output_digests import damaged_outputs
 from labkit.store.readers import FINITE, FLAG, NUMBER, TEXT, read_csv_file
+from labkit.store.runinfo import PROBES_CSV, RF_CSV
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FIGURE = "tail_pattern.png"
-PROBES_CSV = NAMED_TABLES["probes"]
-RF_CSV = NAMED_TABLES["receptive_field"]
 INTRINSIC_CSV = "intrinsic_dimension.csv"
 """Written by the intrinsic-dimension analysis: columns ``layer``, ``split``, ``twonn``,
 ``mle`` (one row per layer and split)."""

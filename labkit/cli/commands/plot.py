@@ -25,7 +25,7 @@ def grid_runs(spec: str, run_id: str, overrides: tuple[str, ...] = ()) -> list[R
     Raises:
         UserError: none has started (says how to train them).
     """
-    runs = load_runs(spec, run_id, overrides=overrides)
+    runs = load_runs(spec, run_id, overrides=overrides, checked=False)
     started = [r for r in runs if r.directory.is_dir()]
     if not started:
         raise UserError(f"no run of {spec} has started under run-id {run_id!r}; train them "
