@@ -59,11 +59,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from labkit.cli import plugins
 from labkit.data.bundle import DataBundle
-from labkit.measures.saturation import TRAIN_PASS
 from labkit.measures.saturation_tracker import SaturationTracker
 from labkit.methods.base import RunContext
 from labkit.outputs.saturation_plot import plot_saturation
 from labkit.spec import expand
+from labkit.spec.saturation import TRAIN_PASS
 from labkit.training.build import build_component, make_metrics, seed_everything
 from labkit.training.epoch import train_one_epoch
 from labkit.training.evaluation import evaluate

@@ -30,6 +30,7 @@ from labkit.engine.linked import ensure_trained, finished_link
 from labkit.measures.layers import layer_name, measured_layers
 from labkit.methods import Method, RunContext, StepResult, Supervised
 from labkit.models import MODELS
+from labkit.outputs.report import figure_html, html_table, labelled_runs, readable_log
 from labkit.spec import expand, inline_run, load_spec_file, resolve, validate_json_types
 from labkit.spec.run_ref import RunRef, linked_runs_of
 from labkit.store import checkpoint, runinfo
@@ -74,9 +75,9 @@ __all__ = [
     "value_at",
     # progress of long work: bars on a terminal, lines in logs, nothing under --quiet
     "track", "step", "note",
-    # workflows: training, analyses, latents
+    # workflows: training, analyses, latents; the report's building blocks (plugin sections)
     "train", "ensure_trained", "finished_link", "RunFailed", "Analysis", "FinishedRun",
-    "Latents", "latents",
+    "Latents", "latents", "html_table", "figure_html", "readable_log", "labelled_runs",
     # orchestration: plugins, commands
     "registries", "use", "plugin_manager", "plugin_infos", "ALLOW_ENV", "DISABLE_ENV",
     "load_runs", "finished_run", "check_device", "summarize", "LabkitGroup", "INVALID",

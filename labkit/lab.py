@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
-from labkit.cli import plugins
+from labkit.cli import plugins, spec_cache
 from labkit.cli.commands.common import load_runs
 from labkit.core.errors import DamagedFile, UserError
 from labkit.outputs.layers import results_table
@@ -140,7 +140,7 @@ class Grid:
         if not directories:
             return pd.DataFrame()
         table = results_table(directories, name, on_damaged=_warn,
-                              plugin_measures=plugins.layer_measures,
+                              plugin_measures=spec_cache.measured_by_plugins(),
                               saturation=self.saturation)
         if table.empty:
             return table

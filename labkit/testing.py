@@ -1,10 +1,12 @@
 """Helpers for testing labkit and labkit plugins against the real command line."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,28 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
 
 
-def invoke(*args: str) -> Result:
+def run_here(*args: str, env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """:func:`run_cli` in this process: the same command line (click's runner, the
+    ``labkit`` group with its error handling), the same result (exit code, stdout,
+    stderr), without starting Python and importing torch again (seconds of CPU per
+    call). For tests of what a command does; tests of the process itself (signals,
+    imports, a fresh interpreter's environment) use :func:`run_cli`.
+
+    ``env`` entries are set for the call, ``cwd`` is the working directory during it;
+    an exception that escaped the command is appended to stderr as the traceback a
+    process would print, so "no traceback" assertions keep their meaning.
+    """
+    with contextlib.chdir(cwd or Path.cwd()):
+        result = invoke(*args, env=env)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(["labkit", *args], result.exit_code, result.stdout,
+                                       stderr)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
     """Run ``labkit ARGS…`` in this process (click's test runner), with the registries
     of this process (plugins registered by ``labkit.api.use`` included): fast, for
     commands that train nothing (``plan``, ``run --dry-run``). Output is in
@@ -32,7 +55,7 @@ def invoke(*args: str) -> Result:
     ``result.exception``, anything but :class:`SystemExit`."""
     from labkit.cli import cli  # the command line's modules load when a command runs
 
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
 
 
 def invoke_cli(*args: Any) -> Result:

@@ -1,7 +1,14 @@
 """Figures: what each one plots is the run's data, titles name the run or grid, legends
-sit off the data, probe axes span the data; `labkit plot` writes PNG and SVG."""
+sit off the data, probe axes span the data, saturation axes state δ, loss axes turn
+logarithmic over a decade, grouped lines are coloured by the first key and styled by the
+second, border markers never hide each other; the projection figure; `labkit plot`
+writes PNG and SVG and redraws only the figures whose inputs changed."""
 import json
+import os
+import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +19,8 @@ from PIL import Image
 
 from labkit.cli import cli
 from labkit.cli.commands.common import load_runs
-from labkit.outputs import figures
+from labkit.outputs import figures, projection_plot, tail_plot
+from labkit.outputs.figure_sets import MANIFEST, FigureFolder, grid_figures
 from labkit.testing import run_cli
 
 # two seeds of one tiny network, with saturation, receptive fields, probes and projection
@@ -41,10 +49,11 @@ def grid(tmp_path_factory):
 
 
 def legends_clear_of_axes(figure) -> None:
-    """Every legend lies outside every axes (so it covers no data)."""
+    """Every legend (of an axes or of the figure) lies outside every axes (so it covers
+    no data)."""
     FigureCanvasAgg(figure).draw()
     axes = figure.get_axes()
-    legends = [a.get_legend() for a in axes if a.get_legend() is not None]
+    legends = [a.get_legend() for a in axes if a.get_legend() is not None] + figure.legends
     assert legends
     for legend in legends:
         box = legend.get_window_extent()
@@ -81,26 +90,35 @@ def test_saturation_heat_map_is_layers_by_epochs(grid):
                                      "x") is None
 
 
+def grouped_tail(runs, keys, name="grid figgrid"):
+    """The grid's tail pattern grouped by ``keys`` as `labkit plot` draws it, and the
+    data of each group."""
+    (job,) = [j for j in grid_figures(runs, keys, name).grid if "tail_pattern" in j.stem]
+    data = {label: [tail_plot.tail_data(r.directory) for r in members]
+            for label, members in figures.group_runs(runs, keys).items()}
+    return job.draw(figures.warn), data
+
+
 def test_grid_tail_pattern_averages_seeds_and_spans_the_probe_data(grid):
     _, runs = grid
     keys = figures.resolve_keys([r.config for r in runs], ())
     assert keys == []  # only the seed varies: one group, averaged
-    figure = figures.grid_tail_pattern(runs, keys, "grid figgrid")
-    saturation_axis, probe_axis = figure.get_axes()
-    finals = [figures.tail_data(r.directory) for r in runs]
+    figure, data = grouped_tail(runs, keys)
+    saturation_axis, probe_axis, border_axis = figure.get_axes()
+    finals = data["all runs"]
     layers = finals[0].layers
     mean = np.mean([[d.saturation[n] for n in layers] for d in finals], axis=0)
     np.testing.assert_allclose(saturation_axis.get_lines()[0].get_ydata(), mean)
     assert "mean ± sd of 2" in saturation_axis.get_lines()[0].get_label()
     assert saturation_axis.collections  # the ± sd band
+    assert "δ = 0.99" in saturation_axis.get_ylabel()
     accuracies = [v for d in finals for v in d.probes["2"].values()]
     low, high = probe_axis.get_ylim()
     assert low <= min(accuracies) and high >= max(accuracies)
     assert high - low < 0.5 * (1 + (max(accuracies) - min(accuracies)))  # not [0, 1]
-    assert [t.get_text() for t in probe_axis.get_xticklabels()] == layers
+    assert [t.get_text() for t in border_axis.get_xticklabels()] == layers
     assert "grouped by" in figure.get_suptitle()
-    by_seed = figures.grid_tail_pattern(runs, figures.resolve_keys(
-        [r.config for r in runs], ("seed",)), "grid figgrid")
+    by_seed, _ = grouped_tail(runs, figures.resolve_keys([r.config for r in runs], ("seed",)))
     labels = [line.get_label() for line in by_seed.get_axes()[0].get_lines()]
     assert any("seed=0" in x for x in labels) and any("seed=1" in x for x in labels)
     legends_clear_of_axes(figure)
@@ -110,25 +128,140 @@ def test_the_runs_tail_pattern_has_its_legend_off_the_data(grid):
     _, runs = grid
     png = runs[0].directory / "tail_pattern.png"
     assert png.exists() and png.with_suffix(".svg").exists()
-    data = figures.tail_data(runs[0].directory)
-    figure = figures.tail_pattern({"run": [data]}, "run")
+    data = tail_plot.tail_data(runs[0].directory)
+    figure = tail_plot.tail_pattern({"run": [data]}, "run")
     legends_clear_of_axes(figure)
 
 
-def test_plot_command_writes_png_and_svg_of_every_figure(grid, tmp_path):
-    spec, runs = grid
-    out = tmp_path / "figs"
-    result = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "-o", str(out),
-                                      "--by", "seed"])
-    assert result.exit_code == 0, result.output
+def test_grouped_lines_are_coloured_by_the_first_key_and_styled_by_the_second():
+    runs = [SimpleNamespace(config={"model": {"name": m}, "optimizer": {"lr": lr}})
+            for m in ("cnn_s", "resnet18_xxs") for lr in (0.1, 0.01)]
+    keys = ["model.name", "optimizer.lr"]
+    styles = figures.group_styles(figures.group_runs(runs, keys), keys)
+    assert list(styles) == ["model=cnn_s, lr=0.1", "model=cnn_s, lr=0.01",
+                            "model=resnet18_xxs, lr=0.1", "model=resnet18_xxs, lr=0.01"]
+    s = list(styles.values())
+    assert s[0].color == s[1].color != s[2].color == s[3].color  # two colours, by model
+    assert s[0].linestyle == s[2].linestyle != s[1].linestyle == s[3].linestyle  # by lr
+    assert len(set(s)) == 4
+
+
+def test_border_markers_of_groups_with_one_border_stay_apart(grid):
+    _, runs = grid
+    data = tail_plot.tail_data(runs[0].directory)
+    assert data.border is not None
+    figure = tail_plot.tail_pattern({"a": [data], "b": [data], "c": [data]}, "x")
+    strip = figure.get_axes()[-1]
+    markers = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in strip.get_lines()
+               if line.get_marker() not in ("None", "")]
+    assert len(markers) == 3 and len(set(markers)) == 3  # same border, three places
+    assert len({x for x, _ in markers}) == 1
+    legends_clear_of_axes(figure)
+
+
+def test_the_tail_pattern_draws_intrinsic_dimension_when_the_run_has_it(grid, tmp_path):
+    _, runs = grid
+    run_dir = tmp_path / runs[0].directory.name
+    shutil.copytree(runs[0].directory, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    layers = tail_plot.tail_data(run_dir).layers
+    table = pd.DataFrame([{"layer": n, "split": s, "twonn": 2.0 + i + (s == "eval"),
+                           "mle": 1.5 + i} for i, n in enumerate(layers)
+                          for s in ("train", "eval")])
+    table.to_csv(run_dir / tail_plot.INTRINSIC_CSV, index=False)
+    data = tail_plot.tail_data(run_dir)
+    assert data.intrinsic["twonn"] == {n: 3.0 + i for i, n in enumerate(layers)}  # eval split
+    figure = tail_plot.tail_pattern({"run": [data]}, "run")
+    axis = next(a for a in figure.get_axes() if "intrinsic" in a.get_ylabel())
+    np.testing.assert_allclose(axis.get_lines()[0].get_ydata(), [3.0 + i for i in
+                                                                 range(len(layers))])
+    legends_clear_of_axes(figure)
+
+
+def test_loss_axes_turn_logarithmic_over_a_decade_and_saturation_states_delta(grid):
+    _, runs = grid
+    log = pd.read_csv(runs[0].directory / "log.csv")
+    wide = log.assign(**{"train-loss": np.geomspace(2.3, 0.01, len(log))})
+    assert figures.learning_curves(wide, "x").get_axes()[0].get_yscale() == "log"
+    narrow = log.assign(**{"train-loss": 0.5, "eval-loss": 0.4})
+    assert figures.learning_curves(narrow, "x").get_axes()[0].get_yscale() == "linear"
+    heat = figures.saturation_epochs(log, "x", runs[0].config)
+    assert "δ = 0.99" in heat.get_axes()[-1].get_ylabel()  # the colour bar
+
+
+def test_the_projection_figure_is_titled_with_the_control_and_its_legend_outside(grid):
+    _, runs = grid
+    problems = []
+    tables = [projection_plot.projection_tables(r.directory, problems) for r in runs]
+    assert problems == [] and all(len(t) == 1 for t in tables)
+    (name,) = tables[0]
+    figure = projection_plot.projection_curves({"seeds": [t[name] for t in tables]},
+                                               "grid figgrid")
+    pca, control = figure.get_axes()
+    table = tables[0][name]
+    assert [t.get_text() for t in pca.get_xticklabels()] == [f"{d:g}" for d in table["delta"]]
+    mean = np.mean([t[name]["control_accuracy"] for t in tables], axis=0)
+    np.testing.assert_allclose(control.get_lines()[0].get_ydata(), mean)
+    assert "Projection" in figure.get_suptitle() and "grid figgrid" in figure.get_suptitle()
+    assert "random" in control.get_title()
+    legends_clear_of_axes(figure)
+    # the analysis draws its own figure with the same function: titled, legend outside
+    assert (runs[0].directory / name.replace(".csv", ".png")).exists()
+
+
+def settle(runs) -> None:
+    """Date every file of the runs 10 s back: older than the manifest's racy window."""
+    past = time.time() - 10
     for run in runs:
-        for stem in ("learning_curves", "saturation_epochs"):
+        for path in run.directory.rglob("*"):
+            os.utime(path, (past, past))
+
+
+def test_plot_writes_png_and_svg_of_every_figure_and_redraws_only_what_changed(grid,
+                                                                              tmp_path):
+    spec, runs = grid
+    settle(runs)
+    out = tmp_path / "figs"
+
+    def plot():
+        result = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}, result.output
+
+    first, _ = plot()
+    projection = next(runs[0].directory.glob("projected_results*.csv")).stem
+    for run in runs:
+        for stem in ("learning_curves", "saturation_epochs", projection):
             png = out / run.directory.name / f"{stem}.png"
             with Image.open(png) as image:
                 assert image.size[0] > 300
             assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
         assert not (out / run.directory.name / "distillation.png").exists()  # no such data
-    assert (out / "tail_pattern_by_seed.png").exists()
+    for stem in ("tail_pattern_by_nothing", "groups/all_runs/tail_pattern",
+                 "groups/all_runs/learning_curves", f"groups/all_runs/{projection}"):
+        assert (out / f"{stem}.png").exists(), stem
+    assert (out / MANIFEST).exists()
+
+    again, output = plot()
+    assert again == first and "0 figure(s) drawn" in output
+    log = runs[1].directory / "log.csv"  # one run's log rewritten (same content, new stat)
+    log.write_bytes(log.read_bytes())
+    os.utime(log, (time.time() - 5, time.time() - 5))
+    changed, _ = plot()
+    redrawn = {p.relative_to(out).as_posix() for p in changed if changed[p] != first[p]}
+    other = runs[0].directory.name
+    assert f"{runs[1].directory.name}/learning_curves.png" in redrawn
+    assert {"tail_pattern_by_nothing.png", "groups/all_runs/tail_pattern.png"} <= redrawn
+    assert not any(p.startswith(f"{other}/") for p in redrawn)  # the other run's are kept
+    assert f"{runs[1].directory.name}/{projection}.png" not in redrawn  # reads no log
+    # other parameters are other figures: another title, another grouping
+    folder = FigureFolder(out)
+    assert all(folder.current(j) for j in grid_figures(runs, [], "grid figgrid, run-id G").jobs())
+    renamed = grid_figures(runs, [], "another name").runs[runs[0].hash][0]
+    assert renamed.stem == f"{other}/learning_curves" and not folder.current(renamed)
+    by_seed = {j.stem for j in grid_figures(runs, ["seed"], "x").jobs()}
+    assert {"tail_pattern_by_seed", "groups/seed=0/tail_pattern",
+            "learning_curves_by_seed"} <= by_seed
+
     wrong = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "--by", "modle"])
     assert wrong.exit_code == 2 and "--by 'modle'" in wrong.output
     unknown = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "nope"])

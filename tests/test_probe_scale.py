@@ -16,11 +16,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from labkit.analyses import FinishedRun, latents
-from labkit.analyses.probes import fit_bytes, parse_size
+from labkit.analyses import FinishedRun, latents, probes
+from labkit.analyses.probes import fit_bytes, paying_workers
 from labkit.cli import cli, plugins
 from labkit.measures import logistic
 from labkit.spec import expand
+from labkit.spec.values import parse_size
 from labkit.store.identity import RunConfig
 
 SPEC = {"model": "lenet5", "dataset": {"name": "digits", "resolution": 16}, "epochs": 2,
@@ -136,7 +137,8 @@ def _largest_need(directory) -> int:
     return max(fit_bytes(e, manifest["plan"]["splits"], 10, "torch") for e in manifest["layers"])
 
 
-def test_memory_budget_sets_how_many_fits_run_at_once(extracted, tmp_path):
+def test_memory_budget_sets_how_many_fits_run_at_once(extracted, tmp_path, monkeypatch):
+    monkeypatch.setattr(probes, "WORKER_START_SECONDS", 0.0)  # workers pay even for tiny fits
     directory = tmp_path / "pooled"
     shutil.copytree(extracted["2"], directory)
     need = _largest_need(directory)
@@ -154,6 +156,20 @@ def test_memory_budget_sets_how_many_fits_run_at_once(extracted, tmp_path):
     both = labkit("probes", str(directory), "-mp", "2", "--memory", str(2 * need), "-q")
     assert both.exit_code == 0, both.output
     assert "2 at a time" in both.output and "budget holds" not in both.output
+
+
+def test_small_fits_stay_in_process_and_workers_start_only_when_they_pay(extracted, tmp_path):
+    assert paying_workers([0.1, 0.1, 0.1], 2) == 1  # 0.3 s of fits: a worker start costs more
+    assert paying_workers([20.0, 20.0, 20.0, 20.0], 2) == 2
+    assert paying_workers([60.0, 1.0], 2) == 1  # the largest layer alone takes as long
+    assert paying_workers([20.0, 20.0], 1) == 1
+    directory = tmp_path / "pooled"
+    shutil.copytree(extracted["2"], directory)
+    result = labkit("probes", str(directory), "-mp", "2", "-q")
+    assert result.exit_code == 0, result.output
+    assert "in this process" in result.output and "at a time" not in result.output
+    fits = [json.loads(p.read_text()) for p in (directory / "probe_cache").glob("*.json")]
+    assert fits and all(f["result"]["fit_seconds"] < 5 for f in fits)  # no torch import in it
 
 
 def test_memory_sizes():

@@ -18,21 +18,24 @@ are computed again.
 """
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from labkit.core.errors import DamagedFile, UserError
-from labkit.data.bundle import DataBundle
 from labkit.store import checkpoint, output_digests, run_ref, runinfo
 from labkit.store.atomic import write_json
 from labkit.store.identity import RunConfig
 from labkit.store.output_digests import RECORDS_DIR
 from labkit.store.readers import read_json
 from labkit.training.build import build_component
+
+if TYPE_CHECKING:  # the data sets' modules import torchvision: built runs only
+    from labkit.data.bundle import DataBundle
 
 
 class FinishedRun:
@@ -150,6 +153,15 @@ class Analysis:
     def outputs(self) -> list[Path]:
         """Files this analysis writes."""
         raise NotImplementedError
+
+    def named_by_params(self, *names: str) -> list[Path]:
+        """The files ``names`` in the run directory, named by this analysis's params: as
+        given at the default params, else with ``-<8 hex digits of their digest>`` before
+        the extension, so that analyses of other params never overwrite each other."""
+        suffix = "" if self.params == type(self.params)() else "-" + hashlib.sha256(
+            self.params.model_dump_json().encode()).hexdigest()[:8]
+        return [self.run.directory / f"{Path(name).stem}{suffix}{Path(name).suffix}"
+                for name in names]
 
     def inputs(self) -> dict[str, Any]:
         """Digests of what the outputs are computed from; default: the final checkpoint.

@@ -89,6 +89,24 @@ def _keys(table: pd.DataFrame) -> pd.DataFrame:
     return keys.fillna("").astype(str)
 
 
+def shape_mismatch(spec: dict[str, Any], theirs: tuple[int, int],
+                   mine: tuple[int, int]) -> str | None:
+    """What keeps a run trained on ``mine`` images (channels, resolution in px) from
+    scoring a data set (resolved spec ``spec``) of ``theirs``, and the fix; ``None`` when
+    they fit. Channels are never converted: a run takes the channels it was trained on."""
+    (channels, resolution), (want_channels, want_resolution) = theirs, mine
+    name = spec["name"]
+    if channels != want_channels:
+        return (f"{name} gives {channels}-channel images, the run was trained on "
+                f"{want_channels}-channel ones; labkit does not convert channels, so score it "
+                f"on a data set of {want_channels}-channel images")
+    if resolution != want_resolution:
+        return (f"{name} gives {resolution} px images, the run was trained on "
+                f"{want_resolution} px; give its resolution: "
+                f"--on '{{\"name\": \"{name}\", \"resolution\": {want_resolution}}}'")
+    return None
+
+
 class _Relabelled(torch.utils.data.Dataset):
     """``(image, label)`` with labels mapped onto another class order."""
 
@@ -217,11 +235,10 @@ class Evaluate(Analysis):
         if self.params.split not in splits:
             raise UserError(f"evaluate.split: {spec['name']} has no split "
                             f"{self.params.split!r}; it has {', '.join(splits)}")
-        if (other.in_channels, other.resolution) != (run.data.in_channels, run.data.resolution):
-            raise UserError(
-                f"evaluate.dataset: {spec['name']} gives {other.in_channels}-channel "
-                f"{other.resolution} px images, the run was trained on "
-                f"{run.data.in_channels}-channel {run.data.resolution} px; give its resolution")
+        problem = shape_mismatch(spec, (other.in_channels, other.resolution),
+                                 (run.data.in_channels, run.data.resolution))
+        if problem:
+            raise UserError(f"evaluate.dataset: {problem}")
         mine, theirs = run.data.info.get("classes"), other.info.get("classes")
         unknown = sorted(set(theirs or []) - set(mine or []))
         if not mine or not theirs or unknown:

@@ -18,20 +18,21 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from labkit.analyses import latents
 from labkit.analyses.base import Analysis, FinishedRun
 from labkit.analyses.probe_stream import stream_probes
-from labkit.analyses.probes import ProbeParams, parse_size, results_path, run_probes, save_results
+from labkit.analyses.probes import ProbeParams, results_path, run_probes, save_results
 from labkit.core.errors import DamagedFile, UserError
 from labkit.measures.layers import measured_layers
-from labkit.measures.receptive_field import RF_CSV, receptive_fields
+from labkit.measures.receptive_field import receptive_fields
 from labkit.outputs.tail_plot import FIGURE, draw_tail_pattern
+from labkit.spec.values import file_prefix, memory_size, parse_size
 from labkit.store.atomic import write_csv, write_json
-from labkit.store.identity import folder_name_problem
 from labkit.store.latent_layout import portable
 from labkit.store.readers import read_json
+from labkit.store.runinfo import RF_CSV
 from labkit.training.build import build_component
 from labkit.training.progress import step
 
@@ -166,30 +167,12 @@ class Probes(Analysis):
                                "evaluation, shared; docs/probes.md)")
         downsampling: Downsampling = _DOWNSAMPLING
         latents_dir: str | None = _LATENTS_DIR
-        prefix: str | None = Field(None, description="output files are named <prefix>_…")
+        prefix: Annotated[str | None, AfterValidator(file_prefix)] = Field(
+            None, description="output files are named <prefix>_…")
         processes: int = Field(1, ge=1, description="worker processes fitting layers in parallel")
-        memory: str | None = Field(
+        memory: Annotated[str | None, AfterValidator(memory_size)] = Field(
             None, description="memory budget of the fitting workers together, e.g. '8G' or "
                               "'500M'; null: half the memory available when they start")
-
-        @field_validator("prefix")
-        @classmethod
-        def _one_file_name(cls, value: str | None) -> str | None:
-            problem = None if value is None else folder_name_problem(value)
-            if problem:
-                raise ValueError(f"the prefix starts the names of files in the run "
-                                 f"directory, but {problem}; give a short label")
-            return value
-
-        @field_validator("memory")
-        @classmethod
-        def _size(cls, value: str | None) -> str | None:
-            if value is not None:
-                try:
-                    parse_size(value)
-                except UserError as exc:
-                    raise ValueError(str(exc)) from None
-            return value
 
     def __init__(self, run: FinishedRun, params: BaseModel, source: Path | None = None,
                  report: Callable[[str], None] | None = None):

@@ -12,7 +12,10 @@ over the data, usually unconverged and several times slower
 (``benchmarks/bench_probes.py``; numbers in docs/layers.md).
 
 Layers are fitted in parallel worker processes (joblib, loky backend), no more at once
-than fit in a memory budget (:func:`fit_bytes`, :func:`plan_workers`). Every fit is
+than fit in a memory budget (:func:`fit_bytes`, :func:`plan_workers`), and only when
+that ends sooner than fitting them one after another in the calling process: a worker
+first starts and imports torch (:func:`paying_workers`; small layers are fitted in
+process). Every fit is
 cached in ``<latent directory>/probe_cache/<key>.json``, plain JSON keyed by the
 manifest digest, the layer name and the probe parameters (never by hashing the arrays).
 Plain data, not pickles: a cache in a folder someone else produced cannot run code.
@@ -25,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -42,18 +44,24 @@ from labkit.core.errors import DamagedFile, UserError
 from labkit.store.atomic import write_csv, write_json
 from labkit.store.latent_layout import array_path, read_manifest, verify_files
 from labkit.store.readers import TEXT, read_csv_file, read_json, read_npy_file, readable_size
+from labkit.store.runinfo import PROBES_CSV
 from labkit.training.progress import track
 
-RESULTS_CSV = "probe_performances.csv"
+RESULTS_CSV = PROBES_CSV
 CACHE_DIR = "probe_cache"
 WORKER_BYTES = {"torch": 448 << 20, "sklearn": 192 << 20}
 """Anonymous memory of a probe worker besides the latents it reads, per solver: Python,
 numpy, pandas and torch take 311 MiB once imported and torch's first computations about
 85 MiB more; Python, numpy, pandas and scikit-learn 106 MiB (measured on CPU)."""
+FIT_SECONDS = (0.05, 1e-7)
+"""Estimated seconds of one layer's fit on one core: fixed, and per value (row × feature)
+of its train latents (:func:`fit_seconds`; an L-BFGS fit of digits-sized layers)."""
+WORKER_START_SECONDS = 3.0
+"""Seconds a worker process takes to start and import its solver (torch) before its
+first fit: probes use workers only when they save more than this (:func:`paying_workers`)."""
 DEFAULT_MEMORY_SHARE = 0.5
 """The default memory budget of the probes: this share of the memory the machine has
 available now."""
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class ProbeParams(BaseModel):
@@ -74,18 +82,14 @@ class ProbeParams(BaseModel):
                              "LogisticRegression (lbfgs), the whole layer in memory")
 
 
-def parse_size(text: str) -> int:
-    """Bytes of a size such as ``8G``, ``500M``, ``1.5G`` or ``1000000`` (units K, M, G,
-    T of 1024; a trailing ``B`` or ``iB`` allowed).
-
-    Raises:
-        UserError: not such a size.
-    """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if match is None or float(match[1]) <= 0:
-        raise UserError(f"memory size {text!r}: give a positive size such as 8G, 500M or "
-                        f"1.5G")
-    return int(float(match[1]) * _UNITS[match[2].upper()])
+def available_threads() -> int:
+    """The cores the fits may use together: ``OMP_NUM_THREADS`` when set (a shared
+    machine's limit; threads beyond a free core slow small fits tenfold), else every
+    core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
 
 
 def default_memory() -> int:
@@ -144,6 +148,22 @@ def plan_workers(needs: dict[str, int], processes: int, budget: int) -> tuple[in
     return workers, why
 
 
+def fit_seconds(entry: dict[str, Any], images: dict[str, int]) -> float:
+    """About how long the fit of a layer (a manifest entry) takes on one core: a fixed
+    cost and a cost per value of its train latents (measured on digits-sized layers,
+    ``benchmarks/bench_cli.py``)."""
+    return FIT_SECONDS[0] + FIT_SECONDS[1] * images["train"] * entry["positions"] * entry["features"]
+
+
+def paying_workers(seconds: list[float], workers: int) -> int:
+    """``workers`` when fitting layers of these estimated ``seconds`` on that many
+    workers, each first starting and importing its solver (:data:`WORKER_START_SECONDS`),
+    ends sooner than fitting them one after another in this process; else 1."""
+    total = sum(seconds)
+    pays = max(total / workers, max(seconds)) + WORKER_START_SECONDS < total
+    return workers if workers > 1 and pays else 1
+
+
 def results_path(run_dir: Path, prefix: str | None = None) -> Path:
     """``<run_dir>/[<prefix>_]probe_performances.csv``."""
     return Path(run_dir) / (f"{prefix}_{RESULTS_CSV}" if prefix else RESULTS_CSV)
@@ -167,14 +187,15 @@ def fit_layer(digest: str, layer: str, params: dict[str, Any], directory: str,
         ``layer``, ``features``, ``<split>_accuracy`` for every split (fraction in
         [0, 1]), ``converged`` (the solver's stopping test passed: for ``torch`` the
         largest gradient entry at most ``tol``; for ``sklearn`` stopped before
-        ``max_iter``) and ``fit_seconds`` (wall time of the fit and scoring).
+        ``max_iter``) and ``fit_seconds`` (wall time of the fit and scoring, the
+        import of the solver's library excluded).
     """
     manifest = read_manifest(Path(directory))
     entry = next(e for e in manifest["layers"] if e["name"] == layer)
     settings = ProbeParams(**params)
     splits = [s for s in manifest["plan"]["splits"] if s != "train"]
-    fit = _fit_torch if settings.solver == "torch" else _fit_sklearn
-    started = time.perf_counter()
+    fit = _load_solver(settings.solver)
+    started = time.perf_counter()  # the solver's libraries are imported: the fit alone
     train_accuracy, scores, converged = fit(Path(directory), entry, splits, settings, device,
                                             threads)
     seconds = time.perf_counter() - started
@@ -197,6 +218,19 @@ def _arrays(directory: Path, split: str, layer: str) -> tuple[np.ndarray, np.nda
             read_npy_file(array_path(directory, split, "labels"), "iu", fix=_EXTRACT_AGAIN))
 
 
+def _load_solver(solver: str) -> Callable[..., tuple[float, dict[str, float], bool]]:
+    """The fit function of ``solver``, its library imported (a worker's first import of
+    torch takes seconds, which no layer's ``fit_seconds`` should show)."""
+    if solver == "torch":
+        import torch  # noqa: F401
+        import torch._dynamo  # noqa: F401  torch's optimizers import it when first built
+
+        from labkit.measures import logistic  # noqa: F401
+        return _fit_torch
+    import sklearn.linear_model  # noqa: F401
+    return _fit_sklearn
+
+
 def _fit_torch(directory: Path, entry: dict[str, Any], splits: list[str],
                settings: ProbeParams, device: str,
                threads: int) -> tuple[float, dict[str, float], bool]:
@@ -207,14 +241,18 @@ def _fit_torch(directory: Path, entry: dict[str, Any], splits: list[str],
 
     from labkit.measures import logistic
 
+    before = torch.get_num_threads()  # a fit in the calling process leaves it as it was
     torch.set_num_threads(threads)
-    features, labels = _arrays(directory, "train", entry["name"])
-    positions = entry["positions"]
-    probe = logistic.fit(features, labels, int(labels.max()) + 1, positions=positions,
-                         C=settings.C, max_iter=settings.max_iter, tol=settings.tol,
-                         standardize=settings.standardize, device=device)
-    scores = {split: probe.score(*_arrays(directory, split, entry["name"]), positions)
-              for split in splits}
+    try:
+        features, labels = _arrays(directory, "train", entry["name"])
+        positions = entry["positions"]
+        probe = logistic.fit(features, labels, int(labels.max()) + 1, positions=positions,
+                             C=settings.C, max_iter=settings.max_iter, tol=settings.tol,
+                             standardize=settings.standardize, device=device)
+        scores = {split: probe.score(*_arrays(directory, split, entry["name"]), positions)
+                  for split in splits}
+    finally:
+        torch.set_num_threads(before)
     return probe.train_accuracy, scores, probe.converged
 
 
@@ -329,13 +367,18 @@ def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None =
                                   params.solver) for layer in todo}
         workers, why = plan_workers(needs, processes,
                                     memory if memory is not None else default_memory())
+        seconds = [fit_seconds(entries[layer], manifest["plan"]["splits"]) for layer in todo]
+        if paying_workers(seconds, workers) < workers:
+            why = (f"{len(todo)} layer(s) to fit, in this process: about {sum(seconds):.1f} s "
+                   f"of fitting, less than {workers} workers would save after starting")
+            workers = 1
         if report is not None:
             report(why)
         # the bytes about to be read must be the ones extracted
         verify_files(directory, manifest, [array_path(directory, split, name).name
                                            for split in manifest["plan"]["splits"]
                                            for name in ["labels", *todo]])
-    threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscribed cores
+    threads = max(1, available_threads() // workers)  # no oversubscribed cores
     fitted = Parallel(n_jobs=workers, return_as="generator")(
         delayed(fit_layer)(manifest["digest"], layer, settings, str(directory), device, threads)
         for layer in todo)

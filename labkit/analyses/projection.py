@@ -26,7 +26,8 @@ without augmentation (``run.data.train_plain``), so the eval splits the accuracy
 measured on never shaped the projection.
 
 Outputs in the run directory: ``projected_results.csv`` (one row per delta and eval
-split) and ``projected_results.png`` (accuracy against delta), named
+split) and ``projected_results.png`` (accuracy against delta, drawn by
+:func:`labkit.outputs.projection_plot.draw_projection`), named
 ``projected_results-<digest>.*`` for params other than the defaults; like every analysis's,
 they count as complete only with the record of the parameters and checkpoint they were
 computed from (:meth:`labkit.analyses.base.Analysis.produce`).
@@ -34,7 +35,6 @@ computed from (:meth:`labkit.analyses.base.Analysis.produce`).
 from __future__ import annotations
 
 import functools
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Iterator
@@ -55,7 +55,8 @@ from labkit.measures.saturation import (
     spectrum,
 )
 from labkit.measures.saturation_tracker import SaturationTracker
-from labkit.store.atomic import write_csv, write_figure
+from labkit.outputs.projection_plot import draw_projection
+from labkit.store.atomic import write_csv
 from labkit.training.build import make_metrics
 from labkit.training.evaluation import evaluate
 from labkit.training.progress import step, track
@@ -127,11 +128,7 @@ class Projection(Analysis):
         """``projected_results.csv`` / ``.png`` at the default params; other params
         (``labkit project --deltas``, a second projection in the spec) add a suffix of
         their digest, so different projections never overwrite each other."""
-        suffix = "" if self.params == self.Params() else "-" + hashlib.sha256(
-            self.params.model_dump_json().encode()).hexdigest()[:8]
-        directory = self.run.directory
-        return [directory / RESULTS_CSV.replace(".csv", f"{suffix}.csv"),
-                directory / RESULTS_PNG.replace(".png", f"{suffix}.png")]
+        return self.named_by_params(RESULTS_CSV, RESULTS_PNG)
 
     def compute(self, progress: bool = True) -> None:
         run, params, data = self.run, self.params, self.run.data
@@ -176,7 +173,7 @@ class Projection(Analysis):
         table = pd.DataFrame(rows)
         csv, png = self.outputs()
         write_csv(csv, table)
-        plot_projection(table, png)
+        draw_projection(table, png, f"run {run.directory.name}")
 
     def _loader(self, dataset: Any) -> DataLoader:
         config = self.run.config
@@ -201,29 +198,6 @@ class Projection(Analysis):
         metrics = make_metrics(run.registries, ["accuracy"], run.data.num_classes)
         with projected(layers, projections):
             return evaluate(run.model, self._loader(run.data.evals[split]), metrics, run.device)
-
-
-def plot_projection(table: pd.DataFrame, path: Path) -> None:
-    """Accuracy against delta per eval split: PCA projection, random control, unprojected.
-
-    Args:
-        table: the rows of ``projected_results.csv``.
-        path: PNG file to write (atomically).
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.0, 4.0), layout="constrained")
-    axes = figure.add_subplot()
-    for split, rows in table.groupby("split", sort=False):
-        line, = axes.plot(rows["delta"], rows["accuracy"], "o-", label=f"{split}: projected")
-        axes.plot(rows["delta"], rows["control_accuracy"], "x--", color=line.get_color(),
-                  label=f"{split}: random control")
-        axes.axhline(rows["unprojected_accuracy"].iloc[0], color=line.get_color(), linestyle=":",
-                     label=f"{split}: unprojected")
-    axes.set_xlabel("delta (share of variance kept)")
-    axes.set_ylabel("accuracy")
-    axes.legend()
-    write_figure(path, figure)
 
 
 ANALYSES: dict[str, type[Analysis]] = {"projection": Projection}

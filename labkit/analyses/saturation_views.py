@@ -6,8 +6,9 @@ them back and tables the intrinsic dimensionality and saturation of every layer 
 requested ``delta`` and by each rule (``delve``, ``reach``; see :mod:`labkit.measures.saturation`),
 without touching the network: a grid over delta trains one network, not one per delta.
 
-Outputs in the run directory: ``saturation.csv``, one row per epoch, pass, layer, delta
-and rule with columns ``epoch, pass, layer, width, delta, rule,
+Outputs in the run directory: ``saturation.csv`` (at the default params; others are
+named by their digest, ``saturation-<8 hex digits>.csv``, as projections are), one row
+per epoch, pass, layer, delta and rule with columns ``epoch, pass, layer, width, delta, rule,
 intrinsic_dimensionality, saturation``; complete only with the record of the
 parameters and final checkpoint it was computed from. A table lacking an epoch is never
 written: a run whose spectra of some epoch are missing or damaged is refused, naming
@@ -48,7 +49,9 @@ class SaturationViews(Analysis):
             description="counting rules: delve (below delta) and/or reach (reaches delta)")
 
     def outputs(self) -> list[Path]:
-        return [self.run.directory / RESULTS_CSV]
+        """``saturation.csv`` at the default params; other deltas or rules add a suffix of
+        their digest (``saturation-1a2b3c4d.csv``), so that no table replaces another."""
+        return self.named_by_params(RESULTS_CSV)
 
     def compute(self, progress: bool = True) -> None:
         directory = self.run.directory
@@ -74,7 +77,7 @@ class SaturationViews(Analysis):
                                          "width": len(eigenvalues), "delta": delta,
                                          "rule": rule, "intrinsic_dimensionality": idim,
                                          "saturation": idim / len(eigenvalues)})
-        write_csv(directory / RESULTS_CSV, pd.DataFrame(rows))
+        write_csv(self.outputs()[0], pd.DataFrame(rows))
 
 
 ANALYSES: dict[str, type[Analysis]] = {"saturation": SaturationViews}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +51,10 @@ def _entry_points_to_load() -> list[md.EntryPoint]:
     return [] if disabled else list(found)
 
 
-def make_plugin_manager(extra: tuple[object, ...] = (),
-                        with_builtins: bool = True) -> pluggy.PluginManager:
+def make_plugin_manager(extra: tuple[object, ...] = (), with_builtins: bool = True,
+                        only: Collection[str] | None = None) -> pluggy.PluginManager:
     """A plugin manager with built-ins (unless ``with_builtins`` is false), allowed entry
-    points and ``extra`` registered.
+    points (of them only those named in ``only`` when given) and ``extra`` registered.
 
     Raises:
         UserError: a plugin fails to import, or implements a hook that does not exist.
@@ -65,6 +66,8 @@ def make_plugin_manager(extra: tuple[object, ...] = (),
 
         pm.register(builtins, name="labkit")
     for ep in _entry_points_to_load():
+        if only is not None and ep.name not in only:
+            continue
         try:
             pm.load_setuptools_entrypoints(GROUP, name=ep.name)
         except Exception as exc:  # a broken third-party package must not look like our bug
@@ -124,15 +127,25 @@ def run_problems(config: dict, registries: Registries) -> list[str]:
 _STATE: dict[str, object] = {}
 
 
-def layer_measures(run_dir: Path, config: dict) -> list:
+def layer_measures(run_dir: Path, config: dict,
+                   implementers: Collection[str] | None = None) -> list:
     """Every plugin's answer to ``labkit_layer_measures`` for one run (the layers table's
     plugin columns). Asked of the process-wide plugin manager when it is built (or
-    replaced by :func:`use`), else of one holding the entry points alone, built once:
-    labkit's built-ins measure no layer through this hook, so the layers table imports
-    neither them nor torch unless an installed plugin does."""
-    if "pm" not in _STATE and "entry_points_pm" not in _STATE:
-        _STATE["entry_points_pm"] = make_plugin_manager(with_builtins=False)
-    pm = _STATE.get("pm") or _STATE["entry_points_pm"]
+    replaced by :func:`use`), else of one holding entry points alone, built once:
+    ``implementers`` when given (the entry points known to implement the hook,
+    :func:`labkit.cli.spec_cache.layer_measure_plugins`; none loaded when empty), else
+    all. labkit's built-ins measure no layer through this hook, so the layers table
+    imports neither them nor torch, nor any plugin that measures no layer."""
+    if "pm" in _STATE:
+        pm = _STATE["pm"]
+    else:
+        names = None if implementers is None else tuple(sorted(implementers))
+        if names == ():
+            return []
+        managers = _STATE.setdefault("measure_pms", {})
+        if names not in managers:  # type: ignore[operator]
+            managers[names] = make_plugin_manager(with_builtins=False, only=names)  # type: ignore[index]
+        pm = managers[names]  # type: ignore[index]
     return pm.hook.labkit_layer_measures(run_dir=run_dir, config=config)  # type: ignore[attr-defined]
 
 
@@ -144,6 +157,21 @@ def registries() -> Registries:
         _STATE["registries"] = fill_registries(pm)
         _STATE["registries"].rebuild = registries  # type: ignore[attr-defined]
     return _STATE["registries"]  # type: ignore[return-value]
+
+
+class LazyRegistries:
+    """Stands for the process-wide registries (:func:`registries`) and builds them when
+    first used: what a command gives an analysis that may need none (probes of stored
+    latents, which import neither the models nor the plugins)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(registries(), name)
+
+    def __getitem__(self, kind: str) -> object:
+        return registries()[kind]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(registries())
 
 
 def plugin_manager() -> pluggy.PluginManager:

@@ -64,6 +64,31 @@ def labkit_check_run(config, registries) -> list:
 
 
 @hookspec
+def labkit_report_sections(runs) -> list:
+    """Return sections to add to the HTML report of a grid (``labkit report``).
+
+    Asked once per report, of grids that use a component of an installed plugin (a
+    model, data set, method, … that the plugin registers): a grid of labkit's own
+    components is reported without importing any plugin. Answer with what your plugin
+    measured of these runs (tables read from their run directories; nothing may train
+    or compute for long here), or nothing when the runs are none of yours.
+
+    Build the HTML with :func:`labkit.api.html_table` (a table that scrolls inside its
+    own box, never the page) and :func:`labkit.api.figure_html` (a figure embedded as a
+    base64 PNG): the page must stay one self-contained file that loads nothing, so no
+    ``<script>``, no ``<link>`` and no URL outside the page.
+
+    Args:
+        runs: the grid's runs (:class:`labkit.api.RunConfig`, the spec's order), some
+            perhaps not started or failed (:mod:`labkit.api.runinfo` tells).
+
+    Returns:
+        a list of ``(title, html)`` pairs, each a section of the page under its title
+        (``[]`` or ``None`` when there is nothing to add).
+    """
+
+
+@hookspec
 def labkit_layer_measures(run_dir, config):
     """Return per-layer measures of one run for the layers table
     (``labkit results --table layers``, :mod:`labkit.outputs.layers`).

@@ -180,8 +180,10 @@ class Registries:
     analyses: Registry
     loggers: Registry
 
-    def __init__(self) -> None:
-        self._all = {kind: Registry(kind, context) for kind, context in KINDS.items()}
+    def __init__(self, registry: Callable[[str, tuple[str, ...]], Registry] = Registry) -> None:
+        # ``registry(kind, context)`` makes each kind's registry (the command line's cache
+        # rebuilds them from what it kept: labkit.cli.cached_registries)
+        self._all = {kind: registry(kind, context) for kind, context in KINDS.items()}
         # {plugin name: version} of the plugins that registered here, set by the loader;
         # every run records it
         self.plugin_versions: dict[str, str] = {}

@@ -37,6 +37,7 @@ from labkit.data.splits import (
     resolve_root,
     with_shared_args,
 )
+from labkit.store.identity import note_outside
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -181,8 +182,12 @@ def _identified_by_content(factory: Any, folder_set: Callable[[dict[str, Any]], 
                            folder: Callable[[dict[str, Any]], str]) -> Any:
     """Give ``factory`` the ``data_identity`` hook (:func:`labkit.spec.data_identity`):
     the content digest of the folder its params point at."""
-    factory.data_identity = lambda params: _content_identity(
-        folder_set(params), resolve_root(params.get("root")) / folder(params))
+    def identify(params: dict[str, Any]) -> dict[str, Any]:
+        dataset_dir = resolve_root(params.get("root")) / folder(params)
+        note_outside(f"the files of {dataset_dir}", [dataset_dir])  # before they are read
+        return _content_identity(folder_set(params), dataset_dir)
+
+    factory.data_identity = identify
     return factory
 
 

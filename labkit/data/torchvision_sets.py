@@ -91,9 +91,11 @@ def _load(spec: _TorchvisionSet, root: str | None, download: bool) -> Source:
                 f"put the files there by hand."
             )
         else:
+            allow = f'{{"name": "{spec.name}", "download": true}}'
             fix = (
-                f"Put them there, or set \"download\": true in the spec's dataset object to let "
-                f"torchvision fetch them (torchvision said: {error})."
+                f"Put them there, or let torchvision fetch them with \"download\": true in the "
+                f"data set's object: {allow} as the spec's \"dataset\" (or an evaluate "
+                f"analysis's), `labkit evaluate --on '{allow}'` (torchvision said: {error})."
             )
         raise dataset_not_found(
             spec.title, dataset_dir / spec.files_dir, spec.files.format(dir=dataset_dir), fix

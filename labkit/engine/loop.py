@@ -17,40 +17,20 @@ from labkit.core.errors import UserError
 from labkit.core.registry import Registries
 from labkit.data.device_loader import device_loader
 from labkit.data.mixing import batch_mixer
-from labkit.data.seeded import (
-    AUGMENT_DRAWS,
-    SeededSampler,
-    SeededSamples,
-    ShardedBatches,
-    check_draws,
-)
-from labkit.measures.saturation import TRAIN_PASS
+from labkit.data.seeded import (AUGMENT_DRAWS, SeededSampler, SeededSamples, ShardedBatches,
+                                check_draws)
 from labkit.measures.saturation_tracker import SaturationTracker
 from labkit.measures.spectra import saturation_view, save_spectra, spectra_path
 from labkit.methods.base import Method, RunContext
+from labkit.spec.saturation import TRAIN_PASS
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
 from labkit.training import distributed
-from labkit.training.build import (
-    build_component,
-    build_scheduler,
-    make_metrics,
-    seed_everything,
-)
-from labkit.training.checkpointing import (
-    MidEpochCheckpoints,
-    best_record,
-    best_so_far,
-    check_checkpointable,
-    is_better,
-)
+from labkit.training.build import build_component, build_scheduler, make_metrics, seed_everything
+from labkit.training.checkpointing import (MidEpochCheckpoints, best_record, best_so_far,
+                                           check_checkpointable, is_better)
 from labkit.training.compute import trained_samples, write_computational_info
-from labkit.training.epoch import (
-    EpochPosition,
-    channels_last,
-    loader_options,
-    train_one_epoch,
-)
+from labkit.training.epoch import EpochPosition, channels_last, loader_options, train_one_epoch
 from labkit.training.evaluation import evaluate
 from labkit.training.loggers import Trackers
 from labkit.training.progress import note, subject, track

@@ -219,7 +219,7 @@ def draw_plots(run: RunConfig, redraw: bool = False, progress: bool = False) -> 
             todo[path] = row
     for path in track(todo, "saturation plots", unit="figure", progress=progress,
                       label=lambda path: path.name):
-        plot_saturation(todo[path], path)
+        plot_saturation(todo[path], path, f"run {run.name}", run.config)
 
 
 class AnalysesRun(list):

@@ -17,8 +17,6 @@ from labkit.measures.receptive_field_geometry import (
     layer_fields,
 )
 
-RF_CSV = "receptive_field.csv"
-
 
 def receptive_fields(model: nn.Module, in_channels: int, resolution: int,
                      patterns: Sequence[str] | None = None,

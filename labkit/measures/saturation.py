@@ -66,7 +66,6 @@ from labkit.measures.pca_dimension import intrinsic_dimensionality
 from labkit.spec.saturation import IdimRule, SaturationConfig
 
 TRACKED_TYPES: tuple[type[nn.Module], ...] = (*MEASURED_TYPES, nn.LSTM)
-TRAIN_PASS = "train"
 # statistics that depend on delta and the rule: recomputed from the stored spectra
 
 # rows of one float32 product: its rounding error stays near 1e-7 of the layer's variance

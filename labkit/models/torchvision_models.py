@@ -26,6 +26,7 @@ from torch import nn
 
 from labkit.core.errors import UserError
 from labkit.store.file_digests import file_digests
+from labkit.store.identity import note_outside
 
 
 class WeightsFile(BaseModel):
@@ -135,9 +136,11 @@ def weights_identity(arch: str, params: dict[str, Any]) -> dict[str, Any]:
     if weights is None:
         return {}
     if isinstance(weights, str):
+        note_outside(f"the torch hub file of {arch}.{weights}", [enum_weights_path(arch, weights)])
         _check_cached(arch, weights, params.get("download_weights", False))
         return {"url": _enum_weights(arch, weights).url}
     path = Path(weights["path"]).expanduser().absolute()
+    note_outside(f"weights file {path}", [path])
     if not path.is_file():
         raise UserError(f"model.weights.path: no file at {path}; give the path of a saved "
                         f"state dict")

@@ -4,13 +4,25 @@ Per run (from ``log.csv``): learning curves (loss and accuracy per split over ep
 saturation per layer over epochs (a heat map, layers × epochs, one panel per pass);
 distillation split accuracies of student and teacher and their agreement, when the log
 has ``<split>-agreement`` columns; DINO k-NN and linear probe curves, when it has
-``probe-<split>-<student|teacher>-<knn|linear>`` columns. Per grid: the tail pattern
-(final saturation, probe accuracy and the border layer per layer) of the runs grouped by
-config values, seeds (or whatever else differs inside a group) averaged as mean ± standard
-deviation. A figure whose data is absent is not drawn (its function returns ``None``).
+``probe-<split>-<student|teacher>-<knn|linear>`` columns. Per group of runs (the seeds
+of one setting): their learning curves overlaid. Per grid: the learning curves of every
+group, seeds averaged as mean ± standard deviation. The tail pattern
+(:mod:`labkit.outputs.tail_plot`) and the projection curves
+(:mod:`labkit.outputs.projection_plot`) have their own modules. A figure whose data is
+absent is not drawn (its function returns ``None``).
 
-Every figure is titled with what it shows and the run or grid it shows it for; legends sit
-outside the axes; accuracy and saturation axes span the data (with a margin), not [0, 1].
+Conventions every figure keeps, so that it can go into a paper as it is:
+
+* titled with what it shows and the runs or grid it shows it for (:func:`titled`);
+* legends outside the axes, never over the data (:func:`legend_outside`);
+* accuracy and saturation axes span the data (with a margin), not [0, 1]
+  (:func:`data_limits`); saturation axes state the δ they were counted at
+  (:func:`saturation_label`); loss axes are logarithmic when the values span more than a
+  decade (:func:`loss_scale`);
+* groups of runs drawn together are coloured by the value of the first grouping key and
+  told apart by line style and marker by the second (:func:`group_styles`), so that a
+  model × learning-rate grid reads as two colours of two line styles.
+
 Figures are bare matplotlib ``Figure`` objects (no pyplot: no display and no global
 backend switched under the caller); :func:`save` writes each as PNG and SVG.
 
@@ -24,22 +36,17 @@ import io
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from labkit.analyses.probes import RESULTS_CSV as PROBES_CSV
 from labkit.core.errors import DamagedFile, UserError
-from labkit.measures.depth import relative_depth
-from labkit.measures.receptive_field import RF_CSV
 from labkit.store.atomic import atomic_open
-from labkit.store.identity import RunConfig, flatten, varying_keys
-from labkit.store.output_digests import damaged_outputs
-from labkit.store.readers import FINITE, FLAG, TEXT, read_csv_file
-from labkit.store.runinfo import read_log
+from labkit.store.identity import RunConfig, flatten, short_keys, short_value, varying_keys
+from labkit.store.runinfo import read_config, read_log
 from labkit.training.progress import track
 
 if TYPE_CHECKING:
@@ -47,8 +54,11 @@ if TYPE_CHECKING:
 
 FORMATS = ("png", "svg")
 DPI = 120
+PAGE_WIDTH = 11.0  # inches: figures of a grid fill a report's page (1400 px) at DPI
 SATURATION = "-saturation_"
 DINO_PROBE = re.compile(r"^probe-(?P<split>.+)-(?P<network>student|teacher)-(?P<kind>knn|linear)$")
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def new_figure(**kwargs: Any) -> Figure:
@@ -60,14 +70,24 @@ def new_figure(**kwargs: Any) -> Figure:
 
 
 def save(figure: Figure, stem: Path) -> list[Path]:
-    """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically); their paths."""
+    """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically); their paths.
+    The layout is computed once, for the first format (a constrained layout costs about
+    as much as drawing), and kept for the others."""
     paths = []
     for fmt in FORMATS:
         path = Path(f"{stem}.{fmt}")
         with atomic_open(path, "wb") as handle:
             figure.savefig(handle, format=fmt, dpi=DPI)
+        figure.set_layout_engine("none")
         paths.append(path)
     return paths
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """``figure`` as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
 
 
 def data_limits(values: Any, low: float = 0.0, high: float = 1.0,
@@ -87,12 +107,28 @@ def data_limits(values: Any, low: float = 0.0, high: float = 1.0,
     return max(low - 0.01, lo - margin), min(high + 0.01, hi + margin)
 
 
+def loss_scale(axis: Any, values: Any) -> None:
+    """A logarithmic y axis when the positive finite ``values`` span more than a decade
+    (a loss falling from 2.3 to 0.01 is then readable at its end), linear otherwise."""
+    finite = np.asarray(values, dtype=float).ravel()
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if finite.size and finite.max() > 10 * finite.min():
+        axis.set_yscale("log")
+
+
 def legend_outside(axis: Any, **kwargs: Any) -> None:
     """A legend to the right of ``axis``, never over its data (constrained layout makes
     room for it)."""
     if axis.get_legend_handles_labels()[0]:
         axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                     fontsize=8, **kwargs)
+
+
+def figure_legend(figure: Figure, handles: list[Any], labels: list[str],
+                  title: str | None = None) -> None:
+    """One legend for every panel of ``figure``, outside them on the right (centred, so
+    that it never runs into the title)."""
+    figure.legend(handles, labels, loc="outside right center", fontsize=8, title=title)
 
 
 def epoch_axis(axis: Any) -> None:
@@ -109,6 +145,135 @@ def titled(figure: Figure, what: str, name: str) -> Figure:
     return figure
 
 
+def saturation_label(config: dict[str, Any] | None) -> str:
+    """What a saturation axis shows, with the δ (and counting rule) of the run's
+    ``saturation`` section: ``saturation at δ = 0.99 (intrinsic dim. / width)``."""
+    section = (config or {}).get("saturation") or {}
+    delta = section.get("delta")
+    if delta is None:
+        return "saturation (intrinsic dim. / width)"
+    rule = section.get("idim_rule", "delve")
+    return (f"saturation at δ = {delta:g}" + (f", {rule} rule" if rule != "delve" else "")
+            + " (intrinsic dim. / width)")
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config in the run's ``config.json``; ``{}`` when it is absent or
+    damaged (a figure then only lacks what the config would have added, such as δ)."""
+    try:
+        return read_config(run_dir).get("config", {})
+    except DamagedFile:
+        return {}
+
+
+# ---------------------------------------------------------------- groups of runs
+
+def resolve_keys(configs: list[dict[str, Any]], by: Sequence[str]) -> list[str]:
+    """The dotted config keys of ``--by``: a key as given, or ``<key>.name`` for a
+    component (``model`` → ``model.name``); default: every key whose value varies
+    across ``configs`` except ``seed``, which the grouping averages over, and except
+    keys some configs lack (a component's own parameters, implied by its name).
+
+    Raises:
+        UserError: a key no config has (names the keys that vary).
+    """
+    flat = [flatten(c) for c in configs]
+    varying = varying_keys(configs)
+    if not by:  # a key only some runs have (mlp's hidden) follows from one they all have
+        keys = [k for k in varying if k != "seed"]
+        return [k for k in keys if all(k in f for f in flat)] or keys
+    keys = []
+    for key in by:
+        if any(key in f for f in flat):
+            keys.append(key)
+        elif any(f"{key}.name" in f for f in flat):
+            keys.append(f"{key}.name")
+        else:
+            raise UserError(f"--by {key!r}: no run has this config key; give a dotted key of "
+                            f"config.json such as model, dataset.resolution or seed (keys "
+                            f"that vary here: {', '.join(varying) or 'none'})")
+    return keys
+
+
+def group_label(config: dict[str, Any], keys: Sequence[str]) -> str:
+    """``model=cnn_s, lr=0.05``: the run's values of ``keys``, each key by its shortest
+    unique suffix (keys a run lacks left out); ``all runs`` without keys."""
+    flat = flatten(config)
+    short = short_keys(list(keys))
+    return ", ".join(f"{short[k]}={short_value(flat[k])}" for k in keys if k in flat) \
+        or "all runs"
+
+
+def group_runs(runs: Sequence[RunConfig], keys: Sequence[str]) -> dict[str, list[RunConfig]]:
+    """Group label → its runs, in the runs' order."""
+    groups: dict[str, list[RunConfig]] = {}
+    for run in runs:
+        groups.setdefault(group_label(run.config, keys), []).append(run)
+    return groups
+
+
+def grouping_name(keys: Sequence[str]) -> str:
+    """``grouped by model, lr (seeds averaged)``, for titles."""
+    by = ", ".join(short_keys(list(keys)).values()) or "nothing (all runs together)"
+    return f"grouped by {by}" + ("" if "seed" in keys else " (seeds averaged)")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one group's lines look: colour, line style and marker."""
+
+    color: str
+    linestyle: str = "-"
+    marker: str = "o"
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``Axes.plot``."""
+        return {"color": self.color, "linestyle": self.linestyle, "marker": self.marker}
+
+
+def group_styles(groups: dict[str, list[RunConfig]], keys: Sequence[str]) -> dict[str, Style]:
+    """Group label → style: the colour by the group's value of ``keys[0]``, line style
+    and marker by its value of ``keys[1]`` (the marker by ``keys[2]`` when there is one),
+    so lines of one model share a colour and lines of one learning rate a style. With
+    one group or no key, each group its own colour."""
+    values = {label: [config_value(runs[0].config, k) for k in keys]
+              for label, runs in groups.items()}
+
+    def index(position: int, label: str) -> int:
+        seen = list(dict.fromkeys(v[position] for v in values.values()))
+        return seen.index(values[label][position])
+
+    styles = {}
+    for i, label in enumerate(groups):
+        color = f"C{(index(0, label) if keys else i) % 10}"
+        line = LINE_STYLES[index(1, label) % len(LINE_STYLES)] if len(keys) > 1 else "-"
+        marker = MARKERS[index(2 if len(keys) > 2 else 1, label) % len(MARKERS)] \
+            if len(keys) > 1 else "o"
+        styles[label] = Style(color, line, marker)
+    return styles
+
+
+def config_value(config: dict[str, Any], key: str) -> str:
+    """The config's value of a dotted ``key`` as text (``-`` when absent)."""
+    return str(flatten(config).get(key, "-"))
+
+
+def grid_stem(keys: Sequence[str], kind: str = "tail_pattern") -> str:
+    """File stem of a grid figure: ``<kind>_by_<key>[_and_<key>…]`` (keys by their
+    shortest unique suffix: ``tail_pattern_by_model_and_lr``), one file name whatever
+    the keys hold (a path separator becomes ``-``)."""
+    stem = f"{kind}_by_" + ("_and_".join(short_keys(list(keys)).values()) or "nothing")
+    return stem.replace("/", "-").replace("\\", "-")
+
+
+Report = Callable[[str], None]
+
+
+def warn(message: str) -> None:
+    """The default ``on_damaged``: a warning."""
+    warnings.warn(message, stacklevel=3)
+
+
 # ---------------------------------------------------------------- per run, from log.csv
 
 def splits(log: pd.DataFrame) -> list[str]:
@@ -122,27 +287,46 @@ def _colors(names: Sequence[str]) -> dict[str, str]:
     return {name: f"C{i % 10}" for i, name in enumerate(names)}
 
 
-def learning_curves(log: pd.DataFrame, name: str) -> Figure | None:
-    """Loss (left) and accuracy (right) of every split over epochs."""
-    passes = splits(log)
+def learning_curves(logs: pd.DataFrame | dict[str, pd.DataFrame], name: str) -> Figure | None:
+    """Loss (left) and accuracy (right) of every split over epochs.
+
+    Args:
+        logs: one run's log, or run label → log for several runs overlaid (the seeds of
+            a group): then each run has its colour and each split its line style
+            (solid for the first eval split, dashed for training).
+        name: the run or runs, for the title.
+    """
+    logs = {"": logs} if isinstance(logs, pd.DataFrame) else logs
+    passes = list(dict.fromkeys(s for log in logs.values() for s in splits(log)))
     if not passes:
         return None
-    accuracies = [s for s in passes if f"{s}-accuracy" in log.columns]
-    figure = new_figure(figsize=(10, 4), layout="constrained")
+    accuracies = [s for s in passes if any(f"{s}-accuracy" in log for log in logs.values())]
+    figure = new_figure(figsize=(PAGE_WIDTH if len(logs) > 1 else 10, 4), layout="constrained")
     loss_axis, acc_axis = figure.subplots(1, 2)
-    color = _colors(passes)
-    for split in passes:
-        loss_axis.plot(log["epoch"], log[f"{split}-loss"], "o-", ms=3, color=color[split],
-                       label=split)
+    evals = [s for s in passes if s != "train"]
+    line = {s: "--" if s == "train" else ("-", "-.", ":")[evals.index(s) % 3] for s in passes}
+    split_colors = _colors(passes)
+    for i, (label, log) in enumerate(logs.items()):
+        for split in splits(log):
+            style = ({"color": split_colors[split], "linestyle": "-"} if len(logs) == 1
+                     else {"color": f"C{i % 10}", "linestyle": line[split]})
+            text = split if len(logs) == 1 else f"{label}, {split}"
+            loss_axis.plot(log["epoch"], log[f"{split}-loss"], marker="o", ms=3, label=text,
+                           **style)
+            if f"{split}-accuracy" in log:
+                acc_axis.plot(log["epoch"], log[f"{split}-accuracy"], marker="o", ms=3,
+                              label=text, **style)
+    losses = [log[f"{s}-loss"] for log in logs.values() for s in splits(log)]
     loss_axis.set(xlabel="epoch", ylabel="loss (mean per sample)", title="loss")
-    for split in accuracies:
-        acc_axis.plot(log["epoch"], log[f"{split}-accuracy"], "o-", ms=3,
-                      color=color[split], label=split)
+    loss_scale(loss_axis, pd.concat(losses))
     acc_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy",
-                 ylim=data_limits(log[[f"{s}-accuracy" for s in accuracies]]))
+                 ylim=data_limits(pd.concat([log[f"{s}-accuracy"] for log in logs.values()
+                                             for s in accuracies
+                                             if f"{s}-accuracy" in log])))
     for axis in (loss_axis, acc_axis):
         epoch_axis(axis)
-    legend_outside(acc_axis if accuracies else loss_axis, title="split")
+    legend_outside(acc_axis if accuracies else loss_axis,
+                   title="split" if len(logs) == 1 else "run, split")
     return titled(figure, "Learning curves: loss and accuracy per split", name)
 
 
@@ -155,9 +339,11 @@ def saturation_columns(log: pd.DataFrame) -> dict[str, list[str]]:
     return passes
 
 
-def saturation_epochs(log: pd.DataFrame, name: str) -> Figure | None:
+def saturation_epochs(log: pd.DataFrame, name: str,
+                      config: dict[str, Any] | None = None) -> Figure | None:
     """Heat map of saturation (intrinsic dimensionality / width), layers × epochs, one
-    panel per pass; values written in the cells while they stay legible."""
+    panel per pass; values written in the cells while they stay legible; the colour
+    bar states the δ of the run's ``config`` (:func:`saturation_label`)."""
     passes = saturation_columns(log)
     if not passes:
         return None
@@ -182,7 +368,7 @@ def saturation_epochs(log: pd.DataFrame, name: str) -> Figure | None:
                     axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
                               color="white" if value < 0.6 else "black")
     axes[0].set_ylabel("layer (network order)")
-    figure.colorbar(image, ax=list(axes), label="saturation (intrinsic dim. / width)")
+    figure.colorbar(image, ax=list(axes), label=saturation_label(config).replace(" (", "\n("))
     return titled(figure, "Saturation per layer over epochs", name)
 
 
@@ -243,16 +429,18 @@ def dino_probes(log: pd.DataFrame, name: str) -> Figure | None:
                   name)
 
 
-PER_RUN = {"learning_curves": learning_curves, "saturation_epochs": saturation_epochs,
-           "distillation": distillation, "dino_probes": dino_probes}
-
-
 def run_figure_set(run_dir: Path, name: str) -> dict[str, Figure]:
-    """File stem → figure, for every per-run figure whose data the run's log holds."""
+    """File stem → figure, for every per-run figure whose data the run's log holds.
+
+    Raises:
+        DamagedFile: the log cannot be read.
+    """
     log = read_log(run_dir)
     if log is None:
         return {}
-    drawn = {stem: draw(log, name) for stem, draw in PER_RUN.items()}
+    drawn = {"learning_curves": learning_curves(log, name),
+             "saturation_epochs": saturation_epochs(log, name, run_config(run_dir)),
+             "distillation": distillation(log, name), "dino_probes": dino_probes(log, name)}
     return {stem: figure for stem, figure in drawn.items() if figure is not None}
 
 
@@ -267,297 +455,57 @@ def run_figures(run_dir: Path, out_dir: Path, name: str, progress: bool = False)
     return written
 
 
-def png_bytes(figure: Figure) -> bytes:
-    """``figure`` as PNG bytes."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- grids
 
-def resolve_keys(configs: list[dict[str, Any]], by: Sequence[str]) -> list[str]:
-    """The dotted config keys of ``--by``: a key as given, or ``<key>.name`` for a
-    component (``model`` → ``model.name``); default: every key whose value varies
-    across ``configs`` except ``seed``, which the grouping averages over, and except
-    keys some configs lack (a component's own parameters, implied by its name).
-
-    Raises:
-        UserError: a key no config has (names the keys that vary).
-    """
-    flat = [flatten(c) for c in configs]
-    varying = varying_keys(configs)
-    if not by:  # a key only some runs have (mlp's hidden) follows from one they all have
-        keys = [k for k in varying if k != "seed"]
-        return [k for k in keys if all(k in f for f in flat)] or keys
-    keys = []
-    for key in by:
-        if any(key in f for f in flat):
-            keys.append(key)
-        elif any(f"{key}.name" in f for f in flat):
-            keys.append(f"{key}.name")
-        else:
-            raise UserError(f"--by {key!r}: no run has this config key; give a dotted key of "
-                            f"config.json such as model, dataset.resolution or seed (keys "
-                            f"that vary here: {', '.join(varying) or 'none'})")
-    return keys
+def mean_sd(series: Sequence[pd.Series]) -> pd.DataFrame:
+    """Mean, sample standard deviation (0 for one value) and count across ``series``
+    (aligned on their index, NaNs ignored): columns ``mean``, ``sd``, ``n``."""
+    table = pd.concat(list(series), axis=1)
+    return pd.DataFrame({"mean": table.mean(axis=1), "sd": table.std(axis=1, ddof=1).fillna(0.0),
+                         "n": table.count(axis=1)})
 
 
-def key_label(key: str) -> str:
-    """``model.name`` → ``model``; other keys as they are."""
-    return key[:-len(".name")] if key.endswith(".name") else key
+def band(axis: Any, x: Any, stats: pd.DataFrame, style: Style, label: str) -> None:
+    """A group's mean line in its ``style``, its ± one standard deviation shaded."""
+    axis.plot(x, stats["mean"], ms=4, label=label, **style.kwargs())
+    if (stats["n"] > 1).any():
+        axis.fill_between(x, stats["mean"] - stats["sd"], stats["mean"] + stats["sd"],
+                          color=style.color, alpha=0.15, linewidth=0)
 
 
-def group_label(config: dict[str, Any], keys: Sequence[str]) -> str:
-    """``model=cnn_s, dataset.resolution=16`` (keys a run lacks left out)."""
-    flat = flatten(config)
-    return ", ".join(f"{key_label(k)}={flat[k]}" for k in keys if k in flat) or "all runs"
-
-
-def group_runs(runs: Sequence[RunConfig], keys: Sequence[str]) -> dict[str, list[RunConfig]]:
-    """Group label → its runs, in the runs' order."""
-    groups: dict[str, list[RunConfig]] = {}
-    for run in runs:
-        groups.setdefault(group_label(run.config, keys), []).append(run)
-    return groups
-
-
-Report = Callable[[str], None]
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, stacklevel=3)
-
-
-def grid_tail_pattern(runs: Sequence[RunConfig], keys: Sequence[str], name: str,
-                      on_damaged: Report = _warn) -> Figure | None:
-    """The tail pattern of ``runs`` grouped by the values of ``keys`` (see
-    :func:`tail_pattern`); ``None`` when no run has saturation or probe results. Each
-    file left out as damaged is reported to ``on_damaged``."""
-    groups = {}
-    for label, members in group_runs(runs, keys).items():
-        groups[label] = [tail_data(r.directory) for r in members if r.directory.is_dir()]
-        for data in groups[label]:
-            for problem in data.problems:
-                on_damaged(f"left out of the tail pattern: {problem}")
-    by = ", ".join(map(key_label, keys)) or "nothing (all runs together)"
-    return tail_pattern(groups, f"{name}, grouped by {by}")
-
-
-def grid_stem(keys: Sequence[str]) -> str:
-    """File stem of the grid's tail pattern: ``tail_pattern_by_<key>[_and_<key>…]``, one
-    file name whatever the keys hold (a path separator becomes ``-``)."""
-    stem = "tail_pattern_by_" + ("_and_".join(map(key_label, keys)) or "nothing")
-    return stem.replace("/", "-").replace("\\", "-")
-
-
-def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], out_dir: Path,
-                 name: str, on_damaged: Report = _warn) -> list[Path]:
-    """Every figure of a grid into ``out_dir``: the per-run figures of each run with a
-    log in ``<out_dir>/<run name>-<hash>/``, and the grouped tail pattern; the paths
-    written. A run whose log is damaged, and each file left out of the tail pattern,
-    is reported to ``on_damaged``."""
-    written = []
-    for run in runs:
-        try:
-            written += run_figures(run.directory, Path(out_dir) / run.directory.name,
-                                   f"run {run.directory.name}")
-        except DamagedFile as exc:
-            on_damaged(f"no figures of run {run.directory.name}: {exc}")
-    figure = grid_tail_pattern(runs, keys, name, on_damaged)
-    if figure is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        written += save(figure, Path(out_dir) / grid_stem(keys))
-    return written
-
-
-# ---------------------------------------------------------------- tail pattern
-
-@dataclass
-class TailData:
-    """What a tail pattern shows of one run, layers in network order; ``problems``: a
-    line for each file left out as damaged."""
-
-    layers: list[str]
-    saturation: dict[str, float] = field(default_factory=dict)
-    saturation_pass: str = "eval"
-    # downsampling (and mode, C where a run has several) -> layer -> probe eval accuracy
-    probes: dict[str, dict[str, float]] = field(default_factory=dict)
-    border: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not self.saturation and not self.probes
-
-
-def final_saturation(log: pd.DataFrame | None, pass_: str = "eval") -> dict[str, float]:
-    """Layer → saturation on ``pass_`` in the last row of the log; ``{}`` if none."""
-    if log is None:
-        return {}
-    prefix = f"{pass_}{SATURATION}"
-    last = log.iloc[-1]
-    return {c[len(prefix):]: float(last[c]) for c in log.columns if c.startswith(prefix)}
-
-
-def _table(run_dir: Path, name: str, read: Callable[[Path], pd.DataFrame],
-           flagged: dict[str, str], problems: list[str]) -> pd.DataFrame | None:
-    """The table ``name`` of ``run_dir`` read by ``read``; ``None`` when absent, or
-    damaged or ``flagged`` (its line then added to ``problems``)."""
-    path = Path(run_dir) / name
-    if name in flagged:
-        problems.append(flagged[name])
+def grid_learning_curves(groups: dict[str, list[pd.DataFrame]], styles: dict[str, Style],
+                         name: str) -> Figure | None:
+    """Loss (left) and accuracy (right) of each eval split over epochs (a row per eval
+    split), one line per group: the mean over its runs' logs, ± one standard deviation
+    shaded, in the group's style (:func:`group_styles`)."""
+    groups = {label: logs for label, logs in groups.items() if logs}
+    evals = list(dict.fromkeys(s for logs in groups.values() for log in logs
+                               for s in splits(log) if s != "train"))
+    if not evals:
         return None
-    if not path.exists():
-        return None
-    try:
-        return read(path)
-    except DamagedFile as exc:
-        problems.append(str(exc))
-        return None
-
-
-def tail_data(run_dir: Path, prefix: str | None = None) -> TailData:
-    """The run's final saturation (eval pass, else train), probe accuracies
-    (``[<prefix>_]probe_performances.csv``) and border layer (``receptive_field.csv``).
-    A file that is damaged, or that no longer matches its analysis's digest, is left
-    out and named in ``problems``."""
-    run_dir = Path(run_dir)
-    problems: list[str] = []
-    flagged = damaged_outputs(run_dir)
-    try:
-        log = read_log(run_dir)
-    except DamagedFile as exc:
-        log = None
-        problems.append(str(exc))
-    pass_, saturation = "eval", final_saturation(log, "eval")
-    if not saturation:
-        pass_, saturation = "train", final_saturation(log, "train")
-    probes: dict[str, dict[str, float]] = {}
-    table = _table(run_dir, f"{prefix}_{PROBES_CSV}" if prefix else PROBES_CSV,
-                   lambda path: read_csv_file(path, {"layer": TEXT, "downsampling": TEXT,
-                                                     "eval_accuracy": FINITE},
-                                              text_columns=("probe_mode",)),
-                   flagged, problems)
-    if table is not None:
-        # a curve per downsampling, and per mode and C where the table holds several
-        keys = ["downsampling"] + [c for c in ("probe_mode", "probe_C")
-                                   if c in table and table[c].nunique() > 1]
-        for values, rows in table.groupby(keys, sort=False):
-            values = values if isinstance(values, tuple) else (values,)
-            label = " ".join(f"C={value:g}" if key == "probe_C" else str(value)
-                             for key, value in zip(keys, values))
-            probes[label] = dict(zip(rows["layer"], rows["eval_accuracy"].astype(float)))
-    order: list[str] = []
-    border = None
-    fields = _table(run_dir, RF_CSV,
-                    lambda path: read_csv_file(path, {"layer": TEXT, "border": FLAG}),
-                    flagged, problems)
-    if fields is not None:
-        order = list(fields["layer"])
-        if fields["border"].any():
-            border = str(fields.loc[fields["border"], "layer"].iloc[0])
-    for layer in [*saturation, *(n for rows in probes.values() for n in rows)]:
-        if layer not in order:
-            order.append(layer)
-    layers = [n for n in order if n in saturation or any(n in r for r in probes.values())]
-    return TailData(layers, saturation, pass_, probes,
-                    border if border in layers else None, problems)
-
-
-def _aligned(runs: list[TailData], values: list[dict[str, float]],
-             positions: dict[int, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """runs × len(x) matrix of each run's per-layer ``values`` at positions ``x``
-    (interpolated along relative depth when the runs' layers differ)."""
-    rows = []
-    for run, per_layer in zip(runs, values):
-        shown = [i for i, n in enumerate(run.layers) if n in per_layer]
-        if not shown:
-            rows.append(np.full(len(x), np.nan))
-            continue
-        xs = positions[id(run)][shown]
-        ys = np.array([per_layer[run.layers[i]] for i in shown])
-        same = len(xs) == len(x) and np.allclose(xs, x)
-        rows.append(ys if same else np.interp(x, xs, ys, left=np.nan, right=np.nan))
-    return np.vstack(rows)
-
-
-def tail_pattern(groups: dict[str, list[TailData]], name: str) -> Figure | None:
-    """The tail pattern of each group on shared axes: final saturation (top) and probe
-    eval accuracy (bottom) per layer, mean over the group's runs with ± one standard
-    deviation shaded, and each group's border layer dashed.
-
-    The x axis is the layer when every run has the same layers, else the relative depth
-    (:func:`labkit.measures.depth.relative_depth`), so networks of different depth share it.
-    """
-    groups = {label: [r for r in runs if not r.empty] for label, runs in groups.items()}
-    groups = {label: runs for label, runs in groups.items() if runs}
-    if not groups:
-        return None
-    everyone = [r for runs in groups.values() for r in runs]
-    same_layers = all(r.layers == everyone[0].layers for r in everyone)
-    positions = {id(r): (np.arange(len(r.layers), dtype=float) if same_layers else
-                         relative_depth(np.arange(len(r.layers)), len(r.layers)))
-                 for r in everyone}
-    has_saturation = any(r.saturation for r in everyone)
-    has_probes = any(r.probes for r in everyone)
-    panels = [p for p, present in (("saturation", has_saturation), ("probes", has_probes))
-              if present]
-    width = max(7.0, 0.35 * len(everyone[0].layers) + 4) if same_layers else 8.5
-    figure = new_figure(figsize=(width, 3.2 * len(panels) + 1.2), layout="constrained")
-    axes = dict(zip(panels, np.atleast_1d(figure.subplots(len(panels), 1, sharex=True))))
-    modes = sorted({m for r in everyone for m in r.probes})
-    styles = dict(zip(modes, ["s-", "^--", "v:", "D-."] * 4))
-    plotted: dict[str, list[np.ndarray]] = {p: [] for p in panels}
-    for i, (label, runs) in enumerate(groups.items()):
-        color = f"C{i % 10}"
-        x = positions[id(max(runs, key=lambda r: len(r.layers)))]
-        count = f" (mean ± sd of {len(runs)})" if len(runs) > 1 else ""
-        series = []
-        if has_saturation:
-            series.append(("saturation", [r.saturation for r in runs], "o-", f"{label}{count}"))
-        for mode in modes:
-            mode_label = f"{label}, downsampling {mode}" if len(modes) > 1 else label
-            series.append(("probes", [r.probes.get(mode, {}) for r in runs], styles[mode],
-                           f"{mode_label}{count}"))
-        for panel, values, style, series_label in series:
-            matrix = _aligned(runs, values, positions, x)
-            if np.isnan(matrix).all():
-                continue
-            mean = np.nanmean(matrix, axis=0)
-            axis = axes[panel]
-            axis.plot(x, mean, style, ms=4, color=color, label=series_label)
-            if len(runs) > 1:
-                spread = np.nanstd(matrix, axis=0, ddof=1)
-                axis.fill_between(x, mean - spread, mean + spread, color=color, alpha=0.2,
-                                  linewidth=0)
-                plotted[panel] += [mean - spread, mean + spread]
-            plotted[panel].append(mean)
-        borders = [positions[id(r)][r.layers.index(r.border)] for r in runs if r.border]
-        for axis in axes.values():
-            if borders:
-                axis.axvline(float(np.mean(borders)), color=color, linestyle="--",
-                             linewidth=1.2)
-    if any(r.border for r in everyone):
-        first = next(iter(axes.values()))
-        first.plot([], [], "k--", linewidth=1.2, label="border layer (dashed, group colour)")
-    pass_ = everyone[0].saturation_pass
-    if has_saturation:
-        axes["saturation"].set(ylabel=f"saturation, {pass_} pass\n(final epoch)",
-                               ylim=data_limits(np.concatenate(plotted["saturation"])))
-    if has_probes:
-        axes["probes"].set(ylabel="probe eval accuracy",
-                           ylim=data_limits(np.concatenate(plotted["probes"])))
-    bottom = axes[panels[-1]]
-    if same_layers:
-        bottom.set_xticks(range(len(everyone[0].layers)), everyone[0].layers, rotation=90,
-                          fontsize=7)
-        bottom.set_xlabel("layer (network order)")
-        bottom.set_xlim(-0.5, len(everyone[0].layers) - 0.5)
-    else:
-        bottom.set_xlabel("relative depth (layer index / last layer index)")
-    for axis in axes.values():
-        axis.grid(alpha=0.3)
-        legend_outside(axis)
-    return titled(figure, "Tail pattern: saturation, probe accuracy and border layer per "
-                          "layer", name)
+    figure = new_figure(figsize=(PAGE_WIDTH, 3.6 * len(evals) + 0.8), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(len(evals), 2, squeeze=False))
+    for row, split in zip(axes, evals):
+        shown: dict[str, list[pd.Series]] = {"loss": [], "accuracy": []}
+        for label, logs in groups.items():
+            count = f" (mean ± sd of {len(logs)})" if len(logs) > 1 else ""
+            for axis, metric in zip(row, ("loss", "accuracy")):
+                series = [log.set_index("epoch")[f"{split}-{metric}"] for log in logs
+                          if f"{split}-{metric}" in log]
+                if not series:
+                    continue
+                stats = mean_sd(series)
+                band(axis, stats.index, stats, styles[label], f"{label}{count}")
+                shown[metric] += [stats["mean"] - stats["sd"], stats["mean"] + stats["sd"]]
+        row[0].set(xlabel="epoch", ylabel=f"{split} loss (mean per sample)",
+                   title=f"{split} loss")
+        loss_scale(row[0], pd.concat(shown["loss"]) if shown["loss"] else [])
+        row[1].set(xlabel="epoch", ylabel=f"{split} accuracy", title=f"{split} accuracy")
+        if shown["accuracy"]:
+            row[1].set_ylim(data_limits(pd.concat(shown["accuracy"])))
+        for axis in row:
+            epoch_axis(axis)
+    legend_outside(axes[0][1], title="group")
+    return titled(figure, "Learning curves of every group: eval loss and accuracy", name)

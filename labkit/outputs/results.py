@@ -2,9 +2,10 @@
 
 A table is what the run directories hold: ``log`` is ``log.csv`` (one row per epoch);
 ``probes`` every ``[<prefix>_]probe_performances.csv``, ``projection`` every
-``projected_results*.csv``, ``receptive_field``, ``evaluations``, ``saturation`` and
-``intrinsic_dimension`` their CSVs; ``layers`` is the per-layer table that joins them
-(:mod:`labkit.outputs.layers`); any other CSV in a run directory or below it (a plugin's, such as the CKA
+``projected_results*.csv``, ``saturation`` every ``saturation*.csv`` (named by their
+parameters), ``receptive_field``, ``evaluations`` and ``intrinsic_dimension`` their CSVs;
+``layers`` is the per-layer table that joins them (:mod:`labkit.outputs.layers`); any
+other CSV in a run directory or below it (a plugin's, such as the CKA
 tables under ``cka/``) is the table named by its file stem. Each row carries
 ``run_hash``, ``run_id``, ``run_name``, ``run_dir``, ``state`` and every config value as
 a ``config.<dotted key>`` column; rows of tables other than ``log`` also carry
@@ -40,11 +41,11 @@ from labkit.store.readers import read_csv_file
 LOG_TABLE = "log"
 # table name -> how its files end; a file matches the first table whose ending it has
 NAMED_TABLES = {
-    "probes": "probe_performances.csv",
+    "probes": runinfo.PROBES_CSV,
     "projection": "projected_results*.csv",
-    "receptive_field": "receptive_field.csv",
+    "receptive_field": runinfo.RF_CSV,
     "evaluations": "evaluations.csv",
-    "saturation": "saturation.csv",
+    "saturation": "saturation*.csv",
     "intrinsic_dimension": "intrinsic_dimension.csv",
 }
 LAYERS_TABLE = "layers"

@@ -4,12 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from labkit.measures.saturation import TRAIN_PASS
+from labkit.outputs.figures import saturation_label
+from labkit.spec.saturation import TRAIN_PASS
 from labkit.store.atomic import write_figure
 
 
-def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
-    """Bar plot of one epoch's saturation: one bar per layer and pass, layers in network order.
+def plot_saturation(row: Mapping[str, Any], path: str | Path, name: str = "",
+                    config: dict[str, Any] | None = None) -> Any:
+    """Bar plot of one epoch's saturation: one bar per layer and pass, layers in network
+    order, the legend to the right of the bars.
 
     Args:
         row: one row of ``log.csv`` (a dict or a pandas Series): its
@@ -17,6 +20,9 @@ def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
             is network order), ``epoch`` and the eval splits' ``<split>-accuracy`` the
             title.
         path: PNG file to write (atomically).
+        name: the run, for the title.
+        config: the run's config: the y axis states its δ
+            (:func:`labkit.outputs.figures.saturation_label`).
 
     Returns:
         The matplotlib ``Figure`` written.
@@ -35,12 +41,13 @@ def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
 
     # fixed margins sized from the labels: a layout engine would double the drawing time,
     # which matters once per epoch (rotated 10 pt text: about 0.075 inch per character)
-    width = max(4.0, 0.25 * len(layers) * len(bars) + 1.0)
+    legend = 0.3 + 0.09 * max(map(len, bars))  # inches right of the bars
+    width = max(4.0, 0.25 * len(layers) * len(bars) + 1.0) + legend
     below = 0.4 + 0.075 * max(map(len, layers))
-    height = 3.0 + below + 0.4
+    height = 3.0 + below + 0.7
     figure = Figure(figsize=(width, height))
-    figure.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=below / height,
-                           top=1 - 0.4 / height)
+    figure.subplots_adjust(left=0.7 / width, right=1 - (0.15 + legend) / width,
+                           bottom=below / height, top=1 - 0.7 / height)
     axes = figure.add_subplot()
     bar = 0.8 / len(bars)
     for i, (split, values) in enumerate(bars.items()):
@@ -48,11 +55,12 @@ def plot_saturation(row: Mapping[str, Any], path: str | Path) -> Any:
         axes.bar(positions, [values.get(layer, float("nan")) for layer in layers],
                  width=bar, label=split)
     axes.set_xticks(range(len(layers)), layers, rotation=90)
-    axes.set_ylim(0, 1.15)  # headroom above 1 keeps the legend off the bars
-    axes.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    axes.set_ylabel("saturation")
-    axes.legend(loc="upper right", ncols=len(bars))
-    axes.set_title(", ".join([f"epoch {int(row['epoch'])}", *accuracies]))
+    axes.set_ylim(0, 1.0)
+    axes.set_ylabel(saturation_label(config).replace(" (", "\n("), fontsize=9)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                title="pass", fontsize=8)
+    axes.set_title(", ".join([f"Saturation per layer, epoch {int(row['epoch'])}",
+                              *accuracies]) + (f"\n{name}" if name else ""), fontsize=9)
     write_figure(path, figure)
     return figure
 

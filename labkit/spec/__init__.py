@@ -12,7 +12,9 @@ pydantic model the registry holds for that name, which also injects defaults.
 Modules: :mod:`~labkit.spec.schema` (the fields), :mod:`~labkit.spec.grid` (axes,
 resolution against the registries, identity of inputs), :mod:`~labkit.spec.files`
 (reading a spec file), :mod:`~labkit.spec.messages` (validation errors as one line),
-and the ``saturation`` and ``batch_augment`` sections. Everything here is torch-free, so
+:mod:`~labkit.spec.values` (validators components share, loaded here so that parameter
+models rebuilt from the command line's cache keep them), and the ``saturation`` and
+``batch_augment`` sections. Everything here is torch-free, so
 that reading a spec imports no torch. The names below are the spec's public face.
 """
 from labkit.spec.files import MAX_DEPTH, check_raw, load_spec_file
@@ -26,8 +28,10 @@ from labkit.spec.grid import (
                               weights_identity,
 )
 from labkit.spec.messages import validate_json_types
+from labkit.spec.values import file_prefix, memory_size, parse_size
 from labkit.spec.schema import Component, LauncherConfig, Spec, json_schema
 
 __all__ = ["MAX_DEPTH", "MAX_GRID_POINTS", "Component", "LauncherConfig", "Spec", "check_raw",
            "data_identity", "expand", "inline_run", "json_schema", "load_spec_file",
-           "resolve", "resolve_component", "validate_json_types", "weights_identity"]
+           "resolve", "resolve_component", "validate_json_types", "weights_identity",
+           "file_prefix", "memory_size", "parse_size"]

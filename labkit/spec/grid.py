@@ -4,8 +4,13 @@ of its inputs (weights files, folder data sets)."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from typing import Any
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,7 +28,62 @@ from labkit.spec.messages import (
     validate_json_types,
 )
 from labkit.spec.schema import Component, Spec, as_component
-from labkit.store.identity import RunConfig, note_outside
+from labkit.store.identity import Outside, RunConfig, note_outside, outside_inputs
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One thing resolution computed from the registries: a component's parameters
+    (``kind`` its registry, ``name`` its entry's name) or the identity of a data set's
+    or model's inputs (``kind`` ``"data"`` or ``"weights"``, ``name`` the spec's name), from
+    ``params`` (the spec's, as given) to ``result``; ``witnesses`` of the files it read
+    (:mod:`labkit.store.witness`; ``[]`` when none), ``None`` when one was read without
+    (:func:`labkit.store.identity.note_outside`)."""
+
+    kind: str
+    name: str
+    params: Any
+    result: Any
+    witnesses: list[dict[str, Any]] | None
+
+    @property
+    def key(self) -> str:
+        """What the result depends on besides the code and the witnessed files
+        (:func:`resolution_key`)."""
+        return resolution_key(self.name, self.params)
+
+
+# environment variables that say where components find their files (labkit's data root,
+# the torch hub's cache, ``~``): part of a resolution's key
+LOCATIONS = ("LABKIT_DATA", "TORCH_HOME", "XDG_CACHE_HOME", "HOME")
+
+
+def resolution_key(name: str, params: Any) -> str:
+    """The key of :attr:`Resolved.key`: ``name``, ``params``, the working directory and
+    the :data:`LOCATIONS` variables."""
+    where = [os.getcwd(), *(os.environ.get(v) for v in LOCATIONS)]
+    return json.dumps([name, params, where], sort_keys=True, ensure_ascii=False)
+
+
+_RECORD: ContextVar[list[Resolved] | None] = ContextVar("labkit_resolutions", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[list[Resolved]]:
+    """Collect, in the list it yields, every :class:`Resolved` of the block, for the
+    command line's cache (:mod:`labkit.cli.spec_cache`)."""
+    record: list[Resolved] = []
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
+
+
+def _record(item: Resolved) -> None:
+    record = _RECORD.get()
+    if record is not None:
+        record.append(item)
 
 
 def _alternatives(value: Any, annotation: Any, kind: str | None, path: str,
@@ -93,12 +153,14 @@ def _component_alternatives(value: Any, kind: str, path: str,
     return out
 
 
-def resolve_component(value: Component, kind: str, path: str,
-                      registries: Registries) -> dict[str, Any]:
+def resolve_component(value: Component, kind: str, path: str, registries: Registries,
+                      spec: Any = None) -> dict[str, Any]:
     """A component's resolved spec ``{"name": …, params with defaults}``.
 
     Raises:
-        UserError: an unknown name or invalid params, named by ``path``.
+        UserError: an unknown name or invalid params, named by ``path``; an unknown key
+            with the keys of the spec ``spec`` (when given) it may have been meant as
+            (:func:`spec_keys`).
     """
     registry = registries[kind]
     try:
@@ -106,10 +168,14 @@ def resolve_component(value: Component, kind: str, path: str,
     except UserError as exc:
         raise UserError(f"{path}.name: {exc}") from None
     try:
-        params = validate_json_types(entry.params, value.params)
+        with outside_inputs() as noted:  # a validator that reads files
+            params = validate_json_types(entry.params, value.params)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, entry.params, path, value.params)) from None
-    return {"name": value.name, **params.model_dump(mode="json")}
+        raise UserError(format_validation_error(exc, entry.params, path, value.params,
+                                                spec_keys(spec, registries))) from None
+    resolved = params.model_dump(mode="json")
+    _record(Resolved(kind, entry.name, value.params, resolved, _witnesses(noted)))
+    return {"name": value.name, **resolved}
 
 
 def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
@@ -122,7 +188,8 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     try:
         spec = validate_json_types(Spec, raw)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, Spec, "", raw)) from None
+        raise UserError(format_validation_error(exc, Spec, "", raw,
+                                                spec_keys(raw, registries))) from None
     resolved = spec.model_dump(mode="json")
     for key, field in Spec.model_fields.items():
         kind = registry_kind(field)
@@ -134,10 +201,10 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
                 if name not in registries.metrics:
                     raise UserError(f"metrics.{i}: {registries.metrics.unknown_message(name)}")
         elif isinstance(value, list):
-            resolved[key] = [resolve_component(v, kind, f"{key}.{i}", registries)
+            resolved[key] = [resolve_component(v, kind, f"{key}.{i}", registries, raw)
                              for i, v in enumerate(value)]
         else:
-            resolved[key] = resolve_component(value, kind, key, registries)
+            resolved[key] = resolve_component(value, kind, key, registries, raw)
     if resolved.get("batch_augment"):
         method = resolved["method"]["name"]
         try:
@@ -154,6 +221,28 @@ def resolve(raw: dict[str, Any], registries: Registries) -> dict[str, Any]:
     if weights:
         resolved["weights"] = weights
     return resolved
+
+
+def spec_keys(raw: Any, registries: Registries) -> list[str]:
+    """Every dotted key a spec like ``raw`` can hold: its fields, those of its sections
+    (``saturation.delta``, ``launcher.jobs``) and the parameters of the components it
+    names, or of their defaults (``optimizer.lr``); an unknown key is suggested those
+    that end with it. ``[]`` when ``raw`` is ``None``."""
+    if raw is None:
+        return []
+    keys = []
+    for key, field in Spec.model_fields.items():
+        keys.append(key)
+        kind, model = registry_kind(field), model_type(field.annotation)
+        if kind is not None and not is_list_type(field.annotation):
+            given = raw.get(key, field.default) if isinstance(raw, dict) else field.default
+            given = as_component(given.model_dump() if isinstance(given, Component) else given)
+            name = given.get("name") if isinstance(given, dict) else None
+            if isinstance(name, str) and name in registries[kind]:
+                keys += [f"{key}.{p}" for p in registries[kind].get(name).params.model_fields]
+        elif model is not None and kind is None:
+            keys += [f"{key}.{p}" for p in model.model_fields]
+    return keys
 
 
 def inline_run(spec: dict[str, Any], naming: dict[str, Any], run_id: str,
@@ -179,10 +268,28 @@ def weights_identity(model: dict[str, Any], registries: Registries) -> dict[str,
     identify = getattr(entry.obj, "weights_identity", None)
     if identify is None:
         return {}
-    found = identify(rest, {k: v for k, v in model.items() if k != "name"})
-    if found:
-        note_outside(f"the weights of model {model['name']!r}")
+    params = {k: v for k, v in model.items() if k != "name"}
+    return _identity("weights", model["name"], params, lambda: identify(rest, params),
+                     f"the weights of model {model['name']!r}")
+
+
+def _identity(kind: str, name: str, params: dict[str, Any], identify: Any,
+              what: str) -> dict[str, Any]:
+    """``identify()``, the identity of a component's inputs, recorded (:func:`recording`)
+    with the witnesses of the files it noted it read; one that read something without
+    noting its files (:func:`labkit.store.identity.note_outside`) is noted as ``what``."""
+    with outside_inputs() as noted:
+        found = identify()
+    if found and not noted:
+        note_outside(what)
+    _record(Resolved(kind, name, params, found, None if found and not noted else _witnesses(noted)))
     return found
+
+
+def _witnesses(noted: list[Outside]) -> list[dict[str, Any]] | None:
+    """The witnesses of what was noted, ``None`` when one was noted without."""
+    found = [o.witness for o in noted]
+    return None if any(w is None for w in found) else found  # type: ignore[misc]
 
 
 def _check_finite(value: Any, path: str) -> None:
@@ -212,10 +319,9 @@ def data_identity(dataset: dict[str, Any], registries: Registries) -> dict[str, 
     identify = getattr(entry.obj, "data_identity", None)
     if identify is None:
         return {}
-    found = identify({k: v for k, v in dataset.items() if k != "name"})
-    if found:
-        note_outside(f"the files of dataset {dataset['name']!r}")
-    return found
+    params = {k: v for k, v in dataset.items() if k != "name"}
+    return _identity("data", dataset["name"], params, lambda: identify(params),
+                     f"the files of dataset {dataset['name']!r}")
 
 
 # beyond this a grid is almost surely a mistake (and takes long to even list)

@@ -6,6 +6,7 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -65,9 +66,10 @@ def join_path(path: str, key: Any) -> str:
 # ---------------------------------------------------------------- validation
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel] | None,
-                             prefix: str, value: Any = None) -> str:
+                             prefix: str, value: Any = None, keys: Sequence[str] = ()) -> str:
     """One line per problem of ``value`` (validated against ``model``): its JSON path
-    under ``prefix`` and the fix. pydantic's names of union members in a location (a
+    under ``prefix`` and the fix; an unknown key is suggested the dotted ``keys`` (those
+    of the whole spec) that end with it (``lr`` → ``optimizer.lr``), else a close key. pydantic's names of union members in a location (a
     discriminated union's tag, a member class) are no part of the spec's path: they are
     dropped, the member the value was meant for gives the valid keys and "did you mean",
     and the complaints of the other members are left out."""
@@ -80,8 +82,9 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None,
         if err["type"] == "extra_forbidden":
             key = str(path[-1])
             valid = list(holder.model_fields) if holder else []
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            close = [k for k in keys if k.endswith(f".{key}") and k != loc] or \
+                difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
             line = (f"{loc}: unknown key {key!r}.{hint} Valid keys here: "
                     f"{', '.join(valid) or '(none)'}.")
         elif err["type"] == "missing":

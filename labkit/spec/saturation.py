@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+TRAIN_PASS = "train"  # the name of the training pass in log columns and spectra
+
 IdimRule = Literal["delve", "reach"]
 
 

@@ -36,7 +36,13 @@ RACY_SECONDS = 2.0
 MAX_GROUPS = 256  # the cache files of the groups used longest ago are removed beyond this
 
 
-def _stat_key(path: str) -> list[int]:
+def stat_key(path: str | Path) -> list[int]:
+    """What ``os.stat`` says of the file ``path`` leads to: size, mtime_ns, ctime_ns,
+    inode and device (see the module docstring for why these).
+
+    Raises:
+        OSError: no such file.
+    """
     st = os.stat(path)  # follows symbolic links, as the readers of the file do
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
@@ -98,7 +104,7 @@ def file_digests(paths: Sequence[str | Path], group: Path, prune: bool) -> list[
         path = os.fspath(given)
         path = path if os.path.isabs(path) else os.path.abspath(path)
         name = relative(path, group)  # the absolute path, without the group's
-        key = _stat_key(path)
+        key = stat_key(path)
         entry = cached.get(name)
         if _valid_entry(entry) and entry[:5] == key:
             digests.append(entry[5])
@@ -108,7 +114,7 @@ def file_digests(paths: Sequence[str | Path], group: Path, prune: bool) -> list[
         digests.append(digest)
         kept.pop(name, None)
         settled = time.time_ns() - key[1] >= RACY_SECONDS * 1e9
-        if settled and _stat_key(path) == key:  # not written while or just before it was read
+        if settled and stat_key(path) == key:  # not written while or just before it was read
             kept[name] = [*key, digest]
     if kept != cached:
         if write_record(cache_file, {"format": FORMAT, "group": group, "files": kept}):

@@ -20,6 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
+from labkit.store import witness
+
 HASH_LEN = 10
 
 # Settings that change where or how fast a run executes, never its trained weights or
@@ -38,35 +40,52 @@ ADDED_LATER = {"steps": None, "weight_decay_schedule": None, "channels_last": Fa
                "compile": False, "data_loader": "torch", "nproc": 1, "batch_augment": None}
 
 
+@dataclass(frozen=True)
+class Outside:
+    """Something outside the spec and the code that a config being resolved read
+    (:func:`note_outside`): ``what`` it is, for messages, and the witness of its files
+    (:func:`labkit.store.witness.take`), ``None`` when it has none."""
+
+    what: str
+    witness: dict[str, Any] | None
+
+
 # what the identities being derived read besides the spec and the code (see note_outside)
-_OUTSIDE: ContextVar[list[str] | None] = ContextVar("labkit_outside_inputs", default=None)
+_OUTSIDE: ContextVar[list[Outside] | None] = ContextVar("labkit_outside_inputs", default=None)
 
 
-def note_outside(what: str) -> None:
+def note_outside(what: str, paths: list[str | Path] | None = None) -> None:
     """Note that the config being resolved depends on ``what``, something outside the
     spec and the installed code: a folder's files (a content digest), a weights file,
     another run's checkpoint (a :class:`~labkit.store.runinfo.PinnedRef`), another spec file.
 
-    Such a config may differ tomorrow for the same spec, so the command line never
-    serves it from its cache of validated grids (:mod:`labkit.cli.spec_cache`). labkit notes
-    its own (``data_identity``, ``weights_identity``, ``run_fingerprint``,
-    ``load_spec_file``); a plugin whose validation reads anything else calls this.
-    Outside :func:`outside_inputs` it does nothing.
+    Such a config may differ tomorrow for the same spec. With ``paths``, the files and
+    folders it is read from, the command line keeps what was derived from it together
+    with their witness (:mod:`labkit.store.witness`) and trusts it while the witness
+    holds (:mod:`labkit.cli.spec_cache`); call it before reading them. Without
+    ``paths`` it is never kept. labkit notes its own (``data_identity``,
+    ``weights_identity``, ``run_fingerprint``, ``load_spec_file``); a plugin whose
+    validation reads anything else calls this. Outside :func:`outside_inputs` it does
+    nothing.
     """
     noted = _OUTSIDE.get()
     if noted is not None:
-        noted.append(what)
+        noted.append(Outside(what, None if paths is None else witness.take(paths)))
 
 
 @contextmanager
-def outside_inputs() -> Iterator[list[str]]:
-    """Collect, in the list it yields, what :func:`note_outside` is told in the block."""
-    noted: list[str] = []
+def outside_inputs() -> Iterator[list[Outside]]:
+    """Collect, in the list it yields, what :func:`note_outside` is told in the block;
+    an enclosing block is told the same when this one ends."""
+    noted: list[Outside] = []
+    outer = _OUTSIDE.get()
     token = _OUTSIDE.set(noted)
     try:
         yield noted
     finally:
         _OUTSIDE.reset(token)
+        if outer is not None:
+            outer.extend(noted)
 
 
 def identity_config(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -171,13 +190,32 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
-    """Dotted keys whose values differ between ``configs``, in first-seen order."""
+    """Dotted keys whose values differ between ``configs``, in first-seen order.
+
+    A component's parameter varies only when it differs between configs naming the same
+    component (and the same components above it): ``model.noskip``, which resnets have
+    and cnns lack, or a width whose default differs between two models, does not vary
+    in a grid over the model; ``model.name`` does."""
     flats = [flatten(c) for c in configs]
     keys: list[str] = []
     for flat in flats:
         keys.extend(k for k in flat if k not in keys)
-    return [k for k in keys
-            if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    return [k for k in keys if any(
+        len({json.dumps(f.get(k), sort_keys=True) for f in group}) > 1
+        for group in _same_components(flats, k))]
+
+
+def _same_components(flats: list[dict[str, Any]], key: str) -> list[list[dict[str, Any]]]:
+    """``flats`` grouped by the names of the components ``key`` lies in (the
+    ``<parent>.name`` values of each dotted parent of ``key``, ``key`` itself aside)."""
+    parts = key.split(".")
+    names = [".".join(parts[:i] + ["name"]) for i in range(1, len(parts))]
+    names = [n for n in names if n != key]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for flat in flats:
+        tag = json.dumps([flat.get(n) for n in names], sort_keys=True, default=str)
+        groups.setdefault(tag, []).append(flat)
+    return list(groups.values())
 
 
 def short_value(value: Any, width: int = 14) -> str:
@@ -212,9 +250,10 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 def display_labels(configs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Short readable labels of a grid's runs, made of the values that vary across it.
 
-    Keys are taken in first-seen order, each only when it tells runs apart that the
-    keys before it did not (a teacher's nested values that vary with the method add
-    nothing); a key absent from a run is left out of that run's label. Keys are shown
+    Keys are taken in first-seen order (:func:`varying_keys`), each only when it tells
+    runs apart that the keys before it did not (a teacher's nested values that vary with
+    the method add nothing); a key absent from a run is left out of that run's label, and
+    a run that nothing tells apart (a grid of one) is labelled by its model. Keys are shown
     by their shortest unique suffix, values shortened (``lr=0.05 seed=1``). Labels are
     for display only (run directories keep :attr:`RunConfig.name`); runs the chosen
     values cannot tell apart get ``#<position>``.
@@ -234,8 +273,8 @@ def display_labels(configs: list[dict[str, Any]]) -> tuple[list[str], list[str]]
         if groups == len(flats):
             break
     short = short_keys(chosen)
-    labels = [" ".join(f"{short[k]}={short_value(f[k])}" for k in chosen if k in f) or "-"
-              for f in flats]
+    labels = [" ".join(f"{short[k]}={short_value(f[k])}" for k in chosen if k in f)
+              or short_value(f.get("model.name", "-")) for f in flats]
     seen: dict[str, int] = {}
     for label in labels:
         seen[label] = seen.get(label, 0) + 1

@@ -22,13 +22,15 @@ import json
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
-import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
 from labkit.core.errors import DamagedFile
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 MAX_DEPTH = 64
 """Deepest nesting of lists and objects a JSON file of labkit may hold (its deepest,
@@ -208,6 +210,9 @@ def _column_problem(column: pd.Series, kind: str) -> str | None:
     numeric, every value finite; ``integer``: whole numbers; ``flag``: True/False;
     ``text``: anything (it is read as text).
     """
+    import numpy as np
+    import pandas as pd
+
     if kind == TEXT:
         return None
     if kind == FLAG:
@@ -239,6 +244,8 @@ def read_csv_file(path: str | Path, columns: Mapping[str, str] | None = None,
         DamagedFile: missing, unreadable, not UTF-8, empty, not a table, a required
             column missing or holding values of another kind.
     """
+    import pandas as pd  # here: commands that read no table (status) start without it
+
     path = Path(path)
     text = read_text_file(path, fix)
     if text is None:
@@ -266,6 +273,8 @@ def read_csv_file(path: str | Path, columns: Mapping[str, str] | None = None,
 
 def _array_header(path: Path, handle: Any, fix: str) -> np.dtype:
     """The dtype in the header of the ``.npy`` file open in ``handle``."""
+    import numpy as np
+
     readers = {(1, 0): np.lib.format.read_array_header_1_0,
                (2, 0): np.lib.format.read_array_header_2_0}  # what numpy writes for labkit
     try:
@@ -302,6 +311,8 @@ def read_npy_file(path: str | Path, kinds: str = "biuf", mmap: bool = False,
     Raises:
         DamagedFile: missing, unreadable, truncated, not an array, or of another kind.
     """
+    import numpy as np
+
     path = Path(path)
     dtype = npy_dtype(path, fix)
     if dtype.hasobject or dtype.kind not in kinds:
@@ -322,6 +333,8 @@ def read_npz_file(path: str | Path, kinds: str = "biuf",
         DamagedFile: missing, unreadable, not an archive, a member truncated, or a
             member not of ``kinds`` (Python objects are never loaded).
     """
+    import numpy as np
+
     path = Path(path)
     arrays = {}
     try:

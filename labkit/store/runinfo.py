@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 import labkit
@@ -55,6 +54,10 @@ ANALYSES_JSON = "analyses.json"
 LOG_CSV = "log.csv"
 COMPUTE_JSON = "computational_info.json"
 LOCK_FILE = ".lock"
+# tables analyses write in the run directory, named here so that their readers (results,
+# figures, the report) need no analysis module (and no torch)
+PROBES_CSV = "probe_performances.csv"
+RF_CSV = "receptive_field.csv"
 
 
 @contextmanager
@@ -486,6 +489,8 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 def write_log(run: RunConfig, rows: list[dict[str, Any]]) -> bool:
     """Atomically replace log.csv with ``rows`` unless it already holds exactly them."""
+    import pandas as pd  # here: status and plan, which read no table, start without it
+
     path = run.directory / LOG_CSV
     text = pd.DataFrame(rows).to_csv(index=False)
     try:

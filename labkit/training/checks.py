@@ -22,9 +22,9 @@ from labkit.core.errors import UserError
 from labkit.core.registry import Registries
 from labkit.measures.layers import MEASURED_TYPES, measured_layers
 from labkit.measures.pca_dimension import column_name
-from labkit.measures.saturation import TRACKED_TYPES, TRAIN_PASS
+from labkit.measures.saturation import TRACKED_TYPES
 from labkit.spec import Component, data_identity, resolve_component
-from labkit.spec.saturation import SaturationConfig
+from labkit.spec.saturation import TRAIN_PASS, SaturationConfig
 from labkit.store.identity import note_outside
 from labkit.training.build import meta_model
 

@@ -30,7 +30,7 @@ def finished_run(run: RunConfig, spec: str) -> FinishedRun:
         why = f" ({status['reason']})" if status.get("reason") else ""
         raise UserError(f"run {run.directory} is {state or 'not started'}, not finished{why}; "
                         f"train it first with `labkit run {spec} --run-id {run.run_id}`")
-    return FinishedRun(run, plugins.registries(), run.config["device"])
+    return FinishedRun(run, plugins.LazyRegistries(), run.config["device"])
 
 
 def progress_labels(runs: list[RunConfig]) -> list[str]:

@@ -1,8 +1,9 @@
 """Helpers shared by every command: reading specs into runs, checking devices.
 
 Torch-free at import, like the commands that need no training (``status``, ``plan``):
-a spec already validated in this environment is read from :mod:`labkit.cli.spec_cache`;
-only a new or changed one builds the registries and its models (torch, the plugins).
+specs are resolved with the registries rebuilt from :mod:`labkit.cli.spec_cache`; only
+checking runs not checked before, or a spec that needs what the cache does not hold,
+builds the registries and its models (torch, the plugins).
 The helpers of the commands that analyse trained runs are
 :mod:`labkit.cli.commands.analysis_common`.
 """
@@ -14,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from labkit.cli import plugins, spec_cache
+from labkit.cli.cached_registries import NotCached, cached_registries
 from labkit.core.errors import UserError
 from labkit.core.registry import Registries
-from labkit.spec import check_raw, expand, load_spec_file
+from labkit.spec import Spec, check_raw, expand, load_spec_file
+from labkit.spec.grid import recording
 from labkit.store.identity import RunConfig, folder_name_problem, outside_inputs
 
 SET_OPTION = click.option(
@@ -32,35 +36,66 @@ DEVICE_OPTION = click.option("--device", default=None,
 
 
 def load_runs(spec_path: str, run_id: str, device: str | None = None,
-              overrides: tuple[str, ...] = ()) -> list[RunConfig]:
+              overrides: tuple[str, ...] = (), checked: bool = True) -> list[RunConfig]:
     """Read, expand and validate a spec file into its runs (device override and
     ``--set`` overrides applied, see :func:`apply_overrides`).
 
     Grid points with the same identity (e.g. ``"seed": [0, 0]``) are one run: training
-    it twice would only race on one directory. A spec validated before in this
-    environment is read from :mod:`labkit.cli.spec_cache` (no registries, no torch); others
-    are validated by :func:`validated_runs`.
+    it twice would only race on one directory. The spec is resolved with the registries
+    the command line kept (:func:`cached_runs`: no torch, no plugin); when ``checked``,
+    its runs must also have passed the checks made before training (:func:`validated_runs`,
+    which builds the registries) in this installation, as :mod:`labkit.cli.spec_cache`
+    remembers. ``status``, ``plot`` and ``report`` read a grid unchecked; ``plan``,
+    ``run`` and the analyses check it.
     """
     raw = apply_overrides(load_spec_file(spec_path), overrides)
     if device is not None and isinstance(raw, dict):
         raw = {**raw, "device": device}
     check_raw(raw)  # before the cache keys it
     check_run_id(run_id)
-    cached = spec_cache.cached_grid(raw)
-    if cached is not None:
-        runs = [RunConfig(config, run_id) for config in cached]
-        for i, run in enumerate(runs):
-            _at_point(i, runs, check_path, run.directory)
+    runs = cached_runs(raw, run_id)
+    if runs is not None and (not checked or len(spec_cache.checked(
+            [spec_cache.check_key(r.config, run_id) for r in runs])) == len(runs)):
         return runs
     return validated_runs(raw, run_id)
+
+
+def cached_runs(raw: Any, run_id: str) -> list[RunConfig] | None:
+    """The runs of ``raw`` (a spec, overrides applied) resolved with the registries
+    rebuilt from the cache (:func:`labkit.cli.cached_registries.cached_registries`);
+    ``None`` when the cache does not hold what it needs.
+
+    Raises:
+        UserError: an invalid grid point, with its position (the message the
+            registries give).
+    """
+    registries = cached_registries()
+    if registries is None:
+        return None
+    try:
+        runs = _runs(expand(raw, registries), run_id)
+    except NotCached:
+        return None
+    for i, run in enumerate(runs):
+        _at_point(i, runs, check_path, run.directory)
+    return runs
+
+
+def _runs(configs: list[dict[str, Any]], run_id: str) -> list[RunConfig]:
+    """One run per identity of the grid's resolved configs (:func:`merge_points`)."""
+    points: dict[str, list[dict[str, Any]]] = {}
+    for config in configs:
+        points.setdefault(RunConfig(config, run_id).hash, []).append(config)
+    return [RunConfig(merge_points(configs), run_id) for configs in points.values()]
 
 
 def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
     """The runs of ``raw`` (a spec, overrides applied), expanded with the process-wide
     registries, each checked as buildable (:func:`labkit.training.build.check_buildable`) and
     by every plugin's ``labkit_check_run`` (:func:`check_run`), with the runs each
-    trains first; kept in :mod:`labkit.cli.spec_cache` when nothing outside the spec and
-    the code went into them.
+    trains first, unless it passed them before (:func:`labkit.cli.spec_cache.checked`).
+    What resolution computed and which runs passed are kept in :mod:`labkit.cli.spec_cache`
+    where every file they read was witnessed.
 
     Raises:
         UserError: an invalid grid point, with its position.
@@ -70,18 +105,24 @@ def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
     from labkit.training.build import check_buildable
 
     registries = plugins.registries()
-    with outside_inputs() as outside:
-        points: dict[str, list[dict[str, Any]]] = {}
-        for config in expand(raw, registries):
-            points.setdefault(RunConfig(config, run_id).hash, []).append(config)
-        runs = [RunConfig(merge_points(configs), run_id) for configs in points.values()]
-        checked: set[Path] = set()  # linked runs, shared by many runs, are checked once
-        for i, run in enumerate(runs):
-            _at_point(i, runs, check_path, run.directory)
+    spec_cache.keep_summary(registries)
+    with recording() as resolved:
+        runs = _runs(expand(raw, registries), run_id)
+    spec_cache.store_resolutions(resolved)
+    keys = [spec_cache.check_key(run.config, run_id) for run in runs]
+    done = spec_cache.checked(keys)
+    passed: dict[str, list[dict[str, Any]]] = {}
+    links: set[Path] = set()  # linked runs, shared by many runs, are checked once
+    for i, (run, key) in enumerate(zip(runs, keys)):
+        _at_point(i, runs, check_path, run.directory)
+        if key in done:
+            continue
+        with outside_inputs() as noted:
             _at_point(i, runs, check_buildable, run.config, registries)
-            _at_point(i, runs, check_run, run, registries, checked)
-    if not outside:
-        spec_cache.store_grid(raw, [run.config for run in runs], registries)
+            _at_point(i, runs, check_run, run, registries, links)
+        if all(o.witness is not None for o in noted):
+            passed[key] = [o.witness for o in noted]
+    spec_cache.store_checked(passed)
     return runs
 
 
@@ -164,8 +205,9 @@ def _at_point(i: int, runs: list[RunConfig], check: Any, *args: Any) -> None:
 
 def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
     """The spec with every ``KEY=VALUE`` of ``--set`` applied: ``KEY`` a dotted path
-    (``optimizer.lr``), ``VALUE`` JSON (``0.01``, ``[0, 1, 2]``, ``{"name": "adam"}``) or,
-    when it is not JSON, a string. A list is a grid axis as in the file; the result is
+    (``optimizer.lr``; a section the spec leaves out starts as its default,
+    ``{"name": "sgd"}`` for ``optimizer``), ``VALUE`` JSON (``0.01``, ``[0, 1, 2]``,
+    ``{"name": "adam"}``) or, when it is not JSON, a string. A list is a grid axis as in the file; the result is
     validated like the file.
 
     Raises:
@@ -195,8 +237,10 @@ def apply_overrides(raw: Any, overrides: tuple[str, ...]) -> Any:
             child = node.get(part)
             if isinstance(child, str):  # "model": "cnn_s" is {"name": "cnn_s"}
                 child = {"name": child}
-            if child is None:
-                child = {}
+            if child is None:  # the spec's default object, e.g. {"name": "sgd"}
+                default = Spec.model_fields[part].default if i == 0 and part in \
+                    Spec.model_fields else None
+                child = default.model_dump() if isinstance(default, BaseModel) else {}
             if not isinstance(child, dict):
                 raise UserError(f"--set {override!r}: {'.'.join(parents[:i + 1])} is not an "
                                 f"object in the spec, so it has no key {last!r}")

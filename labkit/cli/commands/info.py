@@ -65,7 +65,7 @@ def results(logs: tuple[str, ...], output: str | None, run_ids: tuple[str, ...],
     table = results_table(
         [Path(p) for p in (logs or ("logs",))], table_name, run_ids,
         on_damaged=lambda message: click.echo(f"warning: {message}", err=True),
-        plugin_measures=plugins.layer_measures if table_name == LAYERS_TABLE else None)
+        plugin_measures=spec_cache.measured_by_plugins() if table_name == LAYERS_TABLE else None)
     if table.empty:
         raise UserError(f"no runs found under {', '.join(logs or ('logs',))}; "
                         f"train with `labkit run SPEC --run-id ID` first")

@@ -12,10 +12,8 @@ from typing import Any
 
 import click
 
-from labkit import engine
 from labkit.analyses import FinishedRun, latents
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
-from labkit.analyses.probes import parse_size
 from labkit.cli import plugins
 from labkit.cli.commands.analysis_common import (
     analysis_params,
@@ -26,6 +24,7 @@ from labkit.cli.commands.analysis_common import (
 from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.core.errors import UserError
 from labkit.measures.receptive_field import border_layer
+from labkit.spec.values import parse_size
 from labkit.store.readers import FLAG, TEXT, read_csv_file
 from labkit.training.progress import working_on
 
@@ -177,7 +176,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
     for directory in found:
         manifest = latents.read_manifest(directory)
         run = FinishedRun.from_directory(latents.source_run_dir(directory, manifest),
-                                         plugins.registries())
+                                         plugins.LazyRegistries())
         analysis = Probes(run, analysis_params(run.run, "probes", Probes,
                                                downsampling=manifest["plan"]["mode"],
                                                processes=processes, memory=memory,
@@ -208,6 +207,8 @@ def probe_run(spec: str, run_id: str, processes: int | None, memory: str | None,
     """Train every run of SPEC (resuming / skipping as `labkit run` does), then extract
     its latents and fit the probes for each -d. A failed run is reported and skipped;
     the exit code is then 1."""
+    from labkit import engine  # here: the other commands train nothing (no torchvision)
+
     _check_memory(memory)
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])

@@ -1,4 +1,5 @@
-"""``labkit plot``: the figures of a grid's runs, as PNG and SVG."""
+"""``labkit plot``: the figures of a grid's runs, groups and comparison, as PNG and SVG,
+drawn again only when what they are drawn from changed (:mod:`labkit.outputs.figure_sets`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import click
 from labkit.cli.commands.common import SET_OPTION, load_runs
 from labkit.core.errors import UserError
 from labkit.outputs import figures
+from labkit.outputs.figure_sets import FigureFolder, grid_figures
 from labkit.store.identity import RunConfig
 
 BY_OPTION = click.option(
@@ -23,7 +25,7 @@ def grid_runs(spec: str, run_id: str, overrides: tuple[str, ...] = ()) -> list[R
     Raises:
         UserError: none has started (says how to train them).
     """
-    runs = load_runs(spec, run_id, overrides=overrides)
+    runs = load_runs(spec, run_id, overrides=overrides, checked=False)
     started = [r for r in runs if r.directory.is_dir()]
     if not started:
         raise UserError(f"no run of {spec} has started under run-id {run_id!r}; train them "
@@ -37,6 +39,13 @@ def grid_name(runs: list[RunConfig]) -> str:
     return f"grid {runs[0].config['name']}, run-id {runs[0].run_id}"
 
 
+def figure_folder(runs: list[RunConfig], output: str | None = None) -> Path:
+    """Where ``plot`` draws the grid's figures: ``output``, else
+    ``<logs_dir>/figures/<spec name>/<run-id>``."""
+    return Path(output) if output else (Path(runs[0].config["logs_dir"]) / "figures"
+                                        / runs[0].config["name"] / runs[0].run_id)
+
+
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--run-id", required=True, help="run-id the runs were trained under")
@@ -48,24 +57,27 @@ def grid_name(runs: list[RunConfig]) -> str:
 def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...], quiet: bool,
          overrides: tuple[str, ...]) -> None:
     """Draw the figures of every started run of SPEC (learning curves, saturation over
-    epochs, distillation and DINO probe curves when the logs have them) and the grid's
-    tail pattern grouped by config values, as PNG and SVG."""
+    epochs, projection curves, distillation and DINO probe curves when the logs have
+    them), of each group of runs (tail pattern, learning curves and projection curves,
+    seeds averaged) and of the grid (every group together), as PNG and SVG. Figures
+    whose input files and parameters are unchanged since they were drawn are kept
+    (figures-manifest.json in the folder)."""
     runs = grid_runs(spec, run_id, overrides)
     keys = figures.resolve_keys([r.config for r in runs], by)
-    out = Path(output) if output else (Path(runs[0].config["logs_dir"]) / "figures"
-                                       / runs[0].config["name"] / run_id)
-    written = figures.grid_figures([r for r in runs if r.directory.is_dir()], keys, out,
-                                   grid_name(runs),
-                                   on_damaged=lambda line: click.echo(f"warning: {line}", err=True))
-    if not written:
+    out = figure_folder(runs, output)
+    jobs = grid_figures(runs, keys, grid_name(runs)).jobs()
+    done = FigureFolder(out).draw(
+        jobs, on_damaged=lambda line: click.echo(f"warning: {line}", err=True))
+    if not done.written and not done.kept:
         raise UserError(f"the runs of {spec} under run-id {run_id!r} have no readable log "
                         f"yet; wait for an epoch to finish (`labkit status {spec} --run-id "
                         f"{run_id}`), or let `labkit run` rewrite a damaged one")
     if not quiet:
-        for path in written:
+        for path in done.written:
             if path.suffix == ".png":
                 click.echo(f"  {path}")
-    click.echo(f"{len(written)} file(s) (PNG and SVG) in {out}")
+    click.echo(f"{len(done.written) // 2} figure(s) drawn, {len(done.kept)} unchanged "
+               f"(PNG and SVG) in {out}")
 
 
 COMMANDS: list[click.Command] = [plot]

@@ -71,7 +71,8 @@ def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None,
                device: str | None, quiet: bool) -> None:
     """Recompute the intrinsic dimensionality and saturation of every layer, pass and
     epoch of each finished run of SPEC at other deltas, from the eigenvalue spectra stored
-    during training (no retraining); writes saturation.csv into each run directory."""
+    during training (no retraining); writes saturation.csv into each run directory
+    (saturation-<digest>.csv for deltas or rules other than the default)."""
     from labkit.analyses.saturation_views import SaturationViews
 
     for run in labelled(load_runs(spec, run_id, device)):

@@ -8,9 +8,9 @@ of the values that vary across the grid (:func:`labkit.store.identity.display_la
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
-import pandas as pd
 
 from labkit.cli import plugins, spec_cache
 from labkit.cli.commands.common import LINKING, SET_OPTION, check_devices, linked_runs, load_runs
@@ -38,7 +38,7 @@ def _state(run: RunConfig) -> str:
     return f"{status['state']}@{status.get('epoch', 0)}" if status else "new"
 
 
-def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
+def plan_table(runs: list[RunConfig]) -> list[dict[str, Any]]:
     """One row per run: its position, hash, status and the values that tell the runs
     apart (short headers and values, see :func:`labkit.store.identity.display_labels`)."""
     configs = [r.config for r in runs]
@@ -50,18 +50,27 @@ def plan_table(runs: list[RunConfig]) -> pd.DataFrame:
         row = {"#": i, "hash": run.hash, "status": _state(run)}
         row.update({short[k]: short_value(flat[k]) if k in flat else "-" for k in keys})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
-def fitted(table: pd.DataFrame, width: int = WIDTH) -> str:
-    """``table`` as text no wider than ``width``: trailing columns that do not fit are
-    left out and named on a last line."""
+def text_table(rows: list[dict[str, Any]]) -> str:
+    """``rows`` (dicts with the same keys) as text: a header of the keys, each column
+    right-aligned to its widest cell, columns one space apart."""
+    columns = list(rows[0]) if rows else []
+    cells = [[str(c) for c in columns]] + [[str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(" ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells)
+
+
+def fitted(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
+    """:func:`text_table` of ``rows`` no wider than ``width``: trailing columns that do
+    not fit are left out and named on a last line."""
+    columns = list(rows[0]) if rows else []
     dropped: list[str] = []
-    text = table.to_string(index=False)
-    while max(map(len, text.splitlines())) > width and len(table.columns) > 3:
-        dropped.insert(0, str(table.columns[-1]))
-        table = table.iloc[:, :-1]
-        text = table.to_string(index=False)
+    text = text_table(rows)
+    while max(map(len, text.splitlines())) > width and len(columns) > 3:
+        dropped.insert(0, str(columns.pop()))
+        text = text_table([{c: row[c] for c in columns} for row in rows])
     lines = [line if len(line) <= width else line[:width - 1] + "…" for line in text.splitlines()]
     if dropped:
         lines.append(_cut(f"(not shown: {', '.join(dropped)})", width))
@@ -142,7 +151,8 @@ def print_plan(runs: list[RunConfig]) -> int:
     grid, runs = runs, [run for run, _ in order]
     table = plan_table(runs)
     if any(needed for _, needed in order):
-        table.insert(3, "trained first for", [_positions(needed) for _, needed in order])
+        table = [{**dict(list(row.items())[:3]), "trained first for": _positions(needed),
+                  **dict(list(row.items())[3:])} for row, (_, needed) in zip(table, order)]
     click.echo(fitted(table))
     for i, note in plan_notes(runs):
         click.echo(_cut(f"#{i}: {note}"))
@@ -164,7 +174,7 @@ def status(spec: str, run_id: str, quiet: bool, overrides: tuple[str, ...]) -> N
     """Per run of SPEC: training finished / running / interrupted / failed (reason) /
     not started, the epoch (done / last), the state of each analysis that ran, and any
     analysis output that no longer matches its recorded digest."""
-    runs = load_runs(spec, run_id, overrides=overrides)
+    runs = load_runs(spec, run_id, overrides=overrides, checked=False)
     rows = []
     for i, (name, r) in enumerate(zip(labels(runs), runs), 1):
         st = runinfo.training_state(r)
@@ -179,17 +189,29 @@ def status(spec: str, run_id: str, quiet: bool, overrides: tuple[str, ...]) -> N
                      "updated": st.get("updated", "-"),
                      "reason": "; ".join(filter(None, [st.get("reason"), *failed,
                                                        *damaged_outputs(r.directory).values()]))})
-    table = pd.DataFrame(rows)
     if not quiet:
-        click.echo(table.to_string(index=False))
-    counts = table["state"].value_counts()
-    click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))
-    if (table["state"] == "not started").all():
-        known = sorted({p.name for r in runs if r.directory.parent.parent.is_dir()
-                        for p in r.directory.parent.parent.iterdir() if p.is_dir()})
+        click.echo(text_table(rows))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    click.echo(", ".join(f"{n} {state}" for state, n in sorted(
+        counts.items(), key=lambda item: -item[1])))
+    if counts.get("not started") == len(rows):
+        found = other_run_ids(runs)
         click.echo(f"no run of {spec} has started under run-id {run_id!r}"
-                   + (f"; run-ids found for its runs: {', '.join(known)}" if known else ""),
-                   err=True)
+                   + (f"; run-ids these runs were trained under: {', '.join(found)}"
+                      if found else ""), err=True)
+
+
+def other_run_ids(runs: list[RunConfig]) -> list[str]:
+    """The run-ids under which some of ``runs`` has a run directory (the same run, the
+    same hash), sorted: never a sibling folder that holds other runs."""
+    found = set()
+    for run in runs:
+        ids = run.directory.parent.parent  # <logs>/<model>/<data>_<res>/<run-id>/<run>
+        if ids.is_dir():
+            found.update(p.name for p in ids.iterdir() if (p / run.directory.name).is_dir())
+    return sorted(found)
 
 
 @click.command()

@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from labkit.api import build_component, runinfo
 from labkit.api import train as labkit_train
 from labkit_dino.probing import fit_probes
+from labkit_dino.report import report_sections
 
 
 def blobs(n, classes, dim, seed, scale):
@@ -66,3 +67,6 @@ def test_run_logs_probe_columns_and_eval_columns_score_the_student_linear_probe(
                        atol=1 / eval_size + 1e-9)
     # before the first probe the classifier is all zeros: uniform logits
     assert log["eval-loss"][0] == pytest.approx(np.log(10))
+    ((title, body),) = report_sections([run])  # its section of `labkit report`
+    assert "DINO" in title and body.count("<tr") == 3  # header, student, teacher
+    assert f"{probed['probe-eval-teacher-knn'].iloc[-1]:.4g}" in body

@@ -12,6 +12,7 @@ from distill_helpers import CLI_ENV, TEACHER_SPEC, train_runs
 
 from labkit.api import RunConfig, UserError, checkpoint, expand, run_hash, runinfo, train
 from labkit.testing import run_cli
+from labkit_distill.report import report_sections
 
 STUDENT = {"model": "mlp_s", "dataset": "digits", "epochs": 2, "batch_size": 64,
            "optimizer": {"name": "sgd", "lr": 0.05}, "metrics": ["accuracy"]}
@@ -43,6 +44,9 @@ def test_student_of_a_run_directory_logs_agreement_kl_and_teacher_accuracy(
         [teacher_log["eval-accuracy"].iloc[-1]] * 2)
     assert log["eval-agreement"].between(0, 1).all() and (log["eval-teacher_kl"] >= 0).all()
     assert log["eval-agreement"].iloc[-1] > 0.5  # the student learned to agree
+    ((title, body),) = report_sections([run])  # its section of `labkit report`
+    assert "agreement" in title and f"{log['eval-agreement'].iloc[-1]:.4g}" in body
+    assert f"{log['eval-teacher_accuracy'].iloc[-1]:.4g}" in body
     state = checkpoint.load_latest(run.directory / "checkpoints")
     assert set(state["modules"]) == {"model", "heads"}  # regressor kept, teacher left out
     assert "hint.regressor.weight" in state["modules"]["heads"]

@@ -8,11 +8,13 @@ similarity columns), ``labkit similarity`` (chosen measures between the layers o
 runs, with an optional permutation null) and its alias ``labkit cka``. Layer names are
 checked when a spec is validated; ``stitch-table`` checks every cell before training,
 records unstitchable ones and goes on, averages over seed axes and summarises the latest
-layer that can stitch. The measures are public: :mod:`labkit_stitch.cka`,
+layer that can stitch; ``labkit report`` of such a grid shows its tables
+(:mod:`labkit_stitch.report`). The measures are public: :mod:`labkit_stitch.cka`,
 :mod:`labkit_stitch.measures`, chosen by name in :mod:`labkit_stitch.catalogue`,
 calibrated in :mod:`labkit_stitch.calibration`. See README.md and docs/measures.md.
 """
 from labkit.api import hookimpl
+from labkit_stitch.report import report_sections
 from labkit_stitch.stitching import AutoencoderStitch, StitchedParams, stitched
 
 
@@ -27,3 +29,9 @@ def labkit_commands() -> list:
     from labkit_stitch.commands import COMMANDS  # click commands: only when the CLI asks
 
     return COMMANDS
+
+
+@hookimpl
+def labkit_report_sections(runs) -> list[tuple[str, str]]:
+    """The stitching and CKA tables of a grid of stitch runs (:mod:`labkit_stitch.report`)."""
+    return report_sections(runs)

@@ -45,6 +45,7 @@ from labkit_stitch.tables import (
     seed_keys,
     stitch_table,
     stitched_params,
+    tables_folder,
     with_companions,
 )
 
@@ -193,8 +194,7 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
             states.append(INVALID)
         click.echo(f"[{i}/{len(runs)}] {states[-1]}: {run.directory}", err=quiet)
 
-    out = Path(output or Path(runs[0].config["logs_dir"]) / "stitch_tables"
-               / runs[0].config["name"] / run_id)
+    out = Path(output) if output else tables_folder(runs)
     given = {"spec": str(Path(spec).resolve()), "run_id": run_id}
     similarities: list[pd.DataFrame] = []
     if cka:

@@ -80,6 +80,13 @@ LOWER_IS_BETTER = ("loss", "soft-cross-entropy")
 """Metrics of labkit's evaluation where a smaller value is better."""
 
 
+def tables_folder(runs: Sequence[RunConfig]) -> Path:
+    """Where ``labkit stitch-table`` writes the tables of a grid's stitch runs unless
+    told otherwise: ``<logs_dir>/stitch_tables/<spec name>/<run-id>``."""
+    return (Path(runs[0].config["logs_dir"]) / "stitch_tables" / runs[0].config["name"]
+            / runs[0].run_id)
+
+
 def final_value(run: RunConfig, column: str) -> float:
     """``column`` in the last row of the run's ``log.csv``; NaN when not trained (no final
     checkpoint) or absent."""

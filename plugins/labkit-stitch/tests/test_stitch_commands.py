@@ -8,18 +8,20 @@ import numpy as np
 import pandas as pd
 from stitch_helpers import ENV, nets_file, self_stitch
 
-from labkit.api import RunConfig, expand
+from labkit.api import RunConfig, expand, load_runs
 from labkit.testing import run_cli
+from labkit_stitch.report import CKA_TITLE, STITCH_TITLE, report_sections
 from labkit_stitch.tables import COLUMNS, stitch_table
 
 
 def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tmp_path,
-                                                                              write_spec):
+                                                                              write_spec,
+                                                                              registries):
     # network A, referenced by spec file and trained on demand
     spec = write_spec(self_stitch(nets_file(tmp_path, epochs=3), ["block1", "block2"],
                                   ["block1", "block2"], ["trained", "random"], name="self"))
-    out = tmp_path / "tables"
-    result = run_cli("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q",
+    out = tmp_path / "logs" / "stitch_tables" / "self" / "T"  # the default folder
+    result = run_cli("stitch-table", str(spec), "--run-id", "T", "-q",
                      "--measure", "procrustes_angular", "--measure", "svcca:keep=3",
                      "--permutations", "3", env=ENV)
     assert result.returncode == 0, result.stderr
@@ -64,6 +66,14 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
     np.testing.assert_allclose(same["procrustes_angular"], 0.0, atol=1e-6)
     np.testing.assert_allclose(same["procrustes_angular_p"], 1 / 4)  # nothing is closer
     assert len(list(out.glob("cka_cnn_xs-*-to-cnn_xs-*.png"))) == 1
+
+    # `labkit report` of the grid: its stitching and CKA tables, as the CSVs hold them
+    sections = dict(report_sections(load_runs(str(spec), "T")))
+    stitched = sections[STITCH_TITLE]
+    assert group in stitched and stitched.count("<table") == 3  # stitched, random, debiased
+    assert f"{table['debiased'].iloc[3]:.4g}" in stitched
+    assert sections[CKA_TITLE].count("<table") == 5  # one per CKA measure, one pair
+    assert f"{cka['rbf_cka'].iloc[1]:.4g}" in sections[CKA_TITLE]
 
     # the same network through `labkit similarity`, by run directory (`labkit cka`, its
     # alias, runs in test_stitch_provenance.py)

@@ -1,0 +1,329 @@
+"""Every figure of a grid, and the folder that keeps them drawn (``labkit plot``).
+
+:func:`grid_figures` lists a grid's figures as :class:`FigureJob` objects: what each
+shows, which files it is drawn from and how to draw it. ``labkit plot`` draws them into
+a folder, ``labkit report`` embeds them. File stems, relative to the folder:
+
+* per run, in ``<run directory name>/``: ``learning_curves``, ``saturation_epochs``,
+  ``distillation`` and ``dino_probes`` (:mod:`labkit.outputs.figures`, when the log
+  has their data), and one projection figure per ``projected_results*.csv`` of the run,
+  under that file's stem (:mod:`labkit.outputs.projection_plot`);
+* per group of runs, in ``groups/<group>/``: ``tail_pattern`` (its runs' mean ± sd,
+  :mod:`labkit.outputs.tail_plot`), ``learning_curves`` (its runs overlaid) and its
+  projection figures;
+* per grid: ``tail_pattern_by_<keys>`` always, and with several groups
+  ``learning_curves_by_<keys>`` and ``<projection stem>_by_<keys>``, every group on one
+  figure, coloured by the first key and styled by the second.
+
+**Only what changed is drawn again.** A :class:`FigureFolder` keeps a manifest,
+``figures-manifest.json``, with an entry per figure: the stat (size, mtime_ns,
+ctime_ns, inode, device; :func:`labkit.store.file_digests.stat_key`) of every file the
+figure is drawn from (present or not), its parameters (title, grouping keys, the runs
+of each group) and the code that draws it (labkit's version and the stat of the
+``labkit/outputs`` modules). A figure whose entry matches and whose PNG and SVG exist is
+kept as it is; any other is drawn again. A figure drawn from a file modified less than
+two seconds before (:data:`~labkit.store.file_digests.RACY_SECONDS`), or drawn while a
+damaged file was left out, gets no entry, so it is drawn again next time (and the
+damage reported again). A manifest that cannot be read counts as empty. ``labkit
+report`` draws its figures through the same folder (``plot``'s default one), so that
+a report after ``plot``, or a second report, draws only what changed.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import labkit
+from labkit.core.errors import DamagedFile
+from labkit.outputs import figures, projection_plot, tail_plot
+from labkit.outputs.figures import Report
+from labkit.store import runinfo
+from labkit.store.atomic import write_json
+from labkit.store.file_digests import RACY_SECONDS, stat_key
+from labkit.store.identity import RunConfig, display_labels
+from labkit.store.local_cache import read_record
+from labkit.store.output_digests import RECORDS_DIR
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MANIFEST = "figures-manifest.json"
+FORMAT = 1
+Draw = Callable[[Report], "Figure | None"]
+
+
+@dataclass
+class FigureJob:
+    """One figure: its file stem (relative to the folder), caption, the files it is
+    drawn from, the parameters that decide it besides them, and how to draw it
+    (``draw(on_damaged)``: ``None`` when its data is absent)."""
+
+    stem: str
+    caption: str
+    inputs: list[Path]
+    params: dict[str, Any]
+    draw: Draw
+
+
+@dataclass
+class GridFigures:
+    """A grid's figures: of the grid, of each group (by label), of each run (by hash)."""
+
+    grid: list[FigureJob] = field(default_factory=list)
+    groups: dict[str, list[FigureJob]] = field(default_factory=dict)
+    runs: dict[str, list[FigureJob]] = field(default_factory=dict)
+
+    def jobs(self) -> list[FigureJob]:
+        """Every figure: runs', groups', then the grid's."""
+        return [*(j for jobs in self.runs.values() for j in jobs),
+                *(j for jobs in self.groups.values() for j in jobs), *self.grid]
+
+
+def records(run_dir: Path) -> list[Path]:
+    """The run's analysis records (they decide which outputs count as damaged)."""
+    return sorted((Path(run_dir) / RECORDS_DIR).glob("*.json"))
+
+
+def run_inputs(run_dir: Path) -> list[Path]:
+    """Every file a grouped figure may read of a run: its config, log, tables and
+    analysis records, and the intrinsic-dimension table even while absent."""
+    run_dir = Path(run_dir)
+    tables = sorted(run_dir.glob("*.csv"))
+    wanted = [run_dir / runinfo.CONFIG_JSON, run_dir / runinfo.LOG_CSV,
+              run_dir / tail_plot.INTRINSIC_CSV]
+    return list(dict.fromkeys([*wanted, *tables, *records(run_dir)]))
+
+
+def _log_figure(run_dir: Path, draw: Callable[[Any, str], Figure | None], name: str) -> Draw:
+    def drawn(on_damaged: Report) -> Figure | None:
+        try:
+            log = runinfo.read_log(run_dir)
+        except DamagedFile as exc:
+            on_damaged(f"no figures of run {run_dir.name}: {exc}")
+            return None
+        return None if log is None else draw(log, name)
+    return drawn
+
+
+def _run_jobs(run: RunConfig, label: str, name: str) -> list[FigureJob]:
+    """The figures of one run (see the module docstring)."""
+    directory, folder = run.directory, run.directory.name
+    title = f"run {label} [{run.hash}], {name}"
+    base = [directory / runinfo.CONFIG_JSON, directory / runinfo.LOG_CSV]
+    config = run.config
+    per_log: dict[str, Callable[[Any, str], Figure | None]] = {
+        "learning_curves": figures.learning_curves,
+        "saturation_epochs": lambda log, n: figures.saturation_epochs(log, n, config),
+        "distillation": figures.distillation, "dino_probes": figures.dino_probes}
+    jobs = [FigureJob(f"{folder}/{stem}", f"{stem.replace('_', ' ')}: {label}", base,
+                      {"title": title}, _log_figure(directory, draw, title))
+            for stem, draw in per_log.items()]
+    for path in sorted(directory.glob(projection_plot.PATTERN)):
+        jobs.append(FigureJob(
+            f"{folder}/{path.stem}", f"projection ({path.name}): {label}",
+            [path, *records(directory)], {"title": title},
+            _projection_figure({"this run": [run]}, path.name, title)))
+    return jobs
+
+
+def _projection_figure(groups: dict[str, list[RunConfig]], file: str, name: str,
+                       styles: dict[str, figures.Style] | None = None) -> Draw:
+    def drawn(on_damaged: Report) -> Figure | None:
+        problems: list[str] = []
+        tables = {label: [t for r in members
+                          for f, t in projection_plot.projection_tables(r.directory,
+                                                                        problems).items()
+                          if f == file] for label, members in groups.items()}
+        for line in problems:
+            on_damaged(f"left out of the projection figure: {line}")
+        return projection_plot.projection_curves(tables, f"{name}; {file}", styles)
+    return drawn
+
+
+def _tail_figure(groups: dict[str, list[RunConfig]], name: str,
+                 styles: dict[str, figures.Style] | None = None) -> Draw:
+    def drawn(on_damaged: Report) -> Figure | None:
+        data = {label: [tail_plot.tail_data(r.directory, config=r.config) for r in members]
+                for label, members in groups.items()}
+        for line in dict.fromkeys(p for runs in data.values() for r in runs
+                                  for p in r.problems):
+            on_damaged(f"left out of the tail pattern: {line}")
+        return tail_plot.tail_pattern(data, name, styles)
+    return drawn
+
+
+def _curves_figure(groups: dict[str, list[RunConfig]], labels: dict[str, str], name: str,
+                   styles: dict[str, figures.Style] | None = None) -> Draw:
+    """Learning curves: of one group's runs overlaid (``styles`` None), or of every
+    group's mean."""
+    def drawn(on_damaged: Report) -> Figure | None:
+        logs: dict[str, dict[str, Any]] = {}
+        for label, members in groups.items():
+            logs[label] = {}
+            for run in members:
+                try:
+                    log = runinfo.read_log(run.directory)
+                except DamagedFile as exc:
+                    on_damaged(f"left out of the learning curves: {exc}")
+                    continue
+                if log is not None:
+                    logs[label][labels[run.hash]] = log
+        if styles is None:
+            return figures.learning_curves(next(iter(logs.values())), name)
+        return figures.grid_learning_curves({k: list(v.values()) for k, v in logs.items()},
+                                            styles, name)
+    return drawn
+
+
+def slugs(labels: Sequence[str]) -> dict[str, str]:
+    """Group label → a folder name made of it (``model=cnn_s_lr=0.1``), unique."""
+    found: dict[str, str] = {}
+    for label in labels:
+        slug = re.sub(r"[^A-Za-z0-9=._+-]+", "_", label).strip("_.") or "group"
+        while slug in found.values():
+            slug += "_"
+        found[label] = slug
+    return found
+
+
+def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], name: str) -> GridFigures:
+    """The figures of the started ``runs`` grouped by the values of ``keys`` (see the
+    module docstring); ``name`` (the grid) goes into every title."""
+    runs = [r for r in runs if r.directory.is_dir()]
+    result = GridFigures()
+    if not runs:
+        return result
+    labels = dict(zip((r.hash for r in runs), display_labels([r.config for r in runs])[0]))
+    groups = figures.group_runs(runs, keys)
+    membership = {label: [r.hash for r in members] for label, members in groups.items()}
+    for run in runs:
+        result.runs[run.hash] = _run_jobs(run, labels[run.hash], name)
+    projections = sorted({p.name for r in runs
+                          for p in r.directory.glob(projection_plot.PATTERN)})
+    folders = slugs(list(groups))
+    for label, members in groups.items():
+        folder = f"groups/{folders[label]}"
+        inputs = [p for r in members for p in run_inputs(r.directory)]
+        params = {"name": name, "group": label, "runs": membership[label]}
+        title = f"{name}; group {label}"
+        inside = dict(zip((r.hash for r in members),
+                          display_labels([r.config for r in members])[0]
+                          if len(members) > 1 else [labels[members[0].hash]]))
+        one = {label: members}
+        jobs = [FigureJob(f"{folder}/tail_pattern", f"Tail pattern of {label}", inputs,
+                          params, _tail_figure(one, title)),
+                FigureJob(f"{folder}/learning_curves", f"Learning curves of the runs of {label}",
+                          inputs, params, _curves_figure(one, inside, title))]
+        jobs += [FigureJob(f"{folder}/{Path(file).stem}", f"Projection curves of {label} ({file})",
+                           inputs, params, _projection_figure(one, file, title))
+                 for file in projections]
+        result.groups[label] = jobs
+    styles = figures.group_styles(groups, keys)
+    inputs = [p for r in runs for p in run_inputs(r.directory)]
+    params = {"name": name, "keys": list(keys), "groups": membership}
+    by = figures.grouping_name(keys)
+    grouped = f"{name}, {by}"
+    result.grid.append(FigureJob(figures.grid_stem(keys), f"Tail pattern of every group, {by}",
+                                 inputs, params, _tail_figure(groups, grouped, styles)))
+    if len(groups) > 1:
+        result.grid.append(FigureJob(
+            figures.grid_stem(keys, "learning_curves"),
+            f"Learning curves of every group (mean ± sd over each group's runs), {by}",
+            inputs, params, _curves_figure(groups, labels, grouped, styles)))
+        result.grid += [FigureJob(figures.grid_stem(keys, Path(file).stem),
+                                  f"Projection curves of every group ({file}), {by}", inputs,
+                                  params, _projection_figure(groups, file, grouped, styles))
+                        for file in projections]
+    return result
+
+
+# ---------------------------------------------------------------- the folder
+
+def code_version() -> dict[str, Any]:
+    """labkit's version and the stat of the modules that draw figures: a figure drawn by
+    other code is drawn again."""
+    modules = sorted(Path(figures.__file__).parent.glob("*.py"))
+    return {"labkit": labkit.__version__,
+            "modules": {p.name: stat_key(p)[:2] for p in modules}}
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        return stat_key(path)
+    except OSError:
+        return None
+
+
+@dataclass
+class Drawn:
+    """What :meth:`FigureFolder.draw` did: the files written, the figures kept, and the
+    PNG of every figure with data, by stem."""
+
+    written: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+    pngs: dict[str, Path] = field(default_factory=dict)
+
+
+class FigureFolder:
+    """A folder of figures with its manifest (see the module docstring)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        record = read_record(self.folder / MANIFEST)
+        valid = isinstance(record, dict) and record.get("format") == FORMAT \
+            and isinstance(record.get("figures"), dict)
+        self.entries: dict[str, Any] = dict(record["figures"]) if valid else {}
+        self._code = code_version()
+
+    def fingerprint(self, job: FigureJob) -> dict[str, Any]:
+        """What the figure of ``job`` is drawn from, as stored in the manifest."""
+        return json.loads(json.dumps({
+            "inputs": {str(p): _stat(p) for p in dict.fromkeys(job.inputs)},
+            "params": job.params, "code": self._code}, default=str))
+
+    def paths(self, job: FigureJob) -> list[Path]:
+        """The PNG and SVG of ``job``."""
+        return [self.folder / f"{job.stem}.{fmt}" for fmt in figures.FORMATS]
+
+    def current(self, job: FigureJob) -> bool:
+        """Whether the folder holds the figure of ``job`` as its inputs are now (or knows
+        that it has no data)."""
+        entry = self.entries.get(job.stem)
+        if not isinstance(entry, dict) or entry.get("fingerprint") != self.fingerprint(job):
+            return False
+        return not entry.get("drawn") or all(p.is_file() for p in self.paths(job))
+
+    def draw(self, jobs: Sequence[FigureJob], on_damaged: Report = figures.warn) -> Drawn:
+        """Draw every figure of ``jobs`` that is not current, keep the others; then
+        write the manifest."""
+        done = Drawn()
+        for job in jobs:
+            if self.current(job):
+                if self.entries[job.stem].get("drawn"):
+                    done.kept.append(self.paths(job)[0])
+                    done.pngs[job.stem] = self.paths(job)[0]
+                continue
+            fingerprint, problems = self.fingerprint(job), []
+
+            def report(line: str) -> None:
+                problems.append(line)
+                on_damaged(line)
+
+            figure = job.draw(report)
+            if figure is not None:
+                done.written += figures.save(figure, self.folder / job.stem)
+                done.pngs[job.stem] = self.paths(job)[0]
+            settled = all(s is None or time.time_ns() - s[1] >= RACY_SECONDS * 1e9
+                          for s in fingerprint["inputs"].values())
+            self.entries.pop(job.stem, None)
+            if settled and not problems:
+                self.entries[job.stem] = {"fingerprint": fingerprint,
+                                          "drawn": figure is not None}
+        if done.written or self.entries:
+            write_json(self.folder / MANIFEST, {"format": FORMAT, "figures": self.entries})
+        return done
