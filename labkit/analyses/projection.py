@@ -49,13 +49,10 @@ from labkit.analyses.base import Analysis
 from labkit.core.registry import Seed
 from labkit.measures.layers import measured_layers
 from labkit.measures.pca_dimension import intrinsic_dimensionality
-from labkit.measures.saturation import (
-    TRAIN_PASS,
-    SaturationConfig,
-    spectrum,
-)
+from labkit.measures.saturation import spectrum
 from labkit.measures.saturation_tracker import SaturationTracker
 from labkit.outputs.projection_plot import draw_projection
+from labkit.spec.saturation import TRAIN_PASS, SaturationConfig
 from labkit.store.atomic import write_csv
 from labkit.training.build import make_metrics
 from labkit.training.evaluation import evaluate
