@@ -18,7 +18,7 @@ from labkit.analyses import FinishedRun
 from labkit.spec import expand
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
-from labkit.testing import run_cli
+from labkit.testing import run_here
 from labkit.training.build import build_component
 
 TINY = {"model": "cnn_xs", "dataset": {"name": "digits"}, "batch_size": 64,
@@ -133,7 +133,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(registries, tmp_pa
         proc.wait()
     assert runinfo.read_status(killed.directory)["state"] == "running"  # it really died
     assert checkpoint.epochs_on_disk(ckpt_dir)[-1] < epochs
-    result = run_cli("run", str(spec_path), "--run-id", "K", "--quiet")
+    result = run_here("run", str(spec_path), "--run-id", "K", "--quiet")
     assert result.returncode == 0, result.stderr
     assert_states_identical(final_state(reference), final_state(killed))
     ref_log = pd.read_csv(reference.directory / runinfo.LOG_CSV).drop(columns="epoch_seconds")
@@ -162,7 +162,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(registries, tm
 
 def test_diverging_run_fails_with_its_reason_and_the_grid_goes_on(tmp_path, write_spec):
     spec = write_spec({**TINY, "epochs": 2, "optimizer": {"name": "sgd", "lr": [0.05, 1e12]}})
-    result = run_cli("run", str(spec), "--run-id", "D", "--quiet")
+    result = run_here("run", str(spec), "--run-id", "D", "--quiet")
     assert result.returncode == 1
     assert "1 finished" in result.stdout and "1 failed" in result.stdout
     states = {}
@@ -176,13 +176,13 @@ def test_diverging_run_fails_with_its_reason_and_the_grid_goes_on(tmp_path, writ
 
 def test_results_table_is_tidy_and_filterable(tmp_path, write_spec):
     spec = write_spec({**TINY, "epochs": 2, "seed": [0, 1]})
-    assert run_cli("run", str(spec), "--run-id", "R", "--quiet").returncode == 0
+    assert run_here("run", str(spec), "--run-id", "R", "--quiet").returncode == 0
     out = tmp_path / "results.csv"
-    result = run_cli("results", str(tmp_path / "logs"), "-o", str(out), "--run-id", "R")
+    result = run_here("results", str(tmp_path / "logs"), "-o", str(out), "--run-id", "R")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
     assert len(table) == 4 and set(table["config.seed"]) == {0, 1}
     assert set(table["state"]) == {"finished"} and table["run_hash"].nunique() == 2
     assert {"epoch", "eval-accuracy", "config.optimizer.lr"} <= set(table.columns)
-    none = run_cli("results", str(tmp_path / "logs"), "--run-id", "nope")
+    none = run_here("results", str(tmp_path / "logs"), "--run-id", "nope")
     assert none.returncode == 2 and "no runs found" in none.stderr

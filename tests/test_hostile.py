@@ -20,7 +20,7 @@ from labkit.cli import cli
 from labkit.cli.commands.common import load_runs
 from labkit.cli.launch import RunTask, run_local
 from labkit.store import runinfo
-from labkit.testing import run_cli
+from labkit.testing import run_here
 
 sys.path.insert(0, str(Path(__file__).parent))
 from spec_fuzz import corpus  # noqa: E402
@@ -258,7 +258,7 @@ def test_a_full_disk_is_one_message_not_a_signal(small_disk, tmp_path):
     spec.write_text(json.dumps({**TINY, "epochs": 1, "logs_dir": str(small_disk / "logs"),
                                 "analyses": [{"name": "latents", "downsampling": "pixelwise",
                                               "dtype": "float32"}]}))
-    result = run_cli("run", str(spec), "--run-id", "F", "--quiet")
+    result = run_here("run", str(spec), "--run-id", "F", "--quiet")
     # refused before writing: the planned bytes do not fit (not -7, SIGBUS, as before)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -266,7 +266,7 @@ def test_a_full_disk_is_one_message_not_a_signal(small_disk, tmp_path):
     (run,) = load_runs(str(spec), "F")
     assert runinfo.read_status(run.directory)["state"] == "finished"  # training was kept
     assert not latents.read_manifest(latents.locate(run, "pixelwise"))  # nothing looks whole
-    full = run_cli("results", str(small_disk / "logs"), "-o", str(small_disk / "all.csv"))
+    full = run_here("results", str(small_disk / "logs"), "-o", str(small_disk / "all.csv"))
     assert full.returncode in (0, 1) and "Traceback" not in full.stderr
 
 
@@ -291,13 +291,13 @@ def read_only(tmp_path):
 def test_a_finished_run_on_a_read_only_disk_is_read_not_written(tmp_path, read_only):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({**TINY, "epochs": 1, "logs_dir": str(tmp_path / "logs")}))
-    assert run_cli("run", str(spec), "--run-id", "R", "--quiet").returncode == 0
+    assert run_here("run", str(spec), "--run-id", "R", "--quiet").returncode == 0
     read_only(tmp_path / "logs")
-    again = run_cli("run", str(spec), "--run-id", "R", "--quiet")
+    again = run_here("run", str(spec), "--run-id", "R", "--quiet")
     assert again.returncode == 0 and "1 already finished" in again.stdout, again.stderr
     for args in (["status", str(spec), "--run-id", "R"], ["results", str(tmp_path / "logs")]):
-        result = run_cli(*args)
+        result = run_here(*args)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    extract = run_cli("extract", str(spec), "--run-id", "R", "-d", "2")
+    extract = run_here("extract", str(spec), "--run-id", "R", "-d", "2")
     assert extract.returncode == 1 and "Traceback" not in extract.stderr
     assert "Read-only file system" in extract.stderr

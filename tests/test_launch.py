@@ -17,7 +17,7 @@ from labkit.cli.launch import RunTask, submit_array, submitit_folder
 from labkit.spec import LauncherConfig, expand
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
-from labkit.testing import run_cli
+from labkit.testing import run_cli, run_here
 
 GRID = {"model": "cnn_xs", "dataset": {"name": "digits", "augment": "flip_crop"},
         "batch_size": 64, "epochs": 2,
@@ -52,9 +52,9 @@ def test_jobs_2_gives_the_same_runs_as_sequential(tmp_path):
         for key, tensor in weights.items():
             assert torch.equal(tensor, par[run_hash][key]), (run_hash, key)
 
-    status = run_cli("status", str(spec), "--run-id", "J")
+    status = run_here("status", str(spec), "--run-id", "J")
     assert status.returncode == 0 and "4 finished" in status.stdout and "2/2" in status.stdout
-    other = run_cli("status", str(spec), "--run-id", "other")
+    other = run_here("status", str(spec), "--run-id", "other")
     assert "4 not started" in other.stdout
 
 
@@ -63,7 +63,7 @@ def test_launcher_settings_come_from_the_spec_and_the_command_line_wins(tmp_path
     (run, *_) = load_runs(str(spec), "L")
     assert run.config["launcher"]["jobs"] == 3
     typo = write_spec({**GRID, "launcher": {"name": "slurm", "partiton": "gpu"}})
-    result = run_cli("run", str(typo), "--run-id", "L", "--dry-run")
+    result = run_here("run", str(typo), "--run-id", "L", "--dry-run")
     assert result.returncode == 2 and "did you mean 'partition'" in result.stderr.lower()
 
 
@@ -72,7 +72,7 @@ def test_submitit_task_interrupted_and_requeued_resumes_to_identical_weights(tmp
     spec = {**GRID, "epochs": 6, "optimizer": {"name": "sgd", "lr": 0.05}, "seed": 0}
     reference_spec = tmp_path / "ref.json"
     reference_spec.write_text(json.dumps({**spec, "logs_dir": str(tmp_path / "ref")}))
-    assert run_cli("run", str(reference_spec), "--run-id", "S", "--quiet").returncode == 0
+    assert run_here("run", str(reference_spec), "--run-id", "S", "--quiet").returncode == 0
 
     array_spec = tmp_path / "array.json"
     array_spec.write_text(json.dumps({**spec, "logs_dir": str(tmp_path / "array")}))

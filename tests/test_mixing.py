@@ -24,7 +24,7 @@ from labkit.methods.supervised import Supervised
 from labkit.spec import expand
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
-from labkit.testing import run_cli
+from labkit.testing import run_here
 from labkit.training.build import build_component
 
 MIXED = {**TINY, "batch_size": 32, "epochs": 1, "method": {"name": "supervised",
@@ -195,7 +195,7 @@ def test_supervised_with_mixup_trains_and_resumes_bit_identically_after_a_mid_ep
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not checkpoint.epochs_on_disk(ckpt_dir)  # killed inside the first epoch
-    result = run_cli("run", str(path), "--run-id", "K")
+    result = run_here("run", str(path), "--run-id", "K")
     assert result.returncode == 0, result.stderr
     assert "resuming epoch 1 after" in result.stderr
     assert_states_identical(final(reference), final(killed))

@@ -23,7 +23,7 @@ from labkit.methods import Method, RunContext
 from labkit.spec import expand
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import ADDED_LATER, run_hash
-from labkit.testing import run_cli
+from labkit.testing import run_here
 from labkit.training import optimizers as optim
 from labkit.training.build import build_component
 from labkit.training.epoch import channels_last
@@ -74,7 +74,7 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical_to_a_run_never_interrup
         _, err = proc.communicate()
         resumed_mid_epoch += "batches" in err and "resuming epoch" in err
     assert runinfo.read_status(killed.directory)["state"] == "running"
-    result = run_cli("run", str(spec_path), "--run-id", "K")
+    result = run_here("run", str(spec_path), "--run-id", "K")
     assert result.returncode == 0, result.stderr
     resumed_mid_epoch += "resuming epoch" in result.stderr
     assert resumed_mid_epoch >= 2, "the kills should have left mid-epoch checkpoints to resume"
@@ -197,7 +197,7 @@ def test_warm_up_in_steps_needs_a_per_step_schedule(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({**TINY, "epochs": 1, "logs_dir": str(tmp_path / "logs"),
                                 "scheduler": {"name": "cosine", "warmup_steps": 5}}))
-    result = run_cli("run", str(spec), "--run-id", "A", "--dry-run")
+    result = run_here("run", str(spec), "--run-id", "A", "--dry-run")
     assert result.returncode == 2
     assert "scheduler_interval" in result.stderr and "Traceback" not in result.stderr
 
@@ -315,7 +315,7 @@ def test_the_device_loader_trains_what_the_dataloader_trains_and_resumes_mid_epo
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    result = run_cli("run", str(path), "--run-id", "K")
+    result = run_here("run", str(path), "--run-id", "K")
     assert result.returncode == 0, result.stderr
     assert "resuming epoch" in result.stderr
     assert_states_identical(final(reference), final(killed))
