@@ -15,7 +15,7 @@ import termios
 
 import pytest
 
-from labkit.testing import invoke, run_cli
+from labkit.testing import invoke, run_cli, run_here
 from labkit.training import progress
 
 SPEC = {"model": "mlp_s", "dataset": {"name": "digits", "resolution": 8}, "epochs": 1,
@@ -29,11 +29,12 @@ STEP = r" \(\d+\.\d s\)$"  # a finished step's time ends its line
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A one-run spec trained with its analyses by `labkit run`, stderr a pipe."""
+    """A one-run spec trained with its analyses by `labkit run` (in this process), stderr
+    no terminal."""
     folder = tmp_path_factory.mktemp("progress")
     spec = folder / "spec.json"
     spec.write_text(json.dumps({**SPEC, "logs_dir": str(folder / "logs")}))
-    result = run_cli("run", str(spec), "--run-id", "P")
+    result = run_here("run", str(spec), "--run-id", "P")
     assert result.returncode == 0, result.stderr
     return spec, result.stderr
 

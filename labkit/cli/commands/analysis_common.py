@@ -11,10 +11,9 @@ from pydantic import BaseModel, ValidationError
 
 from labkit.analyses import Analysis, FinishedRun
 from labkit.cli import plugins
-from labkit.cli.commands.status import labels
 from labkit.core.errors import UserError
 from labkit.store import runinfo
-from labkit.store.identity import RunConfig
+from labkit.store.identity import RunConfig, display_labels
 from labkit.training.progress import working_on
 
 
@@ -35,12 +34,13 @@ def finished_run(run: RunConfig, spec: str) -> FinishedRun:
 
 def progress_labels(runs: list[RunConfig]) -> list[str]:
     """What progress calls each run: its model and the values that set it apart from the
-    other runs (``cnn_s lr=0.1``; see :func:`labkit.cli.commands.status.labels`)."""
+    other runs (``cnn_s lr=0.1``; a grid of one: its model; see
+    :func:`labkit.store.identity.display_labels`)."""
+    shown, keys = display_labels([run.config for run in runs])
     named = []
-    for run, label in zip(runs, labels(runs)):
+    for run, label in zip(runs, shown):
         model = run.config["model"]["name"]
-        named.append(label if f"={model}" in label else model if label == "-"
-                     else f"{model} {label}")
+        named.append(label if not keys or f"={model}" in label else f"{model} {label}")
     return named
 
 
