@@ -49,6 +49,7 @@ from labkit.store.run_ref import RunInFolder, RunReference, read_run, run_in_fol
 from labkit.store.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint
 from labkit.training.build import build_component, make_metrics, meta_model, seed_everything
 from labkit.training.evaluation import evaluate, to_device
+from labkit.training.progress import note, step, track
 from labkit.training.schedules import Schedule, Scheduled, value_at
 
 __all__ = [
@@ -72,6 +73,8 @@ __all__ = [
     "hard_labels", "BatchMixer", "MODELS", "Method", "RunContext",
     "StepResult", "Supervised", "layer_name", "measured_layers", "Schedule", "Scheduled",
     "value_at",
+    # progress of long work: bars on a terminal, lines in logs, nothing under --quiet
+    "track", "step", "note",
     # workflows: training, analyses, latents; the report's building blocks (plugin sections)
     "train", "ensure_trained", "finished_link", "RunFailed", "Analysis", "FinishedRun",
     "Latents", "latents", "html_table", "figure_html", "readable_log", "labelled_runs",

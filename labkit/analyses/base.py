@@ -214,5 +214,6 @@ class Analysis:
         write_json(self.record_path(), {**self.fingerprint(), "outputs": self.output_digests()})
 
     def compute(self, progress: bool = True) -> None:
-        """Do the work and write :meth:`outputs`; ``progress``: show progress bars."""
+        """Do the work and write :meth:`outputs`; ``progress``: show what it does, with
+        :func:`labkit.training.progress.track` (``labkit.api.track`` for plugins)."""
         raise NotImplementedError

@@ -44,6 +44,7 @@ from labkit.store.atomic import write_csv
 from labkit.store.readers import read_csv_file, read_npy_file
 from labkit.training.build import build_component, make_metrics
 from labkit.training.evaluation import evaluate
+from labkit.training.progress import step, track
 
 RESULTS_CSV = "evaluations.csv"
 SUM_TOLERANCE = 1e-3
@@ -253,9 +254,12 @@ class Evaluate(Analysis):
             soft = torch.zeros(len(split), len(mine), dtype=torch.float64)
             soft[:, mapping] = torch.from_numpy(given)
         loader = DataLoader(_Relabelled(split, mapping), batch_size=run.config["eval_batch_size"])
-        scores = evaluate(run.model, loader,
-                          make_metrics(run.registries, run.config["metrics"],
-                                       run.data.num_classes), run.device, soft)
+        with step("evaluate", f"{spec['name']} {self.params.split} ({len(split)} images)",
+                  progress=progress):
+            scores = evaluate(run.model, track(loader, self.params.split, unit="batch",
+                                               progress=progress, lines=False),
+                              make_metrics(run.registries, run.config["metrics"],
+                                           run.data.num_classes), run.device, soft)
         row = {**self.key(), "soft_labels_sha256": self.soft_labels_digest or "",
                "images": len(split), **scores}
         path = self.outputs()[0]

@@ -42,6 +42,7 @@ from labkit.measures.layers import measured_layers
 from labkit.store.atomic import write_csv
 from labkit.store.latent_layout import array_path, verify_files
 from labkit.store.readers import read_npy_file
+from labkit.training.progress import track
 
 RESULTS_CSV = "intrinsic_dimension.csv"
 
@@ -139,11 +140,15 @@ class IntrinsicDimension(Analysis):
             "activations"
 
     def compute(self, progress: bool = True) -> None:
+        """Estimate every chosen layer of every split and write the table; ``progress``:
+        show each split and layer as it is done (:mod:`labkit.training.progress`)."""
         params = self.params
         table = []
-        for split in self.splits:
+        for split in track(self.splits, "intrinsic_dimension", unit="split", progress=progress,
+                           label=str):
             found, source = self.points(split)
-            for name, x in found.items():
+            for name, x in track(found.items(), f"intrinsic_dimension {split}", unit="layer",
+                                 progress=progress, label=lambda item: item[0]):
                 index = self.order.index(name)
                 table.append({
                     "layer": name, "layer_index": index,

@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 from pydantic import BaseModel, Field
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from labkit.core.errors import DamagedFile, UserError
 from labkit.measures.layers import measured_layers
@@ -62,7 +61,7 @@ from labkit.store.latent_layout import (
     read_manifest,
 )
 from labkit.store.readers import read_json, read_json_file, readable_size
-from labkit.training.progress import quiet_bars
+from labkit.training.progress import track
 
 __all__ = ["MANIFEST", "PROGRESS", "Mode", "array_path", "extract", "locate", "parse_mode",
            "pointer_path", "read_manifest", "reduce", "source_run_dir", "stream"]
@@ -242,7 +241,8 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
         batch_size: images per forward pass (fixed for the whole extraction, resumes
             included, so a resumed extraction writes the same bits).
         dtype: ``"float16"`` (half the size of float32) or ``"float32"``.
-        progress: show progress bars (on a terminal only).
+        progress: show each split as a step, its batches as a bar on a terminal
+            (:mod:`labkit.training.progress`).
         record_seconds: least time between progress records; each one flushes the
             files to disk first (tens of milliseconds), so recording every batch would
             dominate small batches. A kill loses at most this much work.
@@ -276,8 +276,10 @@ def extract(model: torch.nn.Module, splits: dict[str, Dataset], directory: Path,
                     (directory / PROGRESS).unlink(missing_ok=True)
                 return manifest
             state = _resume_state(directory, plan, batch_size, shapes)
-            for split, dataset in splits.items():
-                _extract_split(model, recorder, split, dataset, directory, mode, shapes,
+            for split in track(splits, "latents", unit="split", progress=progress,
+                               label=lambda s: f"{s} ({len(splits[s])} images, "
+                                               f"{len(shapes)} layers)"):
+                _extract_split(model, recorder, split, splits[split], directory, mode, shapes,
                                np.dtype(dtype), state, progress, record_seconds)
     finally:
         recorder.close()
@@ -352,8 +354,8 @@ def _extract_split(model: torch.nn.Module, recorder: _Recorder, split: str, data
             _reserve(part)
     loader = DataLoader(Subset(dataset, range(done, images)), batch_size=state["batch_size"])
     recorded = time.monotonic()
-    for reduced, labels in _reduced_batches(model, recorder, tqdm(
-            loader, desc=f"latents {split}", leave=False, disable=quiet_bars(progress)), mode):
+    for reduced, labels in _reduced_batches(model, recorder, track(
+            loader, split, unit="batch", progress=progress, lines=False), mode):
         count = len(labels)
         for name, output in reduced.items():
             rows = output.cpu().numpy()

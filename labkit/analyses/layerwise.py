@@ -25,6 +25,7 @@ from labkit.analyses.base import Analysis, FinishedRun
 from labkit.analyses.probe_stream import stream_probes
 from labkit.analyses.probes import ProbeParams, results_path, run_probes, save_results
 from labkit.core.errors import DamagedFile, UserError
+from labkit.measures.layers import measured_layers
 from labkit.measures.receptive_field import receptive_fields
 from labkit.outputs.tail_plot import FIGURE, draw_tail_pattern
 from labkit.spec.values import file_prefix, memory_size, parse_size
@@ -33,6 +34,7 @@ from labkit.store.latent_layout import portable
 from labkit.store.readers import read_json
 from labkit.store.runinfo import RF_CSV
 from labkit.training.build import build_component
+from labkit.training.progress import step
 
 Downsampling = Annotated[int, Field(ge=1)] | Literal["pixelwise", "none"]
 
@@ -72,8 +74,11 @@ class ReceptiveField(Analysis):
             model = build_component(self.run.registries, "models", self.run.config["model"],
                                     num_classes=data.num_classes, in_channels=data.in_channels,
                                     resolution=data.resolution)
-        table = receptive_fields(model, data.in_channels, data.resolution, self.params.layers,
-                                 check=self.params.check)
+        layers = len(measured_layers(model, self.params.layers))
+        with step("receptive_field", f"{layers} layers" + (", gradient check" if self.params.check
+                                                           else ""), progress=progress):
+            table = receptive_fields(model, data.in_channels, data.resolution,
+                                     self.params.layers, check=self.params.check)
         write_csv(self.outputs()[0], table)
 
 
@@ -122,7 +127,7 @@ class Latents(Analysis):
     def compute(self, progress: bool = True) -> None:
         """Extract (resuming or skipping as the files say) and point the run at the result.
 
-        ``progress``: show progress bars (only ever on a terminal).
+        ``progress``: show progress (:mod:`labkit.training.progress`).
         """
         run = self.run
         data = run.data
@@ -230,7 +235,7 @@ class Probes(Analysis):
         fields = ReceptiveField(self.run, ReceptiveField.Params())
         try:
             if not fields.is_complete():
-                fields.produce()
+                fields.produce(progress)
         except UserError as exc:  # a model too small for its input still gets its probes
             warnings.warn(f"tail-pattern figure without the receptive-field border: {exc}",
                           stacklevel=2)
@@ -242,13 +247,14 @@ class Probes(Analysis):
                                   max_iter=settings["max_iter"], tol=settings["tol"],
                                   standardize=settings["standardize"],
                                   batch_size=self.run.config["eval_batch_size"],
-                                  report=self.report)
+                                  report=self.report, progress=progress)
         else:
             memory = parse_size(self.params.memory) if self.params.memory is not None else None
             table = pd.concat([run_probes(self._source(), self.params.processes,
                                           ProbeParams(**settings, C=C), str(self.run.device),
-                                          memory, self.report) for C in self.Cs],
-                              ignore_index=True)
+                                          memory, self.report, progress,
+                                          "probes" + (f" C={C:g}" if len(self.Cs) > 1 else ""))
+                               for C in self.Cs], ignore_index=True)
             table["probe_mode"] = self.mode
         save_results(self.run.directory, table, self.params.prefix)
         draw_tail_pattern(self.run.directory, self.params.prefix)

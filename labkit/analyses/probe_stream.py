@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from labkit.analyses import latents
 from labkit.measures import logistic_stream
 from labkit.measures.layers import measured_layers
+from labkit.training.progress import step, track
 
 SOLVER = "lbfgs"
 """``probe_solver`` of streamed rows: full-batch L-BFGS, one pass per evaluation."""
@@ -52,7 +53,8 @@ def stream_probes(model: torch.nn.Module, splits: dict[str, Dataset], mode: late
                   classes: int, Cs: Sequence[float], *, max_iter: int = 1000,
                   tol: float = 1e-4, standardize: bool = True,
                   layers: Sequence[str] | None = None, batch_size: int = 512,
-                  report: Callable[[str], None] | None = None) -> pd.DataFrame:
+                  report: Callable[[str], None] | None = None,
+                  progress: bool = False) -> pd.DataFrame:
     """Fit and score the probe of every layer for every ``C`` from forward passes.
 
     Args:
@@ -66,6 +68,8 @@ def stream_probes(model: torch.nn.Module, splits: dict[str, Dataset], mode: late
         layers: wildcards on layer names; ``None``: every Conv2d and Linear.
         batch_size: images per forward pass.
         report: receives a line about the passes when the fit ends.
+        progress: show the fit as one step, and each pass's batches on a terminal
+            (:mod:`labkit.training.progress`).
 
     Returns:
         The columns of :func:`labkit.analyses.probes.run_probes` (``latents_digest`` empty: no
@@ -74,20 +78,26 @@ def stream_probes(model: torch.nn.Module, splits: dict[str, Dataset], mode: late
         :data:`SOLVER` and ``probe_mode`` ``stream``.
     """
     inputs = {split: _inputs(dataset, batch_size) for split, dataset in splits.items()}
+    count = {split: 0 for split in splits}
 
     def passes(split: str) -> Iterable[logistic_stream.Batch]:
-        return latents.stream(model, inputs[split](), mode, layers)
+        count[split] += 1
+        batches = inputs[split]()
+        return track(latents.stream(model, batches, mode, layers),
+                     f"pass {count[split]} over {split}", unit="batch", progress=progress,
+                     total=len(batches), lines=False)
 
     Cs = list(Cs)
     others = [split for split in splits if split != "train"]
-    result = logistic_stream.fit(passes, others, classes, Cs, max_iter=max_iter, tol=tol,
-                                 standardize=standardize,
-                                 device=next(model.parameters()).device)
+    order = [name for name, _ in measured_layers(model, layers)]
+    with step("probes", f"streamed, {len(order)} layers × {len(Cs)} C", progress=progress):
+        result = logistic_stream.fit(passes, others, classes, Cs, max_iter=max_iter, tol=tol,
+                                     standardize=standardize,
+                                     device=next(model.parameters()).device)
     if report is not None:
         report(f"streamed probes: {len(Cs)} C × {len(result.fits) // len(Cs)} layer(s) in "
                f"{result.passes['train']} passes over train (one per evaluation, all shared), "
                f"{result.seconds:.1f} s; no latents written")
-    order = [name for name, _ in measured_layers(model, layers)]
     rows = []
     for C in Cs:
         for name in (n for n in order if (n, C) in result.fits):

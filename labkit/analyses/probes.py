@@ -45,6 +45,7 @@ from labkit.store.atomic import write_csv, write_json
 from labkit.store.latent_layout import array_path, read_manifest, verify_files
 from labkit.store.readers import TEXT, read_csv_file, read_json, read_npy_file, readable_size
 from labkit.store.runinfo import PROBES_CSV
+from labkit.training.progress import track
 
 RESULTS_CSV = PROBES_CSV
 CACHE_DIR = "probe_cache"
@@ -318,14 +319,16 @@ def write_cached(directory: Path, key: list[Any], result: dict[str, Any]) -> Non
 
 def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None = None,
                device: str = "cpu", memory: int | None = None,
-               report: Callable[[str], None] | None = None) -> pd.DataFrame:
+               report: Callable[[str], None] | None = None, progress: bool = False,
+               what: str = "probes") -> pd.DataFrame:
     """Probe every layer of the latents in ``directory``, in parallel, cached.
 
     Layers already in the cache are read in this process; only the others go to
     workers, so a fully cached rerun starts no worker at all. At most ``processes``
     fits run at once, and no more than fit together in ``memory`` bytes
     (:func:`fit_bytes` each; default :func:`default_memory`); ``report`` receives one
-    line saying how many run at once and why.
+    line saying how many run at once and why. ``progress``: show each layer as its fit
+    ends (:func:`labkit.training.progress.track`, the loop called ``what``).
 
     Returns:
         One row per layer in network order: ``layer``, ``downsampling`` (the latents'
@@ -376,16 +379,18 @@ def run_probes(directory: Path, processes: int = 1, params: ProbeParams | None =
                                            for split in manifest["plan"]["splits"]
                                            for name in ["labels", *todo]])
     threads = max(1, available_threads() // workers)  # no oversubscribed cores
-    fitted = Parallel(n_jobs=workers)(
+    fitted = Parallel(n_jobs=workers, return_as="generator")(
         delayed(fit_layer)(manifest["digest"], layer, settings, str(directory), device, threads)
         for layer in todo)
+    for layer, result in zip(todo, track(fitted, what, unit="layer", progress=progress,
+                                         total=len(layers), done=len(results),
+                                         label=lambda fit: fit["layer"]), strict=True):
+        write_cached(directory, keys[layer], result)
+        results[layer] = read_cached(directory, keys[layer], splits)  # as JSON gives it back
     if workers > 1:
         # loky keeps its workers for reuse and an exiting process then waits out their
         # idle timeout (minutes): a grid worker would hang long after its run finished
         get_reusable_executor().shutdown(wait=True)
-    for layer, result in zip(todo, fitted, strict=True):
-        write_cached(directory, keys[layer], result)
-        results[layer] = read_cached(directory, keys[layer], splits)  # as JSON gives it back
     table = pd.DataFrame([results[layer] for layer in layers])
     table.insert(1, "downsampling", str(manifest["plan"]["mode"]))
     table["latents_digest"] = manifest["digest"]

@@ -56,6 +56,7 @@ from labkit.spec.saturation import TRAIN_PASS, SaturationConfig
 from labkit.store.atomic import write_csv
 from labkit.training.build import make_metrics
 from labkit.training.evaluation import evaluate
+from labkit.training.progress import step, track
 
 RESULTS_CSV = "projected_results.csv"
 RESULTS_PNG = "projected_results.png"
@@ -130,8 +131,11 @@ class Projection(Analysis):
         run, params, data = self.run, self.params, self.run.data
         patterns = params.layers or (run.config.get("saturation") or {}).get("layers")
         layers = dict(measured_layers(run.model, patterns))
-        moments = self._training_moments(layers)
-        directions = {name: principal_axes(cov) for name, (_, cov) in moments.items()}
+        with step("projection", f"covariances of {len(layers)} layers, unprojected scores",
+                  progress=progress):
+            moments = self._training_moments(layers)
+            directions = {name: principal_axes(cov) for name, (_, cov) in moments.items()}
+            unprojected = {split: self._score(split, layers, {}) for split in data.evals}
 
         def projections(bases: dict[str, torch.Tensor]) -> dict[str, tuple]:
             # a layer keeping every direction is left alone: exactly the identity
@@ -139,9 +143,9 @@ class Projection(Analysis):
                     for name, basis in bases.items() if basis.shape[1] < basis.shape[0]}
 
         generator = torch.Generator().manual_seed(params.seed)
-        unprojected = {split: self._score(split, layers, {}) for split in data.evals}
         rows = []
-        for delta in params.deltas:
+        for delta in track(params.deltas, "projection", unit="delta", progress=progress,
+                           label=lambda delta: f"{delta:g}"):
             kept = {name: intrinsic_dimensionality(spectrum(cov), delta, "reach")
                     for name, (_, cov) in moments.items()}
             pca = projections({name: directions[name][:, :k] for name, k in kept.items()})

@@ -30,6 +30,7 @@ from labkit.spec.saturation import IdimRule
 from labkit.store import runinfo
 from labkit.store.atomic import write_csv
 from labkit.store.checkpoint_files import epoch_of
+from labkit.training.progress import track
 
 RESULTS_CSV = "saturation.csv"
 
@@ -66,7 +67,7 @@ class SaturationViews(Analysis):
                             f"{', '.join(map(str, missing))} of {last}, so a table would lack "
                             f"them; {SPECTRA_LOST}")
         rows = []
-        for epoch in epochs:
+        for epoch in track(epochs, "saturation", unit="epoch", progress=progress):
             for split, layers in load_spectra(spectra_path(directory, epoch)).items():
                 for layer, eigenvalues in layers.items():
                     for delta in self.params.deltas:

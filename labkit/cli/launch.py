@@ -12,7 +12,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ import submitit
 from labkit.core.errors import UserError
 from labkit.spec import LauncherConfig
 from labkit.training import distributed
+from labkit.training.progress import Board, relayed, working_on
 
 
 @dataclass
@@ -31,13 +32,15 @@ class RunTask(submitit.helpers.Checkpointable):
         config: the run's resolved config.
         run_id: the run-id.
         device: torch device.
-        progress: show progress bars.
+        progress: show progress (:mod:`labkit.training.progress`): epochs, analyses.
+        label: what progress calls the run (``cnn_s lr=0.1``); default its directory name.
     """
 
     config: dict[str, Any]
     run_id: str
     device: str
     progress: bool = False
+    label: str = ""
 
     def __call__(self) -> str:
         """Train the run; returns its state: ``finished``, ``skipped``, ``failed``, or
@@ -51,10 +54,18 @@ class RunTask(submitit.helpers.Checkpointable):
         if self.config["nproc"] > 1:  # one of a job's nproc tasks: join the others
             os.environ.update(distributed.task_environment())
         try:
-            return engine.train(run, plugins.registries(), self.device, progress=self.progress)
+            with working_on(self.name()):
+                return engine.train(run, plugins.registries(), self.device,
+                                    progress=self.progress)
         except UserError as exc:
             print(f"error: {run.directory}: {exc}", file=sys.stderr, flush=True)
             return INVALID
+
+    def name(self) -> str:
+        """What progress calls the run: its label, else its directory name."""
+        from labkit.store.identity import RunConfig
+
+        return self.label or RunConfig(self.config, self.run_id).name
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit's hook on a timeout or preemption, before it requeues the task: the
@@ -78,6 +89,9 @@ def run_local(tasks: list[RunTask], jobs: int,
     Each task runs in a process of its own (spawned: forking a process that already
     initialised torch's thread pools or CUDA is unsafe), so a worker that dies (killed,
     out of memory) fails its run only: its status says so and the grid goes on.
+    Workers relay their progress here (:func:`labkit.training.progress.relayed`), which a
+    :class:`~labkit.training.progress.Board` shows: one line per worker on a terminal,
+    else their lines prefixed ``[worker k]``; nothing for tasks without ``progress``.
     ``on_done(index, state)`` is called as each run ends, in completion order; the
     returned states are in task order.
     """
@@ -90,33 +104,73 @@ def run_local(tasks: list[RunTask], jobs: int,
     context = multiprocessing.get_context("spawn")
     states: list[str] = [""] * len(tasks)
     waiting = list(enumerate(tasks))
-    running: dict[Any, tuple[int, Any, Any]] = {}  # sentinel -> (index, process, pipe)
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            i, task = waiting.pop(0)
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_work, args=(replace(task, progress=False), send),
-                                      name=f"labkit-run-{i}")
-            process.start()
-            send.close()
-            running[process.sentinel] = (i, process, receive)
-        for sentinel in multiprocessing.connection.wait(list(running)):
-            i, process, receive = running.pop(sentinel)
-            process.join()
-            try:
-                states[i] = receive.recv()
-            except EOFError:  # it ended without reporting
-                states[i] = _died(tasks[i], process.exitcode)
-            receive.close()
-            on_done(i, states[i])
+    board = Board(min(jobs, len(tasks)), enabled=any(task.progress for task in tasks))
+    running: dict[Any, _Worker] = {}  # sentinel -> worker
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                i, task = waiting.pop(0)
+                slot = min(set(range(jobs)) - {w.slot for w in running.values()})
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_work, args=(task, send),
+                                          name=f"labkit-run-{i}")
+                process.start()
+                send.close()
+                running[process.sentinel] = _Worker(i, slot, process, receive)
+                board.start(slot, task.name())
+            ready = multiprocessing.connection.wait(
+                [*running, *(w.receive for w in running.values() if w.open)])
+            for worker in running.values():
+                if worker.receive in ready:
+                    worker.read(board)
+            for sentinel in [s for s in ready if s in running]:
+                worker = running.pop(sentinel)
+                worker.process.join()
+                while worker.open:  # what it sent before it ended
+                    worker.read(board)
+                i = worker.index
+                states[i] = worker.state or _died(tasks[i], worker.process.exitcode)
+                board.finish(worker.slot)
+                with board.paused():
+                    on_done(i, states[i])
+    finally:
+        board.close()
     return states
 
 
+@dataclass
+class _Worker:
+    """A worker process of :func:`run_local`, running task ``index`` in place ``slot``."""
+
+    index: int
+    slot: int
+    process: Any
+    receive: Any  # its end of the pipe: progress events, then the run's state
+    state: str | None = None
+    open: bool = True
+
+    def read(self, board: Board) -> None:
+        """Take one message from the worker: a progress event (shown on ``board``) or
+        its run's state; the end of the pipe closes it."""
+        try:
+            message = self.receive.recv()
+        except (EOFError, OSError):  # it ended (or died) and all it sent is read
+            self.open = False
+            self.receive.close()
+            return
+        if isinstance(message, str):
+            self.state = message
+        else:
+            board.show(self.slot, message)
+
+
 def _work(task: RunTask, send: Any) -> None:
-    """A worker process: train one run and send its state back. An error that escapes
-    the engine (a file system refusing a status write) fails the run with one line."""
+    """A worker process: train one run, relaying its progress, and send its state back.
+    An error that escapes the engine (a file system refusing a status write) fails the
+    run with one line."""
     try:
-        state = task()
+        with relayed(send.send):
+            state = task()
     except Exception as exc:  # noqa: BLE001 - reported as one line, the grid goes on
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         print(f"error: {type(exc).__name__}: {exc}{where}", file=sys.stderr, flush=True)
@@ -170,6 +224,5 @@ def submit_array(tasks: list[RunTask], launcher: LauncherConfig, folder: Path) -
         params["tasks_per_node"] = nproc.pop()
     executor.update_parameters(**params)
     with executor.batch():
-        jobs = [executor.submit(replace(t, progress=False))
-                for t in tasks]
+        jobs = [executor.submit(t) for t in tasks]  # progress as lines in the job's log
     return jobs

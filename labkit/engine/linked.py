@@ -29,7 +29,7 @@ def ensure_trained(run: RunConfig, registries: Registries, device: str | None = 
         registries: registries to build its components from.
         device: torch device to train it on; ``None``: the run's own ``device``.
         what: how messages name it (``teacher``, ``init run``).
-        progress: show progress bars.
+        progress: show progress (:mod:`labkit.training.progress`).
 
     Raises:
         RunFailed: training it failed (the reason its ``status.json`` records).

@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from labkit.core.errors import UserError
 from labkit.core.registry import Registries
@@ -34,7 +33,7 @@ from labkit.training.compute import trained_samples, write_computational_info
 from labkit.training.epoch import EpochPosition, channels_last, loader_options, train_one_epoch
 from labkit.training.evaluation import evaluate
 from labkit.training.loggers import Trackers
-from labkit.training.progress import quiet_bars
+from labkit.training.progress import note, subject, track
 from labkit.training.stepper import Stepper, scaled_lr
 
 
@@ -101,7 +100,6 @@ class Job:
     best: dict[str, Any] | None = None
     resumed: dict[str, Any] | None = None  # the mid-epoch position a resume continues
     resumed_rng: dict[str, Any] | None = None
-    bar: Any = None  # the epochs' progress bar
     epoch_started: float = 0.0  # perf_counter at this process's start of the epoch
     epoch_seconds: float = 0.0  # the epoch's training time before this process took over
 
@@ -120,7 +118,9 @@ class Job:
 
     def epochs(self) -> Iterator[int]:
         """The epochs still to train, with a progress bar over them."""
-        return iter(self.bar)
+        return track(range(self.start + 1, self.last_epoch + 1), "", unit="epoch",
+                     progress=self.progress, total=self.last_epoch, done=self.start,
+                     lines=False)
 
     def snapshot(self, epoch_done: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:
         """The checkpoint state after ``epoch_done`` epochs (``rngs``: every process's)."""
@@ -242,7 +242,7 @@ def build_clock(job: Job) -> None:
 
 def resume(job: Job) -> None:
     """Restore the newest intact checkpoint, if any, into ``job``; then record this
-    segment's provenance and start the epochs' progress bar and trackers."""
+    segment's provenance and start the trackers."""
     run, config = job.run, job.config
     state = checkpoint.load_latest(job.checkpoints)
     if state is not None:
@@ -283,8 +283,6 @@ def resume(job: Job) -> None:
     job.trackers = Trackers({spec["name"]: build_component(job.registries, "loggers", spec,
                                                            run=run)
                              for spec in (config["loggers"] if job.main else [])})
-    job.bar = tqdm(range(job.start + 1, job.last_epoch + 1), desc=run.name,
-                   disable=quiet_bars(job.progress))
 
 
 # --- phase 3: one epoch of training (continuing a mid-epoch checkpoint's)
@@ -364,10 +362,8 @@ def end_epoch(job: Job, epoch: int, row: dict[str, Any]) -> None:
     then saves the spectra, the best and the epoch checkpoint, log.csv, the status and
     the trackers' row."""
     config = job.config
-    if job.progress:
-        job.bar.write(epoch_line(job.run.name, epoch, job.last_epoch, row,
-                                 [TRAIN_PASS, *job.eval_loaders], config["metrics"][:1]),
-                      file=sys.stderr)
+    note(epoch_line(subject() or job.run.name, epoch, job.last_epoch, row,
+                    [TRAIN_PASS, *job.eval_loaders], config["metrics"][:1]), job.progress)
     if job.scheduler is not None and not job.per_step:
         job.scheduler.step()
     job.history.append(row)

@@ -23,6 +23,7 @@ from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
 from labkit.training import distributed
 from labkit.training.build import build_component
+from labkit.training.progress import relaying, track, working_on
 
 
 def train(run: RunConfig, registries: Registries, device: str = "cpu",
@@ -39,10 +40,11 @@ def train(run: RunConfig, registries: Registries, device: str = "cpu",
     ``torchrun --standalone`` would, or, when this process is already one of them (a
     submitit job's tasks, torchrun), as that process's share (:func:`train_as_rank`).
     """
-    if distributed.started_as_rank(run.config["nproc"]):
-        return train_as_rank(run, registries, device, progress)
-    with runinfo.exclusive(run.directory), intra_op_threads(run.config["threads"]):
-        return _train_and_analyse(run, registries, device, progress)
+    with working_on(run.name, default=True):  # unless the caller named it shorter
+        if distributed.started_as_rank(run.config["nproc"]):
+            return train_as_rank(run, registries, device, progress)
+        with runinfo.exclusive(run.directory), intra_op_threads(run.config["threads"]):
+            return _train_and_analyse(run, registries, device, progress)
 
 
 def train_as_rank(run: RunConfig, registries: Registries, device: str, progress: bool) -> str:
@@ -88,7 +90,8 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
         runinfo.write_status(run_dir, "running")
         try:
             if run.config["nproc"] > 1 and not distributed.active():
-                train_on_processes(run, registries, device, progress)
+                # its processes cannot relay to a --jobs parent: quiet there
+                train_on_processes(run, registries, device, progress and not relaying())
             else:
                 train_run(run, registries, torch.device(device), progress)
             distributed.shutdown()  # analyses run in this process alone
@@ -103,11 +106,11 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
             runinfo.write_status(run_dir, "failed", reason=reason)
             (run_dir / "error.txt").write_text(traceback.format_exc())
             return "failed"
-        draw_plots(run, redraw=True)
+        draw_plots(run, redraw=True, progress=progress)
     elif sync_log(run, final["history"]):
-        draw_plots(run, redraw=True)  # the saturation columns were read anew
+        draw_plots(run, redraw=True, progress=progress)  # the saturation columns were read anew
     else:
-        draw_plots(run)
+        draw_plots(run, progress=progress)
     if runinfo.read_status(run_dir).get("state") != "finished":
         runinfo.write_status(run_dir, "finished",
                              epoch=checkpoint.epoch_of(runinfo.final_checkpoint(run).name))
@@ -196,23 +199,27 @@ def sync_log(run: RunConfig, history: list[dict[str, Any]]) -> bool:
     return runinfo.write_log(run, saturation_view(run.directory, history, run.config["saturation"]))
 
 
-def draw_plots(run: RunConfig, redraw: bool = False) -> None:
+def draw_plots(run: RunConfig, redraw: bool = False, progress: bool = False) -> None:
     """The run's figures from log.csv, drawn after training rather than inside the epoch
     loop, so figures never slow training down: the per-run figures of
     :func:`labkit.outputs.figures.run_figures` (learning curves, saturation over epochs, …) and
     the per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``). Only missing
-    ones are drawn unless ``redraw``."""
+    ones are drawn unless ``redraw``; ``progress``: say which (:mod:`labkit.training.progress`)."""
     config = run.config["saturation"]
     plots = run.directory / "plots"
     if redraw or not (plots / "learning_curves.png").exists():
-        run_figures(run.directory, plots, f"run {run.name}")
+        run_figures(run.directory, plots, f"run {run.name}", progress)
     if config is None or "lsat" not in SaturationConfig.model_validate(config).stats:
         return
     log = runinfo.read_log(run.directory)  # just synced with the final checkpoint's history
+    todo = {}
     for _, row in log.iterrows() if log is not None else ():
-        path = run.directory / "plots" / f"saturation_epoch_{int(row['epoch']):04d}.png"
+        path = plots / f"saturation_epoch_{int(row['epoch']):04d}.png"
         if redraw or not path.exists():
-            plot_saturation(row, path, f"run {run.name}", run.config)
+            todo[path] = row
+    for path in track(todo, "saturation plots", unit="figure", progress=progress,
+                      label=lambda path: path.name):
+        plot_saturation(todo[path], path, f"run {run.name}", run.config)
 
 
 class AnalysesRun(list):

@@ -53,7 +53,7 @@ class RunContext:
         registries: the registries, to build further components.
         run_id: the run's ``--run-id`` (runs a method trains on demand, such as a
             teacher, belong under the same one by default).
-        progress: whether progress bars are wanted.
+        progress: whether progress is shown (:mod:`labkit.training.progress`).
         steps_per_epoch: optimizer steps in one epoch (batches / ``accumulate``); set by
             the engine once the training loader exists, before the first step.
         total_steps: optimizer steps of the whole run (``epochs × steps_per_epoch``, or

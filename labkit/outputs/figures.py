@@ -47,6 +47,7 @@ from labkit.core.errors import DamagedFile, UserError
 from labkit.store.atomic import atomic_open
 from labkit.store.identity import RunConfig, flatten, short_keys, short_value, varying_keys
 from labkit.store.runinfo import read_config, read_log
+from labkit.training.progress import track
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -443,13 +444,14 @@ def run_figure_set(run_dir: Path, name: str) -> dict[str, Figure]:
     return {stem: figure for stem, figure in drawn.items() if figure is not None}
 
 
-def run_figures(run_dir: Path, out_dir: Path, name: str) -> list[Path]:
+def run_figures(run_dir: Path, out_dir: Path, name: str, progress: bool = False) -> list[Path]:
     """Draw every per-run figure whose data the run holds into ``out_dir``; the paths
-    written (PNG and SVG of each)."""
+    written (PNG and SVG of each). ``progress``: say which (:func:`labkit.training.progress.track`)."""
     written = []
-    for stem, figure in run_figure_set(run_dir, name).items():
+    figures = run_figure_set(run_dir, name)
+    for stem in track(figures, "figures", unit="figure", progress=progress, label=str):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        written += save(figure, Path(out_dir) / stem)
+        written += save(figures[stem], Path(out_dir) / stem)
     return written
 
 

@@ -8,14 +8,13 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from labkit.core.errors import RunFailed
 from labkit.data.mixing import hard_labels
 from labkit.methods.base import Method
 from labkit.training import distributed
 from labkit.training.evaluation import to_device
-from labkit.training.progress import quiet_bars
+from labkit.training.progress import track
 from labkit.training.stepper import Stepper
 
 
@@ -77,8 +76,8 @@ def train_one_epoch(method: Method, loader: DataLoader, stepper: Stepper,
     iterator = iter(loader)
     if on_start is not None:
         on_start()
-    for batch in tqdm(iterator, desc=f"epoch {epoch} train", leave=False,
-                      disable=quiet_bars(progress), total=batches - position.batches):
+    for batch in track(iterator, "train", unit="batch", progress=progress, total=batches,
+                       done=position.batches, lines=False):
         batch = to_device(batch, device)
         if augment is not None:
             batch = augment(batch)

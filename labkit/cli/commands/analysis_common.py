@@ -4,6 +4,7 @@ the analysis's parameters from the spec and the command line. These import torch
 :mod:`labkit.cli.commands.common` does not."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -12,7 +13,8 @@ from labkit.analyses import Analysis, FinishedRun
 from labkit.cli import plugins
 from labkit.core.errors import UserError
 from labkit.store import runinfo
-from labkit.store.identity import RunConfig
+from labkit.store.identity import RunConfig, display_labels
+from labkit.training.progress import working_on
 
 
 def finished_run(run: RunConfig, spec: str) -> FinishedRun:
@@ -28,6 +30,26 @@ def finished_run(run: RunConfig, spec: str) -> FinishedRun:
         raise UserError(f"run {run.directory} is {state or 'not started'}, not finished{why}; "
                         f"train it first with `labkit run {spec} --run-id {run.run_id}`")
     return FinishedRun(run, plugins.LazyRegistries(), run.config["device"])
+
+
+def progress_labels(runs: list[RunConfig]) -> list[str]:
+    """What progress calls each run: its model and the values that set it apart from the
+    other runs (``cnn_s lr=0.1``; a grid of one: its model; see
+    :func:`labkit.store.identity.display_labels`)."""
+    shown, keys = display_labels([run.config for run in runs])
+    named = []
+    for run, label in zip(runs, shown):
+        model = run.config["model"]["name"]
+        named.append(label if not keys or f"={model}" in label else f"{model} {label}")
+    return named
+
+
+def labelled(runs: list[RunConfig]) -> Iterator[RunConfig]:
+    """``runs``, each named in the progress shown while the caller works on it
+    (:func:`progress_labels`)."""
+    for run, label in zip(runs, progress_labels(runs)):
+        with working_on(label):
+            yield run
 
 
 def produce(analysis: Analysis, progress: bool = True, *, unless_complete: bool = False) -> bool:

@@ -29,7 +29,8 @@ SET_OPTION = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="override a spec value: dotted key, JSON value (a list is a grid axis), "
          "e.g. --set optimizer.lr=0.01 --set 'seed=[0,1,2]'; repeatable")
-QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True,
+                            help="show no progress: no bars, no progress lines")
 DEVICE_OPTION = click.option("--device", default=None,
                              help="torch device (cpu, cuda:0); overrides the spec")
 

@@ -7,7 +7,12 @@ import numbers
 import click
 
 from labkit.analyses.evaluate import KEY, Evaluate
-from labkit.cli.commands.analysis_common import analysis_params, finished_run, produce
+from labkit.cli.commands.analysis_common import (
+    analysis_params,
+    finished_run,
+    labelled,
+    produce,
+)
 from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.core.errors import UserError
 
@@ -45,7 +50,7 @@ def evaluate_command(spec: str, run_id: str, dataset: str, split: str, soft_labe
     in each run's evaluations.csv."""
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
-    for run in runs:
+    for run in labelled(runs):
         analysis = Evaluate(finished_run(run, spec),
                             analysis_params(run, "evaluate", Evaluate,
                                             dataset=parse_dataset(dataset), split=split,

@@ -15,12 +15,18 @@ import click
 from labkit.analyses import FinishedRun, latents
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
 from labkit.cli import plugins
-from labkit.cli.commands.analysis_common import analysis_params, finished_run, produce
+from labkit.cli.commands.analysis_common import (
+    analysis_params,
+    finished_run,
+    labelled,
+    produce,
+)
 from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.core.errors import UserError
 from labkit.measures.receptive_field import border_layer
 from labkit.spec.values import parse_size
 from labkit.store.readers import FLAG, TEXT, read_csv_file
+from labkit.training.progress import working_on
 
 _DOWNSAMPLING_HELP = ("downsampling: d (conv maps average-pooled to d×d), 'pixelwise' or 'none'; "
                       "repeatable [default: the spec's, else 4]")
@@ -70,7 +76,7 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], check: bool
     """Write receptive_field.csv (size, jump, start, map size per layer; border layer;
     how sure each row is: rf_status) into every run directory of SPEC. Needs only the
     architecture, not training."""
-    for run in load_runs(spec, run_id, device):
+    for run in labelled(load_runs(spec, run_id, device)):
         analysis = ReceptiveField(FinishedRun(run, plugins.registries()),
                                   analysis_params(run, "receptive_field", ReceptiveField,
                                                   layers=list(layers) or None, check=check))
@@ -105,7 +111,7 @@ def extract(spec: str, run_id: str, modes: tuple[str, ...], layers: tuple[str, .
     one is skipped."""
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
-    for run in runs:
+    for run in labelled(runs):
         finished = finished_run(run, spec)
         for mode in _modes(modes):
             analysis = Latents(finished, analysis_params(run, "latents", Latents, downsampling=mode,
@@ -149,7 +155,7 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
     if run_id is not None:
         if len(targets) != 1:
             raise UserError("with --run-id give exactly one SPEC file")
-        for run in load_runs(targets[0], run_id, device):
+        for run in labelled(load_runs(targets[0], run_id, device)):
             _probe(finished_run(run, targets[0]), _modes(modes), not quiet, processes=processes,
                    memory=memory, solver=solver, prefix=prefix, latents_dir=latents_dir,
                    stream=stream, C=C)
@@ -177,7 +183,8 @@ def probes(targets: tuple[str, ...], run_id: str | None, modes: tuple[str, ...],
                                                solver=solver, prefix=prefix, C=C,
                                                stream=False),
                           source=directory, report=click.echo)
-        produce(analysis, progress=not quiet)
+        with working_on(run.run.name):
+            produce(analysis, progress=not quiet)
         click.echo(f"probes ({directory}): {analysis.outputs()[0]}")
 
 
@@ -206,7 +213,7 @@ def probe_run(spec: str, run_id: str, processes: int | None, memory: str | None,
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
     failed = 0
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate(labelled(runs), 1):
         state = engine.train(run, plugins.registries(), run.config["device"], progress=not quiet)
         click.echo(f"[{i}/{len(runs)}] {state}: {run.directory}")
         if state == "failed":

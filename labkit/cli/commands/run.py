@@ -17,6 +17,7 @@ import pandas as pd
 from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents
 from labkit.cli import plugins
+from labkit.cli.commands.analysis_common import progress_labels
 from labkit.cli.commands.common import (
     DEVICE_OPTION,
     QUIET_OPTION,
@@ -39,7 +40,9 @@ from labkit.store.identity import RunConfig
 @click.option("--dry-run", is_flag=True, help="validate and show the runs, train nothing")
 @QUIET_OPTION
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="train this many runs at once in local worker processes")
+              help="train this many runs at once in local worker processes; each shows "
+                   "its progress (one line per worker on a terminal, else lines "
+                   "prefixed [worker k])")
 @click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default=None,
               help="where runs execute (default: the spec's launcher, else local)")
 @click.option("--partition", default=None, help="slurm partition")
@@ -81,7 +84,8 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
                 click.echo(f"{run.name}-{run.hash}: {what} will write {size / 1e6:,.1f} MB")
         click.echo(f"dry run: {len(runs)} run(s) validated, nothing trained")
         return
-    tasks = [RunTask(r.config, r.run_id, r.config["device"], progress=not quiet) for r in runs]
+    tasks = [RunTask(r.config, r.run_id, r.config["device"], progress=not quiet, label=label)
+             for r, label in zip(runs, progress_labels(runs))]
     names = labels(runs)
 
     def report(i: int, state: str) -> None:

@@ -6,7 +6,12 @@ import re
 import click
 
 from labkit.analyses import Analysis
-from labkit.cli.commands.analysis_common import analysis_params, finished_run, produce
+from labkit.cli.commands.analysis_common import (
+    analysis_params,
+    finished_run,
+    labelled,
+    produce,
+)
 from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.core.errors import UserError
 
@@ -42,7 +47,7 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None, quie
 
     runs = load_runs(spec, run_id, device)
     check_device(runs[0].config["device"])
-    for run in runs:
+    for run in labelled(runs):
         analysis = Projection(
             finished_run(run, spec),
             analysis_params(run, "projection", Projection,
@@ -70,7 +75,7 @@ def saturation(spec: str, run_id: str, deltas: str | None, rules: str | None,
     (saturation-<digest>.csv for deltas or rules other than the default)."""
     from labkit.analyses.saturation_views import SaturationViews
 
-    for run in load_runs(spec, run_id, device):
+    for run in labelled(load_runs(spec, run_id, device)):
         analysis = SaturationViews(
             finished_run(run, spec),
             analysis_params(run, "saturation", SaturationViews,

@@ -21,6 +21,7 @@ from labkit.api import (
     load_runs,
     read_run,
     summarize,
+    track,
     train,
     write_csv,
 )
@@ -135,7 +136,7 @@ def run_label(run: RunConfig) -> str:
 @_MAX_SAMPLES
 @_PERMUTATIONS
 @_SEED
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@click.option("--quiet", "-q", is_flag=True, help="show no progress: no bars, no progress lines")
 def stitch_table_command(spec: str, run_id: str, device: str | None, split: str, metric: str,
                          output: str | None, cka: bool, measures: tuple[str, ...],
                          average_over: tuple[str, ...], tolerance: float, direct_match: bool,
@@ -197,9 +198,11 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
     given = {"spec": str(Path(spec).resolve()), "run_id": run_id}
     similarities: list[pd.DataFrame] = []
     if cka:
-        similarities = write_cka_tables(pairs, options, device, out, given)
+        similarities = write_cka_tables(pairs, options, device, out, given, progress=not quiet)
     elif measures:
-        similarities = [pair_similarity(pair, options, device) for pair in pairs]
+        similarities = [pair_similarity(pair, options, device)
+                        for pair in track(pairs, "similarity", unit="pair", label=pair_label,
+                                          progress=not quiet)]
     companions, stitch_given = None, given
     if measures:
         columns = [column for m in measures for column in measure_columns(choose(m), permutations)]
@@ -214,6 +217,11 @@ def stitch_table_command(spec: str, run_id: str, device: str | None, split: str,
 
 
 COMPANION_KEYS = ["run_a", "run_b", "layer_a", "layer_b"]
+
+
+def pair_label(pair: dict) -> str:
+    """``A-to-B``: the pair's networks by their labels."""
+    return f"{run_label(pair['a'])}-to-{run_label(pair['b'])}"
 
 
 def pair_similarity(pair: dict, options: SimilarityOptions, device: str) -> pd.DataFrame:
@@ -405,7 +413,8 @@ def echo_similarities(rows: pd.DataFrame, options: SimilarityOptions) -> None:
 
 
 def write_cka_tables(pairs: list[dict], options: SimilarityOptions, device: str, out: Path,
-                     parameters: dict[str, Any] | None = None) -> list[pd.DataFrame]:
+                     parameters: dict[str, Any] | None = None,
+                     progress: bool = False) -> list[pd.DataFrame]:
     """cka_table.csv and one heatmap per pair of networks into ``out``, then their
     provenance record cka_table.provenance.json (see :mod:`labkit_stitch.provenance`);
     tables on stdout.
@@ -413,6 +422,7 @@ def write_cka_tables(pairs: list[dict], options: SimilarityOptions, device: str,
     Args:
         pairs: ``{"a", "b", "layers_a", "layers_b", "dataset"}`` per pair of networks.
         parameters: further parameters to record (the command's spec and run-id).
+        progress: show each pair as it is done (``labkit.api.track``).
 
     Returns:
         Each pair's rows (:func:`~labkit_stitch.similarity.layer_similarity`).
@@ -422,9 +432,9 @@ def write_cka_tables(pairs: list[dict], options: SimilarityOptions, device: str,
                           "device": device},
                          [run for pair in pairs for run in (pair["a"], pair["b"])])
     tables, files, computed = [], [out / "cka_table.csv"], []
-    for pair in pairs:
+    for pair in track(pairs, "CKA", unit="pair", label=pair_label, progress=progress):
         rows = pair_similarity(pair, options, device)
-        title = f"{run_label(pair['a'])}-to-{run_label(pair['b'])}"
+        title = pair_label(pair)
         files.append(out / f"cka_{title}.png")
         plot_similarity(rows, options.choices(), f"CKA {title}", files[-1])
         click.echo(f"\n== CKA {title} ({options.split}, {rows['samples'].iloc[0]} images)")
