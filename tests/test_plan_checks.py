@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from labkit.analyses import latents
 from labkit.cli import cli, plugins
 from labkit.cli.commands.common import load_runs
+from labkit.cli.spec_cache import check_key
 from labkit.core.errors import UserError
 from labkit.spec import Component, Spec, expand, resolve_component
 
@@ -289,9 +290,7 @@ def test_a_deeply_nested_set_is_one_message(write_spec):
 
 
 def test_the_spec_cache_keys_any_text():
-    from labkit.cli.spec_cache import grid_key
-
-    assert grid_key({"name": "\ud800"}) != grid_key({"name": "\ud801"})
+    assert check_key({"name": "\ud800"}, "A") != check_key({"name": "\ud801"}, "A")
 
 
 def test_an_existing_soft_label_file_passes_plan(tmp_path, write_spec):
