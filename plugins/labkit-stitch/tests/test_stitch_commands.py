@@ -9,7 +9,7 @@ import pandas as pd
 from stitch_helpers import ENV, nets_file, self_stitch
 
 from labkit.api import RunConfig, expand, load_runs
-from labkit.testing import run_cli
+from labkit.testing import run_here
 from labkit_stitch.report import CKA_TITLE, STITCH_TITLE, report_sections
 from labkit_stitch.tables import COLUMNS, stitch_table
 
@@ -21,7 +21,7 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
     spec = write_spec(self_stitch(nets_file(tmp_path, epochs=3), ["block1", "block2"],
                                   ["block1", "block2"], ["trained", "random"], name="self"))
     out = tmp_path / "logs" / "stitch_tables" / "self" / "T"  # the default folder
-    result = run_cli("stitch-table", str(spec), "--run-id", "T", "-q",
+    result = run_here("stitch-table", str(spec), "--run-id", "T", "-q",
                      "--measure", "procrustes_angular", "--measure", "svcca:keep=3",
                      "--permutations", "3", env=ENV)
     assert result.returncode == 0, result.stderr
@@ -79,7 +79,7 @@ def test_stitch_table_trains_the_networks_then_the_grid_and_writes_the_tables(tm
     # alias, runs in test_stitch_provenance.py)
     run_dir = str(next((tmp_path / "logs" / "cnn_xs").rglob("log.csv")).parent)
     measures = ("linear_cka", "rbf_cka", "minibatch_cka", "svcca:keep=3")
-    result = run_cli("similarity", run_dir, run_dir, "--layers-a", "block1,block2",
+    result = run_here("similarity", run_dir, run_dir, "--layers-a", "block1,block2",
                      "--layers-b", "block2", "-o", str(tmp_path / "similarity"),
                      *(f"--measure={m}" for m in measures), env=ENV)
     assert result.returncode == 0, result.stderr

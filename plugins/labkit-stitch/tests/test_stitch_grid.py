@@ -8,7 +8,7 @@ import pytest
 from stitch_helpers import ENV, example_runs, net_spec, self_stitch
 
 from labkit.api import RunConfig, UserError, expand
-from labkit.testing import run_cli
+from labkit.testing import run_here
 from labkit_stitch.stitching import CellChecker
 
 
@@ -41,18 +41,18 @@ def test_cells_are_checked_on_the_architectures_before_anything_trains(registrie
 
 
 def test_stitch_table_records_unstitchable_cells_averages_seeds_and_finds_the_latest_layer(
-        tmp_path, write_spec):
+        tmp_path, write_spec, registries):
     nets = net_spec("cnn_xs", tmp_path / "logs", epochs=2)
     # the spec's order of A's layers is not their depth: the summary must use the depth
     spec = write_spec({"name": "grid", **self_stitch(nets, ["block2", "flatten", "block1"],
                                                      "block2", seed=[0, 1])})
     out = tmp_path / "tables"
-    dry = run_cli("stitch-table", str(spec), "--run-id", "T", "--dry-run", env=ENV)
+    dry = run_here("stitch-table", str(spec), "--run-id", "T", "--dry-run", env=ENV)
     assert dry.returncode == 0, dry.stderr
     assert "6 stitch run(s) validated, 2 of unstitchable cells; nothing trained" in dry.stdout
     assert not (tmp_path / "logs").exists()
 
-    result = run_cli("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q",
+    result = run_here("stitch-table", str(spec), "--run-id", "T", "-o", str(out), "-q",
                      "--tolerance", "0.05", "--no-cka", env=ENV)
     assert result.returncode == 0, result.stderr
     assert "4 run(s): 4 finished" in result.stdout
@@ -111,7 +111,7 @@ def test_stitch_table_records_unstitchable_cells_averages_seeds_and_finds_the_la
             "stitch_mean_latest.csv"} <= set(record["files"])
     assert record["parameters"]["average_over"] == ["seed"]
 
-    bad = run_cli("stitch-table", str(spec), "--run-id", "T", "--average-over", "sed",
+    bad = run_here("stitch-table", str(spec), "--run-id", "T", "--average-over", "sed",
                   "--dry-run", env=ENV)
     assert bad.returncode == 2 and "--average-over sed: not a config key" in bad.stderr
     assert "Traceback" not in bad.stderr

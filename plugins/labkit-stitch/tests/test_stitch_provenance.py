@@ -17,7 +17,7 @@ from labkit.api import (
     latents,
     run_fingerprint,
 )
-from labkit.testing import run_cli
+from labkit.testing import run_here
 from labkit_stitch import provenance
 from labkit_stitch.commands import write_stitch_tables
 from labkit_stitch.tables import stitched_params
@@ -50,7 +50,7 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
     spec = write_spec(self_stitch(nets_file(tmp_path, epochs=2), "block1", "block2",
                                   ["trained", "random"], name="prov"))
     out = tmp_path / "tables"
-    result = run_cli("stitch-table", str(spec), "--run-id", "P", "-o", str(out), "-q",
+    result = run_here("stitch-table", str(spec), "--run-id", "P", "-o", str(out), "-q",
                      "--max-samples", "300", "--direct-ridge", "0.001",
                      "--diagonal-tolerance", "0.02", env=ENV)
     assert result.returncode == 0, result.stderr
@@ -97,7 +97,7 @@ def test_stitch_table_and_cka_records_name_every_input_run_with_its_fingerprint(
                             latents_dir=str(tmp_path / "latents"))
     Latents(FinishedRun(net, registries), params).compute(progress=False)
     manifest = latents.read_manifest(latents.locate(net, "none"))
-    result = run_cli("cka", str(net.directory), str(net.directory), "--layers-a",
+    result = run_here("cka", str(net.directory), str(net.directory), "--layers-a",
                      "block1-conv1,fc", "--layers-b", "fc", "-o", str(tmp_path / "cka"),
                      env=ENV)
     assert result.returncode == 0, result.stderr
