@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from labkit.api import expand, load_spec_file
-from labkit.testing import run_cli
+from labkit.testing import run_cli, run_here
 
 SPEC = Path(__file__).parents[3] / "specs" / "random_teacher.json"
 README = Path(__file__).parents[1] / "README.md"
@@ -46,7 +46,7 @@ def test_cli_loads_the_plugin_by_its_entry_point_and_plans_the_spec():
     assert "12 run(s)" in plan.stdout and "student_init" in plan.stdout
 
 
-def test_cli_run_and_results_carry_the_probe_columns(tmp_path):
+def test_cli_run_and_results_carry_the_probe_columns(tmp_path, dino_registries):
     spec = {"model": "cnn_xs", "dataset": {"name": "digits", "subset": 200}, "epochs": 1,
             "batch_size": 100,
             "optimizer": {"name": "adamw"}, "logs_dir": str(tmp_path / "logs"),
@@ -55,9 +55,9 @@ def test_cli_run_and_results_carry_the_probe_columns(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     env = {**CLI_ENV, "OMP_NUM_THREADS": "1"}
-    ran = run_cli("run", str(path), "--run-id", "cli", "--quiet", env=env)
+    ran = run_here("run", str(path), "--run-id", "cli", "--quiet", env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    results = run_cli("results", str(tmp_path / "logs"), env=env)
+    results = run_here("results", str(tmp_path / "logs"), env=env)
     assert results.returncode == 0, results.stderr
     table = pd.read_csv(StringIO(results.stdout))
     assert len(table) == 1 and table["config.method.crops"][0] == "2x8+2x4"

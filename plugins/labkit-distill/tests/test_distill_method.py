@@ -11,7 +11,7 @@ import torch
 from distill_helpers import CLI_ENV, TEACHER_SPEC, train_runs
 
 from labkit.api import RunConfig, UserError, checkpoint, expand, run_hash, runinfo, train
-from labkit.testing import run_cli
+from labkit.testing import run_here
 from labkit_distill.report import report_sections
 
 STUDENT = {"model": "mlp_s", "dataset": "digits", "epochs": 2, "batch_size": 64,
@@ -63,7 +63,7 @@ def chain_spec(logs: str) -> dict:
 
 def test_three_link_chain_trains_in_order_from_one_spec(registries, tmp_path, write_spec):
     path = write_spec(chain_spec(str(tmp_path / "logs")))
-    first = run_cli("run", str(path), "--run-id", "A", "--quiet", env=CLI_ENV)
+    first = run_here("run", str(path), "--run-id", "A", "--quiet", env=CLI_ENV)
     assert first.returncode == 0, first.stderr
     runs = {p.parent.name.split("-")[0]: p.parent
             for p in (tmp_path / "logs").rglob(runinfo.CONFIG_JSON)}
