@@ -16,7 +16,7 @@ from test_engine import assert_states_identical, final
 from labkit.spec import expand
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
-from labkit.testing import run_cli
+from labkit.testing import run_cli, run_here
 
 BASE = {"dataset": {"name": "digits"}, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "cosine"}}
@@ -42,11 +42,11 @@ def test_two_processes_without_batch_statistics_compute_what_one_process_compute
               "dataset": {"name": "digits", "augment": "crop"}}
     one_path, one_spec = write_spec(tmp_path, "one", **fields)
     two_path, two_spec = write_spec(tmp_path, "two", **fields)
-    assert run_cli("run", str(one_path), "--run-id", "A", "--quiet").returncode == 0
+    assert run_here("run", str(one_path), "--run-id", "A", "--quiet").returncode == 0
     # the cluster path: a submitit job of two tasks (SLURM's tasks per node), here run by
     # submitit's local executor; the kill test below covers the torchrun-style path
-    result = run_cli("run", str(two_path), "--run-id", "A", "--quiet", "--nproc", "2",
-                     "--launcher", "submitit-local", "--wait")
+    result = run_here("run", str(two_path), "--run-id", "A", "--quiet", "--nproc", "2",
+                      "--launcher", "submitit-local", "--wait")
     assert result.returncode == 0, result.stderr
     assert "1 finished" in result.stdout
     one = run_of(registries, one_spec, "A")
@@ -70,7 +70,7 @@ def test_two_processes_without_batch_statistics_compute_what_one_process_compute
 def test_two_process_run_killed_with_sigkill_resumes_bit_identical(registries, tmp_path):
     fields = {"model": "cnn_xs", "epochs": 3, "saturation": {}}  # BatchNorm: buffers shared
     ref_path, ref_spec = write_spec(tmp_path, "ref", **fields)
-    result = run_cli("run", str(ref_path), "--run-id", "R", "--quiet", "--nproc", "2")
+    result = run_here("run", str(ref_path), "--run-id", "R", "--quiet", "--nproc", "2")
     assert result.returncode == 0, result.stderr
     reference = run_of(registries, {**ref_spec, "nproc": 2}, "R")
 
@@ -104,6 +104,6 @@ def test_two_process_run_killed_with_sigkill_resumes_bit_identical(registries, t
 
 def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error(tmp_path):
     path, _ = write_spec(tmp_path, "odd", model="mlp_s", epochs=1, batch_size=63)
-    result = run_cli("run", str(path), "--run-id", "A", "--quiet", "--nproc", "2")
+    result = run_here("run", str(path), "--run-id", "A", "--quiet", "--nproc", "2")
     assert result.returncode == 2
     assert "divisible by nproc 2" in result.stderr and "Traceback" not in result.stderr
