@@ -22,7 +22,7 @@ from labkit.core.errors import UserError
 from labkit.spec import expand
 from labkit.store import runinfo
 from labkit.store.identity import RunConfig, display_labels
-from labkit.testing import invoke, run_cli
+from labkit.testing import invoke, run_cli, run_here
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -327,9 +327,14 @@ def test_labels_are_short_unique_and_made_of_what_varies():
     assert len(set(labels)) == 2 and all(len(label) < 25 for label in labels)
 
 
-def test_plan_of_distill_cues_fits_100_columns_and_tells_runs_apart():
-    result = run_cli("plan", str(ROOT / "specs" / "distill_cues.json"),
-                     env={"LABKIT_PLUGINS": "distill"})
+def test_plan_of_distill_cues_fits_100_columns_and_tells_runs_apart(monkeypatch):
+    monkeypatch.setenv("LABKIT_PLUGINS", "distill")  # the registries of such a process
+    plugins.use()
+    try:
+        result = run_here("plan", str(ROOT / "specs" / "distill_cues.json"))
+    finally:
+        monkeypatch.undo()
+        plugins.use()
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert max(map(len, lines)) <= 100

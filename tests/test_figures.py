@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from labkit.cli import cli
+from labkit.cli import cli, plugins
 from labkit.cli.commands.common import load_runs
 from labkit.outputs import figures, projection_plot, tail_plot
 from labkit.outputs.figure_sets import MANIFEST, FigureFolder, grid_figures
-from labkit.testing import run_cli
+from labkit.testing import run_here
 
 # two seeds of one tiny network, with saturation, receptive fields, probes and projection
 GRID = {"name": "figgrid", "model": "cnn_xs", "dataset": {"name": "digits", "resolution": 8},
@@ -269,7 +269,7 @@ def test_plot_writes_png_and_svg_of_every_figure_and_redraws_only_what_changed(g
     assert not any(r.directory.parent.name == "nope" for r in runs)
 
 
-def test_dino_probe_curves_from_a_real_dino_run(tmp_path):
+def test_dino_probe_curves_from_a_real_dino_run(tmp_path, monkeypatch):
     spec = {"name": "dino_tiny", "model": "mlp_s", "dataset": {"name": "digits", "resolution": 8},
             "method": {"name": "dino", "teacher_mode": "no_update", "teacher_eval": True,
                        "teacher_center_momentum": None, "freeze_last_layer_epochs": 0,
@@ -279,8 +279,13 @@ def test_dino_probe_curves_from_a_real_dino_run(tmp_path):
             "batch_size": 128, "metrics": ["accuracy"], "logs_dir": str(tmp_path / "logs")}
     path = tmp_path / "dino.json"
     path.write_text(json.dumps(spec))
-    env = {"LABKIT_PLUGINS": "dino"}
-    trained = run_cli("run", str(path), "--run-id", "D", "--quiet", env=env)
+    monkeypatch.setenv("LABKIT_PLUGINS", "dino")  # the registries of such a process
+    plugins.use()
+    try:
+        trained = run_here("run", str(path), "--run-id", "D", "--quiet")
+    finally:
+        monkeypatch.undo()
+        plugins.use()
     if "unknown" in trained.stderr and "dino" in trained.stderr:
         pytest.skip("the labkit-dino plugin is not installed")
     assert trained.returncode == 0, trained.stderr
