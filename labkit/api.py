@@ -35,15 +35,8 @@ from labkit.spec import expand, inline_run, load_spec_file, resolve, validate_js
 from labkit.spec.run_ref import RunRef, linked_runs_of
 from labkit.store import checkpoint, runinfo
 from labkit.store.atomic import atomic_open, write_csv, write_figure, write_json, write_text
-from labkit.store.identity import (
-                             NOT_IDENTITY,
-                             RunConfig,
-                             flatten,
-                             identity_config,
-                             note_outside,
-                             run_hash,
-                             varying_keys,
-)
+from labkit.store.identity import (NOT_IDENTITY, RunConfig, flatten, identity_config, note_outside,
+                                   run_hash, varying_keys)
 from labkit.store.readers import read_csv_file, read_json_file, read_npy_file
 from labkit.store.run_ref import RunInFolder, RunReference, read_run, run_in_folder
 from labkit.store.runinfo import PinnedRef, RunFingerprint, is_trained, run_fingerprint

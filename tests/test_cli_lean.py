@@ -22,7 +22,7 @@ from labkit.core.errors import UserError
 from labkit.spec import expand
 from labkit.store import runinfo
 from labkit.store.identity import RunConfig, display_labels
-from labkit.testing import invoke, run_cli, run_here
+from labkit.testing import invoke, run_here
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,13 +6,8 @@ import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.neighbors import NearestNeighbors
 
-from labkit.measures.intrinsic_dimension import (
-    duplicate_points,
-    levina_bickel,
-    nearest_distances,
-    subsample,
-    twonn,
-)
+from labkit.measures.intrinsic_dimension import (duplicate_points, levina_bickel, nearest_distances,
+                                                 subsample, twonn)
 
 
 def embed(points: np.ndarray, width: int, seed: int) -> np.ndarray:

@@ -49,17 +49,8 @@ from labkit.core.errors import DamagedFile, UserError
 from labkit.measures.layers import measured_layers
 from labkit.store.atomic import file_sha256, write_json
 from labkit.store.identity import RunConfig
-from labkit.store.latent_layout import (
-    DEFAULT_ROOT,
-    MANIFEST,
-    PROGRESS,
-    Mode,
-    array_path,
-    located,
-    parse_mode,
-    pointer_path,
-    read_manifest,
-)
+from labkit.store.latent_layout import (DEFAULT_ROOT, MANIFEST, PROGRESS, Mode, array_path, located,
+                                        parse_mode, pointer_path, read_manifest)
 from labkit.store.readers import read_json, read_json_file, readable_size
 from labkit.training.progress import track
 

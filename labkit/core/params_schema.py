@@ -30,16 +30,8 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 import annotated_types
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    WrapValidator,
-    create_model,
-)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator,
+                      WrapValidator, create_model)
 from pydantic_core import to_jsonable_python
 
 CONSTRAINTS = {annotated_types.Ge: "ge", annotated_types.Gt: "gt", annotated_types.Le: "le",

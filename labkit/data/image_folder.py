@@ -18,25 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torchvision.datasets import ImageFolder
 
 from labkit.core.errors import UserError
 from labkit.core.registry import Seed
 from labkit.data.bundle import DataBundle
-from labkit.data.splits import (
-    Augment,
-    Fraction,
-    Resolution,
-    Source,
-    Subset,
-    build_bundle,
-    content_digest,
-    dataset_factory,
-    dataset_not_found,
-    resolve_root,
-    with_shared_args,
-)
+from labkit.data.splits import (Augment, Fraction, Resolution, Source, Subset, build_bundle,
+                                content_digest, dataset_factory, dataset_not_found, resolve_root,
+                                with_shared_args)
 from labkit.store.identity import note_outside
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -152,19 +141,7 @@ def _folders(spec: _FolderSet, dataset_dir: Path) -> tuple[ImageFolder, _ValFold
 
 def _load(spec: _FolderSet, dataset_dir: Path) -> Source:
     train, test = _folders(spec, dataset_dir)
-    return Source(
-        name=spec.name,
-        root=dataset_dir,
-        train=train,
-        train_labels=np.asarray(train.targets),
-        test=test,
-        classes=list(train.classes),
-        in_channels=3,
-        native=None,
-        mean=spec.mean,
-        std=spec.std,
-        pil_input=True,
-    )
+    return Source.of_image_sets(spec.name, dataset_dir, train, test, 3, None, spec.mean, spec.std)
 
 
 def _content_identity(spec: _FolderSet, dataset_dir: Path) -> dict[str, Any]:

@@ -213,6 +213,17 @@ class Source:
     std: tuple[float, ...]
     pil_input: bool
 
+    @classmethod
+    def of_image_sets(cls, name: str, root: Path, train: Any, test: Any, in_channels: int,
+                      native: int | None, mean: tuple[float, ...],
+                      std: tuple[float, ...]) -> "Source":
+        """A source of torchvision-style sets of PIL images: ``train`` (and ``test``, or
+        ``None``) with the ``targets`` and ``classes`` attributes torchvision's data sets
+        and ``ImageFolder`` have."""
+        return cls(name=name, root=root, train=train, train_labels=np.asarray(train.targets),
+                   test=test, classes=list(train.classes), in_channels=in_channels,
+                   native=native, mean=mean, std=std, pil_input=True)
+
 
 def check_options(*, resolution: int, augment: str, eval_fraction: float, subset: int | None) -> None:
     """Raise :class:`UserError` for invalid shared options."""

@@ -4,8 +4,8 @@ Each dataset lives in ``<root>/<name>/``, which is the ``root`` handed to the
 torchvision class; the official test set is ``evals["eval"]``.
 """
 from dataclasses import dataclass
+from typing import Any, Callable
 
-import numpy as np
 from torchvision import datasets
 
 from labkit.data.splits import Source, dataset_factory, dataset_not_found, resolve_root
@@ -24,55 +24,25 @@ class _TorchvisionSet:
     files: str  # what must be in files_dir and where it comes from; {dir} = <root>/<name>
 
 
+# name, title, channels, native side, per-channel mean and std of the training images,
+# where torchvision reads the files (relative to <root>/<name>) and what must be there
 _CIFAR10 = _TorchvisionSet(
-    cls=datasets.CIFAR10,
-    name="cifar10",
-    title="CIFAR-10",
-    in_channels=3,
-    native=32,
-    # Per-channel pixel mean/std of the 50 000 training images.
-    mean=(0.4914, 0.4822, 0.4465),
-    std=(0.2470, 0.2435, 0.2616),
-    files_dir="cifar-10-batches-py",
-    files="data_batch_1 ... data_batch_5, test_batch, batches.meta (extract "
-    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {dir}; "
-    "torchvision checks their md5 sums)",
-)
+    datasets.CIFAR10, "cifar10", "CIFAR-10", 3, 32, (0.4914, 0.4822, 0.4465),
+    (0.2470, 0.2435, 0.2616), "cifar-10-batches-py",
+    "data_batch_1 ... data_batch_5, test_batch, batches.meta (extract "
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {dir}; torchvision checks "
+    "their md5 sums)")
 _CIFAR100 = _TorchvisionSet(
-    cls=datasets.CIFAR100,
-    name="cifar100",
-    title="CIFAR-100",
-    in_channels=3,
-    native=32,
-    mean=(0.5071, 0.4865, 0.4409),
-    std=(0.2673, 0.2564, 0.2762),
-    files_dir="cifar-100-python",
-    files="train, test, meta (extract https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz "
-    "into {dir}; torchvision checks their md5 sums)",
-)
-_MNIST = _TorchvisionSet(
-    cls=datasets.MNIST,
-    name="mnist",
-    title="MNIST",
-    in_channels=1,
-    native=28,
-    mean=(0.1307,),
-    std=(0.3081,),
-    files_dir="MNIST/raw",
-    files="train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-    "t10k-labels-idx1-ubyte (the gunzipped idx files)",
-)
-_FASHIONMNIST = _TorchvisionSet(
-    cls=datasets.FashionMNIST,
-    name="fashionmnist",
-    title="Fashion-MNIST",
-    in_channels=1,
-    native=28,
-    mean=(0.2860,),
-    std=(0.3530,),
-    files_dir="FashionMNIST/raw",
-    files=_MNIST.files,
-)
+    datasets.CIFAR100, "cifar100", "CIFAR-100", 3, 32, (0.5071, 0.4865, 0.4409),
+    (0.2673, 0.2564, 0.2762), "cifar-100-python",
+    "train, test, meta (extract https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz "
+    "into {dir}; torchvision checks their md5 sums)")
+_IDX_FILES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+              "t10k-labels-idx1-ubyte (the gunzipped idx files)")
+_MNIST = _TorchvisionSet(datasets.MNIST, "mnist", "MNIST", 1, 28, (0.1307,), (0.3081,),
+                         "MNIST/raw", _IDX_FILES)
+_FASHIONMNIST = _TorchvisionSet(datasets.FashionMNIST, "fashionmnist", "Fashion-MNIST", 1, 28,
+                                (0.2860,), (0.3530,), "FashionMNIST/raw", _IDX_FILES)
 
 
 def _load(spec: _TorchvisionSet, root: str | None, download: bool) -> Source:
@@ -100,64 +70,33 @@ def _load(spec: _TorchvisionSet, root: str | None, download: bool) -> Source:
         raise dataset_not_found(
             spec.title, dataset_dir / spec.files_dir, spec.files.format(dir=dataset_dir), fix
         ) from error
-    return Source(
-        name=spec.name,
-        root=dataset_dir,
-        train=train,
-        train_labels=np.asarray(train.targets),
-        test=test,
-        classes=list(train.classes),
-        in_channels=spec.in_channels,
-        native=spec.native,
-        mean=spec.mean,
-        std=spec.std,
-        pil_input=True,
-    )
+    return Source.of_image_sets(spec.name, dataset_dir, train, test, spec.in_channels,
+                                spec.native, spec.mean, spec.std)
 
 
-cifar10 = dataset_factory(
-    lambda root, download, _res: _load(_CIFAR10, root, download), resolution=32,
-    doc="""CIFAR-10: 50 000 train / 10 000 test RGB 32x32 images, 10 classes.
+def _factory(spec: _TorchvisionSet, summary: str, files: str) -> Callable[..., Any]:
+    """The registered factory of ``spec``; its docstring says ``summary``, where the
+    ``files`` are read and the normalisation."""
+    numbers = (lambda values: str(values[0]) if len(values) == 1 else str(values))
+    return dataset_factory(
+        lambda root, download, _res: _load(spec, root, download), resolution=spec.native,
+        doc=f"""{summary}
 
-    Files: ``<root>/cifar10/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``.
-    Normalisation: mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616).
+    Files: ``<root>/{spec.name}/{spec.files_dir}/{files}``.
+    Normalisation: mean {numbers(spec.mean)}, std {numbers(spec.std)}.
 
     Returns:
-        A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
+        A :class:`DataBundle` of items ``(float tensor ({spec.in_channels}, resolution,
+        resolution), label)``.
     """)
 
 
-cifar100 = dataset_factory(
-    lambda root, download, _res: _load(_CIFAR100, root, download), resolution=32,
-    doc="""CIFAR-100 (fine labels): 50 000 train / 10 000 test RGB 32x32 images, 100 classes.
-
-    Files: ``<root>/cifar100/cifar-100-python/{train, test, meta}``.
-    Normalisation: mean (0.5071, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2762).
-
-    Returns:
-        A :class:`DataBundle` of items ``(float tensor (3, resolution, resolution), label)``.
-    """)
-
-
-mnist = dataset_factory(
-    lambda root, download, _res: _load(_MNIST, root, download), resolution=28,
-    doc="""MNIST: 60 000 train / 10 000 test grayscale 28x28 digits, 10 classes.
-
-    Files: ``<root>/mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
-    Normalisation: mean 0.1307, std 0.3081.
-
-    Returns:
-        A :class:`DataBundle` of items ``(float tensor (1, resolution, resolution), label)``.
-    """)
-
-
-fashionmnist = dataset_factory(
-    lambda root, download, _res: _load(_FASHIONMNIST, root, download), resolution=28,
-    doc="""Fashion-MNIST: 60 000 train / 10 000 test grayscale 28x28 clothing images, 10 classes.
-
-    Files: ``<root>/fashionmnist/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
-    Normalisation: mean 0.2860, std 0.3530.
-
-    Returns:
-        A :class:`DataBundle` of items ``(float tensor (1, resolution, resolution), label)``.
-    """)
+_IDX = "{train,t10k}-{images-idx3,labels-idx1}-ubyte"
+cifar10 = _factory(_CIFAR10, "CIFAR-10: 50 000 train / 10 000 test RGB 32x32 images, 10 classes.",
+                   "{data_batch_1..5, test_batch, batches.meta}")
+cifar100 = _factory(_CIFAR100, "CIFAR-100 (fine labels): 50 000 train / 10 000 test RGB 32x32 "
+                    "images, 100 classes.", "{train, test, meta}")
+mnist = _factory(_MNIST, "MNIST: 60 000 train / 10 000 test grayscale 28x28 digits, 10 classes.",
+                 _IDX)
+fashionmnist = _factory(_FASHIONMNIST, "Fashion-MNIST: 60 000 train / 10 000 test grayscale "
+                        "28x28 clothing images, 10 classes.", _IDX)

@@ -12,10 +12,7 @@ from torch import nn
 
 from labkit.measures.layers import MEASURED_TYPES, measured_layers
 from labkit.measures.receptive_field_check import gradient_check
-from labkit.measures.receptive_field_geometry import (
-    Untraceable,
-    layer_fields,
-)
+from labkit.measures.receptive_field_geometry import Untraceable, layer_fields
 
 
 def receptive_fields(model: nn.Module, in_channels: int, resolution: int,

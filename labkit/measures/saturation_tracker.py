@@ -15,14 +15,8 @@ from torch import nn
 
 from labkit.core.errors import UserError
 from labkit.measures.layers import measured_layers
-from labkit.measures.saturation import (
-    TRACKED_TYPES,
-    LayerMoments,
-    cpu_copy,
-    feature_points,
-    layer_statistics,
-    spectrum,
-)
+from labkit.measures.saturation import (TRACKED_TYPES, LayerMoments, cpu_copy, feature_points,
+                                        layer_statistics, spectrum)
 from labkit.measures.pca_dimension import column_name
 from labkit.spec.saturation import SaturationConfig
 

@@ -10,12 +10,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from labkit.core.errors import DamagedFile
-from labkit.measures.pca_dimension import (
-    SPECTRA_DIR,
-    VIEW_STATS,
-    column_name,
-    intrinsic_dimensionality,
-)
+from labkit.measures.pca_dimension import (SPECTRA_DIR, VIEW_STATS, column_name,
+                                           intrinsic_dimensionality)
 from labkit.spec.saturation import SaturationConfig
 from labkit.store.atomic import write_bytes
 from labkit.store.runinfo import read_log

@@ -14,13 +14,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from labkit.models.cifar import (
-    CIFAR_RESNET_DEPTHS,
-    PLAIN_CNNS,
-    cifar_resnet_factory,
-    plain_cnn_factory,
-    resnet_blocks,
-)
+from labkit.models.cifar import (CIFAR_RESNET_DEPTHS, PLAIN_CNNS, cifar_resnet_factory,
+                                 plain_cnn_factory, resnet_blocks)
 from labkit.models.resnet import RESNET_DEPTHS, resnet_factory
 from labkit.models.small import CNN_STAGES, MLP_DEFAULTS, cnn_factory, lenet5, mlp_factory
 from labkit.models.torchvision_models import create_torchvision_model, torchvision_model_names

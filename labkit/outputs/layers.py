@@ -40,17 +40,8 @@ import pandas as pd
 from labkit.core.errors import DamagedFile
 from labkit.measures.pca_dimension import intrinsic_dimensionality
 from labkit.measures.spectra import final_spectra
-from labkit.outputs.results import (
-    LAYERS_TABLE,
-    LOG_TABLE,
-    NAMED_TABLES,
-    collect,
-    keyed,
-    network_order,
-    run_meta,
-    table_rows,
-    with_layer_keys,
-)
+from labkit.outputs.results import (LAYERS_TABLE, LOG_TABLE, NAMED_TABLES, collect, keyed,
+                                    network_order, run_meta, table_rows, with_layer_keys)
 from labkit.spec.saturation import SaturationConfig
 from labkit.store import runinfo
 

@@ -18,15 +18,8 @@ models rebuilt from the command line's cache keep them), and the ``saturation`` 
 that reading a spec imports no torch. The names below are the spec's public face.
 """
 from labkit.spec.files import MAX_DEPTH, check_raw, load_spec_file
-from labkit.spec.grid import (
-                              MAX_GRID_POINTS,
-                              data_identity,
-                              expand,
-                              inline_run,
-                              resolve,
-                              resolve_component,
-                              weights_identity,
-)
+from labkit.spec.grid import (MAX_GRID_POINTS, data_identity, expand, inline_run, resolve,
+                              resolve_component, weights_identity)
 from labkit.spec.messages import validate_json_types
 from labkit.spec.values import file_prefix, memory_size, parse_size
 from labkit.spec.schema import Component, LauncherConfig, Spec, json_schema

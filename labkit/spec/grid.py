@@ -18,15 +18,8 @@ from labkit.core.errors import UserError
 from labkit.core.registry import Registries
 from labkit.spec.batch_augment import check_soft_targets
 from labkit.spec.files import check_raw
-from labkit.spec.messages import (
-    format_validation_error,
-    is_list_type,
-    is_untyped,
-    join_path,
-    model_type,
-    registry_kind,
-    validate_json_types,
-)
+from labkit.spec.messages import (format_validation_error, is_list_type, is_untyped, join_path,
+                                  model_type, registry_kind, validate_json_types)
 from labkit.spec.schema import Component, Spec, as_component
 from labkit.store.identity import Outside, RunConfig, note_outside, outside_inputs
 

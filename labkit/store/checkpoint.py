@@ -34,18 +34,9 @@ import torch
 
 from labkit.core.errors import UserError
 from labkit.store.atomic import atomic_open, write_text
-from labkit.store.checkpoint_files import (
-    BEST,
-    checkpoint_path,
-    digest,
-    digest_path,
-    epoch_of,
-    epochs_on_disk,
-    is_intact,
-    partial_path,
-    partials_on_disk,
-    saved_epochs,
-)
+from labkit.store.checkpoint_files import (BEST, checkpoint_path, digest, digest_path, epoch_of,
+                                           epochs_on_disk, is_intact, partial_path,
+                                           partials_on_disk, saved_epochs)
 
 # the torch-free part, kept importable from here: names, digests, what is on disk
 __all__ = ["BEST", "KEEP", "checkpoint_path", "digest", "digest_path", "epoch_of",

@@ -37,15 +37,8 @@ from labkit.core.errors import DamagedFile, UserError
 from labkit.store.atomic import remove_leftovers, write_json, write_text
 from labkit.store.checkpoint_files import BEST, checkpoint_path, digest, epoch_of, is_intact
 from labkit.store.identity import HASH_LEN, RunConfig, note_outside, run_hash
-from labkit.store.readers import (
-    INTEGER,
-    NUMBER,
-    read_csv_file,
-    read_json,
-    read_json_file,
-    read_json_lines,
-    read_text_file,
-)
+from labkit.store.readers import (INTEGER, NUMBER, read_csv_file, read_json, read_json_file,
+                                  read_json_lines, read_text_file)
 
 CONFIG_JSON = "config.json"
 PROVENANCE_JSONL = "provenance.jsonl"

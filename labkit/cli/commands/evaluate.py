@@ -7,12 +7,7 @@ import numbers
 import click
 
 from labkit.analyses.evaluate import KEY, Evaluate
-from labkit.cli.commands.analysis_common import (
-    analysis_params,
-    finished_run,
-    labelled,
-    produce,
-)
+from labkit.cli.commands.analysis_common import analysis_params, finished_run, labelled, produce
 from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.core.errors import UserError
 

@@ -15,12 +15,7 @@ import click
 from labkit.analyses import FinishedRun, latents
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
 from labkit.cli import plugins
-from labkit.cli.commands.analysis_common import (
-    analysis_params,
-    finished_run,
-    labelled,
-    produce,
-)
+from labkit.cli.commands.analysis_common import analysis_params, finished_run, labelled, produce
 from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.core.errors import UserError
 from labkit.measures.receptive_field import border_layer

@@ -18,13 +18,8 @@ from labkit.analyses import FinishedRun
 from labkit.analyses.layerwise import Latents
 from labkit.cli import plugins
 from labkit.cli.commands.analysis_common import progress_labels
-from labkit.cli.commands.common import (
-    DEVICE_OPTION,
-    QUIET_OPTION,
-    SET_OPTION,
-    check_devices,
-    load_runs,
-)
+from labkit.cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, SET_OPTION, check_devices,
+                                        load_runs)
 from labkit.cli.commands.status import labels, print_plan
 from labkit.cli.launch import INVALID, RunTask, run_local, submit_array, submitit_folder
 from labkit.core.errors import DamagedFile

@@ -6,12 +6,7 @@ import re
 import click
 
 from labkit.analyses import Analysis
-from labkit.cli.commands.analysis_common import (
-    analysis_params,
-    finished_run,
-    labelled,
-    produce,
-)
+from labkit.cli.commands.analysis_common import analysis_params, finished_run, labelled, produce
 from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
 from labkit.core.errors import UserError
 

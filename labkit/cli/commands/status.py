@@ -15,14 +15,8 @@ import click
 from labkit.cli import plugins, spec_cache
 from labkit.cli.commands.common import LINKING, SET_OPTION, check_devices, linked_runs, load_runs
 from labkit.store import runinfo
-from labkit.store.identity import (
-    RunConfig,
-    display_labels,
-    flatten,
-    short_keys,
-    short_value,
-    varying_keys,
-)
+from labkit.store.identity import (RunConfig, display_labels, flatten, short_keys, short_value,
+                                   varying_keys)
 from labkit.store.output_digests import damaged_outputs
 
 WIDTH = 100  # columns the plan table fits in

@@ -40,54 +40,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
-from labkit.api import (
-    Method,
-    Registries,
-    RunConfig,
-    RunContext,
-    Schedule,
-    Scheduled,
-    Seed,
-    StepResult,
-    UserError,
-    build_component,
-    linked_runs_of,
-    value_at,
-    write_csv,
-    write_json,
-)
-from labkit_dino.checkpoint_init import (
-    CHECKPOINT_INITS,
-    InitRun,
-    finished_init_run,
-    load_network,
-    source_model,
-)
+from labkit.api import (Method, Registries, RunConfig, RunContext, Schedule, Scheduled, Seed,
+                        StepResult, UserError, build_component, linked_runs_of, value_at, write_csv,
+                        write_json)
+from labkit_dino.checkpoint_init import (CHECKPOINT_INITS, InitRun, finished_init_run, load_network,
+                                         source_model)
 from labkit_dino.losses import LossName, Pairing, Targets, multicrop_loss, view_pairs
-from labkit_dino.networks import (
-    DinoHead,
-    DinoNet,
-    check_same_architecture,
-    embedding_dim,
-    probe_of,
-    with_probe_classifier,
-)
+from labkit_dino.networks import (DinoHead, DinoNet, check_same_architecture, embedding_dim,
+                                  probe_of, with_probe_classifier)
 from labkit_dino.probing import embeddings, fit_probes
 from labkit_dino.student_init import StudentInit, initialise_student
 from labkit_dino.targets import NoisyTargets
-from labkit_dino.tracking import (
-    GRAD_STATS,
-    HISTOGRAMS,
-    OUTPUT_KINDS,
-    OUTPUTS_DIR,
-    PARAM_STATS,
-    GradientStats,
-    histogram_rows,
-    network_outputs,
-    parameter_rows,
-    replace_epoch_rows,
-    save_array,
-)
+from labkit_dino.tracking import (GRAD_STATS, HISTOGRAMS, OUTPUT_KINDS, OUTPUTS_DIR, PARAM_STATS,
+                                  GradientStats, histogram_rows, network_outputs, parameter_rows,
+                                  replace_epoch_rows, save_array)
 from labkit_dino.views import AUGMENTATIONS, Crop, MultiViewDataset, crop_transforms, parse_crops
 
 # written into the run directory when a network starts from another run's checkpoint

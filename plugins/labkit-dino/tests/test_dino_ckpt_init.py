@@ -5,16 +5,8 @@ import pytest
 import torch
 from conftest import TINY_HEAD
 
-from labkit.api import (
-    FinishedRun,
-    RunConfig,
-    UserError,
-    checkpoint,
-    expand,
-    run_fingerprint,
-    runinfo,
-    train,
-)
+from labkit.api import (FinishedRun, RunConfig, UserError, checkpoint, expand, run_fingerprint,
+                        runinfo, train)
 from labkit_dino.method import INIT_RECORD
 
 

@@ -5,13 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.api import MODELS, UserError
-from labkit_dino.networks import (
-    DinoHead,
-    NormalizedLinear,
-    ProbeClassifier,
-    embed,
-    with_probe_classifier,
-)
+from labkit_dino.networks import (DinoHead, NormalizedLinear, ProbeClassifier, embed,
+                                  with_probe_classifier)
 
 
 def test_encoder_is_the_model_up_to_fc_and_keeps_its_state_dict_keys():

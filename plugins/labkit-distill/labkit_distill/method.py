@@ -38,30 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from labkit.api import (
-    DataBundle,
-    Method,
-    Registries,
-    RunConfig,
-    RunContext,
-    StepResult,
-    UserError,
-    linked_runs_of,
-    mix_images,
-    read_npy_file,
-)
+from labkit.api import (DataBundle, Method, Registries, RunConfig, RunContext, StepResult,
+                        UserError, linked_runs_of, mix_images, read_npy_file)
 from labkit_distill.crd import ContrastMemory
-from labkit_distill.losses import (
-    attention_loss,
-    contrastive_loss,
-    input_gradients,
-    jacobian_loss,
-    pkt_loss,
-    rkd_loss,
-    similarity_loss,
-    soft_term,
-    tempered,
-)
+from labkit_distill.losses import (attention_loss, contrastive_loss, input_gradients, jacobian_loss,
+                                   pkt_loss, rkd_loss, similarity_loss, soft_term, tempered)
 from labkit_distill.sources import labels_of
 from labkit_distill.taps import Hint, Tap, last_map, vector
 from labkit_distill.teacher import TeacherRef, teacher_run

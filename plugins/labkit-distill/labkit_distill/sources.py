@@ -15,15 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from torch.utils.data import Dataset
 
-from labkit.api import (
-    DataBundle,
-    SplitDataset,
-    UserError,
-    build_component,
-    build_transform,
-    params_model,
-    validate_json_types,
-)
+from labkit.api import (DataBundle, SplitDataset, UserError, build_component, build_transform,
+                        params_model, validate_json_types)
 from labkit.api import registries as labkit_registries
 
 # set by the dataset built on a source, never by the source's own spec

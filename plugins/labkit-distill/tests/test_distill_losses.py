@@ -14,13 +14,8 @@ from distill_helpers import batch_of, distill_method
 from torch import nn
 
 from labkit.api import UserError, expand, mix_images
-from labkit_distill.losses import (
-    contrastive_loss,
-    input_gradients,
-    jacobian_loss,
-    soft_term,
-    tempered,
-)
+from labkit_distill.losses import (contrastive_loss, input_gradients, jacobian_loss, soft_term,
+                                   tempered)
 from labkit_distill.taps import Hint
 
 RNG = np.random.default_rng(0)

@@ -11,20 +11,8 @@ import click
 import pandas as pd
 from pydantic import ValidationError
 
-from labkit.api import (
-    INVALID,
-    RunConfig,
-    UserError,
-    check_device,
-    ensure_trained,
-    latents,
-    load_runs,
-    read_run,
-    summarize,
-    track,
-    train,
-    write_csv,
-)
+from labkit.api import (INVALID, RunConfig, UserError, check_device, ensure_trained, latents,
+                        load_runs, read_run, summarize, track, train, write_csv)
 from labkit.api import registries as labkit_registries
 from labkit_stitch.catalogue import CKA_MEASURES, MEASURES, choose
 from labkit_stitch.direct import DirectMatch, direct_match_values
@@ -32,22 +20,10 @@ from labkit_stitch.provenance import TableRecord
 from labkit_stitch.refs import NetworkRef, trained_network
 from labkit_stitch.similarity import SimilarityOptions, layer_similarity, measure_columns
 from labkit_stitch.stitching import Cell, CellChecker
-from labkit_stitch.tables import (
-    DIAGONAL_CHECKED,
-    check_axes,
-    diagonal_values,
-    group_of,
-    latest_table,
-    matrix,
-    mean_table,
-    plot_similarity,
-    plot_stitch_group,
-    seed_keys,
-    stitch_table,
-    stitched_params,
-    tables_folder,
-    with_companions,
-)
+from labkit_stitch.tables import (DIAGONAL_CHECKED, check_axes, diagonal_values, group_of,
+                                  latest_table, matrix, mean_table, plot_similarity,
+                                  plot_stitch_group, seed_keys, stitch_table, stitched_params,
+                                  tables_folder, with_companions)
 
 
 def parse_reduction(ctx: click.Context, param: click.Parameter, text: str) -> int | str:

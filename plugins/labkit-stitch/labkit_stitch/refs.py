@@ -30,20 +30,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from labkit.api import (
-    FinishedRun,
-    RunConfig,
-    RunRef,
-    UserError,
-    build_component,
-    ensure_trained,
-    expand,
-    flatten,
-    load_spec_file,
-    run_in_folder,
-    runinfo,
-    varying_keys,
-)
+from labkit.api import (FinishedRun, RunConfig, RunRef, UserError, build_component, ensure_trained,
+                        expand, flatten, load_spec_file, run_in_folder, runinfo, varying_keys)
 from labkit.api import registries as labkit_registries
 
 

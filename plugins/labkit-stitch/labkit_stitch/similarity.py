@@ -22,14 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader
 
-from labkit.api import (
-    RunConfig,
-    UserError,
-    build_component,
-    latents,
-    read_npy_file,
-    run_fingerprint,
-)
+from labkit.api import (RunConfig, UserError, build_component, latents, read_npy_file,
+                        run_fingerprint)
 from labkit.api import registries as labkit_registries
 from labkit_stitch import cut
 from labkit_stitch.calibration import STATISTICS, calibrated_table

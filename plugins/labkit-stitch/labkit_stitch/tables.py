@@ -53,16 +53,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.api import (
-    RunConfig,
-    UserError,
-    flatten,
-    identity_config,
-    is_trained,
-    runinfo,
-    varying_keys,
-    write_figure,
-)
+from labkit.api import (RunConfig, UserError, flatten, identity_config, is_trained, runinfo,
+                        varying_keys, write_figure)
 from labkit_stitch.catalogue import Choice
 from labkit_stitch.stitching import StitchedParams
 

@@ -16,28 +16,15 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 from sklearn.neighbors import NearestNeighbors
 from stitch_helpers import net_spec, one_run
-from test_stitch_cka import (
-    ref_debiased_cka,
-    ref_linear_cka,
-    ref_minibatch_cka,
-    ref_rbf_cka,
-    ref_rbf_gram,
-)
+from test_stitch_cka import (ref_debiased_cka, ref_linear_cka, ref_minibatch_cka, ref_rbf_cka,
+                             ref_rbf_gram)
 from torch.utils.data import DataLoader
 
 from labkit.api import UserError, build_component, train
 from labkit_stitch import cut, measures
 from labkit_stitch.calibration import calibrated, calibrated_table
-from labkit_stitch.catalogue import (
-    LINEAR,
-    MEASURES,
-    ORTHOGONAL,
-    PERMUTATION,
-    SCALING,
-    TRANSFORMS,
-    TRANSLATION,
-    choose,
-)
+from labkit_stitch.catalogue import (LINEAR, MEASURES, ORTHOGONAL, PERMUTATION, SCALING, TRANSFORMS,
+                                     TRANSLATION, choose)
 from labkit_stitch.commands import similarity_command
 from labkit_stitch.measures import Representation
 from labkit_stitch.refs import trained_network

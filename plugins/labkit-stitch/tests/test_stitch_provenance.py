@@ -7,16 +7,8 @@ import pandas as pd
 import pytest
 from stitch_helpers import ENV, nets_file, self_stitch
 
-from labkit.api import (
-    FinishedRun,
-    Latents,
-    RunConfig,
-    RunFingerprint,
-    UserError,
-    expand,
-    latents,
-    run_fingerprint,
-)
+from labkit.api import (FinishedRun, Latents, RunConfig, RunFingerprint, UserError, expand, latents,
+                        run_fingerprint)
 from labkit.testing import run_here
 from labkit_stitch import provenance
 from labkit_stitch.commands import write_stitch_tables
