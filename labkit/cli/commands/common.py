@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 from pydantic import BaseModel
@@ -33,6 +33,13 @@ QUIET_OPTION = click.option("--quiet", "-q", is_flag=True,
                             help="show no progress: no bars, no progress lines")
 DEVICE_OPTION = click.option("--device", default=None,
                              help="torch device (cpu, cuda:0); overrides the spec")
+
+
+def grid_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
+    """SPEC and ``--run-id``: the grid of trained runs a command reads."""
+    command = click.option("--run-id", required=True,
+                           help="run-id the runs were trained under")(command)
+    return click.argument("spec", type=click.Path(dir_okay=False))(command)
 
 
 def load_runs(spec_path: str, run_id: str, device: str | None = None,

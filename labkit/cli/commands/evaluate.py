@@ -8,7 +8,8 @@ import click
 
 from labkit.analyses.evaluate import KEY, Evaluate
 from labkit.cli.commands.analysis_common import analysis_params, finished_run, labelled, produce
-from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
+from labkit.cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_device, grid_arguments,
+                                        load_runs)
 from labkit.core.errors import UserError
 
 
@@ -25,8 +26,7 @@ def parse_dataset(text: str) -> str | dict:
 
 
 @click.command("evaluate")
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@grid_arguments
 @click.option("--on", "dataset", required=True,
               help="data set to score on: a name (mnist) or a JSON object with its params")
 @click.option("--split", default="eval", show_default=True,

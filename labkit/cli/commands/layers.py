@@ -16,7 +16,8 @@ from labkit.analyses import FinishedRun, latents
 from labkit.analyses.layerwise import Latents, Probes, ReceptiveField
 from labkit.cli import plugins
 from labkit.cli.commands.analysis_common import analysis_params, finished_run, labelled, produce
-from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
+from labkit.cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_device, grid_arguments,
+                                        load_runs)
 from labkit.core.errors import UserError
 from labkit.measures.receptive_field import border_layer
 from labkit.spec.values import parse_size
@@ -89,8 +90,7 @@ def receptive_field(spec: str, run_id: str, layers: tuple[str, ...], check: bool
 
 
 @click.command("extract")
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@grid_arguments
 @click.option("-d", "--downsampling", "modes", multiple=True, help=_DOWNSAMPLING_HELP)
 @click.option("--layers", multiple=True, help="wildcard on layer names (repeatable) [default: all]")
 @click.option("--latents-dir", default=None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from labkit.cli.commands.common import SET_OPTION, load_runs
+from labkit.cli.commands.common import SET_OPTION, grid_arguments, load_runs
 from labkit.core.errors import UserError
 from labkit.outputs import figures
 from labkit.outputs.figure_sets import FigureFolder, grid_figures
@@ -47,8 +47,7 @@ def figure_folder(runs: list[RunConfig], output: str | None = None) -> Path:
 
 
 @click.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@grid_arguments
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="folder for the figures [default: <logs_dir>/figures/<spec name>/<run-id>]")
 @BY_OPTION

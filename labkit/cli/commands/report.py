@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from labkit.cli import plugins, spec_cache
-from labkit.cli.commands.common import SET_OPTION
+from labkit.cli.commands.common import SET_OPTION, grid_arguments
 from labkit.cli.commands.plot import BY_OPTION, figure_folder, grid_name, grid_runs
 from labkit.outputs import figures
 from labkit.outputs.report import build_report
@@ -62,8 +62,7 @@ def plugin_sections(runs: list[RunConfig]) -> list[tuple[str, str]]:
 
 
 @click.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@grid_arguments
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="HTML file to write [default: <spec name>-<run-id>.html here]")
 @BY_OPTION

@@ -7,7 +7,8 @@ import click
 
 from labkit.analyses import Analysis
 from labkit.cli.commands.analysis_common import analysis_params, finished_run, labelled, produce
-from labkit.cli.commands.common import DEVICE_OPTION, QUIET_OPTION, check_device, load_runs
+from labkit.cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_device, grid_arguments,
+                                        load_runs)
 from labkit.core.errors import UserError
 
 
@@ -27,8 +28,7 @@ def _produce_and_report(analysis: Analysis, what: str, quiet: bool = False) -> N
 
 
 @click.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@grid_arguments
 @click.option("--deltas", default=None,
               help="comma-separated shares of variance to project at, e.g. 0.9,0.99,0.999 "
                    "[default: the spec's projection analysis, else 0.9 … 1.0]")
@@ -51,8 +51,7 @@ def project(spec: str, run_id: str, deltas: str | None, device: str | None, quie
 
 
 @click.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--run-id", required=True, help="run-id the runs were trained under")
+@grid_arguments
 @click.option("--deltas", default=None,
               help="comma-separated shares of variance, e.g. 0.9,0.99,0.999 [default: the "
                    "spec's saturation analysis, else 0.9,0.95,0.99,0.999]")
