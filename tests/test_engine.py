@@ -15,6 +15,7 @@ from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
 
 from labkit import engine
 from labkit.analyses import FinishedRun
+from labkit.engine.run import RUN_FIGURES_ENV
 from labkit.spec import expand
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
@@ -54,7 +55,8 @@ def assert_states_identical(a, b):
     assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))
 
 
-def test_run_logs_match_an_independent_evaluation_of_the_saved_model(registries, tmp_path):
+def test_run_logs_match_an_independent_evaluation_of_the_saved_model(registries, tmp_path,
+                                                                     run_figures):
     run = make_run(registries, tmp_path, epochs=2)
     assert engine.train(run, registries, progress=False) == "finished"
 
@@ -105,6 +107,18 @@ def test_run_logs_match_an_independent_evaluation_of_the_saved_model(registries,
     mtime = (run.directory / runinfo.LOG_CSV).stat().st_mtime_ns
     assert engine.train(run, registries, progress=False) == "skipped"
     assert (run.directory / runinfo.LOG_CSV).stat().st_mtime_ns == mtime
+
+
+def test_without_run_figures_a_run_draws_none_and_the_next_run_draws_them(registries, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv(RUN_FIGURES_ENV, "0")
+    run = make_run(registries, tmp_path, epochs=1)
+    assert engine.train(run, registries, progress=False) == "finished"
+    assert not (run.directory / "plots").exists()
+    monkeypatch.setenv(RUN_FIGURES_ENV, "1")
+    assert engine.train(run, registries, progress=False) == "skipped"
+    for figure in ("learning_curves.png", "learning_curves.svg"):
+        assert (run.directory / "plots" / figure).stat().st_size > 1000
 
 
 def test_kill_9_at_random_points_then_resume_is_bit_identical(registries, tmp_path):

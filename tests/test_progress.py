@@ -15,6 +15,7 @@ import termios
 
 import pytest
 
+from labkit.engine.run import RUN_FIGURES_ENV
 from labkit.testing import invoke, run_cli, run_here
 from labkit.training import progress
 
@@ -34,7 +35,7 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("progress")
     spec = folder / "spec.json"
     spec.write_text(json.dumps({**SPEC, "logs_dir": str(folder / "logs")}))
-    result = run_here("run", str(spec), "--run-id", "P")
+    result = run_here("run", str(spec), "--run-id", "P", env={RUN_FIGURES_ENV: "1"})
     assert result.returncode == 0, result.stderr
     return spec, result.stderr
 

@@ -222,7 +222,7 @@ def final_model(registries, run):
 
 
 def test_final_epoch_eval_saturation_matches_recomputation_from_the_final_model(
-        registries, tmp_path):
+        registries, tmp_path, run_figures):
     stats = ["lsat", "idim", "det", "trc", "dtrc"]
     # eval batches of 64: the 360 eval images arrive in 6 batches, the last one of 40
     run = make_run(registries, tmp_path, epochs=2, eval_batch_size=64,

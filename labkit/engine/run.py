@@ -4,6 +4,7 @@ with the checkpoint, then run its analyses."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from contextlib import contextmanager
@@ -199,12 +200,21 @@ def sync_log(run: RunConfig, history: list[dict[str, Any]]) -> bool:
     return runinfo.write_log(run, saturation_view(run.directory, history, run.config["saturation"]))
 
 
+RUN_FIGURES_ENV = "LABKIT_RUN_FIGURES"
+
+
 def draw_plots(run: RunConfig, redraw: bool = False, progress: bool = False) -> None:
     """The run's figures from log.csv, drawn after training rather than inside the epoch
     loop, so figures never slow training down: the per-run figures of
     :func:`labkit.outputs.figures.run_figures` (learning curves, saturation over epochs, …) and
     the per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``). Only missing
-    ones are drawn unless ``redraw``; ``progress``: say which (:mod:`labkit.training.progress`)."""
+    ones are drawn unless ``redraw``; ``progress``: say which (:mod:`labkit.training.progress`).
+
+    None is drawn while the environment sets ``LABKIT_RUN_FIGURES=0`` (large grids on a
+    cluster, the test suite): the missing ones are drawn by the next ``labkit run`` of
+    the spec without it."""
+    if os.environ.get(RUN_FIGURES_ENV, "").strip() == "0":
+        return
     config = run.config["saturation"]
     plots = run.directory / "plots"
     if redraw or not (plots / "learning_curves.png").exists():

@@ -112,7 +112,8 @@ def validated_runs(raw: Any, run_id: str) -> list[RunConfig]:
     from labkit.training.build import check_buildable
 
     registries = plugins.registries()
-    spec_cache.keep_summary(registries)
+    if spec_cache.usable():  # kept for commands that read no registries (status, list)
+        spec_cache.keep_summary(registries)
     with recording() as resolved:
         runs = _runs(expand(raw, registries), run_id)
     spec_cache.store_resolutions(resolved)
