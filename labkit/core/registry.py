@@ -51,8 +51,24 @@ class Entry:
     prefix: bool = False
 
 
+# params_model's models by (name, id(obj), context), with obj kept to tell a reused id:
+# registries are rebuilt often in one process (plugins.use) and building a model costs
+_MODELS: dict[tuple[str, int, tuple[str, ...]], tuple[Any, type[BaseModel]]] = {}
+
+
 def params_model(name: str, obj: Any, context: tuple[str, ...]) -> type[BaseModel]:
-    """Pydantic model of the spec parameters of ``obj`` (see module docstring)."""
+    """Pydantic model of the spec parameters of ``obj`` (see module docstring); built
+    once per ``name``, ``obj`` and ``context`` in a process."""
+    key = (name, id(obj), context)
+    kept = _MODELS.get(key)
+    if kept is not None and kept[0] is obj:
+        return kept[1]
+    model = _params_model(name, obj, context)
+    _MODELS[key] = (obj, model)
+    return model
+
+
+def _params_model(name: str, obj: Any, context: tuple[str, ...]) -> type[BaseModel]:
     declared = getattr(obj, "Params", None)
     if isinstance(declared, type) and issubclass(declared, BaseModel):
         return declared

@@ -1,4 +1,6 @@
 """scikit-learn's 8x8 handwritten digits, held in memory (the quickstart and test dataset)."""
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -30,23 +32,35 @@ class TensorImages(Dataset):
         return self.images[i], int(self.labels[i])
 
 
-def _load(root: str | None, download: bool, resolution: int) -> Source:
-    """Read the digits and resize the whole tensor to ``resolution`` (root, download unused)."""
+@functools.lru_cache(maxsize=1)
+def _read() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's digits as (images (N, 8, 8) float32 in [0, 1], labels, class
+    names), read once per process; the arrays are read-only."""
     # Imported here: scikit-learn takes about a second to import and only digits needs it.
     from sklearn.datasets import load_digits
 
     raw = load_digits()
-    images = torch.from_numpy(raw.images.astype(np.float32) / 16.0).unsqueeze(1)
+    images = raw.images.astype(np.float32) / 16.0
+    target = raw.target.copy()
+    for array in (images, target):
+        array.setflags(write=False)
+    return images, target, [str(c) for c in raw.target_names]
+
+
+def _load(root: str | None, download: bool, resolution: int) -> Source:
+    """Read the digits and resize the whole tensor to ``resolution`` (root, download unused)."""
+    pixels, target, classes = _read()
+    images = torch.from_numpy(pixels.copy()).unsqueeze(1)
     if resolution != 8:
         # Resize the whole tensor once instead of per item: it is deterministic.
         images = v2.functional.resize(images, [resolution, resolution], antialias=True).clamp_(0.0, 1.0)
     return Source(
         name="digits",
         root=None,
-        train=TensorImages(images, torch.from_numpy(raw.target).long()),
-        train_labels=raw.target,
+        train=TensorImages(images, torch.from_numpy(target.copy()).long()),
+        train_labels=target.copy(),
         test=None,
-        classes=[str(c) for c in raw.target_names],
+        classes=list(classes),
         in_channels=1,
         native=resolution,
         mean=DIGITS_MEAN,

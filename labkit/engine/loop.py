@@ -70,7 +70,7 @@ def train_run(run: RunConfig, registries: Registries, device: torch.device, prog
 @dataclass
 class Job:
     """Everything one run's training holds, built by :func:`build` and advanced by the
-    phase functions of :func:`_train`."""
+    phase functions of :func:`train_run`."""
 
     run: RunConfig
     registries: Registries
