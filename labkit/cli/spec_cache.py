@@ -234,6 +234,21 @@ def summarize(registries: Registries) -> dict[str, list[dict[str, Any]]]:
     return kinds
 
 
+_SUMMARIZED: list[tuple[Registries, tuple, dict[str, list[dict[str, Any]]]]] = []
+
+
+def _summarized(registries: Registries) -> dict[str, list[dict[str, Any]]]:
+    """:func:`summarize`, done again only when ``registries`` is another object or an
+    entry was added since (registries a test or notebook rebuilt are summarised once,
+    not at every command)."""
+    shape = tuple((registry.kind, len(registry.entries())) for registry in registries)
+    if _SUMMARIZED and _SUMMARIZED[0][0] is registries and _SUMMARIZED[0][1] == shape:
+        return _SUMMARIZED[0][2]
+    kinds = summarize(registries)
+    _SUMMARIZED[:] = [(registries, shape, kinds)]
+    return kinds
+
+
 def _summary_path() -> Path:
     return installation_dir() / SUMMARY
 
@@ -265,7 +280,7 @@ def keep_summary(registries: Registries) -> dict[str, list[dict[str, Any]]]:
     record = current_summary()
     if record is not None:
         return record["kinds"]
-    kinds = summarize(registries)
+    kinds = _summarized(registries)
     if usable():
         measuring = plugins.plugin_manager().hook.labkit_layer_measures.get_hookimpls()
         write_record(_summary_path(), {

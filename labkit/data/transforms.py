@@ -59,6 +59,32 @@ class Cutout:
         return f"Cutout(size={self.size})"
 
 
+class Normalize(v2.Normalize):
+    """torchvision's ``v2.Normalize`` with a short path for a plain float tensor
+    ``(C, H, W)`` (in-memory data sets): the same arithmetic as torchvision's kernel
+    (mean and std as tensors of the image's dtype, ``image.sub(mean).div_(std)``), so
+    the same bits, without the dispatch that costs about 7× the arithmetic on small
+    images. Anything else (tv_tensors, batches of other ranks) goes through
+    torchvision."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__(mean=list(mean), std=list(std))
+        self._constants: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, *inputs: object) -> object:
+        image = inputs[0] if len(inputs) == 1 else None
+        if type(image) is not torch.Tensor or image.ndim != 3 or not image.is_floating_point() \
+                or not all(self.std):
+            return super().forward(*inputs)
+        key = (image.dtype, image.device)
+        if key not in self._constants:
+            self._constants[key] = tuple(
+                torch.as_tensor(values, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+                for values in (self.mean, self.std))
+        mean, std = self._constants[key]
+        return image.sub(mean).div_(std)
+
+
 def check_augment(augment: str) -> None:
     """Raise :class:`UserError` unless ``augment`` names a preset in :data:`AUGMENT_PRESETS`."""
     if augment not in AUGMENT_PRESETS:
@@ -115,10 +141,12 @@ def build_transform(
     if pil_input:
         steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if mean is not None:
-        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+        steps.append(Normalize(mean, std))
     if pil_input:
         # tv_tensors.Image would otherwise leak into user code and collate.
         steps.append(v2.ToPureTensor())
     if augment == "flip_crop_cutout":
         steps.append(Cutout(resolution // 2))
+    if len(steps) == 1:
+        return steps[0]  # no Compose around one step: it is called once per image
     return v2.Compose(steps) if steps else v2.Identity()
