@@ -26,11 +26,11 @@ def test_spec_mistakes_exit_2_with_one_clear_message(write_spec, spec, fragment)
 def test_bad_json_missing_file_and_missing_device(tmp_path, write_spec):
     bad = tmp_path / "bad.json"
     bad.write_text("{'model': 'cnn_xs'}")
-    result = run_cli("run", str(bad), "--run-id", "X")
+    result = run_here("run", str(bad), "--run-id", "X")
     assert result.returncode == 2 and "line 1, column 2" in result.stderr
-    result = run_cli("plan", str(tmp_path / "missing.json"))
+    result = run_here("plan", str(tmp_path / "missing.json"))
     assert result.returncode == 2 and "not found" in result.stderr
-    result = run_cli("run", str(write_spec(GOOD)), "--run-id", "X", "--device", "cuda:7")
+    result = run_here("run", str(write_spec(GOOD)), "--run-id", "X", "--device", "cuda:7")
     assert result.returncode == 2 and "--device cpu" in result.stderr
     assert "Traceback" not in result.stderr
 

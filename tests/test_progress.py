@@ -16,7 +16,7 @@ import termios
 import pytest
 
 from labkit.engine.run import RUN_FIGURES_ENV
-from labkit.testing import invoke, run_cli, run_here
+from labkit.testing import invoke, run_here
 from labkit.training import progress
 
 SPEC = {"model": "mlp_s", "dataset": {"name": "digits", "resolution": 8}, "epochs": 1,
@@ -110,7 +110,7 @@ def test_jobs_2_shows_each_workers_epochs_as_lines_when_stderr_is_no_terminal(tm
                                 "optimizer": {"name": "sgd", "lr": [0.1, 0.05]},
                                 "analyses": ["receptive_field"],
                                 "logs_dir": str(tmp_path / "logs")}))
-    result = run_cli("run", str(spec), "--run-id", "J", "--jobs", "2")
+    result = run_here("run", str(spec), "--run-id", "J", "--jobs", "2")
     assert result.returncode == 0, result.stderr
     for lr in ("0.1", "0.05"):
         assert re.search(rf"^\[worker [12]\] mlp_s lr={lr} epoch 1/1: train loss .* eval loss ",
