@@ -6,8 +6,9 @@ a fresh process, side by side with ``python -c pass`` and ``python -c "import to
 Targets (issue 25, quiet 2-core machine): the first ``status`` of a new 100-run spec
 ≤ 1 s CPU (the registries' summary kept, as after any earlier command of this
 installation); with ``--quickstart`` (trains ``specs/quickstart.json`` first, a few
-minutes) ``plot`` and ``report`` of its grid ≤ 3 s and ``probes`` of one of its runs,
-fitted afresh on its stored latents, ≤ 5 s wall.
+minutes) ``plot`` and ``report`` of its grid ≤ 3 s (timed with every figure drawn, and
+with nothing changed since the last call) and ``probes`` of one of its runs, fitted
+afresh on its stored latents, ≤ 5 s wall.
 
 ``status`` and ``plan`` run on a generated 100-run grid (10 learning rates × 10 seeds,
 nothing trained). labkit caches a grid it validated (and the registries' summary that
@@ -67,10 +68,16 @@ def quickstart_cases(py: str, tmp: Path, env: dict[str, str]) -> list[tuple[str,
     def fresh_probes() -> None:  # the fits of one run, none cached
         shutil.rmtree(latents / "probe_cache", ignore_errors=True)
 
-    return [("labkit plot (quickstart grid)", [*labkit, "plot", *grid, "-o", str(tmp / "f")],
-             "warm"),
-            ("labkit report (quickstart grid)",
-             [*labkit, "report", *grid, "-o", str(tmp / "r.html")], "warm"),
+    def no_figures() -> None:  # plot's folder and the report's figure folder emptied
+        shutil.rmtree(tmp / "f", ignore_errors=True)
+        shutil.rmtree(tmp / "logs" / "figures", ignore_errors=True)
+
+    plot = [*labkit, "plot", *grid, "-o", str(tmp / "f")]
+    report = [*labkit, "report", *grid, "-o", str(tmp / "r.html")]
+    return [("labkit plot (quickstart grid, every figure drawn)", plot, no_figures),
+            ("labkit plot (quickstart grid, nothing changed)", plot, "warm"),
+            ("labkit report (quickstart grid, every figure drawn)", report, no_figures),
+            ("labkit report (quickstart grid, nothing changed)", report, "warm"),
             ("labkit probes (one quickstart run, -mp 2, no fit cached)",
              [*labkit, "probes", str(latents), "-mp", "2", "-q"], fresh_probes)]
 
