@@ -1,8 +1,11 @@
 """Built-in datasets, loaded from real-format files written to tmp_path (no network)."""
 import hashlib
+import importlib
 import inspect
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -69,6 +72,27 @@ def test_digits_items_match_sklearn_with_normalisation(digits_bundle, sk_digits)
             expected = (images[source] - DIGITS_MEAN[0]) / DIGITS_STD[0]
             np.testing.assert_allclose(image[0].numpy(), expected, atol=1e-5)
             assert label == labels[source]
+
+
+def test_digits_are_read_bit_for_bit_as_sklearn_reads_them_without_importing_it(monkeypatch):
+    raw = load_digits()
+    read = subprocess.run(
+        [sys.executable, "-c", "import importlib, sys; "
+         "images, target, _ = importlib.import_module('labkit.data.digits')._read(); "
+         "sys.stdout.buffer.write(images.tobytes() + "
+         "target.tobytes()); assert 'sklearn' not in sys.modules"],
+        capture_output=True, check=True).stdout
+    expected = (raw.images.astype(np.float32) / 16.0).tobytes() + raw.target.astype(np.int64).tobytes()
+    assert read == expected
+    # where the CSV is not found, scikit-learn's own loader, to the same arrays
+    digits_module = importlib.import_module("labkit.data.digits")  # labkit.data.digits is the factory
+    monkeypatch.setattr(digits_module.importlib.util, "find_spec", lambda name: None)
+    digits_module._read.cache_clear()
+    try:
+        images, target, classes = digits_module._read()
+    finally:
+        digits_module._read.cache_clear()
+    assert images.tobytes() + target.tobytes() == expected and classes == [str(i) for i in range(10)]
 
 
 def test_digits_normalisation_constants_match_data(sk_digits):
