@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.testing import run_cli, run_here
+from labkit.testing import run_here
 
 GOOD = {"model": "cnn_xs", "dataset": "digits", "epochs": 1}
 
