@@ -91,7 +91,9 @@ def test_pretrained_torchvision_weights_from_the_hub_cache_and_a_file(registries
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     spec = {**TINY, "model": {"name": "tv:resnet18", "weights": "IMAGENET1K_V1"},
-            "dataset": {"name": "digits", "resolution": 32}, "epochs": 1,
+            # a resnet18 at 32 px: a few batches are all the loading needs
+            "dataset": {"name": "digits", "resolution": 32, "subset": 128, "eval_fraction": 0.05},
+            "epochs": 1,
             "logs_dir": str(tmp_path / "logs")}
     with pytest.raises(UserError, match="looked for .*resnet18-f37072fd.pth"):
         expand(spec, registries)  # nothing is downloaded unless the spec allows it
