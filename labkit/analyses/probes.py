@@ -222,10 +222,7 @@ def _load_solver(solver: str) -> Callable[..., tuple[float, dict[str, float], bo
     """The fit function of ``solver``, its library imported (a worker's first import of
     torch takes seconds, which no layer's ``fit_seconds`` should show)."""
     if solver == "torch":
-        import torch  # noqa: F401
-        import torch._dynamo  # noqa: F401  torch's optimizers import it when first built
-
-        from labkit.measures import logistic  # noqa: F401
+        import scipy.optimize  # noqa: F401  (labkit.measures.logistic's L-BFGS)
         return _fit_torch
     import sklearn.linear_model  # noqa: F401
     return _fit_sklearn
