@@ -30,6 +30,14 @@ STATMAP = {"lsat": "saturation", "idim": "intrinsic-dimensionality",
            "det": "covariance-determinant", "trc": "covariance-trace", "dtrc": "diagonal-trace"}
 
 
+def test_log_columns_are_named_by_delves_statmap():
+    # labkit names them without importing delve (its import loads pyplot)
+    from delve.writers import STATMAP as DELVE
+
+    from labkit.measures.pca_dimension import STAT_COLUMNS
+    assert STAT_COLUMNS == {stat: DELVE[stat] for stat in STAT_COLUMNS} == STATMAP
+
+
 # ---------------------------------------------------------------- independent reference
 
 def numpy_rows(output: np.ndarray, conv_method="channelwise", downsampling=None,

@@ -13,6 +13,12 @@ from labkit.spec.saturation import IdimRule
 VIEW_STATS = ("lsat", "idim")
 """The statistics recomputed from the stored spectra at any ``delta`` and rule."""
 SPECTRA_DIR = "spectra"
+STAT_COLUMNS = {"lsat": "saturation", "idim": "intrinsic-dimensionality",
+                "det": "covariance-determinant", "trc": "covariance-trace",
+                "dtrc": "diagonal-trace"}
+"""Log-column names of the statistics: delve's ``STATMAP`` entries (the test suite checks
+them against delve's), kept here since importing delve loads pyplot, about 1.7 s of every
+training process."""
 
 
 def intrinsic_dimensionality(eigenvalues: np.ndarray, delta: float,
@@ -41,6 +47,4 @@ def intrinsic_dimensionality(eigenvalues: np.ndarray, delta: float,
 
 def column_name(split: str, stat: str, layer: str) -> str:
     """PHD-LAB's log column of one statistic: ``train-saturation_block1-conv1``."""
-    from delve.writers import STATMAP
-
-    return f"{split}-{STATMAP[stat]}_{layer}"
+    return f"{split}-{STAT_COLUMNS[stat]}_{layer}"

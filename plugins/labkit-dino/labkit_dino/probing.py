@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from labkit_dino.networks import embed
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
 # logit bias of a class absent from the probe's training labels: never predicted
 ABSENT_CLASS_BIAS = -1e4
@@ -66,6 +67,13 @@ Split = tuple[np.ndarray, np.ndarray]  # embeddings (N, D), labels (N,)
 def fit_probes(train: Split, evals: dict[str, Split], num_classes: int, k: int = 20,
                standardize: bool = True, max_iter: int = 1000) -> ProbeResult:
     """Fit k-NN and the linear probe on ``train`` = ``(X (N, D), y (N,))``, score ``evals``."""
+    # imported here: scikit-learn takes about 2 s to import, which every labkit process
+    # that loads this plugin (each training process and rank) would pay without probing
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
     x_train, y_train = train
     scaler = StandardScaler(with_mean=standardize, with_std=standardize).fit(x_train)
     z_train = scaler.transform(x_train)

@@ -21,9 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from scipy.stats import rankdata
 
 from labkit_stitch import cka
+
+
+def _rankdata(values: np.ndarray) -> np.ndarray:
+    """scipy's ``rankdata`` (ties averaged)."""
+    # imported here: scipy.stats takes about a second to import, which every labkit
+    # process that loads this plugin would pay without computing an RSA
+    from scipy.stats import rankdata
+    return rankdata(values)
 
 
 def as_matrix(x: ArrayLike | Representation) -> np.ndarray:
@@ -108,7 +115,7 @@ class Representation:
         def ranks() -> np.ndarray:
             upper = np.triu_indices(len(self), k=1)
             full = np.zeros((len(self), len(self)))
-            full[upper] = rankdata(self.rdm(kind)[upper])
+            full[upper] = _rankdata(self.rdm(kind)[upper])
             return full + full.T
         return self._get(("rdm_ranks", kind), ranks)
 
@@ -399,7 +406,7 @@ def compare_rdms(a: np.ndarray, b: np.ndarray, method: str = "spearman") -> floa
             ``"pearson"`` (of the values), ``"cosine"`` (of the values, not centred).
     """
     if method == "spearman":
-        a, b = rankdata(a), rankdata(b)
+        a, b = _rankdata(a), _rankdata(b)
     elif method not in COMPARISONS:
         raise ValueError(f"method must be one of {', '.join(COMPARISONS)}, got {method!r}")
     if method == "cosine":
