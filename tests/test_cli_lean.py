@@ -19,6 +19,7 @@ from labkit.cli import COMMANDS, cli, plugins, spec_cache
 from labkit.cli.commands.common import apply_overrides, load_runs
 from labkit.cli.commands.run import NextSteps, summarize
 from labkit.core.errors import UserError
+from labkit.outputs.figure_sets import MANIFEST, WORKERS_ENV
 from labkit.spec import expand
 from labkit.store import runinfo
 from labkit.store.identity import RunConfig, display_labels
@@ -138,6 +139,32 @@ def test_plot_report_and_results_of_an_edited_grid_import_no_torch(installation,
     out, err, heavy = labkit_probe("results", str(tmp_path / "logs"), "--table", "layers",
                                    env=with_stitch)
     assert heavy == [] and "layer_index" in out, err
+
+
+def test_figures_drawn_on_forked_processes_are_those_drawn_in_this_one(installation,
+                                                                        write_spec, tmp_path):
+    spec = write_spec({"name": "forked", "model": "mlp_s", "epochs": 1, "seed": [0, 1],
+                       "metrics": ["accuracy"], "dataset": {"name": "digits", "resolution": 8},
+                       "saturation": {}})
+    assert invoke("run", str(spec), "--run-id", "F", "--quiet").exit_code == 0
+    here, forked = tmp_path / "here", tmp_path / "forked"
+    # this process imported torch: its figures are drawn in it, never on a fork
+    drawn = invoke("plot", str(spec), "--run-id", "F", "-o", str(here))
+    assert drawn.exit_code == 0 and "figure(s) drawn, " in drawn.output, drawn.output
+    out, err, heavy = labkit_probe("plot", str(spec), "--run-id", "F", "-o", str(forked),
+                                   env={**installation, WORKERS_ENV: "2"})
+    assert heavy == [] and "7 figure(s) drawn on 2 processes" in out, err
+    files = sorted(p.relative_to(here) for p in here.rglob("*.png"))
+    assert len(files) == 7 and files == sorted(p.relative_to(forked)
+                                               for p in forked.rglob("*.png"))
+    for name in files:  # the same pixels, the same manifest of what each is drawn from
+        assert (here / name).read_bytes() == (forked / name).read_bytes(), name
+        assert (forked / name).with_suffix(".svg").stat().st_size > 0
+    assert (json.loads((here / MANIFEST).read_text())["figures"].keys()
+            == json.loads((forked / MANIFEST).read_text())["figures"].keys())
+    again, err, _ = labkit_probe("plot", str(spec), "--run-id", "F", "-o", str(forked),
+                                 env={**installation, WORKERS_ENV: "0"})
+    assert f"{WORKERS_ENV}='0' is not a number of processes" in err and "Traceback" not in err
 
 
 def backdate(*paths: Path) -> None:

@@ -31,15 +31,20 @@ a report after ``plot``, or a second report, draws only what changed.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import labkit
-from labkit.core.errors import DamagedFile
+from labkit.core.errors import DamagedFile, UserError
 from labkit.outputs import figures, projection_plot, tail_plot
 from labkit.outputs.figures import Report
 from labkit.store import runinfo
@@ -262,11 +267,12 @@ def _stat(path: Path) -> list[int] | None:
 @dataclass
 class Drawn:
     """What :meth:`FigureFolder.draw` did: the files written, the figures kept, and the
-    PNG of every figure with data, by stem."""
+    PNG of every figure with data, by stem, and how many processes drew them."""
 
     written: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)
     pngs: dict[str, Path] = field(default_factory=dict)
+    workers: int = 1
 
 
 class FigureFolder:
@@ -299,31 +305,97 @@ class FigureFolder:
         return not entry.get("drawn") or all(p.is_file() for p in self.paths(job))
 
     def draw(self, jobs: Sequence[FigureJob], on_damaged: Report = figures.warn) -> Drawn:
-        """Draw every figure of ``jobs`` that is not current, keep the others; then
-        write the manifest."""
+        """Draw every figure of ``jobs`` that is not current (on several cores when
+        :func:`drawing_workers` allows), keep the others; then write the manifest."""
         done = Drawn()
+        todo = []
         for job in jobs:
-            if self.current(job):
-                if self.entries[job.stem].get("drawn"):
-                    done.kept.append(self.paths(job)[0])
-                    done.pngs[job.stem] = self.paths(job)[0]
-                continue
-            fingerprint, problems = self.fingerprint(job), []
-
-            def report(line: str) -> None:
-                problems.append(line)
+            if not self.current(job):
+                todo.append(job)
+            elif self.entries[job.stem].get("drawn"):
+                done.kept.append(self.paths(job)[0])
+                done.pngs[job.stem] = self.paths(job)[0]
+        # taken before drawing: an input that changes meanwhile makes the figure stale
+        fingerprints = [self.fingerprint(job) for job in todo]
+        done.workers = drawing_workers(len(todo))
+        for job, fingerprint, (written, problems) in zip(
+                todo, fingerprints, draw_jobs(todo, self.folder, done.workers)):
+            for line in problems:
                 on_damaged(line)
-
-            figure = job.draw(report)
-            if figure is not None:
-                done.written += figures.save(figure, self.folder / job.stem)
+            if written:
+                done.written += written
                 done.pngs[job.stem] = self.paths(job)[0]
             settled = all(s is None or time.time_ns() - s[1] >= RACY_SECONDS * 1e9
                           for s in fingerprint["inputs"].values())
             self.entries.pop(job.stem, None)
             if settled and not problems:
-                self.entries[job.stem] = {"fingerprint": fingerprint,
-                                          "drawn": figure is not None}
+                self.entries[job.stem] = {"fingerprint": fingerprint, "drawn": bool(written)}
         if done.written or self.entries:
             write_json(self.folder / MANIFEST, {"format": FORMAT, "figures": self.entries})
         return done
+
+
+# ---------------------------------------------------------------- drawing on several cores
+
+FIGURES_PER_WORKER = 3
+"""Least figures per drawing worker: a forked worker costs little (matplotlib and the
+data are inherited), but fewer figures than this are drawn in the process itself."""
+WORKERS_ENV = "LABKIT_FIGURE_WORKERS"
+"""Most processes that draw figures (default: the cores this process may use; 1: draw
+in the process itself)."""
+
+
+def drawing_workers(count: int) -> int:
+    """Processes that draw ``count`` figures: one per core this process may use (at
+    most ``$LABKIT_FIGURE_WORKERS``), at most one per :data:`FIGURES_PER_WORKER`
+    figures; 1 (this process) where forking is unavailable or unsafe: torch imported
+    (its thread pools do not survive a fork) or other threads running.
+
+    Raises:
+        UserError: ``LABKIT_FIGURE_WORKERS`` is not a positive whole number.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    limit = os.environ.get(WORKERS_ENV, "").strip()
+    if limit:
+        if not limit.isdigit() or int(limit) < 1:
+            raise UserError(f"{WORKERS_ENV}={limit!r} is not a number of processes; set "
+                            f"it to a whole number of at least 1 (1 draws in this process), "
+                            f"or unset it to use every core")
+        cores = min(cores, int(limit))
+    if (count < 2 * FIGURES_PER_WORKER or "torch" in sys.modules
+            or threading.active_count() > 1
+            or "fork" not in multiprocessing.get_all_start_methods()):
+        return 1
+    return max(1, min(cores, count // FIGURES_PER_WORKER))
+
+
+def draw_job(job: FigureJob, folder: Path) -> tuple[list[Path], list[str]]:
+    """Draw ``job`` into ``folder``: the files written (none when it has no data) and
+    the lines its drawing reported (damaged files left out)."""
+    problems: list[str] = []
+    figure = job.draw(problems.append)
+    return ([] if figure is None else figures.save(figure, folder / job.stem)), problems
+
+
+_FORKED: list[tuple[FigureJob, Path]] = []
+"""The jobs of :func:`draw_jobs` while forked workers draw them: inherited by the
+workers, so that the drawing functions (closures) need no pickling."""
+
+
+def _draw_forked(index: int) -> tuple[list[Path], list[str]]:
+    return draw_job(*_FORKED[index])
+
+
+def draw_jobs(jobs: Sequence[FigureJob], folder: Path,
+              workers: int = 1) -> list[tuple[list[Path], list[str]]]:
+    """:func:`draw_job` of each of ``jobs``, in order, in this process or on ``workers``
+    forked processes (:func:`drawing_workers` says how many may be; a worker that dies
+    fails the call: BrokenProcessPool)."""
+    if workers <= 1:
+        return [draw_job(job, folder) for job in jobs]
+    _FORKED[:] = [(job, folder) for job in jobs]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_draw_forked, range(len(jobs))))
+    finally:
+        _FORKED.clear()

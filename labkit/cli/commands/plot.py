@@ -75,7 +75,8 @@ def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...], quiet:
         for path in done.written:
             if path.suffix == ".png":
                 click.echo(f"  {path}")
-    click.echo(f"{len(done.written) // 2} figure(s) drawn, {len(done.kept)} unchanged "
+    on = f" on {done.workers} processes" if done.workers > 1 else ""
+    click.echo(f"{len(done.written) // 2} figure(s) drawn{on}, {len(done.kept)} unchanged "
                f"(PNG and SVG) in {out}")
 
 
