@@ -222,3 +222,24 @@ def test_a_large_whole_layer_kept_as_float16_fits_what_the_float32_copy_fits(
     sklearn = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     sklearn.fit(x.astype(np.float32), labels)
     assert abs(kept.train_accuracy - sklearn.score(x.astype(np.float32), labels)) <= 0.003
+
+
+def test_lbfgs_goes_on_in_float64_where_float32_values_hide_the_decrease():
+    # an ill-conditioned quadratic far from zero: float32 values stop showing decreases
+    # long before the gradient test passes (float32 alone stops at |g| ≈ 0.1; so did
+    # torch's L-BFGS); float64 weights from there reach the test
+    target = torch.linspace(-1, 1, 30).reshape(3, 10)
+    scale = torch.logspace(0, 2, 30).reshape(3, 10)
+    seen = set()
+
+    def evaluate(weight, bias):
+        seen.add(weight.dtype)
+        d = weight - target.to(weight.dtype)
+        value = 1e4 + (scale.to(weight.dtype) * d * d).sum() + (bias * bias).sum()
+        return float(value), (2 * scale * d).double(), (2 * bias).double()
+
+    weight, bias, used = logistic._lbfgs(evaluate, torch.zeros(3, 10), torch.ones(3), 1e-4, 500)
+    _, grad_w, grad_b = evaluate(weight.double(), bias.double())
+    assert max(float(grad_w.abs().max()), float(grad_b.abs().max())) <= 1e-4
+    assert seen == {torch.float32, torch.float64} and weight.dtype == torch.float32
+    assert 0 < used <= 500
