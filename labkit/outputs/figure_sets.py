@@ -348,8 +348,9 @@ in the process itself)."""
 def drawing_workers(count: int) -> int:
     """Processes that draw ``count`` figures: one per core this process may use (at
     most ``$LABKIT_FIGURE_WORKERS``), at most one per :data:`FIGURES_PER_WORKER`
-    figures; 1 (this process) where forking is unavailable or unsafe: torch imported
-    (its thread pools do not survive a fork) or other threads running.
+    figures; 1 (this process) where forking is unsafe: torch imported (its thread pools
+    do not survive a fork), other threads running, or not Linux (macOS's system
+    libraries do not survive one either, which is why Python no longer forks there).
 
     Raises:
         UserError: ``LABKIT_FIGURE_WORKERS`` is not a positive whole number.
@@ -364,7 +365,7 @@ def drawing_workers(count: int) -> int:
         cores = min(cores, int(limit))
     if (count < 2 * FIGURES_PER_WORKER or "torch" in sys.modules
             or threading.active_count() > 1
-            or "fork" not in multiprocessing.get_all_start_methods()):
+            or not sys.platform.startswith("linux")):
         return 1
     return max(1, min(cores, count // FIGURES_PER_WORKER))
 
