@@ -341,16 +341,16 @@ FIGURES_PER_WORKER = 3
 """Least figures per drawing worker: a forked worker costs little (matplotlib and the
 data are inherited), but fewer figures than this are drawn in the process itself."""
 WORKERS_ENV = "LABKIT_FIGURE_WORKERS"
-"""Most processes that draw figures (default: the cores this process may use; 1: draw
+"""How many processes may draw figures (default: the cores this process may use; 1: draw
 in the process itself)."""
 
 
 def drawing_workers(count: int) -> int:
-    """Processes that draw ``count`` figures: one per core this process may use (at
-    most ``$LABKIT_FIGURE_WORKERS``), at most one per :data:`FIGURES_PER_WORKER`
-    figures; 1 (this process) where forking is unsafe: torch imported (its thread pools
-    do not survive a fork), other threads running, or not Linux (macOS's system
-    libraries do not survive one either, which is why Python no longer forks there).
+    """Processes that draw ``count`` figures: one per core this process may use (or
+    ``$LABKIT_FIGURE_WORKERS``), at most one per :data:`FIGURES_PER_WORKER` figures;
+    1 (this process) where forking is unsafe: torch imported (its thread pools do not
+    survive a fork), other threads running, or not Linux (macOS's system libraries do
+    not survive one either, which is why Python no longer forks there).
 
     Raises:
         UserError: ``LABKIT_FIGURE_WORKERS`` is not a positive whole number.
@@ -362,7 +362,7 @@ def drawing_workers(count: int) -> int:
             raise UserError(f"{WORKERS_ENV}={limit!r} is not a number of processes; set "
                             f"it to a whole number of at least 1 (1 draws in this process), "
                             f"or unset it to use every core")
-        cores = min(cores, int(limit))
+        cores = int(limit)
     if (count < 2 * FIGURES_PER_WORKER or "torch" in sys.modules
             or threading.active_count() > 1
             or not sys.platform.startswith("linux")):
