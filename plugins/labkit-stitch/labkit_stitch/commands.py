@@ -283,11 +283,31 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
     table = stitch_table(runs, split, metric, problems, values, diagonal_tolerance)
     if companions is not None:
         table = with_companions(table, companions)
+    depths = sender_depths(runs, cells, over)
+    files = _write_cell_tables(table, depths, tolerance, out, f"{split} {metric}")
+    if over:
+        files += _write_mean_tables(mean_table(runs, table, over, diagonal_tolerance), depths,
+                                    tolerance, out, f"{split} {metric}", over)
+    record.write(files)
+    click.echo(f"\nstitching tables -> {files[0]}")
+
+
+def sender_depths(runs: list[RunConfig], cells: dict[str, Cell],
+                  over: Sequence[str]) -> dict[tuple[str, str], int]:
+    """``(group, sender layer)`` → the layer's depth in A, for the groups of the cells
+    and of their means over ``over`` (what the latest-layer summaries order by)."""
     depths: dict[tuple[str, str], int] = {}
     for run in runs:
         params = stitched_params(run)
         for group in (group_of(run, params), group_of(run, params, over)):
             depths[(group, params.sender_layer)] = cells[str(run.directory)].sender_depth
+    return depths
+
+
+def _write_cell_tables(table: pd.DataFrame, depths: dict[tuple[str, str], int],
+                       tolerance: float, out: Path, measured: str) -> list[Path]:
+    """stitch_table.csv, stitch_latest.csv and a heatmap per group, each group's
+    matrices on stdout; the files written."""
     files = [out / "stitch_table.csv", out / "stitch_latest.csv"]
     write_csv(files[0], table)
     latest = latest_table(table, depths, tolerance)
@@ -295,7 +315,7 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
     for group, rows in table.groupby("group", sort=False):
         files.append(out / f"stitch_{group}.png")
         plot_stitch_group(rows, files[-1])
-        click.echo(f"\n== {group}: {split} {metric}; A {rows['sender_run'].iloc[0]} "
+        click.echo(f"\n== {group}: {measured}; A {rows['sender_run'].iloc[0]} "
                    f"({rows['sender'].iloc[0]:.3f}), B {rows['receiver_run'].iloc[0]} "
                    f"({rows['receiver'].iloc[0]:.3f})")
         echo_matrices(rows, ["stitched", "random_sender", "debiased", "penalty",
@@ -303,24 +323,28 @@ def write_stitch_tables(runs: list[RunConfig], split: str, metric: str, out: Pat
         echo_beaten_diagonal(rows, DIAGONAL_CHECKED)
     echo_unstitchable(table)
     echo_latest(latest, "latest layer of A that can stitch")
-    if over:
-        means = mean_table(runs, table, over, diagonal_tolerance)
-        files += [out / "stitch_mean.csv", out / "stitch_mean_latest.csv"]
-        write_csv(out / "stitch_mean.csv", means)
-        mean_latest = latest_table(means, depths, tolerance, mean=True)
-        write_csv(out / "stitch_mean_latest.csv", mean_latest)
-        for group, rows in means.groupby("group", sort=False):
-            files.append(out / f"stitch_mean_{group}.png")
-            plot_stitch_group(rows, files[-1], mean=True)
-            click.echo(f"\n== {group}: {split} {metric}, mean over {', '.join(over)} "
-                       f"(n = {rows['stitched_n'].max()})")
-            echo_matrices(rows, ["stitched_mean", "stitched_std", "debiased_mean",
-                                 "direct_match_mean"], "sender_layer", "receiver_layer")
-            echo_beaten_diagonal(rows, [f"{value}_mean" for value in DIAGONAL_CHECKED])
-        echo_latest(mean_latest, f"latest layer of A that can stitch, mean over "
-                                 f"{', '.join(over)}")
-    record.write(files)
-    click.echo(f"\nstitching tables -> {files[0]}")
+    return files
+
+
+def _write_mean_tables(means: pd.DataFrame, depths: dict[tuple[str, str], int],
+                       tolerance: float, out: Path, measured: str,
+                       over: Sequence[str]) -> list[Path]:
+    """stitch_mean.csv, stitch_mean_latest.csv and a heatmap per averaged group, each
+    group's matrices on stdout; the files written."""
+    files = [out / "stitch_mean.csv", out / "stitch_mean_latest.csv"]
+    write_csv(files[0], means)
+    mean_latest = latest_table(means, depths, tolerance, mean=True)
+    write_csv(files[1], mean_latest)
+    for group, rows in means.groupby("group", sort=False):
+        files.append(out / f"stitch_mean_{group}.png")
+        plot_stitch_group(rows, files[-1], mean=True)
+        click.echo(f"\n== {group}: {measured}, mean over {', '.join(over)} "
+                   f"(n = {rows['stitched_n'].max()})")
+        echo_matrices(rows, ["stitched_mean", "stitched_std", "debiased_mean",
+                             "direct_match_mean"], "sender_layer", "receiver_layer")
+        echo_beaten_diagonal(rows, [f"{value}_mean" for value in DIAGONAL_CHECKED])
+    echo_latest(mean_latest, f"latest layer of A that can stitch, mean over {', '.join(over)}")
+    return files
 
 
 def echo_beaten_diagonal(rows: pd.DataFrame, columns: Sequence[str]) -> None:
