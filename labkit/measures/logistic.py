@@ -349,17 +349,18 @@ def _lbfgs(evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.T
     from scipy.optimize import minimize
 
     size, shape, device = weight.numel(), weight.shape, weight.device
+
+    def value_and_gradient(at: np.ndarray, precision: torch.dtype) -> tuple[float, np.ndarray]:
+        x = torch.from_numpy(at).to(device=device, dtype=precision)
+        value, grad_w, grad_b = evaluate(x[:size].reshape(shape), x[size:])
+        gradient = torch.cat([grad_w.reshape(-1), grad_b]).to("cpu", torch.float64)
+        return float(value), gradient.numpy()
+
     point = torch.cat([weight.reshape(-1), bias]).to("cpu", torch.float64).numpy()
     used = 0
     for precision in (torch.float32, torch.float64):
-        def value_and_gradient(at: np.ndarray, precision: torch.dtype = precision
-                               ) -> tuple[float, np.ndarray]:
-            x = torch.from_numpy(at).to(device=device, dtype=precision)
-            value, grad_w, grad_b = evaluate(x[:size].reshape(shape), x[size:])
-            gradient = torch.cat([grad_w.reshape(-1), grad_b]).to("cpu", torch.float64)
-            return float(value), gradient.numpy()
-
-        result = minimize(value_and_gradient, point, jac=True, method="L-BFGS-B",
+        result = minimize(value_and_gradient, point, args=(precision,), jac=True,
+                          method="L-BFGS-B",
                           options={"maxiter": max_iter - used, "gtol": tol, "maxls": 50,
                                    "ftol": 64 * np.finfo(float).eps})
         used += int(result.nit)
