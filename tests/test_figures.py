@@ -3,6 +3,8 @@ sit off the data, probe axes span the data, saturation axes state δ, loss axes 
 logarithmic over a decade, grouped lines are coloured by the first key and styled by the
 second, border markers never hide each other; the projection figure; `labkit plot`
 writes PNG and SVG and redraws only the figures whose inputs changed."""
+import html
+import io
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ from labkit.cli import cli, plugins
 from labkit.cli.commands.common import load_runs
 from labkit.outputs import figures, projection_plot, tail_plot
 from labkit.outputs.figure_sets import MANIFEST, FigureFolder, grid_figures
+from labkit.outputs.report import build_report
 from labkit.testing import run_here
 
 # two seeds of one tiny network, with saturation, receptive fields, probes and projection
@@ -267,6 +270,44 @@ def test_plot_writes_png_and_svg_of_every_figure_and_redraws_only_what_changed(g
     unknown = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "nope"])
     assert unknown.exit_code == 2 and "labkit run" in unknown.output
     assert not any(r.directory.parent.name == "nope" for r in runs)
+
+
+def test_a_group_of_one_run_shows_its_runs_figures_drawn_once(grid, tmp_path):
+    _, runs = grid
+    drawn = grid_figures(runs, ["seed"], "by seed")  # two groups of one run each
+    stems = [job.stem for job in drawn.jobs()]
+    assert len(stems) == len(set(stems))
+    for run, (label, jobs) in zip(runs, drawn.groups.items()):
+        own = {job.stem: job for job in drawn.runs[run.hash]}
+        group_stems = [job.stem for job in jobs]
+        assert group_stems[0] == f"groups/{label}/tail_pattern"
+        shared = group_stems[1:]  # its learning and projection curves: the run's own jobs
+        assert f"{run.directory.name}/learning_curves" in shared
+        assert any(Path(s).name.startswith("projected_results") for s in shared)
+        assert all(own.get(stem) is job for stem, job in zip(shared, jobs[1:]))
+        assert not any(s.startswith(f"groups/{label}/learning") for s in stems)
+    page = build_report(runs, ["seed"], "by seed", figure_folder=tmp_path / "f")
+    for run in runs:  # its learning curves once on the page, and its section points there
+        caption = next(j.caption for j in drawn.runs[run.hash]
+                       if j.stem.endswith("learning_curves"))
+        assert page.count(f"<figcaption>{html.escape(caption)}</figcaption>") == 1
+    assert page.count("are shown in group section") == len(runs)
+    assert sorted(p.name for p in (tmp_path / "f" / "groups").iterdir()) == ["seed=0", "seed=1"]
+    assert [p.name for p in (tmp_path / "f" / "groups" / "seed=0").glob("*.png")] == \
+        ["tail_pattern.png"]
+
+
+def test_figures_are_laid_out_once_as_savefig_would_and_svg_text_stays_text(grid, tmp_path):
+    _, runs = grid
+    log = pd.read_csv(runs[0].directory / "log.csv")
+    plain = figures.learning_curves(log, "run")
+    expected = io.BytesIO()
+    plain.savefig(expected, format="png", dpi=figures.DPI)  # matplotlib's own layout
+    saved = figures.save(figures.learning_curves(log, "run"), tmp_path / "curves")
+    assert saved[0].read_bytes() == expected.getvalue()
+    svg = saved[1].read_text()
+    assert "<text" in svg and ">Learning curves" in svg  # searchable, editable text
+    assert figures.png_bytes(figures.learning_curves(log, "run")) == expected.getvalue()
 
 
 def test_dino_probe_curves_from_a_real_dino_run(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ a folder, ``labkit report`` embeds them. File stems, relative to the folder:
   under that file's stem (:mod:`labkit.outputs.projection_plot`);
 * per group of runs, in ``groups/<group>/``: ``tail_pattern`` (its runs' mean ± sd,
   :mod:`labkit.outputs.tail_plot`), ``learning_curves`` (its runs overlaid) and its
-  projection figures;
+  projection figures; a group of one run has only its tail pattern there, and shows its
+  run's learning and projection curves (drawn once);
 * per grid: ``tail_pattern_by_<keys>`` always, and with several groups
   ``learning_curves_by_<keys>`` and ``<projection stem>_by_<keys>``, every group on one
   figure, coloured by the first key and styled by the second.
@@ -84,9 +85,11 @@ class GridFigures:
     runs: dict[str, list[FigureJob]] = field(default_factory=dict)
 
     def jobs(self) -> list[FigureJob]:
-        """Every figure: runs', groups', then the grid's."""
-        return [*(j for jobs in self.runs.values() for j in jobs),
-                *(j for jobs in self.groups.values() for j in jobs), *self.grid]
+        """Every figure once: runs', groups', then the grid's (a group of one run shows
+        figures of its run)."""
+        every = [*(j for jobs in self.runs.values() for j in jobs),
+                 *(j for jobs in self.groups.values() for j in jobs), *self.grid]
+        return list({job.stem: job for job in every}.values())
 
 
 def records(run_dir: Path) -> list[Path]:
@@ -216,17 +219,22 @@ def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], name: str) -> G
         inputs = [p for r in members for p in run_inputs(r.directory)]
         params = {"name": name, "group": label, "runs": membership[label]}
         title = f"{name}; group {label}"
-        inside = dict(zip((r.hash for r in members),
-                          display_labels([r.config for r in members])[0]
-                          if len(members) > 1 else [labels[members[0].hash]]))
         one = {label: members}
         jobs = [FigureJob(f"{folder}/tail_pattern", f"Tail pattern of {label}", inputs,
-                          params, _tail_figure(one, title)),
-                FigureJob(f"{folder}/learning_curves", f"Learning curves of the runs of {label}",
-                          inputs, params, _curves_figure(one, inside, title))]
-        jobs += [FigureJob(f"{folder}/{Path(file).stem}", f"Projection curves of {label} ({file})",
-                           inputs, params, _projection_figure(one, file, title))
-                 for file in projections]
+                          params, _tail_figure(one, title))]
+        if len(members) == 1:  # its learning and projection curves are its run's
+            own = result.runs[members[0].hash]
+            jobs += [job for job in own if Path(job.stem).name == "learning_curves"
+                     or Path(job.stem).name in {Path(f).stem for f in projections}]
+        else:
+            inside = dict(zip((r.hash for r in members),
+                              display_labels([r.config for r in members])[0]))
+            jobs.append(FigureJob(f"{folder}/learning_curves",
+                                  f"Learning curves of the runs of {label}", inputs, params,
+                                  _curves_figure(one, inside, title)))
+            jobs += [FigureJob(f"{folder}/{Path(file).stem}",
+                               f"Projection curves of {label} ({file})", inputs, params,
+                               _projection_figure(one, file, title)) for file in projections]
         result.groups[label] = jobs
     styles = figures.group_styles(groups, keys)
     inputs = [p for r in runs for p in run_inputs(r.directory)]

@@ -69,22 +69,45 @@ def new_figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
+def lay_out(figure: Figure) -> None:
+    """Fix ``figure``'s layout once, at :data:`DPI`, for every format it is saved in.
+
+    matplotlib's ``savefig`` of a figure with a layout engine draws it twice (once with
+    drawing switched off, to run the engine; a constrained layout runs its own two
+    passes over every text) and does so again for every format; here the engine runs
+    once and is then removed, so that each format costs one drawing. The PNG is
+    byte-identical to ``savefig``'s own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    engine = figure.get_layout_engine()
+    if engine is None:
+        return
+    figure.set_dpi(DPI)
+    FigureCanvasAgg(figure)  # the renderer the engine measures text with, at DPI
+    engine.execute(figure)
+    figure.set_layout_engine(None)
+
+
 def save(figure: Figure, stem: Path) -> list[Path]:
     """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically); their paths.
-    The layout is computed once, for the first format (a constrained layout costs about
-    as much as drawing), and kept for the others."""
+    The layout is computed once (:func:`lay_out`); the SVG keeps its text as text
+    (``svg.fonttype: none``: searchable, editable in a vector editor, and drawn in
+    three quarters of the time of glyph outlines)."""
+    from matplotlib import rc_context
+
+    lay_out(figure)
     paths = []
     for fmt in FORMATS:
         path = Path(f"{stem}.{fmt}")
-        with atomic_open(path, "wb") as handle:
+        with atomic_open(path, "wb") as handle, rc_context({"svg.fonttype": "none"}):
             figure.savefig(handle, format=fmt, dpi=DPI)
-        figure.set_layout_engine("none")
         paths.append(path)
     return paths
 
 
 def png_bytes(figure: Figure) -> bytes:
     """``figure`` as PNG bytes."""
+    lay_out(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
@@ -366,7 +389,8 @@ def saturation_epochs(log: pd.DataFrame, name: str,
             for (row, col), value in np.ndenumerate(values):
                 if np.isfinite(value):
                     axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                              color="white" if value < 0.6 else "black")
+                              color="white" if value < 0.6 else "black",
+                              in_layout=False)  # inside its cell: the layout skips it
     axes[0].set_ylabel("layer (network order)")
     figure.colorbar(image, ax=list(axes), label=saturation_label(config).replace(" (", "\n("))
     return titled(figure, "Saturation per layer over epochs", name)

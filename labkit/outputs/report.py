@@ -397,8 +397,9 @@ def group_section(index: int, label: str, members: Sequence[RunConfig],
     return parts
 
 
-def run_section(view: RunView, shown: list[str]) -> list[str]:
-    """A run's part of the page: status, reasons, directory and figures (``shown``)."""
+def run_section(view: RunView, shown: list[str], above: Sequence[int] = ()) -> list[str]:
+    """A run's part of the page: status, reasons, directory and figures (``shown``;
+    ``above``: the group sections that already show its other figures)."""
     run, status = view.run, view.status
     parts = [f'<h3 id="run-{run.hash}">{html.escape(view.label)} '
              f'<span class="muted">{run.hash}</span></h3>',
@@ -407,8 +408,12 @@ def run_section(view: RunView, shown: list[str]) -> list[str]:
              + (f'; <span class="reason">reason: {html.escape(status["reason"])}</span>'
                 if status["reason"] else "")
              + f'.<br><code class="muted">{html.escape(str(run.directory))}</code></p>']
+    if above:
+        links = ", ".join(f'<a href="#group-{i}">{i}</a>' for i in above)
+        parts.append(f'<p class="muted">Its learning and projection curves are shown in '
+                     f'group section {links}.</p>')
     if not shown:
-        return [*parts, "<p>No readable log, so no figures.</p>"]
+        return parts if above else [*parts, "<p>No readable log, so no figures.</p>"]
     return [*parts, f"<details><summary>{len(shown)} figure(s) of this run</summary>",
             *shown, "</details>"]
 
@@ -448,15 +453,20 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str,
     if len(groups) > 1:
         parts += ['<h2 id="compared">All groups compared</h2>',
                   *filter(None, map(images.html, drawn.grid))]
+    above: dict[str, int] = {}  # stem → the group section that shows its figure
     for i, (label, members) in enumerate(groups.items(), 1):
-        shown = list(filter(None, map(images.html, drawn.groups.get(label, []))))
-        parts += group_section(i, label, members, views, layers, shown)
+        shown = [(job.stem, images.html(job)) for job in drawn.groups.get(label, [])]
+        above |= {stem: i for stem, figure in shown if figure}
+        parts += group_section(i, label, members, views, layers,
+                               [figure for _, figure in shown if figure])
     for i, (section_title, body) in enumerate(sections, 1):
         parts += [f'<h2 id="plugin-{i}">{html.escape(section_title)}</h2>', body]
     parts.append('<h2 id="runs">Runs</h2>')
     for run in runs:
-        shown = list(filter(None, map(images.html, drawn.runs.get(run.hash, []))))
-        parts += run_section(views[run.hash], shown)
+        jobs = drawn.runs.get(run.hash, [])
+        shown = list(filter(None, map(images.html, [j for j in jobs if j.stem not in above])))
+        parts += run_section(views[run.hash], shown,
+                             sorted({above[j.stem] for j in jobs if j.stem in above}))
     problems = list(dict.fromkeys(left_out + layer_problems))
     if problems:
         parts += ["<h2>Left out as damaged</h2>", '<ul class="reason">'
