@@ -310,6 +310,41 @@ def test_figures_are_laid_out_once_as_savefig_would_and_svg_text_stays_text(grid
     assert figures.png_bytes(figures.learning_curves(log, "run")) == expected.getvalue()
 
 
+def test_a_folder_holds_each_format_asked_for_and_never_a_stale_one(grid, tmp_path):
+    _, runs = grid
+    settle(runs)
+    every = grid_figures(runs, [], "formats")
+    jobs = [every.runs[runs[0].hash][0], every.grid[0]]  # a run's curves, the grid's tail
+    folder = tmp_path / "f"
+
+    def draw(*formats):
+        return FigureFolder(folder).draw(jobs, formats=formats or figures.FORMATS)
+
+    def times(suffix):
+        return {p: p.stat().st_mtime_ns for p in folder.rglob(f"*.{suffix}")}
+
+    first = draw("png")  # what the report asks for: the PNG it embeds, alone
+    assert len(first.written) == 2 and len(times("png")) == 2 and not times("svg")
+    assert draw("png").written == []
+    both = draw()  # plot's default: the SVG is missing, so both are drawn
+    assert len(both.written) == 2 and len(times("svg")) == 2
+    assert draw("png").written == [] and draw().written == []  # a report after plot
+    svgs = times("svg")
+    log = runs[0].directory / "log.csv"  # rewritten: both figures read it
+    log.write_bytes(log.read_bytes())
+    os.utime(log, (time.time() - 5, time.time() - 5))
+    redrawn = draw("png")
+    assert len(redrawn.written) == 2
+    assert all(times("svg")[p] != t for p, t in svgs.items())  # no SVG shows the old figure
+    assert draw().written == []
+    pdf = draw("pdf")
+    assert len(pdf.written) == 2 and all(p.suffix == ".pdf" for p in pdf.written)
+    assert all(p.read_bytes().startswith(b"%PDF") for p in pdf.written)
+    assert draw("png", "svg", "pdf").written == []
+    wrong = CliRunner().invoke(cli, ["plot", "x.json", "--run-id", "G", "--format", "jpg"])
+    assert wrong.exit_code == 2 and "'jpg' is not one of" in wrong.output
+
+
 def test_dino_probe_curves_from_a_real_dino_run(tmp_path, monkeypatch):
     spec = {"name": "dino_tiny", "model": "mlp_s", "dataset": {"name": "digits", "resolution": 8},
             "method": {"name": "dino", "teacher_mode": "no_update", "teacher_eval": True,

@@ -21,8 +21,11 @@ a folder, ``labkit report`` embeds them. File stems, relative to the folder:
 ctime_ns, inode, device; :func:`labkit.store.file_digests.stat_key`) of every file the
 figure is drawn from (present or not), its parameters (title, grouping keys, the runs
 of each group) and the code that draws it (labkit's version and the stat of the
-``labkit/outputs`` modules). A figure whose entry matches and whose PNG and SVG exist is
-kept as it is; any other is drawn again. A figure drawn from a file modified less than
+``labkit/outputs`` modules) and the formats it was written in. A figure whose entry
+matches and whose files exist in every format asked for (``plot``: PNG and SVG, or its
+``--format``; ``report``: the PNG it embeds) is kept as it is; any other is drawn again,
+in the formats asked for and in every other format it has a file in (so that no file
+shows it as it was). A figure drawn from a file modified less than
 two seconds before (:data:`~labkit.store.file_digests.RACY_SECONDS`), or drawn while a
 damaged file was left out, gets no entry, so it is drawn again next time (and the
 damage reported again). A manifest that cannot be read counts as empty. ``labkit
@@ -274,8 +277,9 @@ def _stat(path: Path) -> list[int] | None:
 
 @dataclass
 class Drawn:
-    """What :meth:`FigureFolder.draw` did: the files written, the figures kept, and the
-    PNG of every figure with data, by stem, and how many processes drew them."""
+    """What :meth:`FigureFolder.draw` did: the file of every figure drawn and of every
+    figure kept (in the first format asked for), the PNG of every figure with data, by
+    stem (when PNG was asked for), and how many processes drew them."""
 
     written: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)
@@ -300,44 +304,58 @@ class FigureFolder:
             "inputs": {str(p): _stat(p) for p in dict.fromkeys(job.inputs)},
             "params": job.params, "code": self._code}, default=str))
 
-    def paths(self, job: FigureJob) -> list[Path]:
-        """The PNG and SVG of ``job``."""
-        return [self.folder / f"{job.stem}.{fmt}" for fmt in figures.FORMATS]
+    def paths(self, job: FigureJob, formats: Sequence[str] = figures.FORMATS) -> list[Path]:
+        """The files of ``job`` in ``formats``."""
+        return [self.folder / f"{job.stem}.{fmt}" for fmt in formats]
 
-    def current(self, job: FigureJob) -> bool:
-        """Whether the folder holds the figure of ``job`` as its inputs are now (or knows
-        that it has no data)."""
+    def current(self, job: FigureJob, formats: Sequence[str] = figures.FORMATS) -> bool:
+        """Whether the folder holds the figure of ``job``, in every one of ``formats``, as
+        its inputs are now (or knows that it has no data)."""
         entry = self.entries.get(job.stem)
         if not isinstance(entry, dict) or entry.get("fingerprint") != self.fingerprint(job):
             return False
-        return not entry.get("drawn") or all(p.is_file() for p in self.paths(job))
+        held = entry.get("formats", list(figures.FORMATS))
+        return not entry.get("drawn") or (set(formats) <= set(held) and all(
+            p.is_file() for p in self.paths(job, formats)))
 
-    def draw(self, jobs: Sequence[FigureJob], on_damaged: Report = figures.warn) -> Drawn:
-        """Draw every figure of ``jobs`` that is not current (on several cores when
-        :func:`drawing_workers` allows), keep the others; then write the manifest."""
+    def draw(self, jobs: Sequence[FigureJob], on_damaged: Report = figures.warn,
+             formats: Sequence[str] = figures.FORMATS) -> Drawn:
+        """Draw every figure of ``jobs`` that is not current in ``formats`` (on several
+        cores when :func:`drawing_workers` allows), keep the others;
+        then write the manifest. A figure drawn again is also written in every other
+        format it has a file in."""
         done = Drawn()
         todo = []
         for job in jobs:
-            if not self.current(job):
+            if not self.current(job, formats):
                 todo.append(job)
             elif self.entries[job.stem].get("drawn"):
-                done.kept.append(self.paths(job)[0])
-                done.pngs[job.stem] = self.paths(job)[0]
+                done.kept.append(self.paths(job, formats)[0])
+                if "png" in formats:
+                    done.pngs[job.stem] = self.folder / f"{job.stem}.png"
         # taken before drawing: an input that changes meanwhile makes the figure stale
         fingerprints = [self.fingerprint(job) for job in todo]
+        # a figure drawn again is written in every format it has a file in, too: no file
+        # in the folder keeps showing it as it was
+        wanted = [[*formats, *(f for f, p in zip(figures.ALL_FORMATS,
+                                                  self.paths(job, figures.ALL_FORMATS))
+                               if f not in formats and p.exists())] for job in todo]
         done.workers = drawing_workers(len(todo))
-        for job, fingerprint, (written, problems) in zip(
-                todo, fingerprints, draw_jobs(todo, self.folder, done.workers)):
+        for job, fingerprint, written_in, (written, problems) in zip(
+                todo, fingerprints, wanted,
+                draw_jobs(todo, self.folder, done.workers, wanted)):
             for line in problems:
                 on_damaged(line)
             if written:
-                done.written += written
-                done.pngs[job.stem] = self.paths(job)[0]
+                done.written.append(written[0])
+                if "png" in formats:
+                    done.pngs[job.stem] = self.folder / f"{job.stem}.png"
             settled = all(s is None or time.time_ns() - s[1] >= RACY_SECONDS * 1e9
                           for s in fingerprint["inputs"].values())
             self.entries.pop(job.stem, None)
             if settled and not problems:
-                self.entries[job.stem] = {"fingerprint": fingerprint, "drawn": bool(written)}
+                self.entries[job.stem] = {"fingerprint": fingerprint, "drawn": bool(written),
+                                          "formats": written_in}
         if done.written or self.entries:
             write_json(self.folder / MANIFEST, {"format": FORMAT, "figures": self.entries})
         return done
@@ -378,15 +396,17 @@ def drawing_workers(count: int) -> int:
     return max(1, min(cores, count // FIGURES_PER_WORKER))
 
 
-def draw_job(job: FigureJob, folder: Path) -> tuple[list[Path], list[str]]:
-    """Draw ``job`` into ``folder``: the files written (none when it has no data) and
-    the lines its drawing reported (damaged files left out)."""
+def draw_job(job: FigureJob, folder: Path,
+             formats: Sequence[str] = figures.FORMATS) -> tuple[list[Path], list[str]]:
+    """Draw ``job`` into ``folder`` in ``formats``: the files written (none when it has
+    no data) and the lines its drawing reported (damaged files left out)."""
     problems: list[str] = []
     figure = job.draw(problems.append)
-    return ([] if figure is None else figures.save(figure, folder / job.stem)), problems
+    return ([] if figure is None else figures.save(figure, folder / job.stem, formats)), \
+        problems
 
 
-_FORKED: list[tuple[FigureJob, Path]] = []
+_FORKED: list[tuple[FigureJob, Path, Sequence[str]]] = []
 """The jobs of :func:`draw_jobs` while forked workers draw them: inherited by the
 workers, so that the drawing functions (closures) need no pickling."""
 
@@ -395,14 +415,18 @@ def _draw_forked(index: int) -> tuple[list[Path], list[str]]:
     return draw_job(*_FORKED[index])
 
 
-def draw_jobs(jobs: Sequence[FigureJob], folder: Path,
-              workers: int = 1) -> list[tuple[list[Path], list[str]]]:
-    """:func:`draw_job` of each of ``jobs``, in order, in this process or on ``workers``
-    forked processes (:func:`drawing_workers` says how many may be; a worker that dies
-    fails the call: BrokenProcessPool)."""
+def draw_jobs(jobs: Sequence[FigureJob], folder: Path, workers: int = 1,
+              formats: Sequence[Sequence[str]] | None = None
+              ) -> list[tuple[list[Path], list[str]]]:
+    """:func:`draw_job` of each of ``jobs``, in order, in the formats of the same index
+    of ``formats`` (default: :data:`~labkit.outputs.figures.FORMATS` for each), in this
+    process or on ``workers`` forked processes (:func:`drawing_workers` says how many
+    may be; a worker that dies fails the call: BrokenProcessPool)."""
+    tasks = [(job, folder, fmts) for job, fmts in
+             zip(jobs, formats if formats is not None else [figures.FORMATS] * len(jobs))]
     if workers <= 1:
-        return [draw_job(job, folder) for job in jobs]
-    _FORKED[:] = [(job, folder) for job in jobs]
+        return [draw_job(*task) for task in tasks]
+    _FORKED[:] = tasks
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             return list(pool.map(_draw_forked, range(len(jobs))))

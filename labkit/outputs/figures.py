@@ -53,6 +53,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FORMATS = ("png", "svg")
+"""What ``labkit plot`` writes by default: a PNG to look at, an SVG to edit."""
+ALL_FORMATS = ("png", "svg", "pdf")
+"""Every format a figure can be written in (``labkit plot --format``)."""
+TEXT_AS_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
+"""Vector formats keep their text as text (SVG) or as an embedded TrueType font (PDF):
+searchable, editable in a vector editor, and, for SVG, written in three quarters of the
+time of glyph outlines."""
 DPI = 120
 PAGE_WIDTH = 11.0  # inches: figures of a grid fill a report's page (1400 px) at DPI
 SATURATION = "-saturation_"
@@ -88,18 +95,17 @@ def lay_out(figure: Figure) -> None:
     figure.set_layout_engine(None)
 
 
-def save(figure: Figure, stem: Path) -> list[Path]:
-    """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically); their paths.
-    The layout is computed once (:func:`lay_out`); the SVG keeps its text as text
-    (``svg.fonttype: none``: searchable, editable in a vector editor, and drawn in
-    three quarters of the time of glyph outlines)."""
+def save(figure: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``figure`` as ``<stem>.<format>`` for each of ``formats`` (atomically, text
+    as text: :data:`TEXT_AS_TEXT`); their paths. The layout is computed once
+    (:func:`lay_out`)."""
     from matplotlib import rc_context
 
     lay_out(figure)
     paths = []
-    for fmt in FORMATS:
+    for fmt in formats:
         path = Path(f"{stem}.{fmt}")
-        with atomic_open(path, "wb") as handle, rc_context({"svg.fonttype": "none"}):
+        with atomic_open(path, "wb") as handle, rc_context(TEXT_AS_TEXT):
             figure.savefig(handle, format=fmt, dpi=DPI)
         paths.append(path)
     return paths

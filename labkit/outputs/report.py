@@ -356,15 +356,16 @@ def layer_table(rows: pd.DataFrame, members: Sequence[RunConfig]) -> pd.DataFram
 class Images:
     """The embedded PNG of each figure of ``jobs``: drawn through the figure folder
     ``folder`` (:class:`~labkit.outputs.figure_sets.FigureFolder`: only what changed is
-    drawn), or in memory when there is none or it cannot be written. Files left out as
-    damaged go to ``left_out``."""
+    drawn, and as PNG alone, the format the page embeds), or in memory when there is
+    none or it cannot be written. Files left out as damaged go to ``left_out``."""
 
     def __init__(self, jobs: list[FigureJob], folder: Path | None, left_out: list[str]) -> None:
         self.left_out = left_out
         self.pngs: dict[str, Path] | None = None
         if folder is not None:
             try:
-                self.pngs = FigureFolder(folder).draw(jobs, left_out.append).pngs
+                self.pngs = FigureFolder(folder).draw(jobs, left_out.append,
+                                                      formats=("png",)).pngs
             except OSError:  # a folder that refuses writes: draw in memory
                 self.pngs = None
 

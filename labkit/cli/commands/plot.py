@@ -1,5 +1,6 @@
-"""``labkit plot``: the figures of a grid's runs, groups and comparison, as PNG and SVG,
-drawn again only when what they are drawn from changed (:mod:`labkit.outputs.figure_sets`)."""
+"""``labkit plot``: the figures of a grid's runs, groups and comparison, as PNG and SVG
+(or PDF), drawn again only when what they are drawn from changed
+(:mod:`labkit.outputs.figure_sets`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,33 +52,37 @@ def figure_folder(runs: list[RunConfig], output: str | None = None) -> Path:
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="folder for the figures [default: <logs_dir>/figures/<spec name>/<run-id>]")
 @BY_OPTION
+@click.option("--format", "formats", multiple=True, type=click.Choice(figures.ALL_FORMATS),
+              help="file format of every figure (repeatable; pdf for LaTeX: fonts "
+                   "embedded, text editable) [default: png and svg]")
 @click.option("--quiet", "-q", is_flag=True, help="print only the folder written to")
 @SET_OPTION
-def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...], quiet: bool,
-         overrides: tuple[str, ...]) -> None:
+def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...],
+         formats: tuple[str, ...], quiet: bool, overrides: tuple[str, ...]) -> None:
     """Draw the figures of every started run of SPEC (learning curves, saturation over
     epochs, projection curves, distillation and DINO probe curves when the logs have
     them), of each group of runs (tail pattern, learning curves and projection curves,
-    seeds averaged) and of the grid (every group together), as PNG and SVG. Figures
-    whose input files and parameters are unchanged since they were drawn are kept
-    (figures-manifest.json in the folder)."""
+    seeds averaged) and of the grid (every group together), as PNG and SVG (or each
+    --format). Figures whose input files and parameters are unchanged since they were
+    drawn, in every format asked for, are kept (figures-manifest.json in the folder)."""
     runs = grid_runs(spec, run_id, overrides)
     keys = figures.resolve_keys([r.config for r in runs], by)
     out = figure_folder(runs, output)
     jobs = grid_figures(runs, keys, grid_name(runs)).jobs()
+    formats = tuple(dict.fromkeys(formats)) or figures.FORMATS
     done = FigureFolder(out).draw(
-        jobs, on_damaged=lambda line: click.echo(f"warning: {line}", err=True))
+        jobs, on_damaged=lambda line: click.echo(f"warning: {line}", err=True),
+        formats=formats)
     if not done.written and not done.kept:
         raise UserError(f"the runs of {spec} under run-id {run_id!r} have no readable log "
                         f"yet; wait for an epoch to finish (`labkit status {spec} --run-id "
                         f"{run_id}`), or let `labkit run` rewrite a damaged one")
     if not quiet:
         for path in done.written:
-            if path.suffix == ".png":
-                click.echo(f"  {path}")
+            click.echo(f"  {path}")
     on = f" on {done.workers} processes" if done.workers > 1 else ""
-    click.echo(f"{len(done.written) // 2} figure(s) drawn{on}, {len(done.kept)} unchanged "
-               f"(PNG and SVG) in {out}")
+    click.echo(f"{len(done.written)} figure(s) drawn{on}, {len(done.kept)} unchanged "
+               f"({' and '.join(f.upper() for f in formats)}) in {out}")
 
 
 COMMANDS: list[click.Command] = [plot]
