@@ -22,7 +22,7 @@ from PIL import Image
 from labkit.cli import cli, plugins
 from labkit.cli.commands.common import load_runs
 from labkit.outputs import figures, projection_plot, tail_plot
-from labkit.outputs.figure_sets import MANIFEST, FigureFolder, grid_figures
+from labkit.outputs.figure_sets import MANIFEST, FigureFolder, FigureJob, grid_figures
 from labkit.outputs.report import build_report
 from labkit.testing import run_here
 
@@ -341,6 +341,25 @@ def test_a_folder_holds_each_format_asked_for_and_never_a_stale_one(grid, tmp_pa
     assert len(pdf.written) == 2 and all(p.suffix == ".pdf" for p in pdf.written)
     assert all(p.read_bytes().startswith(b"%PDF") for p in pdf.written)
     assert draw("png", "svg", "pdf").written == []
+    data = {"there": True}  # a figure whose data goes away loses its files
+
+    def tiny(report):
+        if not data["there"]:
+            return None
+        figure = figures.new_figure(figsize=(2, 2))
+        figure.subplots().plot([0, 1])
+        return figure
+
+    source = tmp_path / "source.csv"
+    source.write_text("x\n1\n")
+    os.utime(source, (time.time() - 5, time.time() - 5))
+    gone = FigureJob("gone", "a figure", [source], {}, tiny)
+    FigureFolder(folder).draw([gone])
+    assert {p.name for p in folder.glob("gone.*")} == {"gone.png", "gone.svg"}
+    data["there"] = False
+    source.write_text("x\n")
+    os.utime(source, (time.time() - 4, time.time() - 4))
+    assert FigureFolder(folder).draw([gone]).written == [] and not list(folder.glob("gone.*"))
     wrong = CliRunner().invoke(cli, ["plot", "x.json", "--run-id", "G", "--format", "jpg"])
     assert wrong.exit_code == 2 and "'jpg' is not one of" in wrong.output
 

@@ -24,8 +24,8 @@ of each group) and the code that draws it (labkit's version and the stat of the
 ``labkit/outputs`` modules) and the formats it was written in. A figure whose entry
 matches and whose files exist in every format asked for (``plot``: PNG and SVG, or its
 ``--format``; ``report``: the PNG it embeds) is kept as it is; any other is drawn again,
-in the formats asked for and in every other format it has a file in (so that no file
-shows it as it was). A figure drawn from a file modified less than
+in the formats asked for and in every other format it has a file in, and a figure
+whose data is gone loses its files (so that no file shows a figure as it was). A figure drawn from a file modified less than
 two seconds before (:data:`~labkit.store.file_digests.RACY_SECONDS`), or drawn while a
 damaged file was left out, gets no entry, so it is drawn again next time (and the
 damage reported again). A manifest that cannot be read counts as empty. ``labkit
@@ -350,6 +350,9 @@ class FigureFolder:
                 done.written.append(written[0])
                 if "png" in formats:
                     done.pngs[job.stem] = self.folder / f"{job.stem}.png"
+            else:  # no data now: files drawn from earlier data would show what is gone
+                for path in self.paths(job, figures.ALL_FORMATS):
+                    path.unlink(missing_ok=True)
             settled = all(s is None or time.time_ns() - s[1] >= RACY_SECONDS * 1e9
                           for s in fingerprint["inputs"].values())
             self.entries.pop(job.stem, None)
