@@ -291,7 +291,8 @@ def test_a_group_of_one_run_shows_its_runs_figures_drawn_once(grid, tmp_path):
         caption = next(j.caption for j in drawn.runs[run.hash]
                        if j.stem.endswith("learning_curves"))
         assert page.count(f"<figcaption>{html.escape(caption)}</figcaption>") == 1
-    assert page.count("are shown in group section") == len(runs)
+    assert page.count("are shown in the section of its group") == len(runs)
+    assert '<a href="#group-1">1. seed=0</a>' in page
     assert sorted(p.name for p in (tmp_path / "f" / "groups").iterdir()) == ["seed=0", "seed=1"]
     assert [p.name for p in (tmp_path / "f" / "groups" / "seed=0").glob("*.png")] == \
         ["tail_pattern.png"]

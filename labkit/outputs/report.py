@@ -398,9 +398,11 @@ def group_section(index: int, label: str, members: Sequence[RunConfig],
     return parts
 
 
-def run_section(view: RunView, shown: list[str], above: Sequence[int] = ()) -> list[str]:
+def run_section(view: RunView, shown: list[str],
+                above: Sequence[tuple[int, str]] = ()) -> list[str]:
     """A run's part of the page: status, reasons, directory and figures (``shown``;
-    ``above``: the group sections that already show its other figures)."""
+    ``above``: the group sections, as (number, label), that already show its other
+    figures)."""
     run, status = view.run, view.status
     parts = [f'<h3 id="run-{run.hash}">{html.escape(view.label)} '
              f'<span class="muted">{run.hash}</span></h3>',
@@ -410,9 +412,10 @@ def run_section(view: RunView, shown: list[str], above: Sequence[int] = ()) -> l
                 if status["reason"] else "")
              + f'.<br><code class="muted">{html.escape(str(run.directory))}</code></p>']
     if above:
-        links = ", ".join(f'<a href="#group-{i}">{i}</a>' for i in above)
+        links = ", ".join(f'<a href="#group-{i}">{i}. {html.escape(label)}</a>'
+                          for i, label in above)
         parts.append(f'<p class="muted">Its learning and projection curves are shown in '
-                     f'group section {links}.</p>')
+                     f'the section of its group, {links}.</p>')
     if not shown:
         return parts if above else [*parts, "<p>No readable log, so no figures.</p>"]
     return [*parts, f"<details><summary>{len(shown)} figure(s) of this run</summary>",
@@ -454,10 +457,10 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str,
     if len(groups) > 1:
         parts += ['<h2 id="compared">All groups compared</h2>',
                   *filter(None, map(images.html, drawn.grid))]
-    above: dict[str, int] = {}  # stem → the group section that shows its figure
+    above: dict[str, tuple[int, str]] = {}  # stem → the group section that shows it
     for i, (label, members) in enumerate(groups.items(), 1):
         shown = [(job.stem, images.html(job)) for job in drawn.groups.get(label, [])]
-        above |= {stem: i for stem, figure in shown if figure}
+        above |= {stem: (i, label) for stem, figure in shown if figure}
         parts += group_section(i, label, members, views, layers,
                                [figure for _, figure in shown if figure])
     for i, (section_title, body) in enumerate(sections, 1):
