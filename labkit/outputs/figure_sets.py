@@ -25,10 +25,11 @@ of each group) and the code that draws it (labkit's version and the stat of the
 matches and whose files exist in every format asked for (``plot``: PNG and SVG, or its
 ``--format``; ``report``: the PNG it embeds) is kept as it is; any other is drawn again,
 in the formats asked for and in every other format it has a file in, and a figure
-whose data is gone loses its files (so that no file shows a figure as it was). A figure drawn from a file modified less than
-two seconds before (:data:`~labkit.store.file_digests.RACY_SECONDS`), or drawn while a
-damaged file was left out, gets no entry, so it is drawn again next time (and the
-damage reported again). A manifest that cannot be read counts as empty. ``labkit
+whose data is gone loses its files (so that no file shows a figure as it was). A
+figure drawn from a file modified less than two seconds before
+(:data:`~labkit.store.file_digests.RACY_SECONDS`), or drawn while a damaged file was
+left out, gets no entry, so it is drawn again next time (and the damage reported
+again). A manifest that cannot be read counts as empty. ``labkit
 report`` draws its figures through the same folder (``plot``'s default one), so that
 a report after ``plot``, or a second report, draws only what changed.
 """
@@ -321,9 +322,9 @@ class FigureFolder:
     def draw(self, jobs: Sequence[FigureJob], on_damaged: Report = figures.warn,
              formats: Sequence[str] = figures.FORMATS) -> Drawn:
         """Draw every figure of ``jobs`` that is not current in ``formats`` (on several
-        cores when :func:`drawing_workers` allows), keep the others;
-        then write the manifest. A figure drawn again is also written in every other
-        format it has a file in."""
+        cores when :func:`drawing_workers` allows), keep the others, then write the
+        manifest. A figure drawn again is also written in every other format it has a
+        file in; one with no data now loses its files."""
         done = Drawn()
         todo = []
         for job in jobs:
