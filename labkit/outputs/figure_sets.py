@@ -338,9 +338,9 @@ class FigureFolder:
         fingerprints = [self.fingerprint(job) for job in todo]
         # a figure drawn again is written in every format it has a file in, too: no file
         # in the folder keeps showing it as it was
-        wanted = [[*formats, *(f for f, p in zip(figures.ALL_FORMATS,
-                                                  self.paths(job, figures.ALL_FORMATS))
-                               if f not in formats and p.exists())] for job in todo]
+        wanted = [[*formats, *(f for f in figures.ALL_FORMATS if f not in formats
+                               and (self.folder / f"{job.stem}.{f}").exists())]
+                  for job in todo]
         done.workers = drawing_workers(len(todo))
         for job, fingerprint, written_in, (written, problems) in zip(
                 todo, fingerprints, wanted,
@@ -419,15 +419,13 @@ def _draw_forked(index: int) -> tuple[list[Path], list[str]]:
     return draw_job(*_FORKED[index])
 
 
-def draw_jobs(jobs: Sequence[FigureJob], folder: Path, workers: int = 1,
-              formats: Sequence[Sequence[str]] | None = None
-              ) -> list[tuple[list[Path], list[str]]]:
+def draw_jobs(jobs: Sequence[FigureJob], folder: Path, workers: int,
+              formats: Sequence[Sequence[str]]) -> list[tuple[list[Path], list[str]]]:
     """:func:`draw_job` of each of ``jobs``, in order, in the formats of the same index
-    of ``formats`` (default: :data:`~labkit.outputs.figures.FORMATS` for each), in this
-    process or on ``workers`` forked processes (:func:`drawing_workers` says how many
-    may be; a worker that dies fails the call: BrokenProcessPool)."""
-    tasks = [(job, folder, fmts) for job, fmts in
-             zip(jobs, formats if formats is not None else [figures.FORMATS] * len(jobs))]
+    of ``formats``, in this process or on ``workers`` forked processes
+    (:func:`drawing_workers` says how many may be; a worker that dies fails the call:
+    BrokenProcessPool)."""
+    tasks = [(job, folder, fmts) for job, fmts in zip(jobs, formats)]
     if workers <= 1:
         return [draw_job(*task) for task in tasks]
     _FORKED[:] = tasks

@@ -398,11 +398,11 @@ def group_section(index: int, label: str, members: Sequence[RunConfig],
     return parts
 
 
-def run_section(view: RunView, shown: list[str],
-                above: Sequence[tuple[int, str]] = ()) -> list[str]:
+def run_section(view: RunView, shown: list[str], above: int = 0,
+                group: tuple[int, str] | None = None) -> list[str]:
     """A run's part of the page: status, reasons, directory and figures (``shown``;
-    ``above``: the group sections, as (number, label), that already show its other
-    figures)."""
+    ``above``: how many more of its figures the section of its ``group``, (number,
+    label), shows: a run alone in its group)."""
     run, status = view.run, view.status
     parts = [f'<h3 id="run-{run.hash}">{html.escape(view.label)} '
              f'<span class="muted">{run.hash}</span></h3>',
@@ -411,11 +411,11 @@ def run_section(view: RunView, shown: list[str],
              + (f'; <span class="reason">reason: {html.escape(status["reason"])}</span>'
                 if status["reason"] else "")
              + f'.<br><code class="muted">{html.escape(str(run.directory))}</code></p>']
-    if above:
-        links = ", ".join(f'<a href="#group-{i}">{i}. {html.escape(label)}</a>'
-                          for i, label in above)
-        parts.append(f'<p class="muted">Its learning and projection curves are shown in '
-                     f'the section of its group, {links}.</p>')
+    if above and group is not None:
+        number, label = group
+        parts.append(f'<p class="muted">{above} more figure(s) of this run are shown in '
+                     f'the section of its group, <a href="#group-{number}">{number}. '
+                     f'{html.escape(label)}</a>.</p>')
     if not shown:
         return parts if above else [*parts, "<p>No readable log, so no figures.</p>"]
     return [*parts, f"<details><summary>{len(shown)} figure(s) of this run</summary>",
@@ -457,10 +457,12 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str,
     if len(groups) > 1:
         parts += ['<h2 id="compared">All groups compared</h2>',
                   *filter(None, map(images.html, drawn.grid))]
-    above: dict[str, tuple[int, str]] = {}  # stem → the group section that shows it
+    above: set[str] = set()  # stems of the run figures a group's section shows
+    section: dict[str, tuple[int, str]] = {}  # run hash → its group's section
     for i, (label, members) in enumerate(groups.items(), 1):
+        section |= {run.hash: (i, label) for run in members}
         shown = [(job.stem, images.html(job)) for job in drawn.groups.get(label, [])]
-        above |= {stem: (i, label) for stem, figure in shown if figure}
+        above |= {stem for stem, figure in shown if figure}
         parts += group_section(i, label, members, views, layers,
                                [figure for _, figure in shown if figure])
     for i, (section_title, body) in enumerate(sections, 1):
@@ -469,8 +471,8 @@ def build_report(runs: Sequence[RunConfig], keys: Sequence[str], title: str,
     for run in runs:
         jobs = drawn.runs.get(run.hash, [])
         shown = list(filter(None, map(images.html, [j for j in jobs if j.stem not in above])))
-        parts += run_section(views[run.hash], shown,
-                             sorted({above[j.stem] for j in jobs if j.stem in above}))
+        parts += run_section(views[run.hash], shown, sum(j.stem in above for j in jobs),
+                             section.get(run.hash))
     problems = list(dict.fromkeys(left_out + layer_problems))
     if problems:
         parts += ["<h2>Left out as damaged</h2>", '<ul class="reason">'
