@@ -22,7 +22,9 @@ from PIL import Image
 from labkit.cli import cli, plugins
 from labkit.cli.commands.common import load_runs
 from labkit.outputs import figures, projection_plot, tail_plot
-from labkit.outputs.figure_sets import MANIFEST, FigureFolder, FigureJob, grid_figures
+from labkit.outputs.figure_sets import (MANIFEST, RUN_FIGURES_DIR, FigureFolder, FigureJob,
+                                        grid_figures, run_jobs, run_titles)
+from labkit.store.file_digests import stat_key
 from labkit.outputs.report import build_report
 from labkit.testing import run_here
 
@@ -365,6 +367,72 @@ def test_a_folder_holds_each_format_asked_for_and_never_a_stale_one(grid, tmp_pa
     assert wrong.exit_code == 2 and "'jpg' is not one of" in wrong.output
 
 
+def test_labkit_run_draws_each_runs_figures_once_and_plot_copies_them(grid, tmp_path,
+                                                                      run_figures):
+    spec, runs = grid
+    settle(runs)
+    # a second `labkit run` of the trained grid draws the runs' figures (training skipped)
+    result = CliRunner().invoke(cli, ["run", str(spec), "--run-id", "G", "--quiet"])
+    assert result.exit_code == 0, result.output
+    titles = run_titles(runs)
+    projection = next(runs[0].directory.glob("projected_results*.csv")).stem
+    stems = ("learning_curves", "saturation_epochs", projection)
+    for run in runs:  # titled as the grid's figures are, and current in the run's folder
+        own = FigureFolder(run.directory / RUN_FIGURES_DIR)
+        assert all(own.current(job) for job in run_jobs(run, titles[run.hash]))
+        svg = (run.directory / RUN_FIGURES_DIR / "learning_curves.svg").read_text()
+        assert html.escape(titles[run.hash]) in svg and "model=" not in titles[run.hash]
+        assert "seed=0" in titles[runs[0].hash] and "seed=1" in titles[runs[1].hash]
+    out = tmp_path / "figs"
+
+    def plot():
+        done = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "-o", str(out)])
+        assert done.exit_code == 0, done.output
+        return done.output
+
+    assert f"({len(runs) * len(stems)} copied from the runs' own)" in plot()
+    for run in runs:
+        for stem in stems:
+            for suffix in (".png", ".svg"):
+                copied = out / run.directory.name / f"{stem}{suffix}"
+                own = run.directory / RUN_FIGURES_DIR / f"{stem}{suffix}"
+                assert copied.read_bytes() == own.read_bytes(), copied
+    # a run's figure no longer current in its folder is drawn, never copied
+    shutil.rmtree(out)
+    log = runs[0].directory / "log.csv"
+    log.write_bytes(log.read_bytes())
+    os.utime(log, (time.time() - 5, time.time() - 5))
+    output = plot()
+    assert "(4 copied from the runs' own)" in output  # the other run's, and the projection
+    assert f"{runs[0].directory.name}/learning_curves.png" in output
+    assert f"{runs[1].directory.name}/learning_curves.png" in output
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert "0 figure(s) drawn" in plot()
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+
+
+def test_a_figure_drawn_from_a_file_just_written_is_kept_by_its_content(tmp_path):
+    source = tmp_path / "data.csv"
+    source.write_text("x\n1\n")  # written just now: its stat may not show the next write
+
+    def line(report):
+        figure = figures.new_figure(figsize=(2, 2))
+        figure.subplots().plot(pd.read_csv(source)["x"])
+        return figure
+
+    job = FigureJob("f", "a figure", [source], {}, line)
+    assert len(FigureFolder(tmp_path / "figs").draw([job], formats=("png",)).written) == 1
+    assert FigureFolder(tmp_path / "figs").draw([job], formats=("png",)).written == []
+    source.write_text("x\n2\n")  # the same size, and as if within the same clock tick:
+    manifest = tmp_path / "figs" / MANIFEST
+    record = json.loads(manifest.read_text())
+    inputs = record["figures"]["f"]["fingerprint"]["inputs"]
+    inputs[str(source)] = stat_key(source)  # the stat the manifest holds is the new one
+    manifest.write_text(json.dumps(record))
+    assert not FigureFolder(tmp_path / "figs").current(job, ("png",))  # its content is not
+    assert len(FigureFolder(tmp_path / "figs").draw([job], formats=("png",)).written) == 1
+
+
 def test_dino_probe_curves_from_a_real_dino_run(tmp_path, monkeypatch):
     spec = {"name": "dino_tiny", "model": "mlp_s", "dataset": {"name": "digits", "resolution": 8},
             "method": {"name": "dino", "teacher_mode": "no_update", "teacher_eval": True,
@@ -379,15 +447,17 @@ def test_dino_probe_curves_from_a_real_dino_run(tmp_path, monkeypatch):
     plugins.use()
     try:
         trained = run_here("run", str(path), "--run-id", "D", "--quiet")
+        drawn = run_here("plot", str(path), "--run-id", "D", "-o", str(tmp_path / "f"))
     finally:
         monkeypatch.undo()
         plugins.use()
     if "unknown" in trained.stderr and "dino" in trained.stderr:
         pytest.skip("the labkit-dino plugin is not installed")
     assert trained.returncode == 0, trained.stderr
+    assert drawn.returncode == 0, drawn.stderr
     run_dir = next((tmp_path / "logs").rglob("log.csv")).parent
-    written = figures.run_figures(run_dir, tmp_path / "f", "run")
-    assert {p.name for p in written} >= {"dino_probes.png", "dino_probes.svg"}
+    assert {p.name for p in (tmp_path / "f" / run_dir.name).iterdir()} >= {
+        "dino_probes.png", "dino_probes.svg"}
     log = pd.read_csv(run_dir / "log.csv")
     figure = figures.dino_probes(log, "run")
     knn = {line.get_label(): line for line in figure.get_axes()[0].get_lines()}

@@ -34,6 +34,9 @@ class RunTask(submitit.helpers.Checkpointable):
         device: torch device.
         progress: show progress (:mod:`labkit.training.progress`): epochs, analyses.
         label: what progress calls the run (``cnn_s lr=0.1``); default its directory name.
+        figure_title: the title of the run's own figures: the one ``labkit plot`` gives
+            them in its grid (:func:`labkit.outputs.figure_sets.run_titles`), so that
+            ``plot`` copies them instead of drawing them again.
     """
 
     config: dict[str, Any]
@@ -41,6 +44,7 @@ class RunTask(submitit.helpers.Checkpointable):
     device: str
     progress: bool = False
     label: str = ""
+    figure_title: str = ""
 
     def __call__(self) -> str:
         """Train the run; returns its state: ``finished``, ``skipped``, ``failed``, or
@@ -56,7 +60,8 @@ class RunTask(submitit.helpers.Checkpointable):
         try:
             with working_on(self.name()):
                 return engine.train(run, plugins.registries(), self.device,
-                                    progress=self.progress)
+                                    progress=self.progress,
+                                    figure_title=self.figure_title or None)
         except UserError as exc:
             print(f"error: {run.directory}: {exc}", file=sys.stderr, flush=True)
             return INVALID

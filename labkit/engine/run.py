@@ -18,7 +18,7 @@ from labkit.core.registry import Registries
 from labkit.engine.loop import train_run
 from labkit.measures.saturation import SaturationConfig
 from labkit.measures.spectra import saturation_view
-from labkit.outputs.figures import run_figures
+from labkit.outputs.figure_sets import RUN_FIGURES_DIR, FigureFolder, run_jobs
 from labkit.outputs.saturation_plot import plot_saturation
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
@@ -28,7 +28,7 @@ from labkit.training.progress import relaying, track, working_on
 
 
 def train(run: RunConfig, registries: Registries, device: str = "cpu",
-          progress: bool = True) -> str:
+          progress: bool = True, figure_title: str | None = None) -> str:
     """Train one run to completion (resuming when possible), then run its analyses.
 
     Returns ``"finished"``, ``"skipped"`` (training was already finished; incomplete
@@ -40,15 +40,20 @@ def train(run: RunConfig, registries: Registries, device: str = "cpu",
     A run with ``nproc`` above 1 is trained by that many processes: started here like
     ``torchrun --standalone`` would, or, when this process is already one of them (a
     submitit job's tasks, torchrun), as that process's share (:func:`train_as_rank`).
+
+    ``figure_title`` titles the run's own figures (:func:`draw_plots`); ``labkit run``
+    gives the title ``labkit plot`` gives them in the run's grid
+    (:func:`labkit.outputs.figure_sets.run_titles`), so that ``plot`` copies them.
     """
     with working_on(run.name, default=True):  # unless the caller named it shorter
         if distributed.started_as_rank(run.config["nproc"]):
-            return train_as_rank(run, registries, device, progress)
+            return train_as_rank(run, registries, device, progress, figure_title)
         with runinfo.exclusive(run.directory), intra_op_threads(run.config["threads"]):
-            return _train_and_analyse(run, registries, device, progress)
+            return _train_and_analyse(run, registries, device, progress, figure_title)
 
 
-def train_as_rank(run: RunConfig, registries: Registries, device: str, progress: bool) -> str:
+def train_as_rank(run: RunConfig, registries: Registries, device: str, progress: bool,
+                  figure_title: str | None = None) -> str:
     """This process's share of a run whose ``nproc`` processes something else started:
     rank 0 holds the run's lock, decides whether it needs training, and afterwards runs
     the analyses alone; the others train and return ``"finished"`` (the run's state is
@@ -59,7 +64,8 @@ def train_as_rank(run: RunConfig, registries: Registries, device: str, progress:
             if distributed.is_main():
                 with runinfo.exclusive(run.directory):
                     distributed.gather(_final_state(run) is None)
-                    return _train_and_analyse(run, registries, device, progress)
+                    return _train_and_analyse(run, registries, device, progress,
+                                              figure_title)
             if distributed.gather(None)[0]:
                 train_run(run, registries, torch.device(device), progress=False)
             return "finished"
@@ -83,7 +89,7 @@ def intra_op_threads(threads: int) -> Iterator[None]:
 
 
 def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
-                       progress: bool) -> str:
+                       progress: bool, figure_title: str | None = None) -> str:
     run_dir = run.directory
     final = _final_state(run)
     runinfo.write_config(run_dir, run, registries.plugin_versions)  # or repair it
@@ -107,15 +113,17 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
             runinfo.write_status(run_dir, "failed", reason=reason)
             (run_dir / "error.txt").write_text(traceback.format_exc())
             return "failed"
-        draw_plots(run, redraw=True, progress=progress)
+        draw_plots(run, figure_title, redraw=True, progress=progress)
     elif sync_log(run, final["history"]):
-        draw_plots(run, redraw=True, progress=progress)  # the saturation columns were read anew
+        # the saturation columns were read anew
+        draw_plots(run, figure_title, redraw=True, progress=progress)
     else:
-        draw_plots(run, progress=progress)
+        draw_plots(run, figure_title, progress=progress)
     if runinfo.read_status(run_dir).get("state") != "finished":
         runinfo.write_status(run_dir, "finished",
                              epoch=checkpoint.epoch_of(runinfo.final_checkpoint(run).name))
     failed = run_analyses(run, registries, device, progress=progress).failed
+    draw_figures(run, figure_title, progress)  # and those of the analyses (projection)
     if failed:
         return "failed"
     return "skipped" if final is not None else "finished"
@@ -203,24 +211,22 @@ def sync_log(run: RunConfig, history: list[dict[str, Any]]) -> bool:
 RUN_FIGURES_ENV = "LABKIT_RUN_FIGURES"
 
 
-def draw_plots(run: RunConfig, redraw: bool = False, progress: bool = False) -> None:
+def draw_plots(run: RunConfig, title: str | None = None, redraw: bool = False,
+               progress: bool = False) -> None:
     """The run's figures from log.csv, drawn after training rather than inside the epoch
-    loop, so figures never slow training down: the per-run figures of
-    :func:`labkit.outputs.figures.run_figures` (learning curves, saturation over epochs, …) and
-    the per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``). Only missing
-    ones are drawn unless ``redraw``; ``progress``: say which (:mod:`labkit.training.progress`).
+    loop, so figures never slow training down: :func:`draw_figures`, and the
+    per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``), only missing
+    ones unless ``redraw``. ``progress``: say which (:mod:`labkit.training.progress`).
 
     None is drawn while the environment sets ``LABKIT_RUN_FIGURES=0`` (large grids on a
     cluster, the test suite): the missing ones are drawn by the next ``labkit run`` of
     the spec without it."""
-    if os.environ.get(RUN_FIGURES_ENV, "").strip() == "0":
+    if not draw_figures(run, title, progress):
         return
     config = run.config["saturation"]
-    plots = run.directory / "plots"
-    if redraw or not (plots / "learning_curves.png").exists():
-        run_figures(run.directory, plots, f"run {run.name}", progress)
     if config is None or "lsat" not in SaturationConfig.model_validate(config).stats:
         return
+    plots = run.directory / RUN_FIGURES_DIR
     log = runinfo.read_log(run.directory)  # just synced with the final checkpoint's history
     todo = {}
     for _, row in log.iterrows() if log is not None else ():
@@ -229,7 +235,25 @@ def draw_plots(run: RunConfig, redraw: bool = False, progress: bool = False) -> 
             todo[path] = row
     for path in track(todo, "saturation plots", unit="figure", progress=progress,
                       label=lambda path: path.name):
-        plot_saturation(todo[path], path, f"run {run.name}", run.config)
+        plot_saturation(todo[path], path, title or default_title(run), run.config)
+
+
+def draw_figures(run: RunConfig, title: str | None = None, progress: bool = False) -> bool:
+    """Draw the run's figures (:func:`labkit.outputs.figure_sets.run_jobs`: learning
+    curves, saturation over epochs, …, projection curves) into its own figure folder
+    (``plots/``), titled ``title`` (default :func:`default_title`), those whose inputs
+    changed (a :class:`~labkit.outputs.figure_sets.FigureFolder`); ``False`` while
+    ``LABKIT_RUN_FIGURES=0`` says to draw none."""
+    if os.environ.get(RUN_FIGURES_ENV, "").strip() == "0":
+        return False
+    FigureFolder(run.directory / RUN_FIGURES_DIR).draw(
+        run_jobs(run, title or default_title(run)), progress=progress)
+    return True
+
+
+def default_title(run: RunConfig) -> str:
+    """The title of the figures of a run trained outside a grid's ``labkit run``."""
+    return f"run {run.name}"
 
 
 class AnalysesRun(list):

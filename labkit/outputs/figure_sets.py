@@ -39,12 +39,13 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +54,12 @@ from labkit.core.errors import DamagedFile, UserError
 from labkit.outputs import figures, projection_plot, tail_plot
 from labkit.outputs.figures import Report
 from labkit.store import runinfo
-from labkit.store.atomic import write_json
+from labkit.store.atomic import atomic_open, file_sha256, write_json
 from labkit.store.file_digests import RACY_SECONDS, stat_key
 from labkit.store.identity import RunConfig, display_labels
 from labkit.store.local_cache import read_record
 from labkit.store.output_digests import RECORDS_DIR
+from labkit.training.progress import track
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,6 +80,9 @@ class FigureJob:
     inputs: list[Path]
     params: dict[str, Any]
     draw: Draw
+    source: Path | None = None
+    """The same figure in another figure folder (a run's own ``plots/``, as stem):
+    copied from there while it is current there, instead of drawn again."""
 
 
 @dataclass
@@ -122,25 +127,58 @@ def _log_figure(run_dir: Path, draw: Callable[[Any, str], Figure | None], name: 
     return drawn
 
 
-def _run_jobs(run: RunConfig, label: str, name: str) -> list[FigureJob]:
-    """The figures of one run (see the module docstring)."""
-    directory, folder = run.directory, run.directory.name
-    title = f"run {label} [{run.hash}], {name}"
+RUN_FIGURES_DIR = "plots"
+"""A run's own figure folder, ``<run>/plots/``: its log figures, drawn by ``labkit run``
+(:func:`run_jobs`), and its per-epoch saturation plots."""
+LOG_FIGURES = ("learning_curves", "saturation_epochs", "distillation", "dino_probes")
+
+
+def grid_name(runs: Sequence[RunConfig]) -> str:
+    """``grid <spec name>, run-id <ID>``: what the figures of ``runs`` say they show."""
+    return f"grid {runs[0].config['name']}, run-id {runs[0].run_id}"
+
+
+def run_labels(runs: Sequence[RunConfig]) -> dict[str, str]:
+    """Run hash → the run's label among ``runs``, every run of a grid (started or not,
+    so that a run's label, and the titles of its figures, do not change as the others
+    start): :func:`~labkit.store.identity.display_labels`."""
+    return dict(zip((r.hash for r in runs), display_labels([r.config for r in runs])[0]))
+
+
+def run_title(run: RunConfig, label: str, name: str) -> str:
+    """The title of a run's figures: ``run <label> [<hash>], <grid name>``."""
+    return f"run {label} [{run.hash}], {name}"
+
+
+def run_titles(runs: Sequence[RunConfig]) -> dict[str, str]:
+    """Run hash → the title of its figures in the grid of ``runs`` (:func:`run_title`):
+    what ``labkit run`` gives each run, so that ``plot`` copies the figures the run
+    drew instead of drawing them again."""
+    labels, name = run_labels(runs), grid_name(runs)
+    return {r.hash: run_title(r, labels[r.hash], name) for r in runs}
+
+
+def run_jobs(run: RunConfig, title: str, label: str = "", folder: str = "") -> list[FigureJob]:
+    """The figures of one run, titled ``title``, stems under ``folder``: those drawn from
+    its log (:data:`LOG_FIGURES`) and one per ``projected_results*.csv`` (see the module
+    docstring). In a grid's folder each names the same figure in the run's own folder
+    (:data:`RUN_FIGURES_DIR`) as its source."""
+    directory, config = run.directory, run.config
     base = [directory / runinfo.CONFIG_JSON, directory / runinfo.LOG_CSV]
-    config = run.config
     per_log: dict[str, Callable[[Any, str], Figure | None]] = {
         "learning_curves": figures.learning_curves,
         "saturation_epochs": lambda log, n: figures.saturation_epochs(log, n, config),
         "distillation": figures.distillation, "dino_probes": figures.dino_probes}
-    jobs = [FigureJob(f"{folder}/{stem}", f"{stem.replace('_', ' ')}: {label}", base,
-                      {"title": title}, _log_figure(directory, draw, title))
-            for stem, draw in per_log.items()]
+    jobs = [FigureJob(stem, f"{stem.replace('_', ' ')}: {label}", base, {"title": title},
+                      _log_figure(directory, per_log[stem], title)) for stem in LOG_FIGURES]
     for path in sorted(directory.glob(projection_plot.PATTERN)):
         jobs.append(FigureJob(
-            f"{folder}/{path.stem}", f"projection ({path.name}): {label}",
-            [path, *records(directory)], {"title": title},
-            _projection_figure({"this run": [run]}, path.name, title)))
-    return jobs
+            path.stem, f"projection ({path.name}): {label}", [path, *records(directory)],
+            {"title": title}, _projection_figure({"this run": [run]}, path.name, title)))
+    if not folder:
+        return jobs
+    own = directory / RUN_FIGURES_DIR
+    return [replace(job, stem=f"{folder}{job.stem}", source=own / job.stem) for job in jobs]
 
 
 def _projection_figure(groups: dict[str, list[RunConfig]], file: str, name: str,
@@ -206,15 +244,16 @@ def slugs(labels: Sequence[str]) -> dict[str, str]:
 def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], name: str) -> GridFigures:
     """The figures of the started ``runs`` grouped by the values of ``keys`` (see the
     module docstring); ``name`` (the grid) goes into every title."""
+    labels = run_labels(runs)  # of every run: those :func:`run_titles` gives
     runs = [r for r in runs if r.directory.is_dir()]
     result = GridFigures()
     if not runs:
         return result
-    labels = dict(zip((r.hash for r in runs), display_labels([r.config for r in runs])[0]))
     groups = figures.group_runs(runs, keys)
     membership = {label: [r.hash for r in members] for label, members in groups.items()}
     for run in runs:
-        result.runs[run.hash] = _run_jobs(run, labels[run.hash], name)
+        result.runs[run.hash] = run_jobs(run, run_title(run, labels[run.hash], name),
+                                         labels[run.hash], f"{run.directory.name}/")
     projections = sorted({p.name for r in runs
                           for p in r.directory.glob(projection_plot.PATTERN)})
     folders = slugs(list(groups))
@@ -286,6 +325,7 @@ class Drawn:
     kept: list[Path] = field(default_factory=list)
     pngs: dict[str, Path] = field(default_factory=dict)
     workers: int = 1
+    copied: int = 0
 
 
 class FigureFolder:
@@ -302,7 +342,7 @@ class FigureFolder:
     def fingerprint(self, job: FigureJob) -> dict[str, Any]:
         """What the figure of ``job`` is drawn from, as stored in the manifest."""
         return json.loads(json.dumps({
-            "inputs": {str(p): _stat(p) for p in dict.fromkeys(job.inputs)},
+            "inputs": {os.path.abspath(p): _stat(p) for p in dict.fromkeys(job.inputs)},
             "params": job.params, "code": self._code}, default=str))
 
     def paths(self, job: FigureJob, formats: Sequence[str] = figures.FORMATS) -> list[Path]:
@@ -315,16 +355,21 @@ class FigureFolder:
         entry = self.entries.get(job.stem)
         if not isinstance(entry, dict) or entry.get("fingerprint") != self.fingerprint(job):
             return False
+        racy = entry.get("racy", {})
+        if not isinstance(racy, dict) or any(_sha256(Path(p)) != d for p, d in racy.items()):
+            return False
         held = entry.get("formats", list(figures.FORMATS))
         return not entry.get("drawn") or (set(formats) <= set(held) and all(
             p.is_file() for p in self.paths(job, formats)))
 
     def draw(self, jobs: Sequence[FigureJob], on_damaged: Report = figures.warn,
-             formats: Sequence[str] = figures.FORMATS) -> Drawn:
-        """Draw every figure of ``jobs`` that is not current in ``formats`` (on several
-        cores when :func:`drawing_workers` allows), keep the others, then write the
-        manifest. A figure drawn again is also written in every other format it has a
-        file in; one with no data now loses its files."""
+             formats: Sequence[str] = figures.FORMATS, progress: bool = False) -> Drawn:
+        """Draw every figure of ``jobs`` that is not current in ``formats`` (copied from
+        its source where current there, else drawn: on several cores when
+        :func:`drawing_workers` allows), keep the others, then write the manifest. A
+        figure drawn again is also written in every other format it has a file in; one
+        with no data now loses its files. ``progress``: say which figure is drawn
+        (:func:`labkit.training.progress.track`)."""
         done = Drawn()
         todo = []
         for job in jobs:
@@ -336,15 +381,25 @@ class FigureFolder:
                     done.pngs[job.stem] = self.folder / f"{job.stem}.png"
         # taken before drawing: an input that changes meanwhile makes the figure stale
         fingerprints = [self.fingerprint(job) for job in todo]
+        racy = [_racy_digests(fingerprint) for fingerprint in fingerprints]
         # a figure drawn again is written in every format it has a file in, too: no file
         # in the folder keeps showing it as it was
         wanted = [[*formats, *(f for f in figures.ALL_FORMATS if f not in formats
                                and (self.folder / f"{job.stem}.{f}").exists())]
                   for job in todo]
-        done.workers = drawing_workers(len(todo))
-        for job, fingerprint, written_in, (written, problems) in zip(
-                todo, fingerprints, wanted,
-                draw_jobs(todo, self.folder, done.workers, wanted)):
+        outcomes: dict[int, tuple[list[Path], list[str]]] = {}
+        for i, job in enumerate(todo):
+            copied = self._copy(job, wanted[i])
+            if copied is not None:
+                outcomes[i], racy[i] = (copied[0], []), copied[1]
+                done.copied += 1
+        drawing = [i for i in range(len(todo)) if i not in outcomes]
+        done.workers = drawing_workers(len(drawing))
+        outcomes.update(zip(drawing, draw_jobs([todo[i] for i in drawing], self.folder,
+                                               done.workers, [wanted[i] for i in drawing],
+                                               progress)))
+        for i, job in enumerate(todo):
+            written, problems = outcomes[i]
             for line in problems:
                 on_damaged(line)
             if written:
@@ -354,15 +409,50 @@ class FigureFolder:
             else:  # no data now: files drawn from earlier data would show what is gone
                 for path in self.paths(job, figures.ALL_FORMATS):
                     path.unlink(missing_ok=True)
-            settled = all(s is None or time.time_ns() - s[1] >= RACY_SECONDS * 1e9
-                          for s in fingerprint["inputs"].values())
             self.entries.pop(job.stem, None)
-            if settled and not problems:
-                self.entries[job.stem] = {"fingerprint": fingerprint, "drawn": bool(written),
-                                          "formats": written_in}
+            if not problems:
+                self.entries[job.stem] = {"fingerprint": fingerprints[i], "drawn": bool(written),
+                                          "formats": wanted[i], "racy": racy[i]}
         if done.written or self.entries:
             write_json(self.folder / MANIFEST, {"format": FORMAT, "figures": self.entries})
         return done
+
+    def _copy(self, job: FigureJob, formats: Sequence[str]) -> tuple[list[Path], dict] | None:
+        """Copy the figure of ``job`` in ``formats`` from its source folder, where it is
+        current: the files written and the source's digests of racy inputs; ``None``
+        when it has to be drawn."""
+        if job.source is None:
+            return None
+        origin = FigureFolder(job.source.parent)
+        there = replace(job, stem=job.source.name, source=None)
+        if not origin.current(there, formats) or not origin.entries[there.stem].get("drawn"):
+            return None
+        written = []
+        for source, path in zip(origin.paths(there, formats), self.paths(job, formats)):
+            try:
+                with open(source, "rb") as read, atomic_open(path, "wb") as write:
+                    shutil.copyfileobj(read, write)
+            except OSError:  # gone meanwhile: drawn instead
+                return None
+            written.append(path)
+        return written, origin.entries[there.stem].get("racy", {})
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def _racy_digests(fingerprint: dict[str, Any]) -> dict[str, str | None]:
+    """Path → sha256 of each input of ``fingerprint`` modified less than
+    :data:`~labkit.store.file_digests.RACY_SECONDS` before: a write within the same clock
+    tick could leave its stat as it is, so its content decides (git's racily clean
+    files)."""
+    now = time.time_ns()
+    return {path: _sha256(Path(path)) for path, stat in fingerprint["inputs"].items()
+            if stat is not None and now - stat[1] < RACY_SECONDS * 1e9}
 
 
 # ---------------------------------------------------------------- drawing on several cores
@@ -420,17 +510,33 @@ def _draw_forked(index: int) -> tuple[list[Path], list[str]]:
 
 
 def draw_jobs(jobs: Sequence[FigureJob], folder: Path, workers: int,
-              formats: Sequence[Sequence[str]]) -> list[tuple[list[Path], list[str]]]:
+              formats: Sequence[Sequence[str]],
+              progress: bool = False) -> list[tuple[list[Path], list[str]]]:
     """:func:`draw_job` of each of ``jobs``, in order, in the formats of the same index
     of ``formats``, in this process or on ``workers`` forked processes
     (:func:`drawing_workers` says how many may be; a worker that dies fails the call:
-    BrokenProcessPool)."""
+    BrokenProcessPool); ``progress``: say which (:func:`~labkit.training.progress.track`)."""
     tasks = [(job, folder, fmts) for job, fmts in zip(jobs, formats)]
+    names = [Path(job.stem).name for job in jobs]
+
+    def shown(results: Any) -> list[tuple[list[Path], list[str]]]:
+        """``results`` as a list, each figure drawn shown as a step (one with no data
+        is none: how many have data is known only once drawn)."""
+        done: list[tuple[list[Path], list[str]]] = []
+
+        def drawn() -> Any:
+            for name, result in zip(names, results):
+                done.append(result)
+                if result[0]:
+                    yield name
+        for _ in track(drawn(), "figures", unit="figure", progress=progress, label=str):
+            pass
+        return done
     if workers <= 1:
-        return [draw_job(*task) for task in tasks]
+        return shown(draw_job(*task) for task in tasks)
     _FORKED[:] = tasks
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_draw_forked, range(len(jobs))))
+            return shown(pool.map(_draw_forked, range(len(jobs))))
     finally:
         _FORKED.clear()

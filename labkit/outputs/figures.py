@@ -46,8 +46,7 @@ import pandas as pd
 from labkit.core.errors import DamagedFile, UserError
 from labkit.store.atomic import atomic_open
 from labkit.store.identity import RunConfig, flatten, short_keys, short_value, varying_keys
-from labkit.store.runinfo import read_config, read_log
-from labkit.training.progress import track
+from labkit.store.runinfo import read_config
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -457,34 +456,6 @@ def dino_probes(log: pd.DataFrame, name: str) -> Figure | None:
     legend_outside(axes[-1])
     return titled(figure, "DINO probes: k-NN and linear accuracy of student and teacher",
                   name)
-
-
-def run_figure_set(run_dir: Path, name: str) -> dict[str, Figure]:
-    """File stem → figure, for every per-run figure whose data the run's log holds.
-
-    Raises:
-        DamagedFile: the log cannot be read.
-    """
-    log = read_log(run_dir)
-    if log is None:
-        return {}
-    drawn = {"learning_curves": learning_curves(log, name),
-             "saturation_epochs": saturation_epochs(log, name, run_config(run_dir)),
-             "distillation": distillation(log, name), "dino_probes": dino_probes(log, name)}
-    return {stem: figure for stem, figure in drawn.items() if figure is not None}
-
-
-def run_figures(run_dir: Path, out_dir: Path, name: str, progress: bool = False) -> list[Path]:
-    """Draw every per-run figure whose data the run holds into ``out_dir``; the paths
-    written (PNG and SVG of each). ``progress``: say which (:func:`labkit.training.progress.track`)."""
-    written = []
-    figures = run_figure_set(run_dir, name)
-    for stem in track(figures, "figures", unit="figure", progress=progress, label=str):
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        written += save(figures[stem], Path(out_dir) / stem)
-    return written
-
-
 
 
 # ---------------------------------------------------------------- grids

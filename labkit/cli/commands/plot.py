@@ -10,7 +10,7 @@ import click
 from labkit.cli.commands.common import SET_OPTION, grid_arguments, load_runs
 from labkit.core.errors import UserError
 from labkit.outputs import figures
-from labkit.outputs.figure_sets import FigureFolder, grid_figures
+from labkit.outputs.figure_sets import FigureFolder, grid_figures, grid_name
 from labkit.store.identity import RunConfig
 
 BY_OPTION = click.option(
@@ -33,11 +33,6 @@ def grid_runs(spec: str, run_id: str, overrides: tuple[str, ...] = ()) -> list[R
                         f"with `labkit run {spec} --run-id {run_id}` (or check the run-id "
                         f"with `labkit status {spec} --run-id {run_id}`)")
     return runs
-
-
-def grid_name(runs: list[RunConfig]) -> str:
-    """``grid <spec name>, run-id <ID>``."""
-    return f"grid {runs[0].config['name']}, run-id {runs[0].run_id}"
 
 
 def figure_folder(runs: list[RunConfig], output: str | None = None) -> Path:
@@ -81,7 +76,8 @@ def plot(spec: str, run_id: str, output: str | None, by: tuple[str, ...],
         for path in done.written:
             click.echo(f"  {path}")
     on = f" on {done.workers} processes" if done.workers > 1 else ""
-    click.echo(f"{len(done.written)} figure(s) drawn{on}, {len(done.kept)} unchanged "
+    copied = f" ({done.copied} copied from the runs' own)" if done.copied else ""
+    click.echo(f"{len(done.written)} figure(s) drawn{on}{copied}, {len(done.kept)} unchanged "
                f"({' and '.join(f.upper() for f in formats)}) in {out}")
 
 

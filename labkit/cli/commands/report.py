@@ -9,8 +9,9 @@ import click
 
 from labkit.cli import plugins, spec_cache
 from labkit.cli.commands.common import SET_OPTION, grid_arguments
-from labkit.cli.commands.plot import BY_OPTION, figure_folder, grid_name, grid_runs
+from labkit.cli.commands.plot import BY_OPTION, figure_folder, grid_runs
 from labkit.outputs import figures
+from labkit.outputs.figure_sets import grid_name
 from labkit.outputs.report import build_report
 from labkit.store.atomic import write_text
 from labkit.store.identity import RunConfig

@@ -23,6 +23,7 @@ from labkit.cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, SET_OPTION,
 from labkit.cli.commands.status import labels, print_plan
 from labkit.cli.launch import INVALID, RunTask, run_local, submit_array, submitit_folder
 from labkit.core.errors import DamagedFile
+from labkit.outputs.figure_sets import run_titles
 from labkit.spec import LauncherConfig
 from labkit.store import runinfo
 from labkit.store.identity import RunConfig
@@ -79,7 +80,9 @@ def run(spec: str, run_id: str, device: str | None, dry_run: bool, quiet: bool,
                 click.echo(f"{run.name}-{run.hash}: {what} will write {size / 1e6:,.1f} MB")
         click.echo(f"dry run: {len(runs)} run(s) validated, nothing trained")
         return
-    tasks = [RunTask(r.config, r.run_id, r.config["device"], progress=not quiet, label=label)
+    titles = run_titles(runs)
+    tasks = [RunTask(r.config, r.run_id, r.config["device"], progress=not quiet, label=label,
+                     figure_title=titles[r.hash])
              for r, label in zip(runs, progress_labels(runs))]
     names = labels(runs)
 
