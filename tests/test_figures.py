@@ -264,7 +264,7 @@ def test_plot_writes_png_and_svg_of_every_figure_and_redraws_only_what_changed(g
     renamed = grid_figures(runs, [], "another name").runs[runs[0].hash][0]
     assert renamed.stem == f"{other}/learning_curves" and not folder.current(renamed)
     by_seed = {j.stem for j in grid_figures(runs, ["seed"], "x").jobs()}
-    assert {"tail_pattern_by_seed", "groups/seed=0/tail_pattern",
+    assert {"tail_pattern_by_seed", f"{other}/tail_pattern",  # a group of one: its run's
             "learning_curves_by_seed"} <= by_seed
 
     wrong = CliRunner().invoke(cli, ["plot", str(spec), "--run-id", "G", "--by", "modle"])
@@ -281,13 +281,16 @@ def test_a_group_of_one_run_shows_its_runs_figures_drawn_once(grid, tmp_path):
     assert len(stems) == len(set(stems))
     for run, (label, jobs) in zip(runs, drawn.groups.items()):
         own = {job.stem: job for job in drawn.runs[run.hash]}
-        group_stems = [job.stem for job in jobs]
-        assert group_stems[0] == f"groups/{label}/tail_pattern"
-        shared = group_stems[1:]  # its learning and projection curves: the run's own jobs
+        shared = [job.stem for job in jobs]  # its tail pattern, learning and projection
+        assert shared[0] == f"{run.directory.name}/tail_pattern"  # curves: its run's own
         assert f"{run.directory.name}/learning_curves" in shared
         assert any(Path(s).name.startswith("projected_results") for s in shared)
-        assert all(own.get(stem) is job for stem, job in zip(shared, jobs[1:]))
-        assert not any(s.startswith(f"groups/{label}/learning") for s in stems)
+        assert all(own.get(stem) is job for stem, job in zip(shared, jobs))
+        assert not any(s.startswith(f"groups/{label}/") for s in stems)
+    together = grid_figures(runs, [], "one group")  # runs of a group of two: no tail each
+    assert not any(Path(job.stem).name == "tail_pattern" for jobs in together.runs.values()
+                   for job in jobs)
+    assert [job.stem for job in together.groups["all runs"]][0] == "groups/all_runs/tail_pattern"
     page = build_report(runs, ["seed"], "by seed", figure_folder=tmp_path / "f")
     for run in runs:  # its learning curves once on the page, and its section points there
         caption = next(j.caption for j in drawn.runs[run.hash]
@@ -295,9 +298,8 @@ def test_a_group_of_one_run_shows_its_runs_figures_drawn_once(grid, tmp_path):
         assert page.count(f"<figcaption>{html.escape(caption)}</figcaption>") == 1
     assert page.count("are shown in the section of its group") == len(runs)
     assert '<a href="#group-1">1. seed=0</a>' in page
-    assert sorted(p.name for p in (tmp_path / "f" / "groups").iterdir()) == ["seed=0", "seed=1"]
-    assert [p.name for p in (tmp_path / "f" / "groups" / "seed=0").glob("*.png")] == \
-        ["tail_pattern.png"]
+    assert not (tmp_path / "f" / "groups").exists()  # every figure of a group: its run's
+    assert (tmp_path / "f" / runs[0].directory.name / "tail_pattern.png").exists()
 
 
 def test_figures_are_laid_out_once_as_savefig_would_and_svg_text_stays_text(grid, tmp_path):

@@ -44,7 +44,8 @@ def trained(tmp_path_factory):
     r"^mlp_s epoch 1/1: train loss [\d.]+ accuracy [\d.]+, eval loss [\d.]+ accuracy [\d.]+ ",
     r"^figures mlp_s: figure 1 learning_curves" + STEP,
     r"^figures mlp_s: figure 2 saturation_epochs" + STEP,
-    r"^figures mlp_s: figure 1 projected_results-[0-9a-f]+" + STEP,  # after the analyses
+    r"^figures mlp_s: figure 1 tail_pattern" + STEP,  # after the analyses
+    r"^figures mlp_s: figure 2 projected_results-[0-9a-f]+" + STEP,
     r"^saturation plots mlp_s: figure saturation_epoch_0001\.png" + STEP,
     r"^receptive_field mlp_s: 3 layers" + STEP,
     r"^latents mlp_s: split 1/2 train \(1438 images, 3 layers\)" + STEP,

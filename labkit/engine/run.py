@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
@@ -18,7 +18,7 @@ from labkit.core.registry import Registries
 from labkit.engine.loop import train_run
 from labkit.measures.saturation import SaturationConfig
 from labkit.measures.spectra import saturation_view
-from labkit.outputs.figure_sets import RUN_FIGURES_DIR, FigureFolder, run_jobs
+from labkit.outputs.figure_sets import LOG_FIGURES, RUN_FIGURES_DIR, FigureFolder, run_jobs
 from labkit.outputs.saturation_plot import plot_saturation
 from labkit.store import checkpoint, runinfo
 from labkit.store.identity import RunConfig
@@ -123,7 +123,7 @@ def _train_and_analyse(run: RunConfig, registries: Registries, device: str,
         runinfo.write_status(run_dir, "finished",
                              epoch=checkpoint.epoch_of(runinfo.final_checkpoint(run).name))
     failed = run_analyses(run, registries, device, progress=progress).failed
-    draw_figures(run, figure_title, progress)  # and those of the analyses (projection)
+    draw_figures(run, figure_title, progress)  # and those of the analyses (tail, projection)
     if failed:
         return "failed"
     return "skipped" if final is not None else "finished"
@@ -214,14 +214,14 @@ RUN_FIGURES_ENV = "LABKIT_RUN_FIGURES"
 def draw_plots(run: RunConfig, title: str | None = None, redraw: bool = False,
                progress: bool = False) -> None:
     """The run's figures from log.csv, drawn after training rather than inside the epoch
-    loop, so figures never slow training down: :func:`draw_figures`, and the
+    loop, so figures never slow training down: :func:`draw_figures` of those, and the
     per-epoch saturation plots (``plots/saturation_epoch_NNNN.png``), only missing
     ones unless ``redraw``. ``progress``: say which (:mod:`labkit.training.progress`).
 
     None is drawn while the environment sets ``LABKIT_RUN_FIGURES=0`` (large grids on a
     cluster, the test suite): the missing ones are drawn by the next ``labkit run`` of
     the spec without it."""
-    if not draw_figures(run, title, progress):
+    if not draw_figures(run, title, progress, LOG_FIGURES):
         return
     config = run.config["saturation"]
     if config is None or "lsat" not in SaturationConfig.model_validate(config).stats:
@@ -238,16 +238,19 @@ def draw_plots(run: RunConfig, title: str | None = None, redraw: bool = False,
         plot_saturation(todo[path], path, title or default_title(run), run.config)
 
 
-def draw_figures(run: RunConfig, title: str | None = None, progress: bool = False) -> bool:
+def draw_figures(run: RunConfig, title: str | None = None, progress: bool = False,
+                 only: Collection[str] | None = None) -> bool:
     """Draw the run's figures (:func:`labkit.outputs.figure_sets.run_jobs`: learning
-    curves, saturation over epochs, …, projection curves) into its own figure folder
-    (``plots/``), titled ``title`` (default :func:`default_title`), those whose inputs
-    changed (a :class:`~labkit.outputs.figure_sets.FigureFolder`); ``False`` while
+    curves, saturation over epochs, …, tail pattern, projection curves; ``only`` those
+    named) into its own figure folder (``plots/``), titled ``title`` (default
+    :func:`default_title`), those whose inputs changed (a
+    :class:`~labkit.outputs.figure_sets.FigureFolder`); ``False`` while
     ``LABKIT_RUN_FIGURES=0`` says to draw none."""
     if os.environ.get(RUN_FIGURES_ENV, "").strip() == "0":
         return False
+    jobs = run_jobs(run, title or default_title(run))
     FigureFolder(run.directory / RUN_FIGURES_DIR).draw(
-        run_jobs(run, title or default_title(run)), progress=progress)
+        [job for job in jobs if only is None or job.stem in only], progress=progress)
     return True
 
 

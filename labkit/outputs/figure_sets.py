@@ -6,12 +6,13 @@ a folder, ``labkit report`` embeds them. File stems, relative to the folder:
 
 * per run, in ``<run directory name>/``: ``learning_curves``, ``saturation_epochs``,
   ``distillation`` and ``dino_probes`` (:mod:`labkit.outputs.figures`, when the log
-  has their data), and one projection figure per ``projected_results*.csv`` of the run,
-  under that file's stem (:mod:`labkit.outputs.projection_plot`);
-* per group of runs, in ``groups/<group>/``: ``tail_pattern`` (its runs' mean ± sd,
-  :mod:`labkit.outputs.tail_plot`), ``learning_curves`` (its runs overlaid) and its
-  projection figures; a group of one run has only its tail pattern there, and shows its
-  run's learning and projection curves (drawn once);
+  has their data), one projection figure per ``projected_results*.csv`` of the run,
+  under that file's stem (:mod:`labkit.outputs.projection_plot`), and, for a run alone
+  in its group, ``tail_pattern`` (:mod:`labkit.outputs.tail_plot`);
+* per group of several runs, in ``groups/<group>/``: ``tail_pattern`` (its runs' mean ±
+  sd), ``learning_curves`` (its runs overlaid) and its projection figures; a group of
+  one run has none there, and shows its run's tail pattern, learning and projection
+  curves (drawn once);
 * per grid: ``tail_pattern_by_<keys>`` always, and with several groups
   ``learning_curves_by_<keys>`` and ``<projection stem>_by_<keys>``, every group on one
   figure, coloured by the first key and styled by the second.
@@ -139,6 +140,9 @@ RUN_FIGURES_DIR = "plots"
 """A run's own figure folder, ``<run>/plots/``: its log figures, drawn by ``labkit run``
 (:func:`run_jobs`), and its per-epoch saturation plots."""
 LOG_FIGURES = ("learning_curves", "saturation_epochs", "distillation", "dino_probes")
+TAIL = "tail_pattern"
+"""A run's tail pattern: in the grid's folder only for a run alone in its group (its
+group's tail pattern), in the run's own folder always."""
 
 
 def grid_name(runs: Sequence[RunConfig]) -> str:
@@ -179,6 +183,8 @@ def run_jobs(run: RunConfig, title: str, label: str = "", folder: str = "") -> l
         "distillation": figures.distillation, "dino_probes": figures.dino_probes}
     jobs = [FigureJob(stem, f"{stem.replace('_', ' ')}: {label}", base, {"title": title},
                       _log_figure(directory, per_log[stem], title)) for stem in LOG_FIGURES]
+    jobs.append(FigureJob(TAIL, f"Tail pattern of {label}", run_inputs(directory),
+                          {"title": title}, _tail_figure({"this run": [run]}, title)))
     for path in sorted(directory.glob(projection_plot.PATTERN)):
         jobs.append(FigureJob(
             path.stem, f"projection ({path.name}): {label}", [path, *records(directory)],
@@ -259,9 +265,12 @@ def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], name: str) -> G
         return result
     groups = figures.group_runs(runs, keys)
     membership = {label: [r.hash for r in members] for label, members in groups.items()}
-    for run in runs:
-        result.runs[run.hash] = run_jobs(run, run_title(run, labels[run.hash], name),
-                                         labels[run.hash], f"{run.directory.name}/")
+    alone = {members[0].hash for members in groups.values() if len(members) == 1}
+    for run in runs:  # a run's tail pattern is its group's, when it is alone there
+        result.runs[run.hash] = [
+            job for job in run_jobs(run, run_title(run, labels[run.hash], name),
+                                    labels[run.hash], f"{run.directory.name}/")
+            if run.hash in alone or Path(job.stem).name != TAIL]
     projections = sorted({p.name for r in runs
                           for p in r.directory.glob(projection_plot.PATTERN)})
     folders = slugs(list(groups))
@@ -271,13 +280,14 @@ def grid_figures(runs: Sequence[RunConfig], keys: Sequence[str], name: str) -> G
         params = {"name": name, "group": label, "runs": membership[label]}
         title = f"{name}; group {label}"
         one = {label: members}
-        jobs = [FigureJob(f"{folder}/tail_pattern", f"Tail pattern of {label}", inputs,
-                          params, _tail_figure(one, title))]
-        if len(members) == 1:  # its learning and projection curves are its run's
-            own = result.runs[members[0].hash]
-            jobs += [job for job in own if Path(job.stem).name == "learning_curves"
-                     or Path(job.stem).name in {Path(f).stem for f in projections}]
+        if len(members) == 1:  # its tail pattern, learning and projection curves: its run's
+            shown = {TAIL, "learning_curves", *(Path(f).stem for f in projections)}
+            jobs = sorted((job for job in result.runs[members[0].hash]
+                           if Path(job.stem).name in shown),
+                          key=lambda job: Path(job.stem).name != TAIL)  # the finding first
         else:
+            jobs = [FigureJob(f"{folder}/{TAIL}", f"Tail pattern of {label}", inputs,
+                              params, _tail_figure(one, title))]
             inside = dict(zip((r.hash for r in members),
                               display_labels([r.config for r in members])[0]))
             jobs.append(FigureJob(f"{folder}/learning_curves",
