@@ -416,6 +416,8 @@ def test_labkit_run_draws_each_runs_figures_once_and_plot_copies_them(grid, tmp_
 def test_a_figure_drawn_from_a_file_just_written_is_kept_by_its_content(tmp_path):
     source = tmp_path / "data.csv"
     source.write_text("x\n1\n")  # written just now: its stat may not show the next write
+    soon = time.time_ns() + 10 ** 10  # and racy for the whole test, however slow the machine
+    os.utime(source, ns=(soon, soon))
 
     def line(report):
         figure = figures.new_figure(figsize=(2, 2))
@@ -433,6 +435,27 @@ def test_a_figure_drawn_from_a_file_just_written_is_kept_by_its_content(tmp_path
     manifest.write_text(json.dumps(record))
     assert not FigureFolder(tmp_path / "figs").current(job, ("png",))  # its content is not
     assert len(FigureFolder(tmp_path / "figs").draw([job], formats=("png",)).written) == 1
+
+
+def test_an_entry_holds_a_file_by_content_only_while_it_is_racy(tmp_path):
+    source = tmp_path / "data.csv"
+    source.write_text("x\n1\n")
+    recent = time.time_ns() - 10 ** 9  # written a second ago: racy for one more
+    os.utime(source, ns=(recent, recent))
+
+    def line(report):
+        figure = figures.new_figure(figsize=(2, 2))
+        figure.subplots().plot(pd.read_csv(source)["x"])
+        return figure
+
+    job = FigureJob("f", "a figure", [source], {}, line)
+    FigureFolder(tmp_path / "figs").draw([job], formats=("png",))
+    entries = json.loads((tmp_path / "figs" / MANIFEST).read_text())["figures"]
+    assert list(entries["f"]["racy"]) == [str(source)]  # held by content
+    time.sleep(max(0.0, (recent + 2.2e9 - time.time_ns()) / 1e9))  # now settled
+    assert FigureFolder(tmp_path / "figs").draw([job], formats=("png",)).written == []
+    entries = json.loads((tmp_path / "figs" / MANIFEST).read_text())["figures"]
+    assert entries["f"]["racy"] == {}  # by its stat alone from now on: never read again
 
 
 def test_dino_probe_curves_from_a_real_dino_run(tmp_path, monkeypatch):

@@ -30,7 +30,8 @@ whose data is gone loses its files (so that no file shows a figure as it was). A
 figure drawn from a file modified less than two seconds before
 (:data:`~labkit.store.file_digests.RACY_SECONDS`: a write within the same clock tick
 could leave the stat as it is) keeps the file's sha256 in its entry too, and is current
-only while the content matches; one drawn while a damaged file was left out gets no
+only while the content matches (once the stat is older than that window, the stat alone
+decides and the digest is dropped); one drawn while a damaged file was left out gets no
 entry, so it is drawn again next time (and the damage reported again). A manifest that
 cannot be read counts as empty. ``labkit report`` draws its figures through the same
 folder (``plot``'s default one), so that a report after ``plot``, or a second report,
@@ -52,7 +53,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -349,13 +350,16 @@ class Drawn:
 class FigureFolder:
     """A folder of figures with its manifest (see the module docstring)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, digests: dict[str, str | None] | None = None) -> None:
+        """The folder ``folder`` as its manifest says; ``digests``: the sha256 of files
+        read already (path → digest), shared with another folder's checks."""
         self.folder = Path(folder)
         record = read_record(self.folder / MANIFEST)
         valid = isinstance(record, dict) and record.get("format") == FORMAT \
             and isinstance(record.get("figures"), dict)
         self.entries: dict[str, Any] = dict(record["figures"]) if valid else {}
         self._code = code_version()
+        self._digests = {} if digests is None else digests  # each file read once
 
     def fingerprint(self, job: FigureJob) -> dict[str, Any]:
         """What the figure of ``job`` is drawn from, as stored in the manifest."""
@@ -367,15 +371,24 @@ class FigureFolder:
         """The files of ``job`` in ``formats``."""
         return [self.folder / f"{job.stem}.{fmt}" for fmt in formats]
 
-    def current(self, job: FigureJob, formats: Sequence[str] = figures.FORMATS) -> bool:
+    def current(self, job: FigureJob, formats: Sequence[str] = figures.FORMATS,
+                fingerprint: dict[str, Any] | None = None) -> bool:
         """Whether the folder holds the figure of ``job``, in every one of ``formats``, as
-        its inputs are now (or knows that it has no data)."""
+        its inputs are now (or knows that it has no data); ``fingerprint``: the job's,
+        when the caller has taken it already.
+
+        An input the entry holds by content (racy when drawn) counts while its sha256
+        matches; once its stat is older than the racy window it is held by the stat
+        alone (the entry forgets the digest), so no file is read again at every check."""
+        fingerprint = fingerprint or self.fingerprint(job)
         entry = self.entries.get(job.stem)
-        if not isinstance(entry, dict) or entry.get("fingerprint") != self.fingerprint(job):
+        if not isinstance(entry, dict) or entry.get("fingerprint") != fingerprint:
             return False
         racy = entry.get("racy", {})
-        if not isinstance(racy, dict) or any(_sha256(Path(p)) != d for p, d in racy.items()):
+        if not isinstance(racy, dict) or any(self._sha256(p) != d for p, d in racy.items()):
             return False
+        if racy:
+            entry["racy"] = {p: d for p, d in racy.items() if p in _racy(fingerprint)}
         held = entry.get("formats", list(figures.FORMATS))
         return not entry.get("drawn") or (set(formats) <= set(held) and all(
             p.is_file() for p in self.paths(job, formats)))
@@ -399,7 +412,7 @@ class FigureFolder:
                     done.pngs[job.stem] = self.folder / f"{job.stem}.png"
         # taken before drawing: an input that changes meanwhile makes the figure stale
         fingerprints = [self.fingerprint(job) for job in todo]
-        racy = [_racy_digests(fingerprint) for fingerprint in fingerprints]
+        racy = [{p: self._sha256(p) for p in _racy(fingerprint)} for fingerprint in fingerprints]
         # a figure drawn again is written in every format it has a file in, too: no file
         # in the folder keeps showing it as it was
         wanted = [[*formats, *(f for f in figures.ALL_FORMATS if f not in formats
@@ -408,7 +421,7 @@ class FigureFolder:
         outcomes: dict[int, tuple[list[Path], list[str]]] = {}
         origins: dict[Path, FigureFolder] = {}  # each source folder's manifest read once
         for i, job in enumerate(todo):
-            copied = self._copy(job, wanted[i], origins)
+            copied = self._copy(job, wanted[i], fingerprints[i], origins)
             if copied is not None:
                 outcomes[i], racy[i] = (copied[0], []), copied[1]
                 done.copied += 1
@@ -436,17 +449,18 @@ class FigureFolder:
             write_json(self.folder / MANIFEST, {"format": FORMAT, "figures": self.entries})
         return done
 
-    def _copy(self, job: FigureJob, formats: Sequence[str],
+    def _copy(self, job: FigureJob, formats: Sequence[str], fingerprint: dict[str, Any],
               origins: dict[Path, FigureFolder]) -> tuple[list[Path], dict] | None:
-        """Copy the figure of ``job`` in ``formats`` from its source folder (read into
-        ``origins`` once), where it is current: the files written and the source's
-        digests of racy inputs; ``None`` when it has to be drawn."""
+        """Copy the figure of ``job`` (of ``fingerprint``) in ``formats`` from its source
+        folder (read into ``origins`` once), where it is current: the files written and
+        the source's digests of racy inputs; ``None`` when it has to be drawn."""
         if job.source is None:
             return None
         folder = job.source.parent
-        origin = origins[folder] = origins.get(folder) or FigureFolder(folder)
+        origin = origins[folder] = origins.get(folder) or FigureFolder(folder, self._digests)
         there = replace(job, stem=job.source.name, source=None)
-        if not origin.current(there, formats) or not origin.entries[there.stem].get("drawn"):
+        if not origin.current(there, formats, fingerprint) \
+                or not origin.entries[there.stem].get("drawn"):
             return None
         written = []
         for source, path in zip(origin.paths(there, formats), self.paths(job, formats)):
@@ -459,21 +473,24 @@ class FigureFolder:
         return written, origin.entries[there.stem].get("racy", {})
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        return file_sha256(path)
-    except OSError:
-        return None
+    def _sha256(self, path: str) -> str | None:
+        """The sha256 of the file ``path`` (``None``: unreadable), read once per folder."""
+        if path not in self._digests:
+            try:
+                self._digests[path] = file_sha256(Path(path))
+            except OSError:
+                self._digests[path] = None
+        return self._digests[path]
 
 
-def _racy_digests(fingerprint: dict[str, Any]) -> dict[str, str | None]:
-    """Path → sha256 of each input of ``fingerprint`` modified less than
-    :data:`~labkit.store.file_digests.RACY_SECONDS` before: a write within the same clock
-    tick could leave its stat as it is, so its content decides (git's racily clean
+def _racy(fingerprint: dict[str, Any]) -> list[str]:
+    """The inputs of ``fingerprint`` modified less than
+    :data:`~labkit.store.file_digests.RACY_SECONDS` ago: a write within the same clock
+    tick could leave their stat as it is, so their content decides (git's racily clean
     files)."""
     now = time.time_ns()
-    return {path: _sha256(Path(path)) for path, stat in fingerprint["inputs"].items()
-            if stat is not None and now - stat[1] < RACY_SECONDS * 1e9}
+    return [path for path, stat in fingerprint["inputs"].items()
+            if stat is not None and now - stat[1] < RACY_SECONDS * 1e9]
 
 
 # ---------------------------------------------------------------- drawing on several cores
@@ -539,25 +556,27 @@ def draw_jobs(jobs: Sequence[FigureJob], folder: Path, workers: int,
     BrokenProcessPool); ``progress``: say which (:func:`~labkit.training.progress.track`)."""
     tasks = [(job, folder, fmts) for job, fmts in zip(jobs, formats)]
     names = [Path(job.stem).name for job in jobs]
-
-    def shown(results: Any) -> list[tuple[list[Path], list[str]]]:
-        """``results`` as a list, each figure drawn shown as a step (one with no data
-        is none: how many have data is known only once drawn)."""
-        done: list[tuple[list[Path], list[str]]] = []
-
-        def drawn() -> Any:
-            for name, result in zip(names, results):
-                done.append(result)
-                if result[0]:
-                    yield name
-        for _ in track(drawn(), "figures", unit="figure", progress=progress, label=str):
-            pass
-        return done
     if workers <= 1:
-        return shown(draw_job(*task) for task in tasks)
+        return _shown(names, (draw_job(*task) for task in tasks), progress)
     _FORKED[:] = tasks
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return shown(pool.map(_draw_forked, range(len(jobs))))
+            return _shown(names, pool.map(_draw_forked, range(len(jobs))), progress)
     finally:
         _FORKED.clear()
+
+
+def _shown(names: list[str], results: Iterable[tuple[list[Path], list[str]]],
+           progress: bool) -> list[tuple[list[Path], list[str]]]:
+    """``results`` (of the figures ``names``) as a list, each figure drawn shown as a
+    step as it comes (one with no data is none: that is known only once drawn)."""
+    done: list[tuple[list[Path], list[str]]] = []
+
+    def drawn() -> Iterator[str]:
+        for name, result in zip(names, results):
+            done.append(result)
+            if result[0]:
+                yield name
+    for _ in track(drawn(), "figures", unit="figure", progress=progress, label=str):
+        pass
+    return done
