@@ -413,18 +413,22 @@ def test_labkit_run_draws_each_runs_figures_once_and_plot_copies_them(grid, tmp_
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
 
 
+def csv_line_job(source: Path) -> FigureJob:
+    """A figure job ``f`` drawn from the CSV ``source``: its column ``x`` as a line."""
+    def line(report):
+        figure = figures.new_figure(figsize=(2, 2))
+        figure.subplots().plot(pd.read_csv(source)["x"])
+        return figure
+    return FigureJob("f", "a figure", [source], {}, line)
+
+
 def test_a_figure_drawn_from_a_file_just_written_is_kept_by_its_content(tmp_path):
     source = tmp_path / "data.csv"
     source.write_text("x\n1\n")  # written just now: its stat may not show the next write
     soon = time.time_ns() + 10 ** 10  # and racy for the whole test, however slow the machine
     os.utime(source, ns=(soon, soon))
 
-    def line(report):
-        figure = figures.new_figure(figsize=(2, 2))
-        figure.subplots().plot(pd.read_csv(source)["x"])
-        return figure
-
-    job = FigureJob("f", "a figure", [source], {}, line)
+    job = csv_line_job(source)
     assert len(FigureFolder(tmp_path / "figs").draw([job], formats=("png",)).written) == 1
     assert FigureFolder(tmp_path / "figs").draw([job], formats=("png",)).written == []
     source.write_text("x\n2\n")  # the same size, and as if within the same clock tick:
@@ -443,12 +447,7 @@ def test_an_entry_holds_a_file_by_content_only_while_it_is_racy(tmp_path):
     recent = time.time_ns() - 10 ** 9  # written a second ago: racy for one more
     os.utime(source, ns=(recent, recent))
 
-    def line(report):
-        figure = figures.new_figure(figsize=(2, 2))
-        figure.subplots().plot(pd.read_csv(source)["x"])
-        return figure
-
-    job = FigureJob("f", "a figure", [source], {}, line)
+    job = csv_line_job(source)
     FigureFolder(tmp_path / "figs").draw([job], formats=("png",))
     entries = json.loads((tmp_path / "figs" / MANIFEST).read_text())["figures"]
     assert list(entries["f"]["racy"]) == [str(source)]  # held by content
